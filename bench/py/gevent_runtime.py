@@ -1,0 +1,148 @@
+"""gevent's side of the runtime benchmarks (bench/README.md).
+
+    bench/.venv/bin/python bench/py/gevent_runtime.py BENCHMARK key=value ...
+
+Runs ONE measurement and prints ONE JSON line of figures on stdout, so the Rust harness can
+interleave A B A B rounds with the other implementations. Times are taken inside this process
+(interpreter start-up and imports are not counted). Benchmarks and their parameters:
+
+    switch   n=       two greenlets each yield n times with gevent.sleep(0)   -> ns_per_switch
+    spawn    n= batch= spawn + joinall of n no-op greenlets, batch at a time    -> ns_per_spawn
+    channel  n=       ping-pong over two gevent.queue.UnboundQueue  -> ns_per_round_trip
+    sleepers n= start_ms= spread_ms=  n sleepers, deadlines spread over
+                      [start, start + spread)            -> wall_s, p50_ms, p99_ms, max_ms, rss_mb
+    tcp      clients= n= size=  echo server + clients in this process      -> round_trips_per_s
+"""
+
+import json
+import resource
+import sys
+from time import perf_counter
+
+import gevent
+import gevent.queue
+from gevent import socket
+
+
+def switch(n):
+    # gevent.sleep(0) is gevent's idiomatic cooperative yield: the greenlet switches to the hub,
+    # which runs the other one's callback and switches to it (raw greenlet.switch() between two
+    # greenlets would be faster but bypasses the hub, which no gevent program does to yield).
+    def yielder():
+        for _ in range(n):
+            gevent.sleep(0)
+
+    t0 = perf_counter()
+    gevent.joinall([gevent.spawn(yielder), gevent.spawn(yielder)])
+    dt = perf_counter() - t0
+    return {"ns_per_switch": dt * 1e9 / (2 * n)}
+
+
+def spawn(n, batch):
+    def noop():
+        pass
+
+    t0 = perf_counter()
+    for _ in range(n // batch):
+        gevent.joinall([gevent.spawn(noop) for _ in range(batch)])
+    dt = perf_counter() - t0
+    return {"ns_per_spawn": dt * 1e9 / n}
+
+
+def channel(n):
+    # gevent.queue.UnboundQueue: unbounded like greenhub's channel(), and the fastest of gevent's
+    # queues for this ping-pong here (Queue and SimpleQueue ~10% slower; Channel, the rendezvous
+    # one, ~40% slower).
+    ping, pong = gevent.queue.UnboundQueue(), gevent.queue.UnboundQueue()
+
+    def ponger():
+        for _ in range(n):
+            pong.put(ping.get())
+
+    t0 = perf_counter()
+    g = gevent.spawn(ponger)
+    for i in range(n):
+        ping.put(i)
+        pong.get()
+    dt = perf_counter() - t0
+    g.join()
+    return {"ns_per_round_trip": dt * 1e9 / n}
+
+
+def sleepers(n, start_ms, spread_ms):
+    lateness = []
+
+    def sleeper(deadline):
+        gevent.sleep(max(0.0, deadline - perf_counter()))
+        lateness.append(perf_counter() - deadline)
+
+    t0 = perf_counter()
+    # The same scrambled order of deadlines as the Rust workers (7919 is prime, coprime with n).
+    gs = [
+        gevent.spawn(sleeper, t0 + (start_ms + spread_ms * ((i * 7919) % n) / n) / 1e3)
+        for i in range(n)
+    ]
+    gevent.joinall(gs)
+    wall = perf_counter() - t0
+    lateness.sort()
+
+    def pct(p):
+        return lateness[round((len(lateness) - 1) * p)] * 1e3
+
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+    return {"wall_s": wall, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0), "rss_mb": rss_mb}
+
+
+def tcp(clients, n, size):
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1024)
+    addr = server.getsockname()
+
+    def echo(conn):
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                conn.sendall(data)
+
+    def acceptor():
+        while True:
+            conn, _ = server.accept()
+            gevent.spawn(echo, conn)
+
+    def client():
+        msg = b"x" * size
+        with socket.create_connection(addr) as conn:
+            for _ in range(n):
+                conn.sendall(msg)
+                got = 0
+                while got < size:
+                    chunk = conn.recv(size - got)
+                    if not chunk:
+                        raise EOFError("server closed")
+                    got += len(chunk)
+
+    accept_g = gevent.spawn(acceptor)
+    t0 = perf_counter()
+    gs = [gevent.spawn(client) for _ in range(clients)]
+    gevent.joinall(gs, raise_error=True)
+    dt = perf_counter() - t0
+    accept_g.kill()
+    return {"round_trips_per_s": clients * n / dt}
+
+
+BENCHMARKS = {"switch": switch, "spawn": spawn, "channel": channel, "sleepers": sleepers, "tcp": tcp}
+
+
+def main(argv):
+    if len(argv) < 2 or argv[1] not in BENCHMARKS:
+        sys.exit(f"usage: {argv[0]} {{{'|'.join(BENCHMARKS)}}} key=value ...")
+    params = {k: int(v) for k, v in (a.split("=", 1) for a in argv[2:])}
+    print(json.dumps(BENCHMARKS[argv[1]](**params)), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,331 @@
+//! What is measured: the benchmarks, the figures each one reports, which implementations run it,
+//! and the parameters each implementation gets (sized so that every measurement takes a few tenths
+//! of a second; `--quick` shrinks them so the whole run proves only that everything still runs).
+
+/// The two tables of the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    Runtime,
+    Ipc,
+}
+
+impl Group {
+    pub fn title(self) -> &'static str {
+        match self {
+            Group::Runtime => "Runtime: coroutines, timers, channels, sockets in one process",
+            Group::Ipc => "IPC: pipes and child processes",
+        }
+    }
+}
+
+/// Which direction of a figure is good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+impl Better {
+    pub fn word(self) -> &'static str {
+        match self {
+            Better::Higher => "higher",
+            Better::Lower => "lower",
+        }
+    }
+
+    /// The best of some values.
+    pub fn best(self, values: impl Iterator<Item = f64>) -> Option<f64> {
+        values.reduce(|a, b| match self {
+            Better::Higher => a.max(b),
+            Better::Lower => a.min(b),
+        })
+    }
+
+    /// How good `v` is next to `best`: 1.0 for the best, smaller for worse.
+    pub fn score(self, v: f64, best: f64) -> f64 {
+        match self {
+            Better::Higher => v / best,
+            Better::Lower => best / v,
+        }
+    }
+}
+
+/// One number a benchmark reports, under `key` in the worker's JSON line.
+#[derive(Debug)]
+pub struct Figure {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub unit: &'static str,
+    pub better: Better,
+}
+
+/// The implementations measured. Each runs in a fresh worker process per measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Impl {
+    Greenhub,
+    May,
+    Gevent,
+    Gipc,
+    /// The raw OS limit, measured by this program; pipes at their default size (64 KiB), each side
+    /// sleeping in epoll as soon as the pipe is full / empty.
+    Raw,
+    /// The raw limit again, with the pipe grown to 1 MiB by `F_SETPIPE_SZ`.
+    RawBigPipe,
+}
+
+impl Impl {
+    pub fn id(self) -> &'static str {
+        match self {
+            Impl::Greenhub => "greenhub",
+            Impl::May => "may",
+            Impl::Gevent => "gevent",
+            Impl::Gipc => "gipc",
+            Impl::Raw => "raw",
+            Impl::RawBigPipe => "raw-1mib",
+        }
+    }
+
+    pub fn from_id(id: &str) -> Option<Impl> {
+        ALL_IMPLS.iter().copied().find(|i| i.id() == id)
+    }
+
+    pub fn is_peer(self) -> bool {
+        matches!(self, Impl::May | Impl::Gevent | Impl::Gipc)
+    }
+
+    pub fn is_python(self) -> bool {
+        matches!(self, Impl::Gevent | Impl::Gipc)
+    }
+
+    /// Colour in the chart.
+    pub fn colour(self) -> &'static str {
+        match self {
+            Impl::Greenhub => "#2e8b57",
+            Impl::May => "#e08a1e",
+            Impl::Gevent | Impl::Gipc => "#3b6fb6",
+            Impl::Raw => "#8c8c8c",
+            Impl::RawBigPipe => "#b5b5b5",
+        }
+    }
+}
+
+pub const ALL_IMPLS: [Impl; 6] =
+    [Impl::Greenhub, Impl::May, Impl::Gevent, Impl::Gipc, Impl::Raw, Impl::RawBigPipe];
+
+/// One benchmark: one worker invocation per implementation and round.
+#[derive(Debug)]
+pub struct Bench {
+    pub group: Group,
+    pub id: &'static str,
+    pub title: &'static str,
+    pub figures: &'static [Figure],
+    pub impls: &'static [Impl],
+    /// Take the raw column from another benchmark (the serialised 100 MB message is compared with
+    /// the raw bytes limit: there is no serialisation in the raw measurement).
+    pub raw_from: Option<&'static str>,
+}
+
+const fn fig(key: &'static str, label: &'static str, unit: &'static str, better: Better) -> Figure {
+    Figure { key, label, unit, better }
+}
+
+use Better::{Higher, Lower};
+use Impl::{Gevent, Gipc, Greenhub, May, Raw, RawBigPipe};
+
+const SLEEPER_FIGURES: &[Figure] = &[
+    fig("wall_s", "wall time", "s", Lower),
+    fig("p50_ms", "p50 lateness", "ms", Lower),
+    fig("p99_ms", "p99 lateness", "ms", Lower),
+    fig("rss_mb", "peak RSS", "MB", Lower),
+];
+
+pub const BENCHES: &[Bench] = &[
+    Bench {
+        group: Group::Runtime,
+        id: "switch",
+        title: "coroutine switch (two coroutines yielding to each other)",
+        figures: &[fig("ns_per_switch", "switch", "ns", Lower)],
+        impls: &[Greenhub, May, Gevent, Raw],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Runtime,
+        id: "spawn",
+        title: "spawn + join of 100k no-op coroutines",
+        figures: &[fig("ns_per_spawn", "spawn+join", "ns", Lower)],
+        impls: &[Greenhub, May, Gevent],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Runtime,
+        id: "channel",
+        title: "in-process channel round trip",
+        figures: &[fig("ns_per_round_trip", "channel round trip", "ns", Lower)],
+        impls: &[Greenhub, May, Gevent],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Runtime,
+        id: "sleepers10k",
+        title: "10k sleepers, deadlines over 1.0-1.5 s",
+        figures: SLEEPER_FIGURES,
+        impls: &[Greenhub, May, Gevent],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Runtime,
+        id: "sleepers30k",
+        title: "30k sleepers, deadlines over 1.0-1.5 s",
+        figures: SLEEPER_FIGURES,
+        impls: &[Greenhub, May, Gevent],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Runtime,
+        id: "tcp",
+        title: "TCP echo, 100 clients, 64-byte round trips on 127.0.0.1",
+        figures: &[fig("round_trips_per_s", "TCP echo", "round trips/s", Higher)],
+        impls: &[Greenhub, May, Gevent],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Ipc,
+        id: "stream1",
+        title: "1-byte message stream, child to parent",
+        figures: &[fig("msgs_per_s", "1-byte messages", "msgs/s", Higher)],
+        impls: &[Greenhub, Gipc, Raw, RawBigPipe],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Ipc,
+        id: "stream64k",
+        title: "64,000-byte message stream, child to parent",
+        figures: &[fig("gb_per_s", "64,000-byte messages", "GB/s", Higher)],
+        impls: &[Greenhub, Gipc, Raw, RawBigPipe],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Ipc,
+        id: "big_raw",
+        title: "one 100 MB message, raw bytes",
+        figures: &[fig("ms", "100 MB message, raw", "ms", Lower)],
+        impls: &[Greenhub, Gipc, Raw, RawBigPipe],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Ipc,
+        id: "big_ser",
+        title: "one 100 MB message, serialised (greenhub: postcard Vec<u8>; gipc: pickle bytes)",
+        figures: &[fig("ms", "100 MB message, serialised", "ms", Lower)],
+        impls: &[Greenhub, Gipc],
+        raw_from: Some("big_raw"),
+    },
+    Bench {
+        group: Group::Ipc,
+        id: "pingpong",
+        title: "duplex ping-pong round trip, unpinned",
+        figures: &[fig("round_trips_per_s", "ping-pong, unpinned", "round trips/s", Higher)],
+        impls: &[Greenhub, Gipc, Raw],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Ipc,
+        id: "pingpong_pinned",
+        title: "duplex ping-pong round trip, both processes pinned to CPU 0",
+        figures: &[fig("round_trips_per_s", "ping-pong, pinned to one CPU", "round trips/s", Higher)],
+        impls: &[Greenhub, Gipc, Raw],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Ipc,
+        id: "process",
+        title: "start a child process and join it (raw: fork + _exit + waitpid)",
+        figures: &[fig("us_per_process", "process start+join", "µs", Lower)],
+        impls: &[Greenhub, Gipc, Raw],
+        raw_from: None,
+    },
+];
+
+/// The command-line parameters of one measurement, `key=value` each.
+pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
+    let python = imp.is_python();
+    let q = |full: u64, quick_v: u64| if quick { quick_v } else { full };
+    let mut p = match bench {
+        "switch" => match imp {
+            Raw => vec![("n", q(20_000_000, 200_000))],
+            _ if python => vec![("n", q(100_000, 5_000))],
+            _ => vec![("n", q(1_000_000, 20_000))],
+        },
+        "spawn" => vec![("n", q(100_000, 5_000)), ("batch", 1_000)],
+        "channel" => vec![("n", if python { q(100_000, 5_000) } else { q(500_000, 10_000) })],
+        "sleepers10k" | "sleepers30k" => vec![
+            ("n", if bench == "sleepers10k" { q(10_000, 1_000) } else { q(30_000, 3_000) }),
+            ("start_ms", q(1_000, 100)),
+            ("spread_ms", q(500, 50)),
+        ],
+        "tcp" => vec![
+            ("clients", 100),
+            ("n", if python { q(500, 5) } else { q(2_000, 10) }),
+            ("size", 64),
+        ],
+        "stream1" => vec![("n", if python { q(300_000, 5_000) } else { q(2_000_000, 20_000) })],
+        "stream64k" => {
+            vec![("n", if python { q(10_000, 200) } else { q(20_000, 400) }), ("size", 64_000)]
+        }
+        "big_raw" | "big_ser" => vec![("size", q(100_000_000, 10_000_000))],
+        "pingpong" => vec![("n", if python { q(10_000, 500) } else { q(20_000, 1_000) }), ("pinned", 0)],
+        "pingpong_pinned" => {
+            vec![("n", if python { q(30_000, 500) } else { q(100_000, 1_000) }), ("pinned", 1)]
+        }
+        "process" => vec![("n", if python { q(100, 5) } else { q(500, 20) })],
+        other => panic!("no parameters for benchmark {other}"),
+    };
+    if imp == RawBigPipe {
+        p.push(("pipe_size", 1 << 20));
+    }
+    p
+}
+
+/// How the Python peer names a benchmark: sleepers and ping-pong are one function each there.
+pub fn python_name(bench: &str) -> &str {
+    match bench {
+        "sleepers10k" | "sleepers30k" => "sleepers",
+        "pingpong_pinned" => "pingpong",
+        other => other,
+    }
+}
+
+/// A goal from the issues, checked in the report against greenhub's median.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// An absolute bound in the figure's unit (issue 2's budgets).
+    Abs(f64),
+    /// greenhub at least this good next to the best raw figure (score: 1.0 = as good as raw).
+    VsRaw(f64),
+    /// greenhub at least this good next to the best peer (1.0 = level; 5.0 = five times better).
+    VsPeer(f64),
+}
+
+/// The targets that issues 2, 3 and 4 set for one figure. Every runtime and ipc figure should be
+/// ahead of the peers (issue 4); the rest are the absolute budgets and raw ratios of issues 2 and 3.
+pub fn targets(bench: &str, key: &str) -> Vec<Target> {
+    use Target::{Abs, VsPeer, VsRaw};
+    let mut t = match (bench, key) {
+        ("switch", _) => vec![Abs(15.0)],
+        ("spawn", _) | ("channel", _) => vec![Abs(100.0)],
+        ("sleepers30k", "p99_ms") | ("sleepers10k", "p99_ms") => vec![Abs(1.0)],
+        ("sleepers30k", "rss_mb") => vec![Abs(150.0)],
+        ("stream1", _) => vec![Abs(2.5e6), VsPeer(5.0)],
+        ("stream64k", _) => vec![VsRaw(0.9)],
+        ("big_raw", _) => vec![VsRaw(0.9)],
+        ("big_ser", _) => vec![VsRaw(0.7)],
+        ("pingpong", _) => vec![VsRaw(1.0 / 1.2)],
+        ("pingpong_pinned", _) => vec![VsRaw(1.0 / 1.2), VsPeer(2.5)],
+        ("process", _) => vec![VsRaw(1.0 / 1.3)],
+        _ => vec![],
+    };
+    if !t.iter().any(|x| matches!(x, VsPeer(_))) {
+        t.push(VsPeer(1.0));
+    }
+    t
+}

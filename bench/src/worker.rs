@@ -1,0 +1,116 @@
+//! The worker side: `bench worker <impl> <benchmark> key=value ...` runs ONE measurement in a fresh
+//! process and prints ONE JSON line of figures on stdout, exactly like the Python peers do. Fresh
+//! processes keep the measurements independent (peak RSS is per measurement; may's threads never
+//! share a process with a fork).
+
+use crate::spec::Impl;
+use std::fmt::Write as _;
+
+/// `key=value` parameters of one measurement.
+#[derive(Debug, Default)]
+pub struct Params(Vec<(String, u64)>);
+
+impl Params {
+    pub fn parse(args: &[String]) -> Result<Params, String> {
+        let pair = |a: &String| {
+            let (k, v) = a.split_once('=').ok_or(format!("expected key=value, got {a:?}"))?;
+            let v = v.parse().map_err(|_| format!("{k}: not a number: {v:?}"))?;
+            Ok((k.to_string(), v))
+        };
+        args.iter().map(pair).collect::<Result<_, String>>().map(Params)
+    }
+
+    pub fn opt(&self, key: &str) -> Option<u64> {
+        self.0.iter().find(|(k, _)| k == key).map(|&(_, v)| v)
+    }
+
+    pub fn get(&self, key: &str) -> u64 {
+        self.opt(key).unwrap_or_else(|| panic!("missing parameter {key}="))
+    }
+}
+
+/// The figures of one measurement, printed as one flat JSON object.
+#[derive(Debug, Default)]
+pub struct Report(Vec<(&'static str, f64)>);
+
+impl Report {
+    pub fn new() -> Report {
+        Report::default()
+    }
+
+    pub fn with(mut self, key: &'static str, value: f64) -> Report {
+        self.0.push((key, value));
+        self
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut s = String::from("{");
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(s, "{sep}\"{k}\": {v}");
+        }
+        s + "}"
+    }
+}
+
+/// Lateness statistics of sleepers, shared by every Rust implementation: the figures of the
+/// sleepers benchmark (plus the maximum, for the curious).
+pub fn sleeper_report(mut lateness_ns: Vec<u64>, wall_ns: u64) -> Report {
+    lateness_ns.sort_unstable();
+    let pct = |p: f64| lateness_ns[((lateness_ns.len() - 1) as f64 * p).round() as usize] as f64 / 1e6;
+    Report::new()
+        .with("wall_s", wall_ns as f64 / 1e9)
+        .with("p50_ms", pct(0.50))
+        .with("p99_ms", pct(0.99))
+        .with("max_ms", pct(1.0))
+        .with("rss_mb", crate::sys::peak_rss_mb())
+}
+
+/// The deadline of sleeper `i` of `n`, in ns after the start: spread uniformly over
+/// [start, start + spread), handed out in a scrambled order (7919 is prime and divides no n used
+/// here, so `i * 7919 mod n` is a permutation) so no timer structure is fed sorted input.
+pub fn sleeper_offset_ns(i: u64, n: u64, start_ms: u64, spread_ms: u64) -> u64 {
+    let slot = (i * 7919) % n;
+    start_ms * 1_000_000 + spread_ms * 1_000_000 * slot / n
+}
+
+/// Runs the measurement and prints its JSON line; the process exit code says whether it worked.
+pub fn main(args: &[String]) -> i32 {
+    let (Some(imp), Some(bench)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: bench worker <impl> <benchmark> key=value ...");
+        return 2;
+    };
+    let params = match Params::parse(&args[2..]) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("bench worker: {e}");
+            return 2;
+        }
+    };
+    let result = match Impl::from_id(imp) {
+        Some(Impl::Raw | Impl::RawBigPipe) => crate::raw::run(bench, &params).map_err(|e| e.to_string()),
+        Some(Impl::May) => crate::may_peer::run(bench, &params),
+        Some(Impl::Greenhub) => greenhub(bench, &params),
+        _ => Err(format!("this program has no worker for {imp:?}")),
+    };
+    match result {
+        Ok(report) => {
+            println!("{}", report.to_json());
+            0
+        }
+        Err(e) => {
+            eprintln!("bench worker {imp} {bench}: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(feature = "greenhub")]
+fn greenhub(bench: &str, params: &Params) -> Result<Report, String> {
+    crate::greenhub_peer::run(bench, params)
+}
+
+#[cfg(not(feature = "greenhub"))]
+fn greenhub(_: &str, _: &Params) -> Result<Report, String> {
+    Err("built without the `greenhub` feature".into())
+}

@@ -1,0 +1,162 @@
+//! The one error type of greenhub-ipc: what went wrong with a pipe, a message or a child process.
+//!
+//! Guaranteed: every variant has a `Display` text that tells the user what happened and what to do,
+//! and `Io` keeps the original `std::io::Error` (also reachable through `source()`). Not guaranteed:
+//! the exact wording of those texts, and the variant list (`#[non_exhaustive]`).
+
+use std::fmt;
+use std::io;
+
+/// An error from a pipe, a codec or a child process.
+///
+/// Callers branch on the variant: `Eof` is the normal end of a stream, `Truncated` means the peer
+/// died or closed in the middle of a message, `Timeout` leaves the handle usable, and `TooLarge`
+/// names the limit to raise.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer closed the pipe exactly at a message boundary: no more messages will arrive.
+    Eof,
+    /// The peer closed the pipe after sending part of a message (possibly just its header).
+    Truncated,
+    /// No message completed before the deadline. The handle stays usable: a partial message stays
+    /// buffered in it and the next call continues it.
+    Timeout,
+    /// The handle is not owned by this process: it was inherited through fork without being
+    /// transferred (gipc's rule; pass it in `start_process`'s `handles` to transfer it).
+    Closed,
+    /// A message is larger than the limit: either a frame header announced `len` bytes above the
+    /// reader's maximum (`Reader::set_max_message_size`), or a payload to send does not fit the 4-byte
+    /// length of the wire format (`max` is then `u32::MAX`).
+    TooLarge {
+        /// The announced or attempted payload length, in bytes.
+        len: u64,
+        /// The limit it exceeds, in bytes.
+        max: u64,
+    },
+    /// The codec could not encode or decode a message; the text is the codec's own explanation.
+    Codec(String),
+    /// A system call on the pipe failed, e.g. `BrokenPipe` when every reader is gone.
+    Io(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Eof => f.write_str(
+                "the peer closed the pipe (at a message boundary): no more messages will arrive",
+            ),
+            Error::Truncated => f.write_str(
+                "the peer closed the pipe in the middle of a message: \
+                 the writer exited or closed its end before the whole message was sent",
+            ),
+            Error::Timeout => f.write_str(
+                "the operation timed out; a partial message stays buffered in the handle \
+                 and the next call continues it",
+            ),
+            Error::Closed => f.write_str(
+                "this handle is not owned by this process: it was not transferred to it \
+                 (pass it in start_process's handles)",
+            ),
+            Error::TooLarge { len, max } => write!(
+                f,
+                "a message of {len} bytes exceeds the limit of {max} bytes \
+                 (a reader's limit is raised with set_max_message_size; \
+                 no frame can carry more than {} bytes)",
+                u32::MAX
+            ),
+            Error::Codec(msg) => write!(f, "could not encode or decode a message: {msg}"),
+            Error::Io(err) if err.kind() == io::ErrorKind::BrokenPipe => write!(
+                f,
+                "the pipe has no reader left (every read end is closed): {err}"
+            ),
+            Error::Io(err) => write!(f, "I/O error on the pipe: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    /// Wraps any `io::Error` as [`Error::Io`], whatever its kind (a `TimedOut` stays an `Io`).
+    fn from(err: io::Error) -> Self {
+        Error::Io(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn error_is_send_sync_and_static() {
+        fn assert_bounds<E: std::error::Error + Send + Sync + 'static>() {}
+        assert_bounds::<Error>();
+    }
+
+    #[test]
+    fn display_of_fieldless_variants_explains_the_situation() {
+        assert!(Error::Eof.to_string().contains("message boundary"));
+        assert!(Error::Truncated.to_string().contains("middle of a message"));
+        assert!(Error::Timeout.to_string().contains("next call continues"));
+        let closed = Error::Closed.to_string();
+        assert!(closed.contains("not transferred"), "{closed}");
+        assert!(closed.contains("start_process"), "{closed}");
+    }
+
+    #[test]
+    fn display_of_too_large_names_both_numbers_and_the_setter() {
+        let text = Error::TooLarge {
+            len: 5000,
+            max: 4096,
+        }
+        .to_string();
+        assert!(text.contains("5000"), "{text}");
+        assert!(text.contains("4096"), "{text}");
+        assert!(text.contains("set_max_message_size"), "{text}");
+    }
+
+    #[test]
+    fn display_of_codec_keeps_the_codec_message() {
+        let text = Error::Codec("bad varint".into()).to_string();
+        assert!(text.contains("bad varint"), "{text}");
+    }
+
+    #[test]
+    fn io_errors_convert_unchanged_and_are_the_source() {
+        let err = Error::from(io::Error::new(io::ErrorKind::TimedOut, "slow disk"));
+        assert!(matches!(&err, Error::Io(e) if e.kind() == io::ErrorKind::TimedOut));
+        assert!(err.to_string().contains("slow disk"));
+        let source = err.source().expect("Io has a source");
+        assert_eq!(source.to_string(), "slow disk");
+    }
+
+    #[test]
+    fn broken_pipe_says_that_no_reader_is_left() {
+        let err = Error::from(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(err.to_string().contains("no reader left"), "{err}");
+    }
+
+    #[test]
+    fn only_io_has_a_source() {
+        let others = [
+            Error::Eof,
+            Error::Truncated,
+            Error::Timeout,
+            Error::Closed,
+            Error::TooLarge { len: 1, max: 0 },
+            Error::Codec(String::new()),
+        ];
+        for err in others {
+            assert!(err.source().is_none(), "{err:?}");
+        }
+    }
+}

@@ -1,0 +1,749 @@
+//! Length-prefix framing over byte buffers: gipc's wire format, with no I/O in sight.
+//!
+//! Guaranteed: frames come out whole, in order, however the bytes were split by the reads; a header
+//! announcing more than the maximum is refused before anything is allocated for it; the decoder
+//! never reserves more than [`ALLOC_CHUNK`] bytes ahead of the bytes that actually arrived; a partial
+//! frame stays buffered across calls. Not guaranteed: when the buffer is compacted or released, or
+//! how much spare room [`Decoder::read_buf`] hands out beyond what was asked.
+//!
+//! # The wire format
+//!
+//! ```text
+//!  offset 0          4                              4 + len
+//!         +----------+------------------------------+
+//!         |   len    |  payload: len bytes          |  next frame ...
+//!         +----------+------------------------------+
+//!          u32, big-endian, unsigned
+//! ```
+//!
+//! A zero-length payload is a valid message. This is gipc's framing, so a `raw_pipe` end can talk to
+//! a gipc pipe opened with `encoder=None, decoder=None`.
+//!
+//! # Writing
+//!
+//! [`append_frame`] copies a ready payload behind its header. A codec encodes in place instead:
+//! [`begin_frame`] reserves the header, the codec appends the payload, [`finish_frame`] patches the
+//! length in ([`append_frame_with`] does the three steps). Either way the payload is written once.
+//!
+//! # Reading
+//!
+//! The reader does large reads (up to the pipe's capacity) straight into the [`Decoder`]'s buffer
+//! and splits frames in user space, so many small frames cost one system call, and a frame that
+//! trickles in one byte at a time works too:
+//!
+//! ```text
+//!  0              start                       end                buf.len()
+//!  +--------------+---------------------------+------------------+
+//!  | consumed     | buffered: whole frames    | spare room that  |
+//!  | (stale)      | and at most one partial   | read_buf() hands |
+//!  |              | frame at the end          | out to the read  |
+//!  +--------------+---------------------------+------------------+
+//! ```
+//!
+//! [`Decoder::next_frame`] returns each payload as a slice of that buffer (no copy; codecs decode
+//! from a slice) and moves `start` past it. When everything is consumed, `start` and `end` go back
+//! to 0 for free. Only when the spare room is too small for the next read are the buffered bytes
+//! (one partial frame) moved to the front: at most once per read, never once per frame.
+
+use std::fmt;
+
+use crate::Error;
+
+/// Length of a frame header: a big-endian `u32` holding the payload length.
+pub const HEADER_LEN: usize = 4;
+
+/// The largest payload the wire format can carry: the header is a `u32`.
+pub const MAX_PAYLOAD_LEN: u64 = u32::MAX as u64;
+
+/// The reader's default limit on a payload, in bytes: 2^31 - 1, gipc's limit.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = (1 << 31) - 1;
+
+/// The most the decoder reserves ahead of the bytes that actually arrived, in bytes (1 MiB).
+///
+/// A frame larger than this grows the buffer one chunk at a time as its bytes come in, so a lying
+/// header ("2 GiB follows") costs the liar the bytes it sends, not us the bytes it announces.
+pub const ALLOC_CHUNK: usize = 1 << 20;
+
+/// An idle decoder (nothing buffered) keeps a buffer up to this size; a bigger one, grown by a big
+/// frame, is released before the next read.
+const IDLE_KEEP: usize = 2 * ALLOC_CHUNK;
+
+/// The header for a payload of `len` bytes.
+///
+/// Returns [`Error::TooLarge`] (with `max` = [`MAX_PAYLOAD_LEN`]) when `len` does not fit in a `u32`.
+pub fn encode_header(len: usize) -> Result<[u8; HEADER_LEN], Error> {
+    u32::try_from(len)
+        .map(u32::to_be_bytes)
+        .map_err(|_| Error::TooLarge {
+            len: len as u64, // usize is at most 64 bits on every platform Rust supports
+            max: MAX_PAYLOAD_LEN,
+        })
+}
+
+/// Appends one frame, header then `payload`, to `out`.
+///
+/// On error `out` is left unchanged.
+pub fn append_frame(out: &mut Vec<u8>, payload: &[u8]) -> Result<(), Error> {
+    let header = encode_header(payload.len())?;
+    out.reserve(HEADER_LEN + payload.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Appends one frame whose payload `write` appends to `out` (e.g. a codec's `encode`).
+///
+/// `write` must only append. On error (from `write`, or a payload over [`MAX_PAYLOAD_LEN`]) `out`
+/// is truncated back to its length before the call, so it always holds whole frames.
+pub fn append_frame_with(
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let start = begin_frame(out);
+    if let Err(err) = write(out) {
+        out.truncate(start);
+        return Err(err);
+    }
+    finish_frame(out, start)
+}
+
+/// Starts a frame in `out`: appends a placeholder header and returns where the frame starts.
+///
+/// Append the payload to `out`, then call [`finish_frame`] with the returned position.
+pub fn begin_frame(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    start
+}
+
+/// Ends the frame that [`begin_frame`] started at `start`: everything appended since is its payload.
+///
+/// On [`Error::TooLarge`] (a payload over [`MAX_PAYLOAD_LEN`]) the frame is removed again: `out` is
+/// truncated to `start`.
+///
+/// # Panics
+///
+/// If `out` is shorter than `start` + [`HEADER_LEN`], i.e. `start` did not come from
+/// [`begin_frame`] on this buffer or the payload writer removed bytes.
+pub fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), Error> {
+    let payload_len = out.len().checked_sub(start + HEADER_LEN).expect(
+        "frame::finish_frame: `start` must be the value begin_frame returned for this buffer, \
+         and the payload may only be appended",
+    );
+    match encode_header(payload_len) {
+        Ok(header) => {
+            out[start..start + HEADER_LEN].copy_from_slice(&header);
+            Ok(())
+        }
+        Err(err) => {
+            out.truncate(start);
+            Err(err)
+        }
+    }
+}
+
+/// Splits a byte stream into frame payloads, incrementally.
+///
+/// Feed it with [`read_buf`](Self::read_buf) + [`filled`](Self::filled) (or [`feed`](Self::feed)),
+/// then take payloads with [`next_frame`](Self::next_frame) until it returns `None`. Whatever is
+/// left (a partial frame) stays buffered for the next call: a read cut short by a timeout or a
+/// cancellation loses nothing. At end of stream, [`on_eof`](Self::on_eof) says whether the peer
+/// stopped at a frame boundary.
+///
+/// # Example
+///
+/// A reader loop over anything that implements `Read` (here a byte slice):
+///
+/// ```
+/// use std::io::Read;
+/// use greenhub_ipc::{Error, frame::{self, Decoder, DEFAULT_MAX_MESSAGE_SIZE}};
+///
+/// let mut wire = Vec::new();
+/// frame::append_frame(&mut wire, b"hello")?;
+/// frame::append_frame(&mut wire, b"")?;
+///
+/// let mut source: &[u8] = &wire;
+/// let mut decoder = Decoder::new(DEFAULT_MAX_MESSAGE_SIZE);
+/// let mut payloads = Vec::new();
+/// let end = loop {
+///     while let Some(payload) = decoder.next_frame()? {
+///         payloads.push(payload.to_vec());
+///     }
+///     let n = source.read(decoder.read_buf(64 * 1024))?;
+///     if n == 0 {
+///         break decoder.on_eof();
+///     }
+///     decoder.filled(n);
+/// };
+/// assert_eq!(payloads, [b"hello".to_vec(), Vec::new()]);
+/// assert!(matches!(end, Error::Eof));
+/// # Ok::<(), Error>(())
+/// ```
+pub struct Decoder {
+    /// Always initialised (zero-filled when grown), so reads go into it without `unsafe`.
+    buf: Vec<u8>,
+    /// First buffered byte not yet returned by `next_frame`.
+    start: usize,
+    /// One past the last byte a read put in. Invariant: `start <= end <= buf.len()`, and
+    /// `start == end` implies both are 0.
+    end: usize,
+    /// Payloads longer than this are refused with `Error::TooLarge`.
+    max: u64,
+}
+
+impl Decoder {
+    /// A decoder refusing payloads longer than `max` bytes. Allocates nothing yet.
+    pub fn new(max: u64) -> Self {
+        Decoder {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max,
+        }
+    }
+
+    /// Changes the payload limit. Takes effect at the next [`next_frame`](Self::next_frame), also
+    /// for a frame already refused: raising the limit lets the stream continue.
+    pub fn set_max(&mut self, max: u64) {
+        self.max = max;
+    }
+
+    /// The payload limit, in bytes.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Spare room to read up to `n` bytes into; report what the read wrote with
+    /// [`filled`](Self::filled).
+    ///
+    /// The slice has at least `n.clamp(1, ALLOC_CHUNK)` bytes, maybe more. To make room, the
+    /// decoder first moves a buffered partial frame to the front, and only then grows, by at most
+    /// [`ALLOC_CHUNK`] bytes past the buffered ones: enough for the read, or for the rest of the
+    /// current frame as announced by its header, whichever is larger.
+    pub fn read_buf(&mut self, n: usize) -> &mut [u8] {
+        self.make_room(n.clamp(1, ALLOC_CHUNK));
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that a read wrote `k` bytes at the start of the slice [`read_buf`](Self::read_buf)
+    /// returned.
+    ///
+    /// # Panics
+    ///
+    /// If `k` is larger than that slice.
+    pub fn filled(&mut self, k: usize) {
+        let spare = self.buf.len() - self.end;
+        assert!(
+            k <= spare,
+            "Decoder::filled({k}) but read_buf handed out only {spare} bytes: \
+             pass the count the read into read_buf's slice returned"
+        );
+        self.end += k;
+    }
+
+    /// Copies `bytes` into the buffer, as if a read had delivered them.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let spare = self.read_buf(bytes.len());
+            let k = spare.len().min(bytes.len());
+            spare[..k].copy_from_slice(&bytes[..k]);
+            self.filled(k);
+            bytes = &bytes[k..];
+        }
+    }
+
+    /// The next whole payload, if one is buffered; `Ok(None)` means "read more".
+    ///
+    /// Returns [`Error::TooLarge`] as soon as a complete header announces more than
+    /// [`max`](Self::max), before anything is allocated for the payload. The refused frame stays
+    /// buffered, so every later call returns the same error until the limit is raised.
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, Error> {
+        let Some(len) = self.announced_len() else {
+            return Ok(None);
+        };
+        if u64::from(len) > self.max {
+            return Err(Error::TooLarge {
+                len: len.into(),
+                max: self.max,
+            });
+        }
+        let len = len as usize; // a u32 fits in usize on every platform std supports
+        if self.buffered_len() - HEADER_LEN < len {
+            return Ok(None);
+        }
+        let payload = self.start + HEADER_LEN..self.start + HEADER_LEN + len;
+        self.start = payload.end;
+        if self.start == self.end {
+            // Everything is consumed: rewind for free. The bytes stay in place for the slice.
+            self.start = 0;
+            self.end = 0;
+        }
+        Ok(Some(&self.buf[payload]))
+    }
+
+    /// How many bytes are buffered and not yet returned as payloads (headers included).
+    pub fn buffered_len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// True when any byte of a frame is buffered, including a complete header whose payload has
+    /// not started. Meaningful once [`next_frame`](Self::next_frame) has returned `None`.
+    pub fn is_mid_frame(&self) -> bool {
+        self.buffered_len() > 0
+    }
+
+    /// The error for an end of stream now: [`Error::Eof`] at a frame boundary, else
+    /// [`Error::Truncated`]. Call it once [`next_frame`](Self::next_frame) has returned `None`.
+    pub fn on_eof(&self) -> Error {
+        if self.is_mid_frame() {
+            Error::Truncated
+        } else {
+            Error::Eof
+        }
+    }
+
+    /// The buffer's allocated capacity, in bytes: what this decoder holds in memory.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The bytes between `start` and `end`.
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// The payload length in the first buffered header, once all of its bytes are in.
+    fn announced_len(&self) -> Option<u32> {
+        let header = self.buffered().get(..HEADER_LEN)?;
+        Some(u32::from_be_bytes(header.try_into().ok()?))
+    }
+
+    /// Bytes still to come before the first buffered frame is whole, as far as is known; 0 for a
+    /// frame over the limit, which will never be read.
+    fn missing(&self) -> usize {
+        match self.announced_len() {
+            None => HEADER_LEN - self.buffered_len(),
+            Some(len) if u64::from(len) > self.max => 0,
+            Some(len) => (len as usize)
+                .saturating_add(HEADER_LEN)
+                .saturating_sub(self.buffered_len()),
+        }
+    }
+
+    /// Ensures at least `n` (1..=ALLOC_CHUNK) bytes of spare room after `end`.
+    fn make_room(&mut self, n: usize) {
+        if self.end == 0 && self.buf.len() > IDLE_KEEP {
+            self.buf = Vec::new(); // a big frame is gone: give its memory back
+        }
+        if self.buf.len() - self.end >= n {
+            return;
+        }
+        if self.start > 0 {
+            self.compact();
+            if self.buf.len() - self.end >= n {
+                return;
+            }
+        }
+        let ahead = n.max(self.missing().min(ALLOC_CHUNK));
+        self.grow_to(self.end + ahead);
+    }
+
+    /// Moves the buffered bytes (a partial frame) to the front of the buffer.
+    fn compact(&mut self) {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+    }
+
+    /// Grows the buffer to exactly `len` initialised bytes (`reserve` would double the capacity).
+    fn grow_to(&mut self, len: usize) {
+        self.buf.reserve_exact(len - self.buf.len());
+        self.buf.resize(len, 0);
+    }
+}
+
+impl Default for Decoder {
+    /// A decoder with gipc's limit, [`DEFAULT_MAX_MESSAGE_SIZE`].
+    fn default() -> Self {
+        Decoder::new(DEFAULT_MAX_MESSAGE_SIZE)
+    }
+}
+
+impl fmt::Debug for Decoder {
+    /// Shows the state, not the bytes: the buffer may hold megabytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder")
+            .field("max", &self.max)
+            .field("buffered", &self.buffered_len())
+            .field("announced_len", &self.announced_len())
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The wire bytes of `payloads`, framed one after the other.
+    fn wire(payloads: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for payload in payloads {
+            append_frame(&mut out, payload).unwrap();
+        }
+        out
+    }
+
+    /// Every payload `next_frame` can return now, copied out.
+    fn drain(decoder: &mut Decoder) -> Result<Vec<Vec<u8>>, Error> {
+        let mut payloads = Vec::new();
+        while let Some(payload) = decoder.next_frame()? {
+            payloads.push(payload.to_vec());
+        }
+        Ok(payloads)
+    }
+
+    /// Feeds `bytes` like a reader asking for `read_size` bytes per read, draining after each read.
+    fn read_in_steps(decoder: &mut Decoder, bytes: &[u8], read_size: usize) -> Vec<Vec<u8>> {
+        let mut payloads = Vec::new();
+        for piece in bytes.chunks(read_size) {
+            let spare = decoder.read_buf(read_size);
+            spare[..piece.len()].copy_from_slice(piece);
+            decoder.filled(piece.len());
+            payloads.extend(drain(decoder).unwrap());
+        }
+        payloads
+    }
+
+    /// A header announcing `len` bytes.
+    fn header(len: u32) -> [u8; HEADER_LEN] {
+        len.to_be_bytes()
+    }
+
+    #[test]
+    fn header_is_a_big_endian_u32() {
+        assert_eq!(encode_header(0x0102_0304).unwrap(), [1, 2, 3, 4]);
+        assert_eq!(encode_header(0).unwrap(), [0; 4]);
+        assert_eq!(encode_header(u32::MAX as usize).unwrap(), [0xff; 4]);
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn header_refuses_a_payload_over_u32_max() {
+        let err = encode_header(u32::MAX as usize + 1).unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { len, max } if len == 1 << 32 && max == MAX_PAYLOAD_LEN)
+        );
+    }
+
+    #[test]
+    fn append_frame_writes_header_then_payload_after_existing_bytes() {
+        let mut out = vec![9];
+        append_frame(&mut out, b"abc").unwrap();
+        assert_eq!(out, [9, 0, 0, 0, 3, b'a', b'b', b'c']);
+    }
+
+    #[test]
+    fn begin_and_finish_patch_the_length_in_place() {
+        let mut out = vec![7, 7];
+        let start = begin_frame(&mut out);
+        out.extend_from_slice(b"hello");
+        finish_frame(&mut out, start).unwrap();
+        assert_eq!(out, [7, 7, 0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']);
+    }
+
+    #[test]
+    fn append_frame_with_removes_the_frame_when_the_writer_fails() {
+        let mut out = wire(&[b"first".to_vec()]);
+        let before = out.clone();
+        let err = append_frame_with(&mut out, |out| {
+            out.extend_from_slice(b"half a payl");
+            Err(Error::Codec("cannot encode".into()))
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::Codec(_)));
+        assert_eq!(out, before);
+    }
+
+    #[test]
+    #[should_panic(expected = "begin_frame")]
+    fn finish_frame_with_a_foreign_start_panics_naming_the_rule() {
+        let mut out = vec![0; 2];
+        let _ = finish_frame(&mut out, 1);
+    }
+
+    #[test]
+    fn empty_payload_is_a_valid_message() {
+        let mut decoder = Decoder::default();
+        decoder.feed(&wire(&[Vec::new(), Vec::new()]));
+        assert_eq!(drain(&mut decoder).unwrap(), [Vec::<u8>::new(), Vec::new()]);
+        assert!(matches!(decoder.on_eof(), Error::Eof));
+    }
+
+    #[test]
+    fn a_frame_arriving_one_byte_at_a_time() {
+        let bytes = wire(&[b"slow".to_vec(), b"drip".to_vec()]);
+        let mut decoder = Decoder::default();
+        let payloads = read_in_steps(&mut decoder, &bytes, 1);
+        assert_eq!(payloads, [b"slow".to_vec(), b"drip".to_vec()]);
+        assert_eq!(decoder.buffered_len(), 0);
+    }
+
+    #[test]
+    fn many_frames_in_one_read_need_one_buffer_and_no_copy() {
+        let payloads: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let bytes = wire(&payloads);
+        let mut decoder = Decoder::default();
+        let spare = decoder.read_buf(64 * 1024);
+        spare[..bytes.len()].copy_from_slice(&bytes);
+        decoder.filled(bytes.len());
+        let capacity = decoder.capacity();
+        assert_eq!(drain(&mut decoder).unwrap(), payloads);
+        assert_eq!(decoder.capacity(), capacity);
+        assert_eq!(
+            (decoder.start, decoder.end),
+            (0, 0),
+            "drained buffer rewinds"
+        );
+    }
+
+    #[test]
+    fn a_partial_frame_stays_buffered_between_calls() {
+        let bytes = wire(&[b"whole".to_vec(), b"partial".to_vec()]);
+        let mut decoder = Decoder::default();
+        decoder.feed(&bytes[..bytes.len() - 3]);
+        assert_eq!(drain(&mut decoder).unwrap(), [b"whole".to_vec()]);
+        // A get that timed out here returns; the next one goes on where it stopped.
+        assert!(decoder.is_mid_frame());
+        decoder.feed(&bytes[bytes.len() - 3..]);
+        assert_eq!(drain(&mut decoder).unwrap(), [b"partial".to_vec()]);
+    }
+
+    #[test]
+    fn a_payload_of_exactly_max_is_accepted() {
+        let mut decoder = Decoder::new(5);
+        decoder.feed(&wire(&[b"12345".to_vec()]));
+        assert_eq!(drain(&mut decoder).unwrap(), [b"12345".to_vec()]);
+    }
+
+    #[test]
+    fn max_plus_one_is_refused_as_soon_as_the_header_is_in() {
+        let mut decoder = Decoder::new(5);
+        decoder.feed(&header(6)[..3]);
+        assert!(decoder.next_frame().unwrap().is_none());
+        decoder.feed(&header(6)[3..]);
+        let err = decoder.next_frame().unwrap_err();
+        assert!(matches!(err, Error::TooLarge { len: 6, max: 5 }));
+    }
+
+    #[test]
+    fn a_refused_frame_is_refused_again_until_the_limit_is_raised() {
+        let mut decoder = Decoder::new(5);
+        decoder.feed(&wire(&[b"123456".to_vec()]));
+        assert!(decoder.next_frame().is_err());
+        assert!(decoder.next_frame().is_err());
+        decoder.set_max(6);
+        assert_eq!(drain(&mut decoder).unwrap(), [b"123456".to_vec()]);
+    }
+
+    #[test]
+    fn a_lying_2_gib_header_is_refused_with_the_default_limit() {
+        let mut decoder = Decoder::default();
+        decoder.feed(&header(1 << 31));
+        let err = decoder.next_frame().unwrap_err();
+        assert!(matches!(
+            err,
+            Error::TooLarge { len, max } if len == 1 << 31 && max == DEFAULT_MAX_MESSAGE_SIZE
+        ));
+        assert!(decoder.capacity() <= HEADER_LEN + ALLOC_CHUNK);
+    }
+
+    #[test]
+    fn a_lying_2_gib_header_under_a_raised_limit_costs_at_most_a_chunk() {
+        let mut decoder = Decoder::new(u32::MAX.into());
+        let mut bytes = header(1 << 31).to_vec();
+        bytes.extend_from_slice(&[0xaa; 10]);
+        decoder.feed(&bytes);
+        // The pipe keeps offering big reads that find nothing more to read.
+        for read_size in [64 * 1024, ALLOC_CHUNK, usize::MAX, 1] {
+            assert!(decoder.read_buf(read_size).len() >= read_size.clamp(1, ALLOC_CHUNK));
+            assert!(decoder.next_frame().unwrap().is_none());
+            assert!(
+                decoder.capacity() <= bytes.len() + ALLOC_CHUNK,
+                "capacity {} after {} bytes",
+                decoder.capacity(),
+                bytes.len()
+            );
+        }
+        assert!(matches!(decoder.on_eof(), Error::Truncated));
+    }
+
+    #[test]
+    fn a_frame_bigger_than_a_chunk_grows_the_buffer_with_the_bytes() {
+        let payload: Vec<u8> = (0..3 * ALLOC_CHUNK + 12345).map(|i| i as u8).collect();
+        let bytes = wire(&[payload.clone(), b"after".to_vec()]);
+        let mut decoder = Decoder::default();
+        let mut payloads = Vec::new();
+        let mut fed = 0;
+        for piece in bytes.chunks(64 * 1024) {
+            decoder.feed(piece);
+            fed += piece.len();
+            assert!(decoder.capacity() <= fed + ALLOC_CHUNK);
+            payloads.extend(drain(&mut decoder).unwrap());
+        }
+        assert_eq!(payloads, [payload, b"after".to_vec()]);
+    }
+
+    #[test]
+    fn the_buffer_of_a_big_frame_is_released_once_it_is_consumed() {
+        let bytes = wire(&[vec![1; 4 * ALLOC_CHUNK]]);
+        let mut decoder = Decoder::default();
+        decoder.feed(&bytes);
+        assert_eq!(drain(&mut decoder).unwrap().len(), 1);
+        decoder.read_buf(64 * 1024);
+        assert!(decoder.capacity() <= IDLE_KEEP, "{}", decoder.capacity());
+    }
+
+    #[test]
+    fn eof_is_eof_only_at_a_frame_boundary() {
+        let mut decoder = Decoder::default();
+        assert!(matches!(decoder.on_eof(), Error::Eof));
+        decoder.feed(&header(0)[..2]);
+        assert!(
+            matches!(decoder.on_eof(), Error::Truncated),
+            "half a header"
+        );
+        decoder.feed(&header(0)[2..]);
+        assert_eq!(drain(&mut decoder).unwrap(), [Vec::<u8>::new()]);
+        assert!(
+            matches!(decoder.on_eof(), Error::Eof),
+            "after an empty message"
+        );
+        decoder.feed(&header(3));
+        assert!(drain(&mut decoder).unwrap().is_empty());
+        assert!(
+            matches!(decoder.on_eof(), Error::Truncated),
+            "a header, no payload yet"
+        );
+    }
+
+    #[test]
+    fn read_buf_never_hands_out_an_empty_slice() {
+        let mut decoder = Decoder::default();
+        assert!(!decoder.read_buf(0).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "read_buf handed out only")]
+    fn filling_more_than_was_handed_out_panics_naming_the_rule() {
+        let mut decoder = Decoder::default();
+        let spare = decoder.read_buf(8).len();
+        decoder.filled(spare + 1);
+    }
+
+    #[test]
+    fn debug_shows_the_state_not_the_bytes() {
+        let mut decoder = Decoder::new(100);
+        decoder.feed(&[0, 0, 0, 42, 1, 2]);
+        let text = format!("{decoder:?}");
+        assert!(text.contains("buffered: 6"), "{text}");
+        assert!(text.contains("announced_len: Some(42)"), "{text}");
+    }
+
+    /// Payload lists: mostly small, sometimes empty, now and then a few KiB.
+    fn payloads() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let payload = prop_oneof![
+            4 => proptest::collection::vec(any::<u8>(), 0..32),
+            1 => proptest::collection::vec(any::<u8>(), 0..5000),
+        ];
+        proptest::collection::vec(payload, 0..20)
+    }
+
+    /// The wire offsets at which a frame ends (0 included): the only places Eof is allowed.
+    fn boundaries(payloads: &[Vec<u8>]) -> Vec<usize> {
+        let mut at = vec![0];
+        for payload in payloads {
+            at.push(at.last().unwrap() + HEADER_LEN + payload.len());
+        }
+        at
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_the_stream_yields_the_same_payloads(
+            payloads in payloads(),
+            read_sizes in proptest::collection::vec(0..3000usize, 1..50),
+        ) {
+            let bytes = wire(&payloads);
+            let mut decoder = Decoder::default();
+            let mut got = Vec::new();
+            let mut rest = &bytes[..];
+            for read_size in read_sizes.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let spare = decoder.read_buf(*read_size);
+                let k = spare.len().min(rest.len()).min((*read_size).max(1));
+                spare[..k].copy_from_slice(&rest[..k]);
+                decoder.filled(k);
+                rest = &rest[k..];
+                got.extend(drain(&mut decoder).unwrap());
+            }
+            prop_assert_eq!(got, payloads);
+            prop_assert!(matches!(decoder.on_eof(), Error::Eof));
+        }
+
+        #[test]
+        fn garbage_never_panics_nor_allocates_ahead_of_the_bytes(
+            pieces in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..64), 0..4 * ALLOC_CHUNK),
+                0..30,
+            ),
+            max in prop_oneof![Just(u64::MAX), Just(DEFAULT_MAX_MESSAGE_SIZE), 0..100_000u64],
+        ) {
+            let mut decoder = Decoder::new(max);
+            let mut fed = 0;
+            for (piece, read_size) in pieces {
+                let spare = decoder.read_buf(read_size);
+                let k = spare.len().min(piece.len());
+                spare[..k].copy_from_slice(&piece[..k]);
+                decoder.filled(k);
+                fed += k;
+                prop_assert!(decoder.capacity() <= fed + ALLOC_CHUNK);
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(payload)) => prop_assert!(payload.len() as u64 <= max),
+                        Ok(None) => break,
+                        Err(Error::TooLarge { len, max: limit }) => {
+                            prop_assert!(len > limit);
+                            break;
+                        }
+                        Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+                    }
+                }
+                prop_assert!(decoder.buffered_len() <= fed);
+            }
+        }
+
+        #[test]
+        fn a_cut_stream_ends_in_eof_exactly_at_frame_boundaries(
+            payloads in payloads(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let bytes = wire(&payloads);
+            let at = boundaries(&payloads);
+            let cut = cut.index(bytes.len() + 1);
+            let mut decoder = Decoder::default();
+            decoder.feed(&bytes[..cut]);
+            let got = drain(&mut decoder).unwrap();
+            let whole = at.iter().filter(|&&end| end != 0 && end <= cut).count();
+            prop_assert_eq!(&got[..], &payloads[..whole]);
+            if at.contains(&cut) {
+                prop_assert!(matches!(decoder.on_eof(), Error::Eof));
+            } else {
+                prop_assert!(matches!(decoder.on_eof(), Error::Truncated));
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! `spawn_blocking`: run a blocking closure on a helper thread while the hub runs the others
+//! (gevent's threadpool).
+//!
+//! Guarantee: the hub never blocks while the closure runs; the calling coroutine is woken through
+//! an eventfd the loop polls. A panic in the closure is rethrown in the calling coroutine.
+//! Not guaranteed: which helper thread runs it, or that a cancelled caller stops the closure (it
+//! runs to its end; its result is dropped).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::{OwnedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use crate::coroutine::{self, Suspend, TaskRef};
+use crate::hub::{Hub, hub};
+use crate::sync::waitlist::WaitReason;
+use crate::sys;
+
+/// At most this many helper threads per hub (gevent's default threadpool size is 10).
+const MAX_THREADS: usize = 10;
+
+/// A helper thread with nothing to do for this long exits.
+const IDLE_EXIT: Duration = Duration::from_secs(5);
+
+/// Runs `f` on a helper thread and returns its value; the calling coroutine waits
+/// cooperatively while the hub runs the others.
+///
+/// Use it for calls that would block the whole hub: file I/O, DNS resolution, CPU-heavy work,
+/// C libraries that block.
+///
+/// ```
+/// greenhub::run(|| {
+///     let len = greenhub::spawn_blocking(|| std::fs::read("/proc/self/status").unwrap().len());
+///     assert!(len > 0);
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a coroutine; and when `f` panics (the panic is rethrown here).
+pub fn spawn_blocking<T, F>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let hub = hub("spawn_blocking");
+    let me = hub.current_task("spawn_blocking");
+    let slot: Arc<Mutex<Option<thread::Result<T>>>> = Arc::new(Mutex::new(None));
+    let remote = hub.remote.clone();
+    remote.in_flight.fetch_add(1, Ordering::Relaxed);
+    let job = {
+        let slot = slot.clone();
+        move || {
+            let result = panic::catch_unwind(AssertUnwindSafe(f));
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+            remote.complete(me);
+        }
+    };
+    hub.pool.borrow_mut().get_or_insert_with(Pool::new).submit(Box::new(job));
+    loop {
+        let done = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        match done {
+            Some(Ok(value)) => return value,
+            Some(Err(payload)) => panic::resume_unwind(payload),
+            None => coroutine::suspend(hub, Suspend::Wait(WaitReason::Blocking)),
+        }
+    }
+}
+
+/// Wake-ups from other threads: which coroutines to wake, and the eventfd that wakes the loop.
+pub(crate) struct Remote {
+    completed: Mutex<Vec<TaskRef>>,
+    eventfd: OwnedFd,
+    /// Jobs submitted and not yet delivered back to the hub (for the deadlock check).
+    in_flight: AtomicUsize,
+}
+
+impl Remote {
+    pub(crate) fn new(eventfd: OwnedFd) -> Self {
+        Remote { completed: Mutex::new(Vec::new()), eventfd, in_flight: AtomicUsize::new(0) }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// From a helper thread: `task`'s job is done.
+    fn complete(&self, task: TaskRef) {
+        self.completed.lock().unwrap_or_else(PoisonError::into_inner).push(task);
+        sys::eventfd_signal(&self.eventfd);
+    }
+
+    /// In the loop, when the eventfd is readable: wake the coroutines whose jobs are done.
+    pub(crate) fn deliver(&self, hub: &Hub, eventfd: RawFd) {
+        sys::eventfd_drain(eventfd);
+        let done = std::mem::take(&mut *self.completed.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in done {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            hub.wake(task);
+        }
+    }
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Remote({} in flight)", self.in_flight())
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A hub's helper threads, started on demand. Dropping the pool (with the hub) lets them exit.
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    work: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    threads: usize,
+    idle: usize,
+    closed: bool,
+}
+
+impl Pool {
+    fn new() -> Self {
+        Pool { shared: Arc::new(Shared { state: Mutex::new(State::default()), work: Condvar::new() }) }
+    }
+
+    fn submit(&self, job: Job) {
+        let mut state = self.shared.lock();
+        state.jobs.push_back(job);
+        if state.idle > 0 {
+            self.shared.work.notify_one();
+        } else if state.threads < MAX_THREADS {
+            state.threads += 1;
+            let shared = self.shared.clone();
+            let spawned = thread::Builder::new()
+                .name("greenhub-blocking".into())
+                .spawn(move || shared.work_loop());
+            if spawned.is_err() {
+                state.threads -= 1; // the queued job runs on an existing thread
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn work_loop(&self) {
+        let mut state = self.lock();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                drop(state);
+                job();
+                state = self.lock();
+                continue;
+            }
+            if state.closed {
+                break;
+            }
+            state.idle += 1;
+            let (next, timeout) =
+                self.work.wait_timeout(state, IDLE_EXIT).unwrap_or_else(PoisonError::into_inner);
+            state = next;
+            state.idle -= 1;
+            if timeout.timed_out() && state.jobs.is_empty() {
+                break;
+            }
+        }
+        state.threads -= 1;
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.closed = true;
+        state.jobs.clear();
+        self.shared.work.notify_all();
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.lock();
+        write!(f, "Pool({} threads, {} queued)", state.threads, state.jobs.len())
+    }
+}

@@ -1,0 +1,52 @@
+//! Hooks for crates that build on greenhub (greenhub-ipc uses every one of them).
+//!
+//! Ordinary programs do not need this module.
+
+use crate::hub::{self, hub};
+
+/// Registers `hook` to run when the current hub's [`run`](crate::run) is about to return: after
+/// the root coroutine has ended and every other coroutine has been unwound. Hooks run in the
+/// order they were registered, on the thread's own stack, with the hub still current but no
+/// coroutine running (they must not suspend).
+///
+/// ```
+/// use std::{cell::Cell, rc::Rc};
+/// let ran = Rc::new(Cell::new(false));
+/// greenhub::run(|| {
+///     let ran = ran.clone();
+///     greenhub::ext::at_exit(move || ran.set(true));
+/// });
+/// assert!(ran.get());
+/// ```
+///
+/// # Panics
+/// Outside a hub.
+pub fn at_exit(hook: impl FnOnce() + 'static) {
+    hub("ext::at_exit").at_exit(Box::new(hook));
+}
+
+/// An id for the current hub, distinct from every other hub this process has run; `None`
+/// outside a hub. A registration or cache keyed by it is never mistaken for one of another
+/// hub's, including the parent's hub inherited through fork.
+pub fn hub_id() -> Option<u64> {
+    hub::try_hub().map(|h| h.id)
+}
+
+/// After `fork`, in the child: forgets the hub inherited from the parent, without touching it,
+/// so that [`run`](crate::run) can start a fresh one.
+///
+/// The child shares the parent's epoll instance (polling or deregistering on it would steal or
+/// remove the parent's events), and the parent's coroutines must never run or unwind twice. So
+/// the inherited hub and its coroutines are leaked (their memory is a copy-on-write image of the
+/// parent's), the hub's own two fds (epoll and the wake-up eventfd) are closed without any
+/// `epoll_ctl`, and the thread is left without a hub. Helper threads of `spawn_blocking` do not
+/// exist in the child; the fresh hub starts its own. Does nothing on a thread without a hub.
+///
+/// # Safety
+/// Call it only in a process just created by `fork` (or `clone` without `CLONE_VM`), on the
+/// thread that forked, and never return into the coroutine it was called from: the hub that
+/// would resume it is gone. End the child with `std::process::exit` or `libc::_exit` instead.
+pub unsafe fn forget_inherited_hub() {
+    // SAFETY: the caller upholds the same contract.
+    unsafe { hub::forget_inherited() }
+}

@@ -1,0 +1,334 @@
+//! The hub: one event loop per thread, and the thread-local pointer that finds it.
+//!
+//! Guarantee: one turn of the loop ([`Hub::turn`]) runs ready coroutines (at most
+//! [`FAIRNESS_BUDGET`] of them), fires expired timers, polls the OS, and marks ready whatever the
+//! OS answered. Only the loop (on the thread's own stack) resumes coroutines; a coroutine only
+//! ever suspends back to the loop. Not guaranteed: the order in which coroutines woken in the same
+//! turn by *different* sources run (each primitive's own waiters are FIFO).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::marker::PhantomData;
+use std::os::fd::AsRawFd;
+use std::panic;
+use std::ptr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use slab::Slab;
+
+use crate::blocking::{Pool, Remote};
+use crate::coroutine::{self, Body, JoinState, StackPool, Task, TaskRef, TaskState, Wake};
+use crate::io::Reactor;
+use crate::timer::Timers;
+
+/// How many coroutines one turn may run before the hub polls the OS again (with a zero timeout
+/// while coroutines are still ready). Large enough that the poll syscall is amortised over many
+/// switches, small enough that a busy set of coroutines cannot starve fds and timers.
+pub(crate) const FAIRNESS_BUDGET: usize = 256;
+
+/// Default usable stack size of a coroutine, plus one guard page.
+pub(crate) const DEFAULT_STACK_SIZE: usize = 1024 * 1024;
+
+thread_local! {
+    /// The hub running on this thread, or null. Set by [`run`] for its whole duration.
+    static CURRENT_HUB: Cell<*const Hub> = const { Cell::new(ptr::null()) };
+}
+
+/// Every hub of this process gets a distinct id, so a registration made by one hub (or inherited
+/// from the parent's hub through fork) is never mistaken for one of the current hub's.
+static NEXT_HUB_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The state of one hub. Every field uses interior mutability: the loop and the coroutines it
+/// resumes take short borrows, never held across a switch.
+pub(crate) struct Hub {
+    pub(crate) id: u64,
+    pub(crate) tasks: RefCell<Slab<Task>>,
+    pub(crate) ready: RefCell<VecDeque<TaskRef>>,
+    /// The coroutine running now, if any (set only while the loop is inside `resume`).
+    pub(crate) running: Cell<Option<coroutine::Running>>,
+    pub(crate) timers: Timers,
+    pub(crate) reactor: Reactor,
+    pub(crate) remote: std::sync::Arc<Remote>,
+    pub(crate) pool: RefCell<Option<Pool>>,
+    pub(crate) stacks: StackPool,
+    exit_hooks: RefCell<Vec<Box<dyn FnOnce()>>>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+/// The hub of this thread, or a panic with a sentence naming the rule.
+///
+/// `what` names the public function the user called ("sleep", "spawn", ...).
+pub(crate) fn hub(what: &str) -> &'static Hub {
+    try_hub().unwrap_or_else(|| {
+        panic!(
+            "greenhub::{what} called outside a hub; call it from inside greenhub::run \
+             or a coroutine spawned there"
+        )
+    })
+}
+
+/// The hub of this thread, if one is running.
+pub(crate) fn try_hub() -> Option<&'static Hub> {
+    let ptr = CURRENT_HUB.with(Cell::get);
+    // SAFETY: a non-null pointer was set by `run`, which owns the boxed hub and clears the pointer
+    // before freeing it. Every caller runs inside that `run` call (in the loop or in a coroutine
+    // it resumes, all of which have ended before `run` frees the hub) and none stores the
+    // reference. After fork, `forget_inherited` clears the pointer and the box is never freed.
+    (!ptr.is_null()).then(|| unsafe { &*ptr })
+}
+
+/// Runs `f` as the root coroutine of a fresh hub on this thread, and returns its value.
+///
+/// The loop runs until `f` returns. Coroutines still alive then are cancelled (unwound, their
+/// destructors run) before `run` returns. A panic in `f` propagates out of `run` after that
+/// clean-up. `f` may borrow from the caller.
+///
+/// ```
+/// let v = greenhub::run(|| {
+///     let h = greenhub::spawn(|| 20);
+///     h.join().unwrap() + 1
+/// });
+/// assert_eq!(v, 21);
+/// ```
+///
+/// # Panics
+/// Inside a running hub (a hub per thread: use [`spawn`](crate::spawn) instead).
+pub fn run<T>(f: impl FnOnce() -> T) -> T {
+    Builder::new().run(f)
+}
+
+/// Configures a hub before running it: `Builder::new().stack_size(bytes).run(f)`.
+///
+/// ```
+/// let v = greenhub::Builder::new().stack_size(256 * 1024).run(|| 7);
+/// assert_eq!(v, 7);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    stack_size: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// A builder with the defaults: 1 MiB of usable stack per coroutine (plus a guard page).
+    pub fn new() -> Self {
+        Builder { stack_size: DEFAULT_STACK_SIZE }
+    }
+
+    /// Usable stack size of every coroutine of this hub, root included, in bytes (rounded up to
+    /// whole pages). Memory is reserved, not touched: resident memory grows only with the depth a
+    /// coroutine actually reaches.
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = bytes;
+        self
+    }
+
+    /// Runs `f` as the root coroutine of a fresh hub; see [`run`].
+    pub fn run<T>(self, f: impl FnOnce() -> T) -> T {
+        assert!(
+            try_hub().is_none(),
+            "greenhub::run called inside a running hub; a thread has one hub: \
+             use greenhub::spawn to start more coroutines"
+        );
+        crate::sys::install_overflow_reporter();
+        let hub = Box::new(Hub::new(self.stack_size).expect("greenhub::run: cannot create the hub"));
+        let _installed = Installed::new(&hub);
+        let result = Rc::new(JoinState::new());
+        let root = hub.spawn_root(f, result.clone());
+        hub.run_until_done(root);
+        hub.shutdown();
+        match result.take() {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => panic::resume_unwind(e.into_panic()),
+            None => unreachable!("the root coroutine ended without a result"),
+        }
+    }
+}
+
+/// Sets the thread's hub pointer for the lifetime of `run`, and clears it even on unwind.
+struct Installed;
+
+impl Installed {
+    fn new(hub: &Hub) -> Self {
+        CURRENT_HUB.with(|c| c.set(hub));
+        Installed
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        CURRENT_HUB.with(|c| c.set(ptr::null()));
+    }
+}
+
+impl Hub {
+    fn new(stack_size: usize) -> std::io::Result<Hub> {
+        let waker = crate::sys::eventfd()?;
+        let reactor = Reactor::new(waker.as_raw_fd())?;
+        let remote = std::sync::Arc::new(Remote::new(waker));
+        Ok(Hub {
+            id: NEXT_HUB_ID.fetch_add(1, Ordering::Relaxed),
+            tasks: RefCell::new(Slab::new()),
+            ready: RefCell::new(VecDeque::new()),
+            running: Cell::new(None),
+            timers: Timers::default(),
+            reactor,
+            remote,
+            pool: RefCell::new(None),
+            stacks: StackPool::new(stack_size),
+            exit_hooks: RefCell::new(Vec::new()),
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Drives the loop until the root coroutine has ended.
+    fn run_until_done(&self, root: TaskRef) {
+        while self.is_alive(root) {
+            self.turn(root);
+        }
+    }
+
+    /// One turn of the loop.
+    fn turn(&self, root: TaskRef) {
+        // 1. Run what is ready, up to the fairness budget.
+        for _ in 0..FAIRNESS_BUDGET {
+            let Some(next) = self.ready.borrow_mut().pop_front() else { break };
+            self.resume(next);
+            if !self.is_alive(root) {
+                return;
+            }
+        }
+        // 2. Fire expired timers: their coroutines join the ready queue.
+        self.timers.fire_expired(self);
+        // 3. Poll: without blocking while coroutines are ready, else until the next timer.
+        let timeout = if self.ready.borrow().is_empty() {
+            self.timers.time_to_next()
+        } else {
+            Some(Duration::ZERO)
+        };
+        if timeout.is_none() && !self.anything_can_wake() {
+            self.report_deadlock(root);
+            return;
+        }
+        // 4. Wake the coroutines whose fds (or helper threads) answered.
+        self.reactor.poll(self, timeout);
+    }
+
+    /// Whether any source outside the coroutines could ever make one ready again.
+    fn anything_can_wake(&self) -> bool {
+        !self.ready.borrow().is_empty()
+            || !self.timers.is_empty()
+            || self.reactor.has_waiters()
+            || self.remote.in_flight() > 0
+    }
+
+    /// The root is blocked and nothing can wake anything: make its blocking call panic.
+    fn report_deadlock(&self, root: TaskRef) {
+        let report = self.deadlock_report(root);
+        self.interrupt(root, Wake::Deadlock(report));
+    }
+
+    fn deadlock_report(&self, root: TaskRef) -> String {
+        let tasks = self.tasks.borrow();
+        let waiting = |t: &Task| match t.state {
+            TaskState::Suspended => format!("waiting on {}", t.waiting),
+            TaskState::Ready => "ready".to_string(),
+            TaskState::Running => "running".to_string(),
+        };
+        let root_task = &tasks[root.key];
+        let mut report = format!(
+            "greenhub: the root coroutine would block forever: it waits on {}, and nothing can \
+             wake any coroutine again (no coroutine is ready; no timer, fd, child process or \
+             helper thread is pending).\nlive coroutines:",
+            root_task.waiting
+        );
+        let mut live: Vec<&Task> = tasks.iter().map(|(_, t)| t).collect();
+        live.sort_by_key(|t| t.id);
+        for t in live {
+            let tag = if t.id == root.id { " (root)" } else { "" };
+            let _ = write!(report, "\n  coroutine {}{tag}: {}", t.id, waiting(t));
+        }
+        report
+    }
+
+    /// Cancels every coroutine still alive (in id order, including those spawned while others
+    /// unwind), then runs the exit hooks. Called once the root has ended.
+    fn shutdown(&self) {
+        loop {
+            while let Some(task) = self.oldest_task() {
+                self.cancel(task);
+                while self.is_alive(task) {
+                    self.resume(task);
+                }
+            }
+            let hooks = std::mem::take(&mut *self.exit_hooks.borrow_mut());
+            if hooks.is_empty() {
+                break;
+            }
+            for hook in hooks {
+                hook();
+            }
+        }
+        self.ready.borrow_mut().clear();
+    }
+
+    fn oldest_task(&self) -> Option<TaskRef> {
+        let tasks = self.tasks.borrow();
+        tasks.iter().min_by_key(|(_, t)| t.id).map(|(key, t)| TaskRef { key, id: t.id })
+    }
+
+    /// Registers `hook` to run when this hub's `run` is about to return, after every coroutine
+    /// has been unwound.
+    pub(crate) fn at_exit(&self, hook: Box<dyn FnOnce()>) {
+        self.exit_hooks.borrow_mut().push(hook);
+    }
+
+    /// Whether the task behind `r` is still in the table (not yet ended).
+    pub(crate) fn is_alive(&self, r: TaskRef) -> bool {
+        self.tasks.borrow().get(r.key).is_some_and(|t| t.id == r.id)
+    }
+
+    /// The body of a not-yet-started task, for the spawn paths.
+    pub(crate) fn insert_task(&self, body: Body) -> TaskRef {
+        let task = Task::new(body);
+        let id = task.id;
+        let key = self.tasks.borrow_mut().insert(task);
+        let r = TaskRef { key, id };
+        self.ready.borrow_mut().push_back(r);
+        r
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // Empty after a normal `run`; coroutines remain only if the loop itself panicked.
+        coroutine::force_drop(std::mem::take(self.tasks.get_mut()));
+    }
+}
+
+/// After `fork`, in the child: forget this thread's hub without touching it.
+///
+/// The epoll instance and every registration are shared with the parent, so the child must not
+/// poll, register or deregister on it; the parent's coroutines must never be resumed or unwound.
+/// The hub (with its coroutines and their stacks) is leaked, its two fds (epoll and the wake-up
+/// eventfd) are closed, and the thread is left with no hub so that [`run`] can start a fresh one.
+///
+/// # Safety
+/// Call only in a process that has just been created by `fork` from a thread running a hub, and
+/// never return into the coroutine this is called from (end the process with `_exit`), since the
+/// hub that would resume it is gone.
+pub(crate) unsafe fn forget_inherited() {
+    if let Some(hub) = try_hub() {
+        hub.reactor.close_fds_after_fork();
+    }
+    CURRENT_HUB.with(|c| c.set(ptr::null()));
+    coroutine::forget_running_after_fork();
+}

@@ -1,0 +1,20 @@
+//! Synchronisation between the coroutines of one hub: [`Event`], [`channel`] / [`bounded`],
+//! [`Semaphore`], [`Mutex`].
+//!
+//! All are `!Send` (share them between coroutines with `Rc`) and are built on one wait-list
+//! skeleton ("check, register, check again, suspend"), so wake-ups are FIFO among the waiters of
+//! one primitive and none is lost, even when a waiter is cancelled or times out. Waits suspend
+//! only the calling coroutine. The errors are shaped like `std::sync::mpsc`'s.
+
+mod channel;
+mod event;
+mod mutex;
+mod semaphore;
+pub(crate) mod waitlist;
+
+pub use channel::{
+    Receiver, RecvError, RecvTimeoutError, SendError, Sender, TryRecvError, bounded, channel,
+};
+pub use event::Event;
+pub use mutex::{Mutex, MutexGuard};
+pub use semaphore::{Semaphore, SemaphorePermit};

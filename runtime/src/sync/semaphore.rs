@@ -1,0 +1,107 @@
+//! `Semaphore`: a count of permits that coroutines acquire and release (gevent's `Semaphore`).
+
+use std::cell::Cell;
+use std::fmt;
+
+use super::waitlist::{WaitList, WaitReason};
+
+/// A count of permits; [`acquire`](Self::acquire) suspends while none is available. Permits are
+/// handed out in the order coroutines asked for them.
+///
+/// ```
+/// use std::rc::Rc;
+/// use greenhub::sync::Semaphore;
+///
+/// greenhub::run(|| {
+///     let sem = Rc::new(Semaphore::new(1));
+///     let permit = sem.acquire();
+///     assert!(sem.try_acquire().is_none());
+///     drop(permit);
+///     assert_eq!(sem.available_permits(), 1);
+/// });
+/// ```
+#[derive(Default)]
+pub struct Semaphore {
+    permits: Cell<usize>,
+    waiters: WaitList,
+}
+
+impl Semaphore {
+    /// A semaphore with `permits` permits available.
+    pub fn new(permits: usize) -> Self {
+        Semaphore { permits: Cell::new(permits), waiters: WaitList::new() }
+    }
+
+    /// Suspends the caller until a permit is available and takes it; dropping the permit
+    /// returns it.
+    pub fn acquire(&self) -> SemaphorePermit<'_> {
+        self.acquire_as(WaitReason::Semaphore)
+    }
+
+    /// `acquire`, reported as `reason` while it waits.
+    pub(super) fn acquire_as(&self, reason: WaitReason) -> SemaphorePermit<'_> {
+        let taken = self.waiters.wait_until(reason, None, || self.try_take());
+        taken.expect("a wait without deadline returns only when it succeeds")
+    }
+
+    /// Takes a permit if one is available now, without suspending. Never jumps the queue: while
+    /// coroutines wait for a permit, the permit is theirs.
+    pub fn try_acquire(&self) -> Option<SemaphorePermit<'_>> {
+        if self.waiters.len() > 0 {
+            return None;
+        }
+        self.try_take()
+    }
+
+    /// How many permits are available now.
+    pub fn available_permits(&self) -> usize {
+        self.permits.get()
+    }
+
+    fn try_take(&self) -> Option<SemaphorePermit<'_>> {
+        let n = self.permits.get();
+        (n > 0).then(|| {
+            self.permits.set(n - 1);
+            SemaphorePermit { semaphore: self }
+        })
+    }
+
+    fn release(&self) {
+        self.permits.set(self.permits.get() + 1);
+        self.waiters.notify_one();
+    }
+}
+
+impl fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("available", &self.permits.get())
+            .field("waiters", &self.waiters)
+            .finish()
+    }
+}
+
+/// A permit of a [`Semaphore`]; dropping it releases the permit to the next waiter.
+#[must_use = "dropping the permit releases it at once"]
+pub struct SemaphorePermit<'a> {
+    semaphore: &'a Semaphore,
+}
+
+impl SemaphorePermit<'_> {
+    /// Gives the permit up without returning it: the semaphore has one permit fewer.
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SemaphorePermit<'_> {
+    fn drop(&mut self) {
+        self.semaphore.release();
+    }
+}
+
+impl fmt::Debug for SemaphorePermit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SemaphorePermit")
+    }
+}

@@ -1,0 +1,203 @@
+//! The one wait-list skeleton under every primitive: check, register, check again, suspend.
+//!
+//! Guarantee: waiters are woken in the order they first registered (a waiter that was woken but
+//! lost the race for the resource goes back to its original place, not to the back), and a
+//! notification is never lost: a waiter woken and then cancelled or timed out passes its
+//! notification to the next waiter. Not guaranteed: that a woken waiter gets the resource; every
+//! caller re-checks its condition after each resume.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use crate::coroutine::{self, CoroutineId, Suspend, TaskRef};
+use crate::hub::{hub, try_hub};
+use crate::timer::{TimerAction, TimerGuard};
+
+/// What a suspended coroutine waits on, for the deadlock report.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum WaitReason {
+    Nothing,
+    Sleep(Option<Instant>),
+    Event,
+    ChannelRecv,
+    ChannelSend,
+    Semaphore,
+    Mutex,
+    Join(CoroutineId),
+    Readable(RawFd),
+    Writable(RawFd),
+    Blocking,
+}
+
+impl WaitReason {
+    /// The public function that waits this way, for "called outside a hub" messages.
+    fn api_name(&self) -> &'static str {
+        match self {
+            WaitReason::Sleep(_) => "sleep",
+            WaitReason::Event => "Event::wait",
+            WaitReason::ChannelRecv => "Receiver::recv",
+            WaitReason::ChannelSend => "Sender::send",
+            WaitReason::Semaphore => "Semaphore::acquire",
+            WaitReason::Mutex => "Mutex::lock",
+            WaitReason::Join(_) => "JoinHandle::join",
+            WaitReason::Readable(_) | WaitReason::Writable(_) => "io",
+            WaitReason::Blocking => "spawn_blocking",
+            WaitReason::Nothing => "wait",
+        }
+    }
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::Nothing => f.write_str("nothing"),
+            WaitReason::Sleep(Some(at)) => {
+                let left = at.saturating_duration_since(Instant::now());
+                write!(f, "sleep ({left:?} left)")
+            }
+            WaitReason::Sleep(None) => f.write_str("sleep (forever)"),
+            WaitReason::Event => f.write_str("an Event"),
+            WaitReason::ChannelRecv => f.write_str("a channel recv"),
+            WaitReason::ChannelSend => f.write_str("a channel send"),
+            WaitReason::Semaphore => f.write_str("a Semaphore permit"),
+            WaitReason::Mutex => f.write_str("a Mutex lock"),
+            WaitReason::Join(id) => write!(f, "join of coroutine {id}"),
+            WaitReason::Readable(fd) => write!(f, "fd {fd} to be readable"),
+            WaitReason::Writable(fd) => write!(f, "fd {fd} to be writable"),
+            WaitReason::Blocking => f.write_str("a spawn_blocking job"),
+        }
+    }
+}
+
+/// Coroutines waiting on one primitive, in ticket (arrival) order.
+#[derive(Default)]
+pub(crate) struct WaitList {
+    queue: RefCell<VecDeque<Waiter>>,
+    next_ticket: Cell<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Waiter {
+    task: TaskRef,
+    ticket: u64,
+}
+
+impl WaitList {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Suspends the caller until `check` returns `Some`, or until `deadline` passes (`None`).
+    ///
+    /// `check` must be side-effect free when it returns `None`.
+    pub(crate) fn wait_until<R>(
+        &self,
+        reason: WaitReason,
+        deadline: Option<Instant>,
+        mut check: impl FnMut() -> Option<R>,
+    ) -> Option<R> {
+        // 1. Check.
+        if let Some(ready) = check() {
+            return Some(ready);
+        }
+        let hub = hub(reason.api_name());
+        let me = hub.current_task(reason.api_name());
+        let timer = deadline.map(|at| TimerGuard::new(hub, at, TimerAction::Wake(me)));
+        // 2. Register.
+        let mut entry = Entry::register(self, me);
+        loop {
+            // 3. Check again (the condition may have changed while we registered or slept).
+            if let Some(ready) = check() {
+                entry.settle();
+                return Some(ready);
+            }
+            if timer.as_ref().is_some_and(TimerGuard::fired) {
+                return None; // `entry` passes on a notification it did not use
+            }
+            entry.requeue_if_woken();
+            // 4. Suspend.
+            coroutine::suspend(hub, Suspend::Wait(reason));
+        }
+    }
+
+    /// Wakes the longest-waiting coroutine; false if none waits.
+    pub(crate) fn notify_one(&self) -> bool {
+        let Some(waiter) = self.queue.borrow_mut().pop_front() else { return false };
+        if let Some(hub) = try_hub() {
+            hub.wake(waiter.task);
+        }
+        true
+    }
+
+    /// Wakes every waiting coroutine.
+    pub(crate) fn notify_all(&self) {
+        while self.notify_one() {}
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    fn position(&self, ticket: u64) -> Result<usize, usize> {
+        self.queue.borrow().binary_search_by_key(&ticket, |w| w.ticket)
+    }
+}
+
+impl fmt::Debug for WaitList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} waiting", self.len())
+    }
+}
+
+/// One coroutine's place in a wait list, for the duration of one wait.
+struct Entry<'a> {
+    list: &'a WaitList,
+    waiter: Waiter,
+    settled: bool,
+}
+
+impl<'a> Entry<'a> {
+    fn register(list: &'a WaitList, task: TaskRef) -> Self {
+        let ticket = list.next_ticket.get();
+        list.next_ticket.set(ticket + 1);
+        let waiter = Waiter { task, ticket };
+        list.queue.borrow_mut().push_back(waiter);
+        Entry { list, waiter, settled: false }
+    }
+
+    /// Back to its original place after a wake that did not let it proceed.
+    fn requeue_if_woken(&mut self) {
+        if let Err(at) = self.list.position(self.waiter.ticket) {
+            self.list.queue.borrow_mut().insert(at, self.waiter);
+        }
+    }
+
+    /// The wait succeeded: leave the list without passing anything on.
+    fn settle(&mut self) {
+        self.settled = true;
+        self.remove();
+    }
+
+    /// Removes the entry if still queued; true if it was (i.e. it was not notified).
+    fn remove(&self) -> bool {
+        match self.list.position(self.waiter.ticket) {
+            Ok(at) => {
+                self.list.queue.borrow_mut().remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        if !self.settled && !self.remove() {
+            // Notified, then timed out or cancelled before using it: pass it on.
+            self.list.notify_one();
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Linux-specific pieces of the hub: the stack-overflow reporter and the eventfd that wakes the
+//! loop from other threads. Every `unsafe` block of the crate outside `coroutine.rs` and
+//! `hub.rs` is here. (mio itself hides epoll; a kqueue port replaces this file.)
+//!
+//! Guarantee: a coroutine that runs off its stack into the guard page is reported on stderr as
+//! "greenhub: coroutine #N overflowed its stack (size S bytes)" and the process aborts. Any other
+//! SIGSEGV/SIGBUS goes to the handler that was installed before (Rust's own, or the default).
+
+use std::cell::Cell;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
+
+/// A fault this far below a stack's guard page still counts as an overflow of that stack (a
+/// frame larger than one page can jump over the guard page).
+const GUARD_SLACK: usize = 64 * 1024;
+
+/// Size of the alternate signal stack greenhub installs on a thread that has none.
+const ALT_STACK_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// The running coroutine's stack, for the fault handler: [guard page address, id, size].
+    /// Const-initialised and without destructor, so reading it in a signal handler is plain
+    /// thread-local memory access.
+    static WATCHED: Cell<[usize; 3]> = const { Cell::new([0; 3]) };
+    static ALT_STACK_READY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The handlers that were installed before ours, for SIGSEGV and SIGBUS.
+static PREVIOUS: OnceLock<[libc::sigaction; 2]> = OnceLock::new();
+static PAGE_SIZE: OnceLock<usize> = OnceLock::new();
+
+/// Records the stack of the coroutine about to run.
+pub(crate) fn watch_stack(limit: usize, id: u64, size: usize) {
+    WATCHED.with(|w| w.set([limit, id as usize, size]));
+}
+
+/// No coroutine is running on this thread.
+pub(crate) fn unwatch_stack() {
+    WATCHED.with(|w| w.set([0; 3]));
+}
+
+/// Installs the overflow reporter once per process, and an alternate signal stack on this
+/// thread if it has none (the handler cannot run on the stack that overflowed).
+pub(crate) fn install_overflow_reporter() {
+    PREVIOUS.get_or_init(|| {
+        PAGE_SIZE.get_or_init(page_size);
+        [install_handler(libc::SIGSEGV), install_handler(libc::SIGBUS)]
+    });
+    if !ALT_STACK_READY.with(Cell::get) {
+        ensure_alt_stack();
+        ALT_STACK_READY.with(|r| r.set(true));
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096)
+}
+
+fn install_handler(signal: libc::c_int) -> libc::sigaction {
+    // SAFETY: an all-zero sigaction is a valid "no handler, empty mask" value.
+    let mut ours: libc::sigaction = unsafe { std::mem::zeroed() };
+    ours.sa_sigaction = on_fault as *const () as usize;
+    ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+    let mut previous = MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: both pointers are valid for the call; `on_fault` has the SA_SIGINFO signature and
+    // only does async-signal-safe work (thread-local reads, write(2), abort, sigaction).
+    let rc = unsafe {
+        libc::sigemptyset(&mut ours.sa_mask);
+        libc::sigaction(signal, &ours, previous.as_mut_ptr())
+    };
+    assert_eq!(rc, 0, "greenhub: sigaction failed: {}", io::Error::last_os_error());
+    // SAFETY: sigaction succeeded, so it wrote the previous action.
+    unsafe { previous.assume_init() }
+}
+
+fn ensure_alt_stack() {
+    let mut current = MaybeUninit::<libc::stack_t>::zeroed();
+    // SAFETY: querying the alternate stack with a null new stack changes nothing.
+    let rc = unsafe { libc::sigaltstack(std::ptr::null(), current.as_mut_ptr()) };
+    // SAFETY: sigaltstack succeeded (rc == 0) and filled `current`.
+    if rc != 0 || unsafe { current.assume_init() }.ss_flags & libc::SS_DISABLE == 0 {
+        return; // the thread has one already (Rust installs one on the threads it starts)
+    }
+    // SAFETY: an anonymous private mapping has no preconditions; the result is checked.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            ALT_STACK_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return; // without it an overflow is a plain SIGSEGV, as without greenhub
+    }
+    let alt = libc::stack_t { ss_sp: stack, ss_flags: 0, ss_size: ALT_STACK_SIZE };
+    // SAFETY: `alt` describes a live mapping that is never unmapped (one per thread, leaked).
+    unsafe { libc::sigaltstack(&alt, std::ptr::null_mut()) };
+}
+
+/// The SIGSEGV/SIGBUS handler: report an overflow of the running coroutine's stack, or chain.
+extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let [limit, id, size] = WATCHED.with(Cell::get);
+    let page = PAGE_SIZE.get().copied().unwrap_or(4096);
+    if limit != 0 && addr >= limit.saturating_sub(GUARD_SLACK) && addr < limit + page {
+        report_overflow(id, size);
+        // SAFETY: abort is async-signal-safe and never returns.
+        unsafe { libc::abort() };
+    }
+    chain(signal, info, ctx);
+}
+
+/// Writes the report with write(2) from a stack buffer: no allocation, no locks.
+fn report_overflow(id: usize, size: usize) {
+    let mut buf = [0u8; 160];
+    let mut len = 0;
+    for part in [
+        Part::Text("greenhub: coroutine #"),
+        Part::Number(id),
+        Part::Text(" overflowed its stack (size "),
+        Part::Number(size),
+        Part::Text(" bytes); raise Builder::stack_size or use less stack. Aborting.\n"),
+    ] {
+        len += part.write(&mut buf[len..]);
+    }
+    // SAFETY: `buf[..len]` is initialised; fd 2 may be closed, in which case write fails harmlessly.
+    unsafe { libc::write(2, buf.as_ptr().cast(), len) };
+}
+
+enum Part {
+    Text(&'static str),
+    Number(usize),
+}
+
+impl Part {
+    /// Writes as much as fits; returns the bytes written.
+    fn write(&self, out: &mut [u8]) -> usize {
+        let mut digits = [0u8; 20];
+        let bytes: &[u8] = match *self {
+            Part::Text(s) => s.as_bytes(),
+            Part::Number(mut n) => {
+                let mut i = digits.len();
+                loop {
+                    i -= 1;
+                    digits[i] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                &digits[i..]
+            }
+        };
+        let n = bytes.len().min(out.len());
+        out[..n].copy_from_slice(&bytes[..n]);
+        n
+    }
+}
+
+/// Passes a fault that is not ours to the handler that was there before.
+fn chain(signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let Some(previous) = PREVIOUS.get() else { return };
+    let previous = previous[usize::from(signal == libc::SIGBUS)];
+    let handler = previous.sa_sigaction;
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        // Restore the default action and return: the faulting instruction runs again and the
+        // kernel delivers the default action (terminate with a core dump).
+        // SAFETY: an all-zero sigaction with SIG_DFL is valid; sigaction is async-signal-safe.
+        unsafe {
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(signal, &default, std::ptr::null_mut());
+        }
+    } else if previous.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this signature.
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(handler) };
+        f(signal, info, ctx);
+    } else {
+        // SAFETY: a handler installed without SA_SIGINFO takes the signal number only.
+        let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
+        f(signal);
+    }
+}
+
+/// An eventfd for waking the loop from other threads (non-blocking, close-on-exec).
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd has no memory preconditions; the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd's counter (wakes a poller). A full counter already means "wake".
+pub(crate) fn eventfd_signal(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to an fd we own.
+    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+/// Resets an eventfd's counter.
+pub(crate) fn eventfd_drain(fd: RawFd) {
+    let mut count: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live u64.
+    unsafe { libc::read(fd, (&mut count as *mut u64).cast(), 8) };
+}
+
+/// Closes an fd number without any other bookkeeping (after fork, for inherited hub fds).
+pub(crate) fn close_raw(fd: RawFd) {
+    // SAFETY: the caller owns this fd number in this process and never uses it again.
+    unsafe { libc::close(fd) };
+}
+
+/// Puts an fd in non-blocking mode.
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd number has no memory preconditions; errors are checked.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK != 0 {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's cap on memory mappings per process, if readable.
+pub(crate) fn max_map_count() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?.trim().parse().ok()
+}

@@ -1,0 +1,251 @@
+//! Timers: `sleep`, `timeout`, and the hub's timer queue.
+//!
+//! Guarantee: a timer never fires before its deadline (the poll timeout is rounded up to whole
+//! milliseconds by mio, and expiry is checked against `Instant::now()`); timers with the same
+//! deadline fire in the order they were set. Not guaranteed: how late a timer fires, which depends
+//! on what the other coroutines do before they suspend.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use crate::coroutine::{self, Suspend, TaskRef, Wake};
+use crate::hub::{Hub, hub};
+use crate::sync::waitlist::WaitReason;
+
+/// A timer's key: its deadline, then a sequence number so that equal deadlines keep their order.
+pub(crate) type TimerKey = (Instant, u64);
+
+/// What a timer does when it fires.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TimerAction {
+    /// Make the task ready (sleep, waits with a deadline).
+    Wake(TaskRef),
+    /// Unwind the task to the `timeout` boundary with this id.
+    Interrupt(TaskRef, u64),
+}
+
+/// The hub's timer queue: obviously correct before it is clever.
+#[derive(Default)]
+pub(crate) struct Timers {
+    queue: RefCell<BTreeMap<TimerKey, TimerAction>>,
+    next_seq: Cell<u64>,
+}
+
+impl Timers {
+    pub(crate) fn insert(&self, at: Instant, action: TimerAction) -> TimerKey {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        self.queue.borrow_mut().insert((at, seq), action);
+        (at, seq)
+    }
+
+    /// Removes a timer; false if it had already fired (or been removed).
+    pub(crate) fn remove(&self, key: TimerKey) -> bool {
+        self.queue.borrow_mut().remove(&key).is_some()
+    }
+
+    pub(crate) fn contains(&self, key: TimerKey) -> bool {
+        self.queue.borrow().contains_key(&key)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.borrow().is_empty()
+    }
+
+    /// How long the loop may sleep before the next timer is due; `None` if there is none.
+    pub(crate) fn time_to_next(&self) -> Option<Duration> {
+        let queue = self.queue.borrow();
+        let (&(at, _), _) = queue.first_key_value()?;
+        Some(at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Fires every timer whose deadline has passed, in deadline order.
+    pub(crate) fn fire_expired(&self, hub: &Hub) {
+        if self.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        loop {
+            let action = {
+                let mut queue = self.queue.borrow_mut();
+                match queue.first_entry() {
+                    Some(entry) if entry.key().0 <= now => entry.remove(),
+                    _ => return,
+                }
+            };
+            match action {
+                TimerAction::Wake(task) => hub.wake(task),
+                TimerAction::Interrupt(task, id) => hub.interrupt(task, Wake::Timeout(id)),
+            }
+        }
+    }
+}
+
+/// A timer that is removed when this guard drops (the wait ended, or unwound).
+pub(crate) struct TimerGuard<'h> {
+    hub: &'h Hub,
+    key: TimerKey,
+}
+
+impl<'h> TimerGuard<'h> {
+    pub(crate) fn new(hub: &'h Hub, at: Instant, action: TimerAction) -> Self {
+        TimerGuard { hub, key: hub.timers.insert(at, action) }
+    }
+
+    /// Whether the timer has fired.
+    pub(crate) fn fired(&self) -> bool {
+        !self.hub.timers.contains(self.key)
+    }
+}
+
+impl Drop for TimerGuard<'_> {
+    fn drop(&mut self) {
+        self.hub.timers.remove(self.key);
+    }
+}
+
+/// A deadline `d` from now; `None` when it is too far to represent (wait forever).
+pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+/// Suspends the calling coroutine for at least `d`; `sleep(Duration::ZERO)` is a yield.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// greenhub::run(|| {
+///     let start = Instant::now();
+///     greenhub::sleep(Duration::from_millis(5));
+///     assert!(start.elapsed() >= Duration::from_millis(5));
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub.
+pub fn sleep(d: Duration) {
+    let hub = hub("sleep");
+    if d.is_zero() {
+        return coroutine::suspend(hub, Suspend::Yield);
+    }
+    let me = hub.current_task("sleep");
+    let Some(deadline) = deadline_after(d) else {
+        // Longer than `Instant` can represent: a sleep that never ends (still cancellable).
+        loop {
+            coroutine::suspend(hub, Suspend::Wait(WaitReason::Sleep(None)));
+        }
+    };
+    let timer = TimerGuard::new(hub, deadline, TimerAction::Wake(me));
+    while !timer.fired() {
+        coroutine::suspend(hub, Suspend::Wait(WaitReason::Sleep(Some(deadline))));
+    }
+}
+
+/// The unwind payload that carries a fired timeout to its boundary.
+pub(crate) struct TimedOut(pub(crate) u64);
+
+thread_local! {
+    static NEXT_TIMEOUT_ID: Cell<u64> = const { Cell::new(1) };
+}
+
+/// Runs `f`, unwinding it if it is still suspended when `d` has passed (gevent's `Timeout`).
+///
+/// When the deadline passes while `f` is suspended (in `sleep`, `recv`, `read`, `join`, ...), that
+/// suspension point unwinds to this boundary, running destructors, and `timeout` returns
+/// `Err(Elapsed)`. Nested timeouts work: the one that fired is the one that returns `Err`. An `f`
+/// that returns without being suspended past the deadline gives `Ok`, however long it took.
+///
+/// ```
+/// use std::time::Duration;
+/// greenhub::run(|| {
+///     let slow = greenhub::timeout(Duration::from_millis(5), || {
+///         greenhub::sleep(Duration::from_secs(10));
+///     });
+///     assert!(slow.is_err());
+///     assert_eq!(greenhub::timeout(Duration::from_secs(1), || 3), Ok(3));
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub. A panic inside `f` propagates.
+pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
+    let hub = hub("timeout");
+    let me = hub.current_task("timeout");
+    let Some(deadline) = deadline_after(d) else { return Ok(f()) };
+    let id = NEXT_TIMEOUT_ID.with(|n| {
+        let id = n.get();
+        n.set(id + 1);
+        id
+    });
+    let timer = TimerGuard::new(hub, deadline, TimerAction::Interrupt(me, id));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+    drop(timer);
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(payload) => match payload.downcast::<TimedOut>() {
+            Ok(fired) if fired.0 == id => Err(Elapsed(())),
+            Ok(other) => panic::resume_unwind(other),
+            Err(payload) => panic::resume_unwind(payload),
+        },
+    }
+}
+
+/// The error of a [`timeout`] whose deadline passed while its closure was suspended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed(());
+
+impl fmt::Debug for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Elapsed")
+    }
+}
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline has elapsed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coroutine::CoroutineId;
+
+    fn task(n: usize) -> TaskRef {
+        TaskRef { key: n, id: CoroutineId::for_test(n as u64) }
+    }
+
+    #[test]
+    fn equal_deadlines_keep_insertion_order() {
+        let timers = Timers::default();
+        let at = Instant::now();
+        let a = timers.insert(at, TimerAction::Wake(task(1)));
+        let b = timers.insert(at, TimerAction::Wake(task(2)));
+        assert!(a < b);
+        assert_eq!(timers.queue.borrow().keys().copied().collect::<Vec<_>>(), vec![a, b]);
+    }
+
+    #[test]
+    fn time_to_next_is_zero_when_due_and_none_when_empty() {
+        let timers = Timers::default();
+        assert_eq!(timers.time_to_next(), None);
+        let key = timers.insert(Instant::now(), TimerAction::Wake(task(1)));
+        assert_eq!(timers.time_to_next(), Some(Duration::ZERO));
+        assert!(timers.remove(key));
+        assert!(!timers.remove(key));
+        assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn time_to_next_never_undershoots() {
+        let timers = Timers::default();
+        let at = Instant::now() + Duration::from_millis(50);
+        timers.insert(at, TimerAction::Wake(task(1)));
+        let wait = timers.time_to_next().unwrap();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(50));
+    }
+}
