@@ -51,6 +51,11 @@ impl<T> Mutex<T> {
         Some(MutexGuard { value: self.value.borrow_mut(), _permit: permit })
     }
 
+    /// The value, through exclusive access (no guard can exist).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.value.get_mut()
+    }
+
     /// The value, when no guard can exist.
     pub fn into_inner(self) -> T {
         self.value.into_inner()

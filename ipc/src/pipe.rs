@@ -1,0 +1,293 @@
+//! Pipe handles: [`Reader`], [`Writer`], [`Duplex`], and the functions that make them.
+//!
+//! Guarantee: frames from coroutines sharing one handle never interleave (a per-handle coroutine
+//! lock is held for a whole frame); a `get` or `put` cut short by a timeout or cancellation leaves
+//! its partial message in the handle, and the next call on that handle continues it, so nothing is
+//! lost or corrupted; bytes from the peer are untrusted and give typed errors. Not guaranteed:
+//! which of several coroutines waiting on one handle goes first (they queue FIFO on the lock, but
+//! a timed-out waiter leaves the queue).
+
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use greenhub::io::Source;
+use greenhub::sync::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{Codec, Postcard, Raw};
+use crate::frame::{self, DEFAULT_MAX_MESSAGE_SIZE, Decoder};
+use crate::handle::Handle;
+use crate::transfer::sealed::Sealed;
+use crate::{Error, sys};
+
+/// How many bytes one read asks for: large, so that many small messages cost one system call.
+const READ_SIZE: usize = 256 * 1024;
+
+/// A pipe carrying values of `T`, serialised with postcard (serde).
+///
+/// ```
+/// greenhub::run(|| {
+///     let (reader, writer) = greenhub_ipc::pipe::<(u32, String)>().unwrap();
+///     writer.put(&(7, "seven".to_string())).unwrap();
+///     assert_eq!(reader.get().unwrap(), (7, "seven".to_string()));
+/// });
+/// ```
+pub fn pipe<T>() -> Result<(Reader<T>, Writer<T>), Error>
+where
+    T: Serialize + DeserializeOwned,
+{
+    pipe_with(Postcard)
+}
+
+/// A pipe carrying byte messages as put (gipc's `encoder=None`): the wire format any language
+/// can speak, a 4-byte big-endian length and then the bytes.
+pub fn raw_pipe() -> Result<(Reader<Vec<u8>, Raw>, Writer<Vec<u8>, Raw>), Error> {
+    pipe_with(Raw)
+}
+
+/// A pipe carrying values of `T` encoded by `codec` (each end gets a clone).
+pub fn pipe_with<T, C: Codec<T> + Clone>(codec: C) -> Result<(Reader<T, C>, Writer<T, C>), Error> {
+    sys::ignore_sigpipe();
+    let (read_end, write_end) = sys::pipe()?;
+    let reader = Reader::from_handle(Handle::new(read_end)?, codec.clone());
+    let writer = Writer::from_handle(Handle::new(write_end)?, codec);
+    Ok((reader, writer))
+}
+
+/// Two pipes, one each way: the first end puts `A` and gets `B`, the second the reverse
+/// (gipc's `pipe(duplex=True)`).
+pub fn duplex<A, B>() -> Result<(Duplex<A, B>, Duplex<B, A>), Error>
+where
+    A: Serialize + DeserializeOwned,
+    B: Serialize + DeserializeOwned,
+{
+    let (a_reader, a_writer) = pipe::<A>()?;
+    let (b_reader, b_writer) = pipe::<B>()?;
+    Ok((Duplex { writer: a_writer, reader: b_reader }, Duplex { writer: b_writer, reader: a_reader }))
+}
+
+/// The reading end of a pipe. Methods take `&self`: coroutines share a reader through `Rc`, and
+/// each `get` returns one whole message.
+pub struct Reader<T, C = Postcard> {
+    handle: Handle,
+    /// The per-handle lock, held for a whole message; it guards the bytes of a partial one.
+    decoder: Mutex<Decoder>,
+    codec: C,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T, C: Codec<T>> Reader<T, C> {
+    pub(crate) fn from_handle(handle: Handle, codec: C) -> Self {
+        let decoder = Mutex::new(Decoder::new(DEFAULT_MAX_MESSAGE_SIZE));
+        Reader { handle, decoder, codec, _message: PhantomData }
+    }
+
+    pub(crate) fn from_fd(fd: OwnedFd, codec: C) -> Result<Self, Error> {
+        Ok(Self::from_handle(Handle::new(fd)?, codec))
+    }
+
+    /// Suspends the calling coroutine until a whole message is in, and returns it.
+    ///
+    /// Errors: [`Error::Eof`] when the writer closed at a message boundary,
+    /// [`Error::Truncated`] when it closed in the middle of one, [`Error::TooLarge`] for a header
+    /// announcing more than the maximum, [`Error::Codec`] for a payload the codec rejects (the
+    /// stream stays usable: the next `get` reads the next message), [`Error::Closed`] in a process
+    /// this handle was not transferred to.
+    pub fn get(&self) -> Result<T, Error> {
+        let source = self.handle.source()?;
+        let mut decoder = self.decoder.lock();
+        loop {
+            if let Some(payload) = decoder.next_frame()? {
+                return self.codec.decode(payload);
+            }
+            let room = decoder.read_buf(READ_SIZE);
+            // A read either fills `room` and is recorded below before anything can suspend, or
+            // suspends having read nothing: a timeout or cancel never loses bytes.
+            let n = source.read_with(|mut file| file.read(room))?;
+            if n == 0 {
+                return Err(decoder.on_eof());
+            }
+            decoder.filled(n);
+        }
+    }
+
+    /// Like [`get`](Self::get), giving up with [`Error::Timeout`] when no whole message is in
+    /// within `d`. A message that had started to arrive stays buffered for the next call.
+    pub fn get_timeout(&self, d: Duration) -> Result<T, Error> {
+        greenhub::timeout(d, || self.get()).unwrap_or(Err(Error::Timeout))
+    }
+
+    /// The largest message this reader accepts, in bytes (default 2^31 - 1, gipc's limit).
+    /// Larger ones give [`Error::TooLarge`] before anything is allocated for them.
+    pub fn set_max_message_size(&mut self, bytes: u64) {
+        self.decoder.get_mut().set_max(bytes);
+    }
+
+    /// Closes this end, reporting what `close(2)` says; [`Error::Closed`] if this process does
+    /// not own it. Dropping the reader also closes it, silently.
+    pub fn close(self) -> Result<(), Error> {
+        self.handle.close()
+    }
+}
+
+/// The writing end of a pipe. Methods take `&self`: coroutines share a writer through `Rc`, and
+/// their messages never interleave.
+pub struct Writer<T, C = Postcard> {
+    handle: Handle,
+    /// The per-handle lock, held for a whole message; it guards a partly written frame.
+    outbox: Mutex<Outbox>,
+    codec: C,
+    _message: PhantomData<fn(&T)>,
+}
+
+/// A frame being written, and how much of it is out.
+#[derive(Default)]
+struct Outbox {
+    frame: Vec<u8>,
+    sent: usize,
+}
+
+impl Outbox {
+    /// Writes the rest of the frame, suspending while the pipe is full.
+    fn flush(&mut self, source: &Source<File>) -> Result<(), Error> {
+        while self.sent < self.frame.len() {
+            let rest = &self.frame[self.sent..];
+            // `sent` is updated right after each write, before anything can suspend.
+            self.sent += source.write_with(|mut file| file.write(rest))?;
+        }
+        Ok(())
+    }
+
+    /// Before a new frame: finish one that an earlier `put` started but was cut short of (it is
+    /// delivered whole, before the new one); drop one that never got its first byte out (its
+    /// `put` failed, so it was never sent).
+    fn settle_earlier(&mut self, source: &Source<File>) -> Result<(), Error> {
+        if self.sent > 0 {
+            self.flush(source)?;
+        }
+        self.frame.clear();
+        self.sent = 0;
+        Ok(())
+    }
+}
+
+impl<T, C: Codec<T>> Writer<T, C> {
+    pub(crate) fn from_handle(handle: Handle, codec: C) -> Self {
+        Writer { handle, outbox: Mutex::default(), codec, _message: PhantomData }
+    }
+
+    pub(crate) fn from_fd(fd: OwnedFd, codec: C) -> Result<Self, Error> {
+        Ok(Self::from_handle(Handle::new(fd)?, codec))
+    }
+
+    /// Sends `value` as one message, suspending the calling coroutine until the whole frame is
+    /// written. [`Error::Io`] with kind `BrokenPipe` once every reader is gone.
+    pub fn put(&self, value: &T) -> Result<(), Error> {
+        let source = self.handle.source()?;
+        let mut outbox = self.outbox.lock();
+        outbox.settle_earlier(source)?;
+        frame::append_frame_with(&mut outbox.frame, |payload| self.codec.encode(value, payload))?;
+        outbox.flush(source)
+    }
+
+    /// Closes this end (the reader sees `Eof`, or `Truncated` if a message was cut short);
+    /// [`Error::Closed`] if this process does not own it. Dropping the writer also closes it.
+    pub fn close(self) -> Result<(), Error> {
+        self.handle.close()
+    }
+}
+
+/// Both directions of a [`duplex`] pipe: puts `Out`, gets `In`.
+pub struct Duplex<Out, In> {
+    writer: Writer<Out>,
+    reader: Reader<In>,
+}
+
+impl<Out, In> Duplex<Out, In>
+where
+    Out: Serialize + DeserializeOwned,
+    In: Serialize + DeserializeOwned,
+{
+    /// Sends a message to the other end; see [`Writer::put`].
+    pub fn put(&self, value: &Out) -> Result<(), Error> {
+        self.writer.put(value)
+    }
+
+    /// Receives a message from the other end; see [`Reader::get`].
+    pub fn get(&self) -> Result<In, Error> {
+        self.reader.get()
+    }
+
+    /// See [`Reader::get_timeout`].
+    pub fn get_timeout(&self, d: Duration) -> Result<In, Error> {
+        self.reader.get_timeout(d)
+    }
+
+    /// See [`Reader::set_max_message_size`].
+    pub fn set_max_message_size(&mut self, bytes: u64) {
+        self.reader.set_max_message_size(bytes);
+    }
+
+    /// Closes both directions; the first error, if any.
+    pub fn close(self) -> Result<(), Error> {
+        let written = self.writer.close();
+        let read = self.reader.close();
+        written.and(read)
+    }
+}
+
+impl<T, C> AsRawFd for Reader<T, C> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.handle.as_raw_fd()
+    }
+}
+
+impl<T, C> AsRawFd for Writer<T, C> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.handle.as_raw_fd()
+    }
+}
+
+impl<T, C> fmt::Debug for Reader<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = std::any::type_name::<T>();
+        f.debug_struct("Reader").field("handle", &self.handle).field("message", &message).finish()
+    }
+}
+
+impl<T, C> fmt::Debug for Writer<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = std::any::type_name::<T>();
+        f.debug_struct("Writer").field("handle", &self.handle).field("message", &message).finish()
+    }
+}
+
+impl<Out, In> fmt::Debug for Duplex<Out, In> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Duplex").field("writer", &self.writer).field("reader", &self.reader).finish()
+    }
+}
+
+impl<T, C> Sealed for Reader<T, C> {
+    fn each_handle(&self, f: &mut dyn FnMut(&Handle)) {
+        f(&self.handle);
+    }
+}
+
+impl<T, C> Sealed for Writer<T, C> {
+    fn each_handle(&self, f: &mut dyn FnMut(&Handle)) {
+        f(&self.handle);
+    }
+}
+
+impl<Out, In> Sealed for Duplex<Out, In> {
+    fn each_handle(&self, f: &mut dyn FnMut(&Handle)) {
+        f(&self.writer.handle);
+        f(&self.reader.handle);
+    }
+}
