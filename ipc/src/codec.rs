@@ -70,19 +70,13 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Postcard {
         let start = out.len();
         postcard::serialize_with_flavor(value, AppendTo(out)).map_err(|err| {
             out.truncate(start);
-            Error::Codec(format!(
-                "postcard could not encode a {}: {err}",
-                type_name::<T>()
-            ))
+            Error::Codec(format!("postcard could not encode a {}: {err}", type_name::<T>()))
         })
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<T, Error> {
         let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|err| {
-            Error::Codec(format!(
-                "postcard could not decode a {}: {err}",
-                type_name::<T>()
-            ))
+            Error::Codec(format!("postcard could not decode a {}: {err}", type_name::<T>()))
         })?;
         if !rest.is_empty() {
             return Err(Error::Codec(format!(
@@ -182,10 +176,7 @@ mod tests {
         round_trip("grüße, 世界".to_string());
         round_trip(vec![1u16, 2, 3]);
         round_trip(Vec::<u8>::new());
-        round_trip(BTreeMap::from([
-            (1u8, "one".to_string()),
-            (2, "two".into()),
-        ]));
+        round_trip(BTreeMap::from([(1u8, "one".to_string()), (2, "two".into())]));
         round_trip((true, 'x', Some(3u8), None::<u8>));
     }
 
@@ -199,10 +190,7 @@ mod tests {
         });
         round_trip(Reply::Done);
         round_trip(Reply::Progress(0.5));
-        round_trip(Reply::Failed {
-            code: -2,
-            why: "no such file".into(),
-        });
+        round_trip(Reply::Failed { code: -2, why: "no such file".into() });
         round_trip(vec![Reply::Done, Reply::Progress(1.0)]);
     }
 
@@ -230,10 +218,7 @@ mod tests {
         }
         let mut out = vec![1, 2, 3];
         let err = Postcard.encode(&Unsized, &mut out).unwrap_err();
-        assert!(
-            matches!(&err, Error::Codec(msg) if msg.contains("Unsized")),
-            "{err}"
-        );
+        assert!(matches!(&err, Error::Codec(msg) if msg.contains("Unsized")), "{err}");
         assert_eq!(out, [1, 2, 3]);
     }
 
@@ -246,16 +231,10 @@ mod tests {
         ];
         for (bytes, what) in garbage {
             let err = Codec::<bool>::decode(&Postcard, bytes).unwrap_err();
-            assert!(
-                matches!(&err, Error::Codec(msg) if msg.contains("bool")),
-                "{what}: {err}"
-            );
+            assert!(matches!(&err, Error::Codec(msg) if msg.contains("bool")), "{what}: {err}");
         }
         let err = Codec::<Job>::decode(&Postcard, &[1, 200, 0xff]).unwrap_err();
-        assert!(
-            matches!(&err, Error::Codec(msg) if msg.contains("Job")),
-            "{err}"
-        );
+        assert!(matches!(&err, Error::Codec(msg) if msg.contains("Job")), "{err}");
         let bad_utf8 = [2, 0xc3, 0x28];
         assert!(Codec::<String>::decode(&Postcard, &bad_utf8).is_err());
     }
@@ -266,10 +245,7 @@ mod tests {
         Postcard.encode(&5u8, &mut out).unwrap();
         out.push(0);
         let err = Codec::<u8>::decode(&Postcard, &out).unwrap_err();
-        assert!(
-            matches!(&err, Error::Codec(msg) if msg.contains("left over")),
-            "{err}"
-        );
+        assert!(matches!(&err, Error::Codec(msg) if msg.contains("left over")), "{err}");
     }
 
     #[test]

@@ -66,10 +66,9 @@ impl fmt::Display for Error {
                 u32::MAX
             ),
             Error::Codec(msg) => write!(f, "could not encode or decode a message: {msg}"),
-            Error::Io(err) if err.kind() == io::ErrorKind::BrokenPipe => write!(
-                f,
-                "the pipe has no reader left (every read end is closed): {err}"
-            ),
+            Error::Io(err) if err.kind() == io::ErrorKind::BrokenPipe => {
+                write!(f, "the pipe has no reader left (every read end is closed): {err}")
+            }
             Error::Io(err) => write!(f, "I/O error on the pipe: {err}"),
         }
     }
@@ -114,11 +113,7 @@ mod tests {
 
     #[test]
     fn display_of_too_large_names_both_numbers_and_the_setter() {
-        let text = Error::TooLarge {
-            len: 5000,
-            max: 4096,
-        }
-        .to_string();
+        let text = Error::TooLarge { len: 5000, max: 4096 }.to_string();
         assert!(text.contains("5000"), "{text}");
         assert!(text.contains("4096"), "{text}");
         assert!(text.contains("set_max_message_size"), "{text}");

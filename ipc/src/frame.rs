@@ -72,12 +72,10 @@ const IDLE_KEEP: usize = 2 * ALLOC_CHUNK;
 ///
 /// Returns [`Error::TooLarge`] (with `max` = [`MAX_PAYLOAD_LEN`]) when `len` does not fit in a `u32`.
 pub fn encode_header(len: usize) -> Result<[u8; HEADER_LEN], Error> {
-    u32::try_from(len)
-        .map(u32::to_be_bytes)
-        .map_err(|_| Error::TooLarge {
-            len: len as u64, // usize is at most 64 bits on every platform Rust supports
-            max: MAX_PAYLOAD_LEN,
-        })
+    u32::try_from(len).map(u32::to_be_bytes).map_err(|_| Error::TooLarge {
+        len: len as u64, // usize is at most 64 bits on every platform Rust supports
+        max: MAX_PAYLOAD_LEN,
+    })
 }
 
 /// Appends one frame, header then `payload`, to `out`.
@@ -194,12 +192,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder refusing payloads longer than `max` bytes. Allocates nothing yet.
     pub fn new(max: u64) -> Self {
-        Decoder {
-            buf: Vec::new(),
-            start: 0,
-            end: 0,
-            max,
-        }
+        Decoder { buf: Vec::new(), start: 0, end: 0, max }
     }
 
     /// Changes the payload limit. Takes effect at the next [`next_frame`](Self::next_frame), also
@@ -262,10 +255,7 @@ impl Decoder {
             return Ok(None);
         };
         if u64::from(len) > self.max {
-            return Err(Error::TooLarge {
-                len: len.into(),
-                max: self.max,
-            });
+            return Err(Error::TooLarge { len: len.into(), max: self.max });
         }
         let len = len as usize; // a u32 fits in usize on every platform std supports
         if self.buffered_len() - HEADER_LEN < len {
@@ -295,11 +285,7 @@ impl Decoder {
     /// The error for an end of stream now: [`Error::Eof`] at a frame boundary, else
     /// [`Error::Truncated`]. Call it once [`next_frame`](Self::next_frame) has returned `None`.
     pub fn on_eof(&self) -> Error {
-        if self.is_mid_frame() {
-            Error::Truncated
-        } else {
-            Error::Eof
-        }
+        if self.is_mid_frame() { Error::Truncated } else { Error::Eof }
     }
 
     /// The buffer's allocated capacity, in bytes: what this decoder holds in memory.
@@ -324,9 +310,9 @@ impl Decoder {
         match self.announced_len() {
             None => HEADER_LEN - self.buffered_len(),
             Some(len) if u64::from(len) > self.max => 0,
-            Some(len) => (len as usize)
-                .saturating_add(HEADER_LEN)
-                .saturating_sub(self.buffered_len()),
+            Some(len) => {
+                (len as usize).saturating_add(HEADER_LEN).saturating_sub(self.buffered_len())
+            }
         }
     }
 
@@ -501,11 +487,7 @@ mod tests {
         let capacity = decoder.capacity();
         assert_eq!(drain(&mut decoder).unwrap(), payloads);
         assert_eq!(decoder.capacity(), capacity);
-        assert_eq!(
-            (decoder.start, decoder.end),
-            (0, 0),
-            "drained buffer rewinds"
-        );
+        assert_eq!((decoder.start, decoder.end), (0, 0), "drained buffer rewinds");
     }
 
     #[test]
@@ -610,22 +592,13 @@ mod tests {
         let mut decoder = Decoder::default();
         assert!(matches!(decoder.on_eof(), Error::Eof));
         decoder.feed(&header(0)[..2]);
-        assert!(
-            matches!(decoder.on_eof(), Error::Truncated),
-            "half a header"
-        );
+        assert!(matches!(decoder.on_eof(), Error::Truncated), "half a header");
         decoder.feed(&header(0)[2..]);
         assert_eq!(drain(&mut decoder).unwrap(), [Vec::<u8>::new()]);
-        assert!(
-            matches!(decoder.on_eof(), Error::Eof),
-            "after an empty message"
-        );
+        assert!(matches!(decoder.on_eof(), Error::Eof), "after an empty message");
         decoder.feed(&header(3));
         assert!(drain(&mut decoder).unwrap().is_empty());
-        assert!(
-            matches!(decoder.on_eof(), Error::Truncated),
-            "a header, no payload yet"
-        );
+        assert!(matches!(decoder.on_eof(), Error::Truncated), "a header, no payload yet");
     }
 
     #[test]

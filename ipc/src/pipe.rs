@@ -46,11 +46,13 @@ where
 
 /// A pipe carrying byte messages as put (gipc's `encoder=None`): the wire format any language
 /// can speak, a 4-byte big-endian length and then the bytes.
+#[allow(clippy::type_complexity)] // the signature is the API contract
 pub fn raw_pipe() -> Result<(Reader<Vec<u8>, Raw>, Writer<Vec<u8>, Raw>), Error> {
     pipe_with(Raw)
 }
 
 /// A pipe carrying values of `T` encoded by `codec` (each end gets a clone).
+#[allow(clippy::type_complexity)] // the signature is the API contract
 pub fn pipe_with<T, C: Codec<T> + Clone>(codec: C) -> Result<(Reader<T, C>, Writer<T, C>), Error> {
     sys::ignore_sigpipe();
     let (read_end, write_end) = sys::pipe()?;
@@ -61,6 +63,7 @@ pub fn pipe_with<T, C: Codec<T> + Clone>(codec: C) -> Result<(Reader<T, C>, Writ
 
 /// Two pipes, one each way: the first end puts `A` and gets `B`, the second the reverse
 /// (gipc's `pipe(duplex=True)`).
+#[allow(clippy::type_complexity)] // the signature is the API contract
 pub fn duplex<A, B>() -> Result<(Duplex<A, B>, Duplex<B, A>), Error>
 where
     A: Serialize + DeserializeOwned,
@@ -68,7 +71,10 @@ where
 {
     let (a_reader, a_writer) = pipe::<A>()?;
     let (b_reader, b_writer) = pipe::<B>()?;
-    Ok((Duplex { writer: a_writer, reader: b_reader }, Duplex { writer: b_writer, reader: a_reader }))
+    Ok((
+        Duplex { writer: a_writer, reader: b_reader },
+        Duplex { writer: b_writer, reader: a_reader },
+    ))
 }
 
 /// The reading end of a pipe. Methods take `&self`: coroutines share a reader through `Rc`, and
@@ -269,7 +275,10 @@ impl<T, C> fmt::Debug for Writer<T, C> {
 
 impl<Out, In> fmt::Debug for Duplex<Out, In> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Duplex").field("writer", &self.writer).field("reader", &self.reader).finish()
+        f.debug_struct("Duplex")
+            .field("writer", &self.writer)
+            .field("reader", &self.reader)
+            .finish()
     }
 }
 

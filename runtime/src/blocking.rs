@@ -96,7 +96,8 @@ impl Remote {
     /// In the loop, when the eventfd is readable: wake the coroutines whose jobs are done.
     pub(crate) fn deliver(&self, hub: &Hub, eventfd: RawFd) {
         sys::eventfd_drain(eventfd);
-        let done = std::mem::take(&mut *self.completed.lock().unwrap_or_else(PoisonError::into_inner));
+        let done =
+            std::mem::take(&mut *self.completed.lock().unwrap_or_else(PoisonError::into_inner));
         for task in done {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             hub.wake(task);
@@ -132,7 +133,9 @@ struct State {
 
 impl Pool {
     fn new() -> Self {
-        Pool { shared: Arc::new(Shared { state: Mutex::new(State::default()), work: Condvar::new() }) }
+        Pool {
+            shared: Arc::new(Shared { state: Mutex::new(State::default()), work: Condvar::new() }),
+        }
     }
 
     fn submit(&self, job: Job) {

@@ -66,12 +66,15 @@ pub(crate) enum TaskState {
     Suspended,
 }
 
-/// A body that has not started yet.
+/// A coroutine's body and result slot, shared by the task table and the `JoinHandle`.
 pub(crate) trait Start {
     /// Runs the body to its end on the coroutine's stack.
-    fn run(self: Box<Self>);
+    fn run(&self);
+    /// The coroutine never started: drop the body (its captures' destructors run) and end it as
+    /// cancelled.
+    fn cancel(&self);
     /// The coroutine could not start (no stack): end it with this error.
-    fn fail(self: Box<Self>, error: JoinError);
+    fn fail(&self, error: JoinError);
 }
 
 /// A coroutine in the hub's table.
@@ -91,8 +94,9 @@ pub(crate) struct Task {
 }
 
 pub(crate) enum Body {
-    Start(Box<dyn Start>),
-    Parked(Co),
+    Start(Rc<dyn Start>),
+    /// Boxed so that parking and resuming move a pointer, not the coroutine.
+    Parked(Box<Co>),
     /// Taken out by the loop while it runs.
     Running,
 }
@@ -112,11 +116,37 @@ impl Task {
     }
 }
 
-/// The coroutine the loop is running now.
-#[derive(Clone, Copy)]
+/// The coroutine the loop is running now, as three cells so that the suspension path reads
+/// each with one load.
 pub(crate) struct Running {
-    pub(crate) task: TaskRef,
-    yielder: *const CoYielder,
+    task: Cell<Option<TaskRef>>,
+    /// Null until the body has started (and whenever no coroutine runs).
+    yielder: Cell<*const CoYielder>,
+    /// A copy of the task's `cancelled` flag, kept in step by `Hub::cancel`.
+    cancelled: Cell<bool>,
+}
+
+impl Default for Running {
+    fn default() -> Self {
+        Running {
+            task: Cell::new(None),
+            yielder: Cell::new(std::ptr::null()),
+            cancelled: Cell::new(false),
+        }
+    }
+}
+
+impl Running {
+    fn enter(&self, task: TaskRef, yielder: *const CoYielder, cancelled: bool) {
+        self.task.set(Some(task));
+        self.yielder.set(yielder);
+        self.cancelled.set(cancelled);
+    }
+
+    fn leave(&self) {
+        self.task.set(None);
+        self.yielder.set(std::ptr::null());
+    }
 }
 
 /// A coroutine's id: unique among the coroutines this thread has run.
@@ -183,15 +213,16 @@ where
     T: 'static,
 {
     let hub = hub("spawn");
-    let state = Rc::new(JoinState::new());
-    let task = hub.insert_task(Body::Start(Box::new(Spawned::new(f, state.clone()))));
-    JoinHandle { task, state }
+    let spawned = Rc::new(Spawned::new(f));
+    let task = hub.insert_task(Body::Start(spawned.clone()));
+    JoinHandle { task, spawned }
 }
 
 /// Puts the calling coroutine at the back of the ready queue and runs the others.
 ///
 /// # Panics
 /// Outside a hub.
+#[inline]
 pub fn yield_now() {
     suspend(hub("yield_now"), Suspend::Yield);
 }
@@ -201,34 +232,33 @@ pub fn yield_now() {
 /// # Panics
 /// Outside a hub, or in a hub's exit hook (no coroutine runs there).
 pub fn current() -> CoroutineId {
-    running(hub("current"), "current").task.id
+    hub("current").current_task("current").id
 }
 
-/// The coroutine running now, or a panic naming the rule.
-pub(crate) fn running(hub: &Hub, what: &str) -> Running {
-    hub.running.get().unwrap_or_else(|| {
-        panic!("greenhub::{what} called outside a coroutine; call it from inside greenhub::run")
-    })
+#[cold]
+fn outside_coroutine(what: &str) -> ! {
+    panic!("greenhub::{what} called outside a coroutine; call it from inside greenhub::run")
 }
 
-/// A body spawned by `spawn` or `run`: the closure and where its result goes.
-struct Spawned<F, T> {
-    f: F,
-    done: Completer<T>,
+/// A body spawned by `spawn` or `run`: the closure, then its result. One allocation per
+/// coroutine serves the task table (as `dyn Start`) and the handle (as `dyn Joinable`).
+pub(crate) struct Spawned<F, T> {
+    body: Cell<Option<F>>,
+    state: JoinState<T>,
 }
 
 impl<F, T> Spawned<F, T> {
-    fn new(f: F, state: Rc<JoinState<T>>) -> Self {
-        Spawned { f, done: Completer(state) }
+    pub(crate) fn new(body: F) -> Self {
+        Spawned { body: Cell::new(Some(body)), state: JoinState::new() }
     }
 }
 
 impl<F: FnOnce() -> T, T> Start for Spawned<F, T> {
-    fn run(self: Box<Self>) {
-        let Spawned { f, done } = *self;
-        let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+    fn run(&self) {
+        let body = self.body.take().expect("a coroutine body runs once");
+        let outcome = panic::catch_unwind(AssertUnwindSafe(body));
         let cancelled = hub("spawn").is_cancelled_now();
-        done.finish(match outcome {
+        self.state.finish(match outcome {
             _ if cancelled => Err(JoinError::cancelled()),
             Ok(v) => Ok(v),
             Err(payload) if payload.is::<Cancelled>() => Err(JoinError::cancelled()),
@@ -239,8 +269,25 @@ impl<F: FnOnce() -> T, T> Start for Spawned<F, T> {
         });
     }
 
-    fn fail(self: Box<Self>, error: JoinError) {
-        self.done.finish(Err(error));
+    fn cancel(&self) {
+        drop(self.body.take());
+        self.state.finish(Err(JoinError::cancelled()));
+    }
+
+    fn fail(&self, error: JoinError) {
+        drop(self.body.take());
+        self.state.finish(Err(error));
+    }
+}
+
+/// The result side of a `Spawned`, with the closure type erased.
+pub(crate) trait Joinable<T> {
+    fn state(&self) -> &JoinState<T>;
+}
+
+impl<F, T> Joinable<T> for Spawned<F, T> {
+    fn state(&self) -> &JoinState<T> {
+        &self.state
     }
 }
 
@@ -248,24 +295,6 @@ thread_local! {
     /// Set while a hub drops coroutines that are still suspended (only when its loop itself
     /// panicked): corosensei then unwinds them with its own payload, which must pass through.
     static FORCE_DROPPING: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Where a coroutine's result goes. If the body is dropped without running (cancelled before it
-/// started), the result is `Cancelled`.
-struct Completer<T>(Rc<JoinState<T>>);
-
-impl<T> Completer<T> {
-    fn finish(self, result: Result<T, JoinError>) {
-        self.0.finish(result);
-    }
-}
-
-impl<T> Drop for Completer<T> {
-    fn drop(&mut self) {
-        if !self.0.finished.get() {
-            self.0.finish(Err(JoinError::cancelled()));
-        }
-    }
 }
 
 /// The result slot shared by a coroutine and its handle.
@@ -277,7 +306,11 @@ pub(crate) struct JoinState<T> {
 
 impl<T> JoinState<T> {
     pub(crate) fn new() -> Self {
-        JoinState { result: RefCell::new(None), finished: Cell::new(false), waiters: WaitList::new() }
+        JoinState {
+            result: RefCell::new(None),
+            finished: Cell::new(false),
+            waiters: WaitList::new(),
+        }
     }
 
     fn finish(&self, result: Result<T, JoinError>) {
@@ -296,7 +329,7 @@ impl<T> JoinState<T> {
 /// Dropping the handle detaches the coroutine; it runs on.
 pub struct JoinHandle<T> {
     task: TaskRef,
-    state: Rc<JoinState<T>>,
+    spawned: Rc<dyn Joinable<T>>,
 }
 
 impl<T> JoinHandle<T> {
@@ -309,22 +342,23 @@ impl<T> JoinHandle<T> {
     /// });
     /// ```
     pub fn join(self) -> Result<T, JoinError> {
-        let reason = WaitReason::Join(self.task.id);
-        let result = self.state.waiters.wait_until(reason, None, || self.state.take());
+        let state = self.spawned.state();
+        let result =
+            state.waiters.wait_until(WaitReason::Join(self.task.id), None, || state.take());
         result.expect("a join without deadline returns only with the result")
     }
 
     /// Suspends the caller until the coroutine ends or `d` passes; true when it has ended.
     pub fn wait_timeout(&self, d: Duration) -> bool {
         let deadline = Instant::now().checked_add(d);
-        let state = &self.state;
+        let state = self.spawned.state();
         let reason = WaitReason::Join(self.task.id);
         state.waiters.wait_until(reason, deadline, || state.finished.get().then_some(())).is_some()
     }
 
     /// Whether the coroutine has ended (returned, panicked or was cancelled).
     pub fn is_finished(&self) -> bool {
-        self.state.finished.get()
+        self.spawned.state().finished.get()
     }
 
     /// Cancels the coroutine (gevent's `kill`): it unwinds from its current or next suspension
@@ -428,15 +462,23 @@ impl std::error::Error for JoinError {}
 /// when it was cancelled or its `timeout` fired; panics with the report on a deadlock.
 ///
 /// Callers loop on their own condition: a resume is a hint, not a promise.
+///
+/// Inlined on purpose, like `Hub::resume`: after a stack switch the CPU's return-address
+/// predictor is wrong for every frame returned through, so each call level on the switch path
+/// costs a mispredicted return (see docs/coroutines-and-stacks.md).
+#[inline(always)]
 pub(crate) fn suspend(hub: &Hub, how: Suspend) {
-    let me = running(hub, "suspend");
-    if hub.is_cancelled(me.task) {
+    let yielder = hub.running.yielder.get();
+    if yielder.is_null() {
+        outside_coroutine("suspend");
+    }
+    if hub.running.cancelled.get() {
         panic::resume_unwind(Box::new(Cancelled));
     }
-    // SAFETY: `yielder` is the `&Yielder` corosensei passed to this coroutine's body, recorded
-    // when the body started. It lives on this coroutine's own stack, which is live because we are
-    // running on it; it is used on this thread only.
-    let wake = unsafe { &*me.yielder }.suspend(how);
+    // SAFETY: a non-null `yielder` is the `&Yielder` corosensei passed to the running coroutine's
+    // body, recorded when the body started and cleared when the coroutine suspends or ends. It
+    // lives on that coroutine's own stack, which is live because we are running on it.
+    let wake = unsafe { &*yielder }.suspend(how);
     match wake {
         Wake::Run => {}
         Wake::Cancel => panic::resume_unwind(Box::new(Cancelled)),
@@ -447,28 +489,28 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
 
 impl Hub {
     /// Spawns the root coroutine, whose closure may borrow from `run`'s caller.
-    pub(crate) fn spawn_root<'a, T: 'a>(
+    pub(crate) fn spawn_root<'a, F: FnOnce() -> T + 'a, T: 'a>(
         &self,
-        f: impl FnOnce() -> T + 'a,
-        state: Rc<JoinState<T>>,
+        spawned: Rc<Spawned<F, T>>,
     ) -> TaskRef {
-        let body: Box<dyn Start + 'a> = Box::new(Spawned::new(f, state));
+        let body: Rc<dyn Start + 'a> = spawned;
         // SAFETY: only the lifetime is erased. The root's body runs to its end inside `run`
         // (which returns only once the root task has left the table), or is dropped with the hub
         // while `run` unwinds, both before the borrowed data's scope ends. In a forked child the
         // hub is leaked instead, and the child never returns to that scope (it `_exit`s).
-        let body: Box<dyn Start + 'static> = unsafe { mem::transmute(body) };
+        let body: Rc<dyn Start + 'static> = unsafe { mem::transmute(body) };
         self.insert_task(Body::Start(body))
     }
 
     /// Resumes a task until it suspends or ends. Stale refs (ended tasks) are ignored.
+    #[inline(always)]
     pub(crate) fn resume(&self, r: TaskRef) {
         let Some((mut co, wake, yielder, stack_limit)) = self.prepare(r) else { return };
-        self.running.set(Some(Running { task: r, yielder }));
+        self.running.enter(r, yielder, matches!(wake, Wake::Cancel));
         sys::watch_stack(stack_limit, r.id.0, self.stacks.size);
         let result = co.resume(wake);
         sys::unwatch_stack();
-        self.running.set(None);
+        self.running.leave();
         match result {
             CoroutineResult::Yield(how) => self.park(r, co, how),
             CoroutineResult::Return(()) => {
@@ -480,9 +522,10 @@ impl Hub {
     }
 
     /// Takes the coroutine out of the table for `resume`, creating it (with a stack) if new.
-    fn prepare(&self, r: TaskRef) -> Option<(Co, Wake, *const CoYielder, usize)> {
+    fn prepare(&self, r: TaskRef) -> Option<(Box<Co>, Wake, *const CoYielder, usize)> {
         let mut tasks = self.tasks.borrow_mut();
-        let task = tasks.get_mut(r.key).filter(|t| t.id == r.id && t.state != TaskState::Running)?;
+        let task =
+            tasks.get_mut(r.key).filter(|t| t.id == r.id && t.state != TaskState::Running)?;
         let wake = match task.pending.take() {
             _ if task.cancelled => Wake::Cancel,
             Some(wake) => wake,
@@ -493,7 +536,7 @@ impl Hub {
             Body::Start(start) => match self.stacks.take(r.id) {
                 Ok(stack) => {
                     task.stack_limit = stack.limit().get();
-                    new_coroutine(stack, start)
+                    Box::new(new_coroutine(stack, start))
                 }
                 Err(error) => {
                     let task = tasks.remove(r.key);
@@ -510,7 +553,7 @@ impl Hub {
     }
 
     /// Puts a coroutine that suspended back in the table.
-    fn park(&self, r: TaskRef, co: Co, how: Suspend) {
+    fn park(&self, r: TaskRef, co: Box<Co>, how: Suspend) {
         let mut tasks = self.tasks.borrow_mut();
         let task = &mut tasks[r.key];
         task.body = Body::Parked(co);
@@ -528,20 +571,18 @@ impl Hub {
 
     /// Called by a body when it starts: records its yielder for later suspensions.
     fn started(&self, yielder: &CoYielder) {
-        let mut me = self.running.get().expect("a coroutine starts only from the loop");
-        me.yielder = yielder;
-        self.running.set(Some(me));
-        self.tasks.borrow_mut()[me.task.key].yielder = yielder;
+        let me = self.running.task.get().expect("a coroutine starts only from the loop");
+        self.running.yielder.set(yielder);
+        self.tasks.borrow_mut()[me.key].yielder = yielder;
     }
 
     /// Makes a suspended task ready. No effect on a task that is ready, running or ended.
     pub(crate) fn wake(&self, r: TaskRef) {
         let mut tasks = self.tasks.borrow_mut();
-        if let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) {
-            if task.state == TaskState::Suspended {
-                task.state = TaskState::Ready;
-                self.ready.borrow_mut().push_back(r);
-            }
+        let parked = |t: &&mut Task| t.id == r.id && t.state == TaskState::Suspended;
+        if let Some(task) = tasks.get_mut(r.key).filter(parked) {
+            task.state = TaskState::Ready;
+            self.ready.borrow_mut().push_back(r);
         }
     }
 
@@ -562,33 +603,33 @@ impl Hub {
     pub(crate) fn cancel(&self, r: TaskRef) {
         let mut tasks = self.tasks.borrow_mut();
         let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) else { return };
-        if matches!(task.body, Body::Start(_)) {
-            let task = tasks.remove(r.key);
+        if let Body::Start(start) = &task.body {
+            let start = start.clone();
+            drop(tasks.remove(r.key));
             drop(tasks);
-            drop(task); // drops the body: its Completer records `Cancelled` and wakes joiners
+            start.cancel(); // its body never runs; joiners see `Cancelled`
             return;
         }
         task.cancelled = true;
         drop(tasks);
+        if self.running.task.get() == Some(r) {
+            self.running.cancelled.set(true); // cancelling itself: its next suspension unwinds
+        }
         self.wake(r);
-    }
-
-    fn is_cancelled(&self, r: TaskRef) -> bool {
-        self.tasks.borrow()[r.key].cancelled
     }
 
     /// Whether the running coroutine has been cancelled.
     fn is_cancelled_now(&self) -> bool {
-        self.running.get().is_some_and(|me| self.is_cancelled(me.task))
+        self.running.cancelled.get()
     }
 
     /// The running coroutine's ref, or a panic naming `what`.
     pub(crate) fn current_task(&self, what: &str) -> TaskRef {
-        running(self, what).task
+        self.running.task.get().unwrap_or_else(|| outside_coroutine(what))
     }
 }
 
-fn new_coroutine(stack: DefaultStack, start: Box<dyn Start>) -> Co {
+fn new_coroutine(stack: DefaultStack, start: Rc<dyn Start>) -> Co {
     Coroutine::with_stack(stack, move |yielder: &CoYielder, _first: Wake| {
         // A task is never interrupted before it starts: cancelling an unstarted task removes it.
         hub("spawn").started(yielder);

@@ -20,7 +20,7 @@ use std::time::Duration;
 use slab::Slab;
 
 use crate::blocking::{Pool, Remote};
-use crate::coroutine::{self, Body, JoinState, StackPool, Task, TaskRef, TaskState, Wake};
+use crate::coroutine::{self, Body, Joinable, Spawned, StackPool, Task, TaskRef, TaskState, Wake};
 use crate::io::Reactor;
 use crate::timer::Timers;
 
@@ -48,7 +48,7 @@ pub(crate) struct Hub {
     pub(crate) tasks: RefCell<Slab<Task>>,
     pub(crate) ready: RefCell<VecDeque<TaskRef>>,
     /// The coroutine running now, if any (set only while the loop is inside `resume`).
-    pub(crate) running: Cell<Option<coroutine::Running>>,
+    pub(crate) running: coroutine::Running,
     pub(crate) timers: Timers,
     pub(crate) reactor: Reactor,
     pub(crate) remote: std::sync::Arc<Remote>,
@@ -139,13 +139,14 @@ impl Builder {
              use greenhub::spawn to start more coroutines"
         );
         crate::sys::install_overflow_reporter();
-        let hub = Box::new(Hub::new(self.stack_size).expect("greenhub::run: cannot create the hub"));
+        let hub =
+            Box::new(Hub::new(self.stack_size).expect("greenhub::run: cannot create the hub"));
         let _installed = Installed::new(&hub);
-        let result = Rc::new(JoinState::new());
-        let root = hub.spawn_root(f, result.clone());
+        let root_body = Rc::new(Spawned::new(f));
+        let root = hub.spawn_root(root_body.clone());
         hub.run_until_done(root);
         hub.shutdown();
-        match result.take() {
+        match root_body.state().take() {
             Some(Ok(v)) => v,
             Some(Err(e)) => panic::resume_unwind(e.into_panic()),
             None => unreachable!("the root coroutine ended without a result"),
@@ -178,7 +179,7 @@ impl Hub {
             id: NEXT_HUB_ID.fetch_add(1, Ordering::Relaxed),
             tasks: RefCell::new(Slab::new()),
             ready: RefCell::new(VecDeque::new()),
-            running: Cell::new(None),
+            running: coroutine::Running::default(),
             timers: Timers::default(),
             reactor,
             remote,

@@ -73,7 +73,8 @@ impl Reactor {
                 hub.remote.deliver(hub, self.waker_fd);
                 continue;
             }
-            let registration = self.registrations.borrow().get(event.token().0).and_then(Weak::upgrade);
+            let registration =
+                self.registrations.borrow().get(event.token().0).and_then(Weak::upgrade);
             let Some(registration) = registration else { continue };
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 registration.readable.set(true);
@@ -274,7 +275,9 @@ impl<T: AsRawFd> Source<T> {
     fn retry<R>(&self, dir: Direction, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
         loop {
             match op(&self.io) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_after_would_block(dir)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait_after_would_block(dir)?
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 result => return result,
             }

@@ -282,7 +282,9 @@ fn finish_connect<T: AsRawFd>(
             return Err(e);
         }
         match peer(s) {
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
             other => other,
         }
     })

@@ -68,6 +68,9 @@ impl Event {
 
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Event").field("set", &self.is_set()).field("waiters", &self.waiters).finish()
+        f.debug_struct("Event")
+            .field("set", &self.is_set())
+            .field("waiters", &self.waiters)
+            .finish()
     }
 }
