@@ -2,8 +2,9 @@
 //!
 //! Guaranteed: frames come out whole, in order, however the bytes were split by the reads; a header
 //! announcing more than the maximum is refused before anything is allocated for it; the decoder
-//! never reserves more than [`ALLOC_CHUNK`] bytes ahead of the bytes that actually arrived; a partial
-//! frame stays buffered across calls. Not guaranteed: when the buffer is compacted or released, or
+//! never reserves more ahead of the bytes that actually arrived than [`ALLOC_CHUNK`] or the
+//! arrived bytes themselves, whichever is larger (see [`Decoder::read_buf`]); a partial frame
+//! stays buffered across calls. Not guaranteed: when the buffer is compacted or released, or
 //! how much spare room [`Decoder::read_buf`] hands out beyond what was asked.
 //!
 //! # The wire format
@@ -58,10 +59,13 @@ pub const MAX_PAYLOAD_LEN: u64 = u32::MAX as u64;
 /// The reader's default limit on a payload, in bytes: 2^31 - 1, gipc's limit.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = (1 << 31) - 1;
 
-/// The most the decoder reserves ahead of the bytes that actually arrived, in bytes (1 MiB).
+/// The most the decoder reserves ahead of the bytes that actually arrived while few have (1 MiB).
 ///
-/// A frame larger than this grows the buffer one chunk at a time as its bytes come in, so a lying
-/// header ("2 GiB follows") costs the liar the bytes it sends, not us the bytes it announces.
+/// A frame larger than this grows the buffer as its bytes come in: by at most this much, or by as
+/// much as has already arrived once that is more, so the buffer grows geometrically (a 100 MB
+/// frame costs a few reallocations, not a hundred) while a lying header ("2 GiB follows") costs
+/// the liar the bytes it sends, not us the bytes it announces: to make us hold 2N + 1 MiB, the
+/// peer must send N.
 pub const ALLOC_CHUNK: usize = 1 << 20;
 
 /// An idle decoder (nothing buffered) keeps a buffer up to this size; a bigger one, grown by a big
@@ -210,9 +214,10 @@ impl Decoder {
     /// [`filled`](Self::filled).
     ///
     /// The slice has at least `n.clamp(1, ALLOC_CHUNK)` bytes, maybe more. To make room, the
-    /// decoder first moves a buffered partial frame to the front, and only then grows, by at most
-    /// [`ALLOC_CHUNK`] bytes past the buffered ones: enough for the read, or for the rest of the
-    /// current frame as announced by its header, whichever is larger.
+    /// decoder first moves a buffered partial frame to the front, and only then grows, past the
+    /// buffered bytes, by the larger of the read size and the rest of the current frame as its
+    /// header announces it, but never by more than the larger of [`ALLOC_CHUNK`] and the bytes
+    /// already buffered.
     pub fn read_buf(&mut self, n: usize) -> &mut [u8] {
         self.make_room(n.clamp(1, ALLOC_CHUNK));
         &mut self.buf[self.end..]
@@ -330,7 +335,11 @@ impl Decoder {
                 return;
             }
         }
-        let ahead = n.max(self.missing().min(ALLOC_CHUNK));
+        // Room for the read, or for the rest of the frame, but never further ahead of what
+        // arrived than what arrived (or one chunk): a liar pays for what we allocate, and a
+        // large honest frame still grows geometrically (few reallocations, no quadratic copy).
+        let paid_for = ALLOC_CHUNK.max(self.buffered_len());
+        let ahead = n.max(self.missing().min(paid_for));
         self.grow_to(self.end + ahead);
     }
 
@@ -552,13 +561,19 @@ mod tests {
             assert!(decoder.read_buf(read_size).len() >= read_size.clamp(1, ALLOC_CHUNK));
             assert!(decoder.next_frame().unwrap().is_none());
             assert!(
-                decoder.capacity() <= bytes.len() + ALLOC_CHUNK,
+                decoder.capacity() <= allocation_bound(bytes.len()),
                 "capacity {} after {} bytes",
                 decoder.capacity(),
                 bytes.len()
             );
         }
         assert!(matches!(decoder.on_eof(), Error::Truncated));
+    }
+
+    /// The most a decoder may hold after `fed` bytes arrived: the bytes, plus the larger of one
+    /// chunk and the bytes again.
+    fn allocation_bound(fed: usize) -> usize {
+        fed + ALLOC_CHUNK.max(fed)
     }
 
     #[test]
@@ -571,7 +586,7 @@ mod tests {
         for piece in bytes.chunks(64 * 1024) {
             decoder.feed(piece);
             fed += piece.len();
-            assert!(decoder.capacity() <= fed + ALLOC_CHUNK);
+            assert!(decoder.capacity() <= allocation_bound(fed));
             payloads.extend(drain(&mut decoder).unwrap());
         }
         assert_eq!(payloads, [payload, b"after".to_vec()]);
@@ -683,7 +698,7 @@ mod tests {
                 spare[..k].copy_from_slice(&piece[..k]);
                 decoder.filled(k);
                 fed += k;
-                prop_assert!(decoder.capacity() <= fed + ALLOC_CHUNK);
+                prop_assert!(decoder.capacity() <= allocation_bound(fed));
                 loop {
                     match decoder.next_frame() {
                         Ok(Some(payload)) => prop_assert!(payload.len() as u64 <= max),

@@ -28,6 +28,10 @@ use crate::{Error, sys};
 /// How many bytes one read asks for: large, so that many small messages cost one system call.
 const READ_SIZE: usize = 256 * 1024;
 
+/// A writer keeps the buffer of its last frame for the next one up to this size; a bigger one
+/// (a big message) is freed once sent.
+const KEEP_OUTBOX: usize = 1024 * 1024;
+
 /// A pipe carrying values of `T`, serialised with postcard (serde).
 ///
 /// ```
@@ -176,9 +180,17 @@ impl Outbox {
         if self.sent > 0 {
             self.flush(source)?;
         }
+        self.clear();
+        Ok(())
+    }
+
+    /// Forgets the sent frame, and its memory if it was a big one.
+    fn clear(&mut self) {
+        if self.frame.capacity() > KEEP_OUTBOX {
+            self.frame = Vec::new();
+        }
         self.frame.clear();
         self.sent = 0;
-        Ok(())
     }
 }
 
@@ -198,7 +210,9 @@ impl<T, C: Codec<T>> Writer<T, C> {
         let mut outbox = self.outbox.lock();
         outbox.settle_earlier(source)?;
         frame::append_frame_with(&mut outbox.frame, |payload| self.codec.encode(value, payload))?;
-        outbox.flush(source)
+        outbox.flush(source)?;
+        outbox.clear();
+        Ok(())
     }
 
     /// Closes this end (the reader sees `Eof`, or `Truncated` if a message was cut short);

@@ -15,13 +15,12 @@ use std::panic;
 use std::ptr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use slab::Slab;
 
 use crate::blocking::{Pool, Remote};
 use crate::coroutine::{self, Body, Joinable, Spawned, StackPool, Task, TaskRef, TaskState, Wake};
-use crate::io::Reactor;
+use crate::io::{Reactor, Wait};
 use crate::timer::Timers;
 
 /// How many coroutines one turn may run before the hub polls the OS again (with a zero timeout
@@ -210,17 +209,14 @@ impl Hub {
         // 2. Fire expired timers: their coroutines join the ready queue.
         self.timers.fire_expired(self);
         // 3. Poll: without blocking while coroutines are ready, else until the next timer.
-        let timeout = if self.ready.borrow().is_empty() {
-            self.timers.time_to_next()
-        } else {
-            Some(Duration::ZERO)
+        let wait = match self.timers.next_deadline() {
+            _ if !self.ready.borrow().is_empty() => Wait::Poll,
+            Some(at) => Wait::Until(at),
+            None if self.anything_can_wake() => Wait::Forever,
+            None => return self.report_deadlock(root),
         };
-        if timeout.is_none() && !self.anything_can_wake() {
-            self.report_deadlock(root);
-            return;
-        }
-        // 4. Wake the coroutines whose fds (or helper threads) answered.
-        self.reactor.poll(self, timeout);
+        // 4. Wake the coroutines whose fds, timers or helper threads answered.
+        self.reactor.poll(self, wait);
     }
 
     /// Whether any source outside the coroutines could ever make one ready again.

@@ -11,9 +11,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::{Rc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -25,6 +25,20 @@ use crate::sys;
 
 /// The token of the eventfd that other threads write to wake the loop.
 const WAKER: Token = Token(usize::MAX);
+
+/// The token of the timerfd armed at the next timer's deadline.
+const TIMER: Token = Token(usize::MAX - 1);
+
+/// How long the loop may wait in one poll.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    /// Not at all: coroutines are ready.
+    Poll,
+    /// Until this timer deadline (or an event).
+    Until(Instant),
+    /// Until an event.
+    Forever,
+}
 
 /// How many readiness events one poll returns at most.
 const EVENTS_PER_POLL: usize = 1024;
@@ -38,13 +52,22 @@ pub(crate) struct Reactor {
     /// Coroutines suspended on an fd right now (for the deadlock check).
     waiters: Cell<usize>,
     waker_fd: RawFd,
+    /// Wakes the loop at a timer's deadline with microsecond precision (a poll timeout is
+    /// rounded up to whole milliseconds by mio, which would make every timer late by ~0.5 ms).
+    timer: OwnedFd,
+    /// The deadline the timerfd is armed for, if any.
+    armed: Cell<Option<Instant>>,
 }
 
 impl Reactor {
     pub(crate) fn new(waker_fd: RawFd) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         poll.registry().register(&mut SourceFd(&waker_fd), WAKER, Interest::READABLE)?;
+        let timer = sys::timerfd()?;
+        poll.registry().register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         Ok(Reactor {
+            timer,
+            armed: Cell::new(None),
             poll: RefCell::new(poll),
             events: RefCell::new(Events::with_capacity(EVENTS_PER_POLL)),
             registrations: RefCell::new(Slab::new()),
@@ -58,10 +81,14 @@ impl Reactor {
         self.waiters.get() > 0
     }
 
-    /// Waits for readiness (at most `timeout`; `None`: until something happens) and wakes the
-    /// coroutines waiting on what became ready. EINTR returns early: the loop turns again and
-    /// recomputes the timeout.
-    pub(crate) fn poll(&self, hub: &Hub, timeout: Option<Duration>) {
+    /// Waits for readiness (as `wait` says) and wakes the coroutines waiting on what became
+    /// ready. EINTR returns early: the loop turns again and recomputes the wait.
+    pub(crate) fn poll(&self, hub: &Hub, wait: Wait) {
+        let timeout = match wait {
+            Wait::Poll => Some(Duration::ZERO),
+            Wait::Forever => None,
+            Wait::Until(at) => self.timeout_until(at),
+        };
         let mut events = self.events.borrow_mut();
         match self.poll.borrow_mut().poll(&mut events, timeout) {
             Ok(()) => {}
@@ -71,6 +98,11 @@ impl Reactor {
         for event in events.iter() {
             if event.token() == WAKER {
                 hub.remote.deliver(hub, self.waker_fd);
+                continue;
+            }
+            if event.token() == TIMER {
+                sys::eventfd_drain(self.timer.as_raw_fd());
+                self.armed.set(None); // the loop fires what is due, and re-arms for the rest
                 continue;
             }
             let registration =
@@ -84,6 +116,25 @@ impl Reactor {
                 registration.writable.set(true);
                 registration.writers.notify_all();
             }
+        }
+    }
+
+    /// The poll timeout for a wait until `at`: none, with the timerfd armed for `at` (re-armed
+    /// only when the earliest deadline changed); mio's millisecond timeout if that fails.
+    fn timeout_until(&self, at: Instant) -> Option<Duration> {
+        let left = at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Some(Duration::ZERO);
+        }
+        if self.armed.get() == Some(at) {
+            return None;
+        }
+        match sys::timerfd_arm(&self.timer, left) {
+            Ok(()) => {
+                self.armed.set(Some(at));
+                None
+            }
+            Err(_) => Some(left),
         }
     }
 
@@ -129,6 +180,7 @@ impl Reactor {
     pub(crate) fn close_fds_after_fork(&self) {
         sys::close_raw(self.poll.borrow().as_raw_fd());
         sys::close_raw(self.waker_fd);
+        sys::close_raw(self.timer.as_raw_fd());
     }
 }
 

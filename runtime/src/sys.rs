@@ -1,5 +1,5 @@
-//! Linux-specific pieces of the hub: the stack-overflow reporter and the eventfd that wakes the
-//! loop from other threads. Every `unsafe` block of the crate outside `coroutine.rs` and
+//! Linux-specific pieces of the hub: the stack-overflow reporter, the eventfd that wakes the loop
+//! from other threads, and the timerfd that wakes it at a timer's deadline. Every `unsafe` block of the crate outside `coroutine.rs` and
 //! `hub.rs` is here. (mio itself hides epoll; a kqueue port replaces this file.)
 //!
 //! Guarantee: a coroutine that runs off its stack into the guard page is reported on stderr as
@@ -11,6 +11,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// A fault this far below a stack's guard page still counts as an overflow of that stack (a
 /// frame larger than one page can jump over the guard page).
@@ -209,11 +210,49 @@ pub(crate) fn eventfd_signal(fd: &OwnedFd) {
     unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
 }
 
-/// Resets an eventfd's counter.
+/// Resets an eventfd's counter (or a timerfd's expiry count: both read as one u64).
 pub(crate) fn eventfd_drain(fd: RawFd) {
     let mut count: u64 = 0;
     // SAFETY: reads at most 8 bytes into a live u64.
     unsafe { libc::read(fd, (&mut count as *mut u64).cast(), 8) };
+}
+
+/// A non-blocking, close-on-exec timerfd on the monotonic clock (the clock of `Instant`).
+pub(crate) fn timerfd() -> io::Result<OwnedFd> {
+    // SAFETY: timerfd_create has no memory preconditions; the result is checked.
+    let fd = unsafe {
+        libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Arms a timerfd to expire once, `after` from now, as an absolute monotonic time.
+pub(crate) fn timerfd_arm(fd: &OwnedFd, after: Duration) -> io::Result<()> {
+    let mut now = MaybeUninit::<libc::timespec>::zeroed();
+    // SAFETY: `now` is a valid out-pointer for clock_gettime.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, now.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: clock_gettime succeeded and filled `now`.
+    let now = unsafe { now.assume_init() };
+    let nanos = now.tv_nsec as u64 + u64::from(after.subsec_nanos());
+    let at = libc::timespec {
+        tv_sec: now.tv_sec
+            + after.as_secs() as libc::time_t
+            + (nanos / 1_000_000_000) as libc::time_t,
+        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+    };
+    let spec =
+        libc::itimerspec { it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 }, it_value: at };
+    // SAFETY: valid pointers to a live itimerspec; no old value is requested.
+    let rc = unsafe {
+        libc::timerfd_settime(fd.as_raw_fd(), libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
+    };
+    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Closes an fd number without any other bookkeeping (after fork, for inherited hub fds).

@@ -55,11 +55,9 @@ impl Timers {
         self.queue.borrow().is_empty()
     }
 
-    /// How long the loop may sleep before the next timer is due; `None` if there is none.
-    pub(crate) fn time_to_next(&self) -> Option<Duration> {
-        let queue = self.queue.borrow();
-        let (&(at, _), _) = queue.first_key_value()?;
-        Some(at.saturating_duration_since(Instant::now()))
+    /// The earliest deadline, if any timer is set.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.queue.borrow().first_key_value().map(|(&(at, _), _)| at)
     }
 
     /// Fires every timer whose deadline has passed, in deadline order.
@@ -230,22 +228,17 @@ mod tests {
     }
 
     #[test]
-    fn time_to_next_is_zero_when_due_and_none_when_empty() {
+    fn next_deadline_is_the_earliest_and_none_when_empty() {
         let timers = Timers::default();
-        assert_eq!(timers.time_to_next(), None);
-        let key = timers.insert(Instant::now(), TimerAction::Wake(task(1)));
-        assert_eq!(timers.time_to_next(), Some(Duration::ZERO));
-        assert!(timers.remove(key));
-        assert!(!timers.remove(key));
+        assert_eq!(timers.next_deadline(), None);
+        let now = Instant::now();
+        let late = timers.insert(now + Duration::from_millis(50), TimerAction::Wake(task(1)));
+        let early = timers.insert(now, TimerAction::Wake(task(2)));
+        assert_eq!(timers.next_deadline(), Some(now));
+        assert!(timers.remove(early));
+        assert!(!timers.remove(early));
+        assert_eq!(timers.next_deadline(), Some(late.0));
+        assert!(timers.remove(late));
         assert!(timers.is_empty());
-    }
-
-    #[test]
-    fn time_to_next_never_undershoots() {
-        let timers = Timers::default();
-        let at = Instant::now() + Duration::from_millis(50);
-        timers.insert(at, TimerAction::Wake(task(1)));
-        let wait = timers.time_to_next().unwrap();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(50));
     }
 }

@@ -40,7 +40,7 @@ impl Semaphore {
 
     /// `acquire`, reported as `reason` while it waits.
     pub(super) fn acquire_as(&self, reason: WaitReason) -> SemaphorePermit<'_> {
-        let taken = self.waiters.wait_until(reason, None, || self.try_take());
+        let taken = self.waiters.wait_turn(reason, None, |woken| self.try_take(woken));
         taken.expect("a wait without deadline returns only when it succeeds")
     }
 
@@ -50,7 +50,7 @@ impl Semaphore {
         if self.waiters.len() > 0 {
             return None;
         }
-        self.try_take()
+        self.try_take(false)
     }
 
     /// How many permits are available now.
@@ -58,9 +58,13 @@ impl Semaphore {
         self.permits.get()
     }
 
-    fn try_take(&self) -> Option<SemaphorePermit<'_>> {
+    /// Takes a permit for a waiter that a release woke (`woken`), or for anyone else if a
+    /// permit is left over once every woken waiter has one: a released permit belongs to the
+    /// waiter it woke until that waiter runs (or passes it on, if cancelled first).
+    fn try_take(&self, woken: bool) -> Option<SemaphorePermit<'_>> {
         let n = self.permits.get();
-        (n > 0).then(|| {
+        let spare = if woken { n } else { n.saturating_sub(self.waiters.woken()) };
+        (spare > 0).then(|| {
             self.permits.set(n - 1);
             SemaphorePermit { semaphore: self }
         })

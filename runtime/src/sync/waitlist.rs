@@ -4,7 +4,9 @@
 //! lost the race for the resource goes back to its original place, not to the back), and a
 //! notification is never lost: a waiter woken and then cancelled or timed out passes its
 //! notification to the next waiter. Not guaranteed: that a woken waiter gets the resource; every
-//! caller re-checks its condition after each resume.
+//! caller re-checks its condition after each resume. A primitive that must hand its resource to
+//! the waiter it woke (Semaphore, so nobody jumps the queue) uses [`WaitList::wait_turn`], whose
+//! check is told whether the caller is such a woken waiter, and [`WaitList::woken`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -77,6 +79,8 @@ impl fmt::Display for WaitReason {
 pub(crate) struct WaitList {
     queue: RefCell<VecDeque<Waiter>>,
     next_ticket: Cell<u64>,
+    /// Waiters taken off the queue by a notification that have not yet re-checked (or left).
+    woken: Cell<usize>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -99,8 +103,20 @@ impl WaitList {
         deadline: Option<Instant>,
         mut check: impl FnMut() -> Option<R>,
     ) -> Option<R> {
+        self.wait_turn(reason, deadline, |_| check())
+    }
+
+    /// [`wait_until`](Self::wait_until), with `check(woken)` told whether the caller is a waiter
+    /// that a notification woke and that has not re-checked since: a primitive that reserves
+    /// its resource for the woken (see [`woken`](Self::woken)) lets only them take it.
+    pub(crate) fn wait_turn<R>(
+        &self,
+        reason: WaitReason,
+        deadline: Option<Instant>,
+        mut check: impl FnMut(bool) -> Option<R>,
+    ) -> Option<R> {
         // 1. Check.
-        if let Some(ready) = check() {
+        if let Some(ready) = check(false) {
             return Some(ready);
         }
         let hub = hub(reason.api_name());
@@ -110,7 +126,7 @@ impl WaitList {
         let mut entry = Entry::register(self, me);
         loop {
             // 3. Check again (the condition may have changed while we registered or slept).
-            if let Some(ready) = check() {
+            if let Some(ready) = check(entry.is_woken()) {
                 entry.settle();
                 return Some(ready);
             }
@@ -126,6 +142,7 @@ impl WaitList {
     /// Wakes the longest-waiting coroutine; false if none waits.
     pub(crate) fn notify_one(&self) -> bool {
         let Some(waiter) = self.queue.borrow_mut().pop_front() else { return false };
+        self.woken.set(self.woken.get() + 1);
         if let Some(hub) = try_hub() {
             hub.wake(waiter.task);
         }
@@ -139,6 +156,11 @@ impl WaitList {
 
     pub(crate) fn len(&self) -> usize {
         self.queue.borrow().len()
+    }
+
+    /// How many waiters were woken by a notification and have not re-checked yet.
+    pub(crate) fn woken(&self) -> usize {
+        self.woken.get()
     }
 
     fn position(&self, ticket: u64) -> Result<usize, usize> {
@@ -168,9 +190,15 @@ impl<'a> Entry<'a> {
         Entry { list, waiter, settled: false }
     }
 
+    /// Whether a notification took this entry off the queue (and it has not re-checked since).
+    fn is_woken(&self) -> bool {
+        self.list.position(self.waiter.ticket).is_err()
+    }
+
     /// Back to its original place after a wake that did not let it proceed.
     fn requeue_if_woken(&mut self) {
         if let Err(at) = self.list.position(self.waiter.ticket) {
+            self.list.woken.set(self.list.woken.get() - 1);
             self.list.queue.borrow_mut().insert(at, self.waiter);
         }
     }
@@ -181,14 +209,18 @@ impl<'a> Entry<'a> {
         self.remove();
     }
 
-    /// Removes the entry if still queued; true if it was (i.e. it was not notified).
+    /// Leaves the list: removes the entry if still queued, else stops counting it as woken.
+    /// True if it was queued (i.e. it was not notified).
     fn remove(&self) -> bool {
         match self.list.position(self.waiter.ticket) {
             Ok(at) => {
                 self.list.queue.borrow_mut().remove(at);
                 true
             }
-            Err(_) => false,
+            Err(_) => {
+                self.list.woken.set(self.list.woken.get() - 1);
+                false
+            }
         }
     }
 }
