@@ -79,9 +79,13 @@ impl<T> Chan<T> {
         match item {
             Some(value) => {
                 self.taken.set(self.taken.get() + 1);
-                self.room_waiters.notify_one();
-                if self.capacity == Some(0) {
-                    self.taken_waiters.notify_all();
+                match self.capacity {
+                    None => {}
+                    Some(0) => {
+                        self.room_waiters.notify_one();
+                        self.taken_waiters.notify_all();
+                    }
+                    Some(_) => drop(self.room_waiters.notify_one()),
                 }
                 Some(Ok(value))
             }
@@ -99,8 +103,10 @@ impl<T> Sender<T> {
     /// receiver has taken it). Gives the value back once every receiver is gone.
     pub fn send(&self, value: T) -> Result<(), SendError<T>> {
         let chan = &*self.0;
-        let ready = || (chan.disconnected_for_senders() || chan.has_room()).then_some(());
-        chan.room_waiters.wait_until(WaitReason::ChannelSend, None, ready);
+        if chan.capacity.is_some() {
+            let ready = || (chan.disconnected_for_senders() || chan.has_room()).then_some(());
+            chan.room_waiters.wait_until(WaitReason::ChannelSend, None, ready);
+        }
         if chan.disconnected_for_senders() {
             return Err(SendError(value));
         }

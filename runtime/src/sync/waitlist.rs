@@ -126,7 +126,7 @@ impl WaitList {
         let mut entry = Entry::register(self, me);
         loop {
             // 3. Check again (the condition may have changed while we registered or slept).
-            if let Some(ready) = check(entry.is_woken()) {
+            if let Some(ready) = check(!entry.queued) {
                 entry.settle();
                 return Some(ready);
             }
@@ -136,6 +136,7 @@ impl WaitList {
             entry.requeue_if_woken();
             // 4. Suspend.
             coroutine::suspend(hub, Suspend::Wait(reason));
+            entry.look();
         }
     }
 
@@ -178,6 +179,8 @@ impl fmt::Debug for WaitList {
 struct Entry<'a> {
     list: &'a WaitList,
     waiter: Waiter,
+    /// Whether the entry was in the queue when last looked at (a notification pops it).
+    queued: bool,
     settled: bool,
 }
 
@@ -187,47 +190,51 @@ impl<'a> Entry<'a> {
         list.next_ticket.set(ticket + 1);
         let waiter = Waiter { task, ticket };
         list.queue.borrow_mut().push_back(waiter);
-        Entry { list, waiter, settled: false }
+        Entry { list, waiter, queued: true, settled: false }
     }
 
-    /// Whether a notification took this entry off the queue (and it has not re-checked since).
-    fn is_woken(&self) -> bool {
-        self.list.position(self.waiter.ticket).is_err()
+    /// After a resume: is the entry still queued, or did a notification take it off?
+    fn look(&mut self) {
+        self.queued = self.list.position(self.waiter.ticket).is_ok();
     }
 
     /// Back to its original place after a wake that did not let it proceed.
     fn requeue_if_woken(&mut self) {
-        if let Err(at) = self.list.position(self.waiter.ticket) {
+        if !self.queued {
             self.list.woken.set(self.list.woken.get() - 1);
+            let at = self.list.position(self.waiter.ticket).unwrap_err();
             self.list.queue.borrow_mut().insert(at, self.waiter);
+            self.queued = true;
         }
     }
 
     /// The wait succeeded: leave the list without passing anything on.
     fn settle(&mut self) {
         self.settled = true;
-        self.remove();
+        self.leave();
     }
 
     /// Leaves the list: removes the entry if still queued, else stops counting it as woken.
-    /// True if it was queued (i.e. it was not notified).
-    fn remove(&self) -> bool {
-        match self.list.position(self.waiter.ticket) {
-            Ok(at) => {
-                self.list.queue.borrow_mut().remove(at);
-                true
-            }
-            Err(_) => {
-                self.list.woken.set(self.list.woken.get() - 1);
-                false
-            }
+    fn leave(&self) {
+        if self.queued {
+            let at = self.list.position(self.waiter.ticket).expect("a queued entry is in the list");
+            self.list.queue.borrow_mut().remove(at);
+        } else {
+            self.list.woken.set(self.list.woken.get() - 1);
         }
     }
 }
 
 impl Drop for Entry<'_> {
     fn drop(&mut self) {
-        if !self.settled && !self.remove() {
+        if self.settled {
+            return;
+        }
+        // Timed out, or unwinding out of `suspend` (cancelled), maybe after a notification
+        // took the entry off the queue: look again before leaving.
+        self.look();
+        self.leave();
+        if !self.queued {
             // Notified, then timed out or cancelled before using it: pass it on.
             self.list.notify_one();
         }
