@@ -57,6 +57,19 @@ pub trait Codec<T> {
 
     /// Rebuilds a value from one whole payload.
     fn decode(&self, bytes: &[u8]) -> Result<T, Error>;
+
+    /// Decodes a payload handed over in a buffer of its own (a big message arrives that way).
+    /// The default decodes from the slice; a codec whose value *is* the bytes keeps the buffer.
+    fn decode_owned(&self, bytes: Vec<u8>) -> Result<T, Error> {
+        self.decode(&bytes)
+    }
+
+    /// The payload of `value` as it stands, if the codec sends values unchanged (as [`Raw`]
+    /// does): the writer then writes it straight from `value` instead of copying it into a frame.
+    fn as_payload<'a>(&self, value: &'a T) -> Option<&'a [u8]> {
+        let _ = value;
+        None
+    }
 }
 
 /// The default codec: any `Serialize + DeserializeOwned` type, in postcard's compact format.
@@ -104,6 +117,14 @@ impl Codec<Vec<u8>> for Raw {
 
     fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, Error> {
         Ok(bytes.to_vec())
+    }
+
+    fn decode_owned(&self, bytes: Vec<u8>) -> Result<Vec<u8>, Error> {
+        Ok(bytes)
+    }
+
+    fn as_payload<'a>(&self, value: &'a Vec<u8>) -> Option<&'a [u8]> {
+        Some(value)
     }
 }
 

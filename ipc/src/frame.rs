@@ -68,6 +68,10 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = (1 << 31) - 1;
 /// peer must send N.
 pub const ALLOC_CHUNK: usize = 1 << 20;
 
+/// A frame at least this long that is not yet whole is received *detached*: straight into a
+/// buffer of its own that becomes the message ([`Decoder::next_payload`] hands it over).
+pub const DETACH_AT: usize = ALLOC_CHUNK;
+
 /// An idle decoder (nothing buffered) keeps a buffer up to this size; a bigger one, grown by a big
 /// frame, is released before the next read.
 const IDLE_KEEP: usize = 2 * ALLOC_CHUNK;
@@ -144,6 +148,34 @@ pub fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), Error> {
     }
 }
 
+/// A payload from [`Decoder::next_payload`]: borrowed from the decoder's buffer (small frames,
+/// several per read), or owned (a big frame that arrived in a buffer of its own).
+#[derive(Debug)]
+pub enum Payload<'a> {
+    /// A slice of the decoder's buffer, valid until the next call on the decoder.
+    Borrowed(&'a [u8]),
+    /// A buffer that holds exactly this payload.
+    Owned(Vec<u8>),
+}
+
+impl Payload<'_> {
+    /// The payload's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(bytes) => bytes,
+            Payload::Owned(bytes) => bytes,
+        }
+    }
+
+    /// The payload as a `Vec`: free for an owned one, a copy for a borrowed one.
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Payload::Borrowed(bytes) => bytes.to_vec(),
+            Payload::Owned(bytes) => bytes,
+        }
+    }
+}
+
 /// Splits a byte stream into frame payloads, incrementally.
 ///
 /// Feed it with [`read_buf`](Self::read_buf) + [`filled`](Self::filled) (or [`feed`](Self::feed)),
@@ -191,12 +223,19 @@ pub struct Decoder {
     end: usize,
     /// Payloads longer than this are refused with `Error::TooLarge`.
     max: u64,
+    /// `Some(len)` while a big frame arrives *detached*: its header was consumed, and `buf`
+    /// holds only its payload, from offset 0, so the finished buffer is the message itself.
+    detached: Option<usize>,
+    /// A detached frame whose last byte arrived: the next payload to return.
+    ready: Option<Vec<u8>>,
+    /// `ready` was lent out by `next_frame`: drop it at the next call.
+    lent: bool,
 }
 
 impl Decoder {
     /// A decoder refusing payloads longer than `max` bytes. Allocates nothing yet.
     pub fn new(max: u64) -> Self {
-        Decoder { buf: Vec::new(), start: 0, end: 0, max }
+        Decoder { buf: Vec::new(), start: 0, end: 0, max, detached: None, ready: None, lent: false }
     }
 
     /// Changes the payload limit. Takes effect at the next [`next_frame`](Self::next_frame), also
@@ -213,14 +252,18 @@ impl Decoder {
     /// Spare room to read up to `n` bytes into; report what the read wrote with
     /// [`filled`](Self::filled).
     ///
-    /// The slice has at least `n.clamp(1, ALLOC_CHUNK)` bytes, maybe more. To make room, the
+    /// The slice has at least `n.clamp(1, ALLOC_CHUNK)` bytes, maybe more (while a big frame
+    /// arrives detached, at most the rest of that frame). To make room, the
     /// decoder first moves a buffered partial frame to the front, and only then grows, past the
     /// buffered bytes, by the larger of the read size and the rest of the current frame as its
     /// header announces it, but never by more than the larger of [`ALLOC_CHUNK`] and the bytes
     /// already buffered.
     pub fn read_buf(&mut self, n: usize) -> &mut [u8] {
         self.make_room(n.clamp(1, ALLOC_CHUNK));
-        &mut self.buf[self.end..]
+        // A detached frame's buffer ends where its payload ends: the next frame's bytes must
+        // not land in the message. (It is never whole here: `filled` hands a whole one over.)
+        let stop = self.detached.map_or(self.buf.len(), |len| len.min(self.buf.len()));
+        &mut self.buf[self.end..stop]
     }
 
     /// Records that a read wrote `k` bytes at the start of the slice [`read_buf`](Self::read_buf)
@@ -237,6 +280,13 @@ impl Decoder {
              pass the count the read into read_buf's slice returned"
         );
         self.end += k;
+        if self.detached == Some(self.end) {
+            // The detached frame is whole: its buffer becomes the message, and the stream goes
+            // on in a fresh buffer.
+            self.detached = None;
+            self.ready = Some(std::mem::take(&mut self.buf));
+            self.end = 0;
+        }
     }
 
     /// Copies `bytes` into the buffer, as if a read had delivered them.
@@ -256,6 +306,11 @@ impl Decoder {
     /// [`max`](Self::max), before anything is allocated for the payload. The refused frame stays
     /// buffered, so every later call returns the same error until the limit is raised.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, Error> {
+        self.forget_lent();
+        if self.ready.is_some() {
+            self.lent = true;
+            return Ok(self.ready.as_deref());
+        }
         let Some(len) = self.announced_len() else {
             return Ok(None);
         };
@@ -264,6 +319,9 @@ impl Decoder {
         }
         let len = len as usize; // a u32 fits in usize on every platform std supports
         if self.buffered_len() - HEADER_LEN < len {
+            if len >= DETACH_AT {
+                self.detach(len);
+            }
             return Ok(None);
         }
         let payload = self.start + HEADER_LEN..self.start + HEADER_LEN + len;
@@ -276,6 +334,31 @@ impl Decoder {
         Ok(Some(&self.buf[payload]))
     }
 
+    /// Like [`next_frame`](Self::next_frame), but a big frame received detached comes out
+    /// owned: its buffer becomes the message, with no copy (see [`Payload`]).
+    pub fn next_payload(&mut self) -> Result<Option<Payload<'_>>, Error> {
+        self.forget_lent();
+        if let Some(payload) = self.ready.take() {
+            return Ok(Some(Payload::Owned(payload)));
+        }
+        Ok(self.next_frame()?.map(Payload::Borrowed))
+    }
+
+    fn forget_lent(&mut self) {
+        if self.lent {
+            self.lent = false;
+            self.ready = None;
+        }
+    }
+
+    /// Consumes the header of the big frame at `start` and moves its payload bytes so far to
+    /// the front: from now on `buf[..end]` is the payload alone.
+    fn detach(&mut self, len: usize) {
+        self.start += HEADER_LEN;
+        self.compact();
+        self.detached = Some(len);
+    }
+
     /// How many bytes are buffered and not yet returned as payloads (headers included).
     pub fn buffered_len(&self) -> usize {
         self.end - self.start
@@ -284,7 +367,7 @@ impl Decoder {
     /// True when any byte of a frame is buffered, including a complete header whose payload has
     /// not started. Meaningful once [`next_frame`](Self::next_frame) has returned `None`.
     pub fn is_mid_frame(&self) -> bool {
-        self.buffered_len() > 0
+        self.buffered_len() > 0 || self.detached.is_some()
     }
 
     /// The error for an end of stream now: [`Error::Eof`] at a frame boundary, else
@@ -295,7 +378,7 @@ impl Decoder {
 
     /// The buffer's allocated capacity, in bytes: what this decoder holds in memory.
     pub fn capacity(&self) -> usize {
-        self.buf.capacity()
+        self.buf.capacity() + self.ready.as_ref().map_or(0, Vec::capacity)
     }
 
     /// The bytes between `start` and `end`.
@@ -305,6 +388,9 @@ impl Decoder {
 
     /// The payload length in the first buffered header, once all of its bytes are in.
     fn announced_len(&self) -> Option<u32> {
+        if self.detached.is_some() {
+            return None; // the header was consumed; `detached` holds the length
+        }
         let header = self.buffered().get(..HEADER_LEN)?;
         Some(u32::from_be_bytes(header.try_into().ok()?))
     }
@@ -312,6 +398,9 @@ impl Decoder {
     /// Bytes still to come before the first buffered frame is whole, as far as is known; 0 for a
     /// frame over the limit, which will never be read.
     fn missing(&self) -> usize {
+        if let Some(len) = self.detached {
+            return len - self.end;
+        }
         match self.announced_len() {
             None => HEADER_LEN - self.buffered_len(),
             Some(len) if u64::from(len) > self.max => 0,
@@ -323,9 +412,10 @@ impl Decoder {
 
     /// Ensures at least `n` (1..=ALLOC_CHUNK) bytes of spare room after `end`.
     fn make_room(&mut self, n: usize) {
-        if self.end == 0 && self.buf.len() > IDLE_KEEP {
+        if self.end == 0 && self.detached.is_none() && self.buf.len() > IDLE_KEEP {
             self.buf = Vec::new(); // a big frame is gone: give its memory back
         }
+        let n = self.detached.map_or(n, |len| n.min(len - self.end));
         if self.buf.len() - self.end >= n {
             return;
         }
@@ -371,6 +461,7 @@ impl fmt::Debug for Decoder {
             .field("max", &self.max)
             .field("buffered", &self.buffered_len())
             .field("announced_len", &self.announced_len())
+            .field("detached", &self.detached)
             .field("capacity", &self.capacity())
             .finish()
     }
@@ -567,6 +658,35 @@ mod tests {
                 bytes.len()
             );
         }
+        assert!(matches!(decoder.on_eof(), Error::Truncated));
+    }
+
+    #[test]
+    fn a_big_frame_arrives_detached_and_comes_out_owned_without_a_copy() {
+        let big: Vec<u8> = (0..DETACH_AT + 777).map(|i| (i % 251) as u8).collect();
+        let bytes = wire(&[big.clone(), b"next".to_vec()]);
+        let mut decoder = Decoder::default();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(100_000) {
+            decoder.feed(piece);
+            while let Some(payload) = decoder.next_payload().unwrap() {
+                out.push((matches!(payload, Payload::Owned(_)), payload.into_vec()));
+            }
+        }
+        assert_eq!(out, [(true, big), (false, b"next".to_vec())], "the big frame is handed over");
+        assert!(matches!(decoder.on_eof(), Error::Eof));
+    }
+
+    #[test]
+    fn a_detached_frame_cut_short_is_truncated_even_before_its_first_payload_byte() {
+        let header = encode_header(DETACH_AT + 1).unwrap();
+        let mut decoder = Decoder::default();
+        decoder.feed(&header);
+        assert!(decoder.next_frame().unwrap().is_none()); // detaches, zero payload bytes so far
+        assert!(matches!(decoder.on_eof(), Error::Truncated));
+        decoder.feed(&[9; 10]);
+        assert!(decoder.next_frame().unwrap().is_none());
+        assert_eq!(decoder.read_buf(1 << 30).len(), DETACH_AT + 1 - 10, "never past the frame");
         assert!(matches!(decoder.on_eof(), Error::Truncated));
     }
 

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -20,13 +20,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::{Codec, Postcard, Raw};
-use crate::frame::{self, DEFAULT_MAX_MESSAGE_SIZE, Decoder};
+use crate::frame::{self, DEFAULT_MAX_MESSAGE_SIZE, Decoder, HEADER_LEN, Payload};
 use crate::handle::Handle;
 use crate::transfer::sealed::Sealed;
 use crate::{Error, sys};
 
 /// How many bytes one read asks for: large, so that many small messages cost one system call.
 const READ_SIZE: usize = 256 * 1024;
+
+/// Payloads at least this long (from a codec that sends values unchanged, like `Raw`) are
+/// written straight from the caller's bytes rather than copied into a frame first.
+const WRITE_DIRECT: usize = 16 * 1024;
 
 /// A writer keeps the buffer of its last frame for the next one up to this size; a bigger one
 /// (a big message) is freed once sent.
@@ -112,8 +116,10 @@ impl<T, C: Codec<T>> Reader<T, C> {
         let source = self.handle.source()?;
         let mut decoder = self.decoder.lock();
         loop {
-            if let Some(payload) = decoder.next_frame()? {
-                return self.codec.decode(payload);
+            match decoder.next_payload()? {
+                Some(Payload::Borrowed(bytes)) => return self.codec.decode(bytes),
+                Some(Payload::Owned(bytes)) => return self.codec.decode_owned(bytes),
+                None => {}
             }
             let room = decoder.read_buf(READ_SIZE);
             // A read either fills `room` and is recorded below before anything can suspend, or
@@ -184,6 +190,25 @@ impl Outbox {
         Ok(())
     }
 
+    /// Writes a frame whose payload is the caller's bytes, without copying them first. If the
+    /// write is cut short after its first byte (timeout, cancel, error), the rest of the frame
+    /// is copied into the outbox, so that it is still delivered whole before any later frame.
+    fn write_direct(&mut self, source: &Source<File>, payload: &[u8]) -> Result<(), Error> {
+        let header = frame::encode_header(payload.len())?;
+        let mut direct = Direct { outbox: self, header, payload, sent: 0 };
+        while direct.sent < HEADER_LEN + payload.len() {
+            let n = match direct.sent.checked_sub(HEADER_LEN) {
+                None => {
+                    let parts = [IoSlice::new(&header[direct.sent..]), IoSlice::new(payload)];
+                    source.write_with(|mut file| file.write_vectored(&parts))?
+                }
+                Some(done) => source.write_with(|mut file| file.write(&payload[done..]))?,
+            };
+            direct.sent += n;
+        }
+        Ok(())
+    }
+
     /// Forgets the sent frame, and its memory if it was a big one.
     fn clear(&mut self) {
         if self.frame.capacity() > KEEP_OUTBOX {
@@ -191,6 +216,29 @@ impl Outbox {
         }
         self.frame.clear();
         self.sent = 0;
+    }
+}
+
+/// A frame being written straight from the caller's bytes (see `Outbox::write_direct`).
+struct Direct<'a> {
+    outbox: &'a mut Outbox,
+    header: [u8; HEADER_LEN],
+    payload: &'a [u8],
+    sent: usize,
+}
+
+impl Drop for Direct<'_> {
+    fn drop(&mut self) {
+        let total = HEADER_LEN + self.payload.len();
+        if self.sent > 0 && self.sent < total {
+            // Cut short mid-frame: keep the frame so the next `put` finishes it.
+            let frame = &mut self.outbox.frame;
+            frame.clear();
+            frame.reserve_exact(total);
+            frame.extend_from_slice(&self.header);
+            frame.extend_from_slice(self.payload);
+            self.outbox.sent = self.sent;
+        }
     }
 }
 
@@ -209,6 +257,9 @@ impl<T, C: Codec<T>> Writer<T, C> {
         let source = self.handle.source()?;
         let mut outbox = self.outbox.lock();
         outbox.settle_earlier(source)?;
+        if let Some(payload) = self.codec.as_payload(value).filter(|p| p.len() >= WRITE_DIRECT) {
+            return outbox.write_direct(source, payload);
+        }
         frame::append_frame_with(&mut outbox.frame, |payload| self.codec.encode(value, payload))?;
         outbox.flush(source)?;
         outbox.clear();
