@@ -326,7 +326,13 @@ impl<T> JoinState<T> {
 
 /// A handle to a spawned coroutine: join it, wait for it with a timeout, or cancel it.
 ///
-/// Dropping the handle detaches the coroutine; it runs on.
+/// Dropping the handle detaches the coroutine; it runs on. Like every type bound to a hub, it
+/// cannot leave its thread:
+///
+/// ```compile_fail
+/// fn assert_send<T: Send>(_: &T) {}
+/// greenhub::run(|| assert_send(&greenhub::spawn(|| ())));
+/// ```
 pub struct JoinHandle<T> {
     task: TaskRef,
     spawned: Rc<dyn Joinable<T>>,

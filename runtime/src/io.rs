@@ -413,7 +413,16 @@ fn wait_fd(fd: RawFd, dir: Direction, what: &str) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
     let registration = match hub.reactor.registration_of(fd) {
-        Some(existing) => existing,
+        Some(existing) => {
+            // A `Source` sharing the fd may have consumed what its last edge announced without
+            // reaching `WouldBlock`, leaving the flag set: trust it only if the fd is ready now.
+            // (Clearing it is safe: any later readiness is a new edge.)
+            let flag = existing.flag(dir);
+            if flag.get() && !sys::ready_now(fd, dir == Direction::Read)? {
+                flag.set(false);
+            }
+            existing
+        }
         None => hub.reactor.register(hub.id, fd)?,
     };
     registration.wait(hub, dir);

@@ -261,6 +261,25 @@ pub(crate) fn close_raw(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// Whether `fd` is ready now, for reading (`read`) or writing: a poll(2) that does not wait.
+/// Hang-up, error and an invalid fd count as ready: the next syscall on the fd reports them.
+pub(crate) fn ready_now(fd: RawFd, read: bool) -> io::Result<bool> {
+    let wanted = if read { libc::POLLIN } else { libc::POLLOUT };
+    let mut pollfd = libc::pollfd { fd, events: wanted, revents: 0 };
+    loop {
+        // SAFETY: `pollfd` is one live pollfd; a zero timeout never blocks.
+        let n = unsafe { libc::poll(&mut pollfd, 1, 0) };
+        if n >= 0 {
+            let ready = wanted | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+            return Ok(pollfd.revents & ready != 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Puts an fd in non-blocking mode.
 pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on an fd number has no memory preconditions; errors are checked.

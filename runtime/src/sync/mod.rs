@@ -5,6 +5,18 @@
 //! skeleton ("check, register, check again, suspend"), so wake-ups are FIFO among the waiters of
 //! one primitive and none is lost, even when a waiter is cancelled or times out. Waits suspend
 //! only the calling coroutine. The errors are shaped like `std::sync::mpsc`'s.
+//!
+//! They belong to one thread's hub, so they cannot be sent to another thread:
+//!
+//! ```compile_fail
+//! fn assert_send<T: Send>() {}
+//! assert_send::<greenhub::sync::Event>();
+//! ```
+//!
+//! ```compile_fail
+//! fn assert_send<T: Send>() {}
+//! assert_send::<greenhub::sync::Semaphore>();
+//! ```
 
 mod channel;
 mod event;

@@ -11,6 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
+use std::marker::PhantomData;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
@@ -74,11 +75,13 @@ impl fmt::Display for WaitReason {
     }
 }
 
-/// Coroutines waiting on one primitive, in ticket (arrival) order.
+/// Coroutines waiting on one primitive, in ticket (arrival) order. `!Send`, like everything
+/// bound to one hub: every primitive built on it is `!Send` too.
 #[derive(Default)]
 pub(crate) struct WaitList {
     queue: RefCell<VecDeque<Waiter>>,
     next_ticket: Cell<u64>,
+    _not_send: PhantomData<*const ()>,
     /// Waiters taken off the queue by a notification that have not yet re-checked (or left).
     woken: Cell<usize>,
 }
