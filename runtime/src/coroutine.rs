@@ -257,15 +257,19 @@ impl<F: FnOnce() -> T, T> Start for Spawned<F, T> {
     fn run(&self) {
         let body = self.body.take().expect("a coroutine body runs once");
         let outcome = panic::catch_unwind(AssertUnwindSafe(body));
+        if FORCE_DROPPING.with(Cell::get) {
+            // The hub is being dropped with this coroutine suspended: corosensei's own unwind
+            // payload must reach corosensei (and the hub must not be touched).
+            if let Err(payload) = outcome {
+                panic::resume_unwind(payload);
+            }
+        }
         let cancelled = hub("spawn").is_cancelled_now();
         self.state.finish(match outcome {
             _ if cancelled => Err(JoinError::cancelled()),
             Ok(v) => Ok(v),
             Err(payload) if payload.is::<Cancelled>() => Err(JoinError::cancelled()),
-            Err(payload) => {
-                assert!(!FORCE_DROPPING.with(Cell::get), "forced unwind must not be caught");
-                Err(JoinError::panicked(payload))
-            }
+            Err(payload) => Err(JoinError::panicked(payload)),
         });
     }
 
@@ -597,9 +601,15 @@ impl Hub {
         {
             let mut tasks = self.tasks.borrow_mut();
             let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) else { return };
-            if task.pending.is_none() || matches!(wake, Wake::Deadlock(_)) {
-                task.pending = Some(wake);
-            }
+            task.pending = match (task.pending.take(), wake) {
+                (_, Wake::Deadlock(report)) => Some(Wake::Deadlock(report)),
+                // Two timeouts fired in one turn: they are nested (a coroutine is inside both),
+                // and the outer one, created first, has the smaller id. It must win, or the
+                // inner boundary would catch it and the outer deadline would be lost.
+                (Some(Wake::Timeout(a)), Wake::Timeout(b)) => Some(Wake::Timeout(a.min(b))),
+                (None, wake) => Some(wake),
+                (pending, _) => pending,
+            };
         }
         self.wake(r);
     }
@@ -667,12 +677,18 @@ const STACK_POOL_MAX: usize = 1024;
 pub(crate) struct StackPool {
     free: RefCell<Vec<DefaultStack>>,
     pub(crate) size: usize,
+    refusal_reported: Cell<bool>,
     _not_send: PhantomData<*mut ()>,
 }
 
 impl StackPool {
     pub(crate) fn new(size: usize) -> Self {
-        StackPool { free: RefCell::new(Vec::new()), size, _not_send: PhantomData }
+        StackPool {
+            free: RefCell::new(Vec::new()),
+            size,
+            refusal_reported: Cell::new(false),
+            _not_send: PhantomData,
+        }
     }
 
     fn take(&self, id: CoroutineId) -> Result<DefaultStack, JoinError> {
@@ -681,7 +697,11 @@ impl StackPool {
         }
         DefaultStack::new(self.size).map_err(|e| {
             let message = stack_refused_message(id, self.size, &e);
-            eprintln!("{message}");
+            if !self.refusal_reported.replace(true) {
+                // Once per hub on stderr (thousands of refusals would drown it); every refused
+                // coroutine still carries the message in its JoinError.
+                eprintln!("{message}");
+            }
             JoinError::panicked(Box::new(message))
         })
     }

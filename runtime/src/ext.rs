@@ -38,8 +38,8 @@ pub fn hub_id() -> Option<u64> {
 /// The child shares the parent's epoll instance (polling or deregistering on it would steal or
 /// remove the parent's events), and the parent's coroutines must never run or unwind twice. So
 /// the inherited hub and its coroutines are leaked (their memory is a copy-on-write image of the
-/// parent's), the hub's own two fds (epoll and the wake-up eventfd) are closed without any
-/// `epoll_ctl`, and the thread is left without a hub. Helper threads of `spawn_blocking` do not
+/// parent's), the hub's own three fds (epoll, the wake-up eventfd and the timerfd) are closed
+/// without any `epoll_ctl`, and the thread is left without a hub. Helper threads of `spawn_blocking` do not
 /// exist in the child; the fresh hub starts its own. Does nothing on a thread without a hub.
 ///
 /// # Safety

@@ -1,6 +1,8 @@
-//! Linux-specific pieces of the hub: the stack-overflow reporter, the eventfd that wakes the loop
-//! from other threads, and the timerfd that wakes it at a timer's deadline. Every `unsafe` block of the crate outside `coroutine.rs` and
-//! `hub.rs` is here. (mio itself hides epoll; a kqueue port replaces this file.)
+//! Linux-specific pieces of the hub: the stack-overflow reporter, the eventfd that wakes the
+//! loop from other threads, and the timerfd that wakes it at a timer's deadline. Every `unsafe`
+//! block of the crate is here, except the coroutine plumbing (`coroutine.rs`, `hub.rs`) and the
+//! call of the unsafe fork hook in `ext.rs`; the unsafe ledger in docs/ lists them all. (mio
+//! itself hides epoll; a kqueue port replaces this file.)
 //!
 //! Guarantee: a coroutine that runs off its stack into the guard page is reported on stderr as
 //! "greenhub: coroutine #N overflowed its stack (size S bytes)" and the process aborts. Any other
@@ -257,7 +259,8 @@ pub(crate) fn timerfd_arm(fd: &OwnedFd, after: Duration) -> io::Result<()> {
 
 /// Closes an fd number without any other bookkeeping (after fork, for inherited hub fds).
 pub(crate) fn close_raw(fd: RawFd) {
-    // SAFETY: the caller owns this fd number in this process and never uses it again.
+    // SAFETY: the fd belongs to an `OwnedFd` inside the inherited hub, which is leaked and never
+    // dropped (see `forget_inherited`), so nothing else closes or uses this number here.
     unsafe { libc::close(fd) };
 }
 

@@ -1,7 +1,8 @@
 //! Timers: `sleep`, `timeout`, and the hub's timer queue.
 //!
-//! Guarantee: a timer never fires before its deadline (the poll timeout is rounded up to whole
-//! milliseconds by mio, and expiry is checked against `Instant::now()`); timers with the same
+//! Guarantee: a timer never fires before its deadline (the loop sleeps on a timerfd armed for
+//! the earliest deadline, falling back to mio's poll timeout, which rounds up to whole
+//! milliseconds; expiry is checked against `Instant::now()`); timers with the same
 //! deadline fire in the order they were set. Not guaranteed: how late a timer fires, which depends
 //! on what the other coroutines do before they suspend.
 

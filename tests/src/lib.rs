@@ -1,1 +1,163 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: process-wide resource checks (open fds, zombie
+//! children), a lock that serialises the tests that count them, and a way to rerun one test of
+//! the current test binary in a child process.
+//!
+//! File descriptors and child processes belong to the whole process, and the test harness runs
+//! the tests of one binary on several threads at once. So a test that counts them must hold
+//! [`process_lock`] (as must every test of that binary that opens fds or forks), or another
+//! test's sockets show up as a leak.
+
+use std::cell::Cell;
+use std::ffi::OsStr;
+use std::fmt::Debug;
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+static PROCESS_LOCK: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    /// How many [`ProcessLock`] guards this thread holds (the lock is reentrant per thread).
+    static HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Serialises the tests of one binary that open fds, fork, or count either.
+///
+/// Hold the guard for the whole test, including any setup outside [`assert_no_fd_leak`]. The
+/// lock is reentrant: a thread that holds it may take it again (as `assert_no_fd_leak` does). A
+/// test that panicked while holding it does not poison it for the others.
+pub fn process_lock() -> ProcessLock {
+    if HELD.get() > 0 {
+        HELD.set(HELD.get() + 1);
+        return ProcessLock { _guard: None };
+    }
+    let guard = PROCESS_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    HELD.set(1);
+    ProcessLock { _guard: Some(guard) }
+}
+
+/// The guard of [`process_lock`]; releases the lock when the thread's outermost guard drops.
+#[derive(Debug)]
+pub struct ProcessLock {
+    _guard: Option<MutexGuard<'static, ()>>,
+}
+
+impl Drop for ProcessLock {
+    fn drop(&mut self) {
+        HELD.set(HELD.get() - 1);
+    }
+}
+
+/// How many file descriptors this process has open (the entries of `/proc/self/fd`, not
+/// counting the one used to list them).
+pub fn open_fds() -> usize {
+    let entries = std::fs::read_dir("/proc/self/fd").expect("cannot list /proc/self/fd");
+    // The directory stream has an fd of its own while we list it, and it is listed too.
+    entries.count() - 1
+}
+
+/// The fds open in this process, as `fd -> target` lines, for a leak report.
+fn describe_fds() -> String {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return String::new() };
+    let mut lines: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!("  {} -> {}", e.file_name().to_string_lossy(), target.display())
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
+/// Runs `f` once to warm up (lazily opened, process-wide fds are not leaks), then `times` more
+/// times, and panics if the count of open fds changed across those runs. Takes
+/// [`process_lock`] itself; a test that opens fds before calling it must hold the lock already.
+///
+/// ```
+/// greenhub_tests::assert_no_fd_leak(3, || {
+///     let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+///     drop((a, b));
+/// });
+/// ```
+pub fn assert_no_fd_leak(times: usize, mut f: impl FnMut()) {
+    let _serial = process_lock();
+    f();
+    let before = open_fds();
+    for _ in 0..times {
+        f();
+    }
+    let after = open_fds();
+    assert_eq!(
+        before,
+        after,
+        "fd leak: {before} fds open before {times} runs, {after} after; open now:\n{}",
+        describe_fds()
+    );
+}
+
+/// The pids of this process's children that have exited but were not reaped (state `Z` in
+/// `/proc/<pid>/stat`, with our pid as their parent).
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut zombies: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat_state_and_parent(pid) == Some(('Z', me)))
+        .collect();
+    zombies.sort_unstable();
+    zombies
+}
+
+/// The state letter and parent pid from `/proc/<pid>/stat`: `pid (comm) S ppid ...`. The
+/// command name may hold spaces and parentheses, so parse after the last `)`.
+fn stat_state_and_parent(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Reruns the test named `test` of the running test binary, alone, in a child process with the
+/// environment variable `var` set to `value`, and returns its output (stdout and stderr
+/// captured). The test checks `var` to know it is the child.
+///
+/// `test` is the test's path inside its binary: for a test function at the top of an
+/// integration-test file, its bare name.
+pub fn rerun_test_in_child(test: &str, var: &str, value: impl AsRef<OsStr> + Debug) -> Output {
+    let exe = std::env::current_exe().expect("cannot find the test binary");
+    Command::new(&exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(var, value)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot rerun {} for {test}: {e}", exe.display()))
+}
+
+/// The text of a panic payload (`&str` or `String`), or a placeholder.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "<non-string panic payload>".to_string())
+}
+
+/// Sets a flag when dropped: checks that a destructor ran (for example, of a coroutine that was
+/// cancelled or unwound).
+#[derive(Debug)]
+pub struct DropFlag(pub std::rc::Rc<std::cell::Cell<bool>>);
+
+impl DropFlag {
+    /// A guard and the flag it sets when dropped.
+    pub fn new() -> (DropFlag, std::rc::Rc<std::cell::Cell<bool>>) {
+        let flag = std::rc::Rc::new(std::cell::Cell::new(false));
+        (DropFlag(flag.clone()), flag)
+    }
+}
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}

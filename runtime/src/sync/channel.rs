@@ -149,8 +149,10 @@ impl<T> TakeBack<'_, T> {
         if self.chan.taken.get() >= self.seq {
             return None;
         }
-        // A rendezvous holds one item at a time, and this sender's is it.
+        // A rendezvous holds one item at a time, and this sender's is it: take it back, and
+        // its number with it, so the next sender waits for the right count.
         self.seq = 0;
+        self.chan.pushed.set(self.chan.pushed.get() - 1);
         let item = self.chan.queue.borrow_mut().pop_back();
         self.chan.room_waiters.notify_one();
         item

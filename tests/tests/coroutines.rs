@@ -1,0 +1,484 @@
+//! Coroutines: spawn and join, start order, yielding, ids, detaching, panics, the root
+//! coroutine, misuse outside a hub, clean-up when the root returns, and cancellation.
+
+use std::cell::{Cell, RefCell};
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
+use std::time::Duration;
+
+use greenhub::sync::{Event, channel};
+use greenhub::{JoinError, spawn, yield_now};
+use greenhub_tests::{DropFlag, panic_message};
+
+/// Long enough that a test waiting for it would visibly hang: only cancellation ends it.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+#[test]
+fn join_returns_each_value_and_coroutines_start_in_spawn_order() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let values: Vec<u32> = greenhub::run(|| {
+        let handles: Vec<_> = (0..10u32)
+            .map(|i| {
+                let log = log.clone();
+                spawn(move || {
+                    log.borrow_mut().push(i);
+                    i * i
+                })
+            })
+            .collect();
+        // Join in reverse: the values still match their coroutines.
+        handles.into_iter().rev().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(values, (0..10u32).rev().map(|i| i * i).collect::<Vec<_>>());
+    assert_eq!(*log.borrow(), (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn spawn_never_runs_the_coroutine_inside_spawn() {
+    greenhub::run(|| {
+        let ran = Rc::new(Cell::new(false));
+        let h = spawn({
+            let ran = ran.clone();
+            move || ran.set(true)
+        });
+        assert!(!ran.get(), "the body ran inside spawn");
+        assert!(!h.is_finished());
+        yield_now();
+        assert!(ran.get(), "the body did not run at the next turn");
+        assert!(h.is_finished());
+        h.join().unwrap();
+    });
+}
+
+#[test]
+fn yield_now_interleaves_coroutines_round_robin() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    greenhub::run(|| {
+        let workers: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|name| {
+                let log = log.clone();
+                spawn(move || {
+                    for i in 0..3 {
+                        log.borrow_mut().push(format!("{name}{i}"));
+                        yield_now();
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().for_each(|w| w.join().unwrap());
+    });
+    assert_eq!(*log.borrow(), ["a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2"]);
+}
+
+#[test]
+fn current_is_the_running_coroutines_id() {
+    greenhub::run(|| {
+        let root = greenhub::current();
+        assert_eq!(greenhub::current(), root, "the id is stable");
+        let a = spawn(greenhub::current);
+        let b = spawn(greenhub::current);
+        let (a_id, b_id) = (a.id(), b.id());
+        assert_eq!(a.join().unwrap(), a_id);
+        assert_eq!(b.join().unwrap(), b_id);
+        assert_ne!(a_id, b_id);
+        assert_ne!(a_id, root);
+        assert!(a_id.to_string().starts_with('#'), "Display is `#N`: {a_id}");
+    });
+}
+
+#[test]
+fn dropping_the_join_handle_detaches_the_coroutine() {
+    greenhub::run(|| {
+        let done = Rc::new(Event::new());
+        drop(spawn({
+            let done = done.clone();
+            move || {
+                yield_now(); // still alive after its handle is gone
+                done.set();
+            }
+        }));
+        done.wait();
+        assert!(done.is_set());
+    });
+}
+
+#[test]
+fn a_panicking_coroutine_is_isolated() {
+    greenhub::run(|| {
+        let n = std::hint::black_box(7);
+        let bad = spawn(move || -> u32 { panic!("boom {n}") });
+        let good = spawn(|| {
+            yield_now();
+            5
+        });
+        let err = bad.join().unwrap_err();
+        assert!(err.is_panic());
+        assert!(!err.is_cancelled());
+        assert!(err.to_string().contains("boom 7"), "Display names the panic: {err}");
+        assert!(format!("{err:?}").contains("boom 7"), "Debug names the panic: {err:?}");
+        let payload = err.into_panic();
+        assert_eq!(panic_message(&*payload), "boom 7");
+        // The hub and the other coroutines go on.
+        assert_eq!(good.join().unwrap(), 5);
+        assert_eq!(spawn(|| 6).join().unwrap(), 6);
+    });
+}
+
+#[test]
+fn a_static_str_panic_payload_is_kept() {
+    greenhub::run(|| {
+        let err = spawn(|| panic!("static boom")).join().unwrap_err();
+        let payload = err.into_panic();
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"static boom"));
+    });
+}
+
+#[test]
+fn join_error_is_a_std_error_and_into_panic_on_a_cancelled_one_panics() {
+    greenhub::run(|| {
+        let h = spawn(|| ());
+        h.cancel();
+        let err = h.join().unwrap_err();
+        assert!(err.is_cancelled() && !err.is_panic());
+        let as_error: Box<dyn std::error::Error> = Box::new(err);
+        assert!(as_error.to_string().contains("cancelled"), "{as_error}");
+
+        let h = spawn(|| ());
+        h.cancel();
+        let err = h.join().unwrap_err();
+        let caught = panic::catch_unwind(AssertUnwindSafe(move || err.into_panic()));
+        assert!(caught.is_err(), "into_panic on a cancelled coroutine must panic");
+    });
+}
+
+#[test]
+fn run_returns_the_root_value_and_may_borrow() {
+    assert_eq!(greenhub::run(|| 42), 42);
+    let numbers = [1, 2, 3];
+    let mut seen = 0;
+    let sum: i32 = greenhub::run(|| {
+        seen += 1;
+        numbers.iter().sum()
+    });
+    assert_eq!((sum, seen), (6, 1));
+}
+
+#[test]
+fn a_root_panic_propagates_out_of_run_and_the_thread_can_run_again() {
+    let caught = panic::catch_unwind(|| greenhub::run(|| panic!("root boom")));
+    assert_eq!(panic_message(&*caught.unwrap_err()), "root boom");
+    assert_eq!(greenhub::run(|| spawn(|| 1).join().unwrap()), 1);
+}
+
+#[test]
+fn run_inside_run_panics_naming_the_rule() {
+    greenhub::run(|| {
+        let caught = panic::catch_unwind(|| greenhub::run(|| ()));
+        let msg = panic_message(&*caught.unwrap_err());
+        assert!(msg.contains("greenhub::run") && msg.contains("inside a running hub"), "{msg}");
+        // The outer hub is intact.
+        assert_eq!(spawn(|| 3).join().unwrap(), 3);
+    });
+}
+
+#[test]
+fn hub_calls_outside_a_hub_panic_naming_greenhub() {
+    let cases: [(&str, fn()); 4] = [
+        ("spawn", || drop(spawn(|| ()))),
+        ("yield_now", yield_now),
+        ("current", || _ = greenhub::current()),
+        ("sleep", || greenhub::sleep(Duration::from_millis(1))),
+    ];
+    for (name, call) in cases {
+        let msg = panic_message(&*panic::catch_unwind(AssertUnwindSafe(call)).unwrap_err());
+        assert!(msg.contains("greenhub") && msg.contains(name), "{name}: {msg}");
+        assert!(msg.contains("outside a hub"), "{name}: {msg}");
+    }
+}
+
+#[test]
+fn coroutines_alive_when_the_root_returns_are_unwound() {
+    let (sleeper_guard, sleeper_dropped) = DropFlag::new();
+    let (waiter_guard, waiter_dropped) = DropFlag::new();
+    let (ready_guard, ready_dropped) = DropFlag::new();
+    let (unstarted_guard, unstarted_dropped) = DropFlag::new();
+    let went_on = Rc::new(Cell::new(0));
+    let handles = greenhub::run(|| {
+        let event = Rc::new(Event::new());
+        let sleeper = spawn({
+            let went_on = went_on.clone();
+            move || {
+                let _guard = sleeper_guard;
+                greenhub::sleep(FOREVER);
+                went_on.set(went_on.get() + 1);
+            }
+        });
+        let waiter = spawn({
+            let (event, went_on) = (event.clone(), went_on.clone());
+            move || {
+                let _guard = waiter_guard;
+                event.wait();
+                went_on.set(went_on.get() + 1);
+            }
+        });
+        let busy = spawn({
+            let went_on = went_on.clone();
+            move || {
+                let _guard = ready_guard;
+                loop {
+                    yield_now(); // always ready, never done
+                    went_on.set(went_on.get() + 1);
+                    if went_on.get() > 1_000_000 {
+                        break;
+                    }
+                }
+            }
+        });
+        yield_now(); // all three are now suspended or ready
+        let unstarted = spawn(move || drop(unstarted_guard));
+        (sleeper, waiter, busy, unstarted)
+    });
+    assert!(sleeper_dropped.get(), "a sleeping coroutine was not unwound");
+    assert!(waiter_dropped.get(), "a waiting coroutine was not unwound");
+    assert!(ready_dropped.get(), "a ready coroutine was not unwound");
+    assert!(unstarted_dropped.get(), "an unstarted coroutine's captures were not dropped");
+    assert_eq!(went_on.get(), 0, "a coroutine ran on past its suspension point");
+    let (sleeper, waiter, busy, unstarted) = handles;
+    for h in [&sleeper, &waiter, &busy] {
+        assert!(h.is_finished());
+    }
+    assert!(unstarted.is_finished());
+    assert!(sleeper.join().unwrap_err().is_cancelled());
+}
+
+#[test]
+fn cancel_a_sleeping_coroutine() {
+    greenhub::run(|| {
+        let (guard, dropped) = DropFlag::new();
+        let woke = Rc::new(Cell::new(false));
+        let h = spawn({
+            let woke = woke.clone();
+            move || {
+                let _guard = guard;
+                greenhub::sleep(FOREVER);
+                woke.set(true);
+            }
+        });
+        yield_now(); // it starts and sleeps
+        assert!(!h.is_finished());
+        h.cancel();
+        assert!(h.join().unwrap_err().is_cancelled());
+        assert!(dropped.get(), "destructors did not run");
+        assert!(!woke.get(), "the body ran past its suspension point");
+    });
+}
+
+#[test]
+fn cancel_a_coroutine_waiting_on_a_channel() {
+    greenhub::run(|| {
+        let (tx, rx) = channel::<u32>();
+        let (guard, dropped) = DropFlag::new();
+        let h = spawn(move || {
+            let _guard = guard;
+            rx.recv()
+        });
+        yield_now();
+        h.cancel();
+        assert!(h.join().unwrap_err().is_cancelled());
+        assert!(dropped.get());
+        // The receiver (a capture) was dropped by the unwind: the channel is disconnected.
+        assert!(tx.is_closed());
+        assert_eq!(tx.send(9).unwrap_err().0, 9);
+    });
+}
+
+#[test]
+fn cancel_a_coroutine_waiting_on_an_event() {
+    greenhub::run(|| {
+        let event = Rc::new(Event::new());
+        let (guard, dropped) = DropFlag::new();
+        let h = spawn({
+            let event = event.clone();
+            move || {
+                let _guard = guard;
+                event.wait();
+                "woken"
+            }
+        });
+        yield_now();
+        h.cancel();
+        let err = h.join().unwrap_err();
+        assert!(err.is_cancelled(), "{err}");
+        assert!(dropped.get());
+        assert_eq!(Rc::strong_count(&event), 1, "the coroutine's Rc was not dropped");
+        event.set(); // nobody left to wake; must not misbehave
+    });
+}
+
+#[test]
+fn cancel_an_unstarted_coroutine_never_runs_its_body() {
+    greenhub::run(|| {
+        let ran = Rc::new(Cell::new(false));
+        let (guard, dropped) = DropFlag::new();
+        let h = spawn({
+            let ran = ran.clone();
+            move || {
+                let _guard = guard;
+                ran.set(true);
+            }
+        });
+        h.cancel();
+        yield_now();
+        yield_now();
+        assert!(h.is_finished());
+        assert!(h.join().unwrap_err().is_cancelled());
+        assert!(!ran.get(), "the body of a coroutine cancelled before it started ran");
+        assert!(dropped.get(), "the captures were not dropped");
+    });
+}
+
+#[test]
+fn cancel_after_the_end_does_nothing() {
+    greenhub::run(|| {
+        let h = spawn(|| 4);
+        yield_now();
+        assert!(h.is_finished());
+        h.cancel();
+        assert_eq!(h.join().unwrap(), 4);
+    });
+}
+
+#[test]
+fn a_coroutine_that_catches_every_unwind_still_ends_cancelled() {
+    greenhub::run(|| {
+        let caught = Rc::new(Cell::new(0));
+        let event = Rc::new(Event::new());
+        let h = spawn({
+            let (caught, event) = (caught.clone(), event.clone());
+            move || {
+                // Swallows the cancellation at every suspension point it reaches, then returns
+                // a value as if nothing happened.
+                for _ in 0..3 {
+                    let r = panic::catch_unwind(AssertUnwindSafe(|| event.wait()));
+                    if r.is_err() {
+                        caught.set(caught.get() + 1);
+                    }
+                }
+                "pretends to succeed"
+            }
+        });
+        yield_now();
+        h.cancel();
+        let err = h.join().unwrap_err();
+        assert!(err.is_cancelled(), "{err}");
+        assert_eq!(caught.get(), 3, "every later suspension point unwinds again");
+    });
+}
+
+#[test]
+fn thirty_thousand_sleeping_coroutines_all_finish() {
+    const N: usize = 30_000;
+    let finished = greenhub::run(|| {
+        let done = Rc::new(Cell::new(0usize));
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let done = done.clone();
+                spawn(move || {
+                    greenhub::sleep(Duration::from_millis(5 + (i % 7) as u64));
+                    done.set(done.get() + 1);
+                    i
+                })
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            assert_eq!(h.join().unwrap(), i);
+        }
+        done.get()
+    });
+    assert_eq!(finished, N);
+}
+
+#[test]
+fn a_refused_stack_is_a_panic_naming_the_limit() {
+    // No OS maps 2^47 bytes of stack; the root coroutine cannot start.
+    let caught = panic::catch_unwind(|| greenhub::Builder::new().stack_size(1 << 47).run(|| 1));
+    let msg = panic_message(&*caught.unwrap_err());
+    assert!(msg.contains("refused a stack") && msg.contains("vm.max_map_count"), "{msg}");
+}
+
+#[test]
+fn join_error_display_distinguishes_panic_and_cancel() {
+    greenhub::run(|| {
+        let cancelled = {
+            let h = spawn(|| ());
+            h.cancel();
+            h.join().unwrap_err()
+        };
+        let panicked: JoinError = spawn(|| panic!("kaput")).join().unwrap_err();
+        assert_ne!(cancelled.to_string(), panicked.to_string());
+        assert!(panicked.to_string().contains("panicked"), "{panicked}");
+    });
+}
+
+#[test]
+fn a_coroutine_may_cancel_itself() {
+    greenhub::run(|| {
+        let me: Rc<RefCell<Option<greenhub::JoinHandle<&str>>>> = Rc::new(RefCell::new(None));
+        let reached = Rc::new(Cell::new(0));
+        let h = spawn({
+            let (me, reached) = (me.clone(), reached.clone());
+            move || {
+                me.borrow().as_ref().expect("the handle is stored before it runs").cancel();
+                reached.set(1); // cancel does not unwind on the spot...
+                yield_now(); // ...but the next suspension point does
+                reached.set(2);
+                "not cancelled"
+            }
+        });
+        let id = h.id();
+        *me.borrow_mut() = Some(h);
+        let h = loop {
+            yield_now();
+            if reached.get() > 0 {
+                break me.borrow_mut().take().unwrap();
+            }
+        };
+        assert_eq!(h.id(), id);
+        assert!(h.join().unwrap_err().is_cancelled());
+        assert_eq!(reached.get(), 1);
+    });
+}
+
+#[test]
+fn a_finished_coroutines_captures_are_dropped_before_its_handle() {
+    greenhub::run(|| {
+        let (guard, dropped) = DropFlag::new();
+        let h = spawn(move || {
+            let _guard = guard;
+            7
+        });
+        yield_now();
+        assert!(h.is_finished());
+        assert!(dropped.get(), "the closure's captures outlived the coroutine");
+        assert_eq!(h.join().unwrap(), 7);
+    });
+}
+
+#[test]
+fn exit_hooks_run_in_order_after_every_coroutine_is_unwound() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    greenhub::run(|| {
+        let (guard, dropped) = DropFlag::new();
+        spawn(move || {
+            let _guard = guard;
+            greenhub::sleep(FOREVER);
+        });
+        yield_now();
+        for name in ["first", "second"] {
+            let (log, dropped) = (log.clone(), dropped.clone());
+            greenhub::ext::at_exit(move || log.borrow_mut().push((name, dropped.get())));
+        }
+    });
+    assert_eq!(*log.borrow(), [("first", true), ("second", true)]);
+}

@@ -1,0 +1,263 @@
+//! Readiness waits on raw fds: `wait_readable` / `wait_writable` on a pipe and a socketpair,
+//! several waiters on one fd, and bad fds as `io::Error`s; no fd leaks.
+//!
+//! Every test holds `process_lock`: they open and count fds, which are process-wide.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use greenhub::io::{wait_readable, wait_writable};
+use greenhub::{spawn, yield_now};
+use greenhub_tests::{assert_no_fd_leak, open_fds, process_lock};
+
+/// A pipe from `libc::pipe`: (read end, write end).
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe(2) to fill.
+    let rc = unsafe { libc::pipe(fds.as_mut_ptr()) };
+    assert_eq!(rc, 0, "pipe: {}", io::Error::last_os_error());
+    // SAFETY: pipe(2) just created both fds; nothing else owns them.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+fn write_byte(fd: &OwnedFd, byte: u8) {
+    // SAFETY: writes one byte from a live local to an fd we own.
+    let n = unsafe { libc::write(fd.as_raw_fd(), (&byte as *const u8).cast(), 1) };
+    assert_eq!(n, 1, "write: {}", io::Error::last_os_error());
+}
+
+fn read_byte(fd: &OwnedFd) -> u8 {
+    let mut byte = 0u8;
+    // SAFETY: reads at most one byte into a live local from an fd we own.
+    let n = unsafe { libc::read(fd.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+    assert_eq!(n, 1, "read: {}", io::Error::last_os_error());
+    byte
+}
+
+/// Yields enough times for every ready coroutine to reach its next suspension.
+fn settle() {
+    for _ in 0..3 {
+        yield_now();
+    }
+}
+
+#[test]
+fn wait_readable_on_a_raw_pipe() {
+    let _serial = process_lock();
+    let (r, w) = pipe();
+    greenhub::run(|| {
+        let fd = r.as_raw_fd();
+        let waiter = spawn(move || wait_readable(fd));
+        settle();
+        assert!(!waiter.is_finished(), "readable before anything was written");
+        write_byte(&w, b'x');
+        waiter.join().unwrap().unwrap();
+        assert_eq!(read_byte(&r), b'x');
+        // Data already there: the wait returns without anyone writing.
+        write_byte(&w, b'y');
+        wait_readable(fd).unwrap();
+        assert_eq!(read_byte(&r), b'y');
+        wait_writable(w.as_raw_fd()).unwrap();
+    });
+}
+
+#[test]
+fn wait_readable_on_a_socketpair() {
+    let _serial = process_lock();
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    greenhub::run(|| {
+        let fd = b.as_raw_fd();
+        let waiter = spawn(move || wait_readable(fd));
+        settle();
+        assert!(!waiter.is_finished());
+        a.write_all(b"ping").unwrap();
+        waiter.join().unwrap().unwrap();
+        let mut buf = [0u8; 4];
+        b.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+        wait_writable(a.as_raw_fd()).unwrap();
+    });
+}
+
+#[test]
+fn wait_readable_sees_the_peer_close() {
+    let _serial = process_lock();
+    let (r, w) = pipe();
+    greenhub::run(|| {
+        let fd = r.as_raw_fd();
+        let waiter = spawn(move || wait_readable(fd));
+        settle();
+        drop(w); // EOF is readable
+        waiter.join().unwrap().unwrap();
+    });
+}
+
+#[test]
+fn two_coroutines_waiting_on_one_fd_both_wake() {
+    let _serial = process_lock();
+    let (r, w) = pipe();
+    greenhub::run(|| {
+        let fd = r.as_raw_fd();
+        let waiters: Vec<_> = (0..2).map(|_| spawn(move || wait_readable(fd))).collect();
+        settle();
+        assert!(waiters.iter().all(|h| !h.is_finished()));
+        write_byte(&w, b'!');
+        for h in waiters {
+            h.join().unwrap().unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_waiter_on_one_fd_is_not_woken_by_another() {
+    let _serial = process_lock();
+    let (r1, w1) = pipe();
+    let (r2, w2) = pipe();
+    greenhub::run(|| {
+        let (fd1, fd2) = (r1.as_raw_fd(), r2.as_raw_fd());
+        let one = spawn(move || wait_readable(fd1));
+        let two = spawn(move || wait_readable(fd2));
+        settle();
+        write_byte(&w2, 2);
+        two.join().unwrap().unwrap();
+        settle();
+        assert!(!one.is_finished(), "woken by another fd's readiness");
+        write_byte(&w1, 1);
+        one.join().unwrap().unwrap();
+    });
+}
+
+#[test]
+fn a_negative_fd_is_an_error_not_a_panic() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let err = wait_readable(-1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF), "{err}");
+        assert!(wait_writable(-1).is_err());
+    });
+}
+
+#[test]
+fn a_closed_fd_is_an_error_not_a_panic() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        // Closed inside the hub (the hub's own fds would take the free numbers otherwise); the
+        // number stays free: we hold the lock, so no other test opens fds meanwhile.
+        let (r, w) = pipe();
+        let closed: RawFd = r.as_raw_fd();
+        drop((r, w));
+        let err = wait_readable(closed).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF), "{err}");
+        assert!(wait_writable(closed).is_err());
+        // The hub is fine afterwards.
+        assert_eq!(spawn(|| 1).join().unwrap(), 1);
+    });
+}
+
+#[test]
+fn a_regular_file_is_an_error_not_a_panic() {
+    let _serial = process_lock();
+    let file = std::fs::File::open("/proc/self/exe").unwrap();
+    greenhub::run(|| {
+        let err = wait_readable(file.as_raw_fd()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    });
+}
+
+#[test]
+fn a_cancelled_fd_waiter_leaves_the_fd_usable() {
+    let _serial = process_lock();
+    let (r, w) = pipe();
+    greenhub::run(|| {
+        let fd = r.as_raw_fd();
+        let first = spawn(move || wait_readable(fd));
+        settle();
+        first.cancel();
+        assert!(first.join().unwrap_err().is_cancelled());
+        let second = spawn(move || wait_readable(fd));
+        settle();
+        write_byte(&w, 0);
+        second.join().unwrap().unwrap();
+    });
+}
+
+#[test]
+fn readiness_waits_leak_no_fds() {
+    assert_no_fd_leak(20, || {
+        let (r, w) = pipe();
+        greenhub::run(|| {
+            let fd = r.as_raw_fd();
+            let waiters: Vec<_> = (0..3).map(|_| spawn(move || wait_readable(fd))).collect();
+            settle();
+            write_byte(&w, 1);
+            waiters.into_iter().for_each(|h| h.join().unwrap().unwrap());
+            let fd = w.as_raw_fd();
+            assert!(wait_readable(-1).is_err());
+            wait_writable(fd).unwrap();
+        });
+    });
+}
+
+#[test]
+fn a_hub_itself_leaks_no_fds() {
+    let _serial = process_lock();
+    let before = open_fds();
+    for _ in 0..10 {
+        greenhub::run(|| greenhub::sleep(std::time::Duration::from_millis(1)));
+    }
+    assert_eq!(open_fds(), before, "each run must close its epoll and eventfd");
+}
+
+#[test]
+fn coroutines_that_keep_yielding_do_not_starve_fd_waiters() {
+    let _serial = process_lock();
+    let (r, w) = pipe();
+    greenhub::run(|| {
+        let fd = r.as_raw_fd();
+        let woke = std::rc::Rc::new(std::cell::Cell::new(false));
+        let spinner = spawn({
+            let woke = woke.clone();
+            move || {
+                while !woke.get() {
+                    yield_now(); // always ready: the hub must still poll fds
+                }
+            }
+        });
+        let waiter = spawn({
+            let woke = woke.clone();
+            move || {
+                wait_readable(fd).unwrap();
+                woke.set(true);
+            }
+        });
+        settle();
+        write_byte(&w, 1);
+        waiter.join().unwrap();
+        spinner.join().unwrap();
+    });
+}
+
+#[test]
+fn wait_readable_on_a_socket_already_drained_by_its_stream_waits_for_new_data() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (a, b) = greenhub::net::UnixStream::pair().unwrap();
+        let reader = spawn(move || {
+            let mut buf = [0u8; 4];
+            (&b).read_exact(&mut buf).unwrap(); // suspends, then gets exactly the 4 bytes
+            b
+        });
+        settle();
+        (&a).write_all(b"4444").unwrap();
+        let b = reader.join().unwrap();
+        // Nothing is left to read: a readiness wait must suspend until more arrives.
+        let fd = b.as_raw_fd();
+        let waiter = spawn(move || wait_readable(fd));
+        settle();
+        assert!(!waiter.is_finished(), "wait_readable returned on a socket with nothing to read");
+        (&a).write_all(b"x").unwrap();
+        waiter.join().unwrap().unwrap();
+        drop(b);
+    });
+}
