@@ -1,31 +1,88 @@
-use std::time::{Duration, Instant};
+//! hello_hub: the first steps with greenhub.
+//!
+//! Teaches: `run` starts a hub and runs a closure as its *root* coroutine; `spawn` starts more
+//! coroutines (they start at a later hub turn, never inside `spawn`); `join` suspends the caller
+//! until a coroutine ends and gives back its value; `sleep` suspends only the calling coroutine,
+//! so many sleep at once; `yield_now` lets the others run; a channel carries values between
+//! coroutines and `recv` fails once every sender is gone.
+//!
+//! Run it:
+//!
+//! ```text
+//! cargo run --release -p examples --example hello_hub
+//! ```
+//!
+//! Expected output:
+//!
+//! ```text
+//! the root coroutine is #1
+//! spawned #2; finished yet? false
+//! hello from coroutine #2
+//! taking turns: ping 1, pong 1, ping 2, pong 2, ping 3, pong 3
+//! three workers sleep at once and report in the order they wake:
+//!   fast woke after 30 ms
+//!   medium woke after 60 ms
+//!   slow woke after 90 ms
+//! every sender is gone, so recv says: receiving on an empty channel whose senders are all gone
+//! run returned 30 (the sum of the squares of 1..=4)
+//! ```
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use greenhub::sync::channel;
+
 fn main() {
-    let v = greenhub::run(|| {
-        let hs: Vec<_> = (0..5u64).map(|i| greenhub::spawn(move || { greenhub::sleep(Duration::from_millis(10 * (5 - i))); i })).collect();
-        let order: Vec<u64> = hs.into_iter().map(|h| h.join().unwrap()).collect();
-        println!("joined {order:?}");
-        let (tx, rx) = greenhub::sync::channel();
-        greenhub::spawn(move || for i in 0..3 { tx.send(i).unwrap(); greenhub::yield_now(); });
-        while let Ok(v) = rx.recv() { println!("got {v}"); }
-        let t = greenhub::timeout(Duration::from_millis(20), || greenhub::sleep(Duration::from_secs(5)));
-        println!("timeout: {t:?}");
-        let h = greenhub::spawn(|| { greenhub::sleep(Duration::from_secs(100)); });
-        greenhub::yield_now();
-        h.cancel();
-        println!("cancel: {:?}", h.join());
-        let p = greenhub::spawn(|| -> u8 { panic!("boom") });
-        println!("panic: {}", p.join().unwrap_err());
-        let b = greenhub::spawn_blocking(|| { std::thread::sleep(Duration::from_millis(20)); 42 });
-        println!("blocking: {b}");
-        let start = Instant::now();
-        let n = 20000;
-        let a = greenhub::spawn(move || for _ in 0..n { greenhub::yield_now() });
-        for _ in 0..n { greenhub::yield_now() }
-        a.join().unwrap();
-        println!("switch: {:?}", start.elapsed() / (2 * n));
-        7
+    let total = greenhub::run(|| {
+        println!("the root coroutine is {}", greenhub::current());
+
+        // spawn + join: the coroutine has not run yet when `spawn` returns.
+        let greeter = greenhub::spawn(|| format!("hello from coroutine {}", greenhub::current()));
+        println!("spawned {}; finished yet? {}", greeter.id(), greeter.is_finished());
+        println!("{}", greeter.join().unwrap());
+
+        // yield_now: two coroutines take turns (the hub runs ready coroutines in FIFO order).
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let players: Vec<_> = ["ping", "pong"]
+            .into_iter()
+            .map(|name| {
+                let log = log.clone();
+                greenhub::spawn(move || {
+                    for round in 1..=3 {
+                        log.borrow_mut().push(format!("{name} {round}"));
+                        greenhub::yield_now();
+                    }
+                })
+            })
+            .collect();
+        players.into_iter().for_each(|p| p.join().unwrap());
+        println!("taking turns: {}", log.borrow().join(", "));
+
+        // sleep + channel: the workers sleep at the same time; each reports when it wakes.
+        let (tx, rx) = channel();
+        for (name, ms) in [("slow", 90), ("fast", 30), ("medium", 60)] {
+            let tx = tx.clone();
+            greenhub::spawn(move || {
+                greenhub::sleep(Duration::from_millis(ms));
+                tx.send(format!("{name} woke after {ms} ms")).unwrap();
+            });
+        }
+        drop(tx); // only the workers hold senders now
+        println!("three workers sleep at once and report in the order they wake:");
+        loop {
+            match rx.recv() {
+                Ok(report) => println!("  {report}"),
+                Err(e) => {
+                    println!("every sender is gone, so recv says: {e}");
+                    break;
+                }
+            }
+        }
+
+        // join values: the root's return value is what `run` returns.
+        let squares: Vec<_> = (1..=4u64).map(|n| greenhub::spawn(move || n * n)).collect();
+        squares.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
     });
-    println!("root value {v}");
-    let r = std::panic::catch_unwind(|| greenhub::run(|| { let (_tx, rx) = greenhub::sync::channel::<u8>(); let _k = greenhub::spawn(|| greenhub::sleep(Duration::from_millis(1))); rx.recv() }));
-    println!("deadlock caught: {}", r.is_err());
+    println!("run returned {total} (the sum of the squares of 1..=4)");
 }
