@@ -36,18 +36,25 @@ pub fn render(groups: &[Group], results: &Results) -> String {
     let mut body = String::new();
     let mut y = 70.0;
     for &group in groups {
-        let _ = writeln!(body, r#"<text x="10" y="{y}" class="group">{}</text>"#, esc(group.title()));
+        let _ =
+            writeln!(body, r#"<text x="10" y="{y}" class="group">{}</text>"#, esc(group.title()));
         y += 12.0;
         for bench in BENCHES.iter().filter(|b| b.group == group) {
             for f in bench.figures {
                 let bars: Vec<(Impl, f64)> = columns(group)
                     .iter()
-                    .filter(|&&i| bench.impls.contains(&i) || (i == Impl::Raw && bench.raw_from.is_some()))
+                    .filter(|&&i| {
+                        bench.impls.contains(&i) || (i == Impl::Raw && bench.raw_from.is_some())
+                    })
                     .filter_map(|&i| cell(results, bench, i, f.key, f.better).map(|v| (i, v)))
                     .collect();
                 let Some(best) = f.better.best(bars.iter().map(|b| b.1)) else { continue };
                 y += 22.0;
-                let title = if bench.figures.len() > 1 { format!("{}: {}", bench.id, f.label) } else { f.label.into() };
+                let title = if bench.figures.len() > 1 {
+                    format!("{}: {}", bench.id, f.label)
+                } else {
+                    f.label.into()
+                };
                 let _ = writeln!(
                     body,
                     r#"<text x="10" y="{y}" class="fig">{} <tspan class="dim">({}, {} is better)</tspan></text>"#,
@@ -99,7 +106,11 @@ pub fn render(groups: &[Group], results: &Results) -> String {
     for d in 0..=DECADES as i32 {
         let score = 10f64.powi(d - DECADES as i32);
         let x = x_of(score);
-        let text = if d == DECADES as i32 { "1 (best)".to_string() } else { format!("1/{}", 10i32.pow((DECADES as i32 - d) as u32)) };
+        let text = if d == DECADES as i32 {
+            "1 (best)".to_string()
+        } else {
+            format!("1/{}", 10i32.pow((DECADES as i32 - d) as u32))
+        };
         let _ = writeln!(
             svg,
             r##"<line x1="{x}" y1="48" x2="{x}" y2="{}" stroke="#ddd"/><text x="{x}" y="44" class="axis">{text}</text>"##,

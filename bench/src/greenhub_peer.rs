@@ -1,11 +1,10 @@
-//! greenhub's side of every benchmark, written against the public contract (`shared/API.md`) and
-//! nothing else: what a user of the crates would write. Each measurement runs inside its own
-//! `greenhub::run`, in a fresh worker process.
+//! greenhub's side of the runtime benchmarks, written against the public contract
+//! (`shared/API.md`) and nothing else: what a user of the crate would write. Each measurement runs
+//! inside its own `greenhub::run`, in a fresh worker process. (The ipc side: `greenhub_ipc_peer.rs`.)
 
 use crate::sys;
 use crate::worker::{Params, Report, sleeper_offset_ns, sleeper_report};
 use greenhub::{JoinHandle, spawn, yield_now};
-use greenhub_ipc::{Error, start_process};
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -15,28 +14,18 @@ pub fn run(bench: &str, p: &Params) -> Result<Report, String> {
         "switch" => Ok(greenhub::run(|| switch(p.get("n")))),
         "spawn" => Ok(greenhub::run(|| spawn_join(p.get("n"), p.get("batch")))),
         "channel" => Ok(greenhub::run(|| channel(p.get("n")))),
-        "sleepers" => Ok(greenhub::run(|| sleepers(p.get("n"), p.get("start_ms"), p.get("spread_ms")))),
+        "sleepers" => {
+            Ok(greenhub::run(|| sleepers(p.get("n"), p.get("start_ms"), p.get("spread_ms"))))
+        }
         "tcp" => greenhub::run(|| tcp(p.get("clients"), p.get("n"), p.get("size") as usize))
             .map_err(|e| e.to_string()),
-        "stream1" => ipc(|| stream(p.get("n"), 1)),
-        "stream64k" => ipc(|| stream(p.get("n"), p.get("size") as usize)),
-        "big_raw" => ipc(|| big_raw(p.get("size") as usize)),
-        "big_ser" => ipc(|| big_serialised(p.get("size") as usize)),
-        "pingpong" => ipc(|| pingpong(p.get("n"), p.get("pinned") != 0)),
-        "process" => ipc(|| process(p.get("n"))),
         other => Err(format!("greenhub has no benchmark {other}")),
     }
-}
-
-fn ipc(f: impl FnOnce() -> Result<Report, Error>) -> Result<Report, String> {
-    greenhub::run(f).map_err(|e| e.to_string())
 }
 
 fn join<T>(h: JoinHandle<T>) -> T {
     h.join().expect("greenhub coroutine failed")
 }
-
-// ---- runtime ------------------------------------------------------------------------------------
 
 fn switch(n: u64) -> Report {
     let t0 = sys::mono_ns();
@@ -129,98 +118,4 @@ fn tcp(clients: u64, n: u64, size: usize) -> std::io::Result<Report> {
     handles.into_iter().try_for_each(join)?;
     let dt = (sys::mono_ns() - t0) as f64 / 1e9;
     Ok(Report::new().with("round_trips_per_s", (clients * n) as f64 / dt))
-}
-
-// ---- ipc ----------------------------------------------------------------------------------------
-
-/// Joins a child and turns a non-zero exit into an error.
-fn join_ok(child: greenhub_ipc::Process) -> Result<(), Error> {
-    let status = child.join()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::Codec(format!("benchmark child ended with {status}")))
-    }
-}
-
-/// `n` raw messages of `size` bytes from a child; rate from the first message received to the last.
-fn stream(n: u64, size: usize) -> Result<Report, Error> {
-    let (reader, writer) = greenhub_ipc::raw_pipe()?;
-    let child = start_process(writer, move |w| -> Result<(), Error> {
-        let msg = vec![b'x'; size];
-        (0..n).try_for_each(|_| w.put(&msg))
-    })?;
-    assert_eq!(reader.get()?.len(), size);
-    let t0 = sys::mono_ns();
-    for _ in 1..n {
-        std::hint::black_box(reader.get()?);
-    }
-    let dt = (sys::mono_ns() - t0) as f64 / 1e9;
-    join_ok(child)?;
-    let rate = (n - 1) as f64 / dt;
-    Ok(Report::new().with("msgs_per_s", rate).with("gb_per_s", rate * size as f64 / 1e9))
-}
-
-/// One message of `size` bytes from a child, from just before the child puts it (its clock, sent
-/// ahead in a small message) until the parent's `get` returns it. The same code for both codecs.
-macro_rules! big_message {
-    ($pipe:expr, $size:expr) => {{
-        let size = $size;
-        let (reader, writer) = $pipe?;
-        let child = start_process(writer, move |w| -> Result<(), Error> {
-            let msg = vec![b'x'; size];
-            w.put(&sys::mono_ns().to_le_bytes().to_vec())?;
-            w.put(&msg)
-        })?;
-        let stamp = reader.get()?;
-        let msg = reader.get()?;
-        let t1 = sys::mono_ns();
-        assert_eq!(msg.len(), size);
-        let t0 = u64::from_le_bytes(stamp.try_into().expect("8-byte stamp"));
-        join_ok(child)?;
-        Ok(Report::new().with("ms", (t1 - t0) as f64 / 1e6))
-    }};
-}
-
-fn big_raw(size: usize) -> Result<Report, Error> {
-    big_message!(greenhub_ipc::raw_pipe(), size)
-}
-
-fn big_serialised(size: usize) -> Result<Report, Error> {
-    big_message!(greenhub_ipc::pipe::<Vec<u8>>(), size)
-}
-
-/// `n` round trips of a u64 over a duplex pipe with a child, after one warm-up.
-fn pingpong(n: u64, pinned: bool) -> Result<Report, Error> {
-    if pinned {
-        sys::pin_to_cpu(0).map_err(Error::Io)?; // the child inherits the mask
-    }
-    let (here, there) = greenhub_ipc::duplex::<u64, u64>()?;
-    let child = start_process(there, move |d| -> Result<(), Error> {
-        for _ in 0..=n {
-            let v = d.get()?;
-            d.put(&v)?;
-        }
-        Ok(())
-    })?;
-    here.put(&0)?;
-    here.get()?;
-    let t0 = sys::mono_ns();
-    for i in 0..n {
-        here.put(&i)?;
-        std::hint::black_box(here.get()?);
-    }
-    let dt = (sys::mono_ns() - t0) as f64 / 1e9;
-    join_ok(child)?;
-    Ok(Report::new().with("round_trips_per_s", n as f64 / dt))
-}
-
-/// `start_process` + `join` of a child that returns at once, `n` times in a row.
-fn process(n: u64) -> Result<Report, Error> {
-    let t0 = sys::mono_ns();
-    for _ in 0..n {
-        join_ok(start_process((), |()| {})?)?;
-    }
-    let dt = (sys::mono_ns() - t0) as f64 / 1e3;
-    Ok(Report::new().with("us_per_process", dt / n as f64))
 }

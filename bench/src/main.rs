@@ -3,7 +3,7 @@
 //! `docs/benchmarks.svg`.
 //!
 //! ```text
-//! cargo run --release --manifest-path bench/Cargo.toml -- all            # ~5 min, writes docs/
+//! cargo run --release --manifest-path bench/Cargo.toml -- all            # ~3-4 min, writes docs/
 //! cargo run --release --manifest-path bench/Cargo.toml -- runtime|ipc    # one group, report in bench/target
 //! cargo run --release --manifest-path bench/Cargo.toml -- all --quick    # < 1 min smoke run, report in bench/target
 //! ```
@@ -12,6 +12,8 @@
 
 mod chart;
 #[cfg(feature = "greenhub")]
+mod greenhub_ipc_peer;
+#[cfg(feature = "greenhub-runtime")]
 mod greenhub_peer;
 mod may_peer;
 mod raw;
@@ -48,7 +50,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
         groups: vec![Group::Runtime, Group::Ipc],
         quick: false,
-        rounds: 5,
+        rounds: 7,
         only: None,
         impls: None,
         out: None,
@@ -63,20 +65,25 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             "runtime" => o.groups = vec![Group::Runtime],
             "ipc" => o.groups = vec![Group::Ipc],
             "--quick" => o.quick = true,
-            "--rounds" => rounds = Some(value("--rounds")?.parse().map_err(|_| "--rounds: a number")?),
+            "--rounds" => {
+                rounds = Some(value("--rounds")?.parse().map_err(|_| "--rounds: a number")?)
+            }
             "--only" => o.only = Some(value("--only")?.split(',').map(String::from).collect()),
             "--impls" => {
                 let ids = value("--impls")?;
-                let parse = |id: &str| Impl::from_id(id).ok_or(format!("unknown implementation {id}"));
+                let parse =
+                    |id: &str| Impl::from_id(id).ok_or(format!("unknown implementation {id}"));
                 o.impls = Some(ids.split(',').map(parse).collect::<Result<_, _>>()?);
             }
             "--out" => o.out = Some(PathBuf::from(value("--out")?)),
-            "--timeout" => o.timeout = Some(value("--timeout")?.parse().map_err(|_| "--timeout: seconds")?),
+            "--timeout" => {
+                o.timeout = Some(value("--timeout")?.parse().map_err(|_| "--timeout: seconds")?)
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    o.rounds = rounds.unwrap_or(if o.quick { 1 } else { 5 }).max(1);
+    o.rounds = rounds.unwrap_or(if o.quick { 1 } else { 7 }).max(1);
     Ok(o)
 }
 
@@ -109,11 +116,21 @@ fn main() {
     let results = measure(&runner, &opts, python.is_ok());
     let facts = facts.finish(started.elapsed());
     write_report(&opts, &facts, &results);
+    // The report is written either way; the exit code tells CI whether everything ran.
+    let failed = results.failure_count();
+    if failed > 0 || python.is_err() {
+        eprintln!(
+            "bench: {failed} measurement(s) failed{}; see the Failures section of the report",
+            if python.is_err() { ", and the Python peers could not be set up" } else { "" }
+        );
+        std::process::exit(1);
+    }
 }
 
 /// Whether an implementation can run in this build and on this machine.
-fn available(imp: Impl, python_ok: bool) -> bool {
+fn available(imp: Impl, group: Group, python_ok: bool) -> bool {
     match imp {
+        Impl::Greenhub if group == Group::Runtime => cfg!(feature = "greenhub-runtime"),
         Impl::Greenhub => cfg!(feature = "greenhub"),
         Impl::Gevent | Impl::Gipc => python_ok,
         _ => true,
@@ -124,11 +141,12 @@ fn available(imp: Impl, python_ok: bool) -> bool {
 fn measure(runner: &Runner, opts: &Options, python_ok: bool) -> Results {
     let mut results = Results::default();
     let benches = BENCHES.iter().filter(|b| opts.groups.contains(&b.group));
-    let benches = benches.filter(|b| opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == b.id)));
+    let benches =
+        benches.filter(|b| opts.only.as_ref().is_none_or(|o| o.iter().any(|x| x == b.id)));
     for bench in benches {
         let impls: Vec<Impl> = (bench.impls.iter().copied())
             .filter(|i| opts.impls.as_ref().is_none_or(|o| o.contains(i)))
-            .filter(|&i| available(i, python_ok))
+            .filter(|&i| available(i, bench.group, python_ok))
             .collect();
         for round in 1..=opts.rounds {
             for &imp in &impls {
@@ -136,10 +154,17 @@ fn measure(runner: &Runner, opts: &Options, python_ok: bool) -> Results {
                 let outcome = runner.run(runner.command(bench, imp));
                 let took = t.elapsed().as_secs_f64();
                 let shown = match &outcome {
-                    Ok(v) => v.iter().map(|(k, x)| format!("{k}={x:.4}")).collect::<Vec<_>>().join(" "),
+                    Ok(v) => {
+                        v.iter().map(|(k, x)| format!("{k}={x:.4}")).collect::<Vec<_>>().join(" ")
+                    }
                     Err(e) => format!("FAILED: {e}"),
                 };
-                eprintln!("[{}] round {round}/{} {:<9} {shown}  ({took:.1} s)", bench.id, opts.rounds, imp.id());
+                eprintln!(
+                    "[{}] round {round}/{} {:<9} {shown}  ({took:.1} s)",
+                    bench.id,
+                    opts.rounds,
+                    imp.id()
+                );
                 results.push(bench.id, imp, outcome);
             }
         }

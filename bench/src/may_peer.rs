@@ -90,7 +90,9 @@ fn sleepers(n: u64, start_ms: u64, spread_ms: u64) -> Report {
         .map(|i| {
             let deadline = t0 + sleeper_offset_ns(i, n, start_ms, spread_ms);
             go!(move || {
-                coroutine::sleep(std::time::Duration::from_nanos(deadline.saturating_sub(sys::mono_ns())));
+                coroutine::sleep(std::time::Duration::from_nanos(
+                    deadline.saturating_sub(sys::mono_ns()),
+                ));
                 sys::mono_ns().saturating_sub(deadline)
             })
         })

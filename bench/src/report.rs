@@ -55,9 +55,13 @@ impl Facts {
             Ok(v) => versions.extend(v.iter().cloned()),
             Err(e) => versions.push(("python peers".into(), format!("not available: {e}"))),
         }
-        let groups: Vec<&str> = groups.iter().map(|g| if *g == Group::Runtime { "runtime" } else { "ipc" }).collect();
+        let groups: Vec<&str> =
+            groups.iter().map(|g| if *g == Group::Runtime { "runtime" } else { "ipc" }).collect();
         Facts {
-            command: format!("cargo run --release --manifest-path bench/Cargo.toml -- {}", args.join(" ")),
+            command: format!(
+                "cargo run --release --manifest-path bench/Cargo.toml -- {}",
+                args.join(" ")
+            ),
             date: utc_now(),
             mode: format!(
                 "{}; groups: {}; {rounds} round(s), interleaved",
@@ -85,7 +89,8 @@ fn read(path: &str) -> String {
 
 fn machine_facts() -> Vec<(&'static str, String)> {
     let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':'));
+    let model =
+        cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':'));
     let logical = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
     let mem_kb: u64 = read("/proc/meminfo")
         .lines()
@@ -95,7 +100,10 @@ fn machine_facts() -> Vec<(&'static str, String)> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     vec![
         ("CPU", model.map_or("unknown".into(), |(_, m)| m.trim().to_string())),
-        ("cores", format!("{logical} logical CPUs in /proc/cpuinfo, {cores} available to this process")),
+        (
+            "cores",
+            format!("{logical} logical CPUs in /proc/cpuinfo, {cores} available to this process"),
+        ),
         ("memory", format!("{:.1} GiB", mem_kb as f64 / (1 << 20) as f64)),
         ("kernel", uname()),
     ]
@@ -112,7 +120,13 @@ fn uname() -> String {
         let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
-    format!("{} {} {} ({})", field(&u.sysname), field(&u.release), field(&u.machine), field(&u.version))
+    format!(
+        "{} {} {} ({})",
+        field(&u.sysname),
+        field(&u.release),
+        field(&u.machine),
+        field(&u.version)
+    )
 }
 
 fn load_average() -> String {
@@ -121,7 +135,8 @@ fn load_average() -> String {
 
 /// The version of a dependency as locked in bench/Cargo.lock.
 fn locked_version(krate: &str) -> String {
-    let lock = std::fs::read_to_string(Path::new(crate::BENCH_DIR).join("Cargo.lock")).unwrap_or_default();
+    let lock =
+        std::fs::read_to_string(Path::new(crate::BENCH_DIR).join("Cargo.lock")).unwrap_or_default();
     let needle = format!("name = \"{krate}\"\nversion = \"");
     lock.find(&needle)
         .and_then(|i| lock[i + needle.len()..].split('"').next())
@@ -129,7 +144,7 @@ fn locked_version(krate: &str) -> String {
 }
 
 fn greenhub_version() -> String {
-    if !cfg!(feature = "greenhub") {
+    if !cfg!(feature = "greenhub-runtime") {
         return "not built (the `greenhub` feature is off)".into();
     }
     let root = Path::new(crate::BENCH_DIR).join("..");
@@ -138,8 +153,13 @@ fn greenhub_version() -> String {
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
     let rev = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "no commit".into());
-    let dirty = git(&["status", "--porcelain", "--", "runtime", "ipc"]).is_some_and(|s| !s.is_empty());
-    format!("0.1.0 (path ../runtime, ../ipc; git {rev}{})", if dirty { " + uncommitted changes" } else { "" })
+    let dirty =
+        git(&["status", "--porcelain", "--", "runtime", "ipc"]).is_some_and(|s| !s.is_empty());
+    let ipc = if cfg!(feature = "greenhub") { ", ../ipc" } else { "; greenhub-ipc not built" };
+    format!(
+        "0.1.0 (path ../runtime{ipc}; git {rev}{})",
+        if dirty { " + uncommitted changes" } else { "" }
+    )
 }
 
 fn utc_now() -> String {
@@ -180,7 +200,13 @@ pub fn fmt_value(v: f64) -> String {
 }
 
 fn fmt_ratio(r: f64) -> String {
-    if r >= 100.0 { format!("{r:.0}") } else if r >= 10.0 { format!("{r:.1}") } else { format!("{r:.2}") }
+    if r >= 100.0 {
+        format!("{r:.0}")
+    } else if r >= 10.0 {
+        format!("{r:.1}")
+    } else {
+        format!("{r:.2}")
+    }
 }
 
 /// The implementation columns of a group, peers and raw.
@@ -194,17 +220,27 @@ pub fn columns(group: Group) -> &'static [Impl] {
 /// The best raw median of a figure over the raw variants, following `raw_from`.
 pub fn raw_best(results: &Results, bench: &Bench, key: &str, better: Better) -> Option<f64> {
     let id = bench.raw_from.unwrap_or(bench.id);
-    let variants = [Impl::Raw, Impl::RawBigPipe].into_iter().filter_map(|i| results.median(id, i, key));
+    let variants =
+        [Impl::Raw, Impl::RawBigPipe].into_iter().filter_map(|i| results.median(id, i, key));
     better.best(variants)
 }
 
 /// The median of one cell (raw: the best raw variant).
 pub fn cell(results: &Results, bench: &Bench, imp: Impl, key: &str, better: Better) -> Option<f64> {
-    if imp == Impl::Raw { raw_best(results, bench, key, better) } else { results.median(bench.id, imp, key) }
+    if imp == Impl::Raw {
+        raw_best(results, bench, key, better)
+    } else {
+        results.median(bench.id, imp, key)
+    }
 }
 
 /// The best peer median of a figure.
-pub fn best_peer(results: &Results, bench: &Bench, key: &str, better: Better) -> Option<(Impl, f64)> {
+pub fn best_peer(
+    results: &Results,
+    bench: &Bench,
+    key: &str,
+    better: Better,
+) -> Option<(Impl, f64)> {
     let peers = bench.impls.iter().filter(|i| i.is_peer());
     let medians = peers.filter_map(|&i| results.median(bench.id, i, key).map(|v| (i, v)));
     medians.reduce(|a, b| if better.score(a.1, b.1) >= 1.0 { a } else { b })
@@ -219,12 +255,18 @@ fn target_text(t: Target, unit: &str, better: Better, peer: Option<Impl>) -> Str
             Better::Higher => format!("≥ {} × raw", fmt_ratio(s)),
             Better::Lower => format!("≤ {} × raw", fmt_ratio(1.0 / s)),
         },
-        Target::VsPeer(s) if s == 1.0 => format!("ahead of {peer}"),
+        Target::VsPeer(1.0) => format!("ahead of {peer}"),
         Target::VsPeer(s) => format!("{s}× better than {peer}"),
     }
 }
 
-fn target_met(t: Target, g: f64, raw: Option<f64>, peer: Option<f64>, better: Better) -> Option<bool> {
+fn target_met(
+    t: Target,
+    g: f64,
+    raw: Option<f64>,
+    peer: Option<f64>,
+    better: Better,
+) -> Option<bool> {
     match t {
         Target::Abs(b) => Some(better.score(g, b) >= 1.0),
         Target::VsRaw(s) => raw.map(|r| better.score(g, r) >= s),
@@ -247,7 +289,13 @@ pub fn render(groups: &[Group], facts: &Facts, results: &Results, svg_name: &str
     );
     let _ = writeln!(w, "- command: `{}`", facts.command.trim_end());
     let _ = writeln!(w, "- mode: {}", facts.mode);
-    let _ = writeln!(w, "- took: {:.0} s; load average before: {}, after: {}", facts.duration.as_secs_f64(), facts.load_start, facts.load_end);
+    let _ = writeln!(
+        w,
+        "- took: {:.0} s; load average before: {}, after: {}",
+        facts.duration.as_secs_f64(),
+        facts.load_start,
+        facts.load_end
+    );
     for (k, v) in &facts.machine {
         let _ = writeln!(w, "- {k}: {v}");
     }
@@ -281,14 +329,24 @@ fn group_table(w: &mut String, group: Group, results: &Results) {
             continue;
         }
         for f in bench.figures {
-            let label = if bench.figures.len() > 1 { format!("{}: {}", bench.id, f.label) } else { f.label.into() };
+            let label = if bench.figures.len() > 1 {
+                format!("{}: {}", bench.id, f.label)
+            } else {
+                f.label.into()
+            };
             let mut row = format!("| {label} | {} | {} |", f.unit, f.better.word());
             for &c in cols {
                 let v = cell(results, bench, c, f.key, f.better);
                 let shown = match v {
                     Some(v) => fmt_value(v),
-                    None if bench.impls.contains(&c) || (c == Impl::Raw && bench.raw_from.is_some()) => {
-                        if results.failures(bench.id, c).is_empty() { "n/a".into() } else { "failed".into() }
+                    None if bench.impls.contains(&c)
+                        || (c == Impl::Raw && bench.raw_from.is_some()) =>
+                    {
+                        if results.failures(bench.id, c).is_empty() {
+                            "n/a".into()
+                        } else {
+                            "failed".into()
+                        }
                     }
                     None => "—".into(),
                 };
@@ -309,11 +367,12 @@ fn group_table(w: &mut String, group: Group, results: &Results) {
                 .into_iter()
                 .map(|t| {
                     let text = target_text(t, f.unit, f.better, peer.map(|p| p.0));
-                    let mark = match g.and_then(|g| target_met(t, g, raw, peer.map(|p| p.1), f.better)) {
-                        Some(true) => " ✅",
-                        Some(false) => " ❌",
-                        None => "",
-                    };
+                    let mark =
+                        match g.and_then(|g| target_met(t, g, raw, peer.map(|p| p.1), f.better)) {
+                            Some(true) => " ✅",
+                            Some(false) => " ❌",
+                            None => "",
+                        };
                     format!("{text}{mark}")
                 })
                 .collect();
@@ -339,26 +398,44 @@ fn raw_variants(w: &mut String, groups: &[Group], results: &Results) {
         return;
     }
     let _ = writeln!(w, "## Raw pipe variants\n");
-    let _ = writeln!(w, "| figure | unit | 64 KiB pipe, sleep in epoll when full/empty | pipe grown to 1 MiB (F_SETPIPE_SZ) |\n|---|---|---|---|");
+    let _ = writeln!(
+        w,
+        "| figure | unit | 64 KiB pipe, sleep in epoll when full/empty | pipe grown to 1 MiB (F_SETPIPE_SZ) |\n|---|---|---|---|"
+    );
     for b in benches {
         for f in b.figures {
             let v = |i| results.median(b.id, i, f.key).map_or("n/a".into(), fmt_value);
-            let _ = writeln!(w, "| {} | {} | {} | {} |", f.label, f.unit, v(Impl::Raw), v(Impl::RawBigPipe));
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} |",
+                f.label,
+                f.unit,
+                v(Impl::Raw),
+                v(Impl::RawBigPipe)
+            );
         }
     }
     let _ = writeln!(w);
 }
 
 fn spread(w: &mut String, groups: &[Group], results: &Results) {
-    let _ = writeln!(w, "## Spread over rounds\n\n<details><summary>median, min and max of every figure</summary>\n");
-    let _ = writeln!(w, "| benchmark | figure | implementation | median | min | max | rounds |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        w,
+        "## Spread over rounds\n\n<details><summary>median, min and max of every figure</summary>\n"
+    );
+    let _ = writeln!(
+        w,
+        "| benchmark | figure | implementation | median | min | max | rounds |\n|---|---|---|---|---|---|---|"
+    );
     for b in BENCHES.iter().filter(|b| groups.contains(&b.group)) {
         for f in b.figures {
             for &i in b.impls {
                 let v = results.values(b.id, i, f.key);
-                let (Some(m), Some(lo), Some(hi)) =
-                    (median(v.clone()), v.iter().copied().reduce(f64::min), v.iter().copied().reduce(f64::max))
-                else {
+                let (Some(m), Some(lo), Some(hi)) = (
+                    median(v.clone()),
+                    v.iter().copied().reduce(f64::min),
+                    v.iter().copied().reduce(f64::max),
+                ) else {
                     continue;
                 };
                 let _ = writeln!(

@@ -27,7 +27,9 @@ impl Results {
 
     /// Every successful value of one figure, in round order.
     pub fn values(&self, bench: &str, imp: Impl, key: &str) -> Vec<f64> {
-        let Some(runs) = self.runs.iter().find(|((b, i), _)| *b == bench && *i == imp).map(|(_, r)| r) else {
+        let Some(runs) =
+            self.runs.iter().find(|((b, i), _)| *b == bench && *i == imp).map(|(_, r)| r)
+        else {
             return Vec::new();
         };
         let find = |v: &Vec<(String, f64)>| v.iter().find(|(k, _)| k == key).map(|&(_, x)| x);
@@ -41,7 +43,13 @@ impl Results {
     /// The failures of one benchmark and implementation.
     pub fn failures(&self, bench: &str, imp: Impl) -> Vec<&str> {
         let runs = self.runs.iter().filter(|((b, i), _)| *b == bench && *i == imp);
-        runs.flat_map(|(_, r)| r.iter().filter_map(|o| o.as_ref().err().map(String::as_str))).collect()
+        runs.flat_map(|(_, r)| r.iter().filter_map(|o| o.as_ref().err().map(String::as_str)))
+            .collect()
+    }
+
+    /// How many measurements failed in the whole run.
+    pub fn failure_count(&self) -> usize {
+        self.runs.values().flatten().filter(|o| o.is_err()).count()
     }
 
     pub fn ran(&self, bench: &str, imp: Impl) -> bool {
@@ -143,7 +151,8 @@ fn stderr_tail(err: &str) -> String {
 /// Parses a flat JSON object whose values are numbers (`{"a": 1.5, "b": 2}`); other values
 /// (strings, null) are skipped.
 pub fn parse_flat_json(line: &str) -> Result<Vec<(String, f64)>, String> {
-    let body = line.trim().strip_prefix('{').and_then(|s| s.strip_suffix('}')).ok_or("not an object")?;
+    let body =
+        line.trim().strip_prefix('{').and_then(|s| s.strip_suffix('}')).ok_or("not an object")?;
     let mut out = Vec::new();
     for field in body.split(',').map(str::trim).filter(|f| !f.is_empty()) {
         let (k, v) = field.split_once(':').ok_or_else(|| format!("no ':' in {field:?}"))?;
@@ -161,7 +170,8 @@ mod tests {
 
     #[test]
     fn parses_python_json() {
-        let v = parse_flat_json(r#"{"ns_per_switch": 1.25e-05, "n": 100000, "note": "x"}"#).unwrap();
+        let v =
+            parse_flat_json(r#"{"ns_per_switch": 1.25e-05, "n": 100000, "note": "x"}"#).unwrap();
         assert_eq!(v, vec![("ns_per_switch".into(), 1.25e-5), ("n".into(), 100000.0)]);
     }
 

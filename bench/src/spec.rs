@@ -232,7 +232,12 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "pingpong_pinned",
         title: "duplex ping-pong round trip, both processes pinned to CPU 0",
-        figures: &[fig("round_trips_per_s", "ping-pong, pinned to one CPU", "round trips/s", Higher)],
+        figures: &[fig(
+            "round_trips_per_s",
+            "ping-pong, pinned to one CPU",
+            "round trips/s",
+            Higher,
+        )],
         impls: &[Greenhub, Gipc, Raw],
         raw_from: None,
     },
@@ -273,7 +278,9 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
             vec![("n", if python { q(10_000, 200) } else { q(20_000, 400) }), ("size", 64_000)]
         }
         "big_raw" | "big_ser" => vec![("size", q(100_000_000, 10_000_000))],
-        "pingpong" => vec![("n", if python { q(10_000, 500) } else { q(20_000, 1_000) }), ("pinned", 0)],
+        "pingpong" => {
+            vec![("n", if python { q(10_000, 500) } else { q(20_000, 1_000) }), ("pinned", 0)]
+        }
         "pingpong_pinned" => {
             vec![("n", if python { q(30_000, 500) } else { q(100_000, 1_000) }), ("pinned", 1)]
         }

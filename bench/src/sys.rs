@@ -134,7 +134,8 @@ pub fn write_frame(fd: RawFd, ep: &Epoll, payload: &[u8]) -> io::Result<()> {
     let total = 4 + payload.len();
     let mut done = 0;
     while done < total {
-        let (h, p) = if done < 4 { (&header[done..], payload) } else { (&[][..], &payload[done - 4..]) };
+        let (h, p) =
+            if done < 4 { (&header[done..], payload) } else { (&[][..], &payload[done - 4..]) };
         let iov = [
             libc::iovec { iov_base: h.as_ptr() as *mut _, iov_len: h.len() },
             libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() },

@@ -57,7 +57,8 @@ impl Report {
 /// sleepers benchmark (plus the maximum, for the curious).
 pub fn sleeper_report(mut lateness_ns: Vec<u64>, wall_ns: u64) -> Report {
     lateness_ns.sort_unstable();
-    let pct = |p: f64| lateness_ns[((lateness_ns.len() - 1) as f64 * p).round() as usize] as f64 / 1e6;
+    let pct =
+        |p: f64| lateness_ns[((lateness_ns.len() - 1) as f64 * p).round() as usize] as f64 / 1e6;
     Report::new()
         .with("wall_s", wall_ns as f64 / 1e9)
         .with("p50_ms", pct(0.50))
@@ -88,7 +89,9 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let result = match Impl::from_id(imp) {
-        Some(Impl::Raw | Impl::RawBigPipe) => crate::raw::run(bench, &params).map_err(|e| e.to_string()),
+        Some(Impl::Raw | Impl::RawBigPipe) => {
+            crate::raw::run(bench, &params).map_err(|e| e.to_string())
+        }
         Some(Impl::May) => crate::may_peer::run(bench, &params),
         Some(Impl::Greenhub) => greenhub(bench, &params),
         _ => Err(format!("this program has no worker for {imp:?}")),
@@ -105,12 +108,33 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-#[cfg(feature = "greenhub")]
+/// greenhub's runtime benchmarks need the `greenhub-runtime` feature, its ipc ones `greenhub`.
 fn greenhub(bench: &str, params: &Params) -> Result<Report, String> {
+    if IPC_BENCHES.contains(&bench) {
+        greenhub_ipc(bench, params)
+    } else {
+        greenhub_runtime(bench, params)
+    }
+}
+
+const IPC_BENCHES: &[&str] = &["stream1", "stream64k", "big_raw", "big_ser", "pingpong", "process"];
+
+#[cfg(feature = "greenhub-runtime")]
+fn greenhub_runtime(bench: &str, params: &Params) -> Result<Report, String> {
     crate::greenhub_peer::run(bench, params)
 }
 
+#[cfg(not(feature = "greenhub-runtime"))]
+fn greenhub_runtime(_: &str, _: &Params) -> Result<Report, String> {
+    Err("built without the `greenhub-runtime` feature".into())
+}
+
+#[cfg(feature = "greenhub")]
+fn greenhub_ipc(bench: &str, params: &Params) -> Result<Report, String> {
+    crate::greenhub_ipc_peer::run(bench, params)
+}
+
 #[cfg(not(feature = "greenhub"))]
-fn greenhub(_: &str, _: &Params) -> Result<Report, String> {
+fn greenhub_ipc(_: &str, _: &Params) -> Result<Report, String> {
     Err("built without the `greenhub` feature".into())
 }
