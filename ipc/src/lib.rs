@@ -18,14 +18,27 @@
 #![deny(unsafe_code)]
 
 pub mod codec;
+mod command;
 mod error;
 pub mod frame;
 mod handle;
 mod pipe;
+mod process;
 mod sys;
 mod transfer;
 
 pub use codec::{Codec, Postcard, Raw};
+pub use command::{ChildStderr, ChildStdin, ChildStdout, Command};
 pub use error::Error;
 pub use pipe::{Duplex, Reader, Writer, duplex, pipe, pipe_with, raw_pipe};
+pub use process::{ChildResult, Process, ProcessBuilder, start_process};
 pub use transfer::Transfer;
+
+/// For greenhub's own tests: not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    /// How many greenhub-ipc handles (pipe ends, pidfds, program stdio) this process owns.
+    pub fn owned_handle_count() -> usize {
+        crate::handle::Registry::lock().len()
+    }
+}

@@ -5,7 +5,10 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::Once;
+use std::os::unix::process::CommandExt;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
 
 use crate::{Codec, Error, Reader, Writer};
 
@@ -67,6 +70,232 @@ pub(crate) fn ignore_sigpipe() {
             }
         }
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes: fork, the child's start, pidfds, waiting and signalling.
+
+/// Proof that the code holding it runs in a process just created by [`fork`], on its one thread
+/// (the one that forked). Only `fork` makes one, so the child-only calls below cannot be made in
+/// the parent by mistake.
+#[derive(Debug)]
+pub(crate) struct InChild(());
+
+/// Which side of a [`fork`] we are on.
+pub(crate) enum Forked {
+    /// The new process.
+    Child(InChild),
+    /// The calling process; the child's pid.
+    Parent(u32),
+}
+
+/// `fork(2)`. The `pthread_atfork` child hooks (greenhub-ipc's pid refresh, glibc's allocator
+/// reset) run in the child before this returns there.
+pub(crate) fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no memory preconditions: the child gets a copy of this address space with
+    // only this thread running. What the child may then touch is `start_process`'s concern: it
+    // holds every lock the child's start uses (stdout, stderr, the handle registry) across the
+    // call, the child never touches the inherited hub (see `in_child`), and glibc's malloc is
+    // fork-safe through its own atfork handlers.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child(InChild(()))),
+        pid => Ok(Forked::Parent(pid as u32)),
+    }
+}
+
+/// Runs the child side of `start_process` and ends the process with its exit code: `body`'s
+/// value, or 101 if it panics. Never returns, so nothing ever resumes or unwinds into the
+/// coroutine that forked (its hub belongs to the parent).
+pub(crate) fn in_child(token: InChild, body: impl FnOnce(&InChild) -> i32) -> ! {
+    // SAFETY: `token` proves this is a process just created by `fork`, on the thread that forked
+    // (the only one). This function never returns and catches every unwind below, so the
+    // coroutine we were called from is never resumed or unwound: the contract of
+    // `forget_inherited_hub`.
+    unsafe { greenhub::ext::forget_inherited_hub() };
+    let code = panic::catch_unwind(AssertUnwindSafe(|| body(&token))).unwrap_or_else(|payload| {
+        std::mem::forget(payload); // dropping it could panic again; we are leaving anyway
+        101
+    });
+    exit_now(code)
+}
+
+/// Ends this process at once with `code`: no atexit handlers, no destructors, no flushing.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// In a new child: every signal's disposition back to the default, except SIGPIPE (ignored, so
+/// a write to a closed pipe is an error, not a death) and SIGSEGV/SIGBUS (greenhub's stack
+/// overflow reporter, which chains to the previous handler); and an empty signal mask.
+pub(crate) fn reset_signals(_: &InChild) {
+    for signal in 1..=libc::SIGRTMAX() {
+        let keep = [libc::SIGKILL, libc::SIGSTOP, libc::SIGSEGV, libc::SIGBUS];
+        if keep.contains(&signal) {
+            continue;
+        }
+        let action = if signal == libc::SIGPIPE { libc::SIG_IGN } else { libc::SIG_DFL };
+        // SAFETY: an all-zero sigaction with an empty mask and SIG_DFL/SIG_IGN installs no code;
+        // the pointers are valid for the call. Signals libc reserves give EINVAL, ignored.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = action;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(signal, &sa, std::ptr::null_mut());
+        }
+    }
+    // SAFETY: an emptied sigset_t is a valid mask; the old-mask pointer may be null.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
+/// In a new child: asks the kernel for SIGTERM when the parent (precisely: the parent's thread
+/// that forked) dies. False if the parent `parent` is already gone (the child was reparented
+/// before the request took effect), in which case the child should exit.
+pub(crate) fn die_with_parent(_: &InChild, parent: u32) -> bool {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+    // SAFETY: getppid has no preconditions.
+    let ppid = unsafe { libc::getppid() };
+    ppid as u32 == parent
+}
+
+/// `pidfd_open(2)`: an fd that refers to the process `pid` itself (not to a pid number that may
+/// be reused), close-on-exec; readable once the process has exited.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just made this fd for us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal(2)`: sends `signal` to the process behind `pidfd`. A process that has
+/// been reaped gives `ESRCH`, never a signal to another process that got its pid.
+pub(crate) fn pidfd_send_signal(pidfd: RawFd, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: a null siginfo is allowed (the kernel fills in a kill()-like one); no memory is
+    // written.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd, signal, std::ptr::null::<u8>(), 0)
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Reaps the child behind `pidfd` if it has ended (`waitid(P_PIDFD, WEXITED | WNOHANG)`):
+/// `Some(wait status)` (the raw `waitpid` encoding), `None` while it runs. `ECHILD` means
+/// someone else reaped it (another `waitpid(-1)` user, or SIGCHLD set to SIG_IGN).
+pub(crate) fn try_wait_pidfd(pidfd: RawFd) -> io::Result<Option<i32>> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid out-value (si_pid stays 0 when no child
+        // changed state, as waitid(2) recommends checking).
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG;
+        // SAFETY: `info` is a valid out-pointer for the call.
+        let rc = unsafe { libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, flags) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: waitid filled `info` for a SIGCHLD-style report (or left it zeroed).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            libc::CLD_EXITED => (status & 0xff) << 8,
+            libc::CLD_DUMPED => (status & 0x7f) | 0x80,
+            _ => status & 0x7f, // CLD_KILLED
+        }));
+    }
+}
+
+/// Blocks the thread until the child behind `pidfd` has ended and reaps it, or until `timeout`
+/// passes (`Ok(None)`). For the places where no coroutine can wait: the end of `run`, and a
+/// `Process` used outside any hub.
+pub(crate) fn wait_pidfd_blocking(
+    pidfd: RawFd,
+    timeout: Option<Duration>,
+) -> io::Result<Option<i32>> {
+    let deadline = timeout.map(|d| Instant::now() + d);
+    loop {
+        if let Some(status) = try_wait_pidfd(pidfd)? {
+            return Ok(Some(status));
+        }
+        let ms = match deadline {
+            None => -1,
+            Some(at) => match at.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left.as_millis().clamp(1, i32::MAX as u128) as i32,
+                _ => return Ok(None),
+            },
+        };
+        let mut fds = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; EINTR just loops.
+        if unsafe { libc::poll(&mut fds, 1, ms) } < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+/// Kills and reaps our child `pid` (when it has no pidfd to do it properly: `pidfd_open` failed
+/// right after `fork`, so no one else can have reaped it and the pid still names it).
+pub(crate) fn kill_and_reap(pid: u32) {
+    let pid = pid as libc::pid_t;
+    // SAFETY: kill and waitpid take plain integers and a valid out-pointer; `pid` is our
+    // unreaped child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut status = 0;
+        while libc::waitpid(pid, &mut status, 0) < 0
+            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+        {}
+    }
+}
+
+/// A close-on-exec duplicate of `fd`.
+pub(crate) fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on an fd number has no memory preconditions.
+    let new = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: the duplicate is new and ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Makes `cmd`'s children keep the fds listed in `fds` (at spawn time) open across `exec`, in
+/// blocking mode: the program gets plain blocking fds, as any program expects.
+pub(crate) fn keep_open_on_exec(cmd: &mut std::process::Command, fds: Arc<Mutex<Vec<RawFd>>>) {
+    let hook = move || {
+        // Never blocks: the list is locked only by the `Command` that owns it, on the thread
+        // that is inside `spawn` right now, and not while forking.
+        let Ok(fds) = fds.try_lock() else {
+            return Err(io::Error::from_raw_os_error(libc::EDEADLK));
+        };
+        for &fd in fds.iter() {
+            // SAFETY: fcntl is async-signal-safe and touches no memory; `fd` is open here
+            // (inherited from the parent, which keeps it open until spawn returns).
+            unsafe {
+                let fd_flags = check(libc::fcntl(fd, libc::F_GETFD))?;
+                check(libc::fcntl(fd, libc::F_SETFD, fd_flags & !libc::FD_CLOEXEC))?;
+                let fl_flags = check(libc::fcntl(fd, libc::F_GETFL))?;
+                check(libc::fcntl(fd, libc::F_SETFL, fl_flags & !libc::O_NONBLOCK))?;
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: `pre_exec` runs the hook in the forked child before exec, where only
+    // async-signal-safe work is allowed: the hook does not allocate, takes no lock that can be
+    // held (try_lock), and calls only fcntl.
+    unsafe { cmd.pre_exec(hook) };
 }
 
 // `FromRawFd` is an unsafe trait method, so its impls live here with the crate's other unsafe.

@@ -1,0 +1,567 @@
+//! Child processes from `start_process`: exit codes (return, `exit(n)`, panic, `Err`, signals),
+//! `join`/`join_timeout`/`exit_status`/`is_alive`, the transfer rule (closed in the parent, the
+//! only handles in the child, `Closed` for the others), the child's signal state, grandchildren,
+//! the end of `run` (non-daemons waited for, daemons terminated), and no zombies or fd leaks.
+//!
+//! Every test forks, so every test holds `process_lock` (or calls `assert_no_fd_leak`, which
+//! takes it): fd and zombie counts are process-wide, and the harness runs tests on threads.
+
+use std::cell::Cell;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use greenhub::{sleep, spawn, yield_now};
+use greenhub_ipc::{Error, ProcessBuilder, pipe, raw_pipe, start_process};
+use greenhub_tests::{assert_no_fd_leak, open_fds, process_lock, zombie_children};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `std::process::exit` typed `()`: a closure ending in `exit` would have type `!`, which is not
+/// a `ChildResult`.
+fn exit_with(code: i32) {
+    std::process::exit(code)
+}
+
+/// A panic typed `()`, for the same reason.
+fn boom() {
+    panic!("boom from the child")
+}
+
+/// Long enough for anything that should happen, short enough that a bug fails the test instead
+/// of hanging it.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Sends everything the calling process writes to fd 2 from now on into `pipe` (in a child,
+/// where the test harness's capture does not reach the parent).
+fn redirect_stderr_to(pipe: &std::io::PipeWriter) {
+    // SAFETY: dup2 onto fd 2 of two valid fds; it only changes this (child) process's fd table.
+    unsafe { libc::dup2(pipe.as_raw_fd(), 2) };
+}
+
+/// What a child wrote to stderr through `redirect_stderr_to`, once every writer is gone.
+fn read_all(mut pipe: std::io::PipeReader) -> String {
+    let mut text = String::new();
+    pipe.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Polls `done` (sleeping in the hub between polls) until it holds, or panics after PATIENCE.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting until {what}");
+        sleep(ms(2));
+    }
+}
+
+#[test]
+fn a_child_that_returns_exits_with_zero() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let child = start_process((), |()| ()).unwrap();
+        let status = child.join().unwrap();
+        assert!(status.success());
+        assert_eq!(status.code(), Some(0));
+    });
+}
+
+#[test]
+fn std_process_exit_sets_the_code() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let child = start_process((), |()| exit_with(42)).unwrap();
+        assert_eq!(child.join().unwrap().code(), Some(42));
+    });
+}
+
+#[test]
+fn a_panic_exits_with_101_and_the_message_reaches_stderr() {
+    let _serial = process_lock();
+    let (stderr_reader, stderr_writer) = std::io::pipe().unwrap();
+    greenhub::run(|| {
+        let child = ProcessBuilder::new()
+            .name("panicker")
+            .start((), |()| {
+                redirect_stderr_to(&stderr_writer);
+                boom()
+            })
+            .unwrap();
+        assert_eq!(child.join().unwrap().code(), Some(101));
+    });
+    drop(stderr_writer);
+    let text = read_all(stderr_reader);
+    assert!(text.contains("child process panicker"), "{text}");
+    assert!(text.contains("panicked: boom from the child"), "{text}");
+}
+
+#[test]
+fn an_err_exits_with_1_and_is_printed_with_debug() {
+    let _serial = process_lock();
+    let (stderr_reader, stderr_writer) = std::io::pipe().unwrap();
+    greenhub::run(|| {
+        let child = start_process((), |()| {
+            redirect_stderr_to(&stderr_writer);
+            Err::<(), _>(vec!["went", "wrong"])
+        })
+        .unwrap();
+        assert_eq!(child.join().unwrap().code(), Some(1));
+    });
+    drop(stderr_writer);
+    let text = read_all(stderr_reader);
+    assert!(text.contains(r#"Error: ["went", "wrong"]"#), "{text}");
+}
+
+#[test]
+fn kill_ends_the_child_with_sigkill() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, _writer) = pipe::<u8>().unwrap();
+        let child = start_process(reader, |reader| reader.get().map(drop)).unwrap();
+        assert!(child.is_alive());
+        child.kill().unwrap();
+        let status = child.join().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert_eq!(status.code(), None);
+        assert!(!child.is_alive());
+    });
+}
+
+#[test]
+fn terminate_ends_the_child_with_sigterm() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, _writer) = pipe::<u8>().unwrap();
+        let child = start_process(reader, |reader| reader.get().map(drop)).unwrap();
+        child.terminate().unwrap();
+        assert_eq!(child.join().unwrap().signal(), Some(libc::SIGTERM));
+    });
+}
+
+#[test]
+fn signals_after_the_child_was_reaped_do_nothing() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let child = start_process((), |()| ()).unwrap();
+        assert!(child.join().unwrap().success());
+        // Its pid may belong to another process by now: nothing may be sent to it.
+        child.terminate().unwrap();
+        child.kill().unwrap();
+        assert!(child.join().unwrap().success());
+    });
+}
+
+#[test]
+fn join_timeout_expires_while_the_child_runs_and_returns_once_it_ends() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<u8>().unwrap();
+        let child = start_process(reader, |reader| reader.get().map(drop)).unwrap();
+        let started = Instant::now();
+        assert!(child.join_timeout(ms(50)).unwrap().is_none());
+        assert!(started.elapsed() >= ms(50), "join_timeout returned early");
+        assert!(child.is_alive());
+        writer.put(&1).unwrap();
+        let status = child.join_timeout(PATIENCE).unwrap().expect("the child ended");
+        assert!(status.success());
+        assert_eq!(child.join_timeout(Duration::ZERO).unwrap(), Some(status));
+    });
+}
+
+#[test]
+fn the_hub_fills_in_the_exit_status_without_a_join() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<u8>().unwrap();
+        let child = start_process(writer, |writer| {
+            writer.put(&7)?;
+            exit_with(3);
+            Ok::<(), Error>(())
+        })
+        .unwrap();
+        // Another coroutine waits on something else entirely: the pipe.
+        let other = spawn(move || (reader.get(), reader.get()));
+        let (first, second) = other.join().unwrap();
+        assert_eq!(first.unwrap(), 7);
+        assert!(matches!(second, Err(Error::Eof)));
+        // Debug shows what the reaper recorded, without a system call of its own.
+        eventually("the reaper records the status", || !format!("{child:?}").contains("running"));
+        assert!(format!("{child:?}").contains("exited with code 3"), "{child:?}");
+        assert_eq!(child.exit_status().unwrap().code(), Some(3));
+        assert!(!zombie_children().contains(&child.pid()));
+    });
+}
+
+#[test]
+fn is_alive_until_the_child_ends() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<u8>().unwrap();
+        let child = start_process(reader, |reader| reader.get().map(drop)).unwrap();
+        assert!(child.is_alive());
+        assert!(child.exit_status().is_none());
+        writer.put(&0).unwrap();
+        child.join().unwrap();
+        assert!(!child.is_alive());
+        assert!(child.exit_status().unwrap().success());
+    });
+}
+
+#[test]
+fn names_pids_and_debug() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<u8>().unwrap();
+        let named = ProcessBuilder::new().name("worker").start(reader, |r| r.get().map(drop));
+        let named = named.unwrap();
+        let unnamed = start_process((), |()| ()).unwrap();
+        assert_eq!(named.name(), "worker");
+        assert!(unnamed.name().starts_with("Process-"), "{}", unnamed.name());
+        assert_ne!(named.pid(), unnamed.pid());
+        assert_ne!(named.pid(), std::process::id());
+        let running = format!("{named:?}");
+        assert_eq!(
+            running,
+            format!("Process {{ name: \"worker\", pid: {}, state: running }}", named.pid())
+        );
+        named.kill().unwrap();
+        named.join().unwrap();
+        assert!(format!("{named:?}").contains("state: killed by signal 9"), "{named:?}");
+        unnamed.join().unwrap();
+        drop(writer);
+    });
+}
+
+#[test]
+fn many_coroutines_start_processes_at_once() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let starters: Vec<_> = (0..8u32)
+            .map(|i| {
+                spawn(move || {
+                    let (reader, writer) = pipe::<u32>().unwrap();
+                    let child = start_process(writer, move |w| w.put(&(i * 10))).unwrap();
+                    let got = reader.get().unwrap();
+                    assert!(child.join().unwrap().success());
+                    got
+                })
+            })
+            .collect();
+        let results: Vec<u32> = starters.into_iter().map(|s| s.join().unwrap()).collect();
+        assert_eq!(results, (0..8).map(|i| i * 10).collect::<Vec<_>>());
+    });
+}
+
+#[test]
+fn grandchildren_pass_a_message_up_the_chain() {
+    let _serial = process_lock();
+    /// Starts a child with `writer` that starts its own child, `depth` levels down; each level
+    /// prefixes the message coming up with its own mark.
+    fn relay(writer: greenhub_ipc::Writer<String>, depth: u32) -> Result<(), Error> {
+        if depth == 0 {
+            return writer.put(&format!("bottom (pid {})", std::process::id()));
+        }
+        let (reader, below) = pipe::<String>()?;
+        let child = start_process(below, move |w| relay(w, depth - 1))?;
+        let message = reader.get()?;
+        assert!(child.join()?.success(), "level {depth} saw its child fail");
+        writer.put(&format!("level {depth} <- {message}"))
+    }
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<String>().unwrap();
+        let child = start_process(writer, |w| relay(w, 2)).unwrap();
+        let message = reader.get().unwrap();
+        assert!(message.starts_with("level 2 <- level 1 <- bottom (pid "), "{message}");
+        assert!(child.join().unwrap().success());
+    });
+}
+
+#[test]
+fn a_handle_that_was_not_transferred_is_closed_in_the_child() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (other_reader, other_writer) = pipe::<u8>().unwrap();
+        let (_third_reader, third_writer) = pipe::<u8>().unwrap();
+        let (reader, writer) = pipe::<[bool; 3]>().unwrap();
+        // The closure borrows the other pipe's ends and moves the third writer in: the child has
+        // them all, but owns none of them.
+        let (borrowed_writer, borrowed_reader) = (&other_writer, &other_reader);
+        let child = start_process(writer, move |report| {
+            let put = matches!(borrowed_writer.put(&1), Err(Error::Closed));
+            let get = matches!(borrowed_reader.get(), Err(Error::Closed));
+            // Not owned here, so it cannot be given to a grandchild either.
+            let onward = matches!(start_process(third_writer, |_| ()), Err(Error::Closed));
+            report.put(&[put, get, onward])
+        })
+        .unwrap();
+        assert_eq!(reader.get().unwrap(), [true, true, true]);
+        assert!(child.join().unwrap().success());
+        // The parent still owns them.
+        other_writer.put(&5).unwrap();
+        assert_eq!(other_reader.get().unwrap(), 5);
+    });
+}
+
+#[test]
+fn the_child_owns_exactly_the_handles_transferred_to_it() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let _unrelated = (pipe::<u8>().unwrap(), raw_pipe().unwrap());
+        let (reader, writer) = pipe::<usize>().unwrap();
+        let (_spare_reader, spare_writer) = pipe::<u8>().unwrap();
+        assert!(greenhub_ipc::__private::owned_handle_count() >= 8);
+        let child = start_process((writer, spare_writer), |(writer, _spare)| {
+            writer.put(&greenhub_ipc::__private::owned_handle_count())
+        })
+        .unwrap();
+        assert_eq!(reader.get().unwrap(), 2);
+        assert!(child.join().unwrap().success());
+    });
+}
+
+#[test]
+fn transferred_handles_are_closed_in_the_parent() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = raw_pipe().unwrap();
+        let before = open_fds();
+        let child =
+            start_process(writer, |writer| writer.put(&b"from the child".to_vec())).unwrap();
+        assert!(child.join().unwrap().success());
+        // The writer's fd is gone here (and the reaped child's pidfd too).
+        assert_eq!(open_fds(), before - 1);
+        assert_eq!(reader.get().unwrap(), b"from the child");
+        // The only writer was the child's, and it has exited: end of stream.
+        assert!(matches!(reader.get(), Err(Error::Eof)));
+    });
+}
+
+#[test]
+fn the_child_starts_with_default_signals_and_an_empty_mask() {
+    let _serial = process_lock();
+    // Block SIGUSR2 on this thread: the child, forked from it, must not inherit that.
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask changes only this thread.
+    let previous = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut previous);
+        previous
+    };
+    let report = greenhub::run(|| {
+        let (reader, writer) = pipe::<(bool, bool)>().unwrap();
+        let child = start_process(writer, |writer| {
+            // SAFETY: queries only: a null new mask changes nothing.
+            let usr2_blocked = unsafe {
+                let mut now: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now);
+                libc::sigismember(&now, libc::SIGUSR2) == 1
+            };
+            // SIGPIPE is ignored: a write without a reader is an error, not a death.
+            let (dead_reader, dead_writer) = pipe::<u8>()?;
+            drop(dead_reader);
+            let broken = matches!(dead_writer.put(&1),
+                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe);
+            writer.put(&(usr2_blocked, broken))
+        })
+        .unwrap();
+        let report = reader.get().unwrap();
+        assert!(child.join().unwrap().success());
+        report
+    });
+    // SAFETY: restores this thread's mask from a value pthread_sigmask gave us.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
+    assert_eq!(report, (false, true), "(SIGUSR2 blocked in the child, BrokenPipe)");
+}
+
+#[test]
+fn a_non_daemon_child_is_waited_for_at_the_end_of_run() {
+    let _serial = process_lock();
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let started = Instant::now();
+    let child = greenhub::run(|| {
+        start_process((), |()| {
+            sleep(ms(200));
+            std::io::Write::write_all(&mut &theirs, b"done").unwrap();
+            exit_with(7)
+        })
+        .unwrap()
+    });
+    assert!(started.elapsed() >= ms(200), "run returned before the child ended");
+    // The end of `run` recorded the status: Debug makes no system call.
+    assert!(format!("{child:?}").contains("exited with code 7"), "{child:?}");
+    ours.set_nonblocking(true).unwrap();
+    let mut buf = [0; 4];
+    ours.read_exact(&mut buf).expect("the child wrote before run returned");
+    assert_eq!(&buf, b"done");
+    // A Process outlives its hub: join outside any hub returns what was recorded.
+    assert_eq!(child.join().unwrap().code(), Some(7));
+    assert!(zombie_children().is_empty());
+}
+
+#[test]
+fn a_daemon_child_is_terminated_at_the_end_of_run() {
+    let _serial = process_lock();
+    let (daemon, _writer) = greenhub::run(|| {
+        let (reader, writer) = pipe::<u8>().unwrap();
+        let (ready_reader, ready_writer) = pipe::<()>().unwrap();
+        let daemon = ProcessBuilder::new()
+            .daemon(true)
+            .start((reader, ready_writer), |(reader, ready)| {
+                ready.put(&())?;
+                reader.get().map(drop) // a message that never comes
+            })
+            .unwrap();
+        ready_reader.get().unwrap();
+        (daemon, writer)
+    });
+    assert_eq!(daemon.exit_status().unwrap().signal(), Some(libc::SIGTERM));
+    assert!(zombie_children().is_empty());
+}
+
+#[test]
+fn a_daemon_dies_with_a_parent_that_exits_abruptly() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = raw_pipe().unwrap();
+        let (pid_reader, pid_writer) = pipe::<u32>().unwrap();
+        let middle = start_process((writer, pid_writer), |(writer, pid_writer)| {
+            let (ready_reader, ready_writer) = pipe::<()>().unwrap();
+            let daemon = ProcessBuilder::new()
+                .daemon(true)
+                .start((writer, ready_writer), |(_writer, ready)| {
+                    let (never, _never_writer) = pipe::<u8>()?;
+                    ready.put(&())?;
+                    never.get().map(drop) // waits forever; holds `_writer` open
+                })
+                .unwrap();
+            ready_reader.get().unwrap();
+            pid_writer.put(&daemon.pid()).unwrap();
+            exit_with(0) // no end of `run`: the daemon is not terminated by it
+        })
+        .unwrap();
+        let _reaper = KillOnFailure(pid_reader.get().unwrap());
+        assert!(middle.join().unwrap().success());
+        // The daemon held the only other copy of the writer: EOF means it died.
+        assert!(matches!(reader.get_timeout(PATIENCE), Err(Error::Eof)));
+    });
+}
+
+/// Kills an orphaned grandchild if the test fails (it would otherwise outlive the test binary
+/// and keep its output pipe open).
+struct KillOnFailure(u32);
+
+impl Drop for KillOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: kill takes plain integers.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn children_dropped_without_join_are_reaped_by_the_hub() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let mut pids = Vec::new();
+        let mut readers = Vec::new();
+        for _ in 0..50 {
+            let (reader, writer) = pipe::<u8>().unwrap();
+            let child = start_process(writer, drop).unwrap();
+            pids.push(child.pid());
+            readers.push(reader);
+            drop(child);
+        }
+        // Every child closed its writer: each one is exiting or has exited.
+        for reader in readers {
+            assert!(matches!(reader.get(), Err(Error::Eof)));
+        }
+        eventually("the hub reaps every child", || {
+            pids.iter().all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        });
+        assert!(zombie_children().is_empty());
+    });
+    assert!(zombie_children().is_empty());
+}
+
+#[test]
+fn no_zombies_after_50_start_join_cycles() {
+    let _serial = process_lock();
+    for _ in 0..50 {
+        greenhub::run(|| {
+            let child = start_process((), |()| ()).unwrap();
+            assert!(child.join().unwrap().success());
+        });
+    }
+    assert!(zombie_children().is_empty(), "{:?}", zombie_children());
+}
+
+#[test]
+fn no_fd_leak_over_50_process_cycles() {
+    assert_no_fd_leak(50, || {
+        greenhub::run(|| {
+            let (reader, writer) = pipe::<u32>().unwrap();
+            let child = start_process(writer, |w| w.put(&1)).unwrap();
+            assert_eq!(reader.get().unwrap(), 1);
+            assert!(child.join().unwrap().success());
+            drop(start_process((), |()| ()).unwrap()); // detached: reaped at the end of run
+        });
+    });
+    let _serial = process_lock();
+    assert!(zombie_children().is_empty());
+}
+
+#[test]
+fn joins_suspend_only_the_caller() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<u8>().unwrap();
+        let child = Rc::new(start_process(reader, |r| r.get().map(drop)).unwrap());
+        let joiners: Vec<_> = (0..3)
+            .map(|_| {
+                let child = child.clone();
+                spawn(move || child.join().unwrap().code())
+            })
+            .collect();
+        let ticks = Rc::new(Cell::new(0));
+        for _ in 0..5 {
+            yield_now();
+            ticks.set(ticks.get() + 1);
+        }
+        assert!(joiners.iter().all(|j| !j.is_finished()));
+        writer.put(&1).unwrap();
+        for joiner in joiners {
+            assert_eq!(joiner.join().unwrap(), Some(0));
+        }
+        assert_eq!(ticks.get(), 5);
+    });
+}
+
+#[test]
+fn buffered_stdout_is_flushed_before_fork_so_nothing_prints_twice() {
+    const CHILD: &str = "GREENHUB_TEST_PRINT_ONCE";
+    if std::env::var_os(CHILD).is_some() {
+        // Rerun with --nocapture: this line waits in stdout's buffer (no newline yet) when the
+        // fork happens; the child flushes its stdout before it exits.
+        print!("printed once;");
+        greenhub::run(|| {
+            let child = start_process((), |()| print!("from the child;")).unwrap();
+            assert!(child.join().unwrap().success());
+        });
+        println!();
+        return;
+    }
+    let _serial = process_lock();
+    let test = "buffered_stdout_is_flushed_before_fork_so_nothing_prints_twice";
+    let output = greenhub_tests::rerun_test_in_child(test, CHILD, "1");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(text.matches("printed once;").count(), 1, "{text}");
+    assert_eq!(text.matches("from the child;").count(), 1, "{text}");
+}
