@@ -161,3 +161,8 @@ impl Drop for DropFlag {
         self.0.set(true);
     }
 }
+
+/// The README's example, compiled and run as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

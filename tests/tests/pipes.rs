@@ -32,6 +32,16 @@ const SHORT: Duration = Duration::from_millis(20);
 /// A deadline no passing test comes near: reaching it means the test hung.
 const LONG: Duration = Duration::from_secs(30);
 
+/// Runs `body` as the root coroutine of a fresh hub, holding [`process_lock`]. A body still
+/// suspended after [`LONG`] is unwound and the test fails: a hang (say, a reader waiting for bytes
+/// that were lost) fails the test instead of stalling the whole file behind the lock.
+fn hub_test<T>(body: impl FnOnce() -> T) -> T {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        greenhub::timeout(LONG, body).expect("the test hung: still suspended after LONG")
+    })
+}
+
 /// The wire bytes of one frame, built by hand (not with `greenhub_ipc::frame`), so the tests
 /// check the format itself: a 4-byte big-endian length, then the payload.
 fn frame(payload: &[u8]) -> Vec<u8> {
@@ -141,8 +151,7 @@ fn round_trip<T>(values: &[T])
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<T>().unwrap();
         for value in values {
             writer.put(value).unwrap();
@@ -232,8 +241,7 @@ fn single_message_vec_option_tuple_and_unit() {
 
 #[test]
 fn raw_pipe_carries_empty_and_binary_messages_unchanged() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let messages = [Vec::new(), vec![0], (0..=255).collect(), Vec::new(), vec![0xff; 3]];
         for msg in &messages {
@@ -270,8 +278,7 @@ where
 
 #[test]
 fn two_megabyte_message_postcard() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<Vec<u8>>().unwrap();
         big_message(reader, writer, 2 << 20);
     });
@@ -279,8 +286,7 @@ fn two_megabyte_message_postcard() {
 
 #[test]
 fn two_megabyte_message_raw() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         big_message(reader, writer, 2 << 20);
     });
@@ -288,8 +294,7 @@ fn two_megabyte_message_raw() {
 
 #[test]
 fn ten_megabyte_message_postcard() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<Vec<u8>>().unwrap();
         big_message(reader, writer, 10 << 20);
     });
@@ -297,8 +302,7 @@ fn ten_megabyte_message_postcard() {
 
 #[test]
 fn ten_megabyte_message_raw() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         big_message(reader, writer, 10 << 20);
     });
@@ -311,8 +315,7 @@ fn ten_megabyte_message_raw() {
 fn one_writer_two_readers_sharing_a_reader_get_every_message_once_and_whole() {
     const MESSAGES: u32 = 300;
     let size = |seq: u32| 1000 + (seq as usize * 7919) % 200_000;
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let reader = Rc::new(reader);
         let writing = spawn(move || {
@@ -357,8 +360,7 @@ fn one_writer_two_readers_sharing_a_reader_get_every_message_once_and_whole() {
 fn two_writers_sharing_a_writer_never_interleave_frames() {
     const PER_WRITER: u32 = 1000;
     let size = |id: u8, seq: u32| 2000 + (seq as usize * 7919 + usize::from(id) * 104_729) % 60_000;
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let writer = Rc::new(writer);
         let writers: Vec<_> = [1u8, 2]
@@ -397,8 +399,7 @@ fn two_writers_sharing_a_writer_never_interleave_frames() {
 
 #[test]
 fn eof_when_the_writer_closes_at_a_message_boundary() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<String>().unwrap();
         writer.put(&"one".into()).unwrap();
         writer.put(&"two".into()).unwrap();
@@ -412,8 +413,7 @@ fn eof_when_the_writer_closes_at_a_message_boundary() {
 
 #[test]
 fn eof_when_the_writer_is_dropped_while_a_reader_waits() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<u32>().unwrap();
         let reading = spawn(move || reader.get());
         yield_now(); // the reader is suspended in get now
@@ -424,8 +424,7 @@ fn eof_when_the_writer_is_dropped_while_a_reader_waits() {
 
 #[test]
 fn eof_on_a_pipe_that_never_carried_a_message() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         drop(writer);
         assert!(matches!(reader.get(), Err(Error::Eof)));
@@ -457,8 +456,7 @@ fn read_from_raw_peer(bytes: &[u8]) -> (Vec<String>, Error) {
 
 #[test]
 fn truncated_when_the_writer_closes_in_the_middle_of_a_payload() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let whole = frame(&postcard_payload(&"complete".to_string()));
         let cut = frame(&postcard_payload(&"cut in the middle".to_string()));
         let mut wire = whole;
@@ -471,8 +469,7 @@ fn truncated_when_the_writer_closes_in_the_middle_of_a_payload() {
 
 #[test]
 fn truncated_when_the_writer_closes_after_a_header_and_no_payload() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (got, end) = read_from_raw_peer(&10u32.to_be_bytes());
         assert!(got.is_empty());
         assert!(matches!(end, Error::Truncated), "{end:?}");
@@ -481,8 +478,7 @@ fn truncated_when_the_writer_closes_after_a_header_and_no_payload() {
 
 #[test]
 fn truncated_when_the_writer_closes_in_the_middle_of_a_header() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (got, end) = read_from_raw_peer(&[0, 0]);
         assert!(got.is_empty());
         assert!(matches!(end, Error::Truncated), "{end:?}");
@@ -491,8 +487,7 @@ fn truncated_when_the_writer_closes_in_the_middle_of_a_header() {
 
 #[test]
 fn truncated_when_the_writer_closes_after_the_header_of_a_big_message() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         // Big frames (a few MiB) are received into a buffer of their own: the same rules hold.
         for sent in [0, 1, 4000] {
             let mut wire = (3u32 << 20).to_be_bytes().to_vec();
@@ -506,8 +501,7 @@ fn truncated_when_the_writer_closes_after_the_header_of_a_big_message() {
 
 #[test]
 fn truncated_through_a_greenhub_writer_fd_too() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let wire = frame(&pattern(3, 100_000));
         raw_write(&writer, &wire[..50_000]);
@@ -521,8 +515,7 @@ fn truncated_through_a_greenhub_writer_fd_too() {
 
 #[test]
 fn put_without_a_reader_is_broken_pipe_and_the_process_survives() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<String>().unwrap();
         drop(reader);
         let err = writer.put(&"anyone?".into()).unwrap_err();
@@ -538,8 +531,7 @@ fn put_without_a_reader_is_broken_pipe_and_the_process_survives() {
 
 #[test]
 fn put_fails_with_broken_pipe_when_the_reader_goes_away_mid_frame() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let capacity = pipe_capacity(&writer);
         let writing = spawn(move || writer.put(&vec![7; 3 * capacity]));
@@ -585,8 +577,7 @@ fn sigpipe_never_kills_a_writer() {
 
 #[test]
 fn get_timeout_expires_with_timeout_and_the_reader_stays_usable() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<u64>().unwrap();
         for _ in 0..2 {
             let start = Instant::now();
@@ -600,8 +591,7 @@ fn get_timeout_expires_with_timeout_and_the_reader_stays_usable() {
 
 #[test]
 fn get_timeout_returns_a_message_already_in_the_pipe() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<String>().unwrap();
         writer.put(&"ready".into()).unwrap();
         assert_eq!(reader.get_timeout(Duration::ZERO).unwrap(), "ready");
@@ -610,8 +600,7 @@ fn get_timeout_returns_a_message_already_in_the_pipe() {
 
 #[test]
 fn get_timeout_returns_a_message_that_arrives_in_time() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<Vec<u8>>().unwrap();
         let msg = pattern(9, 3 << 20);
         let sent = msg.clone();
@@ -625,8 +614,7 @@ fn get_timeout_returns_a_message_that_arrives_in_time() {
 
 #[test]
 fn duplex_echo_between_two_coroutines() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (here, there) = duplex::<String, String>().unwrap();
         let echo = spawn(move || {
             let mut echoed = 0;
@@ -651,8 +639,7 @@ fn duplex_echo_between_two_coroutines() {
 
 #[test]
 fn duplex_carries_a_different_type_each_way_and_closes_both() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (client, server) = duplex::<Job, Reply>().unwrap();
         let serving = spawn(move || {
             let job = server.get().unwrap();
@@ -680,8 +667,7 @@ fn duplex_carries_a_different_type_each_way_and_closes_both() {
 
 #[test]
 fn a_lying_2_gib_header_is_too_large_at_once_with_the_default_limit() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let (virt_before, rss_before) = memory_use();
         let start = Instant::now();
@@ -702,8 +688,7 @@ fn a_lying_2_gib_header_is_too_large_at_once_with_the_default_limit() {
 
 #[test]
 fn a_lying_2_gib_header_under_a_raised_limit_costs_the_liar_not_the_reader() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (mut reader, writer) = raw_pipe().unwrap();
         reader.set_max_message_size(u32::MAX.into());
         let (virt_before, rss_before) = memory_use();
@@ -721,8 +706,7 @@ fn a_lying_2_gib_header_under_a_raised_limit_costs_the_liar_not_the_reader() {
 
 #[test]
 fn set_max_message_size_refuses_larger_messages_and_raising_it_lets_the_stream_go_on() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (mut reader, writer) = raw_pipe().unwrap();
         reader.set_max_message_size(1000);
         writer.put(&vec![1; 1000]).unwrap();
@@ -741,8 +725,7 @@ fn set_max_message_size_refuses_larger_messages_and_raising_it_lets_the_stream_g
 
 #[test]
 fn duplex_set_max_message_size_limits_its_reading_side() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (mut small, big) = duplex::<String, String>().unwrap();
         small.set_max_message_size(8);
         big.put(&"x".repeat(100)).unwrap();
@@ -754,8 +737,7 @@ fn duplex_set_max_message_size_limits_its_reading_side() {
 
 #[test]
 fn garbage_payload_is_a_codec_error_and_the_next_message_arrives_intact() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<(u32, String)>().unwrap();
         // An unterminated varint; then a valid value with a byte left over.
         raw_write(&writer, &frame(&[0xff; 6]));
@@ -789,7 +771,7 @@ impl Codec<Vec<u8>> for RunLength {
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<Vec<u8>, Error> {
-        if bytes.len() % 2 != 0 {
+        if !bytes.len().is_multiple_of(2) {
             return Err(Error::Codec(format!("run-length payload of odd length {}", bytes.len())));
         }
         let mut out = Vec::new();
@@ -834,8 +816,7 @@ impl Codec<Vec<i64>> for JsonInts {
 
 #[test]
 fn custom_run_length_codec_round_trips_and_compresses_on_the_wire() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe_with(RunLength).unwrap();
         let mut sparse = vec![0u8; 1 << 20];
         sparse[1000..1300].fill(9);
@@ -861,8 +842,7 @@ fn custom_run_length_codec_round_trips_and_compresses_on_the_wire() {
 
 #[test]
 fn custom_text_codec_round_trips_and_reports_its_own_errors() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe_with(JsonInts).unwrap();
         let lists = [vec![], vec![1, -2, 3], vec![i64::MIN, i64::MAX], (0..5000).collect()];
         for list in &lists {
@@ -891,8 +871,7 @@ fn custom_text_codec_round_trips_and_reports_its_own_errors() {
 
 #[test]
 fn get_timeout_mid_message_keeps_the_partial_message_for_the_next_get() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let msg = pattern(11, 300_000);
         let wire = frame(&msg);
@@ -911,8 +890,7 @@ fn get_timeout_mid_message_keeps_the_partial_message_for_the_next_get() {
 
 #[test]
 fn get_timeout_mid_message_keeps_a_big_partial_message_too() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let capacity = pipe_capacity(&writer);
         let msg = pattern(17, 3 * capacity + 99);
@@ -959,20 +937,17 @@ fn cancel_mid_message(len: usize) {
 
 #[test]
 fn cancel_of_a_get_blocked_mid_message_keeps_the_partial_message() {
-    let _serial = process_lock();
-    greenhub::run(|| cancel_mid_message(20_000));
+    hub_test(|| cancel_mid_message(20_000));
 }
 
 #[test]
 fn cancel_of_a_get_blocked_mid_message_keeps_a_big_partial_message_too() {
-    let _serial = process_lock();
-    greenhub::run(|| cancel_mid_message(3 << 20));
+    hub_test(|| cancel_mid_message(3 << 20));
 }
 
 #[test]
 fn a_get_waiting_for_the_lock_times_out_without_disturbing_the_holder() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let reader = Rc::new(reader);
         let msg = pattern(12, 5000);
@@ -992,8 +967,7 @@ fn a_get_waiting_for_the_lock_times_out_without_disturbing_the_holder() {
 
 #[test]
 fn put_cut_short_by_a_timeout_mid_frame_is_delivered_whole_before_the_next() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let capacity = pipe_capacity(&writer);
         let big = pattern(13, capacity + 300_000);
@@ -1014,8 +988,7 @@ fn put_cut_short_by_a_timeout_mid_frame_is_delivered_whole_before_the_next() {
 
 #[test]
 fn put_cancelled_mid_frame_is_delivered_whole_before_the_next() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let writer = Rc::new(writer);
         let capacity = pipe_capacity(&*writer);
@@ -1040,8 +1013,7 @@ fn put_cancelled_mid_frame_is_delivered_whole_before_the_next() {
 
 #[test]
 fn put_cut_short_mid_frame_then_closed_gives_truncated() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let capacity = pipe_capacity(&writer);
         writer.put(&b"before".to_vec()).unwrap();
@@ -1055,8 +1027,7 @@ fn put_cut_short_mid_frame_then_closed_gives_truncated() {
 
 #[test]
 fn put_cut_short_before_its_first_byte_is_not_delivered() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let capacity = pipe_capacity(&writer);
         // A frame of exactly the pipe's capacity fills the empty pipe to the last byte.
@@ -1092,8 +1063,7 @@ fn put_cut_short_before_its_first_byte_is_not_delivered() {
 
 #[test]
 fn debug_output_names_the_handle_its_fd_state_and_message_type() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<Job>().unwrap();
         let text = format!("{reader:?}");
         assert!(text.starts_with("Reader"), "{text}");
@@ -1113,8 +1083,7 @@ fn debug_output_names_the_handle_its_fd_state_and_message_type() {
 
 #[test]
 fn as_raw_fd_is_the_pipe_end_non_blocking_and_close_on_exec() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let (r, w) = (reader.as_raw_fd(), writer.as_raw_fd());
         assert_ne!(r, w);
@@ -1137,8 +1106,7 @@ fn as_raw_fd_is_the_pipe_end_non_blocking_and_close_on_exec() {
 
 #[test]
 fn from_raw_fd_adopts_both_ends_of_a_foreign_pipe() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let mut fds = [-1; 2];
         // SAFETY: `fds` is a valid out-array of two ints.
         assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
@@ -1163,8 +1131,7 @@ fn from_raw_fd_adopts_both_ends_of_a_foreign_pipe() {
 
 #[test]
 fn pipes_are_grown_to_one_mebibyte() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         // Linux lets an unprivileged user grow pipes up to pipe-max-size (1 MiB by default),
         // within a per-user quota; greenhub-ipc asks for 1 MiB and keeps the default if refused.
         let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
@@ -1179,8 +1146,7 @@ fn pipes_are_grown_to_one_mebibyte() {
 
 #[test]
 fn close_succeeds_on_each_end_and_the_peer_notices() {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = pipe::<u8>().unwrap();
         writer.put(&1).unwrap();
         writer.close().unwrap();
@@ -1198,8 +1164,7 @@ fn close_succeeds_on_each_end_and_the_peer_notices() {
 
 #[test]
 fn error_display_texts_say_what_happened_and_what_to_do() {
-    let _serial = process_lock();
-    let errors = greenhub::run(|| {
+    let errors = hub_test(|| {
         let (mut reader, writer) = pipe::<u16>().unwrap();
         let timeout = reader.get_timeout(Duration::ZERO).unwrap_err();
         reader.set_max_message_size(1);
@@ -1297,8 +1262,7 @@ fn stream_with_reader_timeouts(
     timeouts_us: &[u64],
     yields: &[bool],
 ) -> (Vec<Vec<u8>>, Error, usize) {
-    let _serial = process_lock();
-    greenhub::run(|| {
+    hub_test(|| {
         let (reader, writer) = raw_pipe().unwrap();
         let messages: Vec<Vec<u8>> =
             sizes.iter().enumerate().map(|(i, &len)| pattern(i as u64, len)).collect();
