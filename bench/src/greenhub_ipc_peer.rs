@@ -5,6 +5,7 @@
 use crate::sys;
 use crate::worker::{Params, Report};
 use greenhub_ipc::{Error, start_process};
+use serde_bytes::ByteBuf;
 
 /// Errors of the parent side: greenhub-ipc's, or a child that did not end well.
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -52,32 +53,36 @@ fn stream(n: u64, size: usize) -> Result<Report> {
 }
 
 /// One message of `size` bytes from a child, from just before the child puts it (its clock, sent
-/// ahead in a small message) until the parent's `get` returns it. The same code for both codecs.
+/// ahead in a small message) until the parent's `get` returns it. The same code for both codecs:
+/// `$make` turns bytes into the message type.
 macro_rules! big_message {
-    ($pipe:expr, $size:expr) => {{
+    ($pipe:expr, $size:expr, $make:expr) => {{
         let size = $size;
         let (reader, writer) = $pipe?;
         let child = start_process(writer, move |w| -> Result<(), Error> {
-            let msg = vec![b'x'; size];
-            w.put(&sys::mono_ns().to_le_bytes().to_vec())?;
+            let msg = $make(vec![b'x'; size]);
+            w.put(&$make(sys::mono_ns().to_le_bytes().to_vec()))?;
             w.put(&msg)
         })?;
         let stamp = reader.get()?;
         let msg = reader.get()?;
         let t1 = sys::mono_ns();
         assert_eq!(msg.len(), size);
-        let t0 = u64::from_le_bytes(stamp.try_into().expect("8-byte stamp"));
+        let t0 = u64::from_le_bytes(stamp[..].try_into().expect("8-byte stamp"));
         join_ok(child)?;
         Ok(Report::new().with("ms", (t1 - t0) as f64 / 1e6))
     }};
 }
 
 fn big_raw(size: usize) -> Result<Report> {
-    big_message!(greenhub_ipc::raw_pipe(), size)
+    big_message!(greenhub_ipc::raw_pipe(), size, |bytes: Vec<u8>| bytes)
 }
 
+/// Serialised with postcard as `serde_bytes::ByteBuf`, serde's type for a blob of bytes (the
+/// counterpart of pickling a `bytes` object). A plain `Vec<u8>` goes through serde's generic
+/// sequence path instead, one element at a time, several times slower: bench/README.md.
 fn big_serialised(size: usize) -> Result<Report> {
-    big_message!(greenhub_ipc::pipe::<Vec<u8>>(), size)
+    big_message!(greenhub_ipc::pipe::<ByteBuf>(), size, ByteBuf::from)
 }
 
 /// `n` round trips of a u64 over a duplex pipe with a child, after one warm-up.

@@ -215,7 +215,7 @@ pub const BENCHES: &[Bench] = &[
     Bench {
         group: Group::Ipc,
         id: "big_ser",
-        title: "one 100 MB message, serialised (greenhub: postcard Vec<u8>; gipc: pickle bytes)",
+        title: "one 100 MB message, serialised (greenhub: postcard serde_bytes::ByteBuf; gipc: pickle bytes)",
         figures: &[fig("ms", "100 MB message, serialised", "ms", Lower)],
         impls: &[Greenhub, Gipc],
         raw_from: Some("big_raw"),
