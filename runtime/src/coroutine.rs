@@ -34,8 +34,9 @@ pub(crate) enum Wake {
     Cancel,
     /// Unwind to the `timeout` boundary with this id.
     Timeout(u64),
-    /// Panic with this report: nothing can ever wake the root again.
-    Deadlock(String),
+    /// Panic with the hub's deadlock report: nothing can ever wake the root again. (The report
+    /// waits in `Hub::deadlock`, so that this enum, moved on every switch, stays two words.)
+    Deadlock,
 }
 
 /// What a coroutine passes to the loop when it suspends.
@@ -493,7 +494,10 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
         Wake::Run => {}
         Wake::Cancel => panic::resume_unwind(Box::new(Cancelled)),
         Wake::Timeout(id) => panic::resume_unwind(Box::new(TimedOut(id))),
-        Wake::Deadlock(report) => panic!("{report}"),
+        Wake::Deadlock => {
+            let report = hub.deadlock.take().unwrap_or_default();
+            panic!("{report}")
+        }
     }
 }
 
@@ -512,21 +516,28 @@ impl Hub {
         self.insert_task(Body::Start(body))
     }
 
-    /// Resumes a task until it suspends or ends. Stale refs (ended tasks) are ignored.
+    /// Resumes a task until it suspends or ends; true if it ended (or could not start). Stale
+    /// refs (ended tasks) are ignored.
     #[inline(always)]
-    pub(crate) fn resume(&self, r: TaskRef) {
-        let Some((mut co, wake, yielder, stack_limit)) = self.prepare(r) else { return };
+    pub(crate) fn resume(&self, r: TaskRef) -> bool {
+        let Some((mut co, wake, yielder, stack_limit)) = self.prepare(r) else {
+            return !self.is_alive(r);
+        };
         self.running.enter(r, yielder, matches!(wake, Wake::Cancel));
         sys::watch_stack(stack_limit, r.id.0, self.stacks.size);
         let result = co.resume(wake);
         sys::unwatch_stack();
         self.running.leave();
         match result {
-            CoroutineResult::Yield(how) => self.park(r, co, how),
+            CoroutineResult::Yield(how) => {
+                self.park(r, co, how);
+                false
+            }
             CoroutineResult::Return(()) => {
                 let task = self.tasks.borrow_mut().remove(r.key);
                 self.stacks.put(co.into_stack());
                 drop(task);
+                true
             }
         }
     }
@@ -602,7 +613,7 @@ impl Hub {
             let mut tasks = self.tasks.borrow_mut();
             let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) else { return };
             task.pending = match (task.pending.take(), wake) {
-                (_, Wake::Deadlock(report)) => Some(Wake::Deadlock(report)),
+                (_, Wake::Deadlock) => Some(Wake::Deadlock),
                 // Two timeouts fired in one turn: they are nested (a coroutine is inside both),
                 // and the outer one, created first, has the smaller id. It must win, or the
                 // inner boundary would catch it and the outer deadline would be lost.

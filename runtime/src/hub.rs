@@ -54,6 +54,8 @@ pub(crate) struct Hub {
     pub(crate) pool: RefCell<Option<Pool>>,
     pub(crate) stacks: StackPool,
     exit_hooks: RefCell<Vec<Box<dyn FnOnce()>>>,
+    /// The report for the root's `Wake::Deadlock`, taken by its suspension point.
+    pub(crate) deadlock: Cell<Option<String>>,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -185,6 +187,7 @@ impl Hub {
             pool: RefCell::new(None),
             stacks: StackPool::new(stack_size),
             exit_hooks: RefCell::new(Vec::new()),
+            deadlock: Cell::new(None),
             _not_send: PhantomData,
         })
     }
@@ -201,9 +204,8 @@ impl Hub {
         // 1. Run what is ready, up to the fairness budget.
         for _ in 0..FAIRNESS_BUDGET {
             let Some(next) = self.ready.borrow_mut().pop_front() else { break };
-            self.resume(next);
-            if !self.is_alive(root) {
-                return;
+            if self.resume(next) && next == root {
+                return; // the root ended: `run` is done
             }
         }
         // 2. Fire expired timers: their coroutines join the ready queue.
@@ -230,7 +232,8 @@ impl Hub {
     /// The root is blocked and nothing can wake anything: make its blocking call panic.
     fn report_deadlock(&self, root: TaskRef) {
         let report = self.deadlock_report(root);
-        self.interrupt(root, Wake::Deadlock(report));
+        self.deadlock.set(Some(report));
+        self.interrupt(root, Wake::Deadlock);
     }
 
     fn deadlock_report(&self, root: TaskRef) -> String {
@@ -262,9 +265,7 @@ impl Hub {
         loop {
             while let Some(task) = self.oldest_task() {
                 self.cancel(task);
-                while self.is_alive(task) {
-                    self.resume(task);
-                }
+                while !self.resume(task) {}
             }
             let hooks = std::mem::take(&mut *self.exit_hooks.borrow_mut());
             if hooks.is_empty() {
