@@ -24,6 +24,10 @@ use crate::sys;
 use crate::timer::TimedOut;
 
 type Co = Coroutine<Wake, Suspend, (), DefaultStack>;
+
+/// A coroutine on the heap, so that parking and resuming move a pointer; `None` only in the
+/// moment between a pooled coroutine giving up its stack and the new one taking it.
+type CoBox = Box<Option<Co>>;
 type CoYielder = Yielder<Wake, Suspend>;
 
 /// What the loop passes to a coroutine it resumes.
@@ -97,7 +101,7 @@ pub(crate) struct Task {
 pub(crate) enum Body {
     Start(Rc<dyn Start>),
     /// Boxed so that parking and resuming move a pointer, not the coroutine.
-    Parked(Box<Co>),
+    Parked(CoBox),
     /// Taken out by the loop while it runs.
     Running,
 }
@@ -525,7 +529,7 @@ impl Hub {
         };
         self.running.enter(r, yielder, matches!(wake, Wake::Cancel));
         sys::watch_stack(stack_limit, r.id.0, self.stacks.size);
-        let result = co.resume(wake);
+        let result = Option::as_mut(&mut *co).expect("a parked coroutine").resume(wake);
         sys::unwatch_stack();
         self.running.leave();
         match result {
@@ -535,7 +539,7 @@ impl Hub {
             }
             CoroutineResult::Return(()) => {
                 let task = self.tasks.borrow_mut().remove(r.key);
-                self.stacks.put(co.into_stack());
+                self.stacks.put(co);
                 drop(task);
                 true
             }
@@ -543,7 +547,7 @@ impl Hub {
     }
 
     /// Takes the coroutine out of the table for `resume`, creating it (with a stack) if new.
-    fn prepare(&self, r: TaskRef) -> Option<(Box<Co>, Wake, *const CoYielder, usize)> {
+    fn prepare(&self, r: TaskRef) -> Option<(CoBox, Wake, *const CoYielder, usize)> {
         let mut tasks = self.tasks.borrow_mut();
         let task =
             tasks.get_mut(r.key).filter(|t| t.id == r.id && t.state != TaskState::Running)?;
@@ -555,9 +559,10 @@ impl Hub {
         let co = match mem::replace(&mut task.body, Body::Running) {
             Body::Parked(co) => co,
             Body::Start(start) => match self.stacks.take(r.id) {
-                Ok(stack) => {
+                Ok((mut co, stack)) => {
                     task.stack_limit = stack.limit().get();
-                    Box::new(new_coroutine(stack, start))
+                    *co = Some(new_coroutine(stack, start));
+                    co
                 }
                 Err(error) => {
                     let task = tasks.remove(r.key);
@@ -574,7 +579,7 @@ impl Hub {
     }
 
     /// Puts a coroutine that suspended back in the table.
-    fn park(&self, r: TaskRef, co: Box<Co>, how: Suspend) {
+    fn park(&self, r: TaskRef, co: CoBox, how: Suspend) {
         let mut tasks = self.tasks.borrow_mut();
         let task = &mut tasks[r.key];
         task.body = Body::Parked(co);
@@ -685,8 +690,11 @@ pub(crate) fn forget_running_after_fork() {
 const STACK_POOL_MAX: usize = 1024;
 
 /// Guard-paged stacks for reuse: a fresh mapping costs microseconds, a reused one nanoseconds.
+/// The pool keeps each stack inside the box of the finished coroutine that last ran on it, so a
+/// new coroutine reuses the box's allocation too.
 pub(crate) struct StackPool {
-    free: RefCell<Vec<DefaultStack>>,
+    /// Boxes holding finished coroutines, each with its stack.
+    free: RefCell<Vec<CoBox>>,
     pub(crate) size: usize,
     refusal_reported: Cell<bool>,
     _not_send: PhantomData<*mut ()>,
@@ -702,25 +710,31 @@ impl StackPool {
         }
     }
 
-    fn take(&self, id: CoroutineId) -> Result<DefaultStack, JoinError> {
-        if let Some(stack) = self.free.borrow_mut().pop() {
-            return Ok(stack);
+    /// An empty box and a stack for coroutine `id`: pooled ones, or new ones.
+    fn take(&self, id: CoroutineId) -> Result<(CoBox, DefaultStack), JoinError> {
+        if let Some(mut finished) = self.free.borrow_mut().pop() {
+            let stack = finished.take().expect("pooled boxes hold a coroutine").into_stack();
+            return Ok((finished, stack));
         }
-        DefaultStack::new(self.size).map_err(|e| {
-            let message = stack_refused_message(id, self.size, &e);
-            if !self.refusal_reported.replace(true) {
-                // Once per hub on stderr (thousands of refusals would drown it); every refused
-                // coroutine still carries the message in its JoinError.
-                eprintln!("{message}");
+        match DefaultStack::new(self.size) {
+            Ok(stack) => Ok((Box::new(None), stack)),
+            Err(e) => {
+                let message = stack_refused_message(id, self.size, &e);
+                if !self.refusal_reported.replace(true) {
+                    // Once per hub on stderr (thousands of refusals would drown it); every
+                    // refused coroutine still carries the message in its JoinError.
+                    eprintln!("{message}");
+                }
+                Err(JoinError::panicked(Box::new(message)))
             }
-            JoinError::panicked(Box::new(message))
-        })
+        }
     }
 
-    fn put(&self, stack: DefaultStack) {
+    /// Keeps a finished coroutine (its box and stack) for reuse, up to the pool's size.
+    fn put(&self, finished: CoBox) {
         let mut free = self.free.borrow_mut();
         if free.len() < STACK_POOL_MAX {
-            free.push(stack);
+            free.push(finished);
         }
     }
 }
