@@ -3,8 +3,8 @@
 //! Guaranteed: frames come out whole, in order, however the bytes were split by the reads; a header
 //! announcing more than the maximum is refused before anything is allocated for it; the decoder
 //! never reserves more ahead of the bytes that actually arrived than [`ALLOC_CHUNK`] or the
-//! arrived bytes themselves, whichever is larger (see [`Decoder::read_buf`]); a partial frame
-//! stays buffered across calls. Not guaranteed: when the buffer is compacted or released, or
+//! arrived bytes themselves, whichever is larger, and never more than [`MAX_AHEAD`] (see
+//! [`Decoder::read_buf`]); a partial frame stays buffered across calls. Not guaranteed: when the buffer is compacted or released, or
 //! how much spare room [`Decoder::read_buf`] hands out beyond what was asked.
 //!
 //! # The wire format
@@ -64,9 +64,13 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = (1 << 31) - 1;
 /// A frame larger than this grows the buffer as its bytes come in: by at most this much, or by as
 /// much as has already arrived once that is more, so the buffer grows geometrically (a 100 MB
 /// frame costs a few reallocations, not a hundred) while a lying header ("2 GiB follows") costs
-/// the liar the bytes it sends, not us the bytes it announces: to make us hold 2N + 1 MiB, the
-/// peer must send N.
+/// the liar the bytes it sends, not us the bytes it announces: to make us hold N + min(N, 64 MiB)
+/// + 1 MiB, the peer must send N (see [`MAX_AHEAD`]).
 pub const ALLOC_CHUNK: usize = 1 << 20;
+
+/// The most the decoder ever reserves ahead of the bytes that arrived (64 MiB), however many
+/// have: growth is geometric up to this step, then linear in steps of this size.
+pub const MAX_AHEAD: usize = 64 << 20;
 
 /// A frame at least this long that is not yet whole is received *detached*: straight into a
 /// buffer of its own that becomes the message ([`Decoder::next_payload`] hands it over).
@@ -257,7 +261,7 @@ impl Decoder {
     /// decoder first moves a buffered partial frame to the front, and only then grows, past the
     /// buffered bytes, by the larger of the read size and the rest of the current frame as its
     /// header announces it, but never by more than the larger of [`ALLOC_CHUNK`] and the bytes
-    /// already buffered.
+    /// already buffered, nor by more than [`MAX_AHEAD`].
     pub fn read_buf(&mut self, n: usize) -> &mut [u8] {
         self.make_room(n.clamp(1, ALLOC_CHUNK));
         // A detached frame's buffer ends where its payload ends: the next frame's bytes must
@@ -307,6 +311,7 @@ impl Decoder {
     /// buffered, so every later call returns the same error until the limit is raised.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, Error> {
         self.forget_lent();
+        self.check_detached_limit()?;
         if self.ready.is_some() {
             self.lent = true;
             return Ok(self.ready.as_deref());
@@ -338,10 +343,23 @@ impl Decoder {
     /// owned: its buffer becomes the message, with no copy (see [`Payload`]).
     pub fn next_payload(&mut self) -> Result<Option<Payload<'_>>, Error> {
         self.forget_lent();
+        self.check_detached_limit()?;
         if let Some(payload) = self.ready.take() {
             return Ok(Some(Payload::Owned(payload)));
         }
         Ok(self.next_frame()?.map(Payload::Borrowed))
+    }
+
+    /// A big frame's header was consumed when it was detached, so its length is checked here
+    /// against the limit as it is now (it may have been lowered since the frame began).
+    fn check_detached_limit(&self) -> Result<(), Error> {
+        let len = self.detached.or_else(|| self.ready.as_ref().map(Vec::len));
+        match len {
+            Some(len) if len as u64 > self.max => {
+                Err(Error::TooLarge { len: len as u64, max: self.max })
+            }
+            _ => Ok(()),
+        }
     }
 
     fn forget_lent(&mut self) {
@@ -426,9 +444,10 @@ impl Decoder {
             }
         }
         // Room for the read, or for the rest of the frame, but never further ahead of what
-        // arrived than what arrived (or one chunk): a liar pays for what we allocate, and a
-        // large honest frame still grows geometrically (few reallocations, no quadratic copy).
-        let paid_for = ALLOC_CHUNK.max(self.buffered_len());
+        // arrived than what arrived (or one chunk), nor than MAX_AHEAD: a liar pays for what we
+        // allocate, and a large honest frame still grows geometrically (few reallocations, no
+        // quadratic copying).
+        let paid_for = ALLOC_CHUNK.max(self.buffered_len()).min(MAX_AHEAD);
         let ahead = n.max(self.missing().min(paid_for));
         self.grow_to(self.end + ahead);
     }
@@ -693,7 +712,7 @@ mod tests {
     /// The most a decoder may hold after `fed` bytes arrived: the bytes, plus the larger of one
     /// chunk and the bytes again.
     fn allocation_bound(fed: usize) -> usize {
-        fed + ALLOC_CHUNK.max(fed)
+        fed + ALLOC_CHUNK.max(fed).min(MAX_AHEAD)
     }
 
     #[test]

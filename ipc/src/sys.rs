@@ -304,6 +304,10 @@ impl<T, C: Codec<T> + Default> FromRawFd for Reader<T, C> {
     /// Adopts `fd` (the read end of a pipe, e.g. one passed by `Command::pass`) as a reader
     /// owned by this process, with the codec's default value.
     ///
+    /// It puts the fd in non-blocking mode, a flag of the open file description, which every
+    /// duplicate of the fd shares (fd 0 of a terminal is shared with the shell, say): adopt pipe
+    /// ends that only this process uses.
+    ///
     /// # Safety
     /// `fd` must be an open fd this process owns and nothing else will close.
     ///
@@ -317,7 +321,8 @@ impl<T, C: Codec<T> + Default> FromRawFd for Reader<T, C> {
 }
 
 impl<T, C: Codec<T> + Default> FromRawFd for Writer<T, C> {
-    /// Adopts `fd` (the write end of a pipe) as a writer owned by this process.
+    /// Adopts `fd` (the write end of a pipe) as a writer owned by this process. Like the
+    /// reader's, it puts the fd's open file description in non-blocking mode.
     ///
     /// # Safety
     /// `fd` must be an open fd this process owns and nothing else will close.
