@@ -212,6 +212,7 @@ impl Command {
     /// Outside a hub.
     pub fn spawn(&mut self) -> Result<Process, Error> {
         let hub = process::current_hub("Command::spawn");
+        sys::ignore_sigpipe(); // a write to the program's stdin after it exits is EPIPE, not death
         let passed = std::mem::take(&mut self.passed);
         if !passed.iter().all(|handle| process::owned_here(&**handle)) {
             return Err(Error::Closed);

@@ -39,8 +39,8 @@
 //! Each child has a pidfd (`pidfd_open`) registered with the hub, and a detached *reaper*
 //! coroutine waits for it to become readable, reaps the child with `waitid(P_PIDFD)`, records the
 //! status and sets the [`Event`] that [`Process::join`] waits on, then closes the pidfd. When
-//! `run` ends, an exit hook (one per hub) waits with blocking `waitid` for the children of that
-//! hub that are still running. A program started by [`Command`] that is still running when both
+//! `run` ends, an exit hook (one per hub) waits for the children of that hub that are still
+//! running, blocking in `poll(2)` on each pidfd and then reaping with `waitid`. A program started by [`Command`] that is still running when both
 //! its hub and its `Process` are gone is reaped by a short-lived helper thread.
 //!
 //! [`Command`]: crate::Command
@@ -55,7 +55,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitStatus;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use greenhub::sync::Event;
@@ -70,9 +70,21 @@ use crate::transfer::{self, Transfer};
 /// practice: epoll refuses a pidfd only when out of memory or past `max_user_watches`).
 const FALLBACK_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Numbers the default names: "Process-1", "Process-2", ... (process-wide, and inherited through
-/// fork, so names stay distinct across a tree of processes).
-static NEXT_NUMBER: AtomicU64 = AtomicU64::new(1);
+/// The default names of this process's children: a prefix and a counter. At the top the
+/// children are "Process-1", "Process-2", ...; a child named N names its own children "N:1",
+/// "N:2", ... (like `multiprocessing`'s "Process-2:1"), so names stay distinct across a tree of
+/// processes. Held across `fork` with the other locks, and reset by the child.
+static NAMES: Mutex<Names> = Mutex::new(Names { prefix: None, next: 1 });
+
+struct Names {
+    /// `None` until this process is a child: then "its own name:".
+    prefix: Option<String>,
+    next: u64,
+}
+
+fn names() -> MutexGuard<'static, Names> {
+    NAMES.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The exit code a child's closure stands for: `()` is 0; `Result<(), E>` is 0 for `Ok` and 1
 /// for `Err`, after printing the error with `{:?}` to stderr (like a `main` returning `Err`).
@@ -137,7 +149,8 @@ fn write_stderr(text: &str) {
 ///
 /// # Errors
 /// [`Error::Closed`] if a handle in `handles` is not owned by this process; [`Error::Io`] if
-/// `fork` or `pidfd_open` fails (for instance, too many processes or open files).
+/// `fork` or `pidfd_open` fails (for instance, too many processes or open files). On any error
+/// `handles` is consumed all the same: the handles this process owns are closed.
 ///
 /// # Panics
 /// Outside a hub (call it from inside [`greenhub::run`]).
@@ -246,7 +259,13 @@ struct ChildStart {
 }
 
 fn default_name() -> String {
-    format!("Process-{}", NEXT_NUMBER.fetch_add(1, Ordering::Relaxed))
+    let mut names = names();
+    let number = names.next;
+    names.next += 1;
+    match &names.prefix {
+        Some(prefix) => format!("{prefix}{number}"),
+        None => format!("Process-{number}"),
+    }
 }
 
 /// The current hub's id, or a panic naming the rule.
@@ -269,20 +288,23 @@ pub(crate) fn owned_here(value: &(impl Transfer + ?Sized)) -> bool {
 /// The locks the child's start needs, held across `fork` so that no other thread can hold them
 /// at that instant (the child would find them locked forever). Released in reverse order.
 struct HeldForFork {
+    names: MutexGuard<'static, Names>,
     registry: Registry,
     _stderr: io::StderrLock<'static>,
     _stdout: io::StdoutLock<'static>,
 }
 
 impl HeldForFork {
-    /// Takes stdout, stderr (flushing both, so nothing buffered prints twice) and the handle
-    /// registry, in that order (the order every other user of more than one of them follows).
+    /// Takes stdout, stderr (flushing both, so nothing buffered prints twice), the handle
+    /// registry and the default names, in that order (the order every other user of more than
+    /// one of them follows).
     fn lock() -> Self {
         let mut stdout = io::stdout().lock();
         let _ = stdout.flush();
         let mut stderr = io::stderr().lock();
         let _ = stderr.flush();
-        HeldForFork { registry: Registry::lock(), _stderr: stderr, _stdout: stdout }
+        let registry = Registry::lock();
+        HeldForFork { names: names(), registry, _stderr: stderr, _stdout: stdout }
     }
 }
 
@@ -302,9 +324,21 @@ where
 {
     held.registry.close_all_but(&start.keep);
     transfer::adopt(&handles);
+    *held.names = Names { prefix: Some(format!("{}:", start.name)), next: 1 };
     sys::reset_signals(token);
-    if start.daemon && !sys::die_with_parent(token, start.parent) {
-        return 128 + libc::SIGTERM; // the parent is already gone: as if its SIGTERM came
+    if start.daemon {
+        match sys::die_with_parent(token, start.parent) {
+            Ok(true) => {}
+            Ok(false) => return 128 + libc::SIGTERM, // the parent is gone: as if its SIGTERM came
+            Err(e) => {
+                let _ = writeln!(
+                    io::stderr(),
+                    "greenhub-ipc: daemon {} cannot ask to die with its parent \
+                     (PR_SET_PDEATHSIG: {e}); it is still terminated at the end of run",
+                    start.name
+                );
+            }
+        }
     }
     drop(held);
     let run = panic::catch_unwind(AssertUnwindSafe(|| greenhub::run(move || f(handles))));
@@ -439,8 +473,8 @@ impl Process {
         }
     }
 
-    /// Whether the child is still running (false once it has ended, even before it is reaped;
-    /// false in a process that did not start it).
+    /// Whether the child is still running: false once it has ended (this call reaps it then,
+    /// if the hub's reaper has not yet), and false in a process that did not start it.
     pub fn is_alive(&self) -> bool {
         matches!(self.state.poll_exit(), Ok(None))
     }

@@ -4,6 +4,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::panic::{self, AssertUnwindSafe};
@@ -77,9 +78,9 @@ pub(crate) fn ignore_sigpipe() {
 
 /// Proof that the code holding it runs in a process just created by [`fork`], on its one thread
 /// (the one that forked). Only `fork` makes one, so the child-only calls below cannot be made in
-/// the parent by mistake.
+/// the parent by mistake; `!Send`, so it cannot leave the thread that forked either.
 #[derive(Debug)]
-pub(crate) struct InChild(());
+pub(crate) struct InChild(PhantomData<*const ()>);
 
 /// Which side of a [`fork`] we are on.
 pub(crate) enum Forked {
@@ -99,7 +100,7 @@ pub(crate) fn fork() -> io::Result<Forked> {
     // fork-safe through its own atfork handlers.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child(InChild(()))),
+        0 => Ok(Forked::Child(InChild(PhantomData))),
         pid => Ok(Forked::Parent(pid as u32)),
     }
 }
@@ -155,13 +156,14 @@ pub(crate) fn reset_signals(_: &InChild) {
 
 /// In a new child: asks the kernel for SIGTERM when the parent (precisely: the parent's thread
 /// that forked) dies. False if the parent `parent` is already gone (the child was reparented
-/// before the request took effect), in which case the child should exit.
-pub(crate) fn die_with_parent(_: &InChild, parent: u32) -> bool {
+/// before the request took effect), in which case the child should exit; an error if the kernel
+/// refused the request.
+pub(crate) fn die_with_parent(_: &InChild, parent: u32) -> io::Result<bool> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) })?;
     // SAFETY: getppid has no preconditions.
     let ppid = unsafe { libc::getppid() };
-    ppid as u32 == parent
+    Ok(ppid as u32 == parent)
 }
 
 /// `pidfd_open(2)`: an fd that refers to the process `pid` itself (not to a pid number that may

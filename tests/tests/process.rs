@@ -565,3 +565,126 @@ fn buffered_stdout_is_flushed_before_fork_so_nothing_prints_twice() {
     assert_eq!(text.matches("printed once;").count(), 1, "{text}");
     assert_eq!(text.matches("from the child;").count(), 1, "{text}");
 }
+
+/// Forwards every number from `from` to `to`, plus one, until `from` ends.
+fn forward_plus_one(
+    from: greenhub_ipc::Duplex<u64, u64>,
+    to: greenhub_ipc::Duplex<u64, u64>,
+) -> Result<(), Error> {
+    loop {
+        match from.get() {
+            Ok(n) => to.put(&(n + 1))?,
+            Err(Error::Eof) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[test]
+fn circular_forwarding_through_three_duplex_pipes_and_two_children() {
+    // gipc's ring: parent -> child A -> child B -> parent, one duplex pipe per hop.
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (parent_to_a, a_from_parent) = greenhub_ipc::duplex::<u64, u64>().unwrap();
+        let (a_to_b, b_from_a) = greenhub_ipc::duplex::<u64, u64>().unwrap();
+        let (b_to_parent, parent_from_b) = greenhub_ipc::duplex::<u64, u64>().unwrap();
+        let a = start_process((a_from_parent, a_to_b), |(from, to)| forward_plus_one(from, to));
+        let b = start_process((b_from_a, b_to_parent), |(from, to)| forward_plus_one(from, to));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        for i in 0..100 {
+            parent_to_a.put(&(i * 10)).unwrap();
+            assert_eq!(parent_from_b.get().unwrap(), i * 10 + 2, "each child adds one");
+        }
+        drop(parent_to_a); // A sees Eof and ends, closing its ends; then B does the same
+        assert!(a.join().unwrap().success());
+        assert!(b.join().unwrap().success());
+        assert!(matches!(parent_from_b.get(), Err(Error::Eof)));
+    });
+}
+
+#[test]
+fn siblings_talk_over_a_pipe_the_parent_gave_them() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<String>().unwrap();
+        let (report, report_writer) = pipe::<String>().unwrap();
+        let talker = start_process(writer, |w| w.put(&"hello, sibling".to_string())).unwrap();
+        let listener = start_process((reader, report_writer), |(r, report)| {
+            let heard = r.get()?;
+            report.put(&format!("heard {heard:?}"))
+        })
+        .unwrap();
+        assert_eq!(report.get().unwrap(), "heard \"hello, sibling\"");
+        assert!(talker.join().unwrap().success());
+        assert!(listener.join().unwrap().success());
+    });
+}
+
+#[test]
+fn a_writer_child_that_exits_early_leaves_the_reader_eof_after_its_messages() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<u32>().unwrap();
+        let child = start_process(writer, |w| (1..=3).try_for_each(|i| w.put(&i))).unwrap();
+        let got: Vec<u32> = (0..3).map(|_| reader.get().unwrap()).collect();
+        assert_eq!(got, [1, 2, 3]);
+        assert!(matches!(reader.get(), Err(Error::Eof)), "the writer is gone, at a boundary");
+        assert!(child.join().unwrap().success());
+    });
+}
+
+#[test]
+fn a_reader_child_that_exits_early_leaves_the_writer_a_broken_pipe() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<u32>().unwrap();
+        let child = start_process(reader, |r| r.get().map(drop)).unwrap();
+        writer.put(&1).unwrap();
+        assert!(child.join().unwrap().success());
+        match writer.put(&2) {
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => panic!("expected BrokenPipe once the only reader exited, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn two_and_ten_megabyte_messages_cross_from_a_child_intact() {
+    let _serial = process_lock();
+    let pattern = |len: usize| (0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
+    greenhub::run(|| {
+        for len in [2 << 20, 10 << 20] {
+            let (raw_reader, raw_writer) = raw_pipe().unwrap();
+            let (ser_reader, ser_writer) = pipe::<(u64, Vec<u8>)>().unwrap();
+            let child = start_process((raw_writer, ser_writer), move |(raw, ser)| {
+                raw.put(&pattern(len))?;
+                ser.put(&(len as u64, pattern(len)))
+            })
+            .unwrap();
+            assert!(raw_reader.get().unwrap() == pattern(len), "raw {len} bytes intact");
+            let (announced, body) = ser_reader.get().unwrap();
+            assert_eq!(announced, len as u64);
+            assert!(body == pattern(len), "postcard {len} bytes intact");
+            assert!(child.join().unwrap().success());
+        }
+    });
+}
+
+#[test]
+fn default_names_stay_distinct_across_a_tree_of_processes() {
+    // Parent and child both count on from the counter they share through fork, so a child's
+    // children are named after the child ("Process-N:1"), as multiprocessing does.
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<String>().unwrap();
+        let child = start_process(writer, |w| {
+            let grandchild = start_process((), |()| ())?;
+            w.put(&grandchild.name().to_string())?;
+            grandchild.join().map(drop)
+        })
+        .unwrap();
+        let grandchild = reader.get().unwrap();
+        assert_eq!(grandchild, format!("{}:1", child.name()));
+        assert!(child.join().unwrap().success());
+    });
+}
