@@ -7,8 +7,10 @@
 use crate::handle::Handle;
 
 /// Values made of pipe handles that can be moved into a child process: [`Reader`](crate::Reader),
-/// [`Writer`](crate::Writer), [`Duplex`](crate::Duplex), `()`, tuples of up to 8, `Vec<T>`,
-/// `Option<T>`, `[T; N]`, `Box<T>`.
+/// [`Writer`](crate::Writer), [`Duplex`](crate::Duplex), a program's
+/// [`ChildStdin`](crate::ChildStdin), [`ChildStdout`](crate::ChildStdout) and
+/// [`ChildStderr`](crate::ChildStderr), `()`, tuples of up to 8, `Vec<T>`, `Option<T>`, `[T; N]`,
+/// `Box<T>`.
 ///
 /// The trait is sealed: its one method is an implementation detail.
 pub trait Transfer: sealed::Sealed {}

@@ -39,8 +39,8 @@ pub fn hub_id() -> Option<u64> {
 /// remove the parent's events), and the parent's coroutines must never run or unwind twice. So
 /// the inherited hub and its coroutines are leaked (their memory is a copy-on-write image of the
 /// parent's), the hub's own three fds (epoll, the wake-up eventfd and the timerfd) are closed
-/// without any `epoll_ctl`, and the thread is left without a hub. Helper threads of `spawn_blocking` do not
-/// exist in the child; the fresh hub starts its own. Does nothing on a thread without a hub.
+/// without any `epoll_ctl`, and the thread is left without a hub. Helper threads of
+/// `spawn_blocking` do not exist in the child; the fresh hub starts its own. Does nothing on a thread without a hub.
 ///
 /// # Safety
 /// Call it only in a process just created by `fork` (or `clone` without `CLONE_VM`), on the

@@ -317,7 +317,8 @@ impl Drop for Hub {
 /// The epoll instance and every registration are shared with the parent, so the child must not
 /// poll, register or deregister on it; the parent's coroutines must never be resumed or unwound.
 /// The hub (with its coroutines and their stacks) is leaked, its three fds (epoll, the wake-up
-/// eventfd and the timer's timerfd) are closed, and the thread is left with no hub so that [`run`] can start a fresh one.
+/// eventfd and the timer's timerfd) are closed, and the thread is left with no hub so that
+/// [`run`] can start a fresh one.
 ///
 /// # Safety
 /// Call only in a process that has just been created by `fork` from a thread running a hub, and
