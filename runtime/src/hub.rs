@@ -263,24 +263,30 @@ impl Hub {
     /// unwind), then runs the exit hooks. Called once the root has ended.
     fn shutdown(&self) {
         loop {
-            while let Some(task) = self.oldest_task() {
-                self.cancel(task);
+            let live = self.live_tasks();
+            if live.is_empty() {
+                let hooks = std::mem::take(&mut *self.exit_hooks.borrow_mut());
+                if hooks.is_empty() {
+                    break;
+                }
+                hooks.into_iter().for_each(|hook| hook());
+                continue; // a hook may have spawned coroutines
+            }
+            for task in live {
+                self.cancel(task); // one may already have ended, unwound by another's cancel
                 while !self.resume(task) {}
-            }
-            let hooks = std::mem::take(&mut *self.exit_hooks.borrow_mut());
-            if hooks.is_empty() {
-                break;
-            }
-            for hook in hooks {
-                hook();
             }
         }
         self.ready.borrow_mut().clear();
     }
 
-    fn oldest_task(&self) -> Option<TaskRef> {
+    /// Every task in the table, oldest first.
+    fn live_tasks(&self) -> Vec<TaskRef> {
         let tasks = self.tasks.borrow();
-        tasks.iter().min_by_key(|(_, t)| t.id).map(|(key, t)| TaskRef { key, id: t.id })
+        let mut live: Vec<TaskRef> =
+            tasks.iter().map(|(key, t)| TaskRef { key, id: t.id }).collect();
+        live.sort_by_key(|r| r.id);
+        live
     }
 
     /// Registers `hook` to run when this hub's `run` is about to return, after every coroutine
@@ -294,7 +300,7 @@ impl Hub {
         self.tasks.borrow().get(r.key).is_some_and(|t| t.id == r.id)
     }
 
-    /// The body of a not-yet-started task, for the spawn paths.
+    /// Adds a task that has not started to the table and to the back of the ready queue.
     pub(crate) fn insert_task(&self, body: Body) -> TaskRef {
         let task = Task::new(body);
         let id = task.id;
