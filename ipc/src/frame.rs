@@ -284,9 +284,47 @@ impl Decoder {
              pass the count the read into read_buf's slice returned"
         );
         self.end += k;
+        self.hand_over_if_whole();
+    }
+
+    /// While a big frame arrives detached: its buffer, holding exactly the payload bytes so far,
+    /// with capacity reserved by the same rule as [`read_buf`](Self::read_buf), and how many
+    /// bytes may be appended now. For a reader that can read into uninitialised capacity (std's
+    /// `Read::read_to_end` through `Read::take(limit)`), which saves zero-filling the buffer
+    /// first: append at most that many bytes, then call [`appended`](Self::appended). `None`
+    /// when no frame is detached (use `read_buf` then).
+    pub fn detached_spare(&mut self) -> Option<(&mut Vec<u8>, usize)> {
+        let len = self.detached?;
+        self.buf.truncate(self.end); // zeros a `read_buf` handed out but no read filled
+        let missing = len - self.end;
+        let room = missing.min(ALLOC_CHUNK.max(self.end).min(MAX_AHEAD));
+        if self.buf.capacity() - self.end < room {
+            self.buf.reserve_exact(room);
+        }
+        let limit = missing.min(self.buf.capacity() - self.end);
+        Some((&mut self.buf, limit))
+    }
+
+    /// Records what was appended to the buffer [`detached_spare`](Self::detached_spare) lent.
+    ///
+    /// # Panics
+    /// If more was appended than `detached_spare` allowed (past the frame's end).
+    pub fn appended(&mut self) {
+        let Some(len) = self.detached else { return };
+        assert!(
+            self.buf.len() <= len,
+            "Decoder::appended: {} bytes in a detached frame of {len}: append at most the limit \
+             detached_spare returned",
+            self.buf.len()
+        );
+        self.end = self.buf.len();
+        self.hand_over_if_whole();
+    }
+
+    /// A detached frame that is whole becomes the next payload (its buffer is the message), and
+    /// the stream goes on in a fresh buffer.
+    fn hand_over_if_whole(&mut self) {
         if self.detached == Some(self.end) {
-            // The detached frame is whole: its buffer becomes the message, and the stream goes
-            // on in a fresh buffer.
             self.detached = None;
             self.ready = Some(std::mem::take(&mut self.buf));
             self.end = 0;
@@ -694,6 +732,28 @@ mod tests {
         }
         assert_eq!(out, [(true, big), (false, b"next".to_vec())], "the big frame is handed over");
         assert!(matches!(decoder.on_eof(), Error::Eof));
+    }
+
+    #[test]
+    fn a_detached_frame_can_be_appended_to_without_zero_filling() {
+        let big: Vec<u8> = (0..3 * DETACH_AT + 5).map(|i| (i % 253) as u8).collect();
+        let wire = wire(&[big.clone(), b"tail".to_vec()]);
+        let mut decoder = Decoder::default();
+        decoder.feed(&wire[..100]); // the header and a little payload
+        assert!(decoder.next_frame().unwrap().is_none()); // detaches
+        let mut sent = 100;
+        while let Some((payload, limit)) = decoder.detached_spare() {
+            assert!(limit > 0);
+            let take = limit.min(300_000); // reads come in pieces
+            payload.extend_from_slice(&wire[sent..sent + take]);
+            sent += take;
+            decoder.appended();
+            assert!(decoder.capacity() <= allocation_bound(sent), "bounded as read_buf is");
+        }
+        decoder.feed(&wire[sent..]);
+        let got: Vec<Vec<u8>> =
+            std::iter::from_fn(|| decoder.next_payload().unwrap().map(Payload::into_vec)).collect();
+        assert_eq!(got, [big, b"tail".to_vec()]);
     }
 
     #[test]

@@ -121,14 +121,22 @@ impl<T, C: Codec<T>> Reader<T, C> {
                 Some(Payload::Owned(bytes)) => return self.codec.decode_owned(bytes),
                 None => {}
             }
-            let room = decoder.read_buf(READ_SIZE);
-            // A read either fills `room` and is recorded below before anything can suspend, or
-            // suspends having read nothing: a timeout or cancel never loses bytes.
-            let n = source.read_with(|mut file| file.read(room))?;
+            // A read either takes bytes in and is recorded below before anything can suspend,
+            // or suspends having read nothing: a timeout or cancel never loses bytes.
+            let n = if let Some((payload, limit)) = decoder.detached_spare() {
+                // A big message: read straight into its own buffer, never zero-filled first.
+                let n = source.read_with(|file| append_up_to(file, payload, limit))?;
+                decoder.appended();
+                n
+            } else {
+                let room = decoder.read_buf(READ_SIZE);
+                let n = source.read_with(|mut file| file.read(room))?;
+                decoder.filled(n);
+                n
+            };
             if n == 0 {
                 return Err(decoder.on_eof());
             }
-            decoder.filled(n);
         }
     }
 
@@ -148,6 +156,19 @@ impl<T, C: Codec<T>> Reader<T, C> {
     /// not own it. Dropping the reader also closes it, silently.
     pub fn close(self) -> Result<(), Error> {
         self.handle.close()
+    }
+}
+
+/// Appends at most `limit` bytes from `file` to `payload`, reading into its uninitialised
+/// capacity (std's `read_to_end`), and returns how many. 0 means end of stream. Progress wins
+/// over an error: bytes that arrived are reported (an error, if any, recurs at the next read),
+/// so an error never leaves bytes in the buffer that the decoder has not recorded.
+fn append_up_to(file: &File, payload: &mut Vec<u8>, limit: usize) -> std::io::Result<usize> {
+    let before = payload.len();
+    let outcome = file.take(limit as u64).read_to_end(payload);
+    match payload.len() - before {
+        0 => outcome,
+        n => Ok(n),
     }
 }
 
