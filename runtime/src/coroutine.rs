@@ -603,6 +603,7 @@ impl Hub {
     }
 
     /// Makes a suspended task ready. No effect on a task that is ready, running or ended.
+    #[inline]
     pub(crate) fn wake(&self, r: TaskRef) {
         let mut tasks = self.tasks.borrow_mut();
         let parked = |t: &&mut Task| t.id == r.id && t.state == TaskState::Suspended;
@@ -656,6 +657,7 @@ impl Hub {
     }
 
     /// The running coroutine's ref, or a panic naming `what`.
+    #[inline]
     pub(crate) fn current_task(&self, what: &str) -> TaskRef {
         self.running.task.get().unwrap_or_else(|| outside_coroutine(what))
     }

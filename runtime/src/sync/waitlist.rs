@@ -144,6 +144,7 @@ impl WaitList {
     }
 
     /// Wakes the longest-waiting coroutine; false if none waits.
+    #[inline]
     pub(crate) fn notify_one(&self) -> bool {
         let Some(waiter) = self.queue.borrow_mut().pop_front() else { return false };
         self.woken.set(self.woken.get() + 1);
@@ -167,6 +168,7 @@ impl WaitList {
         self.woken.get()
     }
 
+    #[inline]
     fn position(&self, ticket: u64) -> Result<usize, usize> {
         self.queue.borrow().binary_search_by_key(&ticket, |w| w.ticket)
     }
@@ -188,6 +190,7 @@ struct Entry<'a> {
 }
 
 impl<'a> Entry<'a> {
+    #[inline]
     fn register(list: &'a WaitList, task: TaskRef) -> Self {
         let ticket = list.next_ticket.get();
         list.next_ticket.set(ticket + 1);
@@ -197,11 +200,13 @@ impl<'a> Entry<'a> {
     }
 
     /// After a resume: is the entry still queued, or did a notification take it off?
+    #[inline]
     fn look(&mut self) {
         self.queued = self.list.position(self.waiter.ticket).is_ok();
     }
 
     /// Back to its original place after a wake that did not let it proceed.
+    #[inline]
     fn requeue_if_woken(&mut self) {
         if !self.queued {
             self.list.woken.set(self.list.woken.get() - 1);
@@ -212,12 +217,14 @@ impl<'a> Entry<'a> {
     }
 
     /// The wait succeeded: leave the list without passing anything on.
+    #[inline]
     fn settle(&mut self) {
         self.settled = true;
         self.leave();
     }
 
     /// Leaves the list: removes the entry if still queued, else stops counting it as woken.
+    #[inline]
     fn leave(&self) {
         if self.queued {
             let at = self.list.position(self.waiter.ticket).expect("a queued entry is in the list");
@@ -229,6 +236,7 @@ impl<'a> Entry<'a> {
 }
 
 impl Drop for Entry<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.settled {
             return;
