@@ -15,10 +15,10 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use crate::coroutine::{self, Suspend, TaskRef};
+use crate::coroutine::{self, Suspend};
 use crate::hub::{Hub, hub};
-use crate::sync::waitlist::WaitReason;
 use crate::sys;
+use crate::task::{TaskRef, WaitReason};
 
 /// At most this many helper threads per hub (gevent's default threadpool size is 10).
 const MAX_THREADS: usize = 10;

@@ -1,34 +1,37 @@
-//! Coroutines: the task table entries, `spawn`, `JoinHandle`, suspension, and pooled stacks.
+//! Coroutines: `spawn`, suspension, and the switch path between the loop and a coroutine.
 //!
-//! This is the only file that names corosensei. Guarantee: a coroutine starts at a later hub turn
-//! than its `spawn`, in spawn order; it gets its stack when it first runs (so unstarted coroutines
-//! cost no memory mapping) and gives it back to the pool when it ends. Cancellation and timeouts
-//! are resume values that the suspension point turns into an unwind with a private payload.
-//! Not guaranteed: which pooled stack a coroutine gets, or that stack memory is returned to the OS.
+//! With `stack.rs`, the only file that names corosensei. Guarantee: a coroutine starts at a later
+//! hub turn than its `spawn`, in spawn order; it gets its stack when it first runs (so unstarted
+//! coroutines cost no memory mapping) and gives it back to the pool when it ends. Cancellation
+//! and timeouts are resume values that the suspension point turns into an unwind with a private
+//! payload. Not guaranteed: which pooled stack a coroutine gets.
+//!
+//! Invariant: only the loop, on the thread's own stack, calls [`Hub::resume`], never a coroutine,
+//! so at most one coroutine runs at a time and `Running` describes it (see task.rs for the
+//! states a task goes through).
 
-use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fmt;
-use std::marker::PhantomData;
 use std::mem;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
-use corosensei::stack::{DefaultStack, Stack};
+use corosensei::stack::Stack as _;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 
-use crate::hub::{Hub, hub, try_hub};
-use crate::sync::waitlist::{WaitList, WaitReason};
+use crate::hub::{Hub, hub};
+use crate::join::{JoinError, JoinHandle, JoinState, Joinable};
+use crate::stack::CoStack;
 use crate::sys;
-use crate::timer::TimedOut;
+use crate::task::{Body, CancelMark, TaskRef, TaskState, WaitReason};
+use crate::timer::{TimedOut, TimeoutId};
 
-type Co = Coroutine<Wake, Suspend, (), DefaultStack>;
+type Co = Coroutine<Wake, Suspend, (), CoStack>;
 
 /// A coroutine on the heap, so that parking and resuming move a pointer; `None` only in the
 /// moment between a pooled coroutine giving up its stack and the new one taking it.
-type CoBox = Box<Option<Co>>;
-type CoYielder = Yielder<Wake, Suspend>;
+pub(crate) type CoBox = Box<Option<Co>>;
+pub(crate) type CoYielder = Yielder<Wake, Suspend>;
 
 /// What the loop passes to a coroutine it resumes.
 pub(crate) enum Wake {
@@ -37,9 +40,9 @@ pub(crate) enum Wake {
     /// Unwind with the private cancellation payload.
     Cancel,
     /// Unwind to the `timeout` boundary with this id.
-    Timeout(u64),
+    Timeout(TimeoutId),
     /// Panic with the hub's deadlock report: nothing can ever wake the root again. (The report
-    /// waits in `Hub::deadlock`, so that this enum, moved on every switch, stays two words.)
+    /// waits in the hub, so that this enum, moved on every switch, stays two words.)
     Deadlock,
 }
 
@@ -54,23 +57,6 @@ pub(crate) enum Suspend {
 /// The unwind payload of a cancelled coroutine.
 struct Cancelled;
 
-/// A coroutine's key in the hub's table, with its id to detect a reused slot.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct TaskRef {
-    pub(crate) key: usize,
-    pub(crate) id: CoroutineId,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum TaskState {
-    /// In the ready queue exactly once.
-    Ready,
-    /// Being resumed by the loop.
-    Running,
-    /// Parked; only a wake or an interrupt puts it back in the ready queue.
-    Suspended,
-}
-
 /// A coroutine's body and result slot, shared by the task table and the `JoinHandle`.
 pub(crate) trait Start {
     /// Runs the body to its end on the coroutine's stack.
@@ -80,45 +66,6 @@ pub(crate) trait Start {
     fn cancel(&self);
     /// The coroutine could not start (no stack): end it with this error.
     fn fail(&self, error: JoinError);
-}
-
-/// A coroutine in the hub's table.
-pub(crate) struct Task {
-    pub(crate) id: CoroutineId,
-    pub(crate) state: TaskState,
-    /// What it waits on while suspended (for the deadlock report).
-    pub(crate) waiting: WaitReason,
-    body: Body,
-    /// A timeout or deadlock interrupt to deliver at the next resume.
-    pending: Option<Wake>,
-    /// Set by `cancel`; every later resume or suspension point unwinds.
-    cancelled: bool,
-    yielder: *const CoYielder,
-    /// Lowest address of its stack mapping (the guard page), for the overflow reporter.
-    stack_limit: usize,
-}
-
-pub(crate) enum Body {
-    Start(Rc<dyn Start>),
-    /// Boxed so that parking and resuming move a pointer, not the coroutine.
-    Parked(CoBox),
-    /// Taken out by the loop while it runs.
-    Running,
-}
-
-impl Task {
-    pub(crate) fn new(body: Body) -> Task {
-        Task {
-            id: CoroutineId::next(),
-            state: TaskState::Ready,
-            waiting: WaitReason::Nothing,
-            body,
-            pending: None,
-            cancelled: false,
-            yielder: std::ptr::null(),
-            stack_limit: 0,
-        }
-    }
 }
 
 /// The coroutine the loop is running now, as three cells so that the suspension path reads
@@ -143,6 +90,7 @@ impl Default for Running {
 
 impl Running {
     fn enter(&self, task: TaskRef, yielder: *const CoYielder, cancelled: bool) {
+        debug_assert!(self.task.get().is_none(), "only the loop resumes a coroutine");
         self.task.set(Some(task));
         self.yielder.set(yielder);
         self.cancelled.set(cancelled);
@@ -172,12 +120,17 @@ thread_local! {
 }
 
 impl CoroutineId {
-    fn next() -> CoroutineId {
+    pub(crate) fn next() -> CoroutineId {
         NEXT_COROUTINE_ID.with(|n| {
             let id = n.get();
             n.set(id + 1);
             CoroutineId(id)
         })
+    }
+
+    /// The number, for the fault handler's report (which cannot format).
+    pub(crate) fn get(self) -> u64 {
+        self.0
     }
 }
 
@@ -195,7 +148,7 @@ impl fmt::Display for CoroutineId {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Spawning and joining
+// Spawning
 
 /// Starts `f` as a new coroutine of the current hub and returns a handle to join or cancel it.
 ///
@@ -219,8 +172,8 @@ where
 {
     let hub = hub("spawn");
     let spawned = Rc::new(Spawned::new(f));
-    let task = hub.insert_task(Body::Start(spawned.clone()));
-    JoinHandle { task, spawned }
+    let task = hub.tasks.insert(Body::Start(spawned.clone()));
+    JoinHandle::new(task, spawned)
 }
 
 /// Puts the calling coroutine at the back of the ready queue and runs the others.
@@ -289,11 +242,6 @@ impl<F: FnOnce() -> T, T> Start for Spawned<F, T> {
     }
 }
 
-/// The result side of a `Spawned`, with the closure type erased.
-pub(crate) trait Joinable<T> {
-    fn state(&self) -> &JoinState<T>;
-}
-
 impl<F, T> Joinable<T> for Spawned<F, T> {
     fn state(&self) -> &JoinState<T> {
         &self.state
@@ -305,170 +253,6 @@ thread_local! {
     /// panicked): corosensei then unwinds them with its own payload, which must pass through.
     static FORCE_DROPPING: Cell<bool> = const { Cell::new(false) };
 }
-
-/// The result slot shared by a coroutine and its handle.
-pub(crate) struct JoinState<T> {
-    result: RefCell<Option<Result<T, JoinError>>>,
-    finished: Cell<bool>,
-    waiters: WaitList,
-}
-
-impl<T> JoinState<T> {
-    pub(crate) fn new() -> Self {
-        JoinState {
-            result: RefCell::new(None),
-            finished: Cell::new(false),
-            waiters: WaitList::new(),
-        }
-    }
-
-    fn finish(&self, result: Result<T, JoinError>) {
-        *self.result.borrow_mut() = Some(result);
-        self.finished.set(true);
-        self.waiters.notify_all();
-    }
-
-    pub(crate) fn take(&self) -> Option<Result<T, JoinError>> {
-        self.result.borrow_mut().take()
-    }
-}
-
-/// A handle to a spawned coroutine: join it, wait for it with a timeout, or cancel it.
-///
-/// Dropping the handle detaches the coroutine; it runs on. Like every type bound to a hub, it
-/// cannot leave its thread:
-///
-/// ```compile_fail
-/// fn assert_send<T: Send>(_: &T) {}
-/// greenhub::run(|| assert_send(&greenhub::spawn(|| ())));
-/// ```
-pub struct JoinHandle<T> {
-    task: TaskRef,
-    spawned: Rc<dyn Joinable<T>>,
-}
-
-impl<T> JoinHandle<T> {
-    /// Suspends the caller until the coroutine ends; returns its value, or why it has none.
-    ///
-    /// ```
-    /// greenhub::run(|| {
-    ///     let h = greenhub::spawn(|| -> u8 { panic!("boom") });
-    ///     assert!(h.join().unwrap_err().is_panic());
-    /// });
-    /// ```
-    pub fn join(self) -> Result<T, JoinError> {
-        let state = self.spawned.state();
-        let result =
-            state.waiters.wait_until(WaitReason::Join(self.task.id), None, || state.take());
-        result.expect("a join without deadline returns only with the result")
-    }
-
-    /// Suspends the caller until the coroutine ends or `d` passes; true when it has ended.
-    pub fn wait_timeout(&self, d: Duration) -> bool {
-        let deadline = Instant::now().checked_add(d);
-        let state = self.spawned.state();
-        let reason = WaitReason::Join(self.task.id);
-        state.waiters.wait_until(reason, deadline, || state.finished.get().then_some(())).is_some()
-    }
-
-    /// Whether the coroutine has ended (returned, panicked or was cancelled).
-    pub fn is_finished(&self) -> bool {
-        self.spawned.state().finished.get()
-    }
-
-    /// Cancels the coroutine (gevent's `kill`): it unwinds from its current or next suspension
-    /// point, running destructors, and ends as cancelled. A coroutine that has not started never
-    /// runs its body. Does nothing once it has ended. Does not wait: `join` for that.
-    pub fn cancel(&self) {
-        if let Some(hub) = try_hub() {
-            hub.cancel(self.task);
-        }
-    }
-
-    /// The coroutine's id.
-    pub fn id(&self) -> CoroutineId {
-        self.task.id
-    }
-}
-
-impl<T> fmt::Debug for JoinHandle<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JoinHandle")
-            .field("id", &self.task.id)
-            .field("finished", &self.is_finished())
-            .finish()
-    }
-}
-
-/// Why a coroutine has no value: it panicked, or it was cancelled.
-pub struct JoinError {
-    repr: Repr,
-}
-
-enum Repr {
-    Cancelled,
-    Panic(Box<dyn Any + Send>),
-}
-
-impl JoinError {
-    pub(crate) fn cancelled() -> Self {
-        JoinError { repr: Repr::Cancelled }
-    }
-
-    pub(crate) fn panicked(payload: Box<dyn Any + Send>) -> Self {
-        JoinError { repr: Repr::Panic(payload) }
-    }
-
-    /// True when the coroutine panicked.
-    pub fn is_panic(&self) -> bool {
-        matches!(self.repr, Repr::Panic(_))
-    }
-
-    /// True when the coroutine was cancelled (before it started or while it ran).
-    pub fn is_cancelled(&self) -> bool {
-        matches!(self.repr, Repr::Cancelled)
-    }
-
-    /// The panic payload, to rethrow with `std::panic::resume_unwind`.
-    ///
-    /// # Panics
-    /// If the coroutine was cancelled rather than panicked.
-    pub fn into_panic(self) -> Box<dyn Any + Send> {
-        match self.repr {
-            Repr::Panic(payload) => payload,
-            Repr::Cancelled => panic!("JoinError::into_panic on a cancelled coroutine"),
-        }
-    }
-
-    fn panic_message(&self) -> Option<&str> {
-        let Repr::Panic(payload) = &self.repr else { return None };
-        payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-    }
-}
-
-impl fmt::Debug for JoinError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.repr {
-            Repr::Cancelled => f.write_str("JoinError::Cancelled"),
-            Repr::Panic(_) => write!(f, "JoinError::Panic({:?})", self.panic_message()),
-        }
-    }
-}
-
-impl fmt::Display for JoinError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.repr, self.panic_message()) {
-            (Repr::Cancelled, _) => f.write_str("the coroutine was cancelled"),
-            (Repr::Panic(_), Some(msg)) => write!(f, "the coroutine panicked: {msg}"),
-            (Repr::Panic(_), None) => f.write_str("the coroutine panicked"),
-        }
-    }
-}
-
-impl std::error::Error for JoinError {}
 
 // ---------------------------------------------------------------------------------------------
 // Suspension: the only place a coroutine gives control back to the loop
@@ -499,7 +283,7 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
         Wake::Cancel => panic::resume_unwind(Box::new(Cancelled)),
         Wake::Timeout(id) => panic::resume_unwind(Box::new(TimedOut(id))),
         Wake::Deadlock => {
-            let report = hub.deadlock.take().unwrap_or_default();
+            let report = hub.take_deadlock_report();
             panic!("{report}")
         }
     }
@@ -517,7 +301,7 @@ impl Hub {
         // while `run` unwinds, both before the borrowed data's scope ends. In a forked child the
         // hub is leaked instead, and the child never returns to that scope (it `_exit`s).
         let body: Rc<dyn Start + 'static> = unsafe { mem::transmute(body) };
-        self.insert_task(Body::Start(body))
+        self.tasks.insert(Body::Start(body))
     }
 
     /// Resumes a task until it suspends or ends; true if it ended (or could not start). Stale
@@ -525,10 +309,10 @@ impl Hub {
     #[inline(always)]
     pub(crate) fn resume(&self, r: TaskRef) -> bool {
         let Some((mut co, wake, yielder, stack_limit)) = self.prepare(r) else {
-            return !self.is_alive(r);
+            return !self.tasks.is_alive(r);
         };
         self.running.enter(r, yielder, matches!(wake, Wake::Cancel));
-        sys::watch_stack(stack_limit, r.id.0, self.stacks.size);
+        sys::watch_stack(stack_limit, r.id.get(), self.stacks.size());
         let result = Option::as_mut(&mut *co).expect("a parked coroutine").resume(wake);
         sys::unwatch_stack();
         self.running.leave();
@@ -560,6 +344,7 @@ impl Hub {
             Body::Parked(co) => co,
             Body::Start(start) => match self.stacks.take(r.id) {
                 Ok((mut co, stack)) => {
+                    debug_assert!(task.state == TaskState::Ready && task.yielder.is_null());
                     task.stack_limit = stack.limit().get();
                     *co = Some(new_coroutine(stack, start));
                     co
@@ -582,11 +367,12 @@ impl Hub {
     fn park(&self, r: TaskRef, co: CoBox, how: Suspend) {
         let mut tasks = self.tasks.borrow_mut();
         let task = &mut tasks[r.key];
+        debug_assert!(task.state == TaskState::Running && matches!(task.body, Body::Running));
         task.body = Body::Parked(co);
         match how {
             Suspend::Yield => {
                 task.state = TaskState::Ready;
-                self.ready.borrow_mut().push_back(r);
+                self.tasks.push_ready(r);
             }
             Suspend::Wait(reason) => {
                 task.state = TaskState::Suspended;
@@ -605,50 +391,27 @@ impl Hub {
     /// Makes a suspended task ready. No effect on a task that is ready, running or ended.
     #[inline]
     pub(crate) fn wake(&self, r: TaskRef) {
-        let mut tasks = self.tasks.borrow_mut();
-        let parked = |t: &&mut Task| t.id == r.id && t.state == TaskState::Suspended;
-        if let Some(task) = tasks.get_mut(r.key).filter(parked) {
-            task.state = TaskState::Ready;
-            self.ready.borrow_mut().push_back(r);
-        }
+        self.tasks.wake(r);
     }
 
     /// Delivers `wake` (timeout or deadlock) at the task's next resume, waking it if parked.
     pub(crate) fn interrupt(&self, r: TaskRef, wake: Wake) {
-        {
-            let mut tasks = self.tasks.borrow_mut();
-            let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) else { return };
-            task.pending = match (task.pending.take(), wake) {
-                (_, Wake::Deadlock) => Some(Wake::Deadlock),
-                // Two timeouts fired in one turn: they are nested (a coroutine is inside both),
-                // and the outer one, created first, has the smaller id. It must win, or the
-                // inner boundary would catch it and the outer deadline would be lost.
-                (Some(Wake::Timeout(a)), Wake::Timeout(b)) => Some(Wake::Timeout(a.min(b))),
-                (None, wake) => Some(wake),
-                (pending, _) => pending,
-            };
-        }
-        self.wake(r);
+        self.tasks.interrupt(r, wake);
     }
 
     /// Cancels a task: an unstarted one is removed at once (its body never runs); a started one
     /// unwinds at its current or next suspension point.
     pub(crate) fn cancel(&self, r: TaskRef) {
-        let mut tasks = self.tasks.borrow_mut();
-        let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) else { return };
-        if let Body::Start(start) = &task.body {
-            let start = start.clone();
-            drop(tasks.remove(r.key));
-            drop(tasks);
-            start.cancel(); // its body never runs; joiners see `Cancelled`
-            return;
+        match self.tasks.mark_cancelled(r) {
+            CancelMark::Gone => {}
+            CancelMark::Unstarted(start) => start.cancel(), // joiners see `Cancelled`
+            CancelMark::Started => {
+                if self.running.task.get() == Some(r) {
+                    self.running.cancelled.set(true); // cancelling itself: its next suspension unwinds
+                }
+                self.tasks.wake(r);
+            }
         }
-        task.cancelled = true;
-        drop(tasks);
-        if self.running.task.get() == Some(r) {
-            self.running.cancelled.set(true); // cancelling itself: its next suspension unwinds
-        }
-        self.wake(r);
     }
 
     /// Whether the running coroutine has been cancelled.
@@ -663,7 +426,7 @@ impl Hub {
     }
 }
 
-fn new_coroutine(stack: DefaultStack, start: Rc<dyn Start>) -> Co {
+fn new_coroutine(stack: CoStack, start: Rc<dyn Start>) -> Co {
     Coroutine::with_stack(stack, move |yielder: &CoYielder, _first: Wake| {
         // A task is never interrupted before it starts: cancelling an unstarted task removes it.
         hub("spawn").started(yielder);
@@ -673,7 +436,7 @@ fn new_coroutine(stack: DefaultStack, start: Rc<dyn Start>) -> Co {
 
 /// Drops coroutines that may still be suspended (only when the loop itself failed): corosensei
 /// force-unwinds them, and its payload must not be caught by the bodies.
-pub(crate) fn force_drop(tasks: slab::Slab<Task>) {
+pub(crate) fn force_drop(tasks: slab::Slab<crate::task::Task>) {
     FORCE_DROPPING.with(|f| f.set(true));
     drop(tasks);
     FORCE_DROPPING.with(|f| f.set(false));
@@ -682,79 +445,4 @@ pub(crate) fn force_drop(tasks: slab::Slab<Task>) {
 /// After fork, in the child: the running coroutine belongs to the parent's hub.
 pub(crate) fn forget_running_after_fork() {
     sys::unwatch_stack();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Stacks
-
-/// How many free stacks a hub keeps for reuse. Beyond that, finished coroutines' stacks are
-/// unmapped (a stack's touched pages stay resident while pooled).
-const STACK_POOL_MAX: usize = 1024;
-
-/// Guard-paged stacks for reuse: a fresh mapping costs microseconds, a reused one nanoseconds.
-/// The pool keeps each stack inside the box of the finished coroutine that last ran on it, so a
-/// new coroutine reuses the box's allocation too.
-pub(crate) struct StackPool {
-    /// Boxes holding finished coroutines, each with its stack.
-    free: RefCell<Vec<CoBox>>,
-    pub(crate) size: usize,
-    refusal_reported: Cell<bool>,
-    _not_send: PhantomData<*mut ()>,
-}
-
-impl StackPool {
-    pub(crate) fn new(size: usize) -> Self {
-        StackPool {
-            free: RefCell::new(Vec::new()),
-            size,
-            refusal_reported: Cell::new(false),
-            _not_send: PhantomData,
-        }
-    }
-
-    /// An empty box and a stack for coroutine `id`: pooled ones, or new ones.
-    fn take(&self, id: CoroutineId) -> Result<(CoBox, DefaultStack), JoinError> {
-        if let Some(mut finished) = self.free.borrow_mut().pop() {
-            let stack = finished.take().expect("pooled boxes hold a coroutine").into_stack();
-            return Ok((finished, stack));
-        }
-        match DefaultStack::new(self.size) {
-            Ok(stack) => Ok((Box::new(None), stack)),
-            Err(e) => {
-                let message = stack_refused_message(id, self.size, &e);
-                if !self.refusal_reported.replace(true) {
-                    // Once per hub on stderr (thousands of refusals would drown it); every
-                    // refused coroutine still carries the message in its JoinError.
-                    eprintln!("{message}");
-                }
-                Err(JoinError::panicked(Box::new(message)))
-            }
-        }
-    }
-
-    /// Keeps a finished coroutine (its box and stack) for reuse, up to the pool's size.
-    fn put(&self, finished: CoBox) {
-        let mut free = self.free.borrow_mut();
-        if free.len() < STACK_POOL_MAX {
-            free.push(finished);
-        }
-    }
-}
-
-impl fmt::Debug for StackPool {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StackPool({} free of {} bytes)", self.free.borrow().len(), self.size)
-    }
-}
-
-fn stack_refused_message(id: CoroutineId, size: usize, e: &std::io::Error) -> String {
-    let limit = sys::max_map_count()
-        .map(|n| format!("vm.max_map_count is {n}, about {} live stacks", n / 2))
-        .unwrap_or_else(|| "see vm.max_map_count".to_string());
-    format!(
-        "greenhub: the OS refused a stack for coroutine {id} ({size} bytes + guard page): {e}. \
-         Each live coroutine stack is two memory mappings and the sysctl vm.max_map_count caps \
-         the mappings of a process ({limit}); raise it (sysctl -w vm.max_map_count=N) or keep \
-         fewer coroutines alive at once."
-    )
 }

@@ -29,7 +29,7 @@ pub fn at_exit(hook: impl FnOnce() + 'static) {
 /// outside a hub. A registration or cache keyed by it is never mistaken for one of another
 /// hub's, including the parent's hub inherited through fork.
 pub fn hub_id() -> Option<u64> {
-    hub::try_hub().map(|h| h.id)
+    hub::try_hub().map(|h| h.id().get())
 }
 
 /// After `fork`, in the child: forgets the hub inherited from the parent, without touching it,

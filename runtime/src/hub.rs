@@ -5,9 +5,20 @@
 //! OS answered. Only the loop (on the thread's own stack) resumes coroutines; a coroutine only
 //! ever suspends back to the loop. Not guaranteed: the order in which coroutines woken in the same
 //! turn by *different* sources run (each primitive's own waiters are FIFO).
+//!
+//! # Invariants of [`Hub`]
+//! - One hub per thread, found through `CURRENT_HUB`, which is non-null exactly while [`run`]
+//!   runs on that thread (or, in a forked child, until `forget_inherited` clears it).
+//! - Every field uses interior mutability, and every borrow is short: none is held across a
+//!   switch into or out of a coroutine, so code running in a coroutine may take any of them.
+//! - Who touches what: `tasks` belongs to task.rs (the table and ready queue) and coroutine.rs
+//!   (the switch path); `running` and `stacks` to coroutine.rs and stack.rs; `timers` to
+//!   timer.rs; `reactor` to io.rs; `remote` and `pool` to blocking.rs. The loop itself
+//!   ([`Hub::turn`], shutdown, the deadlock report) reads them all, on the thread's own stack.
+//! - The root ends last but for shutdown: `run_until_done` returns once the root has left the
+//!   table; `shutdown` then unwinds every other task before `run` returns.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
@@ -16,11 +27,12 @@ use std::ptr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use slab::Slab;
-
 use crate::blocking::{Pool, Remote};
-use crate::coroutine::{self, Body, Joinable, Spawned, StackPool, Task, TaskRef, TaskState, Wake};
+use crate::coroutine::{self, Running, Spawned, Wake};
 use crate::io::{Reactor, Wait};
+use crate::join::Joinable as _;
+use crate::stack::StackPool;
+use crate::task::{TaskRef, TaskTable};
 use crate::timer::Timers;
 
 /// How many coroutines one turn may run before the hub polls the OS again (with a zero timeout
@@ -40,22 +52,36 @@ thread_local! {
 /// from the parent's hub through fork) is never mistaken for one of the current hub's.
 static NEXT_HUB_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The state of one hub. Every field uses interior mutability: the loop and the coroutines it
-/// resumes take short borrows, never held across a switch.
+/// A hub's id: distinct among the hubs of this process (and of its fork ancestors, whose
+/// counter a child inherits).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct HubId(u64);
+
+impl HubId {
+    fn next() -> HubId {
+        HubId(NEXT_HUB_ID.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The number, for `ext::hub_id`.
+    pub(crate) fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// The state of one hub (see the module docs for who touches which field).
 pub(crate) struct Hub {
-    pub(crate) id: u64,
-    pub(crate) tasks: RefCell<Slab<Task>>,
-    pub(crate) ready: RefCell<VecDeque<TaskRef>>,
+    id: HubId,
+    pub(crate) tasks: TaskTable,
     /// The coroutine running now, if any (set only while the loop is inside `resume`).
-    pub(crate) running: coroutine::Running,
+    pub(crate) running: Running,
+    pub(crate) stacks: StackPool,
     pub(crate) timers: Timers,
     pub(crate) reactor: Reactor,
     pub(crate) remote: std::sync::Arc<Remote>,
     pub(crate) pool: RefCell<Option<Pool>>,
-    pub(crate) stacks: StackPool,
     exit_hooks: RefCell<Vec<Box<dyn FnOnce()>>>,
     /// The report for the root's `Wake::Deadlock`, taken by its suspension point.
-    pub(crate) deadlock: Cell<Option<String>>,
+    deadlock: Cell<Option<String>>,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -177,10 +203,9 @@ impl Hub {
         let reactor = Reactor::new(waker.as_raw_fd())?;
         let remote = std::sync::Arc::new(Remote::new(waker));
         Ok(Hub {
-            id: NEXT_HUB_ID.fetch_add(1, Ordering::Relaxed),
-            tasks: RefCell::new(Slab::new()),
-            ready: RefCell::new(VecDeque::new()),
-            running: coroutine::Running::default(),
+            id: HubId::next(),
+            tasks: TaskTable::default(),
+            running: Running::default(),
             timers: Timers::default(),
             reactor,
             remote,
@@ -192,9 +217,14 @@ impl Hub {
         })
     }
 
+    /// This hub's id.
+    pub(crate) fn id(&self) -> HubId {
+        self.id
+    }
+
     /// Drives the loop until the root coroutine has ended.
     fn run_until_done(&self, root: TaskRef) {
-        while self.is_alive(root) {
+        while self.tasks.is_alive(root) {
             self.turn(root);
         }
     }
@@ -203,7 +233,7 @@ impl Hub {
     fn turn(&self, root: TaskRef) {
         // 1. Run what is ready, up to the fairness budget.
         for _ in 0..FAIRNESS_BUDGET {
-            let Some(next) = self.ready.borrow_mut().pop_front() else { break };
+            let Some(next) = self.tasks.pop_ready() else { break };
             if self.resume(next) && next == root {
                 return; // the root ended: `run` is done
             }
@@ -212,7 +242,7 @@ impl Hub {
         self.timers.fire_expired(self);
         // 3. Poll: without blocking while coroutines are ready, else until the next timer.
         let wait = match self.timers.next_deadline() {
-            _ if !self.ready.borrow().is_empty() => Wait::Poll,
+            _ if self.tasks.has_ready() => Wait::Poll,
             Some(at) => Wait::Until(at),
             None if self.anything_can_wake() => Wait::Forever,
             None => return self.report_deadlock(root),
@@ -223,7 +253,7 @@ impl Hub {
 
     /// Whether any source outside the coroutines could ever make one ready again.
     fn anything_can_wake(&self) -> bool {
-        !self.ready.borrow().is_empty()
+        self.tasks.has_ready()
             || !self.timers.is_empty()
             || self.reactor.has_waiters()
             || self.remote.in_flight() > 0
@@ -236,26 +266,22 @@ impl Hub {
         self.interrupt(root, Wake::Deadlock);
     }
 
+    /// Takes the report made for the root's `Wake::Deadlock`.
+    pub(crate) fn take_deadlock_report(&self) -> String {
+        self.deadlock.take().unwrap_or_default()
+    }
+
     fn deadlock_report(&self, root: TaskRef) -> String {
-        let tasks = self.tasks.borrow();
-        let waiting = |t: &Task| match t.state {
-            TaskState::Suspended => format!("waiting on {}", t.waiting),
-            TaskState::Ready => "ready".to_string(),
-            TaskState::Running => "running".to_string(),
-        };
-        let root_task = &tasks[root.key];
+        let waits_on = self.tasks.with(root, |t| t.waiting.to_string()).unwrap_or_default();
         let mut report = format!(
-            "greenhub: the root coroutine would block forever: it waits on {}, and nothing can \
-             wake any coroutine again (no coroutine is ready; no timer, fd, child process or \
-             helper thread is pending).\nlive coroutines:",
-            root_task.waiting
+            "greenhub: the root coroutine would block forever: it waits on {waits_on}, and \
+             nothing can wake any coroutine again (no coroutine is ready; no timer, fd, child \
+             process or helper thread is pending).\nlive coroutines:"
         );
-        let mut live: Vec<&Task> = tasks.iter().map(|(_, t)| t).collect();
-        live.sort_by_key(|t| t.id);
-        for t in live {
+        self.tasks.for_each_oldest_first(|t| {
             let tag = if t.id == root.id { " (root)" } else { "" };
-            let _ = write!(report, "\n  coroutine {}{tag}: {}", t.id, waiting(t));
-        }
+            let _ = write!(report, "\n  coroutine {}{tag}: {}", t.id, t.describe_state());
+        });
         report
     }
 
@@ -263,7 +289,7 @@ impl Hub {
     /// unwind), then runs the exit hooks. Called once the root has ended.
     fn shutdown(&self) {
         loop {
-            let live = self.live_tasks();
+            let live = self.tasks.live();
             if live.is_empty() {
                 let hooks = std::mem::take(&mut *self.exit_hooks.borrow_mut());
                 if hooks.is_empty() {
@@ -277,16 +303,7 @@ impl Hub {
                 while !self.resume(task) {}
             }
         }
-        self.ready.borrow_mut().clear();
-    }
-
-    /// Every task in the table, oldest first.
-    fn live_tasks(&self) -> Vec<TaskRef> {
-        let tasks = self.tasks.borrow();
-        let mut live: Vec<TaskRef> =
-            tasks.iter().map(|(key, t)| TaskRef { key, id: t.id }).collect();
-        live.sort_by_key(|r| r.id);
-        live
+        self.tasks.clear_ready();
     }
 
     /// Registers `hook` to run when this hub's `run` is about to return, after every coroutine
@@ -294,27 +311,12 @@ impl Hub {
     pub(crate) fn at_exit(&self, hook: Box<dyn FnOnce()>) {
         self.exit_hooks.borrow_mut().push(hook);
     }
-
-    /// Whether the task behind `r` is still in the table (not yet ended).
-    pub(crate) fn is_alive(&self, r: TaskRef) -> bool {
-        self.tasks.borrow().get(r.key).is_some_and(|t| t.id == r.id)
-    }
-
-    /// Adds a task that has not started to the table and to the back of the ready queue.
-    pub(crate) fn insert_task(&self, body: Body) -> TaskRef {
-        let task = Task::new(body);
-        let id = task.id;
-        let key = self.tasks.borrow_mut().insert(task);
-        let r = TaskRef { key, id };
-        self.ready.borrow_mut().push_back(r);
-        r
-    }
 }
 
 impl Drop for Hub {
     fn drop(&mut self) {
         // Empty after a normal `run`; coroutines remain only if the loop itself panicked.
-        coroutine::force_drop(std::mem::take(self.tasks.get_mut()));
+        coroutine::force_drop(self.tasks.take_all());
     }
 }
 

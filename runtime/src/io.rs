@@ -19,9 +19,10 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::hub::{Hub, hub, try_hub};
-use crate::sync::waitlist::{WaitList, WaitReason};
+use crate::hub::{Hub, HubId, hub, try_hub};
+use crate::sync::waitlist::WaitList;
 use crate::sys;
+use crate::task::WaitReason;
 
 /// The token of the eventfd that other threads write to wake the loop.
 const WAKER: Token = Token(usize::MAX);
@@ -140,7 +141,7 @@ impl Reactor {
 
     /// Registers `fd` (edge-triggered, both directions). Registering an fd adds it to epoll,
     /// which reports its current readiness at the next poll.
-    fn register(&self, hub_id: u64, fd: RawFd) -> io::Result<Rc<Registration>> {
+    fn register(&self, hub_id: HubId, fd: RawFd) -> io::Result<Rc<Registration>> {
         let mut registrations = self.registrations.borrow_mut();
         let entry = registrations.vacant_entry();
         let key = entry.key();
@@ -187,7 +188,7 @@ impl Reactor {
 /// One fd registered with one hub. Deregistered when the last reference drops, if that hub is
 /// still the current one (never after fork: the inherited epoll is shared with the parent).
 struct Registration {
-    hub_id: u64,
+    hub_id: HubId,
     key: usize,
     fd: RawFd,
     readable: Cell<bool>,
@@ -224,7 +225,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Some(hub) = try_hub().filter(|h| h.id == self.hub_id) {
+        if let Some(hub) = try_hub().filter(|h| h.id() == self.hub_id) {
             hub.reactor.deregister(self);
         }
     }
@@ -349,13 +350,13 @@ impl<T: AsRawFd> Source<T> {
     /// This source's registration with `hub`, made on first use (or anew in a forked child).
     fn registration(&self, hub: &Hub) -> io::Result<Rc<Registration>> {
         let mut slot = self.registration.borrow_mut();
-        if let Some(r) = slot.as_ref().filter(|r| r.hub_id == hub.id) {
+        if let Some(r) = slot.as_ref().filter(|r| r.hub_id == hub.id()) {
             return Ok(r.clone());
         }
         let fd = self.io.as_raw_fd();
         let fresh = match hub.reactor.registration_of(fd) {
             Some(existing) => existing,
-            None => hub.reactor.register(hub.id, fd)?,
+            None => hub.reactor.register(hub.id(), fd)?,
         };
         *slot = Some(fresh.clone());
         Ok(fresh)
@@ -423,7 +424,7 @@ fn wait_fd(fd: RawFd, dir: Direction, what: &str) -> io::Result<()> {
             }
             existing
         }
-        None => hub.reactor.register(hub.id, fd)?,
+        None => hub.reactor.register(hub.id(), fd)?,
     };
     registration.wait(hub, dir);
     Ok(())

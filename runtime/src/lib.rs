@@ -44,12 +44,16 @@ mod coroutine;
 pub mod ext;
 mod hub;
 pub mod io;
+mod join;
 pub mod net;
+mod stack;
 pub mod sync;
 mod sys;
+mod task;
 mod timer;
 
 pub use blocking::spawn_blocking;
-pub use coroutine::{CoroutineId, JoinError, JoinHandle, current, spawn, yield_now};
+pub use coroutine::{CoroutineId, current, spawn, yield_now};
 pub use hub::{Builder, run};
+pub use join::{JoinError, JoinHandle};
 pub use timer::{Elapsed, sleep, timeout};

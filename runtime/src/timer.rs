@@ -12,12 +12,22 @@ use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use crate::coroutine::{self, Suspend, TaskRef, Wake};
+use crate::coroutine::{self, Suspend, Wake};
 use crate::hub::{Hub, hub};
-use crate::sync::waitlist::WaitReason;
+use crate::task::{TaskRef, WaitReason};
 
-/// A timer's key: its deadline, then a sequence number so that equal deadlines keep their order.
-pub(crate) type TimerKey = (Instant, u64);
+/// A timer's key and id: its deadline, then a sequence number so that equal deadlines keep their
+/// order (and two timers never share a key).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) struct TimerKey {
+    at: Instant,
+    seq: u64,
+}
+
+/// The id of one `timeout` call, carried by its unwind payload to the boundary that set it.
+/// Ids grow with time, so of two nested timeouts the outer one has the smaller id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) struct TimeoutId(u64);
 
 /// What a timer does when it fires.
 #[derive(Clone, Copy, Debug)]
@@ -25,7 +35,7 @@ pub(crate) enum TimerAction {
     /// Make the task ready (sleep, waits with a deadline).
     Wake(TaskRef),
     /// Unwind the task to the `timeout` boundary with this id.
-    Interrupt(TaskRef, u64),
+    Interrupt(TaskRef, TimeoutId),
 }
 
 /// The hub's timer queue: obviously correct before it is clever.
@@ -37,10 +47,10 @@ pub(crate) struct Timers {
 
 impl Timers {
     pub(crate) fn insert(&self, at: Instant, action: TimerAction) -> TimerKey {
-        let seq = self.next_seq.get();
-        self.next_seq.set(seq + 1);
-        self.queue.borrow_mut().insert((at, seq), action);
-        (at, seq)
+        let key = TimerKey { at, seq: self.next_seq.get() };
+        self.next_seq.set(key.seq + 1);
+        self.queue.borrow_mut().insert(key, action);
+        key
     }
 
     /// Removes a timer; false if it had already fired (or been removed).
@@ -58,7 +68,7 @@ impl Timers {
 
     /// The earliest deadline, if any timer is set.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.queue.borrow().first_key_value().map(|(&(at, _), _)| at)
+        self.queue.borrow().first_key_value().map(|(key, _)| key.at)
     }
 
     /// Fires every timer whose deadline has passed, in deadline order.
@@ -71,7 +81,7 @@ impl Timers {
             let action = {
                 let mut queue = self.queue.borrow_mut();
                 match queue.first_entry() {
-                    Some(entry) if entry.key().0 <= now => entry.remove(),
+                    Some(entry) if entry.key().at <= now => entry.remove(),
                     _ => return,
                 }
             };
@@ -143,7 +153,7 @@ pub fn sleep(d: Duration) {
 }
 
 /// The unwind payload that carries a fired timeout to its boundary.
-pub(crate) struct TimedOut(pub(crate) u64);
+pub(crate) struct TimedOut(pub(crate) TimeoutId);
 
 thread_local! {
     static NEXT_TIMEOUT_ID: Cell<u64> = const { Cell::new(1) };
@@ -176,7 +186,7 @@ pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
     let id = NEXT_TIMEOUT_ID.with(|n| {
         let id = n.get();
         n.set(id + 1);
-        id
+        TimeoutId(id)
     });
     let timer = TimerGuard::new(hub, deadline, TimerAction::Interrupt(me, id));
     let outcome = panic::catch_unwind(AssertUnwindSafe(f));
@@ -238,7 +248,7 @@ mod tests {
         assert_eq!(timers.next_deadline(), Some(now));
         assert!(timers.remove(early));
         assert!(!timers.remove(early));
-        assert_eq!(timers.next_deadline(), Some(late.0));
+        assert_eq!(timers.next_deadline(), Some(late.at));
         assert!(timers.remove(late));
         assert!(timers.is_empty());
     }

@@ -6,7 +6,8 @@ use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::waitlist::{WaitList, WaitReason};
+use super::waitlist::WaitList;
+use crate::task::WaitReason;
 use crate::timer::deadline_after;
 
 /// An unbounded channel: `send` never suspends.

@@ -4,7 +4,8 @@ use std::cell::Cell;
 use std::fmt;
 use std::time::Duration;
 
-use super::waitlist::{WaitList, WaitReason};
+use super::waitlist::WaitList;
+use crate::task::WaitReason;
 use crate::timer::deadline_after;
 
 /// A flag coroutines can wait for; `set` wakes every waiter, and later waits return at once

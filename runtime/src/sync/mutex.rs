@@ -5,7 +5,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 
 use super::semaphore::{Semaphore, SemaphorePermit};
-use super::waitlist::WaitReason;
+use crate::task::WaitReason;
 
 /// Exclusive access to a value for coroutines that suspend while they hold it (a `RefCell`
 /// would panic; this waits). Locks are granted in the order coroutines asked.

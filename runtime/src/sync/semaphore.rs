@@ -3,7 +3,8 @@
 use std::cell::Cell;
 use std::fmt;
 
-use super::waitlist::{WaitList, WaitReason};
+use super::waitlist::WaitList;
+use crate::task::WaitReason;
 
 /// A count of permits; [`acquire`](Self::acquire) suspends while none is available. Permits are
 /// handed out in the order coroutines asked for them.

@@ -12,68 +12,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::RawFd;
 use std::time::Instant;
 
-use crate::coroutine::{self, CoroutineId, Suspend, TaskRef};
+use crate::coroutine::{self, Suspend};
 use crate::hub::{hub, try_hub};
+use crate::task::{TaskRef, WaitReason};
 use crate::timer::{TimerAction, TimerGuard};
-
-/// What a suspended coroutine waits on, for the deadlock report.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum WaitReason {
-    Nothing,
-    Sleep(Option<Instant>),
-    Event,
-    ChannelRecv,
-    ChannelSend,
-    Semaphore,
-    Mutex,
-    Join(CoroutineId),
-    Readable(RawFd),
-    Writable(RawFd),
-    Blocking,
-}
-
-impl WaitReason {
-    /// The public function that waits this way, for "called outside a hub" messages.
-    fn api_name(&self) -> &'static str {
-        match self {
-            WaitReason::Sleep(_) => "sleep",
-            WaitReason::Event => "Event::wait",
-            WaitReason::ChannelRecv => "Receiver::recv",
-            WaitReason::ChannelSend => "Sender::send",
-            WaitReason::Semaphore => "Semaphore::acquire",
-            WaitReason::Mutex => "Mutex::lock",
-            WaitReason::Join(_) => "JoinHandle::join",
-            WaitReason::Readable(_) | WaitReason::Writable(_) => "io",
-            WaitReason::Blocking => "spawn_blocking",
-            WaitReason::Nothing => "wait",
-        }
-    }
-}
-
-impl fmt::Display for WaitReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WaitReason::Nothing => f.write_str("nothing"),
-            WaitReason::Sleep(Some(at)) => {
-                let left = at.saturating_duration_since(Instant::now());
-                write!(f, "sleep ({left:?} left)")
-            }
-            WaitReason::Sleep(None) => f.write_str("sleep (forever)"),
-            WaitReason::Event => f.write_str("an Event"),
-            WaitReason::ChannelRecv => f.write_str("a channel recv"),
-            WaitReason::ChannelSend => f.write_str("a channel send"),
-            WaitReason::Semaphore => f.write_str("a Semaphore permit"),
-            WaitReason::Mutex => f.write_str("a Mutex lock"),
-            WaitReason::Join(id) => write!(f, "join of coroutine {id}"),
-            WaitReason::Readable(fd) => write!(f, "fd {fd} to be readable"),
-            WaitReason::Writable(fd) => write!(f, "fd {fd} to be writable"),
-            WaitReason::Blocking => f.write_str("a spawn_blocking job"),
-        }
-    }
-}
 
 /// Coroutines waiting on one primitive, in ticket (arrival) order. `!Send`, like everything
 /// bound to one hub: every primitive built on it is `!Send` too.

@@ -1,0 +1,289 @@
+//! The task table: every live coroutine of one hub, its state, and the ready queue.
+//!
+//! Guarantee: a task is in the table from its `spawn` until it ends; a [`TaskRef`] names one
+//! task for its whole life and never another (a reused slab slot has a new id). Not guaranteed:
+//! which slot a task gets.
+//!
+//! # Invariants (checked with `debug_assert!` where cheap)
+//! - **Ready**: the task is in the ready queue. Outside the shutdown pass it is there exactly
+//!   once; the queue may also hold stale refs (a task cancelled before it started, or ended
+//!   while shutdown resumed it directly), which every consumer skips by checking the id.
+//! - **Running**: exactly the task in `Running::task` (coroutine.rs); its body is
+//!   [`Body::Running`] (taken out by the loop) and it is not in the ready queue.
+//! - **Suspended**: its body is [`Body::Parked`]; it is not in the ready queue; only
+//!   [`TaskTable::wake`] (directly, or through an interrupt or a cancel) makes it ready.
+//! - [`Body::Start`] (never ran) implies Ready, no pending interrupt and a null yielder.
+//! - Who touches what: this file owns the transitions that need no stack switch (insert, wake,
+//!   interrupt, the cancel mark); `coroutine.rs` owns those around a switch (`prepare`, `park`,
+//!   the removal of an ended task) and is the only other file that reads a [`Task`]'s fields.
+//!   Every borrow of the table is short and never held across a switch.
+
+use std::cell::{RefCell, RefMut};
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use slab::Slab;
+
+use crate::coroutine::{CoBox, CoYielder, CoroutineId, Start, Wake};
+
+/// A coroutine's key in the hub's table, with its id to detect a reused slot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct TaskRef {
+    pub(crate) key: usize,
+    pub(crate) id: CoroutineId,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TaskState {
+    /// In the ready queue.
+    Ready,
+    /// Being resumed by the loop.
+    Running,
+    /// Parked; only a wake or an interrupt puts it back in the ready queue.
+    Suspended,
+}
+
+/// What a suspended coroutine waits on, for the deadlock report.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum WaitReason {
+    Nothing,
+    Sleep(Option<Instant>),
+    Event,
+    ChannelRecv,
+    ChannelSend,
+    Semaphore,
+    Mutex,
+    Join(CoroutineId),
+    Readable(RawFd),
+    Writable(RawFd),
+    Blocking,
+}
+
+impl WaitReason {
+    /// The public function that waits this way, for "called outside a hub" messages.
+    pub(crate) fn api_name(&self) -> &'static str {
+        match self {
+            WaitReason::Sleep(_) => "sleep",
+            WaitReason::Event => "Event::wait",
+            WaitReason::ChannelRecv => "Receiver::recv",
+            WaitReason::ChannelSend => "Sender::send",
+            WaitReason::Semaphore => "Semaphore::acquire",
+            WaitReason::Mutex => "Mutex::lock",
+            WaitReason::Join(_) => "JoinHandle::join",
+            WaitReason::Readable(_) | WaitReason::Writable(_) => "io",
+            WaitReason::Blocking => "spawn_blocking",
+            WaitReason::Nothing => "wait",
+        }
+    }
+}
+
+impl fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitReason::Nothing => f.write_str("nothing"),
+            WaitReason::Sleep(Some(at)) => {
+                let left = at.saturating_duration_since(Instant::now());
+                write!(f, "sleep ({left:?} left)")
+            }
+            WaitReason::Sleep(None) => f.write_str("sleep (forever)"),
+            WaitReason::Event => f.write_str("an Event"),
+            WaitReason::ChannelRecv => f.write_str("a channel recv"),
+            WaitReason::ChannelSend => f.write_str("a channel send"),
+            WaitReason::Semaphore => f.write_str("a Semaphore permit"),
+            WaitReason::Mutex => f.write_str("a Mutex lock"),
+            WaitReason::Join(id) => write!(f, "join of coroutine {id}"),
+            WaitReason::Readable(fd) => write!(f, "fd {fd} to be readable"),
+            WaitReason::Writable(fd) => write!(f, "fd {fd} to be writable"),
+            WaitReason::Blocking => f.write_str("a spawn_blocking job"),
+        }
+    }
+}
+
+/// A coroutine in the hub's table.
+pub(crate) struct Task {
+    pub(crate) id: CoroutineId,
+    pub(crate) state: TaskState,
+    /// What it waits on while suspended (for the deadlock report).
+    pub(crate) waiting: WaitReason,
+    pub(crate) body: Body,
+    /// A timeout or deadlock interrupt to deliver at the next resume.
+    pub(crate) pending: Option<Wake>,
+    /// Set by `cancel`; every later resume or suspension point unwinds.
+    pub(crate) cancelled: bool,
+    /// Null until the body has started.
+    pub(crate) yielder: *const CoYielder,
+    /// Lowest address of its stack mapping (the guard page), for the overflow reporter.
+    pub(crate) stack_limit: usize,
+}
+
+/// Where a task's code is: not started, parked, or on the CPU.
+pub(crate) enum Body {
+    Start(Rc<dyn Start>),
+    /// Boxed so that parking and resuming move a pointer, not the coroutine.
+    Parked(CoBox),
+    /// Taken out by the loop while it runs.
+    Running,
+}
+
+impl Task {
+    fn new(body: Body) -> Task {
+        Task {
+            id: CoroutineId::next(),
+            state: TaskState::Ready,
+            waiting: WaitReason::Nothing,
+            body,
+            pending: None,
+            cancelled: false,
+            yielder: std::ptr::null(),
+            stack_limit: 0,
+        }
+    }
+
+    /// Its state in the deadlock report's words: "ready", "running", "waiting on ...".
+    pub(crate) fn describe_state(&self) -> String {
+        match self.state {
+            TaskState::Suspended => format!("waiting on {}", self.waiting),
+            TaskState::Ready => "ready".to_string(),
+            TaskState::Running => "running".to_string(),
+        }
+    }
+}
+
+/// What [`TaskTable::mark_cancelled`] found.
+pub(crate) enum CancelMark {
+    /// No such task (it has ended).
+    Gone,
+    /// It had not started: it is out of the table, and its body must be dropped.
+    Unstarted(Rc<dyn Start>),
+    /// It has started: it unwinds at its next resume.
+    Started,
+}
+
+/// The tasks of one hub and the queue of those that are ready.
+#[derive(Default)]
+pub(crate) struct TaskTable {
+    tasks: RefCell<Slab<Task>>,
+    ready: RefCell<VecDeque<TaskRef>>,
+}
+
+impl TaskTable {
+    /// Adds a task that has not started to the table and to the back of the ready queue.
+    pub(crate) fn insert(&self, body: Body) -> TaskRef {
+        let task = Task::new(body);
+        let id = task.id;
+        let key = self.tasks.borrow_mut().insert(task);
+        let r = TaskRef { key, id };
+        self.ready.borrow_mut().push_back(r);
+        r
+    }
+
+    /// Whether the task behind `r` is still in the table (not yet ended).
+    pub(crate) fn is_alive(&self, r: TaskRef) -> bool {
+        self.tasks.borrow().get(r.key).is_some_and(|t| t.id == r.id)
+    }
+
+    /// The table itself, for the switch path in coroutine.rs (a short borrow, never held
+    /// across a switch).
+    #[inline]
+    pub(crate) fn borrow_mut(&self) -> RefMut<'_, Slab<Task>> {
+        self.tasks.borrow_mut()
+    }
+
+    /// The next ref in the ready queue (possibly stale).
+    #[inline]
+    pub(crate) fn pop_ready(&self) -> Option<TaskRef> {
+        self.ready.borrow_mut().pop_front()
+    }
+
+    #[inline]
+    pub(crate) fn push_ready(&self, r: TaskRef) {
+        self.ready.borrow_mut().push_back(r);
+    }
+
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.borrow().is_empty()
+    }
+
+    /// Forgets every queued ref (at the end of shutdown, when only stale ones remain).
+    pub(crate) fn clear_ready(&self) {
+        self.ready.borrow_mut().clear();
+    }
+
+    /// Makes a suspended task ready. No effect on a task that is ready, running or ended.
+    #[inline]
+    pub(crate) fn wake(&self, r: TaskRef) {
+        let mut tasks = self.tasks.borrow_mut();
+        let parked = |t: &&mut Task| t.id == r.id && t.state == TaskState::Suspended;
+        if let Some(task) = tasks.get_mut(r.key).filter(parked) {
+            debug_assert!(matches!(task.body, Body::Parked(_)), "a suspended task is parked");
+            task.state = TaskState::Ready;
+            self.ready.borrow_mut().push_back(r);
+        }
+    }
+
+    /// Delivers `wake` (timeout or deadlock) at the task's next resume, waking it if parked.
+    pub(crate) fn interrupt(&self, r: TaskRef, wake: Wake) {
+        {
+            let mut tasks = self.tasks.borrow_mut();
+            let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) else { return };
+            debug_assert!(!matches!(task.body, Body::Start(_)), "only a started task waits");
+            task.pending = match (task.pending.take(), wake) {
+                (_, Wake::Deadlock) => Some(Wake::Deadlock),
+                // Two timeouts fired in one turn: they are nested (a coroutine is inside both),
+                // and the outer one, created first, has the smaller id. It must win, or the
+                // inner boundary would catch it and the outer deadline would be lost.
+                (Some(Wake::Timeout(a)), Wake::Timeout(b)) => Some(Wake::Timeout(a.min(b))),
+                (None, wake) => Some(wake),
+                (pending, _) => pending,
+            };
+        }
+        self.wake(r);
+    }
+
+    /// Marks a task cancelled: an unstarted one leaves the table at once.
+    pub(crate) fn mark_cancelled(&self, r: TaskRef) -> CancelMark {
+        let mut tasks = self.tasks.borrow_mut();
+        let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) else {
+            return CancelMark::Gone;
+        };
+        if let Body::Start(start) = &task.body {
+            let start = start.clone();
+            let task = tasks.remove(r.key);
+            drop(tasks);
+            drop(task);
+            return CancelMark::Unstarted(start);
+        }
+        task.cancelled = true;
+        CancelMark::Started
+    }
+
+    /// Every task in the table, oldest first.
+    pub(crate) fn live(&self) -> Vec<TaskRef> {
+        let tasks = self.tasks.borrow();
+        let mut live: Vec<TaskRef> =
+            tasks.iter().map(|(key, t)| TaskRef { key, id: t.id }).collect();
+        live.sort_by_key(|r| r.id);
+        live
+    }
+
+    /// Runs `f` on every task, oldest first (for reports).
+    pub(crate) fn for_each_oldest_first(&self, mut f: impl FnMut(&Task)) {
+        let tasks = self.tasks.borrow();
+        let mut live: Vec<&Task> = tasks.iter().map(|(_, t)| t).collect();
+        live.sort_by_key(|t| t.id);
+        live.into_iter().for_each(&mut f);
+    }
+
+    /// Runs `f` on one task, if it is alive.
+    pub(crate) fn with<R>(&self, r: TaskRef, f: impl FnOnce(&Task) -> R) -> Option<R> {
+        self.tasks.borrow().get(r.key).filter(|t| t.id == r.id).map(f)
+    }
+
+    /// Takes every task out (when the hub is dropped after its loop failed).
+    pub(crate) fn take_all(&mut self) -> Slab<Task> {
+        std::mem::take(self.tasks.get_mut())
+    }
+}
