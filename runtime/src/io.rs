@@ -6,12 +6,35 @@
 //! misses an edge (mio is edge-triggered: the loop drains to `WouldBlock` before it waits).
 //! Several coroutines may wait on one fd. Not guaranteed: which of them gets the data first.
 //! Linux: epoll through mio.
+//!
+//! # The registration rule: an fd number never inherits another file's registration
+//!
+//! epoll keys its interest by *(open file, fd number)*, and removes it silently only when the
+//! last fd of that open file closes (a `dup`, `try_clone` or a forked child keeps it alive). The
+//! reactor keys its table by fd number, so a number closed and reused by a new file must never
+//! find the old file's registration. Who may hold a registration decides how it is checked:
+//!
+//! - **Owned** (a live [`Source`] holds it): the `Source` owns the fd, so by I/O safety the number
+//!   still names the registered file. Never checked: no cost on the hot path. A `Source`
+//!   deregisters before it closes its fd (field order).
+//! - **Unowned** (only raw [`wait_readable`] / [`wait_writable`] waiters hold it: the caller owns
+//!   the fd and may close it under the wait). Checked with one `epoll_ctl(EPOLL_CTL_MOD)`, which
+//!   succeeds exactly when epoll still holds *the file now at that number* under that number: a
+//!   closed number gives `EBADF`, a reused one `ENOENT` (or `EPERM`). Checked when a new wait or a
+//!   new `Source` finds the entry, and at the start of each loop poll that follows a turn in which
+//!   coroutines ran (only they can close an fd under a wait; a poll that ran nobody checks
+//!   nothing, so the re-arm that `MOD` causes cannot make the loop spin). A registration that
+//!   fails the check is *retired*: it leaves the table, its waiters wake with `EBADF`, and the
+//!   number is registered afresh on its next use.
+//!
+//! Tokens carry a generation next to the slab key, so events from an epoll entry that outlived
+//! its fd number (the file is still open elsewhere) are recognised and ignored.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,6 +52,12 @@ const WAKER: Token = Token(usize::MAX);
 
 /// The token of the timerfd armed at the next timer's deadline.
 const TIMER: Token = Token(usize::MAX - 1);
+
+/// A registration's token is `generation << GENERATION_SHIFT | slab key`.
+const GENERATION_SHIFT: u32 = 32;
+
+/// The slab keys a token can carry (below the two reserved tokens' low halves).
+const MAX_KEY: usize = (1 << GENERATION_SHIFT) - 2;
 
 /// How long the loop may wait in one poll.
 #[derive(Clone, Copy, Debug)]
@@ -49,7 +78,14 @@ pub(crate) struct Reactor {
     poll: RefCell<Poll>,
     events: RefCell<Events>,
     registrations: RefCell<Slab<Weak<Registration>>>,
+    /// The one live (not retired) registration of each fd number.
     by_fd: RefCell<HashMap<RawFd, Weak<Registration>>>,
+    /// Registrations no `Source` owns, by slab key: checked before a poll (see the module doc).
+    unowned: RefCell<HashMap<usize, Weak<Registration>>>,
+    /// Whether coroutines may have run since the unowned registrations were last checked.
+    may_have_closed: Cell<bool>,
+    /// The generation of the next registration's token.
+    generation: Cell<u32>,
     /// Coroutines suspended on an fd right now (for the deadlock check).
     waiters: Cell<usize>,
     waker_fd: RawFd,
@@ -73,6 +109,9 @@ impl Reactor {
             events: RefCell::new(Events::with_capacity(EVENTS_PER_POLL)),
             registrations: RefCell::new(Slab::new()),
             by_fd: RefCell::new(HashMap::new()),
+            unowned: RefCell::new(HashMap::new()),
+            may_have_closed: Cell::new(true),
+            generation: Cell::new(0),
             waiters: Cell::new(0),
             waker_fd,
         })
@@ -85,11 +124,20 @@ impl Reactor {
     /// Waits for readiness (as `wait` says) and wakes the coroutines waiting on what became
     /// ready. EINTR returns early: the loop turns again and recomputes the wait.
     pub(crate) fn poll(&self, hub: &Hub, wait: Wait) {
+        // Raw waits whose fd was closed under them wake with EBADF, and then nobody may sleep.
+        let retired = self.may_have_closed.get() && self.retire_closed_unowned();
         let timeout = match wait {
+            _ if retired => Some(Duration::ZERO),
             Wait::Poll => Some(Duration::ZERO),
             Wait::Forever => None,
             Wait::Until(at) => self.timeout_until(at),
         };
+        self.poll_and_wake(hub, timeout);
+        // Coroutines run before the next poll only if some are ready now.
+        self.may_have_closed.set(hub.tasks.has_ready());
+    }
+
+    fn poll_and_wake(&self, hub: &Hub, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
         match self.poll.borrow_mut().poll(&mut events, timeout) {
             Ok(()) => {}
@@ -106,9 +154,12 @@ impl Reactor {
                 self.armed.set(None); // the loop fires what is due, and re-arms for the rest
                 continue;
             }
-            let registration =
-                self.registrations.borrow().get(event.token().0).and_then(Weak::upgrade);
-            let Some(registration) = registration else { continue };
+            let key = event.token().0 & ((1 << GENERATION_SHIFT) - 1);
+            let registration = self.registrations.borrow().get(key).and_then(Weak::upgrade);
+            // A token of another generation: an epoll entry that outlived its fd number.
+            let Some(registration) = registration.filter(|r| r.token == event.token()) else {
+                continue;
+            };
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 registration.readable.set(true);
                 registration.readers.notify_all();
@@ -139,42 +190,136 @@ impl Reactor {
         }
     }
 
-    /// Registers `fd` (edge-triggered, both directions). Registering an fd adds it to epoll,
-    /// which reports its current readiness at the next poll.
-    fn register(&self, hub_id: HubId, fd: RawFd) -> io::Result<Rc<Registration>> {
+    /// Registers `fd` (edge-triggered, both directions) as the live registration of its number.
+    /// Registering an fd adds it to epoll, which reports its current readiness at the next poll.
+    /// An unowned one (a raw wait's) joins the set checked before each poll.
+    fn register(&self, hub_id: HubId, fd: RawFd, owned: bool) -> io::Result<Rc<Registration>> {
         let mut registrations = self.registrations.borrow_mut();
         let entry = registrations.vacant_entry();
         let key = entry.key();
+        assert!(key <= MAX_KEY, "greenhub: more than {MAX_KEY} fds registered with one hub");
+        let generation = self.generation.get();
+        self.generation.set(generation.wrapping_add(1));
+        let token = Token((generation as usize) << GENERATION_SHIFT | key);
         let interest = Interest::READABLE | Interest::WRITABLE;
-        self.poll.borrow().registry().register(&mut SourceFd(&fd), Token(key), interest)?;
+        self.poll.borrow().registry().register(&mut SourceFd(&fd), token, interest)?;
         let registration = Rc::new(Registration {
             hub_id,
             key,
+            token,
             fd,
             readable: Cell::new(false),
             writable: Cell::new(false),
+            closed: Cell::new(false),
+            owners: Cell::new(0), // a `Source` adopts its own right after
             readers: WaitList::new(),
             writers: WaitList::new(),
         });
         entry.insert(Rc::downgrade(&registration));
         self.by_fd.borrow_mut().insert(fd, Rc::downgrade(&registration));
+        if !owned {
+            self.unowned.borrow_mut().insert(key, Rc::downgrade(&registration));
+        }
         Ok(registration)
     }
 
+    /// The last reference to a live registration is gone: leave epoll (the fd is still open:
+    /// a `Source` drops its registration before its fd, and a raw wait's fd was checked) and
+    /// the tables. A retired registration has left them already.
     fn deregister(&self, registration: &Registration) {
+        if registration.closed.get() {
+            return;
+        }
         let fd = registration.fd;
-        // An fd closed behind our back has already left epoll; ignore that error.
+        // An fd closed behind our back (and not checked since) has already left epoll, or
+        // lingers there under a token nobody answers: ignore the error.
         let _ = self.poll.borrow().registry().deregister(&mut SourceFd(&fd));
-        self.registrations.borrow_mut().try_remove(registration.key);
+        self.forget(registration);
+    }
+
+    /// Removes `registration` from the tables, where it (and no newer one) is listed.
+    fn forget(&self, registration: &Registration) {
+        let is_it = |w: &Weak<Registration>| std::ptr::eq(w.as_ptr(), registration);
+        let mut registrations = self.registrations.borrow_mut();
+        if registrations.get(registration.key).is_some_and(is_it) {
+            registrations.remove(registration.key);
+        }
         let mut by_fd = self.by_fd.borrow_mut();
-        if by_fd.get(&fd).is_some_and(|w| w.strong_count() == 0) {
-            by_fd.remove(&fd);
+        if by_fd.get(&registration.fd).is_some_and(is_it) {
+            by_fd.remove(&registration.fd);
+        }
+        self.unowned.borrow_mut().remove(&registration.key);
+    }
+
+    /// The live registration of `fd` in this hub, if any. An unowned one is checked first: if
+    /// its fd was closed or now names another file, it is retired and `None` is returned.
+    fn registration_of(&self, fd: RawFd) -> Option<Rc<Registration>> {
+        let found = self.by_fd.borrow().get(&fd).and_then(Weak::upgrade)?;
+        if found.owners.get() == 0 && !self.still_registered(&found) {
+            self.retire(&found);
+            return None;
+        }
+        Some(found)
+    }
+
+    /// Whether epoll holds the file now at the registration's fd number under that number (see
+    /// the module doc). Re-arms the edge-triggered entry: a ready fd reports once more.
+    fn still_registered(&self, registration: &Registration) -> bool {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let fd = registration.fd;
+        match self.poll.borrow().registry().reregister(
+            &mut SourceFd(&fd),
+            registration.token,
+            interest,
+        ) {
+            Ok(()) => true,
+            // Out of kernel memory says nothing about the fd: keep it.
+            Err(e) => e.raw_os_error() == Some(libc::ENOMEM),
         }
     }
 
-    /// The live registration of `fd` in this hub, if any.
-    fn registration_of(&self, fd: RawFd) -> Option<Rc<Registration>> {
-        self.by_fd.borrow().get(&fd).and_then(Weak::upgrade)
+    /// The registration's fd was closed (or reused) under it: it leaves the tables without
+    /// touching epoll (the number is not its own any more), and its waiters wake with `EBADF`.
+    fn retire(&self, registration: &Registration) {
+        registration.closed.set(true);
+        self.forget(registration);
+        registration.readers.notify_all();
+        registration.writers.notify_all();
+    }
+
+    /// Checks every unowned registration; retires those whose fd is gone. True if any was.
+    fn retire_closed_unowned(&self) -> bool {
+        if self.unowned.borrow().is_empty() {
+            return false;
+        }
+        let unowned: Vec<Rc<Registration>> =
+            self.unowned.borrow().values().filter_map(Weak::upgrade).collect();
+        let mut retired = false;
+        for registration in unowned {
+            if !self.still_registered(&registration) {
+                self.retire(&registration);
+                retired = true;
+            }
+        }
+        retired
+    }
+
+    /// A `Source` takes (a share of) ownership of `registration`.
+    fn adopt(&self, registration: &Registration) {
+        if registration.owners.replace(registration.owners.get() + 1) == 0 {
+            self.unowned.borrow_mut().remove(&registration.key);
+        }
+    }
+
+    /// A `Source` lets go of `registration`; if raw waits still hold it, it becomes unowned
+    /// (its fd may be closed next, and it is checked before the next poll).
+    fn release(&self, registration: &Rc<Registration>) {
+        let owners = registration.owners.get() - 1;
+        registration.owners.set(owners);
+        if owners == 0 && !registration.closed.get() && Rc::strong_count(registration) > 1 {
+            self.unowned.borrow_mut().insert(registration.key, Rc::downgrade(registration));
+            self.may_have_closed.set(true);
+        }
     }
 
     /// After fork, in the child: close the epoll fd and the waker without touching epoll.
@@ -190,9 +335,15 @@ impl Reactor {
 struct Registration {
     hub_id: HubId,
     key: usize,
+    /// The slab key and this registration's generation.
+    token: Token,
     fd: RawFd,
     readable: Cell<bool>,
     writable: Cell<bool>,
+    /// Retired: its fd was closed or reused under it; every wait on it gives `EBADF`.
+    closed: Cell<bool>,
+    /// How many `Source`s hold it (0: only raw waits do).
+    owners: Cell<usize>,
     readers: WaitList,
     writers: WaitList,
 }
@@ -211,16 +362,34 @@ impl Registration {
         }
     }
 
-    /// Suspends until the fd is ready in `dir` (returns at once if already marked ready).
-    fn wait(&self, hub: &Hub, dir: Direction) {
+    /// Suspends until the fd is ready in `dir` (returns at once if already marked ready), or
+    /// until `deadline` (a `WouldBlock` error naming the timeout). `EBADF` once retired.
+    fn wait(&self, hub: &Hub, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
         let (list, reason) = match dir {
             Direction::Read => (&self.readers, WaitReason::Readable(self.fd)),
             Direction::Write => (&self.writers, WaitReason::Writable(self.fd)),
         };
         let flag = self.flag(dir);
+        let closed = &self.closed;
         let _counted = WaiterCount::new(hub);
-        list.wait_until(reason, None, || flag.get().then_some(()));
+        let woke = list.wait_until(reason, deadline, || (flag.get() || closed.get()).then_some(()));
+        if closed.get() {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        woke.ok_or_else(|| timed_out(dir))
     }
+}
+
+/// The error of a read or write whose timeout passed: `WouldBlock`, as std gives on Linux.
+fn timed_out(dir: Direction) -> io::Error {
+    let what = match dir {
+        Direction::Read => "read",
+        Direction::Write => "write",
+    };
+    io::Error::new(
+        io::ErrorKind::WouldBlock,
+        format!("greenhub: the socket's {what} timeout passed"),
+    )
 }
 
 impl Drop for Registration {
@@ -247,6 +416,38 @@ impl Drop for WaiterCount<'_> {
     }
 }
 
+/// A `Source`'s share of ownership of its registration: released when dropped.
+#[derive(Default)]
+struct Ownership(Option<Rc<Registration>>);
+
+impl Ownership {
+    /// The held registration if it belongs to `hub`.
+    fn of(&self, hub: &Hub) -> Option<&Rc<Registration>> {
+        self.0.as_ref().filter(|r| r.hub_id == hub.id())
+    }
+
+    /// Holds `registration` (owned), letting go of the previous one.
+    fn take(&mut self, hub: &Hub, registration: Rc<Registration>) {
+        hub.reactor.adopt(&registration);
+        self.release();
+        self.0 = Some(registration);
+    }
+
+    fn release(&mut self) {
+        let Some(registration) = self.0.take() else { return };
+        if let Some(hub) = try_hub().filter(|h| h.id() == registration.hub_id) {
+            hub.reactor.release(&registration);
+        }
+        drop(registration); // the last reference deregisters, while the fd is still open
+    }
+}
+
+impl Drop for Ownership {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// A non-blocking I/O object registered with the current hub: the building block of
 /// [`net`](crate::net) and of greenhub-ipc's pipes.
 ///
@@ -254,6 +455,8 @@ impl Drop for WaiterCount<'_> {
 /// [`write_with`](Self::write_with) run the retry loop around any syscall. Registration happens on
 /// first wait, with whichever hub is current then, so a `Source` inherited through fork is
 /// registered afresh with the child's hub (the parent's registration is left untouched).
+/// Dropping it deregisters the fd before `T` closes it; a raw [`wait_readable`] /
+/// [`wait_writable`] still waiting on that fd then wakes with `EBADF`.
 ///
 /// ```
 /// use std::io::{Read, Write};
@@ -273,16 +476,16 @@ impl Drop for WaiterCount<'_> {
 /// });
 /// ```
 pub struct Source<T: AsRawFd> {
-    // Field order matters: the registration is dropped (deregistered) before `io` closes the fd.
-    registration: RefCell<Option<Rc<Registration>>>,
+    // Field order matters: the registration is released (deregistered) before `io` closes the fd.
+    registration: RefCell<Ownership>,
     io: T,
 }
 
 impl<T: AsRawFd> Source<T> {
     /// Wraps `io`, putting its fd in non-blocking mode.
     pub fn new(io: T) -> io::Result<Source<T>> {
-        sys::set_nonblocking(io.as_raw_fd())?;
-        Ok(Source { registration: RefCell::new(None), io })
+        sys::set_nonblocking(io.as_raw_fd(), true)?;
+        Ok(Source { registration: RefCell::new(Ownership::default()), io })
     }
 
     /// The I/O object.
@@ -290,7 +493,7 @@ impl<T: AsRawFd> Source<T> {
         &self.io
     }
 
-    /// The I/O object, deregistered from the hub.
+    /// The I/O object, deregistered from the hub (still in non-blocking mode).
     pub fn into_inner(self) -> T {
         let Source { registration, io } = self;
         drop(registration);
@@ -300,36 +503,39 @@ impl<T: AsRawFd> Source<T> {
     /// Runs `op` until it does not fail with `WouldBlock`, suspending the calling coroutine until
     /// the fd is readable between tries. `Interrupted` is retried too.
     pub fn read_with<R>(&self, op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
-        self.retry(Direction::Read, op)
+        self.retry(Direction::Read, None, op)
     }
 
     /// The same as [`read_with`](Self::read_with), waiting for writability.
     pub fn write_with<R>(&self, op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
-        self.retry(Direction::Write, op)
+        self.retry(Direction::Write, None, op)
     }
 
     /// Suspends the calling coroutine until the fd is (or was, since the last `WouldBlock`)
     /// readable.
     pub fn readable(&self) -> io::Result<()> {
         let hub = hub("io::Source::readable");
-        self.registration(hub)?.wait(hub, Direction::Read);
-        Ok(())
+        self.registration(hub)?.wait(hub, Direction::Read, None)
     }
 
     /// Suspends the calling coroutine until the fd is (or was, since the last `WouldBlock`)
     /// writable.
     pub fn writable(&self) -> io::Result<()> {
         let hub = hub("io::Source::writable");
-        self.registration(hub)?.wait(hub, Direction::Write);
-        Ok(())
+        self.registration(hub)?.wait(hub, Direction::Write, None)
     }
 
     /// The retry loop every I/O call uses.
-    fn retry<R>(&self, dir: Direction, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+    fn retry<R>(
+        &self,
+        dir: Direction,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
         loop {
             match op(&self.io) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.wait_after_would_block(dir)?
+                    self.wait_after_would_block(dir, deadline)?
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 result => return result,
@@ -337,28 +543,27 @@ impl<T: AsRawFd> Source<T> {
         }
     }
 
-    fn wait_after_would_block(&self, dir: Direction) -> io::Result<()> {
+    fn wait_after_would_block(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
         let hub = hub("io");
         let registration = self.registration(hub)?;
         // The syscall just said "not ready": forget the old edge and wait for a new one. No
         // event can be processed between the syscall and here (the loop is not running).
         registration.flag(dir).set(false);
-        registration.wait(hub, dir);
-        Ok(())
+        registration.wait(hub, dir, deadline)
     }
 
     /// This source's registration with `hub`, made on first use (or anew in a forked child).
     fn registration(&self, hub: &Hub) -> io::Result<Rc<Registration>> {
         let mut slot = self.registration.borrow_mut();
-        if let Some(r) = slot.as_ref().filter(|r| r.hub_id == hub.id()) {
+        if let Some(r) = slot.of(hub) {
             return Ok(r.clone());
         }
         let fd = self.io.as_raw_fd();
         let fresh = match hub.reactor.registration_of(fd) {
             Some(existing) => existing,
-            None => hub.reactor.register(hub.id(), fd)?,
+            None => hub.reactor.register(hub.id(), fd, true)?,
         };
-        *slot = Some(fresh.clone());
+        slot.take(hub, fresh.clone());
         Ok(fresh)
     }
 }
@@ -366,6 +571,12 @@ impl<T: AsRawFd> Source<T> {
 impl<T: AsRawFd> AsRawFd for Source<T> {
     fn as_raw_fd(&self) -> RawFd {
         self.io.as_raw_fd()
+    }
+}
+
+impl<T: AsRawFd + AsFd> AsFd for Source<T> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io.as_fd()
     }
 }
 
@@ -380,7 +591,10 @@ impl<T: AsRawFd + fmt::Debug> fmt::Debug for Source<T> {
 /// Works on any pollable fd (pipe, socket, eventfd, tty, ...); several coroutines may wait on the
 /// same fd. The fd is registered for the wait only, unless it already belongs to a [`Source`] of
 /// this hub. A negative or closed fd gives an `io::Error` (EBADF); a regular file gives EPERM
-/// (epoll cannot watch files; they are always "ready").
+/// (epoll cannot watch files; they are always "ready"). An fd closed while the wait is in
+/// progress (by another coroutine, or by dropping the greenhub socket or pipe that owned it)
+/// ends the wait with EBADF, at the latest when the hub next polls; the fd number, once reused
+/// by another file, is registered afresh.
 ///
 /// ```
 /// use std::io::Write;
@@ -424,8 +638,7 @@ fn wait_fd(fd: RawFd, dir: Direction, what: &str) -> io::Result<()> {
             }
             existing
         }
-        None => hub.reactor.register(hub.id(), fd)?,
+        None => hub.reactor.register(hub.id(), fd, false)?,
     };
-    registration.wait(hub, dir);
-    Ok(())
+    registration.wait(hub, dir, None)
 }

@@ -283,18 +283,19 @@ pub(crate) fn ready_now(fd: RawFd, read: bool) -> io::Result<bool> {
     }
 }
 
-/// Puts an fd in non-blocking mode.
-pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+/// Puts an fd in non-blocking mode (`on`) or back in blocking mode.
+pub(crate) fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on an fd number has no memory preconditions; errors are checked.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
         return Err(io::Error::last_os_error());
     }
-    if flags & libc::O_NONBLOCK != 0 {
+    let wanted = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    if wanted == flags {
         return Ok(());
     }
     // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, wanted) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -6,6 +6,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use greenhub::io::{wait_readable, wait_writable};
 use greenhub::{spawn, yield_now};
@@ -259,5 +260,163 @@ fn wait_readable_on_a_socket_already_drained_by_its_stream_waits_for_new_data() 
         (&a).write_all(b"x").unwrap();
         waiter.join().unwrap().unwrap();
         drop(b);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Closed fds and reused fd numbers (issue 7, bug 1)
+
+/// Runs `f` in a hub on a fresh thread and returns its value, or panics if it has not returned
+/// within the safety net: a hang becomes a failed test (the hung thread is left behind). The
+/// caller holds `process_lock` for the thread.
+fn within_safety_net<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(greenhub::run(f));
+    });
+    done_rx.recv_timeout(Duration::from_secs(10)).expect("the hub hung (no result in 10 s)")
+}
+
+#[test]
+fn a_wait_on_an_fd_closed_by_another_coroutine_ends_with_ebadf() {
+    let _serial = process_lock();
+    let err = within_safety_net(|| {
+        let (r, w) = pipe();
+        let fd = r.as_raw_fd();
+        let waiter = spawn(move || wait_readable(fd));
+        settle();
+        assert!(!waiter.is_finished());
+        drop(r); // closes the fd under the wait
+        let err = waiter.join().unwrap().unwrap_err();
+        drop(w);
+        err.raw_os_error()
+    });
+    assert_eq!(err, Some(libc::EBADF));
+}
+
+#[test]
+fn a_root_waiting_on_an_fd_another_coroutine_closes_gets_ebadf_instead_of_hanging() {
+    let _serial = process_lock();
+    let err = within_safety_net(|| {
+        let (r, w) = pipe();
+        let fd = r.as_raw_fd();
+        let closer = spawn(move || drop(r));
+        let err = wait_readable(fd).unwrap_err(); // the root waits; nothing else can wake it
+        closer.join().unwrap();
+        drop(w);
+        err.raw_os_error()
+    });
+    assert_eq!(err, Some(libc::EBADF));
+}
+
+#[test]
+fn a_new_pipe_that_gets_the_fd_number_of_a_closed_waited_fd_is_registered_afresh() {
+    let _serial = process_lock();
+    let got = within_safety_net(|| {
+        let (r, w) = pipe();
+        let old = r.as_raw_fd();
+        let stale = spawn(move || wait_readable(old));
+        settle();
+        drop(r); // `old` is free again...
+        let (reader, writer) = greenhub_ipc::pipe::<u32>().unwrap();
+        assert_eq!(reader.as_raw_fd(), old, "the new pipe's read end should reuse the number");
+        // ... and the new pipe's waits must reach epoll: its get_timeout sees the message.
+        let put = spawn(move || {
+            yield_now();
+            writer.put(&7).unwrap();
+        });
+        let got = reader.get_timeout(Duration::from_secs(2));
+        put.join().unwrap();
+        let stale = stale.join().unwrap().unwrap_err().raw_os_error();
+        drop(w);
+        (got.map_err(|e| e.to_string()), stale)
+    });
+    assert_eq!(got, (Ok(7), Some(libc::EBADF)));
+}
+
+#[test]
+fn a_new_raw_wait_on_a_reused_fd_number_sees_the_new_file() {
+    let _serial = process_lock();
+    within_safety_net(|| {
+        let (r, w) = pipe();
+        let old = r.as_raw_fd();
+        let stale = spawn(move || wait_readable(old));
+        settle();
+        drop((r, w));
+        let (r2, w2) = pipe();
+        assert_eq!(r2.as_raw_fd(), old, "the new pipe should reuse the number");
+        let fresh = spawn(move || wait_readable(old));
+        settle();
+        assert!(!fresh.is_finished(), "the new pipe is empty");
+        write_byte(&w2, 1);
+        fresh.join().unwrap().unwrap();
+        assert_eq!(stale.join().unwrap().unwrap_err().raw_os_error(), Some(libc::EBADF));
+        drop((r2, w2));
+    });
+}
+
+#[test]
+fn events_of_a_closed_fd_whose_file_lives_on_in_a_dup_wake_nobody_else() {
+    let _serial = process_lock();
+    within_safety_net(|| {
+        let (r, w) = pipe();
+        let old = r.as_raw_fd();
+        let dup = r.try_clone().unwrap(); // keeps the old file (and its epoll entry) alive
+        let stale = spawn(move || wait_readable(old));
+        settle();
+        drop(r);
+        let (r2, w2) = pipe();
+        assert_eq!(r2.as_raw_fd(), old, "the new pipe should reuse the number");
+        let fresh = spawn(move || wait_readable(old));
+        settle();
+        assert_eq!(stale.join().unwrap().unwrap_err().raw_os_error(), Some(libc::EBADF));
+        // The old file becomes readable: its lingering epoll entry fires under the old token.
+        write_byte(&w, 9);
+        settle();
+        assert!(!fresh.is_finished(), "woken by the old file's readiness");
+        write_byte(&w2, 1);
+        fresh.join().unwrap().unwrap();
+        assert_eq!(read_byte(&dup), 9);
+        drop((dup, w, r2, w2));
+    });
+}
+
+#[test]
+fn dropping_a_stream_wakes_raw_waiters_on_its_fd_with_ebadf() {
+    let _serial = process_lock();
+    let err = within_safety_net(|| {
+        let (a, b) = greenhub::net::UnixStream::pair().unwrap();
+        // A read that times out registers the stream's own fd with the hub.
+        let mut buf = [0u8; 1];
+        let timed_out = greenhub::timeout(Duration::from_millis(1), || (&b).read(&mut buf));
+        assert!(timed_out.is_err());
+        let fd = b.as_raw_fd();
+        let waiter = spawn(move || wait_readable(fd));
+        settle();
+        assert!(!waiter.is_finished());
+        drop(b);
+        let err = waiter.join().unwrap().unwrap_err();
+        drop(a);
+        err.raw_os_error()
+    });
+    assert_eq!(err, Some(libc::EBADF));
+}
+
+#[test]
+fn waits_on_closed_and_reused_fds_leak_no_fds() {
+    assert_no_fd_leak(10, || {
+        greenhub::run(|| {
+            let (r, w) = pipe();
+            let fd = r.as_raw_fd();
+            let waiter = spawn(move || wait_readable(fd));
+            settle();
+            drop(r);
+            assert!(waiter.join().unwrap().is_err());
+            let (r2, w2) = pipe();
+            let fd = r2.as_raw_fd();
+            write_byte(&w2, 1);
+            wait_readable(fd).unwrap();
+            drop((w, r2, w2));
+        });
     });
 }
