@@ -5,9 +5,17 @@
 //! an eventfd the loop polls. A panic in the closure is rethrown in the calling coroutine.
 //! Not guaranteed: which helper thread runs it, or that a cancelled caller stops the closure (it
 //! runs to its end; its result is dropped).
+//!
+//! The pool: at most [`Builder::blocking_threads`](crate::Builder::blocking_threads) helper
+//! threads per hub (default [`DEFAULT_BLOCKING_THREADS`], gevent's threadpool size), started on
+//! demand and exiting after [`IDLE_EXIT`] without work. When every thread is busy, jobs wait in
+//! one FIFO queue. When the OS refuses a new thread and no helper thread is left to take the job,
+//! the job is withdrawn and the caller panics with the OS error (running it inline instead would
+//! block the whole hub, which `spawn_blocking` promises never to do).
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,8 +28,9 @@ use crate::hub::{Hub, hub};
 use crate::sys;
 use crate::task::{TaskRef, WaitReason};
 
-/// At most this many helper threads per hub (gevent's default threadpool size is 10).
-const MAX_THREADS: usize = 10;
+/// Helper threads per hub unless [`Builder::blocking_threads`](crate::Builder::blocking_threads)
+/// says otherwise: gevent's default threadpool size.
+pub const DEFAULT_BLOCKING_THREADS: usize = 10;
 
 /// A helper thread with nothing to do for this long exits.
 const IDLE_EXIT: Duration = Duration::from_secs(5);
@@ -39,8 +48,14 @@ const IDLE_EXIT: Duration = Duration::from_secs(5);
 /// });
 /// ```
 ///
+/// Jobs beyond the pool's size ([`Builder::blocking_threads`](crate::Builder::blocking_threads),
+/// default [`DEFAULT_BLOCKING_THREADS`]) wait in a FIFO queue for a free helper thread.
+///
 /// # Panics
-/// Outside a coroutine; and when `f` panics (the panic is rethrown here).
+/// Outside a coroutine; when `f` panics (the panic is rethrown here); and when the OS refuses
+/// to start a helper thread while none is running to take the job (the message names the OS
+/// error; nothing is left pending, so the hub's deadlock check still works).
+#[track_caller]
 pub fn spawn_blocking<T, F>(f: F) -> T
 where
     F: FnOnce() -> T + Send + 'static,
@@ -59,7 +74,15 @@ where
             remote.complete(me);
         }
     };
-    hub.pool.borrow_mut().get_or_insert_with(Pool::new).submit(Box::new(job));
+    if let Err(refused) = hub.pool.submit(Box::new(job)) {
+        hub.remote.in_flight.fetch_sub(1, Ordering::Relaxed);
+        panic!(
+            "greenhub::spawn_blocking: the OS refused to start a helper thread ({refused}) and \
+             no helper thread is running to take the job; raise the limit that ran out \
+             (threads or address space: RLIMIT_NPROC, RLIMIT_AS, kernel.threads-max) or free \
+             some threads"
+        );
+    }
     loop {
         let done = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         match done {
@@ -116,6 +139,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// A hub's helper threads, started on demand. Dropping the pool (with the hub) lets them exit.
 pub(crate) struct Pool {
     shared: Arc<Shared>,
+    max_threads: usize,
 }
 
 struct Shared {
@@ -132,27 +156,37 @@ struct State {
 }
 
 impl Pool {
-    fn new() -> Self {
+    /// A pool of at most `max_threads` (>= 1) helper threads; none is started yet.
+    pub(crate) fn new(max_threads: usize) -> Self {
         Pool {
             shared: Arc::new(Shared { state: Mutex::new(State::default()), work: Condvar::new() }),
+            max_threads,
         }
     }
 
-    fn submit(&self, job: Job) {
+    /// Queues `job`, starting a helper thread if none is idle and the pool is not full. The OS
+    /// error if it refuses the thread and no thread is left to run the job (which is dropped).
+    fn submit(&self, job: Job) -> io::Result<()> {
         let mut state = self.shared.lock();
         state.jobs.push_back(job);
         if state.idle > 0 {
             self.shared.work.notify_one();
-        } else if state.threads < MAX_THREADS {
+        } else if state.threads < self.max_threads {
             state.threads += 1;
             let shared = self.shared.clone();
             let spawned = thread::Builder::new()
                 .name("greenhub-blocking".into())
                 .spawn(move || shared.work_loop());
-            if spawned.is_err() {
-                state.threads -= 1; // the queued job runs on an existing thread
+            if let Err(refused) = spawned {
+                state.threads -= 1;
+                if state.threads == 0 {
+                    state.jobs.pop_back(); // nobody would ever run it
+                    return Err(refused);
+                }
+                // A running thread takes it when its current job is done.
             }
         }
+        Ok(())
     }
 }
 

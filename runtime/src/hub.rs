@@ -27,7 +27,7 @@ use std::ptr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::blocking::{Pool, Remote};
+use crate::blocking::{DEFAULT_BLOCKING_THREADS, Pool, Remote};
 use crate::coroutine::{self, Running, Spawned, Wake};
 use crate::io::{Reactor, Wait};
 use crate::join::Joinable as _;
@@ -78,7 +78,7 @@ pub(crate) struct Hub {
     pub(crate) timers: Timers,
     pub(crate) reactor: Reactor,
     pub(crate) remote: std::sync::Arc<Remote>,
-    pub(crate) pool: RefCell<Option<Pool>>,
+    pub(crate) pool: Pool,
     exit_hooks: RefCell<Vec<Box<dyn FnOnce()>>>,
     /// The report for the root's `Wake::Deadlock`, taken by its suspension point.
     deadlock: Cell<Option<String>>,
@@ -136,6 +136,7 @@ pub fn run<T>(f: impl FnOnce() -> T) -> T {
 #[derive(Debug, Clone)]
 pub struct Builder {
     stack_size: usize,
+    blocking_threads: usize,
 }
 
 impl Default for Builder {
@@ -145,9 +146,34 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// A builder with the defaults: 1 MiB of usable stack per coroutine (plus a guard page).
+    /// A builder with the defaults: 1 MiB of usable stack per coroutine (plus a guard page),
+    /// [`DEFAULT_BLOCKING_THREADS`](crate::DEFAULT_BLOCKING_THREADS) helper threads.
     pub fn new() -> Self {
-        Builder { stack_size: DEFAULT_STACK_SIZE }
+        Builder { stack_size: DEFAULT_STACK_SIZE, blocking_threads: DEFAULT_BLOCKING_THREADS }
+    }
+
+    /// The most helper threads [`spawn_blocking`](crate::spawn_blocking) runs at once for this
+    /// hub (default [`DEFAULT_BLOCKING_THREADS`](crate::DEFAULT_BLOCKING_THREADS), gevent's
+    /// threadpool size). Threads start on demand and exit after a few idle seconds; when all
+    /// `n` are busy, further jobs wait in a FIFO queue (name resolution in [`net`](crate::net)
+    /// uses the same pool).
+    ///
+    /// ```
+    /// let v = greenhub::Builder::new().blocking_threads(2).run(|| greenhub::spawn_blocking(|| 5));
+    /// assert_eq!(v, 5);
+    /// ```
+    ///
+    /// # Panics
+    /// If `n` is 0: the pool needs at least one thread.
+    #[track_caller]
+    pub fn blocking_threads(mut self, n: usize) -> Self {
+        assert!(
+            n >= 1,
+            "greenhub::Builder::blocking_threads(0): spawn_blocking's pool needs at least one \
+             helper thread (n >= 1)"
+        );
+        self.blocking_threads = n;
+        self
     }
 
     /// Usable stack size of every coroutine of this hub, root included, in bytes (rounded up to
@@ -166,8 +192,10 @@ impl Builder {
              use greenhub::spawn to start more coroutines"
         );
         crate::sys::install_overflow_reporter();
-        let hub =
-            Box::new(Hub::new(self.stack_size).expect("greenhub::run: cannot create the hub"));
+        let hub = Box::new(
+            Hub::new(self.stack_size, self.blocking_threads)
+                .expect("greenhub::run: cannot create the hub"),
+        );
         let _installed = Installed::new(&hub);
         let root_body = Rc::new(Spawned::new(f));
         let root = hub.spawn_root(root_body.clone());
@@ -198,7 +226,7 @@ impl Drop for Installed {
 }
 
 impl Hub {
-    fn new(stack_size: usize) -> std::io::Result<Hub> {
+    fn new(stack_size: usize, blocking_threads: usize) -> std::io::Result<Hub> {
         let waker = crate::sys::eventfd()?;
         let reactor = Reactor::new(waker.as_raw_fd())?;
         let remote = std::sync::Arc::new(Remote::new(waker));
@@ -209,7 +237,7 @@ impl Hub {
             timers: Timers::default(),
             reactor,
             remote,
-            pool: RefCell::new(None),
+            pool: Pool::new(blocking_threads),
             stacks: StackPool::new(stack_size),
             exit_hooks: RefCell::new(Vec::new()),
             deadlock: Cell::new(None),

@@ -52,7 +52,7 @@ mod sys;
 mod task;
 mod timer;
 
-pub use blocking::spawn_blocking;
+pub use blocking::{DEFAULT_BLOCKING_THREADS, spawn_blocking};
 pub use coroutine::{CoroutineId, current, spawn, yield_now};
 pub use hub::{Builder, run};
 pub use join::{JoinError, JoinHandle};

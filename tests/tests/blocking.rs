@@ -113,3 +113,96 @@ fn a_cancelled_caller_does_not_stop_the_closure() {
         assert_eq!(done, Ok("ran to its end"));
     });
 }
+
+/// Set in the child process that reruns the thread-refusal test.
+const REFUSAL_CHILD: &str = "GREENHUB_TEST_THREAD_REFUSAL_CHILD";
+
+/// Runs `f` with this process's address space capped at what it maps now plus 1 MiB, so the
+/// OS refuses any new thread (its stack alone is 2 MiB), then lifts the cap. Panic output is
+/// silenced meanwhile (printing a backtrace needs memory too).
+fn with_no_room_for_a_thread<T>(f: impl FnOnce() -> T) -> T {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `old` is a valid out-pointer for getrlimit.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut old) }, 0);
+    let capped = libc::rlimit { rlim_cur: pages * page + (1 << 20), rlim_max: old.rlim_max };
+    let hook = panic::take_hook();
+    panic::set_hook(Box::new(|_| {}));
+    // SAFETY: `capped` is a valid rlimit; lowering the soft limit only.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &capped) }, 0);
+    let value = f();
+    // SAFETY: restores the soft limit read above (never above the hard limit).
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) }, 0);
+    panic::set_hook(hook);
+    value
+}
+
+#[test]
+fn spawn_blocking_panics_naming_the_os_error_when_no_helper_thread_can_start() {
+    if std::env::var_os(REFUSAL_CHILD).is_none() {
+        // In a child process: the address-space cap must not touch the other tests' threads.
+        let name = "spawn_blocking_panics_naming_the_os_error_when_no_helper_thread_can_start";
+        let out = greenhub_tests::rerun_test_in_child(name, REFUSAL_CHILD, "1");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "the child failed: {:?}\n{stdout}\n{stderr}", out.status);
+        assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}\n{stderr}");
+        return;
+    }
+    // A hang in the child must fail the test rather than block it: SIGALRM ends the child.
+    // SAFETY: alarm has no preconditions.
+    unsafe { libc::alarm(30) };
+    let caught = panic::catch_unwind(|| {
+        greenhub::run(|| {
+            let refused = with_no_room_for_a_thread(|| {
+                panic::catch_unwind(|| spawn_blocking(|| 1)).map_err(|p| panic_message(&*p))
+            });
+            let msg = refused.expect_err("a helper thread started despite the cap");
+            assert!(msg.contains("refused to start a helper thread"), "{msg}");
+            assert!(msg.contains("os error"), "the message does not name the OS error: {msg}");
+            // The pool recovers once threads can start again.
+            assert_eq!(spawn_blocking(|| 2), 2);
+            // Nothing is left counted as pending: the deadlock check still works.
+            greenhub::sync::Event::new().wait();
+        })
+    });
+    let msg = panic_message(&*caught.expect_err("the root should have reported a deadlock"));
+    assert!(msg.contains("would block forever"), "{msg}");
+}
+
+#[test]
+fn blocking_threads_caps_how_many_helper_threads_run_jobs() {
+    let threads = greenhub::Builder::new().blocking_threads(2).run(|| {
+        let jobs: Vec<_> =
+            (0..32).map(|_| spawn(|| spawn_blocking(|| std::thread::current().id()))).collect();
+        let ids: std::collections::HashSet<_> =
+            jobs.into_iter().map(|j| j.join().unwrap()).collect();
+        ids.len()
+    });
+    assert!((1..=2).contains(&threads), "{threads} helper threads ran jobs with a pool of 2");
+}
+
+#[test]
+fn jobs_beyond_the_pool_size_run_in_fifo_order() {
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    greenhub::Builder::new().blocking_threads(1).run(|| {
+        let jobs: Vec<_> = (0..16)
+            .map(|i| {
+                let order = order.clone();
+                spawn(move || spawn_blocking(move || order.lock().unwrap().push(i)))
+            })
+            .collect();
+        jobs.into_iter().for_each(|j| j.join().unwrap());
+    });
+    assert_eq!(*order.lock().unwrap(), (0..16).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_pool_of_zero_helper_threads_is_refused_naming_the_rule() {
+    let caught = panic::catch_unwind(|| greenhub::Builder::new().blocking_threads(0));
+    let msg = panic_message(&*caught.unwrap_err());
+    assert!(msg.contains("blocking_threads(0)") && msg.contains("n >= 1"), "{msg}");
+}
