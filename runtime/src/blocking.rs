@@ -61,6 +61,23 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
+    try_spawn_blocking(f).unwrap_or_else(|refused| {
+        panic!(
+            "greenhub::spawn_blocking: the OS refused to start a helper thread ({refused}) and \
+             no helper thread is running to take the job; raise the limit that ran out \
+             (threads or address space: RLIMIT_NPROC, RLIMIT_AS, kernel.threads-max) or free \
+             some threads"
+        )
+    })
+}
+
+/// [`spawn_blocking`], with the OS's refusal of a helper thread as an error (then `f` never
+/// runs, and nothing is left pending).
+pub(crate) fn try_spawn_blocking<T, F>(f: F) -> io::Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
     let hub = hub("spawn_blocking");
     let me = hub.current_task("spawn_blocking");
     let slot: Arc<Mutex<Option<thread::Result<T>>>> = Arc::new(Mutex::new(None));
@@ -76,17 +93,12 @@ where
     };
     if let Err(refused) = hub.pool.submit(Box::new(job)) {
         hub.remote.in_flight.fetch_sub(1, Ordering::Relaxed);
-        panic!(
-            "greenhub::spawn_blocking: the OS refused to start a helper thread ({refused}) and \
-             no helper thread is running to take the job; raise the limit that ran out \
-             (threads or address space: RLIMIT_NPROC, RLIMIT_AS, kernel.threads-max) or free \
-             some threads"
-        );
+        return Err(refused);
     }
     loop {
         let done = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         match done {
-            Some(Ok(value)) => return value,
+            Some(Ok(value)) => return Ok(value),
             Some(Err(payload)) => panic::resume_unwind(payload),
             None => coroutine::suspend(hub, Suspend::Wait(WaitReason::Blocking)),
         }

@@ -511,6 +511,24 @@ impl<T: AsRawFd> Source<T> {
         self.retry(Direction::Write, None, op)
     }
 
+    /// [`read_with`](Self::read_with) that gives up at `deadline` with `WouldBlock`.
+    pub(crate) fn read_until<R>(
+        &self,
+        deadline: Option<Instant>,
+        op: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.retry(Direction::Read, deadline, op)
+    }
+
+    /// [`write_with`](Self::write_with) that gives up at `deadline` with `WouldBlock`.
+    pub(crate) fn write_until<R>(
+        &self,
+        deadline: Option<Instant>,
+        op: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.retry(Direction::Write, deadline, op)
+    }
+
     /// Suspends the calling coroutine until the fd is (or was, since the last `WouldBlock`)
     /// readable.
     pub fn readable(&self) -> io::Result<()> {

@@ -301,6 +301,25 @@ pub(crate) fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets a listening socket's backlog: `listen(2)` again on a socket that already listens only
+/// changes the length of its queue of connections not yet accepted (Linux).
+pub(crate) fn listen(fd: RawFd, backlog: u32) -> io::Result<()> {
+    let backlog = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
+    // SAFETY: listen on an fd number has no memory preconditions; errors are checked.
+    if unsafe { libc::listen(fd, backlog) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's cap on a listen backlog (`net.core.somaxconn`), or `SOMAXCONN` if unreadable.
+pub(crate) fn max_listen_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(libc::SOMAXCONN as u32)
+}
+
 /// The kernel's cap on memory mappings per process, if readable.
 pub(crate) fn max_map_count() -> Option<u64> {
     std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?.trim().parse().ok()

@@ -8,6 +8,7 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::Duration;
 
 use greenhub::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use greenhub::spawn;
@@ -310,5 +311,398 @@ fn a_read_cut_short_by_a_timeout_leaves_the_stream_usable() {
         (&a).write_all(b"late").unwrap();
         let n = (&b).read(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"late");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// try_clone: two fds of one socket, each with its own registration
+
+/// Yields enough times for every ready coroutine to reach its next suspension.
+fn settle() {
+    for _ in 0..3 {
+        greenhub::yield_now();
+    }
+}
+
+#[test]
+fn readers_on_two_clones_of_one_stream_both_get_their_bytes() {
+    let _serial = process_lock();
+    assert_no_fd_leak(3, || {
+        greenhub::run(|| {
+            let (a, b) = UnixStream::pair().unwrap();
+            let b2 = b.try_clone().unwrap();
+            assert_ne!(b.as_raw_fd(), b2.as_raw_fd(), "a clone is a separate fd");
+            let read_one = |s: UnixStream| {
+                spawn(move || {
+                    let mut byte = [0u8; 1];
+                    (&s).read_exact(&mut byte).unwrap();
+                    byte[0]
+                })
+            };
+            let (r1, r2) = (read_one(b), read_one(b2));
+            settle(); // both suspended, each on its own fd's registration
+            // One edge on the shared socket: it must not be used up by one clone's waiter only.
+            (&a).write_all(b"xy").unwrap();
+            let mut got = [r1.join().unwrap(), r2.join().unwrap()];
+            got.sort();
+            assert_eq!(&got, b"xy");
+        });
+    });
+}
+
+#[test]
+fn acceptors_on_a_listener_and_its_clone_each_get_a_connection() {
+    let _serial = process_lock();
+    assert_no_fd_leak(3, || {
+        greenhub::run(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let clone = listener.try_clone().unwrap();
+            let addr = listener.local_addr().unwrap();
+            assert_eq!(clone.local_addr().unwrap(), addr);
+            let accept = |l: TcpListener| spawn(move || l.accept().map(|(c, _)| c).unwrap());
+            let (one, two) = (accept(listener), accept(clone));
+            settle();
+            let clients: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+            let (one, two) = (one.join().unwrap(), two.join().unwrap());
+            assert_ne!(one.peer_addr().unwrap(), two.peer_addr().unwrap());
+            drop(clients);
+        });
+    });
+}
+
+#[test]
+fn a_stream_keeps_working_after_its_clone_is_dropped() {
+    let _serial = process_lock();
+    assert_no_fd_leak(3, || {
+        greenhub::run(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = spawn(move || listener.accept().unwrap().0);
+            let client = TcpStream::connect(addr).unwrap();
+            let conn = server.join().unwrap();
+            let clone = client.try_clone().unwrap();
+            // Register the clone with the hub (a read that waits), then drop it.
+            let reader = spawn(move || {
+                let mut byte = [0u8; 1];
+                (&clone).read_exact(&mut byte).unwrap();
+                clone
+            });
+            settle();
+            (&conn).write_all(b"1").unwrap();
+            drop(reader.join().unwrap());
+            // The original's own registration is untouched by the clone's deregistration.
+            let echo = spawn(move || {
+                let mut buf = [0u8; 2];
+                (&client).read_exact(&mut buf).unwrap();
+                buf
+            });
+            settle();
+            (&conn).write_all(b"23").unwrap();
+            assert_eq!(&echo.join().unwrap(), b"23");
+        });
+    });
+}
+
+#[test]
+fn unix_listener_and_stream_clones_work() {
+    let _serial = process_lock();
+    let path = socket_path("clone");
+    let _ = std::fs::remove_file(&path);
+    greenhub::run(|| {
+        let listener = UnixListener::bind(&path).unwrap();
+        let clone = listener.try_clone().unwrap();
+        drop(listener);
+        let server = spawn(move || clone.accept().unwrap().0);
+        let client = UnixStream::connect(&path).unwrap();
+        let conn = server.join().unwrap();
+        let writer = client.try_clone().unwrap();
+        (&writer).write_all(b"via clone").unwrap();
+        let mut buf = [0u8; 9];
+        (&conn).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"via clone");
+    });
+    std::fs::remove_file(&path).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversions from and to std's sockets
+
+/// Whether `fd` is in non-blocking mode.
+fn is_nonblocking(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: F_GETFL on an fd number has no memory preconditions.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    assert!(flags >= 0, "fcntl: {}", io::Error::last_os_error());
+    flags & libc::O_NONBLOCK != 0
+}
+
+#[test]
+fn std_tcp_sockets_convert_both_ways() {
+    let _serial = process_lock();
+    assert_no_fd_leak(3, || {
+        greenhub::run(|| {
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = std_listener.local_addr().unwrap();
+            let listener = TcpListener::from(std_listener);
+            assert!(is_nonblocking(listener.as_raw_fd()));
+            // The adopted listener suspends its accept: the connect below runs meanwhile.
+            let server = spawn(move || (listener.accept().unwrap().0, listener));
+            let std_client = std::net::TcpStream::connect(addr).unwrap();
+            let (conn, listener) = server.join().unwrap();
+            let client = TcpStream::from(std_client);
+            assert!(is_nonblocking(client.as_raw_fd()));
+            let reader = spawn(move || {
+                let mut buf = [0u8; 2];
+                (&client).read_exact(&mut buf).unwrap();
+                (client, buf)
+            });
+            settle();
+            (&conn).write_all(b"hi").unwrap();
+            let (client, buf) = reader.join().unwrap();
+            assert_eq!(&buf, b"hi");
+            // Back to std: blocking again, and still connected.
+            let mut std_client = client.into_std().unwrap();
+            assert!(!is_nonblocking(std_client.as_raw_fd()));
+            (&conn).write_all(b"!").unwrap();
+            let mut byte = [0u8; 1];
+            std_client.read_exact(&mut byte).unwrap();
+            assert_eq!(&byte, b"!");
+            let std_listener = listener.into_std().unwrap();
+            assert!(!is_nonblocking(std_listener.as_raw_fd()));
+            assert_eq!(std_listener.local_addr().unwrap(), addr);
+        });
+    });
+}
+
+#[test]
+fn std_unix_sockets_convert_both_ways() {
+    let _serial = process_lock();
+    let path = socket_path("convert");
+    let _ = std::fs::remove_file(&path);
+    greenhub::run(|| {
+        let listener = UnixListener::from(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(is_nonblocking(listener.as_raw_fd()));
+        let server = spawn(move || (listener.accept().unwrap().0, listener));
+        let client = UnixStream::from(std::os::unix::net::UnixStream::connect(&path).unwrap());
+        let (conn, listener) = server.join().unwrap();
+        assert!(is_nonblocking(client.as_raw_fd()));
+        (&client).write_all(b"u").unwrap();
+        let mut byte = [0u8; 1];
+        (&conn).read_exact(&mut byte).unwrap();
+        let mut std_conn = conn.into_std().unwrap();
+        assert!(!is_nonblocking(std_conn.as_raw_fd()));
+        (&client).write_all(b"v").unwrap();
+        std_conn.read_exact(&mut byte).unwrap();
+        assert_eq!(&byte, b"v");
+        assert!(!is_nonblocking(listener.into_std().unwrap().as_raw_fd()));
+    });
+    std::fs::remove_file(&path).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read and write timeouts
+
+#[test]
+fn a_read_timeout_ends_a_read_with_would_block_and_leaves_the_stream_usable() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        assert_eq!(b.read_timeout().unwrap(), None);
+        b.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+        assert_eq!(b.read_timeout().unwrap(), Some(Duration::from_millis(5)));
+        let mut buf = [0u8; 4];
+        let err = (&b).read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        (&a).write_all(b"late").unwrap();
+        assert_eq!((&b).read(&mut buf).unwrap(), 4);
+        b.set_read_timeout(None).unwrap();
+        assert_eq!(b.read_timeout().unwrap(), None);
+    });
+}
+
+#[test]
+fn a_read_timeout_does_not_stop_other_coroutines_or_a_read_that_gets_data() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (a, b) = TcpPair::new();
+        b.set_read_timeout(Some(Duration::MAX)).unwrap(); // "never", without an overflow
+        let reader = spawn(move || {
+            let mut buf = [0u8; 3];
+            (&b).read_exact(&mut buf).map(|()| buf)
+        });
+        settle();
+        assert!(!reader.is_finished());
+        (&a).write_all(b"abc").unwrap();
+        assert_eq!(&reader.join().unwrap().unwrap(), b"abc");
+    });
+}
+
+#[test]
+fn a_write_timeout_ends_a_write_to_a_full_socket_with_would_block() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (a, _b) = UnixStream::pair().unwrap();
+        a.set_write_timeout(Some(Duration::from_millis(5))).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let err = loop {
+            // Nobody reads: the buffer fills and a write must time out.
+            if let Err(e) = (&a).write(&chunk) {
+                break e;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        assert_eq!(a.write_timeout().unwrap(), Some(Duration::from_millis(5)));
+    });
+}
+
+#[test]
+fn a_zero_timeout_is_refused_as_std_refuses_it() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let err = a.set_read_timeout(Some(Duration::ZERO)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let err = a.set_write_timeout(Some(Duration::ZERO)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!((a.read_timeout().unwrap(), a.write_timeout().unwrap()), (None, None));
+        let (t, _u) = TcpPair::new();
+        assert_eq!(
+            t.set_read_timeout(Some(Duration::ZERO)).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    });
+}
+
+#[test]
+fn timeouts_cross_the_std_conversions_and_clones() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (a, _b) = TcpPair::new();
+        a.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        a.set_write_timeout(Some(Duration::from_secs(4))).unwrap();
+        let clone = a.try_clone().unwrap();
+        assert_eq!(clone.read_timeout().unwrap(), Some(Duration::from_secs(3)));
+        let std = a.into_std().unwrap();
+        assert_eq!(std.read_timeout().unwrap(), Some(Duration::from_secs(3)));
+        assert_eq!(std.write_timeout().unwrap(), Some(Duration::from_secs(4)));
+        let back = TcpStream::from(std);
+        assert_eq!(back.write_timeout().unwrap(), Some(Duration::from_secs(4)));
+        drop(clone);
+    });
+}
+
+/// A connected pair of greenhub TCP streams.
+struct TcpPair;
+
+impl TcpPair {
+    #[allow(clippy::new_ret_no_self)]
+    fn new() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = spawn(move || listener.accept().unwrap().0);
+        let client = TcpStream::connect(addr).unwrap();
+        (client, server.join().unwrap())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The listen backlog, the fd limit, names
+
+/// More connections than std's fixed backlog of 128.
+const BURST: usize = 300;
+
+#[test]
+fn a_burst_of_more_than_128_connects_is_all_accepted() {
+    let _serial = process_lock();
+    assert_no_fd_leak(1, || {
+        greenhub::run(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            // Every client connects before anything is accepted: each needs a place in the
+            // backlog (with 128, the rest would have their SYNs dropped and never connect).
+            let clients: Vec<_> =
+                (0..BURST).map(|_| spawn(move || TcpStream::connect(addr))).collect();
+            let connected = greenhub::timeout(Duration::from_secs(20), || {
+                clients.into_iter().map(|c| c.join().unwrap().unwrap()).collect::<Vec<_>>()
+            })
+            .expect("not every client of the burst could connect: the backlog is too short");
+            let accepted: std::collections::HashSet<_> =
+                (0..BURST).map(|_| listener.accept().unwrap().1).collect();
+            let mut expected: Vec<_> = connected.iter().map(|c| c.local_addr().unwrap()).collect();
+            expected.sort();
+            let mut accepted: Vec<_> = accepted.into_iter().collect();
+            accepted.sort();
+            assert_eq!(accepted, expected);
+        });
+    });
+}
+
+#[test]
+fn bind_with_backlog_listens_with_the_backlog_asked_for() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let listener = TcpListener::bind_with_backlog("127.0.0.1:0", 512).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients: Vec<_> = (0..BURST).map(|_| spawn(move || TcpStream::connect(addr))).collect();
+        let connected = greenhub::timeout(Duration::from_secs(20), || {
+            clients.into_iter().map(|c| c.join().unwrap().unwrap()).collect::<Vec<_>>()
+        })
+        .expect("a backlog of 512 holds a burst of 300");
+        for _ in 0..BURST {
+            listener.accept().unwrap();
+        }
+        drop(connected);
+        assert!(greenhub::net::default_backlog() >= 128);
+    });
+}
+
+/// Set in the child process that reruns the fd-limit test.
+const FD_LIMIT_CHILD: &str = "GREENHUB_TEST_FD_LIMIT_CHILD";
+
+#[test]
+fn accept_at_the_fd_limit_returns_emfile_at_once_and_the_connection_stays_queued() {
+    if std::env::var_os(FD_LIMIT_CHILD).is_none() {
+        let name = "accept_at_the_fd_limit_returns_emfile_at_once_and_the_connection_stays_queued";
+        let out = greenhub_tests::rerun_test_in_child(name, FD_LIMIT_CHILD, "1");
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the child failed: {:?}\n{stdout}\n{stderr}", out.status);
+        assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}\n{stderr}");
+        return;
+    }
+    // SAFETY: alarm has no preconditions; a spin or hang ends the child with SIGALRM.
+    unsafe { libc::alarm(30) };
+    greenhub::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        // The lowest free fd number: a new fd gets it. With the limit there, none is free.
+        let lowest_free = std::fs::File::open("/dev/null").unwrap().as_raw_fd() as u64;
+        let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: `old` is a valid out-pointer.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }, 0);
+        let capped = libc::rlimit { rlim_cur: lowest_free, rlim_max: old.rlim_max };
+        // SAFETY: a valid rlimit, lowering the soft limit only.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) }, 0);
+        let refused = listener.accept().map(drop);
+        // SAFETY: restores the soft limit read above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) }, 0);
+        let err = refused.expect_err("accept found a free fd under the cap");
+        assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+        let (conn, peer) = listener.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        drop(conn);
+    });
+}
+
+#[test]
+fn connect_and_bind_accept_host_names() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let listener = TcpListener::bind("localhost:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = spawn(move || listener.accept().unwrap().1);
+        let client = TcpStream::connect(("localhost", port)).unwrap();
+        assert_eq!(server.join().unwrap(), client.local_addr().unwrap());
+        let err = TcpStream::connect("localhost").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
     });
 }

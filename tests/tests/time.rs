@@ -314,3 +314,35 @@ fn regression_outer_timeout_firing_in_the_same_turn_as_the_inner_one_wins() {
         assert!(outer.is_err(), "the outer deadline passed too, and it is the outer one's");
     });
 }
+
+#[test]
+fn every_runtime_call_taking_a_duration_accepts_duration_max() {
+    // A deadline past what `Instant` can hold means "never", not an overflow panic.
+    greenhub::run(|| {
+        assert_eq!(timeout(Duration::MAX, || 5), Ok(5));
+        assert_eq!(
+            timeout(Duration::MAX, || {
+                sleep(ms(1));
+                6
+            }),
+            Ok(6)
+        );
+        let quick = spawn(yield_now);
+        assert!(quick.wait_timeout(Duration::MAX));
+        let event = Rc::new(Event::new());
+        let setter = spawn({
+            let event = event.clone();
+            move || event.set()
+        });
+        assert!(event.wait_timeout(Duration::MAX));
+        setter.join().unwrap();
+        let (tx, rx) = greenhub::sync::channel();
+        let sender = spawn(move || tx.send(7).unwrap());
+        assert_eq!(rx.recv_timeout(Duration::MAX), Ok(7));
+        sender.join().unwrap();
+        let sleeper = spawn(|| sleep(Duration::MAX));
+        yield_now();
+        sleeper.cancel();
+        assert!(sleeper.join().unwrap_err().is_cancelled());
+    });
+}

@@ -1,0 +1,153 @@
+//! Unix-domain streams: [`UnixListener`] and [`UnixStream`].
+
+use std::fmt;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::SocketAddr;
+use std::path::Path;
+
+use super::{
+    Timeouts, blocking_again, default_backlog, dup_fd, fd_traits, finish_connect, stream_io,
+};
+use crate::io::Source;
+use crate::sys;
+
+/// A Unix-domain socket server; its backlog is the kernel's maximum by default, as
+/// [`TcpListener`](super::TcpListener)'s.
+pub struct UnixListener {
+    inner: Source<mio::net::UnixListener>,
+}
+
+impl UnixListener {
+    /// Binds to the socket path `path` (which must not exist yet).
+    pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
+        UnixListener::bind_with_backlog(path, default_backlog())
+    }
+
+    /// [`bind`](Self::bind) with a backlog of `backlog` connections (capped by the kernel).
+    pub fn bind_with_backlog(path: impl AsRef<Path>, backlog: u32) -> io::Result<UnixListener> {
+        let std = std::os::unix::net::UnixListener::bind(path)?;
+        sys::listen(std.as_raw_fd(), backlog)?;
+        Ok(UnixListener::from(std))
+    }
+
+    /// Suspends the caller until a connection arrives (`EMFILE`/`ENFILE` at the fd limit are
+    /// returned at once, as for [`TcpListener::accept`](super::TcpListener::accept)).
+    pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
+        let (stream, addr) = self.inner.read_with(|l| l.accept())?;
+        Ok((UnixStream::from_mio(stream, Timeouts::default())?, addr))
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().local_addr()
+    }
+
+    /// A second listener on the same socket (a new fd, `dup`).
+    pub fn try_clone(&self) -> io::Result<UnixListener> {
+        let fd = dup_fd(self.inner.get_ref())?;
+        Ok(UnixListener { inner: Source::new(mio::net::UnixListener::from(fd))? })
+    }
+
+    /// The std listener, deregistered from the hub and in blocking mode again (shared with
+    /// every `try_clone`).
+    pub fn into_std(self) -> io::Result<std::os::unix::net::UnixListener> {
+        let std = std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(
+            self.inner.into_inner(),
+        ));
+        blocking_again(&std)?;
+        Ok(std)
+    }
+}
+
+impl From<std::os::unix::net::UnixListener> for UnixListener {
+    /// Adopts a std listener (put in non-blocking mode; its backlog is kept).
+    fn from(std: std::os::unix::net::UnixListener) -> UnixListener {
+        UnixListener {
+            inner: Source::new(mio::net::UnixListener::from_std(std)).expect(super::ADOPT),
+        }
+    }
+}
+
+fd_traits!(UnixListener);
+
+impl fmt::Debug for UnixListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnixListener").field("fd", &self.as_raw_fd()).finish()
+    }
+}
+
+/// A Unix-domain stream connection; the same shape as [`TcpStream`](super::TcpStream).
+pub struct UnixStream {
+    inner: Source<mio::net::UnixStream>,
+    timeouts: Timeouts,
+}
+
+impl UnixStream {
+    /// Connects to the socket at `path`; suspends the caller meanwhile.
+    pub fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
+        let stream =
+            UnixStream::from_mio(mio::net::UnixStream::connect(path)?, Timeouts::default())?;
+        finish_connect(&stream.inner, |s| s.take_error(), |s| s.peer_addr().map(drop))?;
+        Ok(stream)
+    }
+
+    /// A connected pair of streams.
+    pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
+        let (a, b) = mio::net::UnixStream::pair()?;
+        Ok((
+            UnixStream::from_mio(a, Timeouts::default())?,
+            UnixStream::from_mio(b, Timeouts::default())?,
+        ))
+    }
+
+    fn from_mio(stream: mio::net::UnixStream, timeouts: Timeouts) -> io::Result<UnixStream> {
+        Ok(UnixStream { inner: Source::new(stream)?, timeouts })
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().peer_addr()
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().local_addr()
+    }
+
+    /// Shuts down the read, write, or both halves.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.inner.get_ref().shutdown(how)
+    }
+
+    /// A second handle to the same connection (a new fd, `dup`), with a copy of this one's
+    /// timeouts.
+    pub fn try_clone(&self) -> io::Result<UnixStream> {
+        let fd = dup_fd(self.inner.get_ref())?;
+        UnixStream::from_mio(mio::net::UnixStream::from(fd), self.timeouts.copy())
+    }
+
+    /// The std stream, deregistered from the hub, in blocking mode again (shared with every
+    /// `try_clone`), with this stream's timeouts set on it.
+    pub fn into_std(self) -> io::Result<std::os::unix::net::UnixStream> {
+        let UnixStream { inner, timeouts } = self;
+        let std = std::os::unix::net::UnixStream::from(inner.into_inner());
+        blocking_again(&std)?;
+        std.set_read_timeout(timeouts.read.get())?;
+        std.set_write_timeout(timeouts.write.get())?;
+        Ok(std)
+    }
+}
+
+impl From<std::os::unix::net::UnixStream> for UnixStream {
+    /// Adopts a std stream (put in non-blocking mode), keeping its timeouts as the cooperative
+    /// ones.
+    fn from(std: std::os::unix::net::UnixStream) -> UnixStream {
+        let timeouts =
+            Timeouts::new(std.read_timeout().ok().flatten(), std.write_timeout().ok().flatten());
+        UnixStream::from_mio(mio::net::UnixStream::from_std(std), timeouts).expect(super::ADOPT)
+    }
+}
+
+stream_io!(UnixStream);
