@@ -420,3 +420,22 @@ fn waits_on_closed_and_reused_fds_leak_no_fds() {
         });
     });
 }
+
+#[test]
+fn closing_an_ipc_pipe_end_wakes_raw_waiters_on_its_fd_with_ebadf() {
+    let _serial = process_lock();
+    let err = within_safety_net(|| {
+        let (reader, writer) = greenhub_ipc::pipe::<u32>().unwrap();
+        // A get that times out registers the pipe end's own fd with the hub.
+        assert!(reader.get_timeout(Duration::from_millis(1)).is_err());
+        let fd = reader.as_raw_fd();
+        let waiter = spawn(move || wait_readable(fd));
+        settle();
+        assert!(!waiter.is_finished());
+        reader.close().unwrap();
+        let err = waiter.join().unwrap().unwrap_err();
+        drop(writer);
+        err.raw_os_error()
+    });
+    assert_eq!(err, Some(libc::EBADF));
+}
