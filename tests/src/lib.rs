@@ -134,6 +134,33 @@ pub fn rerun_test_in_child(test: &str, var: &str, value: impl AsRef<OsStr> + Deb
         .unwrap_or_else(|e| panic!("cannot rerun {} for {test}: {e}", exe.display()))
 }
 
+/// For a test that must run alone in a child process (it lowers a process-wide limit, or may
+/// hang): in the parent, reruns `test` in a child with `var` set, checks that it passed there,
+/// and returns false (the parent's work is done); in the child, returns true. The parent holds
+/// [`process_lock`] meanwhile.
+///
+/// A child that may hang should arm `libc::alarm` first, so that a hang fails the test.
+pub fn run_in_child(test: &str, var: &str) -> bool {
+    if std::env::var_os(var).is_some() {
+        return true;
+    }
+    let _serial = process_lock(); // the child's pipes are fds of this process
+    let out = rerun_test_in_child(test, var, "1");
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the child failed: {:?}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}\n{stderr}");
+    false
+}
+
+/// Whether `fd` is in non-blocking mode (`O_NONBLOCK`).
+pub fn is_nonblocking(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: F_GETFL on an fd number has no memory preconditions.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    assert!(flags >= 0, "fcntl: {}", std::io::Error::last_os_error());
+    flags & libc::O_NONBLOCK != 0
+}
+
 /// The text of a panic payload (`&str` or `String`), or a placeholder.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload

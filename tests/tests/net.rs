@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use greenhub::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use greenhub::spawn;
-use greenhub_tests::{assert_no_fd_leak, process_lock};
+use greenhub_tests::{assert_no_fd_leak, is_nonblocking, process_lock};
 
 /// Bytes each echo client sends: more than the socket buffers hold, so writes suspend.
 const PAYLOAD: usize = 256 * 1024;
@@ -427,14 +427,6 @@ fn unix_listener_and_stream_clones_work() {
 // ---------------------------------------------------------------------------------------------
 // Conversions from and to std's sockets
 
-/// Whether `fd` is in non-blocking mode.
-fn is_nonblocking(fd: std::os::fd::RawFd) -> bool {
-    // SAFETY: F_GETFL on an fd number has no memory preconditions.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    assert!(flags >= 0, "fcntl: {}", io::Error::last_os_error());
-    flags & libc::O_NONBLOCK != 0
-}
-
 #[test]
 fn std_tcp_sockets_convert_both_ways() {
     let _serial = process_lock();
@@ -660,13 +652,8 @@ const FD_LIMIT_CHILD: &str = "GREENHUB_TEST_FD_LIMIT_CHILD";
 
 #[test]
 fn accept_at_the_fd_limit_returns_emfile_at_once_and_the_connection_stays_queued() {
-    if std::env::var_os(FD_LIMIT_CHILD).is_none() {
-        let name = "accept_at_the_fd_limit_returns_emfile_at_once_and_the_connection_stays_queued";
-        let out = greenhub_tests::rerun_test_in_child(name, FD_LIMIT_CHILD, "1");
-        let (stdout, stderr) =
-            (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "the child failed: {:?}\n{stdout}\n{stderr}", out.status);
-        assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}\n{stderr}");
+    let name = "accept_at_the_fd_limit_returns_emfile_at_once_and_the_connection_stays_queued";
+    if !greenhub_tests::run_in_child(name, FD_LIMIT_CHILD) {
         return;
     }
     // SAFETY: alarm has no preconditions; a spin or hang ends the child with SIGALRM.

@@ -92,6 +92,23 @@ fn blocking_again(io: &impl AsRawFd) -> io::Result<()> {
 /// `Source::new` fails only if `fcntl(O_NONBLOCK)` does, which it does not on an open socket.
 const ADOPT: &str = "greenhub::net: fcntl(O_NONBLOCK) failed on an open socket";
 
+/// `AsRawFd` and `AsFd` for a type with `inner: Source<_>`.
+macro_rules! fd_traits {
+    ($ty:ty) => {
+        impl std::os::fd::AsRawFd for $ty {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                self.inner.as_raw_fd()
+            }
+        }
+
+        impl std::os::fd::AsFd for $ty {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                self.inner.as_fd()
+            }
+        }
+    };
+}
+
 /// `Read`, `Write`, timeouts and the fd traits for a stream type with `inner: Source<_>` and
 /// `timeouts: Timeouts`, through the retry loop.
 macro_rules! stream_io {
@@ -188,39 +205,12 @@ macro_rules! stream_io {
             }
         }
 
-        impl std::os::fd::AsRawFd for $ty {
-            fn as_raw_fd(&self) -> std::os::fd::RawFd {
-                self.inner.as_raw_fd()
-            }
-        }
-
-        impl std::os::fd::AsFd for $ty {
-            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-                self.inner.as_fd()
-            }
-        }
+        super::fd_traits!($ty);
 
         impl std::fmt::Debug for $ty {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 use std::os::fd::AsRawFd;
                 f.debug_struct(stringify!($ty)).field("fd", &self.as_raw_fd()).finish()
-            }
-        }
-    };
-}
-
-/// `AsRawFd` and `AsFd` for a type with `inner: Source<_>`.
-macro_rules! fd_traits {
-    ($ty:ty) => {
-        impl std::os::fd::AsRawFd for $ty {
-            fn as_raw_fd(&self) -> std::os::fd::RawFd {
-                self.inner.as_raw_fd()
-            }
-        }
-
-        impl std::os::fd::AsFd for $ty {
-            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-                self.inner.as_fd()
             }
         }
     };
