@@ -226,3 +226,24 @@ fn bind_and_send_to_accept_host_names() {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
     });
 }
+
+#[test]
+fn a_read_timeout_ends_a_recv_with_would_block_and_the_socket_goes_on() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let s = bound();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(5))).unwrap();
+        let err = s.recv_from(&mut [0u8; 4]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        bound().send_to(b"ok", s.local_addr().unwrap()).unwrap();
+        assert_eq!(s.recv_from(&mut [0u8; 4]).unwrap().0, 2);
+        let zero = s.set_write_timeout(Some(std::time::Duration::ZERO)).unwrap_err();
+        assert_eq!(zero.kind(), io::ErrorKind::InvalidInput);
+        let clone = s.try_clone().unwrap();
+        assert_eq!(clone.read_timeout().unwrap(), Some(std::time::Duration::from_millis(5)));
+        // Whole seconds: the kernel keeps SO_RCVTIMEO in clock ticks.
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        let std = s.into_std().unwrap();
+        assert_eq!(std.read_timeout().unwrap(), Some(std::time::Duration::from_secs(2)));
+    });
+}

@@ -109,6 +109,45 @@ macro_rules! fd_traits {
     };
 }
 
+/// `set_read_timeout`, `set_write_timeout` and their getters for a type with
+/// `timeouts: Timeouts`.
+macro_rules! timeouts_api {
+    ($ty:ty) => {
+        impl $ty {
+            /// Sets how long each read waits at most (`None`: no limit, the default). A read
+            /// that times out fails with [`std::io::ErrorKind::WouldBlock`], as std's does on
+            /// Linux (`EAGAIN` from `SO_RCVTIMEO`). The timeout belongs to this value: a
+            /// [`try_clone`](Self::try_clone) starts with a copy. `Duration::MAX` means no limit.
+            ///
+            /// # Errors
+            /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+            pub fn set_read_timeout(&self, d: Option<std::time::Duration>) -> std::io::Result<()> {
+                super::Timeouts::set(&self.timeouts.read, d)
+            }
+
+            /// Sets how long each write waits at most for buffer space (`None`: no limit, the
+            /// default); the same rules as [`set_read_timeout`](Self::set_read_timeout). A write
+            /// that times out has written nothing.
+            ///
+            /// # Errors
+            /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+            pub fn set_write_timeout(&self, d: Option<std::time::Duration>) -> std::io::Result<()> {
+                super::Timeouts::set(&self.timeouts.write, d)
+            }
+
+            /// The read timeout ([`set_read_timeout`](Self::set_read_timeout)).
+            pub fn read_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
+                Ok(self.timeouts.read.get())
+            }
+
+            /// The write timeout ([`set_write_timeout`](Self::set_write_timeout)).
+            pub fn write_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
+                Ok(self.timeouts.write.get())
+            }
+        }
+    };
+}
+
 /// `Read`, `Write`, timeouts and the fd traits for a stream type with `inner: Source<_>` and
 /// `timeouts: Timeouts`, through the retry loop.
 macro_rules! stream_io {
@@ -172,38 +211,7 @@ macro_rules! stream_io {
             }
         }
 
-        impl $ty {
-            /// Sets how long each read waits at most (`None`: no limit, the default). A read
-            /// that times out fails with [`std::io::ErrorKind::WouldBlock`], as std's does on
-            /// Linux (`EAGAIN` from `SO_RCVTIMEO`). The timeout belongs to this value: a
-            /// [`try_clone`](Self::try_clone) starts with a copy. `Duration::MAX` means no limit.
-            ///
-            /// # Errors
-            /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
-            pub fn set_read_timeout(&self, d: Option<std::time::Duration>) -> std::io::Result<()> {
-                super::Timeouts::set(&self.timeouts.read, d)
-            }
-
-            /// Sets how long each write waits at most for buffer space (`None`: no limit, the
-            /// default); the same rules as [`set_read_timeout`](Self::set_read_timeout). A write
-            /// that times out has written nothing.
-            ///
-            /// # Errors
-            /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
-            pub fn set_write_timeout(&self, d: Option<std::time::Duration>) -> std::io::Result<()> {
-                super::Timeouts::set(&self.timeouts.write, d)
-            }
-
-            /// The read timeout ([`set_read_timeout`](Self::set_read_timeout)).
-            pub fn read_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
-                Ok(self.timeouts.read.get())
-            }
-
-            /// The write timeout ([`set_write_timeout`](Self::set_write_timeout)).
-            pub fn write_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
-                Ok(self.timeouts.write.get())
-            }
-        }
+        super::timeouts_api!($ty);
 
         super::fd_traits!($ty);
 
@@ -218,6 +226,7 @@ macro_rules! stream_io {
 
 use fd_traits;
 use stream_io;
+use timeouts_api;
 
 /// Waits for a non-blocking connect to finish: until the socket is writable, then `SO_ERROR`
 /// says how it went (a socket still connecting has no peer yet: wait again).

@@ -5,12 +5,13 @@ use std::io;
 use std::net::SocketAddr;
 
 use super::resolve::each_addr;
-use super::{ToSocketAddrs, blocking_again, dup_fd, fd_traits};
+use super::{Timeouts, ToSocketAddrs, blocking_again, dup_fd, fd_traits, timeouts_api};
 use crate::io::Source;
 
 /// A UDP socket: `recv` and `recv_from` suspend the caller until a datagram arrives, `send` and
 /// `send_to` until the socket buffer has room. Shared by reference: several coroutines may send
-/// and receive on one socket (each datagram goes to one receiver).
+/// and receive on one socket (each datagram goes to one receiver). Read and write timeouts work
+/// as [`TcpStream`](super::TcpStream)'s (`WouldBlock` when one passes).
 ///
 /// ```
 /// use greenhub::net::UdpSocket;
@@ -34,6 +35,7 @@ use crate::io::Source;
 /// ```
 pub struct UdpSocket {
     inner: Source<std::net::UdpSocket>,
+    timeouts: Timeouts,
 }
 
 impl UdpSocket {
@@ -50,13 +52,13 @@ impl UdpSocket {
 
     /// Sends `buf` to the connected peer; the number of bytes sent.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write_with(|s| s.send(buf))
+        self.inner.write_until(self.timeouts.write_deadline(), |s| s.send(buf))
     }
 
     /// Receives one datagram from the connected peer, suspending until one arrives; its length
     /// (a datagram longer than `buf` is cut to fit, as std).
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read_with(|s| s.recv(buf))
+        self.inner.read_until(self.timeouts.read_deadline(), |s| s.recv(buf))
     }
 
     /// Sends `buf` to the first of `addr`'s addresses (a host name is resolved off the hub).
@@ -64,17 +66,17 @@ impl UdpSocket {
         let to = addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "no addresses to send data to")
         })?;
-        self.inner.write_with(|s| s.send_to(buf, to))
+        self.inner.write_until(self.timeouts.write_deadline(), |s| s.send_to(buf, to))
     }
 
     /// Receives one datagram, suspending until one arrives; its length and sender.
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.inner.read_with(|s| s.recv_from(buf))
+        self.inner.read_until(self.timeouts.read_deadline(), |s| s.recv_from(buf))
     }
 
     /// Receives one datagram without removing it from the queue, suspending until one arrives.
     pub fn peek_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.inner.read_with(|s| s.peek_from(buf))
+        self.inner.read_until(self.timeouts.read_deadline(), |s| s.peek_from(buf))
     }
 
     /// The local address.
@@ -111,26 +113,34 @@ impl UdpSocket {
     /// receiver asks first, and readiness wakes waiters on both.
     pub fn try_clone(&self) -> io::Result<UdpSocket> {
         let fd = dup_fd(self.inner.get_ref())?;
-        Ok(UdpSocket { inner: Source::new(std::net::UdpSocket::from(fd))? })
+        let inner = Source::new(std::net::UdpSocket::from(fd))?;
+        Ok(UdpSocket { inner, timeouts: self.timeouts.copy() })
     }
 
-    /// The std socket, deregistered from the hub and in blocking mode again (shared with every
-    /// `try_clone`).
+    /// The std socket, deregistered from the hub, in blocking mode again (shared with every
+    /// `try_clone`), with this socket's timeouts set on it.
     pub fn into_std(self) -> io::Result<std::net::UdpSocket> {
-        let std = self.inner.into_inner();
+        let UdpSocket { inner, timeouts } = self;
+        let std = inner.into_inner();
         blocking_again(&std)?;
+        std.set_read_timeout(timeouts.read.get())?;
+        std.set_write_timeout(timeouts.write.get())?;
         Ok(std)
     }
 }
 
 impl From<std::net::UdpSocket> for UdpSocket {
-    /// Adopts a std socket (put in non-blocking mode).
+    /// Adopts a std socket (put in non-blocking mode), keeping its timeouts as the cooperative
+    /// ones.
     fn from(std: std::net::UdpSocket) -> UdpSocket {
-        UdpSocket { inner: Source::new(std).expect(super::ADOPT) }
+        let timeouts =
+            Timeouts::new(std.read_timeout().ok().flatten(), std.write_timeout().ok().flatten());
+        UdpSocket { inner: Source::new(std).expect(super::ADOPT), timeouts }
     }
 }
 
 fd_traits!(UdpSocket);
+timeouts_api!(UdpSocket);
 
 impl fmt::Debug for UdpSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
