@@ -15,17 +15,22 @@
 //! find the old file's registration. Who may hold a registration decides how it is checked:
 //!
 //! - **Owned** (a live [`Source`] holds it): the `Source` owns the fd, so by I/O safety the number
-//!   still names the registered file. Never checked: no cost on the hot path. A `Source`
-//!   deregisters before it closes its fd (field order).
+//!   still names the registered file. Its own waits never check: no cost on the hot path. A
+//!   `Source` deregisters before it closes its fd (field order).
 //! - **Unowned** (only raw [`wait_readable`] / [`wait_writable`] waiters hold it: the caller owns
 //!   the fd and may close it under the wait). Checked with one `epoll_ctl(EPOLL_CTL_MOD)`, which
 //!   succeeds exactly when epoll still holds *the file now at that number* under that number: a
-//!   closed number gives `EBADF`, a reused one `ENOENT` (or `EPERM`). Checked when a new wait or a
-//!   new `Source` finds the entry, and at the start of each loop poll that follows a turn in which
+//!   closed number gives `EBADF`, a reused one `ENOENT` (or `EPERM`). Checked at the start of
+//!   each loop poll that follows a turn in which
 //!   coroutines ran (only they can close an fd under a wait; a poll that ran nobody checks
 //!   nothing, so the re-arm that `MOD` causes cannot make the loop spin). A registration that
 //!   fails the check is *retired*: it leaves the table, its waiters wake with `EBADF`, and the
 //!   number is registered afresh on its next use.
+//!
+//! Whoever holds it, a registration found under a number by a *new* wait (a raw wait, or a
+//! `Source`'s first) gets the same check before it is shared, so even an fd closed behind a
+//! `Source`'s back (`libc::close` on its number, which breaks I/O safety) never passes its
+//! registration to the file that reuses the number.
 //!
 //! Tokens carry a generation next to the slab key, so events from an epoll entry that outlived
 //! its fd number (the file is still open elsewhere) are recognised and ignored.
@@ -251,11 +256,12 @@ impl Reactor {
         self.unowned.borrow_mut().remove(&registration.key);
     }
 
-    /// The live registration of `fd` in this hub, if any. An unowned one is checked first: if
-    /// its fd was closed or now names another file, it is retired and `None` is returned.
+    /// The live registration of `fd` in this hub, if any. It is checked first: if its fd was
+    /// closed or now names another file, it is retired and `None` is returned. (Only a new
+    /// wait's lookup pays this; a `Source`'s own waits use the registration it holds.)
     fn registration_of(&self, fd: RawFd) -> Option<Rc<Registration>> {
         let found = self.by_fd.borrow().get(&fd).and_then(Weak::upgrade)?;
-        if found.owners.get() == 0 && !self.still_registered(&found) {
+        if !self.still_registered(&found) {
             self.retire(&found);
             return None;
         }

@@ -439,3 +439,26 @@ fn closing_an_ipc_pipe_end_wakes_raw_waiters_on_its_fd_with_ebadf() {
     });
     assert_eq!(err, Some(libc::EBADF));
 }
+
+#[test]
+fn an_fd_closed_behind_a_streams_back_does_not_pass_its_registration_on() {
+    let _serial = process_lock();
+    within_safety_net(|| {
+        let (a, b) = greenhub::net::UnixStream::pair().unwrap();
+        let mut buf = [0u8; 1];
+        assert!(greenhub::timeout(Duration::from_millis(1), || (&b).read(&mut buf)).is_err());
+        let old = b.as_raw_fd();
+        // SAFETY: closes `b`'s fd behind its back (what this test is about); `b` is forgotten
+        // below, so it never closes the number again.
+        assert_eq!(unsafe { libc::close(old) }, 0);
+        let (r, w) = pipe();
+        assert_eq!(r.as_raw_fd(), old, "the new pipe should reuse the number");
+        let waiter = spawn(move || wait_readable(old));
+        settle();
+        assert!(!waiter.is_finished(), "the new pipe is empty");
+        write_byte(&w, 1);
+        waiter.join().unwrap().unwrap();
+        std::mem::forget(b);
+        drop((a, r, w));
+    });
+}
