@@ -433,7 +433,7 @@ impl Ownership {
     }
 
     /// Holds `registration` (owned), letting go of the previous one.
-    fn take(&mut self, hub: &Hub, registration: Rc<Registration>) {
+    fn hold(&mut self, hub: &Hub, registration: Rc<Registration>) {
         hub.reactor.adopt(&registration);
         self.release();
         self.0 = Some(registration);
@@ -587,7 +587,7 @@ impl<T: AsRawFd> Source<T> {
             Some(existing) => existing,
             None => hub.reactor.register(hub.id(), fd, true)?,
         };
-        slot.take(hub, fresh.clone());
+        slot.hold(hub, fresh.clone());
         Ok(fresh)
     }
 }
