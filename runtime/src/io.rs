@@ -21,9 +21,10 @@
 //!   the fd and may close it under the wait). Checked with one `epoll_ctl(EPOLL_CTL_MOD)`, which
 //!   succeeds exactly when epoll still holds *the file now at that number* under that number: a
 //!   closed number gives `EBADF`, a reused one `ENOENT` (or `EPERM`). Checked at the start of
-//!   each loop poll that follows a turn in which
-//!   coroutines ran (only they can close an fd under a wait; a poll that ran nobody checks
-//!   nothing, so the re-arm that `MOD` causes cannot make the loop spin). A registration that
+//!   each loop poll that follows a turn in which coroutines ran (only they can close an fd under
+//!   a wait; a poll that ran nobody checks nothing, so the re-arm that `MOD` causes cannot make
+//!   the loop spin). Not covered: another *thread* closing the fd while the hub sleeps in
+//!   `epoll_wait` is noticed only once something else wakes the hub. A registration that
 //!   fails the check is *retired*: it leaves the table, its waiters wake with `EBADF`, and the
 //!   number is registered afresh on its next use.
 //!
