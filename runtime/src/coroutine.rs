@@ -172,7 +172,7 @@ where
 {
     let hub = hub("spawn");
     let spawned = Rc::new(Spawned::new(f));
-    let task = hub.tasks.insert(Body::Start(spawned.clone()));
+    let task = hub.tasks.insert(Body::Start(spawned.clone()), hub.stacks.usable_size(None));
     JoinHandle::new(task, spawned)
 }
 
@@ -301,18 +301,18 @@ impl Hub {
         // while `run` unwinds, both before the borrowed data's scope ends. In a forked child the
         // hub is leaked instead, and the child never returns to that scope (it `_exit`s).
         let body: Rc<dyn Start + 'static> = unsafe { mem::transmute(body) };
-        self.tasks.insert(Body::Start(body))
+        self.tasks.insert(Body::Start(body), self.stacks.usable_size(None))
     }
 
     /// Resumes a task until it suspends or ends; true if it ended (or could not start). Stale
     /// refs (ended tasks) are ignored.
     #[inline(always)]
     pub(crate) fn resume(&self, r: TaskRef) -> bool {
-        let Some((mut co, wake, yielder, stack_limit)) = self.prepare(r) else {
+        let Some((mut co, wake, yielder, [limit, size])) = self.prepare(r) else {
             return !self.tasks.is_alive(r);
         };
         self.running.enter(r, yielder, matches!(wake, Wake::Cancel));
-        sys::watch_stack(stack_limit, r.id.get(), self.stacks.size());
+        sys::watch_stack(limit, r.id.get(), size);
         let result = Option::as_mut(&mut *co).expect("a parked coroutine").resume(wake);
         sys::unwatch_stack();
         self.running.leave();
@@ -323,15 +323,16 @@ impl Hub {
             }
             CoroutineResult::Return(()) => {
                 let task = self.tasks.borrow_mut().remove(r.key);
-                self.stacks.put(co);
+                self.stacks.put(co, task.stack_size);
                 drop(task);
                 true
             }
         }
     }
 
-    /// Takes the coroutine out of the table for `resume`, creating it (with a stack) if new.
-    fn prepare(&self, r: TaskRef) -> Option<(CoBox, Wake, *const CoYielder, usize)> {
+    /// Takes the coroutine out of the table for `resume`, creating it (with a stack) if new;
+    /// with the coroutine, where its stack is (limit and usable size) for the overflow reporter.
+    fn prepare(&self, r: TaskRef) -> Option<(CoBox, Wake, *const CoYielder, [usize; 2])> {
         let mut tasks = self.tasks.borrow_mut();
         let task =
             tasks.get_mut(r.key).filter(|t| t.id == r.id && t.state != TaskState::Running)?;
@@ -342,7 +343,7 @@ impl Hub {
         };
         let co = match mem::replace(&mut task.body, Body::Running) {
             Body::Parked(co) => co,
-            Body::Start(start) => match self.stacks.take(r.id) {
+            Body::Start(start) => match self.stacks.take(task.stack_size) {
                 Ok((mut co, stack)) => {
                     debug_assert!(task.state == TaskState::Ready && task.yielder.is_null());
                     task.stack_limit = stack.limit().get();
@@ -360,7 +361,7 @@ impl Hub {
             Body::Running => unreachable!("a coroutine is resumed while it runs"),
         };
         task.state = TaskState::Running;
-        Some((co, wake, task.yielder, task.stack_limit))
+        Some((co, wake, task.yielder, [task.stack_limit, task.stack_size]))
     }
 
     /// Puts a coroutine that suspended back in the table.

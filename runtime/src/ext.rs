@@ -50,3 +50,13 @@ pub unsafe fn forget_inherited_hub() {
     // SAFETY: the caller upholds the same contract.
     unsafe { hub::forget_inherited() }
 }
+
+/// Whether coroutine stacks get lightweight guard pages on this kernel
+/// (`madvise(MADV_GUARD_INSTALL)`, Linux 6.13+, probed once per process). When true, the number
+/// of live coroutines is bounded by memory alone; when false, each live stack costs two memory
+/// mappings and the sysctl `vm.max_map_count` caps them (about 32,700 at its default). Setting
+/// `GREENHUB_STACK_GUARDS=mprotect` in the environment before the first hub starts forces the
+/// `mprotect` guards.
+pub fn lightweight_stack_guards() -> bool {
+    crate::sys::guard_kind() == crate::sys::GuardKind::Lightweight
+}

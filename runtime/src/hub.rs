@@ -179,7 +179,12 @@ impl Builder {
     /// Usable stack size of every coroutine of this hub, root included, in bytes (rounded up to
     /// whole pages). Memory is reserved, not touched: resident memory grows only with the depth a
     /// coroutine actually reaches.
+    ///
+    /// # Panics
+    /// If `bytes` is 0 or more than 1 TiB.
+    #[track_caller]
     pub fn stack_size(mut self, bytes: usize) -> Self {
+        crate::stack::check_stack_size(bytes, "Builder::stack_size");
         self.stack_size = bytes;
         self
     }

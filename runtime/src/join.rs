@@ -8,6 +8,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::coroutine::CoroutineId;
@@ -121,6 +122,9 @@ impl<T> fmt::Debug for JoinHandle<T> {
 }
 
 /// Why a coroutine has no value: it panicked, or it was cancelled.
+///
+/// A coroutine that could not start because the OS refused its stack counts as panicked, with a
+/// message naming what ran out.
 pub struct JoinError {
     repr: Repr,
 }
@@ -128,6 +132,8 @@ pub struct JoinError {
 enum Repr {
     Cancelled,
     Panic(Box<dyn Any + Send>),
+    /// No stack: the message is shared by every coroutine refused for the same reason.
+    NoStack(Arc<str>),
 }
 
 impl JoinError {
@@ -139,9 +145,13 @@ impl JoinError {
         JoinError { repr: Repr::Panic(payload) }
     }
 
-    /// True when the coroutine panicked.
+    pub(crate) fn no_stack(message: Arc<str>) -> Self {
+        JoinError { repr: Repr::NoStack(message) }
+    }
+
+    /// True when the coroutine panicked (or could not start for want of a stack).
     pub fn is_panic(&self) -> bool {
-        matches!(self.repr, Repr::Panic(_))
+        matches!(self.repr, Repr::Panic(_) | Repr::NoStack(_))
     }
 
     /// True when the coroutine was cancelled (before it started or while it ran).
@@ -156,16 +166,20 @@ impl JoinError {
     pub fn into_panic(self) -> Box<dyn Any + Send> {
         match self.repr {
             Repr::Panic(payload) => payload,
+            Repr::NoStack(message) => Box::new(message.to_string()),
             Repr::Cancelled => panic!("JoinError::into_panic on a cancelled coroutine"),
         }
     }
 
     fn panic_message(&self) -> Option<&str> {
-        let Repr::Panic(payload) = &self.repr else { return None };
-        payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        match &self.repr {
+            Repr::Panic(payload) => payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str)),
+            Repr::NoStack(message) => Some(message),
+            Repr::Cancelled => None,
+        }
     }
 }
 
@@ -174,6 +188,7 @@ impl fmt::Debug for JoinError {
         match &self.repr {
             Repr::Cancelled => f.write_str("JoinError::Cancelled"),
             Repr::Panic(_) => write!(f, "JoinError::Panic({:?})", self.panic_message()),
+            Repr::NoStack(message) => write!(f, "JoinError::NoStack({message:?})"),
         }
     }
 }
@@ -182,6 +197,7 @@ impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.repr, self.panic_message()) {
             (Repr::Cancelled, _) => f.write_str("the coroutine was cancelled"),
+            (Repr::NoStack(message), _) => write!(f, "the coroutine could not start: {message}"),
             (Repr::Panic(_), Some(msg)) => write!(f, "the coroutine panicked: {msg}"),
             (Repr::Panic(_), None) => f.write_str("the coroutine panicked"),
         }

@@ -1,95 +1,401 @@
-//! Coroutine stacks: the per-hub pool of guard-paged stacks.
+//! Coroutine stacks: greenhub's own allocator, carving guard-paged stacks out of large
+//! reservations, and the per-hub pool that reuses them.
 //!
-//! Guarantee: every stack has an inaccessible guard page below it; a refused stack is an error
-//! naming the limit, never an abort. Not guaranteed: which pooled stack a coroutine gets, or that
-//! stack memory is returned to the OS.
+//! ```text
+//!  one reservation: mmap(MAP_NORESERVE), read-write, one mapping (VMA)
+//!  low addresses                                                            high addresses
+//!  +-------+----------------+-------+----------------+-------+-------------+--- - - ---+
+//!  | guard |    stack 0     | guard |    stack 1     | guard |   stack 2   |  not yet  |
+//!  | page  | (usable bytes) | page  |                | page  |             |  carved   |
+//!  +-------+----------------+-------+----------------+-------+-------------+--- - - ---+
+//!  ^limit 0          base 0 ^ ^limit 1        base 1 ^
+//!  each stack grows down from its base towards its own guard page
+//! ```
+//!
+//! Guarantee: every stack has an inaccessible guard page right below it. Where the kernel has
+//! lightweight guard regions (`madvise(MADV_GUARD_INSTALL)`, Linux 6.13+, probed once per
+//! process) a guard is an entry in the page tables, so a reservation of any number of stacks
+//! stays one mapping and `vm.max_map_count` does not bound the number of coroutines; elsewhere
+//! guards are `mprotect(PROT_NONE)` pages, two mappings per stack, as with corosensei's
+//! `DefaultStack`. A refused stack is a [`JoinError`] naming what ran out, never an abort; after
+//! the first refusal the pool refuses without asking the OS again until a stack has been given
+//! back. Not guaranteed: which stack a coroutine gets, or when pooled pages return to the OS.
+//!
+//! Invariants: a stack is in exactly one place: a free list of its size class (`warm`, inside
+//! the box of the finished coroutine that last ran on it, or `cold`, its pages given back), a
+//! live coroutine, or nowhere (quarantined after an overflow: never handed out again, and its
+//! reservation is never unmapped). `live` counts the stacks held by coroutines. All state is per
+//! hub: a forked child's fresh hub reserves its own address space, so it can never hand out a
+//! stack of the inherited (leaked) hub, live or free.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::io;
 use std::marker::PhantomData;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
 
-use corosensei::stack::DefaultStack;
+use corosensei::stack::valgrind::ValgrindStackRegistration;
+use corosensei::stack::{MIN_STACK_SIZE, Stack, StackPointer};
 
-use crate::coroutine::{CoBox, CoroutineId};
+use crate::coroutine::CoBox;
 use crate::join::JoinError;
-use crate::sys;
+use crate::sys::{self, GuardKind};
 
-/// The stack type every coroutine runs on.
-pub(crate) type CoStack = DefaultStack;
+/// The largest stack a coroutine may ask for: far beyond any real need, small enough that a
+/// stack plus its guard page always fits in the address space.
+pub(crate) const MAX_STACK_SIZE: usize = 1 << 40;
 
-/// How many free stacks a hub keeps for reuse. Beyond that, finished coroutines' stacks are
-/// unmapped (a stack's touched pages stay resident while pooled).
-const STACK_POOL_MAX: usize = 1024;
+/// How many warm stacks (pages still resident) one size class keeps. Past twice that, the
+/// oldest are given back to the OS down to this many, in as few `madvise` calls as their
+/// addresses allow.
+const WARM_MAX: usize = 1024;
 
-/// Guard-paged stacks for reuse: a fresh mapping costs microseconds, a reused one nanoseconds.
-/// The pool keeps each stack inside the box of the finished coroutine that last ran on it, so a
-/// new coroutine reuses the box's allocation too.
+/// Stacks in a size class's first reservation; each later one is twice the last, up to
+/// [`MAX_RESERVATION`] bytes.
+const FIRST_CHUNK: usize = 64;
+
+/// The largest single reservation, in bytes (a failed one is retried at half the size).
+const MAX_RESERVATION: usize = 1 << 30;
+
+/// Checks a requested stack size against the rule, naming `what` the user called.
+#[track_caller]
+pub(crate) fn check_stack_size(bytes: usize, what: &str) {
+    assert!(
+        (1..=MAX_STACK_SIZE).contains(&bytes),
+        "greenhub: {what}({bytes}): a coroutine stack must be between 1 byte and 1 TiB \
+         (it is rounded up to whole pages, at least {MIN_STACK_SIZE} bytes)"
+    );
+}
+
+/// The usable size a valid request gets: whole pages, at least corosensei's minimum.
+pub(crate) fn rounded(bytes: usize) -> usize {
+    let page = sys::page();
+    bytes.max(MIN_STACK_SIZE).div_ceil(page) * page
+}
+
+/// One stack carved out of a reservation: `[limit, base)`, the guard page at `limit`.
+pub(crate) struct CoStack {
+    base: StackPointer,
+    limit: StackPointer,
+    _valgrind: ValgrindStackRegistration,
+}
+
+impl CoStack {
+    fn new(limit: usize, base: usize) -> CoStack {
+        let nonzero = |a| NonZeroUsize::new(a).expect("a stack is never at address 0");
+        let valgrind = ValgrindStackRegistration::new(limit as *mut u8, base - limit);
+        CoStack { base: nonzero(base), limit: nonzero(limit), _valgrind: valgrind }
+    }
+}
+
+// SAFETY: corosensei's contract: `[limit, base)` is memory this stack owns alone (carved once
+// from a reservation and then moved, never copied, between the pool and one coroutine), at
+// least MIN_STACK_SIZE usable bytes above a guard page at `limit` that faults on any access
+// (installed before the stack is handed out, kept by MADV_DONTNEED); both ends are page-aligned,
+// so aligned to STACK_ALIGNMENT; and the reservation outlives the stack (unmapped only when the
+// pool is dropped with no stack live, never while one is quarantined).
+unsafe impl Stack for CoStack {
+    #[inline]
+    fn base(&self) -> StackPointer {
+        self.base
+    }
+
+    #[inline]
+    fn limit(&self) -> StackPointer {
+        self.limit
+    }
+}
+
+/// The free stacks of one usable size, and where fresh ones of that size are carved from.
+struct SizeClass {
+    usable: usize,
+    /// Finished coroutines (box and stack); their touched pages are still resident.
+    warm: Vec<CoBox>,
+    /// Stacks whose pages were given back.
+    cold: Vec<CoStack>,
+    /// The uncarved part of the current reservation: `[next, end)`.
+    next: usize,
+    end: usize,
+    /// Stacks in the next reservation.
+    next_chunk: usize,
+}
+
+impl SizeClass {
+    fn new(usable: usize) -> SizeClass {
+        let chunk = FIRST_CHUNK.min(max_chunk(usable + sys::page()));
+        SizeClass { usable, warm: Vec::new(), cold: Vec::new(), next: 0, end: 0, next_chunk: chunk }
+    }
+
+    fn slot(&self) -> usize {
+        self.usable + sys::page()
+    }
+}
+
+fn max_chunk(slot: usize) -> usize {
+    (MAX_RESERVATION / slot).max(1)
+}
+
+struct Reservation {
+    addr: usize,
+    len: usize,
+    /// Holds a quarantined stack: never unmapped.
+    pinned: bool,
+}
+
+/// The first refusal's message, reused for every later refusal until a stack is given back.
+struct Refusal {
+    message: Arc<str>,
+    live: usize,
+}
+
+/// A hub's stacks: free ones for reuse (a fresh stack costs a guard install, a reused one
+/// nothing), and the reservations they are carved from.
 pub(crate) struct StackPool {
-    /// Boxes holding finished coroutines, each with its stack.
-    free: RefCell<Vec<CoBox>>,
-    size: usize,
-    refusal_reported: Cell<bool>,
+    default_size: usize,
+    guard: GuardKind,
+    classes: RefCell<Vec<SizeClass>>,
+    reservations: RefCell<Vec<Reservation>>,
+    refusal: RefCell<Option<Refusal>>,
+    live: Cell<usize>,
     _not_send: PhantomData<*mut ()>,
 }
 
 impl StackPool {
-    pub(crate) fn new(size: usize) -> Self {
+    /// A pool whose coroutines get `default_size` usable bytes unless they ask otherwise.
+    pub(crate) fn new(default_size: usize) -> Self {
         StackPool {
-            free: RefCell::new(Vec::new()),
-            size,
-            refusal_reported: Cell::new(false),
+            default_size: rounded(default_size),
+            guard: sys::guard_kind(),
+            classes: RefCell::new(Vec::new()),
+            reservations: RefCell::new(Vec::new()),
+            refusal: RefCell::new(None),
+            live: Cell::new(0),
             _not_send: PhantomData,
         }
     }
 
-    /// The usable size of this pool's stacks, in bytes.
-    pub(crate) fn size(&self) -> usize {
-        self.size
+    /// The usable size of a stack for a coroutine that asked for `requested` (or the default).
+    pub(crate) fn usable_size(&self, requested: Option<usize>) -> usize {
+        requested.map_or(self.default_size, rounded)
     }
 
-    /// An empty box and a stack for coroutine `id`: pooled ones, or new ones.
-    pub(crate) fn take(&self, id: CoroutineId) -> Result<(CoBox, CoStack), JoinError> {
-        if let Some(mut finished) = self.free.borrow_mut().pop() {
+    /// An empty box and a stack of `usable` bytes: pooled ones, or a fresh stack.
+    pub(crate) fn take(&self, usable: usize) -> Result<(CoBox, CoStack), JoinError> {
+        let mut classes = self.classes.borrow_mut();
+        let class = class_of(&mut classes, usable);
+        let taken = if let Some(mut finished) = class.warm.pop() {
             let stack = finished.take().expect("pooled boxes hold a coroutine").into_stack();
-            return Ok((finished, stack));
+            (finished, stack)
+        } else if let Some(stack) = class.cold.pop() {
+            (Box::new(None), stack)
+        } else {
+            (Box::new(None), self.carve(class)?)
+        };
+        self.live.set(self.live.get() + 1);
+        Ok(taken)
+    }
+
+    /// Takes back a finished coroutine (its box and its stack of `usable` bytes) for reuse.
+    pub(crate) fn put(&self, finished: CoBox, usable: usize) {
+        self.live.set(self.live.get() - 1);
+        let mut classes = self.classes.borrow_mut();
+        let class = class_of(&mut classes, usable);
+        class.warm.push(finished);
+        if class.warm.len() > 2 * WARM_MAX {
+            self.give_back_oldest(class);
         }
-        match DefaultStack::new(self.size) {
-            Ok(stack) => Ok((Box::new(None), stack)),
-            Err(e) => {
-                let message = stack_refused_message(id, self.size, &e);
-                if !self.refusal_reported.replace(true) {
-                    // Once per hub on stderr (thousands of refusals would drown it); every
-                    // refused coroutine still carries the message in its JoinError.
-                    eprintln!("{message}");
+    }
+
+    /// A fresh stack from the class's current reservation (a new one when it is used up).
+    fn carve(&self, class: &mut SizeClass) -> Result<CoStack, JoinError> {
+        if let Some(refusal) = self.refusal.borrow().as_ref()
+            && self.live.get() >= refusal.live
+        {
+            return Err(JoinError::no_stack(refusal.message.clone()));
+        }
+        if class.next == class.end {
+            self.reserve_for(class).map_err(|failure| self.refuse(failure, class.usable))?;
+        }
+        let limit = class.next;
+        // SAFETY: `limit` is the page-aligned start of an uncarved slot of our reservation;
+        // nothing lives there yet.
+        unsafe { sys::install_guard(limit, self.guard) }
+            .map_err(|e| self.refuse(Failure::Guard(e), class.usable))?;
+        class.next += class.slot();
+        Ok(CoStack::new(limit, limit + class.slot()))
+    }
+
+    /// Reserves address space for the class's next stacks, halving the request on refusal.
+    fn reserve_for(&self, class: &mut SizeClass) -> Result<(), Failure> {
+        let slot = class.slot();
+        let mut count = class.next_chunk;
+        loop {
+            let len = count * slot;
+            match sys::reserve(len) {
+                Ok(addr) => {
+                    self.reservations.borrow_mut().push(Reservation { addr, len, pinned: false });
+                    (class.next, class.end) = (addr, addr + len);
+                    class.next_chunk = (count * 2).min(max_chunk(slot));
+                    return Ok(());
                 }
-                Err(JoinError::panicked(Box::new(message)))
+                Err(_) if count > 1 => count /= 2,
+                Err(e) => return Err(Failure::Reserve(e, len)),
             }
         }
     }
 
-    /// Keeps a finished coroutine (its box and stack) for reuse, up to the pool's size.
-    pub(crate) fn put(&self, finished: CoBox) {
-        let mut free = self.free.borrow_mut();
-        if free.len() < STACK_POOL_MAX {
-            free.push(finished);
+    /// A refusal: the first one says on stderr what ran out (looking it up costs a read of
+    /// /proc); later ones reuse its message.
+    #[cold]
+    fn refuse(&self, failure: Failure, usable: usize) -> JoinError {
+        let mut refusal = self.refusal.borrow_mut();
+        let live = self.live.get();
+        let message = match refusal.as_mut() {
+            Some(earlier) => {
+                earlier.live = live;
+                earlier.message.clone()
+            }
+            None => {
+                let message: Arc<str> = refused_message(&failure, usable, self.guard).into();
+                // Once per hub (thousands of refusals would drown stderr); every refused
+                // coroutine still carries the message in its JoinError.
+                eprintln!("{message}");
+                *refusal = Some(Refusal { message: message.clone(), live });
+                message
+            }
+        };
+        JoinError::no_stack(message)
+    }
+
+    /// Gives the pages of the oldest warm stacks back to the OS, keeping [`WARM_MAX`] warm.
+    #[cold]
+    fn give_back_oldest(&self, class: &mut SizeClass) {
+        let excess = class.warm.len() - WARM_MAX;
+        let mut stacks: Vec<CoStack> = class
+            .warm
+            .drain(..excess)
+            .map(|mut finished| {
+                finished.take().expect("pooled boxes hold a coroutine").into_stack()
+            })
+            .collect();
+        stacks.sort_by_key(|s| s.limit);
+        let page = sys::page();
+        let mut run: Option<(usize, usize)> = None;
+        for stack in &stacks {
+            let (limit, base) = (stack.limit.get(), stack.base.get());
+            // Lightweight guards survive MADV_DONTNEED, so neighbouring stacks go in one call,
+            // guards included; an mprotect guard is skipped (it holds nothing anyway).
+            let start = if self.guard == GuardKind::Lightweight { limit } else { limit + page };
+            run = match run {
+                Some((from, to)) if to == start => Some((from, base)),
+                Some((from, to)) => {
+                    // SAFETY: free stacks of ours: nothing lives in them.
+                    unsafe { sys::discard(from, to - from) };
+                    Some((start, base))
+                }
+                None => Some((start, base)),
+            };
+        }
+        if let Some((from, to)) = run {
+            // SAFETY: as above.
+            unsafe { sys::discard(from, to - from) };
+        }
+        class.cold.extend(stacks);
+    }
+}
+
+fn class_of(classes: &mut Vec<SizeClass>, usable: usize) -> &mut SizeClass {
+    let at = match classes.iter().position(|c| c.usable == usable) {
+        Some(at) => at,
+        None => {
+            classes.push(SizeClass::new(usable));
+            classes.len() - 1
+        }
+    };
+    &mut classes[at]
+}
+
+impl Drop for StackPool {
+    fn drop(&mut self) {
+        self.classes.get_mut().clear(); // finished coroutines: dropping them touches no stack
+        if self.live.get() != 0 {
+            return; // a stack is still in use somewhere: leak the reservations rather than pull them away
+        }
+        for r in self.reservations.get_mut().drain(..).filter(|r| !r.pinned) {
+            // SAFETY: a whole reservation of ours; no stack carved from it is live (`live` is
+            // zero, and the free ones were just dropped) and none is quarantined in it.
+            unsafe { sys::unreserve(r.addr, r.len) };
         }
     }
 }
 
 impl fmt::Debug for StackPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StackPool({} free of {} bytes)", self.free.borrow().len(), self.size)
+        write!(f, "StackPool({} live, {:?} guards)", self.live.get(), self.guard)
     }
 }
 
-fn stack_refused_message(id: CoroutineId, size: usize, e: &std::io::Error) -> String {
-    let limit = sys::max_map_count()
-        .map(|n| format!("vm.max_map_count is {n}, about {} live stacks", n / 2))
-        .unwrap_or_else(|| "see vm.max_map_count".to_string());
-    format!(
-        "greenhub: the OS refused a stack for coroutine {id} ({size} bytes + guard page): {e}. \
-         Each live coroutine stack is two memory mappings and the sysctl vm.max_map_count caps \
-         the mappings of a process ({limit}); raise it (sysctl -w vm.max_map_count=N) or keep \
-         fewer coroutines alive at once."
-    )
+/// What the OS refused.
+enum Failure {
+    /// Address space for a reservation of this many bytes.
+    Reserve(io::Error, usize),
+    /// A guard page.
+    Guard(io::Error),
+}
+
+/// Why no stack: the real cause, looked up once (this reads /proc).
+fn refused_message(failure: &Failure, usable: usize, guard: GuardKind) -> String {
+    let (error, len) = match failure {
+        Failure::Reserve(e, len) => (e, *len),
+        Failure::Guard(e) => (e, sys::page()),
+    };
+    let near_map_limit = match (sys::map_count(), sys::max_map_count()) {
+        (Some(n), Some(max)) => n + 16 >= max,
+        _ => false,
+    };
+    let cause = if error.raw_os_error() != Some(libc::ENOMEM) {
+        format!("{error}")
+    } else if let Some(limit) = address_space_limit_hit(len) {
+        limit
+    } else if near_map_limit
+        || (guard == GuardKind::Mprotect && matches!(failure, Failure::Guard(_)))
+    {
+        let max = sys::max_map_count().map_or("its value".to_string(), |n| n.to_string());
+        let per_stack = match guard {
+            GuardKind::Mprotect => format!(
+                "the guard pages are mprotect'ed (this kernel lacks MADV_GUARD_INSTALL, Linux \
+                 6.13+, or GREENHUB_STACK_GUARDS=mprotect is set), so each live coroutine stack \
+                 is two memory mappings: about {} stacks",
+                sys::max_map_count().map_or(0, |n| n / 2)
+            ),
+            GuardKind::Lightweight => {
+                "stacks share mappings; the rest of the process uses them up".to_string()
+            }
+        };
+        format!(
+            "the process has reached the kernel's cap on memory mappings, the sysctl \
+             vm.max_map_count ({max}); {per_stack}. Raise it (sysctl -w vm.max_map_count=N) \
+             or keep fewer coroutines alive at once"
+        )
+    } else {
+        format!(
+            "out of memory: the kernel refused {len} bytes ({error}; see vm.overcommit_memory). \
+             Keep fewer coroutines alive at once or give them smaller stacks"
+        )
+    };
+    format!("greenhub: the OS refused a coroutine stack ({usable} bytes + guard page): {cause}.")
+}
+
+/// The RLIMIT_AS message, if that limit is what a reservation of `len` bytes ran into.
+fn address_space_limit_hit(len: usize) -> Option<String> {
+    let limit = sys::address_space_limit()?;
+    let mapped = sys::mapped_bytes().unwrap_or(0);
+    (mapped.saturating_add(len as u64) > limit).then(|| {
+        format!(
+            "the address-space limit RLIMIT_AS (ulimit -v) of {limit} bytes is reached (the \
+             process maps {mapped} bytes). Raise the limit, give coroutines smaller stacks \
+             (Builder::stack_size) or keep fewer alive at once"
+        )
+    })
 }

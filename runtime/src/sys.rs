@@ -1,7 +1,8 @@
-//! Linux-specific pieces of the hub: the stack-overflow reporter, the eventfd that wakes the
-//! loop from other threads, and the timerfd that wakes it at a timer's deadline. Every `unsafe`
-//! block of the crate is here, except the coroutine plumbing (`coroutine.rs`, `hub.rs`) and the
-//! call of the unsafe fork hook in `ext.rs`; the unsafe ledger in docs/ lists them all. (mio
+//! Linux-specific pieces of the hub: the stack-overflow reporter, stack memory (reservations,
+//! guard pages), the eventfd that wakes the loop from other threads, and the timerfd that wakes
+//! it at a timer's deadline. Every `unsafe` block of the crate is here, except the coroutine
+//! plumbing (`coroutine.rs`, `hub.rs`, `stack.rs`) and the call of the unsafe fork hook in
+//! `ext.rs`; the unsafe ledger in docs/ lists them all. (mio
 //! itself hides epoll; a kqueue port replaces this file.)
 //!
 //! Guarantee: a coroutine that runs off its stack into the guard page is reported on stderr as
@@ -323,4 +324,133 @@ pub(crate) fn max_listen_backlog() -> u32 {
 /// The kernel's cap on memory mappings per process, if readable.
 pub(crate) fn max_map_count() -> Option<u64> {
     std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?.trim().parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stack memory: reservations, guard pages, giving pages back
+
+/// `madvise` advice that installs a lightweight guard region (Linux 6.13+): the range faults on
+/// access like `PROT_NONE`, but lives in the page tables and splits no mapping. The libc crate
+/// does not define it yet.
+pub(crate) const MADV_GUARD_INSTALL: libc::c_int = 102;
+
+/// The system page size.
+pub(crate) fn page() -> usize {
+    *PAGE_SIZE.get_or_init(page_size)
+}
+
+/// Reserves `len` bytes of read-write address space, without committing memory
+/// (`MAP_NORESERVE`): pages are backed only once touched.
+pub(crate) fn reserve(len: usize) -> io::Result<usize> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's choice has no
+    // preconditions and cannot overlap any existing mapping; the result is checked.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(addr as usize)
+}
+
+/// Unmaps a reservation made by [`reserve`].
+///
+/// # Safety
+/// `[addr, addr + len)` is a whole reservation returned by [`reserve`], and nothing uses any
+/// byte of it any more (no coroutine runs or is suspended on a stack carved from it).
+pub(crate) unsafe fn unreserve(addr: usize, len: usize) {
+    // SAFETY: the caller guarantees the range is ours and unused.
+    let rc = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+    debug_assert_eq!(rc, 0, "munmap of a stack reservation: {}", io::Error::last_os_error());
+}
+
+/// How a guard page is made inaccessible.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum GuardKind {
+    /// `madvise(MADV_GUARD_INSTALL)`: no mapping of its own.
+    Lightweight,
+    /// `mprotect(PROT_NONE)`: the guard is a mapping of its own, and so is the stack above it.
+    Mprotect,
+}
+
+/// Makes the page at `addr` a guard page.
+///
+/// # Safety
+/// `addr` is page-aligned, inside a reservation of ours, and nothing lives in that page (a
+/// lightweight guard discards what the page held).
+pub(crate) unsafe fn install_guard(addr: usize, kind: GuardKind) -> io::Result<()> {
+    let ptr = addr as *mut libc::c_void;
+    // SAFETY: the caller guarantees the page is ours and holds nothing; both calls only change
+    // how the page may be accessed.
+    let rc = unsafe {
+        match kind {
+            GuardKind::Lightweight => libc::madvise(ptr, page(), MADV_GUARD_INSTALL),
+            GuardKind::Mprotect => libc::mprotect(ptr, page(), libc::PROT_NONE),
+        }
+    };
+    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Gives the pages of `[addr, addr + len)` back to the OS; they read as zeros when touched
+/// again. Guard pages in the range, of either kind, stay guards.
+///
+/// # Safety
+/// The range is inside reservations of ours and nothing lives in it (free stacks only).
+pub(crate) unsafe fn discard(addr: usize, len: usize) {
+    // SAFETY: the caller guarantees the range is ours and unused; MADV_DONTNEED keeps the
+    // mapping (and lightweight guards, which live in the page tables) and drops the pages.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+}
+
+/// Which guard pages this kernel offers: one probe per process (a guard installed in a page of
+/// a scratch mapping). `GREENHUB_STACK_GUARDS=mprotect` forces the fallback (for tests, and for
+/// tools that do not know the advice).
+pub(crate) fn guard_kind() -> GuardKind {
+    static KIND: OnceLock<GuardKind> = OnceLock::new();
+    *KIND.get_or_init(|| {
+        if std::env::var_os("GREENHUB_STACK_GUARDS").is_some_and(|v| v == "mprotect") {
+            return GuardKind::Mprotect;
+        }
+        let Ok(scratch) = reserve(page()) else { return GuardKind::Mprotect };
+        // SAFETY: `scratch` is one page we just mapped and nothing uses.
+        let probe = unsafe { install_guard(scratch, GuardKind::Lightweight) };
+        // SAFETY: the whole scratch mapping, unused.
+        unsafe { unreserve(scratch, page()) };
+        // EINVAL: a kernel before 6.13. Any other refusal: do not rely on it either.
+        if probe.is_ok() { GuardKind::Lightweight } else { GuardKind::Mprotect }
+    })
+}
+
+/// The address-space limit (RLIMIT_AS) in bytes, if there is one.
+pub(crate) fn address_space_limit() -> Option<u64> {
+    let mut limit = MaybeUninit::<libc::rlimit>::zeroed();
+    // SAFETY: `limit` is a valid out-pointer for getrlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, limit.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: getrlimit succeeded and filled `limit`.
+    let limit = unsafe { limit.assume_init() };
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// How many memory mappings this process has (the lines of /proc/self/maps), if readable.
+pub(crate) fn map_count() -> Option<u64> {
+    let maps = std::fs::read("/proc/self/maps").ok()?;
+    Some(maps.iter().filter(|&&b| b == b'\n').count() as u64)
+}
+
+/// This process's mapped address space (VmSize) in bytes, if readable.
+pub(crate) fn mapped_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
+    let kib: u64 =
+        line.trim_start_matches("VmSize:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }

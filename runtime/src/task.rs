@@ -115,8 +115,11 @@ pub(crate) struct Task {
     pub(crate) cancelled: bool,
     /// Null until the body has started.
     pub(crate) yielder: *const CoYielder,
-    /// Lowest address of its stack mapping (the guard page), for the overflow reporter.
+    /// Lowest address of its stack (the guard page), for the overflow reporter; 0 until it
+    /// has a stack.
     pub(crate) stack_limit: usize,
+    /// Usable bytes of its stack (whole pages).
+    pub(crate) stack_size: usize,
 }
 
 /// Where a task's code is: not started, parked, or on the CPU.
@@ -129,7 +132,7 @@ pub(crate) enum Body {
 }
 
 impl Task {
-    fn new(body: Body) -> Task {
+    fn new(body: Body, stack_size: usize) -> Task {
         Task {
             id: CoroutineId::next(),
             state: TaskState::Ready,
@@ -139,6 +142,7 @@ impl Task {
             cancelled: false,
             yielder: std::ptr::null(),
             stack_limit: 0,
+            stack_size,
         }
     }
 
@@ -170,9 +174,10 @@ pub(crate) struct TaskTable {
 }
 
 impl TaskTable {
-    /// Adds a task that has not started to the table and to the back of the ready queue.
-    pub(crate) fn insert(&self, body: Body) -> TaskRef {
-        let task = Task::new(body);
+    /// Adds a task that has not started to the table and to the back of the ready queue; it
+    /// will run on a stack of `stack_size` usable bytes.
+    pub(crate) fn insert(&self, body: Body, stack_size: usize) -> TaskRef {
+        let task = Task::new(body, stack_size);
         let id = task.id;
         let key = self.tasks.borrow_mut().insert(task);
         let r = TaskRef { key, id };
