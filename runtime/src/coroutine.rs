@@ -1,19 +1,21 @@
-//! Coroutines: `spawn`, suspension, and the switch path between the loop and a coroutine.
+//! Coroutines: [`spawn`], [`Builder`] (a name, a stack size), [`yield_now`], [`current`].
 //!
-//! With `stack.rs`, the only file that names corosensei. Guarantee: a coroutine starts at a later
-//! hub turn than its `spawn`, in spawn order; it gets its stack when it first runs (so unstarted
-//! coroutines cost no memory mapping) and gives it back to the pool when it ends. Cancellation
-//! and timeouts are resume values that the suspension point turns into an unwind with a private
-//! payload. Not guaranteed: which pooled stack a coroutine gets.
+//! Guarantee: a coroutine starts at a later hub turn than its `spawn`, in spawn order; it gets
+//! its stack when it first runs (so an unstarted coroutine costs no stack) and gives it back
+//! when it ends. Every coroutine is named the same way in every report:
+//! `coroutine #17 "conn 7" (spawned at src/main.rs:42:9)`. Not guaranteed: which stack a
+//! coroutine gets.
 //!
-//! Invariant: only the loop, on the thread's own stack, calls [`Hub::resume`], never a coroutine,
-//! so at most one coroutine runs at a time and `Running` describes it (see task.rs for the
-//! states a task goes through).
+//! Implementation: with `stack.rs`, the only file that names corosensei. Cancellation and
+//! timeouts are resume values that the suspension point turns into an unwind with a private
+//! payload. Invariant: only the loop, on the thread's own stack, calls `Hub::resume`, never a
+//! coroutine, so at most one coroutine runs at a time and `Running` describes it (task.rs has
+//! the states a task goes through).
 
 use std::cell::Cell;
 use std::fmt;
 use std::mem;
-use std::panic::{self, AssertUnwindSafe};
+use std::panic::{self, AssertUnwindSafe, Location};
 use std::rc::Rc;
 
 use corosensei::stack::Stack as _;
@@ -23,7 +25,7 @@ use crate::hub::{Hub, hub};
 use crate::join::{JoinError, JoinHandle, JoinState, Joinable};
 use crate::stack::CoStack;
 use crate::sys;
-use crate::task::{Body, CancelMark, TaskRef, TaskState, WaitReason};
+use crate::task::{Body, CancelMark, Spawn, TaskRef, TaskState, WaitReason};
 use crate::timer::{TimedOut, TimeoutId};
 
 type Co = Coroutine<Wake, Suspend, (), CoStack>;
@@ -153,7 +155,9 @@ impl fmt::Display for CoroutineId {
 /// Starts `f` as a new coroutine of the current hub and returns a handle to join or cancel it.
 ///
 /// The coroutine starts at a later turn of the hub, never inside `spawn`; coroutines start in
-/// spawn order. Dropping the handle detaches the coroutine (it still runs).
+/// spawn order. Dropping the handle detaches the coroutine (it still runs). The hub remembers
+/// where it was spawned (the caller of `spawn`) for its reports; [`Builder`] also gives it a
+/// name or its own stack size.
 ///
 /// ```
 /// greenhub::run(|| {
@@ -165,15 +169,91 @@ impl fmt::Display for CoroutineId {
 ///
 /// # Panics
 /// Outside a hub.
+#[track_caller]
 pub fn spawn<F, T>(f: F) -> JoinHandle<T>
 where
     F: FnOnce() -> T + 'static,
     T: 'static,
 {
-    let hub = hub("spawn");
+    spawn_on(hub("spawn"), f, None, None, Location::caller())
+}
+
+/// Configures one coroutine before spawning it: a name for the reports and
+/// [`JoinHandle::name`], and its own stack size.
+///
+/// ```
+/// greenhub::run(|| {
+///     let h = greenhub::coroutine::Builder::new()
+///         .name("conn 7")
+///         .stack_size(64 * 1024)
+///         .spawn(|| 7);
+///     assert_eq!(h.name(), Some("conn 7"));
+///     assert_eq!(h.join().unwrap(), 7);
+/// });
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    name: Option<String>,
+    stack_size: Option<usize>,
+}
+
+impl Builder {
+    /// A builder with the defaults: no name, the hub's stack size.
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    /// The coroutine's name, shown in the deadlock report, [`ext::dump`](crate::ext::dump),
+    /// the overflow report and its panic message: `coroutine #17 "conn 7" (spawned at ...)`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Usable stack size of this coroutine, in bytes (rounded up to whole pages, at least
+    /// 4 KiB); the hub's [`Builder::stack_size`](crate::Builder::stack_size) is the default.
+    ///
+    /// # Panics
+    /// If `bytes` is 0 or more than 1 TiB.
+    #[track_caller]
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        crate::stack::check_stack_size(bytes, "coroutine::Builder::stack_size");
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Starts `f` as a new coroutine of the current hub, as [`spawn`] does.
+    ///
+    /// # Panics
+    /// Outside a hub.
+    #[track_caller]
+    pub fn spawn<F, T>(self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        let name = self.name.map(Rc::from);
+        spawn_on(hub("spawn"), f, self.stack_size, name, Location::caller())
+    }
+}
+
+/// Spawns `f` on `hub`: the one way in for `spawn` and `Builder::spawn`.
+#[inline]
+fn spawn_on<F, T>(
+    hub: &Hub,
+    f: F,
+    stack_size: Option<usize>,
+    name: Option<Rc<str>>,
+    site: &'static Location<'static>,
+) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+{
+    let spawn = Spawn { stack_size: hub.stacks.usable_size(stack_size), site, name: name.clone() };
     let spawned = Rc::new(Spawned::new(f));
-    let task = hub.tasks.insert(Body::Start(spawned.clone()), hub.stacks.usable_size(None));
-    JoinHandle::new(task, spawned)
+    let task = hub.tasks.insert(Body::Start(spawned.clone()), spawn);
+    JoinHandle::new(task, spawned, name)
 }
 
 /// Puts the calling coroutine at the back of the ready queue and runs the others.
@@ -272,7 +352,7 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
         outside_coroutine("suspend");
     }
     if hub.running.cancelled.get() {
-        panic::resume_unwind(Box::new(Cancelled));
+        unwind_from_suspension(hub, Box::new(Cancelled));
     }
     // SAFETY: a non-null `yielder` is the `&Yielder` corosensei passed to the running coroutine's
     // body, recorded when the body started and cleared when the coroutine suspends or ends. It
@@ -280,20 +360,44 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
     let wake = unsafe { &*yielder }.suspend(how);
     match wake {
         Wake::Run => {}
-        Wake::Cancel => panic::resume_unwind(Box::new(Cancelled)),
-        Wake::Timeout(id) => panic::resume_unwind(Box::new(TimedOut(id))),
+        Wake::Cancel => unwind_from_suspension(hub, Box::new(Cancelled)),
+        Wake::Timeout(id) => unwind_from_suspension(hub, Box::new(TimedOut(id))),
         Wake::Deadlock => {
             let report = hub.take_deadlock_report();
+            warn_if_in_cleanup(hub);
             panic!("{report}")
         }
     }
 }
 
+/// Unwinds the calling coroutine from its suspension point with `payload`.
+#[cold]
+fn unwind_from_suspension(hub: &Hub, payload: Box<dyn std::any::Any + Send>) -> ! {
+    warn_if_in_cleanup(hub);
+    panic::resume_unwind(payload)
+}
+
+/// A suspension inside a destructor that runs because of an unwind (a cancel, a timeout, the
+/// shutdown): the unwind about to start makes Rust abort the process with "panic in a
+/// destructor during cleanup". Say first who did it and which rule it broke.
+fn warn_if_in_cleanup(hub: &Hub) {
+    if std::thread::panicking() {
+        let who = hub.running_identity().unwrap_or_else(|| "a coroutine".to_string());
+        eprintln!(
+            "greenhub: {who} suspended inside a destructor while unwinding (it was cancelled, \
+             timed out, or the hub is shutting down); a Drop impl must never suspend (no sleep, \
+             recv, lock, join or I/O in drop): Rust cannot unwind out of a destructor during \
+             cleanup, so the process aborts."
+        );
+    }
+}
+
 impl Hub {
-    /// Spawns the root coroutine, whose closure may borrow from `run`'s caller.
+    /// Spawns the root coroutine, whose closure may borrow from `run`'s caller at `site`.
     pub(crate) fn spawn_root<'a, F: FnOnce() -> T + 'a, T: 'a>(
         &self,
         spawned: Rc<Spawned<F, T>>,
+        site: &'static Location<'static>,
     ) -> TaskRef {
         let body: Rc<dyn Start + 'a> = spawned;
         // SAFETY: only the lifetime is erased. The root's body runs to its end inside `run`
@@ -301,7 +405,8 @@ impl Hub {
         // while `run` unwinds, both before the borrowed data's scope ends. In a forked child the
         // hub is leaked instead, and the child never returns to that scope (it `_exit`s).
         let body: Rc<dyn Start + 'static> = unsafe { mem::transmute(body) };
-        self.tasks.insert(Body::Start(body), self.stacks.usable_size(None))
+        let spawn = Spawn { stack_size: self.stacks.usable_size(None), site, name: None };
+        self.tasks.insert(Body::Start(body), spawn)
     }
 
     /// Resumes a task until it suspends or ends; true if it ended (or could not start). Stale
@@ -361,6 +466,7 @@ impl Hub {
             Body::Running => unreachable!("a coroutine is resumed while it runs"),
         };
         task.state = TaskState::Running;
+        task.since = self.tasks.now();
         Some((co, wake, task.yielder, [task.stack_limit, task.stack_size]))
     }
 
@@ -370,6 +476,7 @@ impl Hub {
         let task = &mut tasks[r.key];
         debug_assert!(task.state == TaskState::Running && matches!(task.body, Body::Running));
         task.body = Body::Parked(co);
+        task.since = self.tasks.now();
         match how {
             Suspend::Yield => {
                 task.state = TaskState::Ready;
@@ -425,6 +532,24 @@ impl Hub {
     pub(crate) fn current_task(&self, what: &str) -> TaskRef {
         self.running.task.get().unwrap_or_else(|| outside_coroutine(what))
     }
+
+    /// How reports name the running coroutine, if one runs (and the table is not mid-update).
+    pub(crate) fn running_identity(&self) -> Option<String> {
+        let me = self.running.task.get()?;
+        self.tasks.try_with(me, |t| t.identity().to_string())
+    }
+
+    /// Panics, naming the rule, when the running coroutine joins its own handle.
+    #[track_caller]
+    pub(crate) fn assert_not_self_join(&self, target: TaskRef) {
+        if self.running.task.get() == Some(target) {
+            let who = self.running_identity().unwrap_or_else(|| format!("coroutine {}", target.id));
+            panic!(
+                "greenhub: JoinHandle::join called by {who} on its own handle; a coroutine \
+                 cannot wait for itself to end (it would wait forever)"
+            );
+        }
+    }
 }
 
 fn new_coroutine(stack: CoStack, start: Rc<dyn Start>) -> Co {
@@ -441,6 +566,32 @@ pub(crate) fn force_drop(tasks: slab::Slab<crate::task::Task>) {
     FORCE_DROPPING.with(|f| f.set(true));
     drop(tasks);
     FORCE_DROPPING.with(|f| f.set(false));
+}
+
+/// From the fault handler: writes how reports name the running coroutine, without allocating
+/// or taking a borrow; false when it cannot tell (no hub, or the task table mid-update).
+pub(crate) fn write_running_identity(out: &mut sys::FaultText) -> bool {
+    let Some(hub) = crate::hub::try_hub() else { return false };
+    let Some(me) = hub.running.task.get() else { return false };
+    // SAFETY: the handler runs on this thread, which is stopped at the faulting instruction, so
+    // nothing mutates the table while `peek` is read; `peek` refuses a table that was mutably
+    // borrowed when the fault hit (mid-update). The reference does not outlive this call.
+    let Some(task) = (unsafe { hub.tasks.peek(me) }) else { return false };
+    out.text("coroutine #");
+    out.number(task.id.get());
+    if let Some(name) = task.name.as_deref() {
+        out.text(" \"");
+        out.text(name);
+        out.text("\"");
+    }
+    out.text(" (spawned at ");
+    out.text(task.site.file());
+    out.text(":");
+    out.number(u64::from(task.site.line()));
+    out.text(":");
+    out.number(u64::from(task.site.column()));
+    out.text(")");
+    true
 }
 
 /// After fork, in the child: the running coroutine belongs to the parent's hub.

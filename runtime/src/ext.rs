@@ -25,6 +25,33 @@ pub fn at_exit(hook: impl FnOnce() + 'static) {
     hub("ext::at_exit").at_exit(Box::new(hook));
 }
 
+/// Every live coroutine of the current hub, one line each, oldest first: who it is, what it
+/// does, and for how long, in the deadlock report's words:
+///
+/// ```text
+/// coroutine #1 (spawned at src/main.rs:3:5) [root]: running for 1.2ms
+/// coroutine #2 "conn 7" (spawned at src/main.rs:42:9): waiting on a channel recv for 3.004s
+/// coroutine #3 (spawned at src/main.rs:50:13): ready for 15µs
+/// ```
+///
+/// "For how long" is measured from the start of the hub turn in which the coroutine entered
+/// that state (the hub reads the clock once per turn, not on every switch).
+///
+/// ```
+/// greenhub::run(|| {
+///     let _h = greenhub::coroutine::Builder::new().name("worker").spawn(|| ());
+///     let dump = greenhub::ext::dump();
+///     assert!(dump.lines().nth(1).unwrap().starts_with("coroutine #"));
+///     assert!(dump.contains("\"worker\" (spawned at "));
+/// });
+/// ```
+///
+/// # Panics
+/// Outside a hub.
+pub fn dump() -> String {
+    hub("ext::dump").dump()
+}
+
 /// An id for the current hub, distinct from every other hub this process has run; `None`
 /// outside a hub. A registration or cache keyed by it is never mistaken for one of another
 /// hub's, including the parent's hub inherited through fork.

@@ -22,9 +22,10 @@ use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
-use std::panic;
+use std::panic::{self, Location};
 use std::ptr;
 use std::rc::Rc;
+use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::blocking::{DEFAULT_BLOCKING_THREADS, Pool, Remote};
@@ -32,13 +33,17 @@ use crate::coroutine::{self, Running, Spawned, Wake};
 use crate::io::{Reactor, Wait};
 use crate::join::Joinable as _;
 use crate::stack::StackPool;
-use crate::task::{TaskRef, TaskTable};
+use crate::task::{Task, TaskRef, TaskTable};
 use crate::timer::Timers;
 
 /// How many coroutines one turn may run before the hub polls the OS again (with a zero timeout
 /// while coroutines are still ready). Large enough that the poll syscall is amortised over many
 /// switches, small enough that a busy set of coroutines cannot starve fds and timers.
 pub(crate) const FAIRNESS_BUDGET: usize = 256;
+
+/// How many times shutdown cancels the coroutines spawned while it unwinds the previous ones
+/// (by destructors or exit hooks) before it leaks the rest.
+const SHUTDOWN_ROUNDS: usize = 16;
 
 /// Default usable stack size of a coroutine, plus one guard page.
 pub(crate) const DEFAULT_STACK_SIZE: usize = 1024 * 1024;
@@ -82,6 +87,8 @@ pub(crate) struct Hub {
     exit_hooks: RefCell<Vec<Box<dyn FnOnce()>>>,
     /// The report for the root's `Wake::Deadlock`, taken by its suspension point.
     deadlock: Cell<Option<String>>,
+    /// The root coroutine (set by `run` right after spawning it).
+    root: Cell<Option<TaskRef>>,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -123,6 +130,7 @@ pub(crate) fn try_hub() -> Option<&'static Hub> {
 ///
 /// # Panics
 /// Inside a running hub (a hub per thread: use [`spawn`](crate::spawn) instead).
+#[track_caller]
 pub fn run<T>(f: impl FnOnce() -> T) -> T {
     Builder::new().run(f)
 }
@@ -189,7 +197,9 @@ impl Builder {
         self
     }
 
-    /// Runs `f` as the root coroutine of a fresh hub; see [`run`].
+    /// Runs `f` as the root coroutine of a fresh hub; see [`run`]. The root's spawn site in
+    /// reports is the caller of `run`.
+    #[track_caller]
     pub fn run<T>(self, f: impl FnOnce() -> T) -> T {
         assert!(
             try_hub().is_none(),
@@ -197,13 +207,15 @@ impl Builder {
              use greenhub::spawn to start more coroutines"
         );
         crate::sys::install_overflow_reporter();
+        install_panic_hook();
         let hub = Box::new(
             Hub::new(self.stack_size, self.blocking_threads)
                 .expect("greenhub::run: cannot create the hub"),
         );
         let _installed = Installed::new(&hub);
         let root_body = Rc::new(Spawned::new(f));
-        let root = hub.spawn_root(root_body.clone());
+        let root = hub.spawn_root(root_body.clone(), Location::caller());
+        hub.root.set(Some(root));
         hub.run_until_done(root);
         hub.shutdown();
         match root_body.state().take() {
@@ -212,6 +224,22 @@ impl Builder {
             None => unreachable!("the root coroutine ended without a result"),
         }
     }
+}
+
+/// Makes a panic in a coroutine say which one, before the panic's own message: `greenhub:
+/// coroutine #17 "conn 7" (spawned at src/main.rs:42:9) panicked:`. Installed once per process,
+/// in front of whatever hook was there (std's, or the program's own).
+fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if let Some(who) = try_hub().and_then(Hub::running_identity) {
+                eprintln!("greenhub: {who} panicked:");
+            }
+            previous(info);
+        }));
+    });
 }
 
 /// Sets the thread's hub pointer for the lifetime of `run`, and clears it even on unwind.
@@ -246,6 +274,7 @@ impl Hub {
             stacks: StackPool::new(stack_size),
             exit_hooks: RefCell::new(Vec::new()),
             deadlock: Cell::new(None),
+            root: Cell::new(None),
             _not_send: PhantomData,
         })
     }
@@ -264,6 +293,7 @@ impl Hub {
 
     /// One turn of the loop.
     fn turn(&self, root: TaskRef) {
+        self.tasks.tick(); // the clock every state change of this turn is stamped with
         // 1. Run what is ready, up to the fairness budget.
         for _ in 0..FAIRNESS_BUDGET {
             let Some(next) = self.tasks.pop_ready() else { break };
@@ -312,16 +342,37 @@ impl Hub {
              process or helper thread is pending).\nlive coroutines:"
         );
         self.tasks.for_each_oldest_first(|t| {
-            let tag = if t.id == root.id { " (root)" } else { "" };
-            let _ = write!(report, "\n  coroutine {}{tag}: {}", t.id, t.describe_state());
+            let _ = write!(report, "\n  {}", self.describe(t, false));
         });
         report
     }
 
+    /// One line about a task: who it is and what it does (`with_age`: and for how long).
+    fn describe(&self, t: &Task, with_age: bool) -> String {
+        let root = if Some(t.id) == self.root.get().map(|r| r.id) { " [root]" } else { "" };
+        let state = t.describe_state();
+        if with_age {
+            format!("{}{root}: {state} for {:?}", t.identity(), self.tasks.age(t.since))
+        } else {
+            format!("{}{root}: {state}", t.identity())
+        }
+    }
+
+    /// [`ext::dump`](crate::ext::dump): every live coroutine, oldest first, one line each.
+    pub(crate) fn dump(&self) -> String {
+        let mut out = String::new();
+        self.tasks.for_each_oldest_first(|t| {
+            out.push_str(&self.describe(t, true));
+            out.push('\n');
+        });
+        out
+    }
+
     /// Cancels every coroutine still alive (in id order, including those spawned while others
-    /// unwind), then runs the exit hooks. Called once the root has ended.
+    /// unwind), then runs the exit hooks. Called once the root has ended. Destructors and hooks
+    /// that keep spawning get [`SHUTDOWN_ROUNDS`] rounds; then what is left is leaked.
     fn shutdown(&self) {
-        loop {
+        for round in 1.. {
             let live = self.tasks.live();
             if live.is_empty() {
                 let hooks = std::mem::take(&mut *self.exit_hooks.borrow_mut());
@@ -331,12 +382,38 @@ impl Hub {
                 hooks.into_iter().for_each(|hook| hook());
                 continue; // a hook may have spawned coroutines
             }
+            if round > SHUTDOWN_ROUNDS {
+                self.leak_unstarted(live);
+                continue; // the exit hooks still run
+            }
             for task in live {
                 self.cancel(task); // one may already have ended, unwound by another's cancel
                 while !self.resume(task) {}
             }
         }
         self.tasks.clear_ready();
+    }
+
+    /// Shutdown's last resort: the coroutines left after its rounds were spawned by the
+    /// previous round's destructors and never started. Say which, and leak them (their bodies
+    /// are never run nor dropped: dropping them is what keeps spawning).
+    #[cold]
+    fn leak_unstarted(&self, live: Vec<TaskRef>) {
+        let mut report = format!(
+            "greenhub: the hub's shutdown gave up after {SHUTDOWN_ROUNDS} rounds: destructors \
+             (or exit hooks) keep spawning coroutines while it cancels them. Leaking {} \
+             coroutine(s) that never ran:",
+            live.len()
+        );
+        for &r in live.iter().take(5) {
+            if let Some(line) = self.tasks.with(r, |t| t.identity().to_string()) {
+                let _ = write!(report, "\n  {line}");
+            }
+        }
+        eprintln!("{report}");
+        for r in live {
+            std::mem::forget(self.tasks.remove(r));
+        }
     }
 
     /// Registers `hook` to run when this hub's `run` is about to return, after every coroutine

@@ -62,11 +62,12 @@ pub(crate) trait Joinable<T> {
 pub struct JoinHandle<T> {
     task: TaskRef,
     spawned: Rc<dyn Joinable<T>>,
+    name: Option<Rc<str>>,
 }
 
 impl<T> JoinHandle<T> {
-    pub(crate) fn new(task: TaskRef, spawned: Rc<dyn Joinable<T>>) -> Self {
-        JoinHandle { task, spawned }
+    pub(crate) fn new(task: TaskRef, spawned: Rc<dyn Joinable<T>>, name: Option<Rc<str>>) -> Self {
+        JoinHandle { task, spawned, name }
     }
 
     /// Suspends the caller until the coroutine ends; returns its value, or why it has none.
@@ -77,7 +78,14 @@ impl<T> JoinHandle<T> {
     ///     assert!(h.join().unwrap_err().is_panic());
     /// });
     /// ```
+    ///
+    /// # Panics
+    /// When the coroutine joins its own handle: it would wait for itself forever.
+    #[track_caller]
     pub fn join(self) -> Result<T, JoinError> {
+        if let Some(hub) = try_hub() {
+            hub.assert_not_self_join(self.task);
+        }
         let state = self.spawned.state();
         let result =
             state.waiters.wait_until(WaitReason::Join(self.task.id), None, || state.take());
@@ -110,12 +118,19 @@ impl<T> JoinHandle<T> {
     pub fn id(&self) -> CoroutineId {
         self.task.id
     }
+
+    /// The coroutine's name, if [`coroutine::Builder::name`](crate::coroutine::Builder::name)
+    /// gave it one.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JoinHandle")
             .field("id", &self.task.id)
+            .field("name", &self.name)
             .field("finished", &self.is_finished())
             .finish()
     }

@@ -40,7 +40,7 @@
 //! private `sys` module.
 
 mod blocking;
-mod coroutine;
+pub mod coroutine;
 pub mod ext;
 mod hub;
 pub mod io;

@@ -124,48 +124,53 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *mu
 
 /// Writes the report with write(2) from a stack buffer: no allocation, no locks.
 fn report_overflow(id: usize, size: usize) {
-    let mut buf = [0u8; 160];
-    let mut len = 0;
-    for part in [
-        Part::Text("greenhub: coroutine #"),
-        Part::Number(id),
-        Part::Text(" overflowed its stack (size "),
-        Part::Number(size),
-        Part::Text(" bytes); raise Builder::stack_size or use less stack. Aborting.\n"),
-    ] {
-        len += part.write(&mut buf[len..]);
+    let mut out = FaultText::new();
+    out.text("greenhub: ");
+    if !crate::coroutine::write_running_identity(&mut out) {
+        out.text("coroutine #");
+        out.number(id as u64);
     }
-    // SAFETY: `buf[..len]` is initialised; fd 2 may be closed, in which case write fails harmlessly.
-    unsafe { libc::write(2, buf.as_ptr().cast(), len) };
+    out.text(" overflowed its stack (size ");
+    out.number(size as u64);
+    out.text(" bytes); raise Builder::stack_size or use less stack. Aborting.\n");
+    out.write_to_stderr();
 }
 
-enum Part {
-    Text(&'static str),
-    Number(usize),
+/// Text built without allocating, for a signal handler: whatever does not fit is cut off.
+pub(crate) struct FaultText {
+    buf: [u8; 512],
+    len: usize,
 }
 
-impl Part {
-    /// Writes as much as fits; returns the bytes written.
-    fn write(&self, out: &mut [u8]) -> usize {
+impl FaultText {
+    fn new() -> Self {
+        FaultText { buf: [0; 512], len: 0 }
+    }
+
+    pub(crate) fn text(&mut self, s: &str) {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+    }
+
+    pub(crate) fn number(&mut self, mut n: u64) {
         let mut digits = [0u8; 20];
-        let bytes: &[u8] = match *self {
-            Part::Text(s) => s.as_bytes(),
-            Part::Number(mut n) => {
-                let mut i = digits.len();
-                loop {
-                    i -= 1;
-                    digits[i] = b'0' + (n % 10) as u8;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                &digits[i..]
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
             }
-        };
-        let n = bytes.len().min(out.len());
-        out[..n].copy_from_slice(&bytes[..n]);
-        n
+        }
+        self.text(std::str::from_utf8(&digits[i..]).unwrap_or("?"));
+    }
+
+    fn write_to_stderr(&self) {
+        // SAFETY: `buf[..len]` is initialised; fd 2 may be closed, in which case write fails
+        // harmlessly.
+        unsafe { libc::write(2, self.buf.as_ptr().cast(), self.len) };
     }
 }
 

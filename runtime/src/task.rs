@@ -18,12 +18,13 @@
 //!   the removal of an ended task) and is the only other file that reads a [`Task`]'s fields.
 //!   Every borrow of the table is short and never held across a switch.
 
-use std::cell::{RefCell, RefMut};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::RawFd;
+use std::panic::Location;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -120,6 +121,43 @@ pub(crate) struct Task {
     pub(crate) stack_limit: usize,
     /// Usable bytes of its stack (whole pages).
     pub(crate) stack_size: usize,
+    /// Where it was spawned, and its name if it was given one.
+    pub(crate) site: &'static Location<'static>,
+    pub(crate) name: Option<Rc<str>>,
+    /// When it entered its current state (see [`TaskTable::tick`]).
+    pub(crate) since: Stamp,
+}
+
+/// What a new task is, besides its body.
+pub(crate) struct Spawn {
+    /// Usable bytes of its stack.
+    pub(crate) stack_size: usize,
+    pub(crate) site: &'static Location<'static>,
+    pub(crate) name: Option<Rc<str>>,
+}
+
+/// A point in time, as nanoseconds since the task table was made: the turn clock. Eight
+/// bytes, where an `Instant` is sixteen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Stamp(u64);
+
+/// How every report names a coroutine: `coroutine #17 "conn 7" (spawned at src/main.rs:42:9)`,
+/// or without a name `coroutine #17 (spawned at src/main.rs:42:9)`.
+pub(crate) struct Identity<'a> {
+    pub(crate) id: CoroutineId,
+    pub(crate) name: Option<&'a str>,
+    pub(crate) site: &'static Location<'static>,
+}
+
+impl fmt::Display for Identity<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "coroutine {}", self.id)?;
+        if let Some(name) = self.name {
+            write!(f, " {name:?}")?;
+        }
+        let site = self.site;
+        write!(f, " (spawned at {}:{}:{})", site.file(), site.line(), site.column())
+    }
 }
 
 /// Where a task's code is: not started, parked, or on the CPU.
@@ -132,7 +170,7 @@ pub(crate) enum Body {
 }
 
 impl Task {
-    fn new(body: Body, stack_size: usize) -> Task {
+    fn new(body: Body, spawn: Spawn, now: Stamp) -> Task {
         Task {
             id: CoroutineId::next(),
             state: TaskState::Ready,
@@ -142,8 +180,16 @@ impl Task {
             cancelled: false,
             yielder: std::ptr::null(),
             stack_limit: 0,
-            stack_size,
+            stack_size: spawn.stack_size,
+            site: spawn.site,
+            name: spawn.name,
+            since: now,
         }
+    }
+
+    /// How reports name it.
+    pub(crate) fn identity(&self) -> Identity<'_> {
+        Identity { id: self.id, name: self.name.as_deref(), site: self.site }
     }
 
     /// Its state in the deadlock report's words: "ready", "running", "waiting on ...".
@@ -167,17 +213,46 @@ pub(crate) enum CancelMark {
 }
 
 /// The tasks of one hub and the queue of those that are ready.
-#[derive(Default)]
 pub(crate) struct TaskTable {
     tasks: RefCell<Slab<Task>>,
     ready: RefCell<VecDeque<TaskRef>>,
+    /// The turn clock: read from the OS once per hub turn ([`tick`](Self::tick)), stamped on
+    /// every state change. A state change costs a load and a store, not a clock read.
+    epoch: Instant,
+    now: Cell<Stamp>,
+}
+
+impl Default for TaskTable {
+    fn default() -> Self {
+        TaskTable {
+            tasks: RefCell::default(),
+            ready: RefCell::default(),
+            epoch: Instant::now(),
+            now: Cell::new(Stamp(0)),
+        }
+    }
 }
 
 impl TaskTable {
-    /// Adds a task that has not started to the table and to the back of the ready queue; it
-    /// will run on a stack of `stack_size` usable bytes.
-    pub(crate) fn insert(&self, body: Body, stack_size: usize) -> TaskRef {
-        let task = Task::new(body, stack_size);
+    /// Advances the turn clock (the loop calls it at the start of every turn).
+    pub(crate) fn tick(&self) {
+        self.now.set(Stamp(self.epoch.elapsed().as_nanos() as u64));
+    }
+
+    /// The turn clock's reading, for a state change.
+    #[inline]
+    pub(crate) fn now(&self) -> Stamp {
+        self.now.get()
+    }
+
+    /// How long ago `since` was, by the OS clock.
+    pub(crate) fn age(&self, since: Stamp) -> Duration {
+        self.epoch.elapsed().saturating_sub(Duration::from_nanos(since.0))
+    }
+
+    /// Adds a task that has not started to the table and to the back of the ready queue.
+    pub(crate) fn insert(&self, body: Body, spawn: Spawn) -> TaskRef {
+        let task = Task::new(body, spawn, self.now());
         let id = task.id;
         let key = self.tasks.borrow_mut().insert(task);
         let r = TaskRef { key, id };
@@ -225,6 +300,7 @@ impl TaskTable {
         if let Some(task) = tasks.get_mut(r.key).filter(parked) {
             debug_assert!(matches!(task.body, Body::Parked(_)), "a suspended task is parked");
             task.state = TaskState::Ready;
+            task.since = self.now.get();
             self.ready.borrow_mut().push_back(r);
         }
     }
@@ -265,6 +341,13 @@ impl TaskTable {
         CancelMark::Started
     }
 
+    /// Takes a task out of the table, if it is alive.
+    pub(crate) fn remove(&self, r: TaskRef) -> Option<Task> {
+        let mut tasks = self.tasks.borrow_mut();
+        tasks.get(r.key).filter(|t| t.id == r.id)?;
+        Some(tasks.remove(r.key))
+    }
+
     /// Every task in the table, oldest first.
     pub(crate) fn live(&self) -> Vec<TaskRef> {
         let tasks = self.tasks.borrow();
@@ -285,6 +368,24 @@ impl TaskTable {
     /// Runs `f` on one task, if it is alive.
     pub(crate) fn with<R>(&self, r: TaskRef, f: impl FnOnce(&Task) -> R) -> Option<R> {
         self.tasks.borrow().get(r.key).filter(|t| t.id == r.id).map(f)
+    }
+
+    /// Runs `f` on one task, if it is alive and the table is not borrowed for an update.
+    pub(crate) fn try_with<R>(&self, r: TaskRef, f: impl FnOnce(&Task) -> R) -> Option<R> {
+        self.tasks.try_borrow().ok()?.get(r.key).filter(|t| t.id == r.id).map(f)
+    }
+
+    /// One task, read without a borrow, for the fault handler; `None` if it is gone or the
+    /// table is mutably borrowed.
+    ///
+    /// # Safety
+    /// Nothing may mutate the table while the reference lives (the fault handler: the thread
+    /// it interrupted is stopped, and the hub belongs to that thread).
+    pub(crate) unsafe fn peek(&self, r: TaskRef) -> Option<&Task> {
+        // SAFETY: the caller guarantees no mutation while the reference lives; a table that is
+        // mutably borrowed right now is refused by `try_borrow_unguarded`.
+        let tasks = unsafe { self.tasks.try_borrow_unguarded() }.ok()?;
+        tasks.get(r.key).filter(|t| t.id == r.id)
     }
 
     /// Takes every task out (when the hub is dropped after its loop failed).

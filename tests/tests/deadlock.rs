@@ -20,6 +20,22 @@ fn deadlock_message(f: impl FnOnce()) -> String {
     panic_message(&*caught.expect_err("the hub should have reported a deadlock"))
 }
 
+/// The report's line about coroutine `id`: `coroutine #N [name] (spawned at FILE:L:C)...`.
+fn line_about(msg: &str, id: CoroutineId) -> &str {
+    let prefix = format!("coroutine {id} ");
+    msg.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no line about {id} in:\n{msg}"))
+}
+
+/// Checks that a report line names the coroutine's spawn site in this file, and its state.
+fn assert_line(msg: &str, id: CoroutineId, state: &str) {
+    let line = line_about(msg, id);
+    assert!(line.contains("(spawned at tests/tests/deadlock.rs:"), "no spawn site: {line}");
+    assert!(line.ends_with(state), "expected `{state}` at the end of: {line}");
+}
+
 #[test]
 fn a_root_waiting_on_an_event_nobody_can_set_panics() {
     let root = Cell::new(None);
@@ -29,7 +45,7 @@ fn a_root_waiting_on_an_event_nobody_can_set_panics() {
     });
     let root = root.get().unwrap();
     assert!(msg.contains("would block forever"), "{msg}");
-    assert!(msg.contains(&format!("coroutine {root} (root): waiting on an Event")), "{msg}");
+    assert_line(&msg, root, "[root]: waiting on an Event");
 }
 
 #[test]
@@ -43,7 +59,7 @@ fn the_report_lists_each_live_coroutine_and_what_it_waits_on() {
         let mutex = Rc::new(Mutex::new(()));
         let _permit = sem.acquire();
         let _locked = mutex.lock();
-        let on_event = spawn({
+        let on_event = greenhub::coroutine::Builder::new().name("on event").spawn({
             let event = event.clone();
             move || {
                 let _guard = guard;
@@ -76,15 +92,20 @@ fn the_report_lists_each_live_coroutine_and_what_it_waits_on() {
     let [root, on_event, on_channel, on_semaphore, on_mutex, on_join] = ids.get().unwrap();
     assert!(msg.contains("would block forever"), "{msg}");
     let expected = [
-        format!("coroutine {root} (root): waiting on join of coroutine {on_join}"),
-        format!("coroutine {on_event}: waiting on an Event"),
-        format!("coroutine {on_channel}: waiting on a channel recv"),
-        format!("coroutine {on_semaphore}: waiting on a Semaphore permit"),
-        format!("coroutine {on_mutex}: waiting on a Mutex lock"),
-        format!("coroutine {on_join}: waiting on join of coroutine {on_event}"),
+        (root, format!("[root]: waiting on join of coroutine {on_join}")),
+        (on_event, "\"on event\"".to_string()),
+        (on_event, ": waiting on an Event".to_string()),
+        (on_channel, ": waiting on a channel recv".to_string()),
+        (on_semaphore, ": waiting on a Semaphore permit".to_string()),
+        (on_mutex, ": waiting on a Mutex lock".to_string()),
+        (on_join, format!(": waiting on join of coroutine {on_event}")),
     ];
-    for line in expected {
-        assert!(msg.contains(&line), "missing `{line}` in:\n{msg}");
+    for (id, state) in expected {
+        if state.starts_with(':') || state.starts_with('[') {
+            assert_line(&msg, id, &state);
+        } else {
+            assert!(line_about(&msg, id).contains(&state), "no {state} in:\n{msg}");
+        }
     }
     assert!(dropped.get(), "the other coroutines were not unwound after the root's panic");
 }

@@ -51,7 +51,8 @@ fn a_spawned_coroutine_overflowing_is_reported_and_aborts() {
         .lines()
         .find_map(|l| l.strip_prefix("overflowing coroutine: "))
         .unwrap_or_else(|| panic!("the child did not reach the overflow:\n{stderr}"));
-    assert_reported_overflow(&out, &format!("coroutine {id} overflowed its stack"));
+    let named = format!("coroutine {id} (spawned at tests/tests/stack_overflow.rs:");
+    assert_reported_overflow(&out, &named);
 }
 
 #[test]
