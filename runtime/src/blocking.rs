@@ -91,7 +91,11 @@ where
             remote.complete(me);
         }
     };
-    if let Err(refused) = hub.pool.submit(Box::new(job)) {
+    let submitted = {
+        let _section = sys::HubSection::enter(); // the pool's lock is held in there
+        hub.pool.submit(Box::new(job))
+    };
+    if let Err(refused) = submitted {
         hub.remote.in_flight.fetch_sub(1, Ordering::Relaxed);
         return Err(refused);
     }

@@ -19,13 +19,14 @@ use std::panic::{self, AssertUnwindSafe, Location};
 use std::rc::Rc;
 
 use corosensei::stack::Stack as _;
+use corosensei::trap::CoroutineTrapHandler;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 use crate::hub::{Hub, hub};
 use crate::join::{JoinError, JoinHandle, JoinState, Joinable};
 use crate::stack::CoStack;
 use crate::sys;
-use crate::task::{Body, CancelMark, Spawn, TaskRef, TaskState, WaitReason};
+use crate::task::{Body, CancelMark, Spawn, Task, TaskRef, TaskState, WaitReason};
 use crate::timer::{TimedOut, TimeoutId};
 
 type Co = Coroutine<Wake, Suspend, (), CoStack>;
@@ -68,6 +69,9 @@ pub(crate) trait Start {
     fn cancel(&self);
     /// The coroutine could not start (no stack): end it with this error.
     fn fail(&self, error: JoinError);
+    /// The coroutine overflowed its stack of `size` usable bytes and was made to return
+    /// (`recover_stack_overflow`): end it as such. What its body held is leaked with its stack.
+    fn overflowed(&self, size: usize);
 }
 
 /// The coroutine the loop is running now, as three cells so that the suspension path reads
@@ -251,7 +255,9 @@ where
     T: 'static,
 {
     let spawn = Spawn { stack_size: hub.stacks.usable_size(stack_size), site, name: name.clone() };
+    sys::HubSection::enter_raw(); // the allocation: malloc's lock
     let spawned = Rc::new(Spawned::new(f));
+    sys::HubSection::leave();
     let task = hub.tasks.insert(Body::Start(spawned.clone()), spawn);
     JoinHandle::new(task, spawned, name)
 }
@@ -320,6 +326,10 @@ impl<F: FnOnce() -> T, T> Start for Spawned<F, T> {
         drop(self.body.take());
         self.state.finish(Err(error));
     }
+
+    fn overflowed(&self, size: usize) {
+        self.state.finish(Err(JoinError::stack_overflow(size)));
+    }
 }
 
 impl<F, T> Joinable<T> for Spawned<F, T> {
@@ -347,6 +357,7 @@ thread_local! {
 /// costs a mispredicted return (see docs/coroutines-and-stacks.md).
 #[inline(always)]
 pub(crate) fn suspend(hub: &Hub, how: Suspend) {
+    debug_assert!(!sys::HubSection::active(), "no switch inside greenhub's bookkeeping");
     let yielder = hub.running.yielder.get();
     if yielder.is_null() {
         outside_coroutine("suspend");
@@ -417,7 +428,12 @@ impl Hub {
             return !self.tasks.is_alive(r);
         };
         self.running.enter(r, yielder, matches!(wake, Wake::Cancel));
-        sys::watch_stack(limit, r.id.get(), size);
+        let trap = match self.recover_overflow(r) {
+            true if arm_trap(&co) => sys::Trap::Armed,
+            _ if self.recover_stack_overflow => sys::Trap::Root,
+            _ => sys::Trap::Off,
+        };
+        sys::watch_stack(limit, r.id.get(), size, trap);
         let result = Option::as_mut(&mut *co).expect("a parked coroutine").resume(wake);
         sys::unwatch_stack();
         self.running.leave();
@@ -428,6 +444,11 @@ impl Hub {
             }
             CoroutineResult::Return(()) => {
                 let task = self.tasks.borrow_mut().remove(r.key);
+                if sys::take_overflowed() {
+                    self.bury(r, co, task);
+                    return true;
+                }
+                self.forget_body(r);
                 self.stacks.put(co, task.stack_size);
                 drop(task);
                 true
@@ -451,6 +472,7 @@ impl Hub {
             Body::Start(start) => match self.stacks.take(task.stack_size) {
                 Ok((mut co, stack)) => {
                     debug_assert!(task.state == TaskState::Ready && task.yielder.is_null());
+                    self.keep_body(r, &start);
                     task.stack_limit = stack.limit().get();
                     *co = Some(new_coroutine(stack, start));
                     co
@@ -468,6 +490,47 @@ impl Hub {
         task.state = TaskState::Running;
         task.since = self.tasks.now();
         Some((co, wake, task.yielder, [task.stack_limit, task.stack_size]))
+    }
+
+    /// A coroutine that overflowed its stack and was made to return by the fault handler: its
+    /// stack is quarantined (never reused: whatever pointed into it stays harmless), its
+    /// frames are never unwound (their values leak), and its joiners get `is_stack_overflow`.
+    #[cold]
+    fn bury(&self, r: TaskRef, co: CoBox, task: Task) {
+        if std::thread::panicking() {
+            // It died mid-unwind: the thread's panic count can never come back down.
+            eprintln!(
+                "greenhub: {} overflowed its stack while unwinding; the thread's panic state \
+                 cannot be repaired. Aborting.",
+                task.identity()
+            );
+            std::process::abort();
+        }
+        self.stacks.quarantine(co, task.stack_limit);
+        let start = self.overflow_bodies.borrow_mut().remove(&r.id);
+        if let Some(start) = start {
+            start.overflowed(task.stack_size);
+        }
+    }
+
+    /// With `recover_stack_overflow`, keeps a second reference to a starting coroutine's body,
+    /// so that an overflow (which strands the first on the dead stack) can still end it.
+    fn keep_body(&self, r: TaskRef, start: &Rc<dyn Start>) {
+        if self.recover_overflow(r) {
+            self.overflow_bodies.borrow_mut().insert(r.id, start.clone());
+        }
+    }
+
+    fn forget_body(&self, r: TaskRef) {
+        if self.recover_overflow(r) {
+            self.overflow_bodies.borrow_mut().remove(&r.id);
+        }
+    }
+
+    /// Whether an overflow of this task's stack may end it alone: asked for, and not the root.
+    #[inline]
+    fn recover_overflow(&self, r: TaskRef) -> bool {
+        self.recover_stack_overflow && self.root() != Some(r)
     }
 
     /// Puts a coroutine that suspended back in the table.
@@ -562,10 +625,57 @@ fn new_coroutine(stack: CoStack, start: Rc<dyn Start>) -> Co {
 
 /// Drops coroutines that may still be suspended (only when the loop itself failed): corosensei
 /// force-unwinds them, and its payload must not be caught by the bodies.
-pub(crate) fn force_drop(tasks: slab::Slab<crate::task::Task>) {
+pub(crate) fn force_drop(tasks: slab::Slab<Task>) {
     FORCE_DROPPING.with(|f| f.set(true));
     drop(tasks);
     FORCE_DROPPING.with(|f| f.set(false));
+}
+
+thread_local! {
+    /// The trap handle of the running coroutine when an overflow may end it alone, for the
+    /// fault handler (const-initialised: plain thread-local memory in a signal handler).
+    static TRAP: Cell<Option<CoroutineTrapHandler<()>>> = const { Cell::new(None) };
+}
+
+/// Records the coroutine about to be resumed for the fault handler; true.
+fn arm_trap(co: &CoBox) -> bool {
+    let handler = Option::as_ref(&**co).map(Coroutine::trap_handler);
+    TRAP.with(|t| t.set(handler));
+    handler.is_some()
+}
+
+/// From the fault handler: makes the running coroutine return to the loop when the handler
+/// returns, if its stack pointer `sp` is on its stack. The registers to set come back.
+pub(crate) fn trap_running(sp: usize) -> Option<sys::TrapRegs> {
+    let handler = TRAP.with(Cell::get)?;
+    if !handler.stack_ptr_in_bounds(sp) {
+        return None;
+    }
+    // SAFETY: corosensei's contract for `setup_trap_handler`. (1) It is called from a signal
+    // handler for a fault of this very coroutine: `TRAP` was armed by `Hub::resume` for the
+    // coroutine it is running now (cleared by the next resume's `arm_trap`), on this thread.
+    // (2) The interrupted stack pointer is inside that coroutine's stack (checked just above).
+    // (3) The caller sets the returned registers in the interrupted context before returning.
+    // (4) "The coroutine must not write to memory outside itself except through volatile
+    // operations": greenhub cannot promise that for the user's code, and says so: state that
+    // code was updating outside its stack may be left half-written (docs/coroutines-and-stacks.md);
+    // greenhub's own state is protected by refusing to recover inside a `HubSection`, and
+    // shared libraries' (malloc's) by refusing outside the program's own code. The closure
+    // runs on the reset stack and returns `()`, which `resume` receives as the coroutine's end.
+    let regs = unsafe { handler.setup_trap_handler(|| ()) };
+    Some(trap_regs(regs))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn trap_regs(regs: corosensei::trap::TrapHandlerRegs) -> sys::TrapRegs {
+    let corosensei::trap::TrapHandlerRegs { rip, rsp, rbp, rdi, rsi } = regs;
+    let u = |v: u64| v as usize;
+    sys::TrapRegs { pc: u(rip), sp: u(rsp), frame: u(rbp), args: [u(rdi), u(rsi)] }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn trap_regs(_: corosensei::trap::TrapHandlerRegs) -> sys::TrapRegs {
+    sys::TrapRegs { pc: 0, sp: 0, frame: 0, args: [0; 2] }
 }
 
 /// From the fault handler: writes how reports name the running coroutine, without allocating
@@ -597,4 +707,48 @@ pub(crate) fn write_running_identity(out: &mut sys::FaultText) -> bool {
 /// After fork, in the child: the running coroutine belongs to the parent's hub.
 pub(crate) fn forget_running_after_fork() {
     sys::unwatch_stack();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    const CHILD: &str = "GREENHUB_UNIT_OVERFLOW_CHILD";
+
+    fn recurse(depth: u64) -> u64 {
+        let frame = std::hint::black_box([depth as u8; 512]);
+        if depth == u64::MAX {
+            return 0;
+        }
+        recurse(depth + 1) + u64::from(std::hint::black_box(frame)[7])
+    }
+
+    /// An overflow while greenhub's bookkeeping is mid-update is never recovered: the
+    /// coroutine overflows with a `HubSection` open, as if inside the task table's update.
+    #[test]
+    fn an_overflow_inside_greenhubs_bookkeeping_aborts_even_with_recovery_on() {
+        if std::env::var_os(CHILD).is_some() {
+            let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: setrlimit reads a live rlimit (no core file for the expected abort).
+            unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
+            crate::Builder::new().recover_stack_overflow(true).run(|| {
+                let h = crate::spawn(|| {
+                    let _section = crate::sys::HubSection::enter();
+                    recurse(0)
+                });
+                let _ = h.join();
+            });
+            unreachable!("the overflow must abort");
+        }
+        let test = "coroutine::tests::an_overflow_inside_greenhubs_bookkeeping_aborts_even_with_recovery_on";
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{}\n{stderr}", out.status);
+        assert!(stderr.contains("inside greenhub's own bookkeeping"), "{stderr}");
+    }
 }

@@ -19,6 +19,7 @@
 //!   table; `shutdown` then unwinds every other task before `run` returns.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
@@ -29,7 +30,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::blocking::{DEFAULT_BLOCKING_THREADS, Pool, Remote};
-use crate::coroutine::{self, Running, Spawned, Wake};
+use crate::coroutine::{self, CoroutineId, Running, Spawned, Start, Wake};
 use crate::io::{Reactor, Wait};
 use crate::join::Joinable as _;
 use crate::stack::StackPool;
@@ -89,6 +90,10 @@ pub(crate) struct Hub {
     deadlock: Cell<Option<String>>,
     /// The root coroutine (set by `run` right after spawning it).
     root: Cell<Option<TaskRef>>,
+    /// `Builder::recover_stack_overflow`, and (only when it is on) a second reference to every
+    /// started coroutine's body, to end it after an overflow.
+    pub(crate) recover_stack_overflow: bool,
+    pub(crate) overflow_bodies: RefCell<HashMap<CoroutineId, Rc<dyn Start>>>,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -145,6 +150,7 @@ pub fn run<T>(f: impl FnOnce() -> T) -> T {
 pub struct Builder {
     stack_size: usize,
     blocking_threads: usize,
+    recover_stack_overflow: bool,
 }
 
 impl Default for Builder {
@@ -157,7 +163,11 @@ impl Builder {
     /// A builder with the defaults: 1 MiB of usable stack per coroutine (plus a guard page),
     /// [`DEFAULT_BLOCKING_THREADS`](crate::DEFAULT_BLOCKING_THREADS) helper threads.
     pub fn new() -> Self {
-        Builder { stack_size: DEFAULT_STACK_SIZE, blocking_threads: DEFAULT_BLOCKING_THREADS }
+        Builder {
+            stack_size: DEFAULT_STACK_SIZE,
+            blocking_threads: DEFAULT_BLOCKING_THREADS,
+            recover_stack_overflow: false,
+        }
     }
 
     /// The most helper threads [`spawn_blocking`](crate::spawn_blocking) runs at once for this
@@ -197,6 +207,25 @@ impl Builder {
         self
     }
 
+    /// Whether a stack overflow in a spawned coroutine ends that coroutine only (default:
+    /// false, the overflow is reported and the process aborts).
+    ///
+    /// With `true`, a coroutine that runs off its stack in its own code is made to return to
+    /// the hub from the fault handler: its [`join`](crate::JoinHandle::join) gives a
+    /// [`JoinError`](crate::JoinError) with `is_stack_overflow()`, the report still goes to
+    /// stderr, and the hub and every other coroutine go on. Nothing on the dead stack is
+    /// dropped or unwound (unwinding needs the stack that just ran out): its values are leaked,
+    /// a lock or permit it held stays held, a `Sender` it held keeps its channel open, and data
+    /// its code was updating outside its stack at that instant may be left half-written. The
+    /// stack is never reused. An overflow in the root coroutine, inside greenhub's own
+    /// bookkeeping, or inside a shared library (libc: malloc's locks) still aborts with the
+    /// report, as does one on a platform other than x86_64 Linux. See
+    /// docs/coroutines-and-stacks.md.
+    pub fn recover_stack_overflow(mut self, on: bool) -> Self {
+        self.recover_stack_overflow = on;
+        self
+    }
+
     /// Runs `f` as the root coroutine of a fresh hub; see [`run`]. The root's spawn site in
     /// reports is the caller of `run`.
     #[track_caller]
@@ -208,10 +237,7 @@ impl Builder {
         );
         crate::sys::install_overflow_reporter();
         install_panic_hook();
-        let hub = Box::new(
-            Hub::new(self.stack_size, self.blocking_threads)
-                .expect("greenhub::run: cannot create the hub"),
-        );
+        let hub = Box::new(Hub::new(&self).expect("greenhub::run: cannot create the hub"));
         let _installed = Installed::new(&hub);
         let root_body = Rc::new(Spawned::new(f));
         let root = hub.spawn_root(root_body.clone(), Location::caller());
@@ -259,7 +285,7 @@ impl Drop for Installed {
 }
 
 impl Hub {
-    fn new(stack_size: usize, blocking_threads: usize) -> std::io::Result<Hub> {
+    fn new(config: &Builder) -> std::io::Result<Hub> {
         let waker = crate::sys::eventfd()?;
         let reactor = Reactor::new(waker.as_raw_fd())?;
         let remote = std::sync::Arc::new(Remote::new(waker));
@@ -270,13 +296,21 @@ impl Hub {
             timers: Timers::default(),
             reactor,
             remote,
-            pool: Pool::new(blocking_threads),
-            stacks: StackPool::new(stack_size),
+            pool: Pool::new(config.blocking_threads),
+            stacks: StackPool::new(config.stack_size),
+            recover_stack_overflow: config.recover_stack_overflow,
+            overflow_bodies: RefCell::new(HashMap::new()),
             exit_hooks: RefCell::new(Vec::new()),
             deadlock: Cell::new(None),
             root: Cell::new(None),
             _not_send: PhantomData,
         })
+    }
+
+    /// The root coroutine, once `run` has spawned it.
+    #[inline]
+    pub(crate) fn root(&self) -> Option<TaskRef> {
+        self.root.get()
     }
 
     /// This hub's id.

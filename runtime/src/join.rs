@@ -35,8 +35,10 @@ impl<T> JoinState<T> {
     /// Stores the result and wakes the joiners.
     pub(crate) fn finish(&self, result: Result<T, JoinError>) {
         debug_assert!(!self.finished.get(), "a coroutine ends once");
+        crate::sys::HubSection::enter_raw();
         *self.result.borrow_mut() = Some(result);
         self.finished.set(true);
+        crate::sys::HubSection::leave();
         self.waiters.notify_all();
     }
 
@@ -149,6 +151,8 @@ enum Repr {
     Panic(Box<dyn Any + Send>),
     /// No stack: the message is shared by every coroutine refused for the same reason.
     NoStack(Arc<str>),
+    /// It ran off its stack of this many usable bytes (`recover_stack_overflow`).
+    StackOverflow(usize),
 }
 
 impl JoinError {
@@ -169,6 +173,16 @@ impl JoinError {
         matches!(self.repr, Repr::Panic(_) | Repr::NoStack(_))
     }
 
+    pub(crate) fn stack_overflow(size: usize) -> Self {
+        JoinError { repr: Repr::StackOverflow(size) }
+    }
+
+    /// True when the coroutine overflowed its stack and the hub, built with
+    /// [`recover_stack_overflow(true)`](crate::Builder::recover_stack_overflow), ended it there.
+    pub fn is_stack_overflow(&self) -> bool {
+        matches!(self.repr, Repr::StackOverflow(_))
+    }
+
     /// True when the coroutine was cancelled (before it started or while it ran).
     pub fn is_cancelled(&self) -> bool {
         matches!(self.repr, Repr::Cancelled)
@@ -177,12 +191,15 @@ impl JoinError {
     /// The panic payload, to rethrow with `std::panic::resume_unwind`.
     ///
     /// # Panics
-    /// If the coroutine was cancelled rather than panicked.
+    /// If the coroutine was cancelled, or overflowed its stack, rather than panicked.
     pub fn into_panic(self) -> Box<dyn Any + Send> {
         match self.repr {
             Repr::Panic(payload) => payload,
             Repr::NoStack(message) => Box::new(message.to_string()),
             Repr::Cancelled => panic!("JoinError::into_panic on a cancelled coroutine"),
+            Repr::StackOverflow(_) => {
+                panic!("JoinError::into_panic on a coroutine that overflowed its stack")
+            }
         }
     }
 
@@ -193,7 +210,7 @@ impl JoinError {
                 .copied()
                 .or_else(|| payload.downcast_ref::<String>().map(String::as_str)),
             Repr::NoStack(message) => Some(message),
-            Repr::Cancelled => None,
+            Repr::Cancelled | Repr::StackOverflow(_) => None,
         }
     }
 }
@@ -204,6 +221,7 @@ impl fmt::Debug for JoinError {
             Repr::Cancelled => f.write_str("JoinError::Cancelled"),
             Repr::Panic(_) => write!(f, "JoinError::Panic({:?})", self.panic_message()),
             Repr::NoStack(message) => write!(f, "JoinError::NoStack({message:?})"),
+            Repr::StackOverflow(size) => write!(f, "JoinError::StackOverflow({size})"),
         }
     }
 }
@@ -213,6 +231,9 @@ impl fmt::Display for JoinError {
         match (&self.repr, self.panic_message()) {
             (Repr::Cancelled, _) => f.write_str("the coroutine was cancelled"),
             (Repr::NoStack(message), _) => write!(f, "the coroutine could not start: {message}"),
+            (Repr::StackOverflow(size), _) => {
+                write!(f, "the coroutine overflowed its stack ({size} bytes) and was ended there")
+            }
             (Repr::Panic(_), Some(msg)) => write!(f, "the coroutine panicked: {msg}"),
             (Repr::Panic(_), None) => f.write_str("the coroutine panicked"),
         }

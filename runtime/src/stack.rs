@@ -207,6 +207,20 @@ impl StackPool {
         }
     }
 
+    /// A coroutine died on this stack (an overflow): the stack is never reused and its
+    /// reservation never unmapped, so whatever pointed into it stays harmless.
+    pub(crate) fn quarantine(&self, dead: CoBox, limit: usize) {
+        self.live.set(self.live.get() - 1);
+        let mut reservations = self.reservations.borrow_mut();
+        if let Some(r) = reservations.iter_mut().find(|r| (r.addr..r.addr + r.len).contains(&limit))
+        {
+            r.pinned = true;
+        }
+        // The coroutine has returned (the trap made it), so dropping it touches no stack
+        // memory; the slot is in no free list and the carving point has passed it.
+        drop(dead);
+    }
+
     /// A fresh stack from the class's current reservation (a new one when it is used up).
     fn carve(&self, class: &mut SizeClass) -> Result<CoStack, JoinError> {
         if let Some(refusal) = self.refusal.borrow().as_ref()

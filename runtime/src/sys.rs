@@ -24,25 +24,106 @@ const GUARD_SLACK: usize = 64 * 1024;
 const ALT_STACK_SIZE: usize = 64 * 1024;
 
 thread_local! {
-    /// The running coroutine's stack, for the fault handler: [guard page address, id, size].
+    /// The running coroutine's stack, for the fault handler: [guard page address, id, usable
+    /// size, `Trap` as a number].
     /// Const-initialised and without destructor, so reading it in a signal handler is plain
-    /// thread-local memory access.
-    static WATCHED: Cell<[usize; 3]> = const { Cell::new([0; 3]) };
+    /// thread-local memory access (as for every thread-local below).
+    static WATCHED: Cell<[usize; 4]> = const { Cell::new([0; 4]) };
     static ALT_STACK_READY: Cell<bool> = const { Cell::new(false) };
+    /// How deep this thread is in greenhub's own bookkeeping ([`HubSection`]): an overflow
+    /// while it is not zero is never recovered.
+    static HUB_SECTION: Cell<u32> = const { Cell::new(0) };
+    /// Set by the fault handler when it made the running coroutine return (an overflow).
+    static OVERFLOWED: Cell<bool> = const { Cell::new(false) };
 }
+
+/// The executable segments of the program itself (not of shared libraries), found once when
+/// the reporter is installed: an overflow is recovered only when it hits code in them.
+static PROGRAM_TEXT: OnceLock<[(usize, usize); 8]> = OnceLock::new();
 
 /// The handlers that were installed before ours, for SIGSEGV and SIGBUS.
 static PREVIOUS: OnceLock<[libc::sigaction; 2]> = OnceLock::new();
 static PAGE_SIZE: OnceLock<usize> = OnceLock::new();
 
-/// Records the stack of the coroutine about to run.
-pub(crate) fn watch_stack(limit: usize, id: u64, size: usize) {
-    WATCHED.with(|w| w.set([limit, id as usize, size]));
+/// Whether an overflow may end the running coroutine alone.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Trap {
+    /// `recover_stack_overflow` is off.
+    Off = 0,
+    /// On, and the coroutine's trap handle is armed (`coroutine::arm_trap`).
+    Armed = 1,
+    /// On, but this is the root.
+    Root = 2,
 }
 
-/// No coroutine is running on this thread.
+/// Records the stack of the coroutine about to run.
+#[inline]
+pub(crate) fn watch_stack(limit: usize, id: u64, size: usize, trap: Trap) {
+    WATCHED.with(|w| w.set([limit, id as usize, size, trap as usize]));
+}
+
+/// No coroutine is running on this thread. Also closes any [`HubSection`] a panic left open
+/// (none spans a switch, so at this point none is legitimately open).
+#[inline]
 pub(crate) fn unwatch_stack() {
-    WATCHED.with(|w| w.set([0; 3]));
+    WATCHED.with(|w| w.set([0; 4]));
+    HUB_SECTION.with(|d| d.set(0));
+}
+
+/// Whether the coroutine that just returned was made to by the fault handler (an overflow);
+/// clears the flag.
+#[inline]
+pub(crate) fn take_overflowed() -> bool {
+    OVERFLOWED.with(|o| o.replace(false))
+}
+
+/// Marks greenhub's own bookkeeping on a coroutine stack for as long as it lives: an overflow
+/// inside aborts, because the state it was updating may be half-written. Never held across a
+/// switch (every suspension point is outside any section).
+pub(crate) struct HubSection(());
+
+impl HubSection {
+    #[inline]
+    pub(crate) fn enter() -> HubSection {
+        HUB_SECTION.with(|d| d.set(d.get() + 1));
+        HubSection(())
+    }
+
+    /// The same without a guard, for the hot paths (a guard's unwind cleanup costs them their
+    /// inlining). A panic between this and [`leave`](Self::leave) leaves the depth up until the
+    /// coroutine next switches out (`unwatch_stack` resets it): recovery is refused meanwhile,
+    /// which errs on the safe side.
+    #[inline(always)]
+    pub(crate) fn enter_raw() {
+        HUB_SECTION.with(|d| d.set(d.get() + 1));
+    }
+
+    #[inline(always)]
+    pub(crate) fn leave() {
+        HUB_SECTION.with(|d| d.set(d.get() - 1));
+    }
+
+    /// Whether this thread is in one now (checked before a switch).
+    pub(crate) fn active() -> bool {
+        HUB_SECTION.with(Cell::get) != 0
+    }
+}
+
+impl Drop for HubSection {
+    #[inline]
+    fn drop(&mut self) {
+        HUB_SECTION.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// The registers to set in the interrupted context so that, when the handler returns, the
+/// overflowing coroutine runs corosensei's trap trampoline and returns to the loop.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TrapRegs {
+    pub(crate) pc: usize,
+    pub(crate) sp: usize,
+    pub(crate) frame: usize,
+    pub(crate) args: [usize; 2],
 }
 
 /// Installs the overflow reporter once per process, and an alternate signal stack on this
@@ -50,6 +131,7 @@ pub(crate) fn unwatch_stack() {
 pub(crate) fn install_overflow_reporter() {
     PREVIOUS.get_or_init(|| {
         PAGE_SIZE.get_or_init(page_size);
+        PROGRAM_TEXT.get_or_init(program_text);
         [install_handler(libc::SIGSEGV), install_handler(libc::SIGBUS)]
     });
     if !ALT_STACK_READY.with(Cell::get) {
@@ -108,22 +190,132 @@ fn ensure_alt_stack() {
     unsafe { libc::sigaltstack(&alt, std::ptr::null_mut()) };
 }
 
-/// The SIGSEGV/SIGBUS handler: report an overflow of the running coroutine's stack, or chain.
+/// Why an overflow cannot end only the coroutine that overflowed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fatal {
+    /// `recover_stack_overflow` is off (the default).
+    NotAsked,
+    /// The root coroutine: its end is the end of `run`.
+    Root,
+    /// greenhub's own state was mid-update.
+    InHub,
+    /// The fault hit code outside the program itself (a shared library such as libc, whose
+    /// internal state, malloc's locks included, greenhub cannot know).
+    InLibrary,
+    /// No way to redirect the coroutine on this platform, or its stack pointer was off its
+    /// stack (a frame larger than the guard page jumped over it).
+    Unrecoverable,
+}
+
+/// The SIGSEGV/SIGBUS handler: an overflow of the running coroutine's stack is reported, then
+/// either ends that coroutine (returning from the handler into corosensei's trap trampoline)
+/// or aborts; any other fault goes to the previous handler.
 extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
-    let [limit, id, size] = WATCHED.with(Cell::get);
+    let [limit, id, size, trap] = WATCHED.with(Cell::get);
     let page = PAGE_SIZE.get().copied().unwrap_or(4096);
-    if limit != 0 && addr >= limit.saturating_sub(GUARD_SLACK) && addr < limit + page {
-        report_overflow(id, size);
-        // SAFETY: abort is async-signal-safe and never returns.
-        unsafe { libc::abort() };
+    // A guard hit is SEGV_MAPERR for a lightweight guard, SEGV_ACCERR for an mprotect'ed one:
+    // classify by address, not by code.
+    if limit == 0 || addr < limit.saturating_sub(GUARD_SLACK) || addr >= limit + page {
+        return chain(signal, info, ctx);
     }
-    chain(signal, info, ctx);
+    // SAFETY: for an SA_SIGINFO handler `ctx` is the interrupted thread's ucontext_t, ours to
+    // read and change until we return.
+    let uc = unsafe { &mut *ctx.cast::<libc::ucontext_t>() };
+    match recover(uc, limit, trap) {
+        Ok(()) => report_overflow(id, size, None),
+        Err(why) => {
+            report_overflow(id, size, Some(why));
+            // SAFETY: abort is async-signal-safe and never returns.
+            unsafe { libc::abort() };
+        }
+    }
+}
+
+/// Redirects the overflowing coroutine to return to the loop, if that is allowed and possible.
+fn recover(uc: &mut libc::ucontext_t, limit: usize, trap: usize) -> Result<(), Fatal> {
+    match trap {
+        t if t == Trap::Armed as usize => {}
+        t if t == Trap::Root as usize => return Err(Fatal::Root),
+        _ => return Err(Fatal::NotAsked),
+    }
+    if HUB_SECTION.with(Cell::get) != 0 {
+        return Err(Fatal::InHub);
+    }
+    let (pc, sp) = interrupted_pc_sp(uc).ok_or(Fatal::Unrecoverable)?;
+    let in_program =
+        PROGRAM_TEXT.get().is_some_and(|t| t.iter().any(|&(a, b)| (a..b).contains(&pc)));
+    if !in_program {
+        return Err(Fatal::InLibrary);
+    }
+    if sp < limit {
+        return Err(Fatal::Unrecoverable);
+    }
+    let regs = crate::coroutine::trap_running(sp).ok_or(Fatal::Unrecoverable)?;
+    set_interrupted_regs(uc, regs);
+    OVERFLOWED.with(|o| o.set(true));
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+fn interrupted_pc_sp(uc: &libc::ucontext_t) -> Option<(usize, usize)> {
+    let gregs = &uc.uc_mcontext.gregs;
+    Some((gregs[libc::REG_RIP as usize] as usize, gregs[libc::REG_RSP as usize] as usize))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn set_interrupted_regs(uc: &mut libc::ucontext_t, regs: TrapRegs) {
+    let gregs = &mut uc.uc_mcontext.gregs;
+    gregs[libc::REG_RIP as usize] = regs.pc as i64;
+    gregs[libc::REG_RSP as usize] = regs.sp as i64;
+    gregs[libc::REG_RBP as usize] = regs.frame as i64;
+    gregs[libc::REG_RDI as usize] = regs.args[0] as i64;
+    gregs[libc::REG_RSI as usize] = regs.args[1] as i64;
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn interrupted_pc_sp(_: &libc::ucontext_t) -> Option<(usize, usize)> {
+    None // recovery is implemented for x86_64 only; elsewhere an overflow aborts
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn set_interrupted_regs(_: &mut libc::ucontext_t, _: TrapRegs) {}
+
+/// The executable PT_LOAD segments of the main program (the first object dl_iterate_phdr
+/// lists), at most eight.
+fn program_text() -> [(usize, usize); 8] {
+    let mut ranges = [(0usize, 0usize); 8];
+    extern "C" fn first_object(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid dl_phdr_info, whose dlpi_phdr points to
+        // dlpi_phnum program headers; `data` is the `ranges` array passed below.
+        unsafe {
+            let info = &*info;
+            let ranges = &mut *data.cast::<[(usize, usize); 8]>();
+            let headers = std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum));
+            let text =
+                headers.iter().filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_X != 0);
+            for (slot, h) in ranges.iter_mut().zip(text) {
+                let start = info.dlpi_addr as usize + h.p_vaddr as usize;
+                *slot = (start, start + h.p_memsz as usize);
+            }
+        }
+        1 // the first object is the program itself: stop there
+    }
+    // SAFETY: the callback has the required signature and only writes into `ranges`, which
+    // outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(first_object), (&mut ranges as *mut [(usize, usize); 8]).cast())
+    };
+    ranges
 }
 
 /// Writes the report with write(2) from a stack buffer: no allocation, no locks.
-fn report_overflow(id: usize, size: usize) {
+fn report_overflow(id: usize, size: usize, fatal: Option<Fatal>) {
     let mut out = FaultText::new();
     out.text("greenhub: ");
     if !crate::coroutine::write_running_identity(&mut out) {
@@ -132,7 +324,30 @@ fn report_overflow(id: usize, size: usize) {
     }
     out.text(" overflowed its stack (size ");
     out.number(size as u64);
-    out.text(" bytes); raise Builder::stack_size or use less stack. Aborting.\n");
+    out.text(" bytes)");
+    out.text(match fatal {
+        None => {
+            "; it ends with a JoinError (is_stack_overflow), its stack is quarantined and \
+             what was on it is leaked; the hub goes on.\n"
+        }
+        Some(Fatal::NotAsked) => "; raise Builder::stack_size or use less stack. Aborting.\n",
+        Some(Fatal::Root) => {
+            " in the root coroutine, whose end is the end of run: cannot end only that \
+             coroutine; raise Builder::stack_size or use less stack. Aborting.\n"
+        }
+        Some(Fatal::InHub) => {
+            " inside greenhub's own bookkeeping, which it may have left half-updated: \
+             cannot end only that coroutine. Aborting.\n"
+        }
+        Some(Fatal::InLibrary) => {
+            " inside a shared library (libc or another), whose own state (malloc's locks) may \
+             be left half-updated: cannot end only that coroutine. Aborting.\n"
+        }
+        Some(Fatal::Unrecoverable) => {
+            "; its stack pointer left its stack (a frame larger than the guard page), or this \
+             platform cannot redirect it: cannot end only that coroutine. Aborting.\n"
+        }
+    });
     out.write_to_stderr();
 }
 

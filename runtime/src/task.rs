@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::coroutine::{CoBox, CoYielder, CoroutineId, Start, Wake};
+use crate::sys::HubSection;
 
 /// A coroutine's key in the hub's table, with its id to detect a reused slot.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -254,9 +255,11 @@ impl TaskTable {
     pub(crate) fn insert(&self, body: Body, spawn: Spawn) -> TaskRef {
         let task = Task::new(body, spawn, self.now());
         let id = task.id;
+        HubSection::enter_raw();
         let key = self.tasks.borrow_mut().insert(task);
         let r = TaskRef { key, id };
         self.ready.borrow_mut().push_back(r);
+        HubSection::leave();
         r
     }
 
@@ -295,18 +298,20 @@ impl TaskTable {
     /// Makes a suspended task ready. No effect on a task that is ready, running or ended.
     #[inline]
     pub(crate) fn wake(&self, r: TaskRef) {
+        HubSection::enter_raw();
         let mut tasks = self.tasks.borrow_mut();
         let parked = |t: &&mut Task| t.id == r.id && t.state == TaskState::Suspended;
         if let Some(task) = tasks.get_mut(r.key).filter(parked) {
-            debug_assert!(matches!(task.body, Body::Parked(_)), "a suspended task is parked");
             task.state = TaskState::Ready;
             task.since = self.now.get();
             self.ready.borrow_mut().push_back(r);
         }
+        HubSection::leave();
     }
 
     /// Delivers `wake` (timeout or deadlock) at the task's next resume, waking it if parked.
     pub(crate) fn interrupt(&self, r: TaskRef, wake: Wake) {
+        let _section = HubSection::enter();
         {
             let mut tasks = self.tasks.borrow_mut();
             let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) else { return };
@@ -326,6 +331,7 @@ impl TaskTable {
 
     /// Marks a task cancelled: an unstarted one leaves the table at once.
     pub(crate) fn mark_cancelled(&self, r: TaskRef) -> CancelMark {
+        let _section = HubSection::enter();
         let mut tasks = self.tasks.borrow_mut();
         let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) else {
             return CancelMark::Gone;

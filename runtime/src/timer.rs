@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::coroutine::{self, Suspend, Wake};
 use crate::hub::{Hub, hub};
+use crate::sys::HubSection;
 use crate::task::{TaskRef, WaitReason};
 
 /// A timer's key and id: its deadline, then a sequence number so that equal deadlines keep their
@@ -49,13 +50,18 @@ impl Timers {
     pub(crate) fn insert(&self, at: Instant, action: TimerAction) -> TimerKey {
         let key = TimerKey { at, seq: self.next_seq.get() };
         self.next_seq.set(key.seq + 1);
+        HubSection::enter_raw();
         self.queue.borrow_mut().insert(key, action);
+        HubSection::leave();
         key
     }
 
     /// Removes a timer; false if it had already fired (or been removed).
     pub(crate) fn remove(&self, key: TimerKey) -> bool {
-        self.queue.borrow_mut().remove(&key).is_some()
+        HubSection::enter_raw();
+        let removed = self.queue.borrow_mut().remove(&key).is_some();
+        HubSection::leave();
+        removed
     }
 
     pub(crate) fn contains(&self, key: TimerKey) -> bool {

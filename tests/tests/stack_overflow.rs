@@ -1,14 +1,24 @@
 //! Stack overflow: a coroutine that runs off its stack is reported on stderr as such, then the
-//! process aborts (not a bare SIGSEGV). Each test reruns itself in a child process, which
-//! overflows, and checks how the child died.
+//! process aborts (not a bare SIGSEGV); with `Builder::recover_stack_overflow(true)` only that
+//! coroutine ends (`JoinError::is_stack_overflow`), nothing on its stack is dropped, its stack
+//! is never reused, and the hub goes on, except in the root. Each test reruns itself in a child
+//! process, which overflows, and checks how the child ended.
 
+use std::cell::Cell;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Output;
+use std::rc::Rc;
+use std::time::Duration;
 
-use greenhub_tests::rerun_test_in_child;
+use greenhub::sync::Event;
+use greenhub::{JoinHandle, spawn};
+use greenhub_tests::{DropFlag, rerun_test_in_child};
 
 /// Set in the child: the mode that overflows.
 const CHILD: &str = "GREENHUB_TEST_OVERFLOW_CHILD";
+
+/// Forces the mprotect guard pages in a child (read when its first hub starts).
+const FORCE_FALLBACK: &str = "GREENHUB_STACK_GUARDS";
 
 /// Recurses until the stack runs out (the frame holds a buffer the optimiser cannot drop).
 fn recurse(depth: u64) -> u64 {
@@ -91,4 +101,195 @@ fn a_segfault_that_is_not_an_overflow_is_not_reported_as_one() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{}\n{stderr}", out.status);
     assert!(!stderr.contains("overflowed its stack"), "misreported:\n{stderr}");
+}
+
+/// A hub that ends overflowing coroutines instead of aborting.
+fn recovering() -> greenhub::Builder {
+    greenhub::Builder::new().recover_stack_overflow(true)
+}
+
+/// Reruns `test` in a child (with `var=value`), expects it to exit 0 and to have printed
+/// `survived`; returns its stderr.
+fn child_survives(test: &str, var: &str, value: &str) -> String {
+    let out = rerun_test_in_child(test, var, value);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child: {}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("survived"), "the child did not get through:\n{stdout}\n{stderr}");
+    stderr
+}
+
+/// Spawns a coroutine that overflows with a guard and an `Rc` clone on its stack.
+fn overflowing(flag: DropFlag, held: Rc<()>) -> JoinHandle<u64> {
+    greenhub::coroutine::Builder::new().name("deep").stack_size(64 * 1024).spawn(move || {
+        let _flag = flag;
+        let _held = held;
+        recurse(0)
+    })
+}
+
+#[test]
+fn with_recovery_an_overflow_ends_that_coroutine_only_and_drops_nothing_on_its_stack() {
+    if std::env::var_os(CHILD).is_some() {
+        recovering().run(|| {
+            let others: Vec<_> = (0..5u64)
+                .map(|i| {
+                    spawn(move || {
+                        greenhub::sleep(Duration::from_millis(1));
+                        i
+                    })
+                })
+                .collect();
+            let (flag, dropped) = DropFlag::new();
+            let held = Rc::new(());
+            let err = overflowing(flag, held.clone()).join().unwrap_err();
+            assert!(err.is_stack_overflow() && !err.is_panic() && !err.is_cancelled(), "{err}");
+            assert!(err.to_string().contains("overflowed its stack (65536 bytes)"), "{err}");
+            assert!(!dropped.get(), "a value on the dead stack was dropped");
+            assert_eq!(Rc::strong_count(&held), 2, "the clone on the dead stack is leaked");
+            let sum: u64 = others.into_iter().map(|h| h.join().unwrap()).sum();
+            assert_eq!(sum, 10, "the other coroutines went on");
+        });
+        println!("survived");
+        return;
+    }
+    let stderr = child_survives(
+        "with_recovery_an_overflow_ends_that_coroutine_only_and_drops_nothing_on_its_stack",
+        CHILD,
+        "1",
+    );
+    assert!(stderr.contains("\"deep\" (spawned at tests/tests/stack_overflow.rs:"), "{stderr}");
+    assert!(stderr.contains("overflowed its stack (size 65536 bytes); it ends with a JoinError"));
+}
+
+#[test]
+fn with_recovery_many_overflows_in_a_row_are_survived_and_no_dead_stack_is_reused() {
+    if std::env::var_os(CHILD).is_some() {
+        recovering().stack_size(64 * 1024).run(|| {
+            let mut dead = Vec::new();
+            for round in 0..20 {
+                let top = Rc::new(Cell::new(0usize));
+                let h = spawn({
+                    let top = top.clone();
+                    move || {
+                        let here = 0u8;
+                        top.set(std::hint::black_box(&here) as *const u8 as usize);
+                        recurse(0)
+                    }
+                });
+                let bystander = spawn(move || round * 2);
+                assert!(h.join().unwrap_err().is_stack_overflow(), "round {round}");
+                assert_eq!(bystander.join().unwrap(), round * 2);
+                dead.push(top.get());
+            }
+            // Fresh coroutines never land on a quarantined stack.
+            let tops: Vec<_> = (0..2000)
+                .map(|_| {
+                    spawn(|| {
+                        let here = 0u8;
+                        std::hint::black_box(&here) as *const u8 as usize
+                    })
+                })
+                .collect();
+            for h in tops {
+                let top = h.join().unwrap();
+                for &d in &dead {
+                    assert!(top.abs_diff(d) >= 64 * 1024, "{top:#x} is on dead stack {d:#x}");
+                }
+            }
+        });
+        println!("survived");
+        return;
+    }
+    let stderr = child_survives(
+        "with_recovery_many_overflows_in_a_row_are_survived_and_no_dead_stack_is_reused",
+        CHILD,
+        "1",
+    );
+    assert_eq!(stderr.matches("overflowed its stack").count(), 20, "{stderr}");
+}
+
+#[test]
+fn with_recovery_an_overflow_in_the_root_still_aborts_with_the_report() {
+    if std::env::var_os(CHILD).is_some() {
+        no_core_dump();
+        recovering().stack_size(64 * 1024).run(|| recurse(0));
+        unreachable!("the root's overflow must abort the process");
+    }
+    let out = rerun_test_in_child(
+        "with_recovery_an_overflow_in_the_root_still_aborts_with_the_report",
+        CHILD,
+        "1",
+    );
+    assert_reported_overflow(&out, "in the root coroutine, whose end is the end of run");
+}
+
+#[test]
+fn with_recovery_and_mprotect_guards_an_overflow_is_survived_too() {
+    if std::env::var_os(FORCE_FALLBACK).is_some() {
+        assert!(!greenhub::ext::lightweight_stack_guards());
+        recovering().run(|| {
+            let (flag, dropped) = DropFlag::new();
+            assert!(overflowing(flag, Rc::new(())).join().unwrap_err().is_stack_overflow());
+            assert!(!dropped.get());
+            assert!(
+                overflowing(DropFlag::new().0, Rc::new(())).join().unwrap_err().is_stack_overflow()
+            );
+        });
+        println!("survived");
+        return;
+    }
+    child_survives(
+        "with_recovery_and_mprotect_guards_an_overflow_is_survived_too",
+        FORCE_FALLBACK,
+        "mprotect",
+    );
+}
+
+#[test]
+fn with_mprotect_guards_an_overflow_is_reported_and_aborts() {
+    if std::env::var_os(FORCE_FALLBACK).is_some() {
+        no_core_dump();
+        greenhub::run(|| {
+            let _ = spawn(|| recurse(0)).join();
+        });
+        unreachable!("the overflow must abort the process");
+    }
+    let out = rerun_test_in_child(
+        "with_mprotect_guards_an_overflow_is_reported_and_aborts",
+        FORCE_FALLBACK,
+        "mprotect",
+    );
+    assert_reported_overflow(&out, "raise Builder::stack_size");
+}
+
+#[test]
+fn a_guard_still_catches_an_overflow_on_a_stack_whose_pages_were_given_back() {
+    if std::env::var_os(CHILD).is_some() {
+        recovering().stack_size(64 * 1024).run(|| {
+            // 5,000 finished coroutines: the pool gives the oldest stacks' pages back
+            // (MADV_DONTNEED), and those cold stacks are handed out again below.
+            let gate = Rc::new(Event::new());
+            let all: Vec<_> = (0..5000)
+                .map(|_| {
+                    let gate = gate.clone();
+                    spawn(move || gate.wait())
+                })
+                .collect();
+            greenhub::yield_now();
+            gate.set();
+            all.into_iter().for_each(|h| h.join().unwrap());
+            let again: Vec<_> = (0..3000).map(|_| spawn(|| recurse(0))).collect();
+            for h in again {
+                assert!(h.join().unwrap_err().is_stack_overflow());
+            }
+        });
+        println!("survived");
+        return;
+    }
+    child_survives(
+        "a_guard_still_catches_an_overflow_on_a_stack_whose_pages_were_given_back",
+        CHILD,
+        "1",
+    );
 }

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::waitlist::WaitList;
+use crate::sys::HubSection;
 use crate::task::WaitReason;
 use crate::timer::deadline_after;
 
@@ -75,8 +76,11 @@ impl<T> Chan<T> {
     }
 
     /// An item, or `Err` once empty with every sender gone; `None`: wait.
+    #[inline]
     fn try_take(&self) -> Option<Result<T, RecvError>> {
+        HubSection::enter_raw();
         let item = self.queue.borrow_mut().pop_front();
+        HubSection::leave();
         match item {
             Some(value) => {
                 self.taken.set(self.taken.get() + 1);
@@ -111,9 +115,11 @@ impl<T> Sender<T> {
         if chan.disconnected_for_senders() {
             return Err(SendError(value));
         }
+        HubSection::enter_raw();
         chan.queue.borrow_mut().push_back(value);
         chan.pushed.set(chan.pushed.get() + 1);
         chan.item_waiters.notify_one();
+        HubSection::leave();
         match chan.capacity {
             Some(0) => self.wait_taken(chan.pushed.get()),
             _ => Ok(()),

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use crate::coroutine::{self, Suspend};
 use crate::hub::{hub, try_hub};
+use crate::sys::HubSection;
 use crate::task::{TaskRef, WaitReason};
 use crate::timer::{TimerAction, TimerGuard};
 
@@ -62,8 +63,12 @@ impl WaitList {
         deadline: Option<Instant>,
         mut check: impl FnMut(bool) -> Option<R>,
     ) -> Option<R> {
+        // Everything but the suspension is greenhub's bookkeeping (`HubSection`: an overflow
+        // in it is never recovered).
+        HubSection::enter_raw();
         // 1. Check.
         if let Some(ready) = check(false) {
+            HubSection::leave();
             return Some(ready);
         }
         let hub = hub(reason.api_name());
@@ -75,14 +80,18 @@ impl WaitList {
             // 3. Check again (the condition may have changed while we registered or slept).
             if let Some(ready) = check(!entry.queued) {
                 entry.settle();
+                HubSection::leave();
                 return Some(ready);
             }
             if timer.as_ref().is_some_and(TimerGuard::fired) {
+                HubSection::leave();
                 return None; // `entry` passes on a notification it did not use
             }
             entry.requeue_if_woken();
+            HubSection::leave();
             // 4. Suspend.
             coroutine::suspend(hub, Suspend::Wait(reason));
+            HubSection::enter_raw();
             entry.look();
         }
     }
@@ -90,12 +99,16 @@ impl WaitList {
     /// Wakes the longest-waiting coroutine; false if none waits.
     #[inline]
     pub(crate) fn notify_one(&self) -> bool {
-        let Some(waiter) = self.queue.borrow_mut().pop_front() else { return false };
-        self.woken.set(self.woken.get() + 1);
-        if let Some(hub) = try_hub() {
-            hub.wake(waiter.task);
+        HubSection::enter_raw();
+        let waiter = self.queue.borrow_mut().pop_front();
+        if let Some(waiter) = waiter {
+            self.woken.set(self.woken.get() + 1);
+            if let Some(hub) = try_hub() {
+                hub.wake(waiter.task);
+            }
         }
-        true
+        HubSection::leave();
+        waiter.is_some()
     }
 
     /// Wakes every waiting coroutine.
@@ -185,6 +198,7 @@ impl Drop for Entry<'_> {
         if self.settled {
             return;
         }
+        let _section = HubSection::enter(); // runs during unwinds too: a guard
         // Timed out, or unwinding out of `suspend` (cancelled), maybe after a notification
         // took the entry off the queue: look again before leaving.
         self.look();
