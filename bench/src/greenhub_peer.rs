@@ -3,7 +3,7 @@
 //! inside its own `greenhub::run`, in a fresh worker process. (The ipc side: `greenhub_ipc_peer.rs`.)
 
 use crate::sys;
-use crate::worker::{Params, Report, sleeper_offset_ns, sleeper_report};
+use crate::worker::{Params, Report, parked_report, sleeper_offset_ns, sleeper_report};
 use greenhub::{JoinHandle, spawn, yield_now};
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -19,6 +19,7 @@ pub fn run(bench: &str, p: &Params) -> Result<Report, String> {
         }
         "tcp" => greenhub::run(|| tcp(p.get("clients"), p.get("n"), p.get("size") as usize))
             .map_err(|e| e.to_string()),
+        "parked" => greenhub::run(|| parked(p.get("n"), p.get("stack"), p.get("sleep_ms"))),
         other => Err(format!("greenhub has no benchmark {other}")),
     }
 }
@@ -82,6 +83,40 @@ fn sleepers(n: u64, start_ms: u64, spread_ms: u64) -> Report {
         .collect();
     let lateness: Vec<u64> = handles.into_iter().map(join).collect();
     sleeper_report(lateness, sys::mono_ns() - t0)
+}
+
+/// `n` coroutines (with `stack` bytes of stack, 0: the default) that all sleep until one
+/// deadline, `sleep_ms` after the first spawn: spawned, all asleep at once, woken and joined.
+fn parked(n: u64, stack: u64, sleep_ms: u64) -> Result<Report, String> {
+    let before = sys::rss_pte_mb();
+    let t0 = sys::mono_ns();
+    let deadline = t0 + sleep_ms * 1_000_000;
+    let late = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let late = late.clone();
+            let builder = match stack {
+                0 => greenhub::coroutine::Builder::new(),
+                size => greenhub::coroutine::Builder::new().stack_size(size as usize),
+            };
+            builder.spawn(move || {
+                let left = deadline.saturating_sub(sys::mono_ns());
+                late.set(late.get() + u64::from(left == 0));
+                greenhub::sleep(Duration::from_nanos(left));
+            })
+        })
+        .collect();
+    yield_now(); // every one starts (they were queued before the root) and goes to sleep
+    let asleep = sys::mono_ns() - t0;
+    let mem = sys::rss_pte_mb();
+    for h in handles {
+        h.join().map_err(|e| format!("a sleeper failed: {e}"))?;
+    }
+    let end = sys::mono_ns() - t0;
+    match late.get() {
+        0 => Ok(parked_report(n, asleep, deadline - t0, end, [before, mem])),
+        l => Err(format!("{l} coroutines started after the deadline: raise sleep_ms")),
+    }
 }
 
 fn tcp(clients: u64, n: u64, size: usize) -> std::io::Result<Report> {

@@ -4,10 +4,11 @@
 //! the main thread takes no part until the end.
 
 use crate::sys;
-use crate::worker::{Params, Report, sleeper_offset_ns, sleeper_report};
+use crate::worker::{Params, Report, parked_report, sleeper_offset_ns, sleeper_report};
 use may::coroutine::{self, JoinHandle};
 use may::go;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Runs one may measurement.
 pub fn run(bench: &str, p: &Params) -> Result<Report, String> {
@@ -33,6 +34,13 @@ pub fn run(bench: &str, p: &Params) -> Result<Report, String> {
             let (clients, n, size) = (p.get("clients"), p.get("n"), p.get("size") as usize);
             move || tcp(clients, n, size).map_err(|e| e.to_string())
         }),
+        "parked" => {
+            let (n, stack, sleep_ms) = (p.get("n"), p.get("stack"), p.get("sleep_ms"));
+            if stack > 0 {
+                may::config().set_stack_size(stack as usize / std::mem::size_of::<usize>());
+            }
+            Box::new(move || parked(n, sleep_ms))
+        }
         other => return Err(format!("may has no benchmark {other}")),
     };
     go!(job).join().map_err(|_| "the may root coroutine panicked".to_string())?
@@ -134,4 +142,40 @@ fn tcp(clients: u64, n: u64, size: usize) -> std::io::Result<Report> {
     handles.into_iter().try_for_each(join)?;
     let dt = (sys::mono_ns() - t0) as f64 / 1e9;
     Ok(Report::new().with("round_trips_per_s", (clients * n) as f64 / dt))
+}
+
+/// may coroutines spawned so far by `parked`, for the failure message.
+static SPAWNED: AtomicU64 = AtomicU64::new(0);
+
+/// `n` coroutines asleep until one deadline, as greenhub's `parked`. may maps each stack with a
+/// guard page of its own (two mappings), so past about `vm.max_map_count / 2` live coroutines
+/// its allocation fails; the panic hook says after how many, and with what.
+fn parked(n: u64, sleep_ms: u64) -> Result<Report, String> {
+    std::panic::set_hook(Box::new(|info| {
+        let spawned = SPAWNED.load(Ordering::Relaxed);
+        eprintln!("fails at {spawned} live coroutines: {info}");
+    }));
+    let before = sys::rss_pte_mb();
+    let t0 = sys::mono_ns();
+    let deadline = t0 + sleep_ms * 1_000_000;
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let h = go!(move || {
+                let left = deadline.saturating_sub(sys::mono_ns());
+                coroutine::sleep(std::time::Duration::from_nanos(left));
+                left == 0
+            });
+            SPAWNED.fetch_add(1, Ordering::Relaxed);
+            h
+        })
+        .collect();
+    coroutine::yield_now(); // may runs the spawned ones on this one worker meanwhile
+    let asleep = sys::mono_ns() - t0;
+    let mem = sys::rss_pte_mb();
+    let late = handles.into_iter().map(join).filter(|&late| late).count();
+    let end = sys::mono_ns() - t0;
+    match late {
+        0 => Ok(parked_report(n, asleep, deadline - t0, end, [before, mem])),
+        l => Err(format!("{l} coroutines started after the deadline: raise sleep_ms")),
+    }
 }

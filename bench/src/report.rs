@@ -342,10 +342,12 @@ fn group_table(w: &mut String, group: Group, results: &Results) {
                     None if bench.impls.contains(&c)
                         || (c == Impl::Raw && bench.raw_from.is_some()) =>
                     {
-                        if results.failures(bench.id, c).is_empty() {
-                            "n/a".into()
-                        } else {
-                            "failed".into()
+                        let failures = results.failures(bench.id, c);
+                        let at = failures.iter().find_map(|m| fails_at(m));
+                        match (failures.is_empty(), at) {
+                            (true, _) => "n/a".into(),
+                            (false, Some(n)) => format!("fails at {n}"),
+                            (false, None) => "failed".into(),
                         }
                     }
                     None => "—".into(),
@@ -456,6 +458,13 @@ fn spread(w: &mut String, groups: &[Group], results: &Results) {
     let _ = writeln!(w, "\n</details>\n");
 }
 
+/// "fails at N live coroutines" in a failure message (may's parked worker says so): N.
+fn fails_at(message: &str) -> Option<String> {
+    let rest = message.split("fails at ").nth(1)?;
+    let n: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    (!n.is_empty()).then_some(n)
+}
+
 fn failures(w: &mut String, groups: &[Group], results: &Results) {
     let mut lines = Vec::new();
     for b in BENCHES.iter().filter(|b| groups.contains(&b.group)) {
@@ -489,6 +498,14 @@ fn notes(w: &mut String) {
          start (handed out in scrambled order); wall time until all are done, lateness = wake-up − \
          deadline, peak RSS = `ru_maxrss` of the process (each N in a fresh process, so the interpreter \
          or runtime's own footprint is included: compare like with like).\n\
+         - **parked (1M at 64 KiB stacks, 100k at the default size)**: N coroutines each sleep until \
+         one deadline (60 s / 3 s after the first spawn, so that every implementation has them all \
+         asleep by then); *spawned and all asleep*: from the first spawn until the last one sleeps; \
+         *woken and joined*: from the deadline until all are joined; memory: VmRSS + VmPTE \
+         (`/proc/self/status`) with all asleep, and per coroutine: its growth over the process \
+         before the first spawn, / N. may maps a guard page per stack, so past about \
+         `vm.max_map_count` / 2 live coroutines it fails: the cell says after how many. gevent's \
+         greenlets have no stacks of their own (the used part is copied to the heap on a switch).\n\
          - **TCP echo**: 100 clients and the echo server in one process and one hub/worker, each client \
          doing sequential 64-byte round trips on 127.0.0.1; total round trips / s.\n\
          - **1-byte / 64,000-byte messages**: a child writes N messages to a raw pipe (gipc \

@@ -139,6 +139,13 @@ const SLEEPER_FIGURES: &[Figure] = &[
     fig("rss_mb", "peak RSS", "MB", Lower),
 ];
 
+const PARKED_FIGURES: &[Figure] = &[
+    fig("asleep_s", "spawned and all asleep", "s", Lower),
+    fig("wake_s", "woken and joined", "s", Lower),
+    fig("mem_mb", "VmRSS + VmPTE, all asleep", "MB", Lower),
+    fig("kb_per_coroutine", "memory per parked coroutine", "KiB", Lower),
+];
+
 pub const BENCHES: &[Bench] = &[
     Bench {
         group: Group::Runtime,
@@ -177,6 +184,22 @@ pub const BENCHES: &[Bench] = &[
         id: "sleepers30k",
         title: "30k sleepers, deadlines over 1.0-1.5 s",
         figures: SLEEPER_FIGURES,
+        impls: &[Greenhub, May, Gevent],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Runtime,
+        id: "parked1m",
+        title: "1,000,000 sleeping coroutines at once, 64 KiB stacks",
+        figures: PARKED_FIGURES,
+        impls: &[Greenhub, May, Gevent],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Runtime,
+        id: "parked100k",
+        title: "100,000 sleeping coroutines at once, default stack size",
+        figures: PARKED_FIGURES,
         impls: &[Greenhub, May, Gevent],
         raw_from: None,
     },
@@ -268,6 +291,11 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
             ("start_ms", q(1_000, 100)),
             ("spread_ms", q(500, 50)),
         ],
+        // One deadline for all, far enough that the slowest peer has spawned them all by then.
+        "parked1m" => {
+            vec![("n", q(1_000_000, 20_000)), ("stack", 64 * 1024), ("sleep_ms", q(60_000, 1_000))]
+        }
+        "parked100k" => vec![("n", q(100_000, 5_000)), ("stack", 0), ("sleep_ms", q(3_000, 500))],
         "tcp" => vec![
             ("clients", 100),
             ("n", if python { q(500, 5) } else { q(2_000, 10) }),
@@ -298,6 +326,7 @@ pub fn python_name(bench: &str) -> &str {
     match bench {
         "sleepers10k" | "sleepers30k" => "sleepers",
         "pingpong_pinned" => "pingpong",
+        "parked1m" | "parked100k" => "parked",
         other => other,
     }
 }
@@ -322,6 +351,8 @@ pub fn targets(bench: &str, key: &str) -> Vec<Target> {
         ("spawn", _) | ("channel", _) => vec![Abs(100.0)],
         ("sleepers30k", "p99_ms") | ("sleepers10k", "p99_ms") => vec![Abs(1.0)],
         ("sleepers30k", "rss_mb") => vec![Abs(150.0)],
+        // Issue 8: VmRSS + VmPTE at most 5 GiB for the million.
+        ("parked1m", "mem_mb") => vec![Abs(5.0 * 1024.0 * 1024.0 * 1024.0 / 1e6)],
         ("stream1", _) => vec![Abs(2.5e6), VsPeer(5.0)],
         ("stream64k", _) => vec![VsRaw(0.9)],
         ("big_raw", _) => vec![VsRaw(0.9)],

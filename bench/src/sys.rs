@@ -31,6 +31,22 @@ pub fn peak_rss_mb() -> f64 {
     ru.ru_maxrss as f64 * 1024.0 / 1e6
 }
 
+/// What this process's memory costs right now: resident memory plus page tables (VmRSS +
+/// VmPTE of /proc/self/status), in MB (10^6 bytes).
+pub fn rss_pte_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| -> f64 {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap_or("");
+        line[field.len().min(line.len())..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap_or(0.0)
+    };
+    (kib("VmRSS:") + kib("VmPTE:")) * 1024.0 / 1e6
+}
+
 /// Pins the calling thread (and so the children it forks afterwards) to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes inside it.

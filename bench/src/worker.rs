@@ -67,6 +67,23 @@ pub fn sleeper_report(mut lateness_ns: Vec<u64>, wall_ns: u64) -> Report {
         .with("rss_mb", crate::sys::peak_rss_mb())
 }
 
+/// The figures of the parked benchmarks: `n` coroutines asleep at once. Times in ns from the
+/// first spawn: all asleep at `asleep_ns`, the deadline at `deadline_ns`, all joined at `end_ns`;
+/// memory (VmRSS + VmPTE, MB) before the first spawn and with all asleep.
+pub fn parked_report(
+    n: u64,
+    asleep_ns: u64,
+    deadline_ns: u64,
+    end_ns: u64,
+    mem: [f64; 2],
+) -> Report {
+    Report::new()
+        .with("asleep_s", asleep_ns as f64 / 1e9)
+        .with("wake_s", end_ns.saturating_sub(deadline_ns) as f64 / 1e9)
+        .with("mem_mb", mem[1])
+        .with("kb_per_coroutine", (mem[1] - mem[0]) * 1e6 / 1024.0 / n as f64)
+}
+
 /// The deadline of sleeper `i` of `n`, in ns after the start: spread uniformly over
 /// [start, start + spread), handed out in a scrambled order (7919 is prime and divides no n used
 /// here, so `i * 7919 mod n` is a permutation) so no timer structure is fed sorted input.
