@@ -50,6 +50,16 @@ fn touch_stack(bytes: usize) {
     std::hint::black_box(&buf);
 }
 
+/// Sets RLIMIT_AS to what this process maps now plus `extra` bytes (in a child process only).
+fn limit_address_space_to_current_plus(extra: u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    let vm: u64 = line[7..].trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024;
+    let limit = libc::rlimit { rlim_cur: vm + extra, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads a live rlimit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+}
+
 #[test]
 fn stack_size_zero_panics_naming_the_rule() {
     let caught = panic::catch_unwind(|| greenhub::Builder::new().stack_size(0));
@@ -71,13 +81,7 @@ fn stack_size_usize_max_panics_naming_the_rule_not_inside_corosensei() {
 #[test]
 fn a_stack_the_address_space_limit_refuses_is_a_join_error_naming_rlimit_as() {
     if in_child() {
-        // Room for the hub and a few 64 MiB stacks, not for forty of them.
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
-        let vm: u64 = line[7..].trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024;
-        let limit = libc::rlimit { rlim_cur: vm + (512 << 20), rlim_max: libc::RLIM_INFINITY };
-        // SAFETY: setrlimit reads a live rlimit.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+        limit_address_space_to_current_plus(512 << 20); // a few 64 MiB stacks, not forty
         let (ok, refused) = greenhub::Builder::new().stack_size(64 << 20).run(|| {
             let gate = Rc::new(Event::new());
             let handles: Vec<JoinHandle<()>> = (0..40)
@@ -215,13 +219,7 @@ fn finished_coroutines_give_their_stack_pages_back_past_the_warm_bound() {
 #[test]
 fn refusals_after_the_first_are_cheap_and_printed_once() {
     if in_child() {
-        // A limit that leaves no room for any more 1 GiB stacks once the hub runs.
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
-        let vm: u64 = line[7..].trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024;
-        let limit = libc::rlimit { rlim_cur: vm + (256 << 20), rlim_max: libc::RLIM_INFINITY };
-        // SAFETY: setrlimit reads a live rlimit.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+        limit_address_space_to_current_plus(256 << 20);
         // The root's 16 MiB stack fits; no 16 MiB stack after the first few does.
         greenhub::Builder::new().stack_size(16 << 20).run(|| {
             let mut messages = std::collections::HashSet::new();
