@@ -109,6 +109,11 @@ impl<T> JoinHandle<T> {
     pub fn id(&self) -> CoroutineId {
         self.task.id
     }
+
+    /// The coroutine's place in the hub's table (for `sync::Group`).
+    pub(crate) fn task(&self) -> TaskRef {
+        self.task
+    }
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {
