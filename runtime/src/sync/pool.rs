@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::channel::{Receiver, Sender, channel};
 use super::group::Group;
-use super::semaphore::Semaphore;
+use super::semaphore::{OwnedSemaphorePermit, Semaphore};
 use crate::join::{JoinError, JoinHandle};
 use crate::task::WaitReason;
 
@@ -63,11 +63,31 @@ impl Pool {
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
-        let slot = self.slots.acquire_owned_as(WaitReason::PoolSlot);
+        let slot = self.reserve();
+        self.spawn_reserved(slot, f)
+    }
+
+    /// Waits for a free slot and holds it (for `net::Server`: no connection is accepted until
+    /// a handler could start on it).
+    pub(crate) fn reserve(&self) -> OwnedSemaphorePermit {
+        self.slots.acquire_owned_as(WaitReason::PoolSlot)
+    }
+
+    /// Spawns `f` as a member on a slot [`reserve`](Self::reserve)d before.
+    pub(crate) fn spawn_reserved<F, T>(&self, slot: OwnedSemaphorePermit, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
         self.group.spawn(move || {
             let _slot = slot; // freed when the member ends, or with its body if it never runs
             f()
         })
+    }
+
+    /// Cancels every member without waiting for them to unwind (never suspends).
+    pub(crate) fn cancel_now(&self) {
+        self.group.cancel_running();
     }
 
     /// How many more members could start now without waiting (`size - len`).
