@@ -12,6 +12,8 @@ interleave A B A B rounds with the other implementations. Times are taken inside
     sleepers n= start_ms= spread_ms=  n sleepers, deadlines spread over
                       [start, start + spread)            -> wall_s, p50_ms, p99_ms, max_ms, rss_mb
     tcp      clients= n= size=  echo server + clients in this process      -> round_trips_per_s
+    select   n=       gevent.wait on two events (each with its own deque), then an ack -> ns_per_select
+    pool_map n= size= gevent.pool.Pool(size).map of n no-op items            -> ns_per_item
 """
 
 import json
@@ -19,7 +21,11 @@ import resource
 import sys
 from time import perf_counter
 
+import collections
+
 import gevent
+import gevent.event
+import gevent.pool
 import gevent.queue
 from gevent import socket
 
@@ -175,10 +181,55 @@ def parked(n, stack, sleep_ms):
     }
 
 
+def select(n):
+    # gevent has no select over queues; its "whichever happens first" is gevent.wait(objects,
+    # count=1) on objects with rawlink, here two Events, each guarding a deque (a channel).
+    ev_a, ev_b = gevent.event.Event(), gevent.event.Event()
+    q_a, q_b = collections.deque(), collections.deque()
+    ack = gevent.queue.UnboundQueue()
+
+    def consumer():
+        for _ in range(n):
+            ready = gevent.wait([ev_a, ev_b], count=1)[0]
+            q = q_a if ready is ev_a else q_b
+            v = q.popleft()
+            if not q:
+                ready.clear()
+            ack.put(v)
+
+    t0 = perf_counter()
+    g = gevent.spawn(consumer)
+    for i in range(n):
+        if i % 2 == 0:
+            q_a.append(i)
+            ev_a.set()
+        else:
+            q_b.append(i)
+            ev_b.set()
+        ack.get()
+    dt = perf_counter() - t0
+    g.join()
+    return {"ns_per_select": dt * 1e9 / n}
+
+
+def pool_map(n, size):
+    def noop(i):
+        return i
+
+    pool = gevent.pool.Pool(size)
+    t0 = perf_counter()
+    out = pool.map(noop, range(n))
+    dt = perf_counter() - t0
+    assert len(out) == n
+    return {"ns_per_item": dt * 1e9 / n}
+
+
 BENCHMARKS = {
     "switch": switch,
     "spawn": spawn,
     "channel": channel,
+    "select": select,
+    "pool_map": pool_map,
     "sleepers": sleepers,
     "tcp": tcp,
     "parked": parked,

@@ -14,6 +14,8 @@ pub fn run(bench: &str, p: &Params) -> Result<Report, String> {
         "switch" => Ok(greenhub::run(|| switch(p.get("n")))),
         "spawn" => Ok(greenhub::run(|| spawn_join(p.get("n"), p.get("batch")))),
         "channel" => Ok(greenhub::run(|| channel(p.get("n")))),
+        "select" => Ok(greenhub::run(|| select(p.get("n")))),
+        "pool_map" => Ok(greenhub::run(|| pool_map(p.get("n"), p.get("size") as usize))),
         "sleepers" => {
             Ok(greenhub::run(|| sleepers(p.get("n"), p.get("start_ms"), p.get("spread_ms"))))
         }
@@ -68,6 +70,44 @@ fn channel(n: u64) -> Report {
     let dt = sys::mono_ns() - t0;
     join(ponger);
     Report::new().with("ns_per_round_trip", dt as f64 / n as f64)
+}
+
+/// The producer sends on channel A or B in turn and waits for an ack; the consumer selects
+/// over A and B, then acks. One figure per round trip (one select, one ack).
+fn select(n: u64) -> Report {
+    let (a_tx, a_rx) = greenhub::sync::channel::<u64>();
+    let (b_tx, b_rx) = greenhub::sync::channel::<u64>();
+    let (ack_tx, ack_rx) = greenhub::sync::channel::<u64>();
+    let t0 = sys::mono_ns();
+    let consumer = spawn(move || {
+        for _ in 0..n {
+            let v = greenhub::select! {
+                recv(a_rx) -> v => v.unwrap(),
+                recv(b_rx) -> v => v.unwrap(),
+            };
+            ack_tx.send(v).unwrap();
+        }
+    });
+    for i in 0..n {
+        if i % 2 == 0 {
+            a_tx.send(i).unwrap()
+        } else {
+            b_tx.send(i).unwrap()
+        }
+        ack_rx.recv().unwrap();
+    }
+    let dt = sys::mono_ns() - t0;
+    join(consumer);
+    Report::new().with("ns_per_select", dt as f64 / n as f64)
+}
+
+fn pool_map(n: u64, size: usize) -> Report {
+    let pool = greenhub::sync::Pool::new(size);
+    let t0 = sys::mono_ns();
+    let out = pool.map(0..n, |i| i).expect("no item fails");
+    let dt = sys::mono_ns() - t0;
+    assert_eq!(out.len() as u64, n);
+    Report::new().with("ns_per_item", dt as f64 / n as f64)
 }
 
 fn sleepers(n: u64, start_ms: u64, spread_ms: u64) -> Report {

@@ -26,6 +26,10 @@ pub fn run(bench: &str, p: &Params) -> Result<Report, String> {
             let n = p.get("n");
             move || Ok(channel(n))
         }),
+        "select" => Box::new({
+            let n = p.get("n");
+            move || Ok(select(n))
+        }),
         "sleepers" => Box::new({
             let (n, start, spread) = (p.get("n"), p.get("start_ms"), p.get("spread_ms"));
             move || Ok(sleepers(n, start, spread))
@@ -90,6 +94,35 @@ fn channel(n: u64) -> Report {
     let dt = sys::mono_ns() - t0;
     join(ponger);
     Report::new().with("ns_per_round_trip", dt as f64 / n as f64)
+}
+
+/// As greenhub's: the consumer selects (may's `select!`) over two channels, then acks.
+fn select(n: u64) -> Report {
+    let (a_tx, a_rx) = may::sync::mpsc::channel::<u64>();
+    let (b_tx, b_rx) = may::sync::mpsc::channel::<u64>();
+    let (ack_tx, ack_rx) = may::sync::mpsc::channel::<u64>();
+    let t0 = sys::mono_ns();
+    let consumer = go!(move || {
+        for _ in 0..n {
+            let mut got = 0;
+            may::select!(
+                v = a_rx.recv() => got = v.unwrap(),
+                v = b_rx.recv() => got = v.unwrap()
+            );
+            ack_tx.send(got).unwrap();
+        }
+    });
+    for i in 0..n {
+        if i % 2 == 0 {
+            a_tx.send(i).unwrap()
+        } else {
+            b_tx.send(i).unwrap()
+        }
+        ack_rx.recv().unwrap();
+    }
+    let dt = sys::mono_ns() - t0;
+    join(consumer);
+    Report::new().with("ns_per_select", dt as f64 / n as f64)
 }
 
 fn sleepers(n: u64, start_ms: u64, spread_ms: u64) -> Report {

@@ -494,6 +494,11 @@ fn notes(w: &mut String) {
          time per coroutine.\n\
          - **channel round trip**: two coroutines ping-pong a number over two unbounded channels \
          (greenhub `sync::channel`, may `sync::mpsc`, gevent `gevent.queue.UnboundQueue`, the fastest of its queues here).\n\
+         - **select round trip**: a producer sends on channel A or B in turn and waits for an ack; the \
+         consumer waits on both (greenhub `select!`; may `select!`, one coroutine per arm; gevent \
+         `gevent.wait([event_a, event_b], count=1)`, each event guarding a deque), then acks.\n\
+         - **Pool map**: `Pool(100).map` of 100k no-op items (greenhub `sync::Pool::map`, gevent \
+         `gevent.pool.Pool.map`); time per item.\n\
          - **sleepers**: N coroutines sleep until deadlines spread uniformly over 1.0–1.5 s after the \
          start (handed out in scrambled order); wall time until all are done, lateness = wake-up − \
          deadline, peak RSS = `ru_maxrss` of the process (each N in a fresh process, so the interpreter \

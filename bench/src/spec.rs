@@ -173,6 +173,22 @@ pub const BENCHES: &[Bench] = &[
     },
     Bench {
         group: Group::Runtime,
+        id: "select",
+        title: "select over two channels (may: select!; gevent: gevent.wait on two events), plus an ack",
+        figures: &[fig("ns_per_select", "select round trip", "ns", Lower)],
+        impls: &[Greenhub, May, Gevent],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Runtime,
+        id: "pool_map",
+        title: "Pool map of 100k no-op items, pool size 100",
+        figures: &[fig("ns_per_item", "Pool map", "ns per item", Lower)],
+        impls: &[Greenhub, Gevent],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Runtime,
         id: "sleepers10k",
         title: "10k sleepers, deadlines over 1.0-1.5 s",
         figures: SLEEPER_FIGURES,
@@ -286,6 +302,15 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
         },
         "spawn" => vec![("n", q(100_000, 5_000)), ("batch", 1_000)],
         "channel" => vec![("n", if python { q(100_000, 5_000) } else { q(500_000, 10_000) })],
+        "select" => vec![(
+            "n",
+            match imp {
+                _ if python => q(50_000, 2_000),
+                May => q(50_000, 2_000),
+                _ => q(500_000, 10_000),
+            },
+        )],
+        "pool_map" => vec![("n", q(100_000, 5_000)), ("size", 100)],
         "sleepers10k" | "sleepers30k" => vec![
             ("n", if bench == "sleepers10k" { q(10_000, 1_000) } else { q(30_000, 3_000) }),
             ("start_ms", q(1_000, 100)),

@@ -109,12 +109,22 @@ where
     }
 }
 
-/// Wake-ups from other threads: which coroutines to wake, and the eventfd that wakes the loop.
+/// Wake-ups from other threads: what to wake, and the eventfd that wakes the loop.
 pub(crate) struct Remote {
-    completed: Mutex<Vec<TaskRef>>,
+    completed: Mutex<Vec<RemoteWake>>,
     eventfd: OwnedFd,
-    /// Jobs submitted and not yet delivered back to the hub (for the deadlock check).
+    /// Jobs submitted and not yet delivered back to the hub, plus coroutines waiting on a
+    /// thread channel (for the deadlock check: a wake from another thread may still come).
     in_flight: AtomicUsize,
+}
+
+/// One wake-up sent from another thread.
+#[derive(Clone, Copy, Debug)]
+enum RemoteWake {
+    /// A `spawn_blocking` job of this task is done.
+    Job(TaskRef),
+    /// The thread channel registered under this key has news for its receivers.
+    Channel(usize),
 }
 
 impl Remote {
@@ -126,20 +136,47 @@ impl Remote {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Counts one more pending wake from another thread (a coroutine waits on a thread
+    /// channel whose senders live): the hub is not deadlocked while it lasts.
+    pub(crate) fn hold(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ends a [`hold`](Self::hold).
+    pub(crate) fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// From a helper thread: `task`'s job is done.
     fn complete(&self, task: TaskRef) {
-        self.completed.lock().unwrap_or_else(PoisonError::into_inner).push(task);
+        self.send(RemoteWake::Job(task));
+    }
+
+    /// From any thread: the thread channel registered under `key` has an item or lost its
+    /// last sender.
+    pub(crate) fn signal_channel(&self, key: usize) {
+        self.send(RemoteWake::Channel(key));
+    }
+
+    fn send(&self, wake: RemoteWake) {
+        self.completed.lock().unwrap_or_else(PoisonError::into_inner).push(wake);
         sys::eventfd_signal(&self.eventfd);
     }
 
-    /// In the loop, when the eventfd is readable: wake the coroutines whose jobs are done.
+    /// In the loop, when the eventfd is readable: wake the coroutines whose jobs are done, and
+    /// the receivers of the thread channels that were signalled.
     pub(crate) fn deliver(&self, hub: &Hub, eventfd: RawFd) {
         sys::eventfd_drain(eventfd);
         let done =
             std::mem::take(&mut *self.completed.lock().unwrap_or_else(PoisonError::into_inner));
-        for task in done {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            hub.wake(task);
+        for wake in done {
+            match wake {
+                RemoteWake::Job(task) => {
+                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    hub.wake(task);
+                }
+                RemoteWake::Channel(key) => crate::sync::thread_channel::deliver(key),
+            }
         }
     }
 }

@@ -126,6 +126,11 @@ impl<T> JoinHandle<T> {
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
+
+    /// The coroutine's place in the hub's table (for `sync::Group`).
+    pub(crate) fn task(&self) -> TaskRef {
+        self.task
+    }
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {

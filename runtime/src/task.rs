@@ -59,6 +59,11 @@ pub(crate) enum WaitReason {
     Semaphore,
     Mutex,
     Join(CoroutineId),
+    /// A `select!` over this many operations.
+    Select(usize),
+    Group,
+    PoolSlot,
+    ThreadChannelRecv,
     Readable(RawFd),
     Writable(RawFd),
     Blocking,
@@ -75,6 +80,10 @@ impl WaitReason {
             WaitReason::Semaphore => "Semaphore::acquire",
             WaitReason::Mutex => "Mutex::lock",
             WaitReason::Join(_) => "JoinHandle::join",
+            WaitReason::Select(_) => "select!",
+            WaitReason::Group => "Group::join",
+            WaitReason::PoolSlot => "Pool::spawn",
+            WaitReason::ThreadChannelRecv => "ThreadReceiver::recv",
             WaitReason::Readable(_) | WaitReason::Writable(_) => "io",
             WaitReason::Blocking => "spawn_blocking",
             WaitReason::Nothing => "wait",
@@ -97,6 +106,10 @@ impl fmt::Display for WaitReason {
             WaitReason::Semaphore => f.write_str("a Semaphore permit"),
             WaitReason::Mutex => f.write_str("a Mutex lock"),
             WaitReason::Join(id) => write!(f, "join of coroutine {id}"),
+            WaitReason::Select(n) => write!(f, "a select! over {n} operations"),
+            WaitReason::Group => f.write_str("a Group's members to end"),
+            WaitReason::PoolSlot => f.write_str("a free slot in a Pool"),
+            WaitReason::ThreadChannelRecv => f.write_str("a thread channel recv"),
             WaitReason::Readable(fd) => write!(f, "fd {fd} to be readable"),
             WaitReason::Writable(fd) => write!(f, "fd {fd} to be writable"),
             WaitReason::Blocking => f.write_str("a spawn_blocking job"),
@@ -266,6 +279,13 @@ impl TaskTable {
     /// Whether the task behind `r` is still in the table (not yet ended).
     pub(crate) fn is_alive(&self, r: TaskRef) -> bool {
         self.tasks.borrow().get(r.key).is_some_and(|t| t.id == r.id)
+    }
+
+    /// Whether the task behind `r` is parked (not ready, running or ended): for `select!`'s
+    /// entries, which a notification skips while their coroutine is awake.
+    pub(crate) fn is_suspended(&self, r: TaskRef) -> bool {
+        let tasks = self.tasks.borrow();
+        tasks.get(r.key).is_some_and(|t| t.id == r.id && t.state == TaskState::Suspended)
     }
 
     /// The table itself, for the switch path in coroutine.rs (a short borrow, never held

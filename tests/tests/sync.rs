@@ -593,3 +593,176 @@ fn regression_rendezvous_send_after_a_timed_out_send_completes() {
         assert_eq!(receiver.join().unwrap(), Ok(2));
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// try_send, send_timeout, acquire_owned
+
+use greenhub::sync::{SendTimeoutError, TrySendError};
+
+#[test]
+fn try_send_on_bounded_is_full_at_capacity_and_gives_the_value_back() {
+    greenhub::run(|| {
+        let (tx, rx) = bounded(2);
+        assert_eq!(tx.try_send(1), Ok(()));
+        assert_eq!(tx.try_send(2), Ok(()));
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full(3)));
+        assert_eq!(rx.recv(), Ok(1));
+        assert_eq!(tx.try_send(4), Ok(()));
+        assert_eq!((rx.recv(), rx.recv()), (Ok(2), Ok(4)));
+        drop(rx);
+        assert_eq!(tx.try_send(5), Err(TrySendError::Disconnected(5)));
+    });
+}
+
+#[test]
+fn try_send_on_unbounded_never_full() {
+    let (tx, rx) = channel();
+    for i in 0..1000 {
+        tx.try_send(i).unwrap();
+    }
+    assert_eq!(rx.len(), 1000);
+}
+
+#[test]
+fn try_send_on_rendezvous_needs_a_waiting_receiver() {
+    greenhub::run(|| {
+        let (tx, rx) = bounded::<u32>(0);
+        assert_eq!(tx.try_send(1), Err(TrySendError::Full(1)), "nobody waits");
+        let rx2 = rx.clone();
+        let receiver = spawn(move || rx2.recv());
+        settle(2); // the receiver waits in recv
+        assert_eq!(tx.try_send(2), Ok(()));
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full(3)), "one receiver, one item");
+        assert_eq!(receiver.join().unwrap(), Ok(2));
+        assert!(rx.is_empty());
+    });
+}
+
+#[test]
+fn try_send_errors_display_and_are_errors() {
+    let full: Box<dyn std::error::Error> = Box::new(TrySendError::Full(1u8));
+    assert_eq!(full.to_string(), "sending on a full channel");
+    let gone = TrySendError::Disconnected(1u8);
+    assert!(gone.to_string().contains("closed channel"));
+    assert_eq!(format!("{gone:?}"), "Disconnected(..)");
+    assert_eq!(gone.into_inner(), 1);
+    let timeout: Box<dyn std::error::Error> = Box::new(SendTimeoutError::Timeout(1u8));
+    assert_eq!(timeout.to_string(), "timed out sending on a channel");
+    assert_eq!(format!("{:?}", SendTimeoutError::Disconnected(2u8)), "Disconnected(..)");
+    assert_eq!(SendTimeoutError::Timeout(7u8).into_inner(), 7);
+}
+
+#[test]
+fn send_timeout_times_out_on_a_full_channel_and_keeps_the_value() {
+    greenhub::run(|| {
+        let (tx, rx) = bounded(1);
+        tx.send(1).unwrap();
+        assert_eq!(tx.send_timeout(2, ms(2)), Err(SendTimeoutError::Timeout(2)));
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "the timed-out value never arrived");
+        assert_eq!(tx.send_timeout(3, FOREVER), Ok(()));
+        // Duration::MAX: no overflow, waits like `send` (a reader frees the slot).
+        let reader = spawn(move || (rx.recv(), rx.recv()));
+        assert_eq!(tx.send_timeout(4, Duration::MAX), Ok(()));
+        assert_eq!(reader.join().unwrap(), (Ok(3), Ok(4)));
+    });
+}
+
+#[test]
+fn send_timeout_succeeds_when_room_frees_in_time() {
+    greenhub::run(|| {
+        let (tx, rx) = bounded(1);
+        tx.send(1).unwrap();
+        let reader = spawn(move || {
+            yield_now();
+            let first = rx.recv();
+            (first, rx.recv())
+        });
+        assert_eq!(tx.send_timeout(2, FOREVER), Ok(()));
+        drop(tx);
+        assert_eq!(reader.join().unwrap(), (Ok(1), Ok(2)));
+    });
+}
+
+#[test]
+fn send_timeout_on_rendezvous_takes_the_value_back_when_nobody_receives() {
+    greenhub::run(|| {
+        let (tx, rx) = bounded::<u32>(0);
+        assert_eq!(tx.send_timeout(1, ms(2)), Err(SendTimeoutError::Timeout(1)));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "taken back: nobody receives it");
+        let receiver = spawn(move || rx.recv());
+        assert_eq!(tx.send_timeout(2, FOREVER), Ok(()));
+        assert_eq!(receiver.join().unwrap(), Ok(2));
+    });
+}
+
+#[test]
+fn send_timeout_reports_disconnected() {
+    greenhub::run(|| {
+        let (tx, rx) = bounded::<u32>(1);
+        tx.send(0).unwrap();
+        let dropper = spawn(move || drop(rx));
+        assert_eq!(tx.send_timeout(1, FOREVER), Err(SendTimeoutError::Disconnected(1)));
+        dropper.join().unwrap();
+        let (tx, rx) = bounded::<u32>(0);
+        let dropper = spawn(move || drop(rx));
+        assert_eq!(tx.send_timeout(2, FOREVER), Err(SendTimeoutError::Disconnected(2)));
+        dropper.join().unwrap();
+        let (tx, rx) = channel::<u32>();
+        drop(rx);
+        assert_eq!(tx.send_timeout(3, ms(1)), Err(SendTimeoutError::Disconnected(3)));
+    });
+}
+
+#[test]
+fn acquire_owned_permit_moves_into_a_spawned_coroutine() {
+    greenhub::run(|| {
+        let sem = Rc::new(Semaphore::new(2));
+        let running = Rc::new(Cell::new(0));
+        let peak = Rc::new(Cell::new(0));
+        let mut workers = Vec::new();
+        for _ in 0..6 {
+            let permit = sem.acquire_owned();
+            let (running, peak) = (running.clone(), peak.clone());
+            workers.push(spawn(move || {
+                let _permit = permit;
+                running.set(running.get() + 1);
+                peak.set(peak.get().max(running.get()));
+                settle(3);
+                running.set(running.get() - 1);
+            }));
+        }
+        join_all(workers);
+        assert_eq!(peak.get(), 2);
+        assert_eq!(sem.available_permits(), 2);
+        let permit = sem.try_acquire_owned().expect("a permit is free");
+        assert!(Rc::ptr_eq(permit.semaphore(), &sem));
+        assert_eq!(sem.available_permits(), 1);
+        permit.forget();
+        assert_eq!(sem.available_permits(), 1, "a forgotten permit is never returned");
+        let _last = sem.try_acquire_owned().unwrap();
+        assert!(sem.try_acquire_owned().is_none());
+    });
+}
+
+#[test]
+fn acquire_owned_waiter_cancelled_passes_the_permit_on() {
+    greenhub::run(|| {
+        let sem = Rc::new(Semaphore::new(1));
+        let held = sem.acquire_owned();
+        let first = spawn({
+            let sem = sem.clone();
+            move || drop(sem.acquire_owned())
+        });
+        let second = spawn({
+            let sem = sem.clone();
+            move || drop(sem.acquire_owned())
+        });
+        settle(2);
+        drop(held); // wakes `first`...
+        first.cancel(); // ...which is cancelled before it runs: `second` gets the permit
+        assert!(first.join().unwrap_err().is_cancelled());
+        second.join().unwrap();
+        assert_eq!(sem.available_permits(), 1);
+    });
+}

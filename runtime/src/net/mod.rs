@@ -14,6 +14,7 @@
 //! holds what the stream types share (`Read`/`Write` through the retry loop, timeouts).
 
 mod resolve;
+mod server;
 mod tcp;
 mod udp;
 mod unix;
@@ -24,6 +25,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 pub use resolve::{ToSocketAddrs, lookup_host};
+pub use server::{Server, StopHandle};
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixListener, UnixStream};

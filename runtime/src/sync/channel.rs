@@ -6,9 +6,11 @@ use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
+use std::time::Instant;
+
 use super::waitlist::WaitList;
 use crate::sys::HubSection;
-use crate::task::WaitReason;
+use crate::task::{TaskRef, WaitReason};
 use crate::timer::deadline_after;
 
 /// An unbounded channel: `send` never suspends.
@@ -27,12 +29,18 @@ pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
 
 /// A bounded channel: `send` suspends while `capacity` items wait. With capacity 0 it is a
 /// rendezvous: `send` returns once a receiver has taken the item.
+///
+/// A rendezvous hands its item over only to a receiver that waits for it: `try_send` and a
+/// `send` arm of [`select!`](crate::select) succeed there only while some coroutine waits in
+/// `recv` (or in a `select!` with a `recv` arm on it), and leave the item in the channel for
+/// that receiver without waiting for it to run. (If that receiver is cancelled before it
+/// runs, the next receiver gets the item.)
 pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     Chan::open(Some(capacity))
 }
 
 /// The state both ends share.
-struct Chan<T> {
+pub(super) struct Chan<T> {
     queue: RefCell<VecDeque<T>>,
     /// `None`: unbounded; `Some(0)`: rendezvous (one item in flight, whose sender waits).
     capacity: Option<usize>,
@@ -75,9 +83,70 @@ impl<T> Chan<T> {
         }
     }
 
+    /// Whether a `recv` would return now (an item, or `Err` for a closed, empty channel).
+    pub(super) fn recv_ready(&self) -> bool {
+        !self.queue.borrow().is_empty() || self.senders.get() == 0
+    }
+
+    /// Whether a send that must not wait would succeed now, or fail for good (every receiver
+    /// gone). A rendezvous accepts an item only while a receiver other than `me` waits for one
+    /// (queued, or woken and not yet run) and no other item is in flight.
+    pub(super) fn send_ready(&self, me: Option<TaskRef>) -> bool {
+        self.disconnected_for_senders()
+            || match self.capacity {
+                None => true,
+                Some(0) => self.queue.borrow().is_empty() && self.receivers_waiting(me) > 0,
+                Some(_) => self.has_room(),
+            }
+    }
+
+    fn receivers_waiting(&self, me: Option<TaskRef>) -> usize {
+        self.item_waiters.len_except(me) + self.item_waiters.woken()
+    }
+
+    /// Queues `value` and wakes a receiver. The caller has checked that there is room.
+    fn push(&self, value: T) {
+        HubSection::enter_raw();
+        self.queue.borrow_mut().push_back(value);
+        self.pushed.set(self.pushed.get() + 1);
+        self.item_waiters.notify_one();
+        HubSection::leave();
+    }
+
+    /// A send that does not wait: `value` back when the channel is full (or, for a
+    /// rendezvous, no receiver waits) or closed.
+    pub(super) fn send_now(&self, value: T, me: Option<TaskRef>) -> Result<(), TrySendError<T>> {
+        if self.disconnected_for_senders() {
+            Err(TrySendError::Disconnected(value))
+        } else if self.send_ready(me) {
+            self.push(value);
+            Ok(())
+        } else {
+            Err(TrySendError::Full(value))
+        }
+    }
+
+    /// A receiver's wait entry entered the queue: on a rendezvous, wake a sender that waits
+    /// for a receiver (a `try_send` loop or a `select!` send arm).
+    pub(super) fn receiver_entered(&self) {
+        if self.capacity == Some(0) {
+            self.room_waiters.notify_one();
+        }
+    }
+
+    /// The list a receiver waits on.
+    pub(super) fn item_waiters(&self) -> &WaitList {
+        &self.item_waiters
+    }
+
+    /// The list a sender waits on for room (or, on a rendezvous, for a receiver).
+    pub(super) fn room_waiters(&self) -> &WaitList {
+        &self.room_waiters
+    }
+
     /// An item, or `Err` once empty with every sender gone; `None`: wait.
     #[inline]
-    fn try_take(&self) -> Option<Result<T, RecvError>> {
+    pub(super) fn try_take(&self) -> Option<Result<T, RecvError>> {
         HubSection::enter_raw();
         let item = self.queue.borrow_mut().pop_front();
         HubSection::leave();
@@ -107,41 +176,76 @@ impl<T> Sender<T> {
     /// Sends `value`: suspends while a bounded channel is full (and, for a rendezvous, until a
     /// receiver has taken it). Gives the value back once every receiver is gone.
     pub fn send(&self, value: T) -> Result<(), SendError<T>> {
+        match self.send_until(value, None) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Disconnected(value)) => Err(SendError(value)),
+            Err(SendTimeoutError::Timeout(_)) => unreachable!("a send without deadline timed out"),
+        }
+    }
+
+    /// Sends `value` if that needs no wait: `Full(value)` when a bounded channel is full, or a
+    /// rendezvous has no receiver waiting; `Disconnected(value)` once every receiver is gone.
+    ///
+    /// ```
+    /// use greenhub::sync::{TrySendError, bounded};
+    ///
+    /// let (tx, rx) = bounded(1);
+    /// assert_eq!(tx.try_send(1), Ok(()));
+    /// assert_eq!(tx.try_send(2), Err(TrySendError::Full(2)));
+    /// drop(rx);
+    /// assert_eq!(tx.try_send(3), Err(TrySendError::Disconnected(3)));
+    /// ```
+    pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        self.0.send_now(value, None)
+    }
+
+    /// Like [`send`](Self::send), for at most `d`: `Timeout(value)` when there was no room in
+    /// time (or, for a rendezvous, no receiver took the item in time: it is taken back, so
+    /// nobody receives it later), `Disconnected(value)` once every receiver is gone.
+    pub fn send_timeout(&self, value: T, d: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.send_until(value, deadline_after(d))
+    }
+
+    fn send_until(&self, value: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
         let chan = &*self.0;
         if chan.capacity.is_some() {
             let ready = || (chan.disconnected_for_senders() || chan.has_room()).then_some(());
-            chan.room_waiters.wait_until(WaitReason::ChannelSend, None, ready);
+            if chan.room_waiters.wait_until(WaitReason::ChannelSend, deadline, ready).is_none() {
+                return Err(SendTimeoutError::Timeout(value));
+            }
         }
         if chan.disconnected_for_senders() {
-            return Err(SendError(value));
+            return Err(SendTimeoutError::Disconnected(value));
         }
-        HubSection::enter_raw();
-        chan.queue.borrow_mut().push_back(value);
-        chan.pushed.set(chan.pushed.get() + 1);
-        chan.item_waiters.notify_one();
-        HubSection::leave();
+        chan.push(value);
         match chan.capacity {
-            Some(0) => self.wait_taken(chan.pushed.get()),
+            Some(0) => self.wait_taken(chan.pushed.get(), deadline),
             _ => Ok(()),
         }
     }
 
-    /// Rendezvous: waits until item number `seq` has been taken. If the receivers all go (or
-    /// this coroutine unwinds) first, the item is taken back.
-    fn wait_taken(&self, seq: u64) -> Result<(), SendError<T>> {
+    /// Rendezvous: waits until item number `seq` has been taken. If the receivers all go, the
+    /// deadline passes, or this coroutine unwinds first, the item is taken back.
+    fn wait_taken(&self, seq: u64, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
         let chan = &*self.0;
         let mut pending = TakeBack { chan, seq };
         let done = || (chan.taken.get() >= seq || chan.disconnected_for_senders()).then_some(());
-        chan.taken_waiters.wait_until(WaitReason::ChannelSend, None, done);
-        match pending.take_back() {
-            Some(value) => Err(SendError(value)),
-            None => Ok(()),
+        let ended = chan.taken_waiters.wait_until(WaitReason::ChannelSend, deadline, done);
+        match (pending.take_back(), ended) {
+            (None, _) => Ok(()),
+            (Some(value), Some(())) => Err(SendTimeoutError::Disconnected(value)),
+            (Some(value), None) => Err(SendTimeoutError::Timeout(value)),
         }
     }
 
     /// Whether every receiver is gone (a send would fail).
     pub fn is_closed(&self) -> bool {
         self.0.disconnected_for_senders()
+    }
+
+    /// The shared state, for `select!`.
+    pub(super) fn chan(&self) -> &Chan<T> {
+        &self.0
     }
 }
 
@@ -202,20 +306,29 @@ impl<T> Receiver<T> {
     /// Suspends the caller until an item arrives; `Err` once the channel is empty and every
     /// sender is gone.
     pub fn recv(&self) -> Result<T, RecvError> {
-        let chan = &*self.0;
-        let got = chan.item_waiters.wait_until(WaitReason::ChannelRecv, None, || chan.try_take());
+        let got = self.recv_until(None);
         got.expect("a wait without deadline returns only when it succeeds")
     }
 
     /// Like [`recv`](Self::recv), for at most `d`.
     pub fn recv_timeout(&self, d: Duration) -> Result<T, RecvTimeoutError> {
-        let chan = &*self.0;
-        let deadline = deadline_after(d);
-        match chan.item_waiters.wait_until(WaitReason::ChannelRecv, deadline, || chan.try_take()) {
+        match self.recv_until(deadline_after(d)) {
             Some(Ok(value)) => Ok(value),
             Some(Err(RecvError)) => Err(RecvTimeoutError::Disconnected),
             None => Err(RecvTimeoutError::Timeout),
         }
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Option<Result<T, RecvError>> {
+        let chan = &*self.0;
+        let reason = WaitReason::ChannelRecv;
+        let entered = || chan.receiver_entered();
+        chan.item_waiters.wait_hooked(reason, deadline, entered, |_| chan.try_take())
+    }
+
+    /// The shared state, for `select!`.
+    pub(super) fn chan(&self) -> &Chan<T> {
+        &self.0
     }
 
     /// An item if one is queued now, without suspending.
@@ -331,3 +444,91 @@ impl fmt::Display for TryRecvError {
 }
 
 impl std::error::Error for TryRecvError {}
+
+/// Why `try_send` did not send: the value is given back.
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum TrySendError<T> {
+    /// The channel is full (a rendezvous: no receiver waits).
+    Full(T),
+    /// Every receiver is gone.
+    Disconnected(T),
+}
+
+impl<T> TrySendError<T> {
+    /// The value that was not sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            TrySendError::Full(value) | TrySendError::Disconnected(value) => value,
+        }
+    }
+}
+
+impl<T> fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("Full(..)"),
+            TrySendError::Disconnected(_) => f.write_str("Disconnected(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_) => f.write_str("sending on a full channel"),
+            TrySendError::Disconnected(_) => fmt::Display::fmt(&SendError(()), f),
+        }
+    }
+}
+
+impl<T> std::error::Error for TrySendError<T> {}
+
+impl<T> From<SendError<T>> for TrySendError<T> {
+    fn from(SendError(value): SendError<T>) -> Self {
+        TrySendError::Disconnected(value)
+    }
+}
+
+/// Why `send_timeout` did not send: the value is given back.
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum SendTimeoutError<T> {
+    /// No room (or, for a rendezvous, no receiver took it) in time.
+    Timeout(T),
+    /// Every receiver is gone.
+    Disconnected(T),
+}
+
+impl<T> SendTimeoutError<T> {
+    /// The value that was not sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            SendTimeoutError::Timeout(value) | SendTimeoutError::Disconnected(value) => value,
+        }
+    }
+}
+
+impl<T> fmt::Debug for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            SendTimeoutError::Disconnected(_) => f.write_str("Disconnected(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("timed out sending on a channel"),
+            SendTimeoutError::Disconnected(_) => fmt::Display::fmt(&SendError(()), f),
+        }
+    }
+}
+
+impl<T> std::error::Error for SendTimeoutError<T> {}
+
+impl<T> From<SendError<T>> for SendTimeoutError<T> {
+    fn from(SendError(value): SendError<T>) -> Self {
+        SendTimeoutError::Disconnected(value)
+    }
+}

@@ -20,13 +20,27 @@
 
 mod channel;
 mod event;
+mod group;
 mod mutex;
+mod pool;
+mod select;
 mod semaphore;
+pub(crate) mod thread_channel;
 pub(crate) mod waitlist;
 
 pub use channel::{
-    Receiver, RecvError, RecvTimeoutError, SendError, Sender, TryRecvError, bounded, channel,
+    Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryRecvError,
+    TrySendError, bounded, channel,
 };
 pub use event::Event;
+pub use group::Group;
 pub use mutex::{Mutex, MutexGuard};
-pub use semaphore::{Semaphore, SemaphorePermit};
+pub use pool::Pool;
+pub use semaphore::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+pub use thread_channel::{ThreadReceiver, ThreadSender, thread_channel};
+
+/// The machinery behind [`select!`](crate::select); not a stable interface.
+#[doc(hidden)]
+pub mod __select {
+    pub use super::select::{Mode, SelectRecv, Selected, Selector};
+}

@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::rc::Rc;
 
 use super::waitlist::WaitList;
 use crate::task::WaitReason;
@@ -43,6 +44,50 @@ impl Semaphore {
     pub(super) fn acquire_as(&self, reason: WaitReason) -> SemaphorePermit<'_> {
         let taken = self.waiters.wait_turn(reason, None, |woken| self.try_take(woken));
         taken.expect("a wait without deadline returns only when it succeeds")
+    }
+
+    /// [`acquire`](Self::acquire), for a permit that holds the semaphore by `Rc` instead of
+    /// borrowing it (tokio's shape): it is `'static`, so a coroutine spawned to do the work can
+    /// own it.
+    ///
+    /// ```
+    /// use std::rc::Rc;
+    /// use greenhub::sync::Semaphore;
+    ///
+    /// greenhub::run(|| {
+    ///     let sem = Rc::new(Semaphore::new(2));
+    ///     let workers: Vec<_> = (0..5)
+    ///         .map(|i| {
+    ///             let permit = sem.acquire_owned(); // suspends while two workers run
+    ///             greenhub::spawn(move || {
+    ///                 let _permit = permit; // released when the worker ends
+    ///                 greenhub::yield_now();
+    ///                 i
+    ///             })
+    ///         })
+    ///         .collect();
+    ///     let sum: i32 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    ///     assert_eq!(sum, 10);
+    ///     assert_eq!(sem.available_permits(), 2);
+    /// });
+    /// ```
+    pub fn acquire_owned(self: &Rc<Self>) -> OwnedSemaphorePermit {
+        self.acquire_owned_as(WaitReason::Semaphore)
+    }
+
+    /// `acquire_owned`, reported as `reason` while it waits.
+    pub(super) fn acquire_owned_as(self: &Rc<Self>, reason: WaitReason) -> OwnedSemaphorePermit {
+        self.acquire_as(reason).forget();
+        OwnedSemaphorePermit { semaphore: self.clone(), forgotten: false }
+    }
+
+    /// [`try_acquire`](Self::try_acquire), for an owned permit (see
+    /// [`acquire_owned`](Self::acquire_owned)).
+    pub fn try_acquire_owned(self: &Rc<Self>) -> Option<OwnedSemaphorePermit> {
+        self.try_acquire().map(|permit| {
+            permit.forget();
+            OwnedSemaphorePermit { semaphore: self.clone(), forgotten: false }
+        })
     }
 
     /// Takes a permit if one is available now, without suspending. Never jumps the queue: while
@@ -108,5 +153,39 @@ impl Drop for SemaphorePermit<'_> {
 impl fmt::Debug for SemaphorePermit<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SemaphorePermit")
+    }
+}
+
+/// A permit of a [`Semaphore`] that holds it by `Rc` ([`Semaphore::acquire_owned`]); dropping
+/// it releases the permit to the next waiter.
+#[must_use = "dropping the permit releases it at once"]
+pub struct OwnedSemaphorePermit {
+    semaphore: Rc<Semaphore>,
+    forgotten: bool,
+}
+
+impl OwnedSemaphorePermit {
+    /// Gives the permit up without returning it: the semaphore has one permit fewer.
+    pub fn forget(mut self) {
+        self.forgotten = true;
+    }
+
+    /// The semaphore this permit belongs to.
+    pub fn semaphore(&self) -> &Rc<Semaphore> {
+        &self.semaphore
+    }
+}
+
+impl Drop for OwnedSemaphorePermit {
+    fn drop(&mut self) {
+        if !self.forgotten {
+            self.semaphore.release();
+        }
+    }
+}
+
+impl fmt::Debug for OwnedSemaphorePermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OwnedSemaphorePermit")
     }
 }

@@ -7,6 +7,14 @@
 //! caller re-checks its condition after each resume. A primitive that must hand its resource to
 //! the waiter it woke (Semaphore, so nobody jumps the queue) uses [`WaitList::wait_turn`], whose
 //! check is told whether the caller is such a woken waiter, and [`WaitList::woken`].
+//!
+//! `select!` waits on several lists at once ([`wait_any`]): one entry per list, all for the same
+//! coroutine and marked as a *select* entry. The first notification wakes the coroutine; a
+//! notification that reaches one of its other entries while it is already woken (or running)
+//! skips it and goes to the next waiter of that list, so no list's notification is spent on a
+//! coroutine that will take only one thing. When the select commits one arm, its other entries
+//! leave their lists, and an entry that a notification did take passes it on, as any unused
+//! notification is.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -15,7 +23,7 @@ use std::marker::PhantomData;
 use std::time::Instant;
 
 use crate::coroutine::{self, Suspend};
-use crate::hub::{hub, try_hub};
+use crate::hub::{Hub, hub, try_hub};
 use crate::sys::HubSection;
 use crate::task::{TaskRef, WaitReason};
 use crate::timer::{TimerAction, TimerGuard};
@@ -35,6 +43,9 @@ pub(crate) struct WaitList {
 struct Waiter {
     task: TaskRef,
     ticket: u64,
+    /// One of several entries of a `select!`: skipped by a notification while its coroutine is
+    /// not suspended (another list woke it already, or it is running).
+    select: bool,
 }
 
 impl WaitList {
@@ -61,6 +72,20 @@ impl WaitList {
         &self,
         reason: WaitReason,
         deadline: Option<Instant>,
+        check: impl FnMut(bool) -> Option<R>,
+    ) -> Option<R> {
+        self.wait_hooked(reason, deadline, || {}, check)
+    }
+
+    /// [`wait_turn`](Self::wait_turn), calling `entered` each time the caller's entry enters
+    /// the queue (when it registers, and when it goes back after a wake that did not let it
+    /// proceed): a rendezvous receiver announces itself to the senders waiting for one.
+    #[inline]
+    pub(crate) fn wait_hooked<R>(
+        &self,
+        reason: WaitReason,
+        deadline: Option<Instant>,
+        mut entered: impl FnMut(),
         mut check: impl FnMut(bool) -> Option<R>,
     ) -> Option<R> {
         // Everything but the suspension is greenhub's bookkeeping (`HubSection`: an overflow
@@ -75,7 +100,8 @@ impl WaitList {
         let me = hub.current_task(reason.api_name());
         let timer = deadline.map(|at| TimerGuard::new(hub, at, TimerAction::Wake(me)));
         // 2. Register.
-        let mut entry = Entry::register(self, me);
+        let mut entry = Entry::register(self, me, false);
+        entered();
         loop {
             // 3. Check again (the condition may have changed while we registered or slept).
             if let Some(ready) = check(!entry.queued) {
@@ -87,7 +113,9 @@ impl WaitList {
                 HubSection::leave();
                 return None; // `entry` passes on a notification it did not use
             }
-            entry.requeue_if_woken();
+            if entry.requeue_if_woken() {
+                entered();
+            }
             HubSection::leave();
             // 4. Suspend.
             coroutine::suspend(hub, Suspend::Wait(reason));
@@ -97,18 +125,41 @@ impl WaitList {
     }
 
     /// Wakes the longest-waiting coroutine; false if none waits.
+    ///
+    /// A select entry whose coroutine is not suspended is skipped (it stays queued): that
+    /// coroutine is already going to re-check every arm, so the notification goes to the next
+    /// waiter instead.
     #[inline]
     pub(crate) fn notify_one(&self) -> bool {
         HubSection::enter_raw();
-        let waiter = self.queue.borrow_mut().pop_front();
-        if let Some(waiter) = waiter {
-            self.woken.set(self.woken.get() + 1);
-            if let Some(hub) = try_hub() {
-                hub.wake(waiter.task);
-            }
-        }
+        let woke = self.notify_first_waiting();
         HubSection::leave();
-        waiter.is_some()
+        woke
+    }
+
+    /// [`notify_one`](Self::notify_one)'s work, inside its `HubSection`.
+    #[inline]
+    fn notify_first_waiting(&self) -> bool {
+        let hub = try_hub();
+        let waiter = {
+            let mut queue = self.queue.borrow_mut();
+            let at = match queue.front() {
+                None => return false,
+                Some(front) if !front.select => 0,
+                Some(_) => {
+                    let Some(at) = queue.iter().position(|w| !skipped(hub, w)) else {
+                        return false;
+                    };
+                    at
+                }
+            };
+            queue.remove(at).expect("the position is in the queue")
+        };
+        self.woken.set(self.woken.get() + 1);
+        if let Some(hub) = hub {
+            hub.wake(waiter.task);
+        }
+        true
     }
 
     /// Wakes every waiting coroutine.
@@ -120,6 +171,15 @@ impl WaitList {
         self.queue.borrow().len()
     }
 
+    /// How many queued entries belong to coroutines other than `task`.
+    pub(crate) fn len_except(&self, task: Option<TaskRef>) -> usize {
+        let queue = self.queue.borrow();
+        match task {
+            None => queue.len(),
+            Some(task) => queue.iter().filter(|w| w.task != task).count(),
+        }
+    }
+
     /// How many waiters were woken by a notification and have not re-checked yet.
     pub(crate) fn woken(&self) -> usize {
         self.woken.get()
@@ -128,6 +188,53 @@ impl WaitList {
     #[inline]
     fn position(&self, ticket: u64) -> Result<usize, usize> {
         self.queue.borrow().binary_search_by_key(&ticket, |w| w.ticket)
+    }
+}
+
+/// Whether a notification passes over `waiter`: a select entry of a coroutine that is not
+/// suspended (woken already through another of its lists, or running now).
+fn skipped(hub: Option<&Hub>, waiter: &Waiter) -> bool {
+    hub.filter(|_| waiter.select).is_some_and(|hub| !hub.tasks.is_suspended(waiter.task))
+}
+
+/// Suspends the caller until `check` names a ready operation (its index), registered meanwhile
+/// on every list of `lists` (one entry each, in the order given), or until `deadline` passes
+/// (`None`). `entered(i)` is called each time the entry on `lists[i]` enters its queue.
+///
+/// The select skeleton: check; register on every list; check again; suspend. On success the
+/// entry of the chosen list is settled and every other entry leaves its list, passing on a
+/// notification it took. `check` must be side-effect free; the caller commits the operation
+/// itself, before it can suspend again.
+pub(crate) fn wait_any(
+    lists: &[&WaitList],
+    reason: WaitReason,
+    deadline: Option<Instant>,
+    mut entered: impl FnMut(usize),
+    mut check: impl FnMut(Option<TaskRef>) -> Option<usize>,
+) -> Option<usize> {
+    if let Some(ready) = check(None) {
+        return Some(ready);
+    }
+    let hub = hub(reason.api_name());
+    let me = hub.current_task(reason.api_name());
+    let timer = deadline.map(|at| TimerGuard::new(hub, at, TimerAction::Wake(me)));
+    let mut entries: Vec<Entry<'_>> = lists.iter().map(|l| Entry::register(l, me, true)).collect();
+    (0..entries.len()).for_each(&mut entered);
+    loop {
+        if let Some(ready) = check(Some(me)) {
+            entries[ready].settle();
+            return Some(ready); // the other entries leave (and pass on) as they drop
+        }
+        if timer.as_ref().is_some_and(TimerGuard::fired) {
+            return None;
+        }
+        for (i, entry) in entries.iter_mut().enumerate() {
+            if entry.requeue_if_woken() {
+                entered(i);
+            }
+        }
+        coroutine::suspend(hub, Suspend::Wait(reason));
+        entries.iter_mut().for_each(Entry::look);
     }
 }
 
@@ -148,10 +255,10 @@ struct Entry<'a> {
 
 impl<'a> Entry<'a> {
     #[inline]
-    fn register(list: &'a WaitList, task: TaskRef) -> Self {
+    fn register(list: &'a WaitList, task: TaskRef, select: bool) -> Self {
         let ticket = list.next_ticket.get();
         list.next_ticket.set(ticket + 1);
-        let waiter = Waiter { task, ticket };
+        let waiter = Waiter { task, ticket, select };
         list.queue.borrow_mut().push_back(waiter);
         Entry { list, waiter, queued: true, settled: false }
     }
@@ -162,15 +269,18 @@ impl<'a> Entry<'a> {
         self.queued = self.list.position(self.waiter.ticket).is_ok();
     }
 
-    /// Back to its original place after a wake that did not let it proceed.
+    /// Back to its original place after a wake that did not let it proceed; true if it went
+    /// back.
     #[inline]
-    fn requeue_if_woken(&mut self) {
-        if !self.queued {
-            self.list.woken.set(self.list.woken.get() - 1);
-            let at = self.list.position(self.waiter.ticket).unwrap_err();
-            self.list.queue.borrow_mut().insert(at, self.waiter);
-            self.queued = true;
+    fn requeue_if_woken(&mut self) -> bool {
+        if self.queued {
+            return false;
         }
+        self.list.woken.set(self.list.woken.get() - 1);
+        let at = self.list.position(self.waiter.ticket).unwrap_err();
+        self.list.queue.borrow_mut().insert(at, self.waiter);
+        self.queued = true;
+        true
     }
 
     /// The wait succeeded: leave the list without passing anything on.
