@@ -370,7 +370,7 @@ stdio_pipe!(
 impl Write for &ChildStdin {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let source = self.handle.source().map_err(|_| closed())?;
-        source.write_with(|mut file| file.write(buf))
+        source.write_with(|mut file| crate::sigpipe::write(|| file.write(buf)))
     }
 
     fn flush(&mut self) -> io::Result<()> {

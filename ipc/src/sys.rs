@@ -73,6 +73,44 @@ pub(crate) fn ignore_sigpipe() {
     });
 }
 
+/// Blocks SIGPIPE in this thread's signal mask; whether it was blocked already.
+pub(crate) fn block_sigpipe() -> bool {
+    sigpipe_mask(libc::SIG_BLOCK)
+}
+
+/// Unblocks SIGPIPE in this thread's signal mask.
+pub(crate) fn unblock_sigpipe() {
+    sigpipe_mask(libc::SIG_UNBLOCK);
+}
+
+/// Applies `how` (SIG_BLOCK or SIG_UNBLOCK) for SIGPIPE alone; whether SIGPIPE was blocked.
+fn sigpipe_mask(how: libc::c_int) -> bool {
+    // SAFETY: sigset_t values are plain data, initialised by sigemptyset before use; the pointers
+    // are valid for the calls; pthread_sigmask cannot fail with a valid `how`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(how, &set, &mut old);
+        libc::sigismember(&old, libc::SIGPIPE) == 1
+    }
+}
+
+/// Consumes a pending SIGPIPE (one a write to a pipe without readers queued while SIGPIPE was
+/// blocked), if any, without waiting.
+pub(crate) fn take_pending_sigpipe() {
+    // SAFETY: as in `sigpipe_mask`; a zero timeout makes sigtimedwait return at once (EAGAIN
+    // when nothing is pending); the siginfo pointer may be null.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        let now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &now);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Child processes: fork, the child's start, pidfds, waiting and signalling.
 
