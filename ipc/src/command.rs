@@ -219,7 +219,7 @@ impl Command {
         }
         let mut fds = Vec::new();
         for handle in &passed {
-            handle.each_handle(&mut |h| fds.push(h.as_raw_fd()));
+            handle.each_fd(&mut |fd| fds.push(fd));
         }
         *lock(&self.pass_fds) = fds;
         let spawned = self.inner.spawn();
@@ -266,7 +266,7 @@ impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut passed = Vec::new();
         for handle in &self.passed {
-            handle.each_handle(&mut |h| passed.push(h.as_raw_fd()));
+            handle.each_fd(&mut |fd| passed.push(fd));
         }
         f.debug_struct("Command").field("command", &self.inner).field("pass", &passed).finish()
     }

@@ -13,8 +13,15 @@
 //! `start_process`. Before it runs `f` it:
 //! - forgets the parent's hub without touching it (the epoll instance is shared with the parent;
 //!   the parent's coroutines are never resumed or unwound in the child);
-//! - closes every greenhub-ipc handle it inherited except those in `handles` (and owns those);
-//!   an inherited handle that was not transferred gives [`Error::Closed`] there;
+//! - closes every fd except stdio (0, 1, 2) and the fds in `handles` (`close_range` over the
+//!   gaps): other threads' pipes and hubs, pidfds of the parent's other children, files and
+//!   sockets alike, whatever other threads were doing at the instant of `fork`. So **a child
+//!   holds exactly its stdio, the handles it was given and, once `f` runs, its own hub's fds**
+//!   (epoll, eventfd, timerfd). An fd the child needs must be in `handles` ([`Transfer`] takes
+//!   plain fds too: `OwnedFd`, `File`, std's pipes and sockets). An inherited greenhub-ipc handle
+//!   that was not transferred gives [`Error::Closed`] there; the transferred ones it owns;
+//! - waits until the parent holds its pidfd (a one-byte handshake on a pipe): a child the parent
+//!   cannot watch (`pidfd_open` failed) is killed before it has run any of `f`;
 //! - resets every signal's disposition to the default, except SIGPIPE (ignored) and greenhub's
 //!   SIGSEGV/SIGBUS stack-overflow reporter; unblocks every signal;
 //! - if it is a daemon, asks for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`; strictly,
@@ -29,7 +36,10 @@
 //!
 //! # Fork in a threaded process
 //! Test harnesses and `spawn_blocking` make most processes multithreaded, and a child forked while
-//! another thread holds a lock finds that lock held forever. `start_process` flushes and holds
+//! another thread holds a lock finds that lock held forever. (Fds are no such problem: the child
+//! closes all it was not given, so a pipe another thread was creating or closing at that instant
+//! never stays open in it. Programs started by [`Command`] get the same result from `O_CLOEXEC`,
+//! which every fd of greenhub's has from its creation: `exec` closes them.) `start_process` flushes and holds
 //! the stdout and stderr locks and greenhub-ipc's handle registry across `fork`, so the child can
 //! print and close handles; glibc's allocator is fork-safe. Other process-wide locks (the
 //! environment lock of `std::env::set_var`, a backtrace being printed by another thread, locks
@@ -228,20 +238,26 @@ impl ProcessBuilder {
         }
         let start = ChildStart {
             keep: transfer::handle_ids(&handles),
+            keep_fds: transfer::fds(&handles),
             parent: std::process::id(),
             daemon: self.daemon,
             name: self.name.unwrap_or_else(default_name),
         };
+        // The child waits on this pipe until the parent holds its pidfd: a child the parent
+        // cannot watch is killed before it has run any of `f`.
+        let (go_read, go_write) = sys::small_pipe().map_err(Error::Io)?;
         let held = HeldForFork::lock();
         match sys::fork() {
             Err(e) => Err(Error::Io(e)),
             Ok(Forked::Child(token)) => {
-                sys::in_child(token, |token| child_main(token, held, &start, handles, f))
+                sys::in_child(token, |token| child_main(token, held, &start, go_read, handles, f))
             }
             Ok(Forked::Parent(pid)) => {
                 drop(held);
-                drop(handles); // the transfer: the child has them now
                 let state = State::open(pid, start.name, Kind::Fork { daemon: start.daemon })?;
+                drop(handles); // the transfer: the child has them now
+                drop(go_read);
+                sys::send_go_ahead(go_write);
                 remember_child(hub, &state);
                 state.ensure_reaper(hub);
                 Ok(Process::new(state))
@@ -252,7 +268,10 @@ impl ProcessBuilder {
 
 /// What the child's start needs to know, decided before `fork`.
 struct ChildStart {
+    /// The ids of the transferred handles.
     keep: Vec<u64>,
+    /// Every fd the child keeps besides stdio: the transferred handles' and plain fds.
+    keep_fds: Vec<RawFd>,
     parent: u32,
     daemon: bool,
     name: String,
@@ -314,6 +333,7 @@ fn child_main<H, F, R>(
     token: &InChild,
     mut held: HeldForFork,
     start: &ChildStart,
+    go_ahead: OwnedFd,
     handles: H,
     f: F,
 ) -> i32
@@ -322,7 +342,15 @@ where
     F: FnOnce(H) -> R,
     R: ChildResult,
 {
-    held.registry.close_all_but(&start.keep);
+    // Exactly stdio, the transferred fds and (until it is read) the handshake pipe stay open:
+    // whatever other threads were doing with their pipes and hubs at the instant of `fork`.
+    let mut keep_fds = start.keep_fds.clone();
+    keep_fds.push(go_ahead.as_raw_fd());
+    sys::close_fds_except(token, &keep_fds);
+    held.registry.forget_all_but(&start.keep);
+    if !sys::wait_for_go_ahead(token, go_ahead) {
+        return 1; // the parent could not take this child on (or died): never start `f`
+    }
     transfer::adopt(&handles);
     *held.names = Names { prefix: Some(format!("{}:", start.name)), next: 1 };
     sys::reset_signals(token);
