@@ -48,8 +48,9 @@
 //! # Reaping
 //! Each child has a pidfd (`pidfd_open`) registered with the hub, and a detached *reaper*
 //! coroutine waits for it to become readable, reaps the child with `waitid(P_PIDFD)`, records the
-//! status and sets the [`Event`] that [`Process::join`] waits on, then closes the pidfd. When
-//! `run` ends, an exit hook (one per hub) waits for the children of that hub that are still
+//! status and closes the pidfd. [`Process::join`] does not wait for the reaper: it watches the
+//! pidfd itself, like the reaper, so a reaper that never ran (the OS refused its stack) cannot
+//! make a join hang; whichever wakes first reaps. When `run` ends, an exit hook (one per hub) waits for the children of that hub that are still
 //! running, blocking in `poll(2)` on each pidfd and then reaping with `waitid`. A program started by [`Command`] that is still running when both
 //! its hub and its `Process` are gone is reaped by a short-lived helper thread.
 //!
@@ -65,10 +66,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitStatus;
 use std::rc::Rc;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{MutexGuard, PoisonError};
 use std::time::Duration;
 
-use greenhub::sync::Event;
+use greenhub::sync::Mutex;
 
 use crate::Error;
 use crate::command::{ChildStderr, ChildStdin, ChildStdout};
@@ -84,7 +85,7 @@ const FALLBACK_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// children are "Process-1", "Process-2", ...; a child named N names its own children "N:1",
 /// "N:2", ... (like `multiprocessing`'s "Process-2:1"), so names stay distinct across a tree of
 /// processes. Held across `fork` with the other locks, and reset by the child.
-static NAMES: Mutex<Names> = Mutex::new(Names { prefix: None, next: 1 });
+static NAMES: std::sync::Mutex<Names> = std::sync::Mutex::new(Names { prefix: None, next: 1 });
 
 struct Names {
     /// `None` until this process is a child: then "its own name:".
@@ -555,7 +556,11 @@ impl Process {
         self.stderr.take()
     }
 
-    /// `join` and `join_timeout`: suspend on the reaper's event inside a hub, block outside one.
+    /// `join` and `join_timeout`: inside a hub, wait on the pidfd (suspending the caller); outside
+    /// one, block the thread.
+    ///
+    /// The wait does not depend on the reaper coroutine: a reaper that never ran (the OS refused
+    /// its stack) cannot make a join hang, since the joiner watches the pidfd itself.
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<ExitStatus>, Error> {
         if let Some(status) = self.state.poll_exit()? {
             return Ok(Some(status));
@@ -564,14 +569,13 @@ impl Process {
             return self.state.wait_blocking(timeout);
         };
         self.state.ensure_reaper(hub);
-        let ended = match timeout {
-            None => {
-                self.state.ended.wait();
-                true
-            }
-            Some(d) => self.state.ended.wait_timeout(d),
-        };
-        if ended { self.state.poll_exit() } else { Ok(None) }
+        match timeout {
+            None => self.state.wait_cooperatively().map(Some),
+            Some(d) => match greenhub::timeout(d, || self.state.wait_cooperatively()) {
+                Ok(ended) => ended.map(Some),
+                Err(_elapsed) => Ok(None),
+            },
+        }
     }
 }
 
@@ -632,9 +636,11 @@ enum Kind {
 /// One child, shared by its `Process`, its reaper coroutine and the hub's list of children.
 ///
 /// Who touches what: `outcome` is written once, by whichever of the reaper, a `join` or a
-/// status check reaps the child first (`settle`), and then `ended` is set and the pidfd closed.
-/// The reaper borrows `pidfd` across its wait; everyone else borrows it briefly, and the
-/// closing skips (the reaper closes it when it wakes) while it is borrowed.
+/// status check reaps the child first (`settle`), and then the pidfd is closed. The reaper and
+/// every cooperative `join` take turns at watching the pidfd (`watch`; each can do it, so none
+/// depends on another having run), and the watcher borrows `pidfd` across its wait; everyone
+/// else borrows it briefly, and the closing skips while it is borrowed (the watcher closes it
+/// when it wakes).
 struct State {
     pid: u32,
     name: String,
@@ -642,8 +648,8 @@ struct State {
     /// `None` once the child is reaped and the pidfd closed.
     pidfd: RefCell<Option<Handle>>,
     outcome: Cell<Option<Outcome>>,
-    /// Set when `outcome` is.
-    ended: Event,
+    /// Held by the one coroutine watching the pidfd (the reaper or a `join`).
+    watch: Mutex<()>,
     /// The hub whose reaper coroutine watches this child, if any.
     reaper_hub: Cell<Option<u64>>,
 }
@@ -667,7 +673,7 @@ impl State {
             kind,
             pidfd: RefCell::new(Some(Handle::new(pidfd)?)),
             outcome: Cell::new(None),
-            ended: Event::new(),
+            watch: Mutex::new(()),
             reaper_hub: Cell::new(None),
         }))
     }
@@ -707,7 +713,6 @@ impl State {
             Err(e) => Outcome::Lost(e.raw_os_error().unwrap_or(libc::ECHILD)),
         };
         self.outcome.set(Some(outcome));
-        self.ended.set();
         self.close_pidfd();
         outcome.result().map(Some)
     }
@@ -732,26 +737,43 @@ impl State {
         drop(greenhub::spawn(move || state.reap_cooperatively()));
     }
 
-    /// The reaper coroutine: waits for the pidfd to be readable, reaps, closes the pidfd.
+    /// The reaper coroutine: waits for the child to end, which reaps it and closes the pidfd.
     fn reap_cooperatively(&self) {
+        let _ = self.wait_cooperatively();
+    }
+
+    /// Suspends the calling coroutine until the child has ended, reaps it (if nobody has yet) and
+    /// closes the pidfd: what the reaper and every `join` inside a hub do, any number at once,
+    /// none depending on another having run.
+    fn wait_cooperatively(&self) -> Result<ExitStatus, Error> {
+        // One waiter watches the pidfd at a time; the others queue here and find the outcome
+        // when their turn comes (so the pidfd is closed as soon as it is reaped, with no other
+        // coroutine still registered on it). One that gives up (a timeout) hands the watch on.
+        let _watching = self.watch.lock();
+        if let Some(outcome) = self.outcome.get() {
+            return outcome.result();
+        }
         {
             let slot = self.pidfd.borrow();
-            let Some(source) = slot.as_ref().and_then(|handle| handle.source().ok()) else {
-                return;
-            };
-            // The retry loop: "reap; while the child runs, wait for the pidfd to be readable".
-            let watched = source.read_with(|_| match self.poll_exit() {
-                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
-                Ok(Some(_)) | Err(_) => Ok(()),
-            });
-            if watched.is_err() {
-                // The hub could not watch the pidfd (epoll refused it): poll on a timer instead.
-                while let Ok(None) = self.poll_exit() {
-                    greenhub::sleep(FALLBACK_POLL_INTERVAL);
+            if let Some(source) = slot.as_ref().and_then(|handle| handle.source().ok()) {
+                // The retry loop: "reap; while the child runs, wait for the pidfd to be readable".
+                let watched = source.read_with(|_| match self.poll_exit() {
+                    Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                    Ok(Some(_)) | Err(_) => Ok(()),
+                });
+                if watched.is_err() {
+                    // The hub could not watch the pidfd (epoll refused it): poll on a timer.
+                    while let Ok(None) = self.poll_exit() {
+                        greenhub::sleep(FALLBACK_POLL_INTERVAL);
+                    }
                 }
             }
         }
-        self.close_pidfd();
+        self.close_pidfd(); // skipped by `settle` while the pidfd was borrowed above
+        match self.poll_exit()? {
+            Some(status) => Ok(status),
+            None => unreachable!("a child was found running after its wait ended"),
+        }
     }
 
     /// Sends `signal` through the pidfd; nothing once the child has ended.

@@ -340,7 +340,8 @@ pub(crate) fn wait_pidfd_blocking(
     pidfd: RawFd,
     timeout: Option<Duration>,
 ) -> io::Result<Option<i32>> {
-    let deadline = timeout.map(|d| Instant::now() + d);
+    // A timeout too long to have a deadline (`Duration::MAX`) is no timeout.
+    let deadline = timeout.and_then(|d| Instant::now().checked_add(d));
     loop {
         if let Some(status) = try_wait_pidfd(pidfd)? {
             return Ok(Some(status));

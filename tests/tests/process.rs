@@ -762,3 +762,98 @@ fn leave_two_fds_free() {
     fillers.truncate(fillers.len() - 2);
     std::mem::forget(fillers); // this process ends after the test
 }
+
+/// Set in the copy of this test binary that
+/// [`join_completes_when_the_reaper_cannot_get_a_stack`] starts.
+const NO_STACK_CHILD: &str = "GREENHUB_PROCESS_NO_STACK_CHILD";
+
+/// The reaper coroutine is queued by `start_process` but gets its stack only when it first
+/// runs; by then the address space is full (RLIMIT_AS), so it never runs. `join` must still
+/// see the child end (it used to wait for the reaper forever, or report a false deadlock).
+#[test]
+fn join_completes_when_the_reaper_cannot_get_a_stack() {
+    if std::env::var_os(NO_STACK_CHILD).is_some() {
+        let status = greenhub::run(|| {
+            let (parent, hub_thread) = (std::process::id(), unsafe_gettid());
+            // The child ends once the parent's hub sleeps in epoll: inside `join`, after the
+            // reaper was refused its stack.
+            let child = start_process((), move |()| {
+                greenhub_tests::wait_until_thread_sleeps_in(parent, hub_thread, "epoll");
+            })
+            .unwrap();
+            let hard = limit_address_space(512 << 10);
+            let status = child.join();
+            restore_address_space(hard);
+            (status.map_err(|e| e.to_string()), child.exit_status())
+        });
+        let (joined, recorded) = status;
+        assert!(joined.as_ref().is_ok_and(|s| s.success()), "{joined:?}");
+        assert_eq!(joined.ok(), recorded);
+        println!("joined without a reaper");
+        return;
+    }
+    let _serial = process_lock();
+    let test = "join_completes_when_the_reaper_cannot_get_a_stack";
+    let out = greenhub_tests::rerun_test_in_child(test, NO_STACK_CHILD, "1");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("joined without a reaper"),
+        "child ended with {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status,
+    );
+    assert!(stderr.contains("refused a stack"), "the reaper was not refused:\n{stderr}");
+}
+
+fn unsafe_gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// Lowers RLIMIT_AS to the current address-space size plus `room` bytes (so no new coroutine
+/// stack fits); returns the limit to restore.
+fn limit_address_space(room: u64) -> libc::rlimit {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let new = libc::rlimit { rlim_cur: kib * 1024 + room, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid rlimit pointers for the calls; lowering a soft limit needs no privilege.
+    let rc = unsafe {
+        libc::getrlimit(libc::RLIMIT_AS, &mut old);
+        libc::setrlimit(libc::RLIMIT_AS, &libc::rlimit { rlim_max: old.rlim_max, ..new })
+    };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    old
+}
+
+fn restore_address_space(old: libc::rlimit) {
+    // SAFETY: a valid rlimit for the call; the soft limit goes back up to what it was, within
+    // the hard limit.
+    unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) };
+}
+
+#[test]
+fn join_timeout_of_duration_max_outside_a_hub_waits_instead_of_panicking() {
+    let _serial = process_lock();
+    let (stdin_reader, stdin_writer) = std::io::pipe().unwrap();
+    // A program outlives its hub (std's rule); `cat` runs until its stdin is closed.
+    let program = greenhub::run(|| {
+        greenhub_ipc::Command::new("cat")
+            .stdin(stdin_reader)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    });
+    let (pid, tid) = (std::process::id(), unsafe_gettid());
+    let closer = std::thread::spawn(move || {
+        greenhub_tests::wait_until_thread_sleeps_in(pid, tid, "poll");
+        drop(stdin_writer);
+    });
+    let status = program.join_timeout(Duration::MAX).unwrap();
+    closer.join().unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
