@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{IoSlice, Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -210,13 +210,31 @@ struct Outbox {
 
 impl Outbox {
     /// Writes the rest of the frame, suspending while the pipe is full.
+    ///
+    /// On `BrokenPipe` the rest of the frame is dropped: no reader can ever take it (a pipe
+    /// whose read ends are all closed never gets a reader again), so keeping it would only hold
+    /// its memory until the writer is dropped.
     fn flush(&mut self, source: &Source<File>) -> Result<(), Error> {
         while self.sent < self.frame.len() {
             let rest = &self.frame[self.sent..];
             // `sent` is updated right after each write, before anything can suspend.
-            self.sent += source.write_with(|mut file| sigpipe::write(|| file.write(rest)))?;
+            match source.write_with(|mut file| sigpipe::write(|| file.write(rest))) {
+                Ok(n) => self.sent += n,
+                Err(e) => {
+                    if e.kind() == ErrorKind::BrokenPipe {
+                        self.frame = Vec::new();
+                        self.sent = 0;
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         Ok(())
+    }
+
+    /// How many bytes of a partly written frame wait for the next `put`.
+    fn unsent(&self) -> usize {
+        if self.sent > 0 { self.frame.len() - self.sent } else { 0 }
     }
 
     /// Before a new frame: finish one that an earlier `put` started but was cut short of (it is
@@ -237,16 +255,24 @@ impl Outbox {
         let header = frame::encode_header(payload.len())?;
         let mut direct = Direct { outbox: self, header, payload, sent: 0 };
         while direct.sent < HEADER_LEN + payload.len() {
-            let n = match direct.sent.checked_sub(HEADER_LEN) {
+            let written = match direct.sent.checked_sub(HEADER_LEN) {
                 None => {
                     let parts = [IoSlice::new(&header[direct.sent..]), IoSlice::new(payload)];
-                    source.write_with(|mut file| sigpipe::write(|| file.write_vectored(&parts)))?
+                    source.write_with(|mut file| sigpipe::write(|| file.write_vectored(&parts)))
                 }
                 Some(done) => {
-                    source.write_with(|mut file| sigpipe::write(|| file.write(&payload[done..])))?
+                    source.write_with(|mut file| sigpipe::write(|| file.write(&payload[done..])))
                 }
             };
-            direct.sent += n;
+            match written {
+                Ok(n) => direct.sent += n,
+                Err(e) => {
+                    if e.kind() == ErrorKind::BrokenPipe {
+                        direct.sent = 0; // nobody can ever read the rest: do not keep it
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         Ok(())
     }
@@ -384,9 +410,16 @@ impl<T, C> fmt::Debug for Reader<T, C> {
 }
 
 impl<T, C> fmt::Debug for Writer<T, C> {
+    /// The handle, the message type, and `unsent`: the bytes of a frame an interrupted `put`
+    /// left for the next one (`None` while a `put` holds the writer).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let message = std::any::type_name::<T>();
-        f.debug_struct("Writer").field("handle", &self.handle).field("message", &message).finish()
+        let unsent = self.outbox.try_lock().map(|outbox| outbox.unsent());
+        f.debug_struct("Writer")
+            .field("handle", &self.handle)
+            .field("message", &message)
+            .field("unsent", &unsent)
+            .finish()
     }
 }
 

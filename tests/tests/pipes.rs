@@ -566,6 +566,38 @@ fn put_fails_with_broken_pipe_when_the_reader_goes_away_mid_frame() {
     });
 }
 
+/// A put cut short by `BrokenPipe` mid-frame, through `writer`: what the writer keeps after.
+fn unsent_after_broken_pipe<C: greenhub_ipc::Codec<Vec<u8>> + 'static>(
+    reader: Reader<Vec<u8>, C>,
+    writer: Writer<Vec<u8>, C>,
+) -> String {
+    let capacity = pipe_capacity(&writer);
+    let writer = Rc::new(writer);
+    let writing = spawn({
+        let writer = writer.clone();
+        move || writer.put(&vec![7; 3 * capacity])
+    });
+    yield_until("the writer to fill the pipe", || unread_bytes(&reader) >= capacity - 16);
+    drop(reader);
+    let err = writing.join().unwrap().unwrap_err();
+    assert!(is_broken_pipe(&err), "{err:?}");
+    assert!(is_broken_pipe(&writer.put(&vec![1]).unwrap_err()));
+    format!("{writer:?}")
+}
+
+#[test]
+fn a_writer_drops_the_unsent_rest_of_a_frame_after_broken_pipe() {
+    hub_test(|| {
+        let (reader, writer) = pipe::<Vec<u8>>().unwrap();
+        let text = unsent_after_broken_pipe(reader, writer);
+        assert!(text.contains("unsent: Some(0)"), "{text}");
+        // Raw sends a big payload straight from the caller's Vec: that path too.
+        let (reader, writer) = raw_pipe().unwrap();
+        let text = unsent_after_broken_pipe(reader, writer);
+        assert!(text.contains("unsent: Some(0)"), "{text}");
+    });
+}
+
 /// Set in the copy of this test binary that [`sigpipe_never_kills_a_writer`] starts.
 const SIGPIPE_CHILD: &str = "GREENHUB_PIPES_SIGPIPE_CHILD";
 
