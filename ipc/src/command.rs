@@ -226,7 +226,9 @@ impl Command {
         lock(&self.pass_fds).clear();
         drop(passed); // the program has them now (or it failed to start)
         let name = self.inner.get_program().to_string_lossy().into_owned();
-        Process::from_program(hub, name, spawned?)
+        let spawned = spawned
+            .map_err(|e| Error::io(format!("Command::spawn could not start {name:?}"), e))?;
+        Process::from_program(hub, name, spawned)
     }
 
     /// Runs the program to its end and collects its output, suspending only the calling
@@ -272,6 +274,9 @@ impl fmt::Debug for Command {
     }
 }
 
+/// What `output` says when reading the program's output fails.
+const READ_OUTPUT: &str = "Command::output could not read the program's output";
+
 /// A coroutine reading a pipe to its end, cancelled if dropped before it is finished (when
 /// `output`'s caller is cancelled).
 struct ReadToEnd(Option<JoinHandle<io::Result<Vec<u8>>>>);
@@ -289,11 +294,9 @@ impl ReadToEnd {
     fn finish(mut self) -> Result<Vec<u8>, Error> {
         let Some(reader) = self.0.take() else { return Ok(Vec::new()) };
         match reader.join() {
-            Ok(read) => read.map_err(Error::Io),
+            Ok(read) => read.map_err(|e| Error::io(READ_OUTPUT, e)),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => {
-                Err(Error::Io(io::Error::other("the coroutine reading the output was cancelled")))
-            }
+            Err(_) => Err(Error::io(READ_OUTPUT, io::Error::other("its reader was cancelled"))),
         }
     }
 }

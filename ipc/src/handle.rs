@@ -71,12 +71,15 @@ impl Handle {
     /// Takes ownership of `fd` in this process and puts it in non-blocking mode.
     pub(crate) fn new(fd: OwnedFd) -> Result<Handle, Error> {
         let raw = fd.as_raw_fd();
-        let handle = Handle {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            owner: AtomicU32::new(current_pid()),
-            source: Some(Source::new(File::from(fd))?),
-            fd: raw,
-        };
+        let handle =
+            Handle {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                owner: AtomicU32::new(current_pid()),
+                source: Some(Source::new(File::from(fd)).map_err(|e| {
+                    Error::io("could not put the fd in non-blocking mode (fcntl)", e)
+                })?),
+                fd: raw,
+            };
         Registry::lock().insert(handle.id, raw);
         Ok(handle)
     }

@@ -63,7 +63,8 @@ pub fn raw_pipe() -> Result<(Reader<Vec<u8>, Raw>, Writer<Vec<u8>, Raw>), Error>
 #[allow(clippy::type_complexity)] // the signature is the API contract
 pub fn pipe_with<T, C: Codec<T> + Clone>(codec: C) -> Result<(Reader<T, C>, Writer<T, C>), Error> {
     sys::ignore_sigpipe();
-    let (read_end, write_end) = sys::pipe()?;
+    let (read_end, write_end) =
+        sys::pipe().map_err(|e| Error::io("could not create a pipe (pipe2)", e))?;
     let reader = Reader::from_handle(Handle::new(read_end)?, codec.clone());
     let writer = Writer::from_handle(Handle::new(write_end)?, codec);
     Ok((reader, writer))

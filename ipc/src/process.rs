@@ -246,10 +246,11 @@ impl ProcessBuilder {
         };
         // The child waits on this pipe until the parent holds its pidfd: a child the parent
         // cannot watch is killed before it has run any of `f`.
-        let (go_read, go_write) = sys::small_pipe().map_err(Error::Io)?;
+        let (go_read, go_write) = sys::small_pipe()
+            .map_err(|e| Error::io("start_process could not create its start pipe (pipe2)", e))?;
         let held = HeldForFork::lock();
         match sys::fork() {
-            Err(e) => Err(Error::Io(e)),
+            Err(e) => Err(Error::io("start_process could not fork", e)),
             Ok(Forked::Child(token)) => {
                 sys::in_child(token, |token| child_main(token, held, &start, go_read, handles, f))
             }
@@ -620,8 +621,22 @@ impl Outcome {
     fn result(self) -> Result<ExitStatus, Error> {
         match self {
             Outcome::Exited(status) => Ok(status),
-            Outcome::Lost(errno) => Err(Error::Io(io::Error::from_raw_os_error(errno))),
+            Outcome::Lost(errno) => Err(lost(errno)),
         }
+    }
+}
+
+/// The error of a child that could not be reaped: `ECHILD` means something else reaped it.
+fn lost(errno: i32) -> Error {
+    let err = io::Error::from_raw_os_error(errno);
+    if errno == libc::ECHILD {
+        Error::io(
+            "could not reap the child (waitid): something else reaped it, a waitpid(-1) \
+             elsewhere in the program or SIGCHLD set to SIG_IGN",
+            err,
+        )
+    } else {
+        Error::io("could not wait for the child (waitid or poll on its pidfd)", err)
     }
 }
 
@@ -664,7 +679,10 @@ impl State {
                 if kind != Kind::Program {
                     sys::kill_and_reap(pid);
                 }
-                return Err(Error::Io(e));
+                return Err(Error::io(
+                    "could not open a pidfd for the new child (pidfd_open), so it was killed",
+                    e,
+                ));
             }
         };
         Ok(Rc::new(State {
@@ -782,7 +800,9 @@ impl State {
             return Ok(());
         }
         match self.with_pidfd(|fd| sys::pidfd_send_signal(fd, signal))? {
-            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => Err(Error::Io(e)),
+            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                Err(Error::io("could not signal the child (pidfd_send_signal)", e))
+            }
             _ => Ok(()), // ESRCH: it has just exited
         }
     }
@@ -884,7 +904,11 @@ mod tests {
     #[test]
     fn lost_outcome_is_an_io_error() {
         let err = Outcome::Lost(libc::ECHILD).result().unwrap_err();
-        assert!(matches!(err, Error::Io(e) if e.raw_os_error() == Some(libc::ECHILD)));
+        assert_eq!(err.raw_os_error(), Some(libc::ECHILD));
+        let text = err.to_string();
+        assert!(text.contains("could not reap the child"), "{text}");
+        assert!(text.contains("waitpid(-1)"), "{text}");
+        assert!(!text.contains("on the pipe"), "{text}");
     }
 
     #[test]

@@ -44,7 +44,9 @@ pub(crate) fn small_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 pub(crate) fn close(fd: OwnedFd) -> Result<(), Error> {
     let raw = fd.into_raw_fd();
     // SAFETY: we own `raw` (taken out of the OwnedFd) and never use it again.
-    check(unsafe { libc::close(raw) }).map(drop).map_err(Error::Io)
+    check(unsafe { libc::close(raw) })
+        .map(drop)
+        .map_err(|e| Error::io("could not close the fd (close)", e))
 }
 
 /// Registers `hook` to run in every child right after `fork`.

@@ -722,7 +722,9 @@ fn a_child_whose_pidfd_cannot_be_opened_never_runs_its_closure() {
         });
         let ran = marker.exists();
         let _ = std::fs::remove_file(&marker);
-        assert!(matches!(&err, Error::Io(e) if e.raw_os_error() == Some(libc::EMFILE)), "{err}");
+        assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+        assert!(err.to_string().contains("could not open a pidfd for the new child"), "{err}");
+        assert!(matches!(&err, Error::Io(_)), "{err:?}");
         assert!(!ran, "the child ran its closure although start_process failed");
         assert_eq!(zombie_children(), Vec::<u32>::new());
         println!("never ran: {err}");
