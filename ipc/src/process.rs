@@ -4,8 +4,10 @@
 //! Guarantee: the hub reaps every child itself, through a pidfd, whether or not anyone joins
 //! (no zombies, no SIGCHLD handler, no race with other `waitpid` users over pid numbers); a
 //! `Process` never signals a process other than its own child; at the end of the parent's
-//! [`greenhub::run`] non-daemon children are waited for and daemon children are terminated, then
-//! waited for. Not guaranteed: anything about locks that other threads hold at the instant of
+//! [`greenhub::run`] non-daemon children are waited for and daemon children are terminated
+//! (SIGTERM, then SIGKILL and a line on stderr if one still runs after its
+//! [`ProcessBuilder::terminate_grace`], 5 s by default), then waited for; a child holds exactly
+//! its stdio, the handles it was given and its own hub's fds. Not guaranteed: anything about locks that other threads hold at the instant of
 //! `fork` other than stdout, stderr and greenhub-ipc's own (see "Fork in a threaded process").
 //!
 //! # What the child gets
@@ -197,7 +199,12 @@ where
 pub struct ProcessBuilder {
     name: Option<String>,
     daemon: bool,
+    terminate_grace: Option<Duration>,
 }
+
+/// How long a daemon child has, by default, between the SIGTERM at the end of its parent's
+/// `run` and the SIGKILL that follows if it is still running (5 s).
+const DEFAULT_TERMINATE_GRACE: Duration = Duration::from_secs(5);
 
 impl ProcessBuilder {
     /// A non-daemon child with a default name ("Process-N").
@@ -212,11 +219,45 @@ impl ProcessBuilder {
         self
     }
 
-    /// A daemon child is terminated (SIGTERM, then waited for) when the parent's `run` ends,
+    /// A daemon child is terminated (SIGTERM, then waited for, SIGKILL after its
+    /// [`terminate_grace`](Self::terminate_grace)) when the parent's `run` ends,
     /// and also gets SIGTERM if the parent dies abruptly. A non-daemon child (the default) is
     /// waited for when the parent's `run` ends.
     pub fn daemon(mut self, daemon: bool) -> Self {
         self.daemon = daemon;
+        self
+    }
+
+    /// How long a daemon child has to end after the SIGTERM at the end of the parent's `run`
+    /// (default 5 s). One still running then is killed with SIGKILL, and a line on stderr says
+    /// so, so `run` always returns. No effect on a non-daemon child, which is waited for.
+    ///
+    /// ```
+    /// use std::os::unix::process::ExitStatusExt;
+    /// use std::time::Duration;
+    /// fn run_forever() {
+    ///     loop { std::thread::park() }
+    /// }
+    ///
+    /// let stubborn = greenhub::run(|| {
+    ///     let (ready, ready_writer) = greenhub_ipc::pipe::<()>().unwrap();
+    ///     let child = greenhub_ipc::ProcessBuilder::new()
+    ///         .daemon(true)
+    ///         .terminate_grace(Duration::from_millis(10))
+    ///         .start(ready_writer, |ready| {
+    ///             // SAFETY: ignoring a signal installs no handler.
+    ///             unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    ///             ready.put(&()).unwrap();
+    ///             run_forever()
+    ///         })
+    ///         .unwrap();
+    ///     ready.get().unwrap();
+    ///     child
+    /// }); // SIGTERM is ignored: SIGKILL 10 ms later
+    /// assert_eq!(stubborn.exit_status().unwrap().signal(), Some(libc::SIGKILL));
+    /// ```
+    pub fn terminate_grace(mut self, grace: Duration) -> Self {
+        self.terminate_grace = Some(grace);
         self
     }
 
@@ -242,6 +283,7 @@ impl ProcessBuilder {
             keep_fds: transfer::fds(&handles),
             parent: std::process::id(),
             daemon: self.daemon,
+            grace: self.terminate_grace.unwrap_or(DEFAULT_TERMINATE_GRACE),
             name: self.name.unwrap_or_else(default_name),
         };
         // The child waits on this pipe until the parent holds its pidfd: a child the parent
@@ -256,7 +298,8 @@ impl ProcessBuilder {
             }
             Ok(Forked::Parent(pid)) => {
                 drop(held);
-                let state = State::open(pid, start.name, Kind::Fork { daemon: start.daemon })?;
+                let kind = Kind::Fork { daemon: start.daemon, grace: start.grace };
+                let state = State::open(pid, start.name, kind)?;
                 drop(handles); // the transfer: the child has them now
                 drop(go_read);
                 sys::send_go_ahead(go_write);
@@ -276,6 +319,7 @@ struct ChildStart {
     keep_fds: Vec<RawFd>,
     parent: u32,
     daemon: bool,
+    grace: Duration,
     name: String,
 }
 
@@ -643,7 +687,11 @@ fn lost(errno: i32) -> Error {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     /// From `start_process`: waited for (or, a daemon, terminated) at the end of `run`.
-    Fork { daemon: bool },
+    Fork {
+        daemon: bool,
+        /// Between SIGTERM and SIGKILL at the end of `run`, for a daemon.
+        grace: Duration,
+    },
     /// From `Command`: std's rule, neither waited for nor killed at the end of `run`.
     Program,
 }
@@ -860,16 +908,29 @@ fn remember_child(hub: u64, state: &Rc<State>) {
 /// non-daemon children, then terminate the daemon children and wait for them.
 fn wait_for_children(hub: u64) {
     let children = CHILDREN.with(|c| c.borrow_mut().remove(&hub)).unwrap_or_default();
-    let (daemons, others): (Vec<_>, Vec<_>) =
-        children.into_iter().partition(|child| child.kind == Kind::Fork { daemon: true });
+    let (daemons, others): (Vec<_>, Vec<_>) = children
+        .into_iter()
+        .partition(|child| matches!(child.kind, Kind::Fork { daemon: true, .. }));
     for child in &others {
         let _ = child.wait_blocking(None);
     }
+    let terminated = std::time::Instant::now();
     for child in &daemons {
         let _ = child.signal(libc::SIGTERM);
     }
     for child in &daemons {
-        let _ = child.wait_blocking(None);
+        let Kind::Fork { grace, .. } = child.kind else { continue };
+        let left = grace.saturating_sub(terminated.elapsed());
+        if let Ok(None) = child.wait_blocking(Some(left)) {
+            write_stderr(&format!(
+                "greenhub-ipc: daemon child {} (pid {}) was still running {grace:?} after the \
+                 SIGTERM at the end of run; killing it with SIGKILL (the grace period is \
+                 ProcessBuilder::terminate_grace)\n",
+                child.name, child.pid
+            ));
+            let _ = child.signal(libc::SIGKILL);
+            let _ = child.wait_blocking(None);
+        }
     }
 }
 

@@ -859,3 +859,57 @@ fn join_timeout_of_duration_max_outside_a_hub_waits_instead_of_panicking() {
     closer.join().unwrap();
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+/// Set in the copy of this test binary that
+/// [`a_daemon_that_ignores_sigterm_is_killed_after_its_grace_period_and_run_returns`] starts.
+const STUBBORN_CHILD: &str = "GREENHUB_PROCESS_STUBBORN_CHILD";
+
+/// Never returns, typed `()` (a closure ending in `loop {}` would have type `!`).
+fn run_forever() {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The end of `run` used to wait forever for a daemon that ignores SIGTERM.
+#[test]
+fn a_daemon_that_ignores_sigterm_is_killed_after_its_grace_period_and_run_returns() {
+    if std::env::var_os(STUBBORN_CHILD).is_some() {
+        let stubborn = greenhub::run(|| {
+            let (ready, ready_writer) = pipe::<()>().unwrap();
+            let child = ProcessBuilder::new()
+                .name("stubborn")
+                .daemon(true)
+                .terminate_grace(ms(20))
+                .start(ready_writer, |ready| {
+                    // SAFETY: ignoring a signal installs no handler.
+                    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+                    ready.put(&()).unwrap();
+                    run_forever()
+                })
+                .unwrap();
+            ready.get().unwrap(); // SIGTERM is ignored from now on
+            child
+        });
+        let status = stubborn.exit_status().expect("run returned before the daemon ended");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        println!("run returned");
+        return;
+    }
+    let _serial = process_lock();
+    let test = "a_daemon_that_ignores_sigterm_is_killed_after_its_grace_period_and_run_returns";
+    let out = greenhub_tests::rerun_test_in_child(test, STUBBORN_CHILD, "1");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("run returned"),
+        "child ended with {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status,
+    );
+    assert!(
+        stderr.contains("daemon child stubborn (pid ")
+            && stderr.contains("was still running 20ms after the SIGTERM at the end of run")
+            && stderr.contains("SIGKILL"),
+        "no line on stderr says so:\n{stderr}"
+    );
+}
