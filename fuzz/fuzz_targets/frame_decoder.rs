@@ -1,6 +1,6 @@
 //! The frame decoder on any byte stream, split into reads of any sizes: it never panics, a
-//! payload never exceeds the reader's maximum, and the frames it returns, re-encoded, are
-//! exactly the bytes it consumed.
+//! payload never exceeds the reader's maximum, the frames it returns, re-encoded, are the stream
+//! up to at most one partial frame, and end of stream is `Eof` exactly at a frame boundary.
 #![no_main]
 
 use greenhub_ipc::Error;
@@ -42,9 +42,12 @@ fuzz_target!(|data: &[u8]| {
         let ahead = decoder.capacity().saturating_sub(fed);
         assert!(ahead <= MAX_AHEAD + ALLOC_CHUNK + n, "reserved {ahead} bytes ahead");
     }
-    let consumed = fed - decoder.buffered_len();
     if failed.is_none() {
-        assert_eq!(rebuilt, stream[..consumed], "the frames do not add up to the stream");
-        let _ = decoder.on_eof(); // Eof or Truncated, never a panic
+        // The frames, re-encoded, are the stream up to the partial frame left at its end, if any.
+        assert_eq!(rebuilt, stream[..rebuilt.len()], "the frames do not add up to the stream");
+        let rest = stream.len() - rebuilt.len();
+        assert_eq!(decoder.is_mid_frame(), rest > 0, "{rest} bytes left, mid-frame disagrees");
+        let at_eof = decoder.on_eof();
+        assert!(matches!(at_eof, Error::Eof) == (rest == 0), "{at_eof}");
     }
 });

@@ -145,8 +145,11 @@ fn write_stderr(text: &str) {
 /// [`ProcessBuilder`] for a name or a daemon child.
 ///
 /// The handles in `handles` are moved to the child: they are closed here once the child exists,
-/// and they are the only greenhub-ipc handles open in the child. `f` need not be `'static`: the
-/// child has a copy of everything `f` borrows.
+/// and they are the only greenhub-ipc handles open in the child. More: **a child holds exactly
+/// its stdio, the handles (and plain fds, see [`Transfer`]) it was given, and its own hub's
+/// fds**; every other fd of the parent's (other pipes, files, sockets, other threads' hubs) is
+/// closed there, whatever other threads were doing at the instant of `fork`. `f` need not be
+/// `'static`: the child has a copy of everything `f` borrows (but of no fd it was not given).
 ///
 /// ```
 /// greenhub::run(|| {
@@ -162,8 +165,9 @@ fn write_stderr(text: &str) {
 ///
 /// # Errors
 /// [`Error::Closed`] if a handle in `handles` is not owned by this process; [`Error::Io`] if
-/// `fork` or `pidfd_open` fails (for instance, too many processes or open files). On any error
-/// `handles` is consumed all the same: the handles this process owns are closed.
+/// `fork` or `pidfd_open` fails (for instance, too many processes or open files), its text
+/// naming which. On any error `handles` is consumed all the same: the handles this process owns
+/// are closed; a child whose pidfd could not be opened is killed before it runs any of `f`.
 ///
 /// # Panics
 /// Outside a hub (call it from inside [`greenhub::run`]).
