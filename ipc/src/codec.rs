@@ -2,7 +2,10 @@
 //!
 //! Guaranteed: [`Postcard`] round-trips any serde type and rejects bytes that are not exactly one
 //! value (garbage or trailing bytes) with [`Error::Codec`]; [`Raw`] passes bytes through unchanged;
-//! neither panics on any input. Not guaranteed: postcard's byte layout across postcard major versions,
+//! neither panics on any input. Postcard decodes under [`DecodeLimits`] (see [`limits`]): nesting
+//! depth, a memory budget tied to the payload's length, and sequence lengths capped by both, so an
+//! untrusted peer cannot overflow the reader's stack, make it allocate many times what it sent,
+//! or keep it spinning. Not guaranteed: postcard's byte layout across postcard major versions,
 //! nor the wording of the error messages.
 
 use std::any::type_name;
@@ -12,6 +15,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::frame::Payload;
+
+pub mod limits;
+
+pub use limits::{BUDGET_FLOOR, DEFAULT_MAX_DEPTH, DEFAULT_MAX_EXPANSION, DecodeLimits};
 
 /// Turns values of type `T` into payload bytes and back.
 ///
@@ -64,6 +72,20 @@ pub trait Codec<T> {
         self.decode(&bytes)
     }
 
+    /// Decodes a payload under the reader's [`DecodeLimits`] (what [`Reader::get`] calls). The
+    /// default ignores the limits and calls [`decode`](Self::decode) or
+    /// [`decode_owned`](Self::decode_owned); a codec that builds nested values from untrusted
+    /// bytes should honour them, as [`Postcard`] does.
+    ///
+    /// [`Reader::get`]: crate::Reader::get
+    fn decode_within(&self, payload: Payload<'_>, limits: &DecodeLimits) -> Result<T, Error> {
+        let _ = limits;
+        match payload {
+            Payload::Borrowed(bytes) => self.decode(bytes),
+            Payload::Owned(bytes) => self.decode_owned(bytes),
+        }
+    }
+
     /// The payload of `value` as it stands, if the codec sends values unchanged (as [`Raw`]
     /// does): the writer then writes it straight from `value` instead of copying it into a frame.
     fn as_payload<'a>(&self, value: &'a T) -> Option<&'a [u8]> {
@@ -75,6 +97,9 @@ pub trait Codec<T> {
 /// The default codec: any `Serialize + DeserializeOwned` type, in postcard's compact format.
 ///
 /// Not compatible with gipc's default (pickle); both ends must be greenhub with the same `T`.
+///
+/// Decoding is bounded ([`limits`]): [`decode`](Codec::decode) uses the default
+/// [`DecodeLimits`], a [`Reader`](crate::Reader) its own (`set_max_depth`, `set_max_expansion`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Postcard;
 
@@ -88,21 +113,29 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Postcard {
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<T, Error> {
-        let (value, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|err| {
-            Error::Codec(format!("postcard could not decode a {}: {err}", type_name::<T>()))
-        })?;
-        if !rest.is_empty() {
-            return Err(Error::Codec(format!(
-                "postcard decoded a {} from the first {} bytes of a {}-byte payload: \
-                 {} bytes were left over (do both ends use the same type?)",
-                type_name::<T>(),
-                bytes.len() - rest.len(),
-                bytes.len(),
-                rest.len(),
-            )));
-        }
-        Ok(value)
+        decode_postcard(bytes, &DecodeLimits::default())
     }
+
+    fn decode_within(&self, payload: Payload<'_>, limits: &DecodeLimits) -> Result<T, Error> {
+        decode_postcard(payload.as_slice(), limits)
+    }
+}
+
+/// One `T` that must fill `bytes` exactly, decoded under `limits`.
+fn decode_postcard<T: DeserializeOwned>(bytes: &[u8], limits: &DecodeLimits) -> Result<T, Error> {
+    let (value, rest) = limits::decode::<T>(bytes, limits).map_err(|why| {
+        Error::Codec(format!("postcard could not decode a {}: {why}", type_name::<T>()))
+    })?;
+    if rest > 0 {
+        return Err(Error::Codec(format!(
+            "postcard decoded a {} from the first {} bytes of a {}-byte payload: \
+             {rest} bytes were left over (do both ends use the same type?)",
+            type_name::<T>(),
+            bytes.len() - rest,
+            bytes.len(),
+        )));
+    }
+    Ok(value)
 }
 
 /// Bytes as put: the payload is the `Vec<u8>` itself (gipc's `encoder=None, decoder=None`).

@@ -219,14 +219,16 @@ impl Command {
         }
         let mut fds = Vec::new();
         for handle in &passed {
-            handle.each_handle(&mut |h| fds.push(h.as_raw_fd()));
+            handle.each_fd(&mut |fd| fds.push(fd));
         }
         *lock(&self.pass_fds) = fds;
         let spawned = self.inner.spawn();
         lock(&self.pass_fds).clear();
         drop(passed); // the program has them now (or it failed to start)
         let name = self.inner.get_program().to_string_lossy().into_owned();
-        Process::from_program(hub, name, spawned?)
+        let spawned = spawned
+            .map_err(|e| Error::io(format!("Command::spawn could not start {name:?}"), e))?;
+        Process::from_program(hub, name, spawned)
     }
 
     /// Runs the program to its end and collects its output, suspending only the calling
@@ -266,11 +268,14 @@ impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut passed = Vec::new();
         for handle in &self.passed {
-            handle.each_handle(&mut |h| passed.push(h.as_raw_fd()));
+            handle.each_fd(&mut |fd| passed.push(fd));
         }
         f.debug_struct("Command").field("command", &self.inner).field("pass", &passed).finish()
     }
 }
+
+/// What `output` says when reading the program's output fails.
+const READ_OUTPUT: &str = "Command::output could not read the program's output";
 
 /// A coroutine reading a pipe to its end, cancelled if dropped before it is finished (when
 /// `output`'s caller is cancelled).
@@ -289,11 +294,9 @@ impl ReadToEnd {
     fn finish(mut self) -> Result<Vec<u8>, Error> {
         let Some(reader) = self.0.take() else { return Ok(Vec::new()) };
         match reader.join() {
-            Ok(read) => read.map_err(Error::Io),
+            Ok(read) => read.map_err(|e| Error::io(READ_OUTPUT, e)),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => {
-                Err(Error::Io(io::Error::other("the coroutine reading the output was cancelled")))
-            }
+            Err(_) => Err(Error::io(READ_OUTPUT, io::Error::other("its reader was cancelled"))),
         }
     }
 }
@@ -370,7 +373,7 @@ stdio_pipe!(
 impl Write for &ChildStdin {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let source = self.handle.source().map_err(|_| closed())?;
-        source.write_with(|mut file| file.write(buf))
+        source.write_with(|mut file| crate::sigpipe::write(|| file.write(buf)))
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -1,9 +1,13 @@
 //! The one error type of greenhub-ipc: what went wrong with a pipe, a message or a child process.
 //!
-//! Guaranteed: every variant has a `Display` text that tells the user what happened and what to do,
-//! and `Io` keeps the original `std::io::Error` (also reachable through `source()`). Not guaranteed:
-//! the exact wording of those texts, and the variant list (`#[non_exhaustive]`).
+//! Guaranteed: every variant has a `Display` text that tells the user what happened and what to do;
+//! an `Io` error names the operation that failed ("start_process could not fork: ...") unless it
+//! is a read or write on a pipe, keeps the original error's `kind()`, and keeps the original
+//! `std::io::Error` reachable (its errno through [`Error::raw_os_error`], the error itself at the
+//! end of the `source()` chain). Not guaranteed: the exact wording of those texts, and the variant
+//! list (`#[non_exhaustive]`).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
@@ -36,8 +40,54 @@ pub enum Error {
     },
     /// The codec could not encode or decode a message; the text is the codec's own explanation.
     Codec(String),
-    /// A system call on the pipe failed, e.g. `BrokenPipe` when every reader is gone.
+    /// A system call failed: on the pipe (e.g. `BrokenPipe` when every reader is gone), or the
+    /// operation its text names (a `fork`, a `pidfd_open`, reaping a child, ...). Its `kind()` is
+    /// the system call's; [`Error::raw_os_error`] gives the errno.
     Io(io::Error),
+}
+
+impl Error {
+    /// An [`Error::Io`] that names the operation that failed: `op` is a sentence fragment such
+    /// as "start_process could not fork". The kind stays `err`'s, and `err` stays reachable.
+    pub(crate) fn io(op: impl Into<Cow<'static, str>>, err: io::Error) -> Error {
+        Error::Io(io::Error::new(err.kind(), Failed { op: op.into(), err }))
+    }
+
+    /// The OS error number (`errno`) behind an [`Error::Io`], whether or not it names its
+    /// operation; `None` for the other variants and for I/O errors that have none.
+    ///
+    /// ```
+    /// let err = greenhub_ipc::Error::from(std::io::Error::from_raw_os_error(libc::EMFILE));
+    /// assert_eq!(err.raw_os_error(), Some(libc::EMFILE));
+    /// ```
+    pub fn raw_os_error(&self) -> Option<i32> {
+        let Error::Io(err) = self else { return None };
+        err.raw_os_error().or_else(|| failed(err)?.err.raw_os_error())
+    }
+}
+
+/// The payload of an [`Error::Io`] made by [`Error::io`]: which operation failed, and how.
+#[derive(Debug)]
+struct Failed {
+    op: Cow<'static, str>,
+    err: io::Error,
+}
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.op, self.err)
+    }
+}
+
+impl std::error::Error for Failed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.err)
+    }
+}
+
+/// The operation an `io::Error` names, if [`Error::io`] made it.
+fn failed(err: &io::Error) -> Option<&Failed> {
+    err.get_ref()?.downcast_ref::<Failed>()
 }
 
 impl fmt::Display for Error {
@@ -66,6 +116,7 @@ impl fmt::Display for Error {
                 u32::MAX
             ),
             Error::Codec(msg) => write!(f, "could not encode or decode a message: {msg}"),
+            Error::Io(err) if failed(err).is_some() => write!(f, "{err}"),
             Error::Io(err) if err.kind() == io::ErrorKind::BrokenPipe => {
                 write!(f, "the pipe has no reader left (every read end is closed): {err}")
             }
@@ -132,6 +183,24 @@ mod tests {
         assert!(err.to_string().contains("slow disk"));
         let source = err.source().expect("Io has a source");
         assert_eq!(source.to_string(), "slow disk");
+    }
+
+    #[test]
+    fn an_io_error_names_the_operation_and_keeps_kind_errno_and_source() {
+        let err = Error::io("start_process could not fork", io::Error::from_raw_os_error(11));
+        let text = err.to_string();
+        assert!(text.starts_with("start_process could not fork: "), "{text}");
+        assert!(!text.contains("on the pipe"), "{text}");
+        assert!(matches!(&err, Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock));
+        assert_eq!(err.raw_os_error(), Some(11));
+        let mut source = err.source();
+        let mut last = None;
+        while let Some(s) = source {
+            last = Some(s);
+            source = s.source();
+        }
+        let original = last.unwrap().downcast_ref::<io::Error>().unwrap();
+        assert_eq!(original.raw_os_error(), Some(11));
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! Every pipe end is a [`Handle`]: an fd registered with the hub on first wait, a process-unique
 //! id, and the pid of the process that owns it. A handle is usable only in its owner process:
 //! after `fork` the child owns just the handles transferred to it ([`Handle::adopt`]); every other
-//! inherited handle gives `Error::Closed` there, and its fd is closed in the child by
-//! [`Registry::close_all_but`] so that, for instance, a reader in the parent sees EOF when the
-//! last real writer closes. Guarantee: a handle never closes an fd it does not own (the number may
+//! inherited handle gives `Error::Closed` there, and its fd is closed in the child (with every
+//! other fd but stdio and the transferred ones: `sys::close_fds_except`; the registry then
+//! forgets the rest, [`Registry::forget_all_but`]) so that, for instance, a reader in the parent
+//! sees EOF when the last real writer closes. Guarantee: a handle never closes an fd it does not own (the number may
 //! have been reused). Not guaranteed: anything for forks done outside greenhub-ipc other than the
 //! pid refresh (`pthread_atfork`), e.g. that inherited fds are closed.
 
@@ -70,12 +71,15 @@ impl Handle {
     /// Takes ownership of `fd` in this process and puts it in non-blocking mode.
     pub(crate) fn new(fd: OwnedFd) -> Result<Handle, Error> {
         let raw = fd.as_raw_fd();
-        let handle = Handle {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            owner: AtomicU32::new(current_pid()),
-            source: Some(Source::new(File::from(fd))?),
-            fd: raw,
-        };
+        let handle =
+            Handle {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                owner: AtomicU32::new(current_pid()),
+                source: Some(Source::new(File::from(fd)).map_err(|e| {
+                    Error::io("could not put the fd in non-blocking mode (fcntl)", e)
+                })?),
+                fd: raw,
+            };
         Registry::lock().insert(handle.id, raw);
         Ok(handle)
     }
@@ -155,16 +159,12 @@ impl Registry {
         self.0.remove(&id);
     }
 
-    /// In a forked child: closes every inherited handle's fd except those in `keep`, and forgets
-    /// them, so only the transferred handles stay open (and usable) here.
-    pub(crate) fn close_all_but(&mut self, keep: &[u64]) {
-        self.0.retain(|id, fd| {
-            let kept = keep.contains(id);
-            if !kept {
-                sys::close_raw(*fd);
-            }
-            kept
-        });
+    /// In a forked child, once every fd but stdio and the transferred ones is closed: forgets
+    /// every inherited handle except those in `keep`, so only the transferred handles are owned
+    /// (and usable) here. (The registry cannot close them itself: a handle another thread was
+    /// creating or closing at the instant of `fork` may be missing from it, or still in it.)
+    pub(crate) fn forget_all_but(&mut self, keep: &[u64]) {
+        self.0.retain(|id, _| keep.contains(id));
     }
 
     /// How many handles this process owns (for tests of the transfer rule).

@@ -24,6 +24,7 @@ pub mod frame;
 mod handle;
 mod pipe;
 mod process;
+mod sigpipe;
 mod sys;
 mod transfer;
 

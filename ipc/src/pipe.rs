@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{IoSlice, Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -19,11 +19,11 @@ use greenhub::sync::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{Codec, Postcard, Raw};
-use crate::frame::{self, DEFAULT_MAX_MESSAGE_SIZE, Decoder, HEADER_LEN, Payload};
+use crate::codec::{Codec, DecodeLimits, Postcard, Raw};
+use crate::frame::{self, DEFAULT_MAX_MESSAGE_SIZE, Decoder, HEADER_LEN};
 use crate::handle::Handle;
 use crate::transfer::sealed::Sealed;
-use crate::{Error, sys};
+use crate::{Error, sigpipe, sys};
 
 /// How many bytes one read asks for: large, so that many small messages cost one system call.
 const READ_SIZE: usize = 256 * 1024;
@@ -63,7 +63,8 @@ pub fn raw_pipe() -> Result<(Reader<Vec<u8>, Raw>, Writer<Vec<u8>, Raw>), Error>
 #[allow(clippy::type_complexity)] // the signature is the API contract
 pub fn pipe_with<T, C: Codec<T> + Clone>(codec: C) -> Result<(Reader<T, C>, Writer<T, C>), Error> {
     sys::ignore_sigpipe();
-    let (read_end, write_end) = sys::pipe()?;
+    let (read_end, write_end) =
+        sys::pipe().map_err(|e| Error::io("could not create a pipe (pipe2)", e))?;
     let reader = Reader::from_handle(Handle::new(read_end)?, codec.clone());
     let writer = Writer::from_handle(Handle::new(write_end)?, codec);
     Ok((reader, writer))
@@ -92,13 +93,16 @@ pub struct Reader<T, C = Postcard> {
     /// The per-handle lock, held for a whole message; it guards the bytes of a partial one.
     decoder: Mutex<Decoder>,
     codec: C,
+    /// What a payload may cost to decode (depth, memory budget): `set_max_depth` and
+    /// `set_max_expansion`.
+    limits: DecodeLimits,
     _message: PhantomData<fn() -> T>,
 }
 
 impl<T, C: Codec<T>> Reader<T, C> {
     pub(crate) fn from_handle(handle: Handle, codec: C) -> Self {
         let decoder = Mutex::new(Decoder::new(DEFAULT_MAX_MESSAGE_SIZE));
-        Reader { handle, decoder, codec, _message: PhantomData }
+        Reader { handle, decoder, codec, limits: DecodeLimits::default(), _message: PhantomData }
     }
 
     pub(crate) fn from_fd(fd: OwnedFd, codec: C) -> Result<Self, Error> {
@@ -116,10 +120,8 @@ impl<T, C: Codec<T>> Reader<T, C> {
         let source = self.handle.source()?;
         let mut decoder = self.decoder.lock();
         loop {
-            match decoder.next_payload()? {
-                Some(Payload::Borrowed(bytes)) => return self.codec.decode(bytes),
-                Some(Payload::Owned(bytes)) => return self.codec.decode_owned(bytes),
-                None => {}
+            if let Some(payload) = decoder.next_payload()? {
+                return self.codec.decode_within(payload, &self.limits);
             }
             // A read either takes bytes in and is recorded below before anything can suspend,
             // or suspends having read nothing: a timeout or cancel never loses bytes.
@@ -150,6 +152,24 @@ impl<T, C: Codec<T>> Reader<T, C> {
     /// Larger ones give [`Error::TooLarge`] before anything is allocated for them.
     pub fn set_max_message_size(&mut self, bytes: u64) {
         self.decoder.get_mut().set_max(bytes);
+    }
+
+    /// The deepest nesting a message may have (default
+    /// [`DEFAULT_MAX_DEPTH`](crate::codec::DEFAULT_MAX_DEPTH), 128): each struct, tuple, sequence,
+    /// map, enum, `Some` and newtype is a level. A deeper payload gives [`Error::Codec`] instead
+    /// of overflowing the stack, and the stream goes on with the next message. Honoured by
+    /// [`Postcard`] (and by any codec whose [`Codec::decode_within`] does).
+    pub fn set_max_depth(&mut self, depth: usize) {
+        self.limits = self.limits.with_max_depth(depth);
+    }
+
+    /// How many bytes of sequence elements, map entries and boxed values a message may decode to
+    /// per payload byte (default [`DEFAULT_MAX_EXPANSION`](crate::codec::DEFAULT_MAX_EXPANSION),
+    /// 16; every payload may also have [`BUDGET_FLOOR`](crate::codec::BUDGET_FLOOR), 1 MiB).
+    /// A payload over its budget gives [`Error::Codec`] before the memory is taken, and the
+    /// stream goes on; see [`codec::limits`](crate::codec::limits) for what is charged.
+    pub fn set_max_expansion(&mut self, bytes_per_payload_byte: usize) {
+        self.limits = self.limits.with_max_expansion(bytes_per_payload_byte);
     }
 
     /// Closes this end, reporting what `close(2)` says; [`Error::Closed`] if this process does
@@ -191,13 +211,31 @@ struct Outbox {
 
 impl Outbox {
     /// Writes the rest of the frame, suspending while the pipe is full.
+    ///
+    /// On `BrokenPipe` the rest of the frame is dropped: no reader can ever take it (a pipe
+    /// whose read ends are all closed never gets a reader again), so keeping it would only hold
+    /// its memory until the writer is dropped.
     fn flush(&mut self, source: &Source<File>) -> Result<(), Error> {
         while self.sent < self.frame.len() {
             let rest = &self.frame[self.sent..];
             // `sent` is updated right after each write, before anything can suspend.
-            self.sent += source.write_with(|mut file| file.write(rest))?;
+            match source.write_with(|mut file| sigpipe::write(|| file.write(rest))) {
+                Ok(n) => self.sent += n,
+                Err(e) => {
+                    if e.kind() == ErrorKind::BrokenPipe {
+                        self.frame = Vec::new();
+                        self.sent = 0;
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         Ok(())
+    }
+
+    /// How many bytes of a partly written frame wait for the next `put`.
+    fn unsent(&self) -> usize {
+        if self.sent > 0 { self.frame.len() - self.sent } else { 0 }
     }
 
     /// Before a new frame: finish one that an earlier `put` started but was cut short of (it is
@@ -218,14 +256,24 @@ impl Outbox {
         let header = frame::encode_header(payload.len())?;
         let mut direct = Direct { outbox: self, header, payload, sent: 0 };
         while direct.sent < HEADER_LEN + payload.len() {
-            let n = match direct.sent.checked_sub(HEADER_LEN) {
+            let written = match direct.sent.checked_sub(HEADER_LEN) {
                 None => {
                     let parts = [IoSlice::new(&header[direct.sent..]), IoSlice::new(payload)];
-                    source.write_with(|mut file| file.write_vectored(&parts))?
+                    source.write_with(|mut file| sigpipe::write(|| file.write_vectored(&parts)))
                 }
-                Some(done) => source.write_with(|mut file| file.write(&payload[done..]))?,
+                Some(done) => {
+                    source.write_with(|mut file| sigpipe::write(|| file.write(&payload[done..])))
+                }
             };
-            direct.sent += n;
+            match written {
+                Ok(n) => direct.sent += n,
+                Err(e) => {
+                    if e.kind() == ErrorKind::BrokenPipe {
+                        direct.sent = 0; // nobody can ever read the rest: do not keep it
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         Ok(())
     }
@@ -325,6 +373,16 @@ where
         self.reader.set_max_message_size(bytes);
     }
 
+    /// See [`Reader::set_max_depth`].
+    pub fn set_max_depth(&mut self, depth: usize) {
+        self.reader.set_max_depth(depth);
+    }
+
+    /// See [`Reader::set_max_expansion`].
+    pub fn set_max_expansion(&mut self, bytes_per_payload_byte: usize) {
+        self.reader.set_max_expansion(bytes_per_payload_byte);
+    }
+
     /// Closes both directions; the first error, if any.
     pub fn close(self) -> Result<(), Error> {
         let written = self.writer.close();
@@ -353,9 +411,16 @@ impl<T, C> fmt::Debug for Reader<T, C> {
 }
 
 impl<T, C> fmt::Debug for Writer<T, C> {
+    /// The handle, the message type, and `unsent`: the bytes of a frame an interrupted `put`
+    /// left for the next one (`None` while a `put` holds the writer).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let message = std::any::type_name::<T>();
-        f.debug_struct("Writer").field("handle", &self.handle).field("message", &message).finish()
+        let unsent = self.outbox.try_lock().map(|outbox| outbox.unsent());
+        f.debug_struct("Writer")
+            .field("handle", &self.handle)
+            .field("message", &message)
+            .field("unsent", &unsent)
+            .finish()
     }
 }
 

@@ -4,8 +4,10 @@
 //! Guarantee: the hub reaps every child itself, through a pidfd, whether or not anyone joins
 //! (no zombies, no SIGCHLD handler, no race with other `waitpid` users over pid numbers); a
 //! `Process` never signals a process other than its own child; at the end of the parent's
-//! [`greenhub::run`] non-daemon children are waited for and daemon children are terminated, then
-//! waited for. Not guaranteed: anything about locks that other threads hold at the instant of
+//! [`greenhub::run`] non-daemon children are waited for and daemon children are terminated
+//! (SIGTERM, then SIGKILL and a line on stderr if one still runs after its
+//! [`ProcessBuilder::terminate_grace`], 5 s by default), then waited for; a child holds exactly
+//! its stdio, the handles it was given and its own hub's fds. Not guaranteed: anything about locks that other threads hold at the instant of
 //! `fork` other than stdout, stderr and greenhub-ipc's own (see "Fork in a threaded process").
 //!
 //! # What the child gets
@@ -13,8 +15,15 @@
 //! `start_process`. Before it runs `f` it:
 //! - forgets the parent's hub without touching it (the epoll instance is shared with the parent;
 //!   the parent's coroutines are never resumed or unwound in the child);
-//! - closes every greenhub-ipc handle it inherited except those in `handles` (and owns those);
-//!   an inherited handle that was not transferred gives [`Error::Closed`] there;
+//! - closes every fd except stdio (0, 1, 2) and the fds in `handles` (`close_range` over the
+//!   gaps): other threads' pipes and hubs, pidfds of the parent's other children, files and
+//!   sockets alike, whatever other threads were doing at the instant of `fork`. So **a child
+//!   holds exactly its stdio, the handles it was given and, once `f` runs, its own hub's fds**
+//!   (epoll, eventfd, timerfd). An fd the child needs must be in `handles` ([`Transfer`] takes
+//!   plain fds too: `OwnedFd`, `File`, std's pipes and sockets). An inherited greenhub-ipc handle
+//!   that was not transferred gives [`Error::Closed`] there; the transferred ones it owns;
+//! - waits until the parent holds its pidfd (a one-byte handshake on a pipe): a child the parent
+//!   cannot watch (`pidfd_open` failed) is killed before it has run any of `f`;
 //! - resets every signal's disposition to the default, except SIGPIPE (ignored) and greenhub's
 //!   SIGSEGV/SIGBUS stack-overflow reporter; unblocks every signal;
 //! - if it is a daemon, asks for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`; strictly,
@@ -29,7 +38,10 @@
 //!
 //! # Fork in a threaded process
 //! Test harnesses and `spawn_blocking` make most processes multithreaded, and a child forked while
-//! another thread holds a lock finds that lock held forever. `start_process` flushes and holds
+//! another thread holds a lock finds that lock held forever. (Fds are no such problem: the child
+//! closes all it was not given, so a pipe another thread was creating or closing at that instant
+//! never stays open in it. Programs started by [`Command`] get the same result from `O_CLOEXEC`,
+//! which every fd of greenhub's has from its creation: `exec` closes them.) `start_process` flushes and holds
 //! the stdout and stderr locks and greenhub-ipc's handle registry across `fork`, so the child can
 //! print and close handles; glibc's allocator is fork-safe. Other process-wide locks (the
 //! environment lock of `std::env::set_var`, a backtrace being printed by another thread, locks
@@ -38,8 +50,9 @@
 //! # Reaping
 //! Each child has a pidfd (`pidfd_open`) registered with the hub, and a detached *reaper*
 //! coroutine waits for it to become readable, reaps the child with `waitid(P_PIDFD)`, records the
-//! status and sets the [`Event`] that [`Process::join`] waits on, then closes the pidfd. When
-//! `run` ends, an exit hook (one per hub) waits for the children of that hub that are still
+//! status and closes the pidfd. [`Process::join`] does not wait for the reaper: it watches the
+//! pidfd itself, like the reaper, so a reaper that never ran (the OS refused its stack) cannot
+//! make a join hang; whichever wakes first reaps. When `run` ends, an exit hook (one per hub) waits for the children of that hub that are still
 //! running, blocking in `poll(2)` on each pidfd and then reaping with `waitid`. A program started by [`Command`] that is still running when both
 //! its hub and its `Process` are gone is reaped by a short-lived helper thread.
 //!
@@ -55,10 +68,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitStatus;
 use std::rc::Rc;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{MutexGuard, PoisonError};
 use std::time::Duration;
 
-use greenhub::sync::Event;
+use greenhub::sync::Mutex;
 
 use crate::Error;
 use crate::command::{ChildStderr, ChildStdin, ChildStdout};
@@ -74,7 +87,7 @@ const FALLBACK_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// children are "Process-1", "Process-2", ...; a child named N names its own children "N:1",
 /// "N:2", ... (like `multiprocessing`'s "Process-2:1"), so names stay distinct across a tree of
 /// processes. Held across `fork` with the other locks, and reset by the child.
-static NAMES: Mutex<Names> = Mutex::new(Names { prefix: None, next: 1 });
+static NAMES: std::sync::Mutex<Names> = std::sync::Mutex::new(Names { prefix: None, next: 1 });
 
 struct Names {
     /// `None` until this process is a child: then "its own name:".
@@ -132,8 +145,11 @@ fn write_stderr(text: &str) {
 /// [`ProcessBuilder`] for a name or a daemon child.
 ///
 /// The handles in `handles` are moved to the child: they are closed here once the child exists,
-/// and they are the only greenhub-ipc handles open in the child. `f` need not be `'static`: the
-/// child has a copy of everything `f` borrows.
+/// and they are the only greenhub-ipc handles open in the child. More: **a child holds exactly
+/// its stdio, the handles (and plain fds, see [`Transfer`]) it was given, and its own hub's
+/// fds**; every other fd of the parent's (other pipes, files, sockets, other threads' hubs) is
+/// closed there, whatever other threads were doing at the instant of `fork`. `f` need not be
+/// `'static`: the child has a copy of everything `f` borrows (but of no fd it was not given).
 ///
 /// ```
 /// greenhub::run(|| {
@@ -149,8 +165,9 @@ fn write_stderr(text: &str) {
 ///
 /// # Errors
 /// [`Error::Closed`] if a handle in `handles` is not owned by this process; [`Error::Io`] if
-/// `fork` or `pidfd_open` fails (for instance, too many processes or open files). On any error
-/// `handles` is consumed all the same: the handles this process owns are closed.
+/// `fork` or `pidfd_open` fails (for instance, too many processes or open files), its text
+/// naming which. On any error `handles` is consumed all the same: the handles this process owns
+/// are closed; a child whose pidfd could not be opened is killed before it runs any of `f`.
 ///
 /// # Panics
 /// Outside a hub (call it from inside [`greenhub::run`]).
@@ -186,7 +203,12 @@ where
 pub struct ProcessBuilder {
     name: Option<String>,
     daemon: bool,
+    terminate_grace: Option<Duration>,
 }
+
+/// How long a daemon child has, by default, between the SIGTERM at the end of its parent's
+/// `run` and the SIGKILL that follows if it is still running (5 s).
+const DEFAULT_TERMINATE_GRACE: Duration = Duration::from_secs(5);
 
 impl ProcessBuilder {
     /// A non-daemon child with a default name ("Process-N").
@@ -201,11 +223,45 @@ impl ProcessBuilder {
         self
     }
 
-    /// A daemon child is terminated (SIGTERM, then waited for) when the parent's `run` ends,
+    /// A daemon child is terminated (SIGTERM, then waited for, SIGKILL after its
+    /// [`terminate_grace`](Self::terminate_grace)) when the parent's `run` ends,
     /// and also gets SIGTERM if the parent dies abruptly. A non-daemon child (the default) is
     /// waited for when the parent's `run` ends.
     pub fn daemon(mut self, daemon: bool) -> Self {
         self.daemon = daemon;
+        self
+    }
+
+    /// How long a daemon child has to end after the SIGTERM at the end of the parent's `run`
+    /// (default 5 s). One still running then is killed with SIGKILL, and a line on stderr says
+    /// so, so `run` always returns. No effect on a non-daemon child, which is waited for.
+    ///
+    /// ```
+    /// use std::os::unix::process::ExitStatusExt;
+    /// use std::time::Duration;
+    /// fn run_forever() {
+    ///     loop { std::thread::park() }
+    /// }
+    ///
+    /// let stubborn = greenhub::run(|| {
+    ///     let (ready, ready_writer) = greenhub_ipc::pipe::<()>().unwrap();
+    ///     let child = greenhub_ipc::ProcessBuilder::new()
+    ///         .daemon(true)
+    ///         .terminate_grace(Duration::from_millis(10))
+    ///         .start(ready_writer, |ready| {
+    ///             // SAFETY: ignoring a signal installs no handler.
+    ///             unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    ///             ready.put(&()).unwrap();
+    ///             run_forever()
+    ///         })
+    ///         .unwrap();
+    ///     ready.get().unwrap();
+    ///     child
+    /// }); // SIGTERM is ignored: SIGKILL 10 ms later
+    /// assert_eq!(stubborn.exit_status().unwrap().signal(), Some(libc::SIGKILL));
+    /// ```
+    pub fn terminate_grace(mut self, grace: Duration) -> Self {
+        self.terminate_grace = Some(grace);
         self
     }
 
@@ -228,20 +284,29 @@ impl ProcessBuilder {
         }
         let start = ChildStart {
             keep: transfer::handle_ids(&handles),
+            keep_fds: transfer::fds(&handles),
             parent: std::process::id(),
             daemon: self.daemon,
+            grace: self.terminate_grace.unwrap_or(DEFAULT_TERMINATE_GRACE),
             name: self.name.unwrap_or_else(default_name),
         };
+        // The child waits on this pipe until the parent holds its pidfd: a child the parent
+        // cannot watch is killed before it has run any of `f`.
+        let (go_read, go_write) = sys::small_pipe()
+            .map_err(|e| Error::io("start_process could not create its start pipe (pipe2)", e))?;
         let held = HeldForFork::lock();
         match sys::fork() {
-            Err(e) => Err(Error::Io(e)),
+            Err(e) => Err(Error::io("start_process could not fork", e)),
             Ok(Forked::Child(token)) => {
-                sys::in_child(token, |token| child_main(token, held, &start, handles, f))
+                sys::in_child(token, |token| child_main(token, held, &start, go_read, handles, f))
             }
             Ok(Forked::Parent(pid)) => {
                 drop(held);
+                let kind = Kind::Fork { daemon: start.daemon, grace: start.grace };
+                let state = State::open(pid, start.name, kind)?;
                 drop(handles); // the transfer: the child has them now
-                let state = State::open(pid, start.name, Kind::Fork { daemon: start.daemon })?;
+                drop(go_read);
+                sys::send_go_ahead(go_write);
                 remember_child(hub, &state);
                 state.ensure_reaper(hub);
                 Ok(Process::new(state))
@@ -252,9 +317,13 @@ impl ProcessBuilder {
 
 /// What the child's start needs to know, decided before `fork`.
 struct ChildStart {
+    /// The ids of the transferred handles.
     keep: Vec<u64>,
+    /// Every fd the child keeps besides stdio: the transferred handles' and plain fds.
+    keep_fds: Vec<RawFd>,
     parent: u32,
     daemon: bool,
+    grace: Duration,
     name: String,
 }
 
@@ -314,6 +383,7 @@ fn child_main<H, F, R>(
     token: &InChild,
     mut held: HeldForFork,
     start: &ChildStart,
+    go_ahead: OwnedFd,
     handles: H,
     f: F,
 ) -> i32
@@ -322,7 +392,15 @@ where
     F: FnOnce(H) -> R,
     R: ChildResult,
 {
-    held.registry.close_all_but(&start.keep);
+    // Exactly stdio, the transferred fds and (until it is read) the handshake pipe stay open:
+    // whatever other threads were doing with their pipes and hubs at the instant of `fork`.
+    let mut keep_fds = start.keep_fds.clone();
+    keep_fds.push(go_ahead.as_raw_fd());
+    sys::close_fds_except(token, &keep_fds);
+    held.registry.forget_all_but(&start.keep);
+    if !sys::wait_for_go_ahead(token, go_ahead) {
+        return 1; // the parent could not take this child on (or died): never start `f`
+    }
     transfer::adopt(&handles);
     *held.names = Names { prefix: Some(format!("{}:", start.name)), next: 1 };
     sys::reset_signals(token);
@@ -527,7 +605,11 @@ impl Process {
         self.stderr.take()
     }
 
-    /// `join` and `join_timeout`: suspend on the reaper's event inside a hub, block outside one.
+    /// `join` and `join_timeout`: inside a hub, wait on the pidfd (suspending the caller); outside
+    /// one, block the thread.
+    ///
+    /// The wait does not depend on the reaper coroutine: a reaper that never ran (the OS refused
+    /// its stack) cannot make a join hang, since the joiner watches the pidfd itself.
     fn wait(&self, timeout: Option<Duration>) -> Result<Option<ExitStatus>, Error> {
         if let Some(status) = self.state.poll_exit()? {
             return Ok(Some(status));
@@ -536,14 +618,13 @@ impl Process {
             return self.state.wait_blocking(timeout);
         };
         self.state.ensure_reaper(hub);
-        let ended = match timeout {
-            None => {
-                self.state.ended.wait();
-                true
-            }
-            Some(d) => self.state.ended.wait_timeout(d),
-        };
-        if ended { self.state.poll_exit() } else { Ok(None) }
+        match timeout {
+            None => self.state.wait_cooperatively().map(Some),
+            Some(d) => match greenhub::timeout(d, || self.state.wait_cooperatively()) {
+                Ok(ended) => ended.map(Some),
+                Err(_elapsed) => Ok(None),
+            },
+        }
     }
 }
 
@@ -588,15 +669,33 @@ impl Outcome {
     fn result(self) -> Result<ExitStatus, Error> {
         match self {
             Outcome::Exited(status) => Ok(status),
-            Outcome::Lost(errno) => Err(Error::Io(io::Error::from_raw_os_error(errno))),
+            Outcome::Lost(errno) => Err(lost(errno)),
         }
+    }
+}
+
+/// The error of a child that could not be reaped: `ECHILD` means something else reaped it.
+fn lost(errno: i32) -> Error {
+    let err = io::Error::from_raw_os_error(errno);
+    if errno == libc::ECHILD {
+        Error::io(
+            "could not reap the child (waitid): something else reaped it, a waitpid(-1) \
+             elsewhere in the program or SIGCHLD set to SIG_IGN",
+            err,
+        )
+    } else {
+        Error::io("could not wait for the child (waitid or poll on its pidfd)", err)
     }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     /// From `start_process`: waited for (or, a daemon, terminated) at the end of `run`.
-    Fork { daemon: bool },
+    Fork {
+        daemon: bool,
+        /// Between SIGTERM and SIGKILL at the end of `run`, for a daemon.
+        grace: Duration,
+    },
     /// From `Command`: std's rule, neither waited for nor killed at the end of `run`.
     Program,
 }
@@ -604,9 +703,11 @@ enum Kind {
 /// One child, shared by its `Process`, its reaper coroutine and the hub's list of children.
 ///
 /// Who touches what: `outcome` is written once, by whichever of the reaper, a `join` or a
-/// status check reaps the child first (`settle`), and then `ended` is set and the pidfd closed.
-/// The reaper borrows `pidfd` across its wait; everyone else borrows it briefly, and the
-/// closing skips (the reaper closes it when it wakes) while it is borrowed.
+/// status check reaps the child first (`settle`), and then the pidfd is closed. The reaper and
+/// every cooperative `join` take turns at watching the pidfd (`watch`; each can do it, so none
+/// depends on another having run), and the watcher borrows `pidfd` across its wait; everyone
+/// else borrows it briefly, and the closing skips while it is borrowed (the watcher closes it
+/// when it wakes).
 struct State {
     pid: u32,
     name: String,
@@ -614,8 +715,8 @@ struct State {
     /// `None` once the child is reaped and the pidfd closed.
     pidfd: RefCell<Option<Handle>>,
     outcome: Cell<Option<Outcome>>,
-    /// Set when `outcome` is.
-    ended: Event,
+    /// Held by the one coroutine watching the pidfd (the reaper or a `join`).
+    watch: Mutex<()>,
     /// The hub whose reaper coroutine watches this child, if any.
     reaper_hub: Cell<Option<u64>>,
 }
@@ -630,7 +731,10 @@ impl State {
                 if kind != Kind::Program {
                     sys::kill_and_reap(pid);
                 }
-                return Err(Error::Io(e));
+                return Err(Error::io(
+                    "could not open a pidfd for the new child (pidfd_open), so it was killed",
+                    e,
+                ));
             }
         };
         Ok(Rc::new(State {
@@ -639,7 +743,7 @@ impl State {
             kind,
             pidfd: RefCell::new(Some(Handle::new(pidfd)?)),
             outcome: Cell::new(None),
-            ended: Event::new(),
+            watch: Mutex::new(()),
             reaper_hub: Cell::new(None),
         }))
     }
@@ -679,7 +783,6 @@ impl State {
             Err(e) => Outcome::Lost(e.raw_os_error().unwrap_or(libc::ECHILD)),
         };
         self.outcome.set(Some(outcome));
-        self.ended.set();
         self.close_pidfd();
         outcome.result().map(Some)
     }
@@ -704,26 +807,43 @@ impl State {
         drop(greenhub::spawn(move || state.reap_cooperatively()));
     }
 
-    /// The reaper coroutine: waits for the pidfd to be readable, reaps, closes the pidfd.
+    /// The reaper coroutine: waits for the child to end, which reaps it and closes the pidfd.
     fn reap_cooperatively(&self) {
+        let _ = self.wait_cooperatively();
+    }
+
+    /// Suspends the calling coroutine until the child has ended, reaps it (if nobody has yet) and
+    /// closes the pidfd: what the reaper and every `join` inside a hub do, any number at once,
+    /// none depending on another having run.
+    fn wait_cooperatively(&self) -> Result<ExitStatus, Error> {
+        // One waiter watches the pidfd at a time; the others queue here and find the outcome
+        // when their turn comes (so the pidfd is closed as soon as it is reaped, with no other
+        // coroutine still registered on it). One that gives up (a timeout) hands the watch on.
+        let _watching = self.watch.lock();
+        if let Some(outcome) = self.outcome.get() {
+            return outcome.result();
+        }
         {
             let slot = self.pidfd.borrow();
-            let Some(source) = slot.as_ref().and_then(|handle| handle.source().ok()) else {
-                return;
-            };
-            // The retry loop: "reap; while the child runs, wait for the pidfd to be readable".
-            let watched = source.read_with(|_| match self.poll_exit() {
-                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
-                Ok(Some(_)) | Err(_) => Ok(()),
-            });
-            if watched.is_err() {
-                // The hub could not watch the pidfd (epoll refused it): poll on a timer instead.
-                while let Ok(None) = self.poll_exit() {
-                    greenhub::sleep(FALLBACK_POLL_INTERVAL);
+            if let Some(source) = slot.as_ref().and_then(|handle| handle.source().ok()) {
+                // The retry loop: "reap; while the child runs, wait for the pidfd to be readable".
+                let watched = source.read_with(|_| match self.poll_exit() {
+                    Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                    Ok(Some(_)) | Err(_) => Ok(()),
+                });
+                if watched.is_err() {
+                    // The hub could not watch the pidfd (epoll refused it): poll on a timer.
+                    while let Ok(None) = self.poll_exit() {
+                        greenhub::sleep(FALLBACK_POLL_INTERVAL);
+                    }
                 }
             }
         }
-        self.close_pidfd();
+        self.close_pidfd(); // skipped by `settle` while the pidfd was borrowed above
+        match self.poll_exit()? {
+            Some(status) => Ok(status),
+            None => unreachable!("a child was found running after its wait ended"),
+        }
     }
 
     /// Sends `signal` through the pidfd; nothing once the child has ended.
@@ -732,7 +852,9 @@ impl State {
             return Ok(());
         }
         match self.with_pidfd(|fd| sys::pidfd_send_signal(fd, signal))? {
-            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => Err(Error::Io(e)),
+            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+                Err(Error::io("could not signal the child (pidfd_send_signal)", e))
+            }
             _ => Ok(()), // ESRCH: it has just exited
         }
     }
@@ -790,16 +912,29 @@ fn remember_child(hub: u64, state: &Rc<State>) {
 /// non-daemon children, then terminate the daemon children and wait for them.
 fn wait_for_children(hub: u64) {
     let children = CHILDREN.with(|c| c.borrow_mut().remove(&hub)).unwrap_or_default();
-    let (daemons, others): (Vec<_>, Vec<_>) =
-        children.into_iter().partition(|child| child.kind == Kind::Fork { daemon: true });
+    let (daemons, others): (Vec<_>, Vec<_>) = children
+        .into_iter()
+        .partition(|child| matches!(child.kind, Kind::Fork { daemon: true, .. }));
     for child in &others {
         let _ = child.wait_blocking(None);
     }
+    let terminated = std::time::Instant::now();
     for child in &daemons {
         let _ = child.signal(libc::SIGTERM);
     }
     for child in &daemons {
-        let _ = child.wait_blocking(None);
+        let Kind::Fork { grace, .. } = child.kind else { continue };
+        let left = grace.saturating_sub(terminated.elapsed());
+        if let Ok(None) = child.wait_blocking(Some(left)) {
+            write_stderr(&format!(
+                "greenhub-ipc: daemon child {} (pid {}) was still running {grace:?} after the \
+                 SIGTERM at the end of run; killing it with SIGKILL (the grace period is \
+                 ProcessBuilder::terminate_grace)\n",
+                child.name, child.pid
+            ));
+            let _ = child.signal(libc::SIGKILL);
+            let _ = child.wait_blocking(None);
+        }
     }
 }
 
@@ -834,7 +969,11 @@ mod tests {
     #[test]
     fn lost_outcome_is_an_io_error() {
         let err = Outcome::Lost(libc::ECHILD).result().unwrap_err();
-        assert!(matches!(err, Error::Io(e) if e.raw_os_error() == Some(libc::ECHILD)));
+        assert_eq!(err.raw_os_error(), Some(libc::ECHILD));
+        let text = err.to_string();
+        assert!(text.contains("could not reap the child"), "{text}");
+        assert!(text.contains("waitpid(-1)"), "{text}");
+        assert!(!text.contains("on the pipe"), "{text}");
     }
 
     #[test]

@@ -25,28 +25,28 @@ const PIPE_CAPACITY: libc::c_int = 1024 * 1024;
 
 /// A pipe: (read end, write end), both close-on-exec, grown to [`PIPE_CAPACITY`] if allowed.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read_end, write_end) = small_pipe()?;
+    // SAFETY: fcntl on a valid fd; failure (EPERM past the user's pipe quota) is harmless.
+    unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY) };
+    Ok((read_end, write_end))
+}
+
+/// A pipe of the default size, both ends close-on-exec and blocking.
+pub(crate) fn small_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1; 2];
     // SAFETY: `fds` is a valid out-array of two ints.
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: pipe2 succeeded: both fds are new and owned by nobody else.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fcntl on a valid fd; failure (EPERM past the user's pipe quota) is harmless.
-    unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY) };
-    Ok((read_end, write_end))
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Closes `fd`, reporting what `close(2)` says (dropping an `OwnedFd` ignores it).
 pub(crate) fn close(fd: OwnedFd) -> Result<(), Error> {
     let raw = fd.into_raw_fd();
     // SAFETY: we own `raw` (taken out of the OwnedFd) and never use it again.
-    check(unsafe { libc::close(raw) }).map(drop).map_err(Error::Io)
-}
-
-/// Closes an fd number this process owns without an `OwnedFd` (inherited handles after fork).
-pub(crate) fn close_raw(fd: RawFd) {
-    // SAFETY: the caller owns the number in this process and forgets it right after.
-    unsafe { libc::close(fd) };
+    check(unsafe { libc::close(raw) })
+        .map(drop)
+        .map_err(|e| Error::io("could not close the fd (close)", e))
 }
 
 /// Registers `hook` to run in every child right after `fork`.
@@ -71,6 +71,44 @@ pub(crate) fn ignore_sigpipe() {
             }
         }
     });
+}
+
+/// Blocks SIGPIPE in this thread's signal mask; whether it was blocked already.
+pub(crate) fn block_sigpipe() -> bool {
+    sigpipe_mask(libc::SIG_BLOCK)
+}
+
+/// Unblocks SIGPIPE in this thread's signal mask.
+pub(crate) fn unblock_sigpipe() {
+    sigpipe_mask(libc::SIG_UNBLOCK);
+}
+
+/// Applies `how` (SIG_BLOCK or SIG_UNBLOCK) for SIGPIPE alone; whether SIGPIPE was blocked.
+fn sigpipe_mask(how: libc::c_int) -> bool {
+    // SAFETY: sigset_t values are plain data, initialised by sigemptyset before use; the pointers
+    // are valid for the calls; pthread_sigmask cannot fail with a valid `how`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(how, &set, &mut old);
+        libc::sigismember(&old, libc::SIGPIPE) == 1
+    }
+}
+
+/// Consumes a pending SIGPIPE (one a write to a pipe without readers queued while SIGPIPE was
+/// blocked), if any, without waiting.
+pub(crate) fn take_pending_sigpipe() {
+    // SAFETY: as in `sigpipe_mask`; a zero timeout makes sigtimedwait return at once (EAGAIN
+    // when nothing is pending); the siginfo pointer may be null.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        let now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &now);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -154,6 +192,83 @@ pub(crate) fn reset_signals(_: &InChild) {
     }
 }
 
+/// In a new child: closes every fd except stdio (0, 1, 2) and those in `keep`, with
+/// `close_range(2)` over the gaps (Linux 5.9+; older kernels: each fd listed in
+/// `/proc/self/fd`). What it closes belongs to the parent's other work: other threads' pipes
+/// and hubs (epoll, eventfd, timerfd), pidfds of other children, files. Nothing in the child
+/// uses them: the parent's hub is forgotten, and inherited handles are never used here.
+pub(crate) fn close_fds_except(_: &InChild, keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep.iter().filter_map(|&fd| u32::try_from(fd).ok()).collect();
+    keep.extend([0, 1, 2]);
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first = 0u32;
+    for &fd in &keep {
+        if fd > first && close_range(first, fd - 1).is_err() {
+            return close_listed_fds_except(&keep);
+        }
+        first = fd + 1;
+    }
+    if close_range(first, u32::MAX).is_err() {
+        close_listed_fds_except(&keep);
+    }
+}
+
+fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: close_range takes three integers and touches no memory; every fd it closes is one
+    // the child inherited and never uses (see `close_fds_except`).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// `close_fds_except` where `close_range` is missing: the fds listed in `/proc/self/fd`.
+fn close_listed_fds_except(keep: &[u32]) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return };
+    let open: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| keep.binary_search(fd).is_err())
+        .collect(); // the listing's own fd is among them, closed already once `entries` dropped
+    for fd in open {
+        // SAFETY: as in `close_range`: an inherited fd the child never uses.
+        unsafe { libc::close(fd as RawFd) };
+    }
+}
+
+/// In a new child: waits for the parent's go-ahead on the handshake pipe's read end (the parent
+/// sends it once it holds the child's pidfd). False if the parent closed the pipe without it.
+pub(crate) fn wait_for_go_ahead(_: &InChild, read_end: OwnedFd) -> bool {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reads at most one byte into a live local, from an fd we own (blocking mode).
+        let n = unsafe { libc::read(read_end.as_raw_fd(), (&raw mut byte).cast(), 1) };
+        if n >= 0 {
+            return n == 1;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
+}
+
+/// In the parent: lets a child blocked in [`wait_for_go_ahead`] start, and closes the pipe.
+pub(crate) fn send_go_ahead(write_end: OwnedFd) {
+    let byte = 1u8;
+    let _ = crate::sigpipe::write(|| {
+        loop {
+            // SAFETY: writes one byte from a live local to an fd we own; a pipe's first byte always
+            // fits.
+            let n = unsafe { libc::write(write_end.as_raw_fd(), (&raw const byte).cast(), 1) };
+            if n >= 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err); // EPIPE: the child has died already; the reaper will see it
+            }
+        }
+    });
+}
+
 /// In a new child: asks the kernel for SIGTERM when the parent (precisely: the parent's thread
 /// that forked) dies. False if the parent `parent` is already gone (the child was reparented
 /// before the request took effect), in which case the child should exit; an error if the kernel
@@ -227,7 +342,8 @@ pub(crate) fn wait_pidfd_blocking(
     pidfd: RawFd,
     timeout: Option<Duration>,
 ) -> io::Result<Option<i32>> {
-    let deadline = timeout.map(|d| Instant::now() + d);
+    // A timeout too long to have a deadline (`Duration::MAX`) is no timeout.
+    let deadline = timeout.and_then(|d| Instant::now().checked_add(d));
     loop {
         if let Some(status) = try_wait_pidfd(pidfd)? {
             return Ok(Some(status));

@@ -161,6 +161,27 @@ pub fn is_nonblocking(fd: std::os::fd::RawFd) -> bool {
     flags & libc::O_NONBLOCK != 0
 }
 
+/// The kernel function thread `tid` of process `pid` sleeps in (`/proc/PID/task/TID/wchan`,
+/// e.g. `do_epoll_wait`), or `0` while it runs.
+pub fn wchan(pid: u32, tid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).unwrap_or_default()
+}
+
+/// Watches (polling every millisecond) until thread `tid` of process `pid` sleeps in a kernel
+/// function whose name contains `what` (`"epoll"`, `"poll"`): the way a test learns that another
+/// thread or process has got to its blocking call. Panics after 30 seconds.
+pub fn wait_until_thread_sleeps_in(pid: u32, tid: i32, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !wchan(pid, tid).contains(what) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "thread {tid} of process {pid} never slept in {what} (wchan: {})",
+            wchan(pid, tid)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// The text of a panic payload (`&str` or `String`), or a placeholder.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload

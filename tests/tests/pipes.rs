@@ -566,6 +566,38 @@ fn put_fails_with_broken_pipe_when_the_reader_goes_away_mid_frame() {
     });
 }
 
+/// A put cut short by `BrokenPipe` mid-frame, through `writer`: what the writer keeps after.
+fn unsent_after_broken_pipe<C: greenhub_ipc::Codec<Vec<u8>> + 'static>(
+    reader: Reader<Vec<u8>, C>,
+    writer: Writer<Vec<u8>, C>,
+) -> String {
+    let capacity = pipe_capacity(&writer);
+    let writer = Rc::new(writer);
+    let writing = spawn({
+        let writer = writer.clone();
+        move || writer.put(&vec![7; 3 * capacity])
+    });
+    yield_until("the writer to fill the pipe", || unread_bytes(&reader) >= capacity - 16);
+    drop(reader);
+    let err = writing.join().unwrap().unwrap_err();
+    assert!(is_broken_pipe(&err), "{err:?}");
+    assert!(is_broken_pipe(&writer.put(&vec![1]).unwrap_err()));
+    format!("{writer:?}")
+}
+
+#[test]
+fn a_writer_drops_the_unsent_rest_of_a_frame_after_broken_pipe() {
+    hub_test(|| {
+        let (reader, writer) = pipe::<Vec<u8>>().unwrap();
+        let text = unsent_after_broken_pipe(reader, writer);
+        assert!(text.contains("unsent: Some(0)"), "{text}");
+        // Raw sends a big payload straight from the caller's Vec: that path too.
+        let (reader, writer) = raw_pipe().unwrap();
+        let text = unsent_after_broken_pipe(reader, writer);
+        assert!(text.contains("unsent: Some(0)"), "{text}");
+    });
+}
+
 /// Set in the copy of this test binary that [`sigpipe_never_kills_a_writer`] starts.
 const SIGPIPE_CHILD: &str = "GREENHUB_PIPES_SIGPIPE_CHILD";
 
@@ -594,6 +626,48 @@ fn sigpipe_never_kills_a_writer() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Set in the copy of this test binary that
+/// [`sigpipe_set_back_to_default_after_the_first_pipe_never_kills_a_writer`] starts.
+const SIGPIPE_LATER_CHILD: &str = "GREENHUB_PIPES_SIGPIPE_LATER_CHILD";
+
+/// The first pipe makes greenhub ignore SIGPIPE; the program then sets it back to the default
+/// (terminate). A put to a dead reader, and a program's stdin written after it exited, must
+/// still only fail, and no SIGPIPE may be left to arrive later.
+#[test]
+fn sigpipe_set_back_to_default_after_the_first_pipe_never_kills_a_writer() {
+    let test = "sigpipe_set_back_to_default_after_the_first_pipe_never_kills_a_writer";
+    if greenhub_tests::run_in_child(test, SIGPIPE_LATER_CHILD) {
+        let err = greenhub::run(|| {
+            let (reader, writer) = raw_pipe().unwrap();
+            // SAFETY: setting a signal disposition to the default; no handler is involved.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            drop(reader);
+            let small = writer.put(&b"x".to_vec()).unwrap_err();
+            let big = writer.put(&vec![0; 1 << 20]).unwrap_err(); // written straight from the Vec
+            assert!(is_broken_pipe(&big), "{big:?}");
+            let mut program = greenhub_ipc::Command::new("true")
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = program.take_stdin().unwrap();
+            program.join().unwrap();
+            let err = stdin.write(b"late").unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+            small
+        });
+        assert!(is_broken_pipe(&err), "{err:?}");
+        // Nothing pending either: unblocking SIGPIPE now would deliver it and kill us.
+        // SAFETY: an emptied sigset_t with SIGPIPE added is a valid mask for pthread_sigmask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGPIPE);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        }
+        println!("survived SIGPIPE: {err}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -819,6 +893,82 @@ fn garbage_payload_is_a_codec_error_and_the_next_message_arrives_intact() {
             assert!(matches!(&err, Error::Codec(msg) if msg.contains("u32")), "{err:?}");
         }
         assert_eq!(reader.get().unwrap(), (2, "two".to_string()));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile payloads: the decode limits (nesting depth, memory budget, sequence lengths)
+
+/// A recursive type: postcard encodes `Node(Node(Leaf))` as the bytes 1, 1, 0.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum Tree {
+    Leaf,
+    Node(Box<Tree>),
+}
+
+/// The payload of a `Tree` `depth` nodes deep.
+fn tree_payload(depth: usize) -> Vec<u8> {
+    let mut payload = vec![1u8; depth];
+    payload.push(0);
+    payload
+}
+
+#[test]
+fn a_50_kb_recursive_frame_is_a_codec_error_not_a_stack_overflow() {
+    hub_test(|| {
+        let (reader, writer) = pipe::<Tree>().unwrap();
+        raw_write(&writer, &frame(&tree_payload(50_000)));
+        writer.put(&Tree::Node(Box::new(Tree::Leaf))).unwrap();
+        let err = reader.get().unwrap_err();
+        assert!(matches!(&err, Error::Codec(m) if m.contains("deeper than 128")), "{err}");
+        assert_eq!(reader.get().unwrap(), Tree::Node(Box::new(Tree::Leaf)));
+    });
+}
+
+#[test]
+fn set_max_depth_limits_one_reader() {
+    hub_test(|| {
+        let (mut reader, writer) = pipe::<Tree>().unwrap();
+        reader.set_max_depth(10);
+        raw_write(&writer, &frame(&tree_payload(10)));
+        raw_write(&writer, &frame(&tree_payload(9)));
+        let err = reader.get().unwrap_err();
+        assert!(matches!(&err, Error::Codec(m) if m.contains("deeper than 10")), "{err}");
+        assert!(reader.get().is_ok());
+    });
+}
+
+#[test]
+fn a_13_byte_frame_of_2_pow_63_units_is_a_codec_error_not_a_frozen_hub() {
+    hub_test(|| {
+        let (reader, writer) = pipe::<Vec<()>>().unwrap();
+        let payload = postcard_payload(&((1u64 << 63) - 1)); // a Vec<()>'s length: 9 bytes
+        assert_eq!(frame(&payload).len(), 13);
+        raw_write(&writer, &frame(&payload));
+        writer.put(&vec![(); 3]).unwrap();
+        let err = reader.get().unwrap_err();
+        assert!(matches!(&err, Error::Codec(m) if m.contains("budget")), "{err}");
+        assert_eq!(reader.get().unwrap().len(), 3);
+    });
+}
+
+#[test]
+fn a_frame_of_empty_vecs_is_refused_before_it_decodes_to_24_times_its_size() {
+    hub_test(|| {
+        // 1 MiB of empty Vec<u64>s: 24 MiB decoded, over the default 16 per byte + 1 MiB.
+        let (mut reader, writer) = pipe::<Vec<Vec<u64>>>().unwrap();
+        let mut payload = postcard_payload(&(1u32 << 20));
+        payload.resize(payload.len() + (1 << 20), 0);
+        let wire = frame(&payload);
+        let sender = spawn(move || {
+            raw_write(&writer, &wire);
+            raw_write(&writer, &wire);
+        });
+        let err = reader.get().unwrap_err();
+        assert!(matches!(&err, Error::Codec(m) if m.contains("set_max_expansion")), "{err}");
+        reader.set_max_expansion(24);
+        assert_eq!(reader.get().unwrap().len(), 1 << 20);
+        sender.join().unwrap();
     });
 }
 

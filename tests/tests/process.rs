@@ -37,7 +37,8 @@ fn boom() {
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Sends everything the calling process writes to fd 2 from now on into `pipe` (in a child,
-/// where the test harness's capture does not reach the parent).
+/// where the test harness's capture does not reach the parent; the pipe must be transferred to
+/// the child, which holds no other fd of its parent's).
 fn redirect_stderr_to(pipe: &std::io::PipeWriter) {
     // SAFETY: dup2 onto fd 2 of two valid fds; it only changes this (child) process's fd table.
     unsafe { libc::dup2(pipe.as_raw_fd(), 2) };
@@ -86,14 +87,13 @@ fn a_panic_exits_with_101_and_the_message_reaches_stderr() {
     greenhub::run(|| {
         let child = ProcessBuilder::new()
             .name("panicker")
-            .start((), |()| {
+            .start(stderr_writer, |stderr_writer| {
                 redirect_stderr_to(&stderr_writer);
                 boom()
             })
             .unwrap();
         assert_eq!(child.join().unwrap().code(), Some(101));
     });
-    drop(stderr_writer);
     let text = read_all(stderr_reader);
     assert!(text.contains("child process panicker"), "{text}");
     assert!(text.contains("panicked: boom from the child"), "{text}");
@@ -104,14 +104,13 @@ fn an_err_exits_with_1_and_is_printed_with_debug() {
     let _serial = process_lock();
     let (stderr_reader, stderr_writer) = std::io::pipe().unwrap();
     greenhub::run(|| {
-        let child = start_process((), |()| {
+        let child = start_process(stderr_writer, |stderr_writer| {
             redirect_stderr_to(&stderr_writer);
             Err::<(), _>(vec!["went", "wrong"])
         })
         .unwrap();
         assert_eq!(child.join().unwrap().code(), Some(1));
     });
-    drop(stderr_writer);
     let text = read_all(stderr_reader);
     assert!(text.contains(r#"Error: ["went", "wrong"]"#), "{text}");
 }
@@ -385,7 +384,7 @@ fn a_non_daemon_child_is_waited_for_at_the_end_of_run() {
     let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let started = Instant::now();
     let child = greenhub::run(|| {
-        start_process((), |()| {
+        start_process(theirs, |theirs| {
             sleep(ms(200));
             std::io::Write::write_all(&mut &theirs, b"done").unwrap();
             exit_with(7)
@@ -687,4 +686,230 @@ fn default_names_stay_distinct_across_a_tree_of_processes() {
         assert_eq!(grandchild, format!("{}:1", child.name()));
         assert!(child.join().unwrap().success());
     });
+}
+
+/// Set in the copy of this test binary that
+/// [`a_child_whose_pidfd_cannot_be_opened_never_runs_its_closure`] starts.
+const PIDFD_CHILD: &str = "GREENHUB_PROCESS_PIDFD_CHILD";
+
+/// The file the child's closure creates if it runs.
+static MARKER: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Runs in the parent right after `fork`, before `start_process` opens the pidfd: gives the
+/// child every chance to run its closure first (it creates the marker at once if it can), for
+/// up to half a second.
+extern "C" fn let_the_child_run_first() {
+    let Some(marker) = MARKER.get() else { return };
+    let deadline = Instant::now() + ms(500);
+    while !marker.exists() && Instant::now() < deadline {
+        std::thread::sleep(ms(1));
+    }
+}
+
+/// `pidfd_open` fails after `fork` (no fd left: the handshake pipe took the last two), so the
+/// child is killed: it must not have run any of its closure by then.
+#[test]
+fn a_child_whose_pidfd_cannot_be_opened_never_runs_its_closure() {
+    if std::env::var_os(PIDFD_CHILD).is_some() {
+        let marker = std::env::temp_dir().join(format!("greenhub-pidfd-{}", std::process::id()));
+        MARKER.set(marker.clone()).unwrap();
+        // SAFETY: registers a plain function as the parent's fork hook; it stays valid forever.
+        unsafe { libc::pthread_atfork(None, Some(let_the_child_run_first), None) };
+        let err = greenhub::run(|| {
+            leave_two_fds_free();
+            let target = marker.clone();
+            start_process((), move |()| std::fs::write(&target, b"ran")).unwrap_err()
+        });
+        let ran = marker.exists();
+        let _ = std::fs::remove_file(&marker);
+        assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+        assert!(err.to_string().contains("could not open a pidfd for the new child"), "{err}");
+        assert!(matches!(&err, Error::Io(_)), "{err:?}");
+        assert!(!ran, "the child ran its closure although start_process failed");
+        assert_eq!(zombie_children(), Vec::<u32>::new());
+        println!("never ran: {err}");
+        return;
+    }
+    let _serial = process_lock();
+    let test = "a_child_whose_pidfd_cannot_be_opened_never_runs_its_closure";
+    let out = greenhub_tests::rerun_test_in_child(test, PIDFD_CHILD, "1");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("never ran"),
+        "child ended with {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Lowers RLIMIT_NOFILE and fills every free fd number below it but the last two.
+fn leave_two_fds_free() {
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid rlimit pointers for the calls; lowering the soft limit needs no privilege.
+    let rc = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = highest + 3;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit)
+    };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    let mut fillers = Vec::new();
+    while let Ok(file) = std::fs::File::open("/dev/null") {
+        fillers.push(file);
+    }
+    fillers.truncate(fillers.len() - 2);
+    std::mem::forget(fillers); // this process ends after the test
+}
+
+/// Set in the copy of this test binary that
+/// [`join_completes_when_the_reaper_cannot_get_a_stack`] starts.
+const NO_STACK_CHILD: &str = "GREENHUB_PROCESS_NO_STACK_CHILD";
+
+/// The reaper coroutine is queued by `start_process` but gets its stack only when it first
+/// runs; by then the address space is full (RLIMIT_AS), so it never runs. `join` must still
+/// see the child end (it used to wait for the reaper forever, or report a false deadlock).
+#[test]
+fn join_completes_when_the_reaper_cannot_get_a_stack() {
+    if std::env::var_os(NO_STACK_CHILD).is_some() {
+        let status = greenhub::run(|| {
+            let (parent, hub_thread) = (std::process::id(), unsafe_gettid());
+            // The child ends once the parent's hub sleeps in epoll: inside `join`, after the
+            // reaper was refused its stack.
+            let child = start_process((), move |()| {
+                greenhub_tests::wait_until_thread_sleeps_in(parent, hub_thread, "epoll");
+            })
+            .unwrap();
+            let hard = limit_address_space(512 << 10);
+            let status = child.join();
+            restore_address_space(hard);
+            (status.map_err(|e| e.to_string()), child.exit_status())
+        });
+        let (joined, recorded) = status;
+        assert!(joined.as_ref().is_ok_and(|s| s.success()), "{joined:?}");
+        assert_eq!(joined.ok(), recorded);
+        println!("joined without a reaper");
+        return;
+    }
+    let _serial = process_lock();
+    let test = "join_completes_when_the_reaper_cannot_get_a_stack";
+    let out = greenhub_tests::rerun_test_in_child(test, NO_STACK_CHILD, "1");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("joined without a reaper"),
+        "child ended with {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status,
+    );
+    assert!(stderr.contains("refused a stack"), "the reaper was not refused:\n{stderr}");
+}
+
+fn unsafe_gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// Lowers RLIMIT_AS to the current address-space size plus `room` bytes (so no new coroutine
+/// stack fits); returns the limit to restore.
+fn limit_address_space(room: u64) -> libc::rlimit {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let new = libc::rlimit { rlim_cur: kib * 1024 + room, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid rlimit pointers for the calls; lowering a soft limit needs no privilege.
+    let rc = unsafe {
+        libc::getrlimit(libc::RLIMIT_AS, &mut old);
+        libc::setrlimit(libc::RLIMIT_AS, &libc::rlimit { rlim_max: old.rlim_max, ..new })
+    };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    old
+}
+
+fn restore_address_space(old: libc::rlimit) {
+    // SAFETY: a valid rlimit for the call; the soft limit goes back up to what it was, within
+    // the hard limit.
+    unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) };
+}
+
+#[test]
+fn join_timeout_of_duration_max_outside_a_hub_waits_instead_of_panicking() {
+    let _serial = process_lock();
+    let (stdin_reader, stdin_writer) = std::io::pipe().unwrap();
+    // A program outlives its hub (std's rule); `cat` runs until its stdin is closed.
+    let program = greenhub::run(|| {
+        greenhub_ipc::Command::new("cat")
+            .stdin(stdin_reader)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    });
+    let (pid, tid) = (std::process::id(), unsafe_gettid());
+    let closer = std::thread::spawn(move || {
+        greenhub_tests::wait_until_thread_sleeps_in(pid, tid, "poll");
+        drop(stdin_writer);
+    });
+    let status = program.join_timeout(Duration::MAX).unwrap();
+    closer.join().unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// Set in the copy of this test binary that
+/// [`a_daemon_that_ignores_sigterm_is_killed_after_its_grace_period_and_run_returns`] starts.
+const STUBBORN_CHILD: &str = "GREENHUB_PROCESS_STUBBORN_CHILD";
+
+/// Never returns, typed `()` (a closure ending in `loop {}` would have type `!`).
+fn run_forever() {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The end of `run` used to wait forever for a daemon that ignores SIGTERM.
+#[test]
+fn a_daemon_that_ignores_sigterm_is_killed_after_its_grace_period_and_run_returns() {
+    if std::env::var_os(STUBBORN_CHILD).is_some() {
+        let stubborn = greenhub::run(|| {
+            let (ready, ready_writer) = pipe::<()>().unwrap();
+            let child = ProcessBuilder::new()
+                .name("stubborn")
+                .daemon(true)
+                .terminate_grace(ms(20))
+                .start(ready_writer, |ready| {
+                    // SAFETY: ignoring a signal installs no handler.
+                    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+                    ready.put(&()).unwrap();
+                    run_forever()
+                })
+                .unwrap();
+            ready.get().unwrap(); // SIGTERM is ignored from now on
+            child
+        });
+        let status = stubborn.exit_status().expect("run returned before the daemon ended");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        println!("run returned");
+        return;
+    }
+    let _serial = process_lock();
+    let test = "a_daemon_that_ignores_sigterm_is_killed_after_its_grace_period_and_run_returns";
+    let out = greenhub_tests::rerun_test_in_child(test, STUBBORN_CHILD, "1");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("run returned"),
+        "child ended with {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status,
+    );
+    assert!(
+        stderr.contains("daemon child stubborn (pid ")
+            && stderr.contains("was still running 20ms after the SIGTERM at the end of run")
+            && stderr.contains("SIGKILL"),
+        "no line on stderr says so:\n{stderr}"
+    );
 }
