@@ -24,6 +24,7 @@ pub mod frame;
 mod handle;
 mod pipe;
 mod process;
+mod socket;
 mod sys;
 mod transfer;
 

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -125,12 +125,12 @@ impl<T, C: Codec<T>> Reader<T, C> {
             // or suspends having read nothing: a timeout or cancel never loses bytes.
             let n = if let Some((payload, limit)) = decoder.detached_spare() {
                 // A big message: read straight into its own buffer, never zero-filled first.
-                let n = source.read_with(|file| append_up_to(file, payload, limit))?;
+                let n = reset_is_end(source.read_with(|file| append_up_to(file, payload, limit)))?;
                 decoder.appended();
                 n
             } else {
                 let room = decoder.read_buf(READ_SIZE);
-                let n = source.read_with(|mut file| file.read(room))?;
+                let n = reset_is_end(source.read_with(|mut file| file.read(room)))?;
                 decoder.filled(n);
                 n
             };
@@ -156,6 +156,25 @@ impl<T, C: Codec<T>> Reader<T, C> {
     /// not own it. Dropping the reader also closes it, silently.
     pub fn close(self) -> Result<(), Error> {
         self.handle.close()
+    }
+}
+
+/// A connection reset by the peer (a socket whose peer died or closed with data unread) is the
+/// end of the stream, as the peer's death is over a pipe: `Eof` or `Truncated` follows.
+fn reset_is_end(read: io::Result<usize>) -> io::Result<usize> {
+    match read {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(0),
+        other => other,
+    }
+}
+
+/// A write refused because the peer reset the connection is the "no reader left" of a pipe.
+fn reset_is_broken_pipe(write: io::Result<usize>) -> io::Result<usize> {
+    match write {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+            Err(io::Error::new(io::ErrorKind::BrokenPipe, e))
+        }
+        other => other,
     }
 }
 
@@ -195,7 +214,7 @@ impl Outbox {
         while self.sent < self.frame.len() {
             let rest = &self.frame[self.sent..];
             // `sent` is updated right after each write, before anything can suspend.
-            self.sent += source.write_with(|mut file| file.write(rest))?;
+            self.sent += reset_is_broken_pipe(source.write_with(|mut file| file.write(rest)))?;
         }
         Ok(())
     }
@@ -221,9 +240,11 @@ impl Outbox {
             let n = match direct.sent.checked_sub(HEADER_LEN) {
                 None => {
                     let parts = [IoSlice::new(&header[direct.sent..]), IoSlice::new(payload)];
-                    source.write_with(|mut file| file.write_vectored(&parts))?
+                    reset_is_broken_pipe(source.write_with(|mut file| file.write_vectored(&parts)))?
                 }
-                Some(done) => source.write_with(|mut file| file.write(&payload[done..]))?,
+                Some(done) => reset_is_broken_pipe(
+                    source.write_with(|mut file| file.write(&payload[done..])),
+                )?,
             };
             direct.sent += n;
         }
@@ -294,10 +315,18 @@ impl<T, C: Codec<T>> Writer<T, C> {
     }
 }
 
-/// Both directions of a [`duplex`] pipe: puts `Out`, gets `In`.
+/// Both directions of a [`duplex`] pipe, or of a socket ([`Duplex::from_tcp`],
+/// [`Duplex::from_unix`]): puts `Out`, gets `In`.
 pub struct Duplex<Out, In> {
     writer: Writer<Out>,
     reader: Reader<In>,
+}
+
+impl<Out, In> Duplex<Out, In> {
+    /// A duplex from its two directions (two pipes, or two duplicates of one socket).
+    pub(crate) fn from_parts(writer: Writer<Out>, reader: Reader<In>) -> Self {
+        Duplex { writer, reader }
+    }
 }
 
 impl<Out, In> Duplex<Out, In>

@@ -3,14 +3,50 @@
 //! A transfer is a move: [`start_process`](crate::start_process) takes the handles, the child
 //! gets them (and owns them), and the parent's copies are closed once the child exists. Every
 //! other pipe handle the child inherits through fork is closed there (`Error::Closed` if used).
+//!
+//! Sockets (`greenhub::net`) transfer by the same move: the parent's copy is dropped (deregistered
+//! from its hub, then closed) once the child exists, and the child's copy registers with the
+//! child's fresh hub on its first wait (a [`greenhub::io::Source`] registers with whichever hub
+//! is current). Not guaranteed: that sockets the child inherits without being given them are
+//! closed there; greenhub keeps no list of sockets, so those stay open in the child, as after any
+//! `fork` (they are close-on-exec).
 
 use crate::handle::Handle;
 
 /// Values made of pipe handles that can be moved into a child process: [`Reader`](crate::Reader),
 /// [`Writer`](crate::Writer), [`Duplex`](crate::Duplex), a program's
 /// [`ChildStdin`](crate::ChildStdin), [`ChildStdout`](crate::ChildStdout) and
-/// [`ChildStderr`](crate::ChildStderr), `()`, tuples of up to 8, `Vec<T>`, `Option<T>`, `[T; N]`,
-/// `Box<T>`.
+/// [`ChildStderr`](crate::ChildStderr), the sockets of [`greenhub::net`] ([`TcpListener`],
+/// [`TcpStream`], [`UnixListener`], [`UnixStream`]), `()`, tuples of up to 8, `Vec<T>`,
+/// `Option<T>`, `[T; N]`, `Box<T>`.
+///
+/// A socket handed to [`start_process`](crate::start_process) is closed in the parent once the
+/// child exists and registered with the child's hub there; to keep serving in the parent too,
+/// transfer a duplicate (`try_clone`) instead. A pre-fork server gives each worker its listener:
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use greenhub::net::{TcpListener, TcpStream};
+///
+/// greenhub::run(|| {
+///     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+///     let addr = listener.local_addr().unwrap();
+///     let worker = greenhub_ipc::start_process(listener, |listener| {
+///         let (mut conn, _) = listener.accept()?;
+///         conn.write_all(b"served by the child")
+///     })
+///     .unwrap();
+///     let mut reply = String::new();
+///     TcpStream::connect(addr).unwrap().read_to_string(&mut reply).unwrap();
+///     assert_eq!(reply, "served by the child");
+///     assert!(worker.join().unwrap().success());
+/// });
+/// ```
+///
+/// [`TcpListener`]: greenhub::net::TcpListener
+/// [`TcpStream`]: greenhub::net::TcpStream
+/// [`UnixListener`]: greenhub::net::UnixListener
+/// [`UnixStream`]: greenhub::net::UnixStream
 ///
 /// The trait is sealed: its one method is an implementation detail.
 pub trait Transfer: sealed::Sealed {}
@@ -68,6 +104,24 @@ impl<T: sealed::Sealed + ?Sized> sealed::Sealed for Box<T> {
         (**self).each_handle(f);
     }
 }
+
+/// A socket holds no pipe handle: moving it into the child is the whole transfer (the parent
+/// drops its copy once the child exists; the child's copy registers with the child's hub when
+/// it first waits).
+macro_rules! socket_transfer {
+    ($($ty:ty),+) => {
+        $(impl sealed::Sealed for $ty {
+            fn each_handle(&self, _: &mut dyn FnMut(&Handle)) {}
+        })+
+    };
+}
+
+socket_transfer!(
+    greenhub::net::TcpListener,
+    greenhub::net::TcpStream,
+    greenhub::net::UnixListener,
+    greenhub::net::UnixStream
+);
 
 macro_rules! tuple_transfer {
     ($($name:ident)+) => {
