@@ -17,12 +17,12 @@ use crate::handle::Handle;
 /// [`Writer`](crate::Writer), [`Duplex`](crate::Duplex), a program's
 /// [`ChildStdin`](crate::ChildStdin), [`ChildStdout`](crate::ChildStdout) and
 /// [`ChildStderr`](crate::ChildStderr), the sockets of [`greenhub::net`] ([`TcpListener`],
-/// [`TcpStream`], [`UnixListener`], [`UnixStream`]), `()`, tuples of up to 8, `Vec<T>`,
+/// [`TcpStream`], [`UnixListener`], [`UnixStream`], [`UdpSocket`]), `()`, tuples of up to 8, `Vec<T>`,
 /// `Option<T>`, `[T; N]`, `Box<T>`.
 ///
 /// A socket handed to [`start_process`](crate::start_process) is closed in the parent once the
 /// child exists and registered with the child's hub there; to keep serving in the parent too,
-/// transfer a duplicate (`try_clone`) instead. A pre-fork server gives each worker its listener:
+/// transfer a duplicate (`try_clone`) instead, as a pre-fork server does with its listeners. A pre-fork server gives each worker its listener:
 ///
 /// ```
 /// use std::io::{Read, Write};
@@ -47,6 +47,7 @@ use crate::handle::Handle;
 /// [`TcpStream`]: greenhub::net::TcpStream
 /// [`UnixListener`]: greenhub::net::UnixListener
 /// [`UnixStream`]: greenhub::net::UnixStream
+/// [`UdpSocket`]: greenhub::net::UdpSocket
 ///
 /// The trait is sealed: its one method is an implementation detail.
 pub trait Transfer: sealed::Sealed {}
@@ -120,7 +121,8 @@ socket_transfer!(
     greenhub::net::TcpListener,
     greenhub::net::TcpStream,
     greenhub::net::UnixListener,
-    greenhub::net::UnixStream
+    greenhub::net::UnixStream,
+    greenhub::net::UdpSocket
 );
 
 macro_rules! tuple_transfer {

@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use greenhub::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use greenhub::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use greenhub::{spawn, yield_now};
 use greenhub_ipc::{Duplex, Error, start_process};
 use greenhub_tests::{assert_no_fd_leak, process_lock, zombie_children};
@@ -550,7 +550,7 @@ fn is_listening_socket(fd: i32) -> bool {
 }
 
 #[test]
-fn every_socket_type_crosses_fork_in_one_transfer() {
+fn every_socket_type_crosses_fork_in_one_transfer_including_udp() {
     hub_test(|| {
         let dir = std::env::temp_dir().join(format!("greenhub-sockets-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -565,8 +565,15 @@ fn every_socket_type_crosses_fork_in_one_transfer() {
             (client, l.accept().unwrap().0)
         };
         let (unix_here, unix_there) = UnixStream::pair().unwrap();
-        let handles = (tcp_listener, unix_listener, tcp_there, unix_there);
-        let child = start_process(handles, |(tcp_l, unix_l, mut tcp_s, mut unix_s)| {
+        let udp_here = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp_there = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp_there.connect(udp_here.local_addr().unwrap()).unwrap();
+        let udp_there_addr = udp_there.local_addr().unwrap();
+        let handles = (tcp_listener, unix_listener, tcp_there, unix_there, udp_there);
+        let child = start_process(handles, |(tcp_l, unix_l, mut tcp_s, mut unix_s, udp)| {
+            let mut datagram = [0u8; 16];
+            let n = udp.recv(&mut datagram)?; // waits in the child's hub
+            udp.send(&datagram[..n])?;
             tcp_s.write_all(b"tcp stream")?;
             unix_s.write_all(b"unix stream")?;
             drop((tcp_s, unix_s)); // the parent reads them to the end first
@@ -580,6 +587,10 @@ fn every_socket_type_crosses_fork_in_one_transfer() {
             s.read_to_string(&mut text).unwrap();
             text
         };
+        let mut datagram = [0u8; 16];
+        udp_here.send_to(b"udp socket", udp_there_addr).unwrap();
+        let (n, from) = udp_here.recv_from(&mut datagram).unwrap();
+        assert_eq!((&datagram[..n], from), (&b"udp socket"[..], udp_there_addr));
         assert_eq!(read_all(Box::new(tcp_here)), "tcp stream");
         assert_eq!(read_all(Box::new(unix_here)), "unix stream");
         assert_eq!(read_all(Box::new(TcpStream::connect(tcp_addr).unwrap())), "tcp listener");
