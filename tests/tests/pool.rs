@@ -357,6 +357,9 @@ fn no_fd_leak_or_zombie_whatever_the_workers_do() {
 
 #[test]
 fn a_pool_of_no_workers_is_refused_naming_the_rule() {
+    // Holds the lock like every test here: a panic reported on another thread while a test
+    // forks would leave the panic machinery's lock held in that test's workers.
+    let _serial = process_lock();
     let caught = std::panic::catch_unwind(|| PoolBuilder::new(0)).unwrap_err();
     let message = panic_message(&*caught);
     assert!(message.contains("at least one worker"), "{message}");

