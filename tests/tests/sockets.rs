@@ -17,7 +17,7 @@ use std::time::Duration;
 use greenhub::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use greenhub::{spawn, yield_now};
 use greenhub_ipc::{Duplex, Error, start_process};
-use greenhub_tests::{assert_no_fd_leak, process_lock, zombie_children};
+use greenhub_tests::{assert_no_fd_leak, pattern, process_lock, yield_until, zombie_children};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -132,17 +132,6 @@ fn unread_bytes(fd: &impl AsRawFd) -> usize {
     usize::try_from(n).unwrap()
 }
 
-/// Yields to the other coroutines (no sleep) until `done()`; panics if it never happens.
-fn yield_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..100_000 {
-        if done() {
-            return;
-        }
-        yield_now();
-    }
-    panic!("gave up waiting for {what}");
-}
-
 /// Closes `peer` abortively: `SO_LINGER` of zero, so TCP sends a reset instead of a FIN.
 fn reset(peer: Box<dyn RawStream>) {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
@@ -158,20 +147,6 @@ fn reset(peer: Box<dyn RawStream>) {
     };
     assert_eq!(rc, 0);
     drop(peer);
-}
-
-/// `len` bytes that differ with `seed` and position.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
