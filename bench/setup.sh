@@ -26,6 +26,16 @@ then
         "gevent==$GEVENT_VERSION" "gipc==$GIPC_VERSION"
 fi
 
+# wrk drives the HTTP row (a Debian package).
+if ! command -v wrk >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y -q wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; } \
+            || echo "setup.sh: could not install wrk: the HTTP row will fail" >&2
+    else
+        echo "setup.sh: wrk is missing and apt-get is not available: the HTTP row will fail" >&2
+    fi
+fi
+
 "$venv/bin/python" - <<'PY'
 import platform
 from importlib.metadata import version

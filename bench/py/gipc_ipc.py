@@ -13,6 +13,9 @@ interleave A B A B rounds with the other implementations. Benchmarks and their p
     pingpong  n= pinned=  n round trips over a duplex pipe (default pickle codec);
                           pinned=1: parent and child on CPU 0      -> round_trips_per_s
     process   n=          start_process + join of a no-op child, n times -> us_per_process
+    pool, pool_chunked  n= workers= chunksize=
+                          multiprocessing.Pool(workers).map of n tiny items (x + 1), after a
+                          warm-up map; fork context, like gipc      -> items_per_s
 
 Stream rates run from the first message received to the last; the big message is timed from just
 before the child puts it (time.monotonic(), CLOCK_MONOTONIC like the Rust workers, sent ahead in a
@@ -120,6 +123,22 @@ def process(n):
     return {"us_per_process": dt * 1e6 / n}
 
 
+def _inc(x):
+    return x + 1
+
+
+def pool(n, workers, chunksize):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers) as p:
+        p.map(_inc, range(1000))
+        t0 = perf_counter()
+        results = p.map(_inc, range(n), chunksize=chunksize)
+        dt = perf_counter() - t0
+    assert len(results) == n and results[-1] == n
+    return {"items_per_s": n / dt}
+
+
 BENCHMARKS = {
     "stream1": stream1,
     "stream64k": stream64k,
@@ -127,6 +146,8 @@ BENCHMARKS = {
     "big_ser": big_ser,
     "pingpong": pingpong,
     "process": process,
+    "pool": pool,
+    "pool_chunked": pool,
 }
 
 

@@ -19,6 +19,8 @@ pub fn run(bench: &str, p: &Params) -> Result<Report, String> {
         "big_ser" => greenhub::run(|| big_serialised(p.get("size") as usize)),
         "pingpong" => greenhub::run(|| pingpong(p.get("n"), p.get("pinned") != 0)),
         "process" => greenhub::run(|| process(p.get("n"))),
+        "pool" | "pool_chunked" => greenhub::run(|| pool(p.get("n"), p.get("workers") as usize)),
+        "http" => return crate::http::run(p.get("secs"), p.get("connections")),
         other => return Err(format!("greenhub-ipc has no benchmark {other}")),
     };
     result.map_err(|e| e.to_string())
@@ -118,4 +120,18 @@ fn process(n: u64) -> Result<Report> {
     }
     let dt = (sys::mono_ns() - t0) as f64 / 1e3;
     Ok(Report::new().with("us_per_process", dt / n as f64))
+}
+
+/// `Pool::map` of `n` tiny items (`x + 1` on a u64) over `workers` workers, after a warm-up map
+/// (the workers are started and have run once); the pool's own batching, nothing to tune.
+fn pool(n: u64, workers: usize) -> Result<Report> {
+    let pool = greenhub_ipc::Pool::new(workers, |x: u64| x + 1)?;
+    pool.map(0..1_000)?;
+    let t0 = sys::mono_ns();
+    let results = pool.map(0..n)?;
+    let dt = (sys::mono_ns() - t0) as f64 / 1e9;
+    assert_eq!(results.len() as u64, n);
+    assert_eq!(results.last().copied(), Some(n));
+    pool.close()?;
+    Ok(Report::new().with("items_per_s", n as f64 / dt))
 }

@@ -15,6 +15,8 @@ mod chart;
 mod greenhub_ipc_peer;
 #[cfg(feature = "greenhub-runtime")]
 mod greenhub_peer;
+#[cfg(feature = "greenhub")]
+mod http;
 mod may_peer;
 mod raw;
 mod report;

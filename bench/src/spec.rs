@@ -288,6 +288,34 @@ pub const BENCHES: &[Bench] = &[
         impls: &[Greenhub, Gipc, Raw],
         raw_from: None,
     },
+    Bench {
+        group: Group::Ipc,
+        id: "pool",
+        title: "Pool map of 100k tiny items (x + 1) on 2 workers; Python column: multiprocessing.Pool, chunksize 1",
+        figures: &[fig("items_per_s", "Pool, tiny items, vs chunksize 1", "items/s", Higher)],
+        impls: &[Greenhub, Gipc],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Ipc,
+        id: "pool_chunked",
+        title: "the same; Python column: multiprocessing.Pool, chunksize 50,000 (its best of 1 to 50,000 here)",
+        figures: &[fig("items_per_s", "Pool, tiny items, vs best chunksize", "items/s", Higher)],
+        impls: &[Greenhub, Gipc],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Ipc,
+        id: "http",
+        title: "HTTP/1.1 plaintext (examples/prefork_server) under wrk, 1 thread, 50 connections: one process, pre-fork with 1 and 2 workers",
+        figures: &[
+            fig("rps_single", "HTTP, single process", "requests/s", Higher),
+            fig("rps_prefork1", "HTTP, pre-fork, 1 worker", "requests/s", Higher),
+            fig("rps_prefork2", "HTTP, pre-fork, 2 workers", "requests/s", Higher),
+        ],
+        impls: &[Greenhub],
+        raw_from: None,
+    },
 ];
 
 /// The command-line parameters of one measurement, `key=value` each.
@@ -338,6 +366,11 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
             vec![("n", if python { q(30_000, 500) } else { q(100_000, 1_000) }), ("pinned", 1)]
         }
         "process" => vec![("n", if python { q(100, 5) } else { q(500, 20) })],
+        "pool" => vec![("n", q(100_000, 2_000)), ("workers", 2), ("chunksize", 1)],
+        "pool_chunked" => {
+            vec![("n", q(100_000, 2_000)), ("workers", 2), ("chunksize", q(50_000, 1_000))]
+        }
+        "http" => vec![("secs", q(5, 1)), ("connections", 50)],
         other => panic!("no parameters for benchmark {other}"),
     };
     if imp == RawBigPipe {
@@ -385,6 +418,7 @@ pub fn targets(bench: &str, key: &str) -> Vec<Target> {
         ("pingpong", _) => vec![VsRaw(1.0 / 1.2)],
         ("pingpong_pinned", _) => vec![VsRaw(1.0 / 1.2), VsPeer(2.5)],
         ("process", _) => vec![VsRaw(1.0 / 1.3)],
+        ("pool", _) => vec![VsPeer(10.0)],
         _ => vec![],
     };
     if !t.iter().any(|x| matches!(x, VsPeer(_))) {

@@ -134,7 +134,17 @@ fn greenhub(bench: &str, params: &Params) -> Result<Report, String> {
     }
 }
 
-const IPC_BENCHES: &[&str] = &["stream1", "stream64k", "big_raw", "big_ser", "pingpong", "process"];
+const IPC_BENCHES: &[&str] = &[
+    "stream1",
+    "stream64k",
+    "big_raw",
+    "big_ser",
+    "pingpong",
+    "process",
+    "pool",
+    "pool_chunked",
+    "http",
+];
 
 #[cfg(feature = "greenhub-runtime")]
 fn greenhub_runtime(bench: &str, params: &Params) -> Result<Report, String> {

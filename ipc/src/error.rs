@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::io;
+use std::process::ExitStatus;
 
 /// An error from a pipe, a codec or a child process.
 ///
@@ -44,6 +45,12 @@ pub enum Error {
     /// operation its text names (a `fork`, a `pidfd_open`, reaping a child, ...). Its `kind()` is
     /// the system call's; [`Error::raw_os_error`] gives the errno.
     Io(io::Error),
+    /// A [`Pool`](crate::Pool) item's function panicked in the worker; the text is the panic's
+    /// message. The worker goes on with other items.
+    Panicked(String),
+    /// The [`Pool`](crate::Pool) worker running this item died before answering (killed, or
+    /// it exited in the middle); its exit status. The pool starts a replacement.
+    WorkerDied(ExitStatus),
 }
 
 impl Error {
@@ -121,6 +128,12 @@ impl fmt::Display for Error {
                 write!(f, "the pipe has no reader left (every read end is closed): {err}")
             }
             Error::Io(err) => write!(f, "I/O error on the pipe: {err}"),
+            Error::Panicked(msg) => write!(f, "the pool's function panicked on this item: {msg}"),
+            Error::WorkerDied(status) => write!(
+                f,
+                "the pool worker running this item died before answering ({status}); \
+                 the pool has started a replacement"
+            ),
         }
     }
 }
@@ -207,6 +220,15 @@ mod tests {
     fn broken_pipe_says_that_no_reader_is_left() {
         let err = Error::from(io::Error::from(io::ErrorKind::BrokenPipe));
         assert!(err.to_string().contains("no reader left"), "{err}");
+    }
+
+    #[test]
+    fn pool_errors_name_the_panic_message_and_the_exit_status() {
+        use std::os::unix::process::ExitStatusExt;
+        let text = Error::Panicked("index out of bounds".into()).to_string();
+        assert!(text.contains("panicked") && text.contains("index out of bounds"), "{text}");
+        let text = Error::WorkerDied(ExitStatus::from_raw(9)).to_string();
+        assert!(text.contains("died") && text.contains("signal: 9"), "{text}");
     }
 
     #[test]

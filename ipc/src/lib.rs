@@ -23,8 +23,10 @@ mod error;
 pub mod frame;
 mod handle;
 mod pipe;
+mod pool;
 mod process;
 mod sigpipe;
+mod socket;
 mod sys;
 mod transfer;
 
@@ -32,6 +34,7 @@ pub use codec::{Codec, Postcard, Raw};
 pub use command::{ChildStderr, ChildStdin, ChildStdout, Command};
 pub use error::Error;
 pub use pipe::{Duplex, Reader, Writer, duplex, pipe, pipe_with, raw_pipe};
+pub use pool::{Pool, PoolBuilder};
 pub use process::{ChildResult, Process, ProcessBuilder, start_process};
 pub use transfer::Transfer;
 

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -127,12 +127,12 @@ impl<T, C: Codec<T>> Reader<T, C> {
             // or suspends having read nothing: a timeout or cancel never loses bytes.
             let n = if let Some((payload, limit)) = decoder.detached_spare() {
                 // A big message: read straight into its own buffer, never zero-filled first.
-                let n = source.read_with(|file| append_up_to(file, payload, limit))?;
+                let n = reset_is_end(source.read_with(|file| append_up_to(file, payload, limit)))?;
                 decoder.appended();
                 n
             } else {
                 let room = decoder.read_buf(READ_SIZE);
-                let n = source.read_with(|mut file| file.read(room))?;
+                let n = reset_is_end(source.read_with(|mut file| file.read(room)))?;
                 decoder.filled(n);
                 n
             };
@@ -179,6 +179,25 @@ impl<T, C: Codec<T>> Reader<T, C> {
     }
 }
 
+/// A connection reset by the peer (a socket whose peer died or closed with data unread) is the
+/// end of the stream, as the peer's death is over a pipe: `Eof` or `Truncated` follows.
+fn reset_is_end(read: io::Result<usize>) -> io::Result<usize> {
+    match read {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(0),
+        other => other,
+    }
+}
+
+/// A write refused because the peer reset the connection is the "no reader left" of a pipe.
+fn reset_is_broken_pipe(write: io::Result<usize>) -> io::Result<usize> {
+    match write {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+            Err(io::Error::new(io::ErrorKind::BrokenPipe, e))
+        }
+        other => other,
+    }
+}
+
 /// Appends at most `limit` bytes from `file` to `payload`, reading into its uninitialised
 /// capacity (std's `read_to_end`), and returns how many. 0 means end of stream. Progress wins
 /// over an error: bytes that arrived are reported (an error, if any, recurs at the next read),
@@ -219,7 +238,8 @@ impl Outbox {
         while self.sent < self.frame.len() {
             let rest = &self.frame[self.sent..];
             // `sent` is updated right after each write, before anything can suspend.
-            match source.write_with(|mut file| sigpipe::write(|| file.write(rest))) {
+            let written = source.write_with(|mut file| sigpipe::write(|| file.write(rest)));
+            match reset_is_broken_pipe(written) {
                 Ok(n) => self.sent += n,
                 Err(e) => {
                     if e.kind() == ErrorKind::BrokenPipe {
@@ -259,11 +279,14 @@ impl Outbox {
             let written = match direct.sent.checked_sub(HEADER_LEN) {
                 None => {
                     let parts = [IoSlice::new(&header[direct.sent..]), IoSlice::new(payload)];
-                    source.write_with(|mut file| sigpipe::write(|| file.write_vectored(&parts)))
+                    reset_is_broken_pipe(
+                        source
+                            .write_with(|mut file| sigpipe::write(|| file.write_vectored(&parts))),
+                    )
                 }
-                Some(done) => {
-                    source.write_with(|mut file| sigpipe::write(|| file.write(&payload[done..])))
-                }
+                Some(done) => reset_is_broken_pipe(
+                    source.write_with(|mut file| sigpipe::write(|| file.write(&payload[done..]))),
+                ),
             };
             match written {
                 Ok(n) => direct.sent += n,
@@ -342,10 +365,18 @@ impl<T, C: Codec<T>> Writer<T, C> {
     }
 }
 
-/// Both directions of a [`duplex`] pipe: puts `Out`, gets `In`.
+/// Both directions of a [`duplex`] pipe, or of a socket ([`Duplex::from_tcp`],
+/// [`Duplex::from_unix`]): puts `Out`, gets `In`.
 pub struct Duplex<Out, In> {
     writer: Writer<Out>,
     reader: Reader<In>,
+}
+
+impl<Out, In> Duplex<Out, In> {
+    /// A duplex from its two directions (two pipes, or two duplicates of one socket).
+    pub(crate) fn from_parts(writer: Writer<Out>, reader: Reader<In>) -> Self {
+        Duplex { writer, reader }
+    }
 }
 
 impl<Out, In> Duplex<Out, In>

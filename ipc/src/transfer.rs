@@ -6,6 +6,12 @@
 //! and so is every other fd: a child holds exactly its stdio, what it was given, and its own
 //! hub's fds. A plain fd ([`OwnedFd`], [`File`], std's pipes and sockets) is transferred the
 //! same way.
+//!
+//! Sockets (`greenhub::net`) transfer by the same move: the parent's copy is dropped (deregistered
+//! from its hub, then closed) once the child exists, and the child's copy registers with the
+//! child's fresh hub on its first wait (a [`greenhub::io::Source`] registers with whichever hub
+//! is current). A socket the child inherits without being given it is closed there, like every
+//! other fd it was not given.
 
 use std::fs::File;
 use std::io::{PipeReader, PipeWriter};
@@ -16,10 +22,37 @@ use crate::handle::Handle;
 /// Values made of pipe handles that can be moved into a child process: [`Reader`](crate::Reader),
 /// [`Writer`](crate::Writer), [`Duplex`](crate::Duplex), a program's
 /// [`ChildStdin`](crate::ChildStdin), [`ChildStdout`](crate::ChildStdout) and
-/// [`ChildStderr`](crate::ChildStderr), `()`, tuples of up to 8, `Vec<T>`, `Option<T>`, `[T; N]`,
-/// `Box<T>`; and plain fds: [`OwnedFd`], [`File`], [`PipeReader`], [`PipeWriter`], std's
-/// `UnixStream`, `UnixListener`, `TcpStream`, `TcpListener`, `UdpSocket` (every other fd is closed
-/// in a child, so an fd the child needs must be given to it).
+/// [`ChildStderr`](crate::ChildStderr), the sockets of [`greenhub::net`] ([`TcpListener`],
+/// [`TcpStream`], [`UnixListener`], [`UnixStream`], [`UdpSocket`]), `()`, tuples of up to 8,
+/// `Vec<T>`, `Option<T>`, `[T; N]`, `Box<T>`; and plain fds: [`OwnedFd`], [`File`],
+/// [`PipeReader`], [`PipeWriter`], std's `UnixStream`, `UnixListener`, `TcpStream`,
+/// `TcpListener`, `UdpSocket` (every other fd is closed in a child, so an fd the child needs must
+/// be given to it).
+///
+/// A socket handed to [`start_process`](crate::start_process) is closed in the parent once the
+/// child exists and registered with the child's hub there; to keep serving in the parent too,
+/// transfer a duplicate (`try_clone`) instead, as a pre-fork server does with its listeners:
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use greenhub::net::{TcpListener, TcpStream};
+///
+/// greenhub::run(|| {
+///     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+///     let addr = listener.local_addr().unwrap();
+///     let worker = greenhub_ipc::start_process(listener, |listener| {
+///         let (mut conn, _) = listener.accept()?;
+///         conn.write_all(b"served by the child")
+///     })
+///     .unwrap();
+///     let mut reply = String::new();
+///     TcpStream::connect(addr).unwrap().read_to_string(&mut reply).unwrap();
+///     assert_eq!(reply, "served by the child");
+///     assert!(worker.join().unwrap().success());
+/// });
+/// ```
+///
+/// A std pipe end is transferred the same way:
 ///
 /// ```
 /// use std::io::{Read, Write};
@@ -35,6 +68,12 @@ use crate::handle::Handle;
 ///     assert_eq!(text, "through a std pipe");
 /// });
 /// ```
+///
+/// [`TcpListener`]: greenhub::net::TcpListener
+/// [`TcpStream`]: greenhub::net::TcpStream
+/// [`UnixListener`]: greenhub::net::UnixListener
+/// [`UnixStream`]: greenhub::net::UnixStream
+/// [`UdpSocket`]: greenhub::net::UdpSocket
 ///
 /// The trait is sealed: its one method is an implementation detail.
 pub trait Transfer: sealed::Sealed {}
@@ -139,6 +178,14 @@ impl<T: sealed::Sealed + ?Sized> sealed::Sealed for Box<T> {
     fn each_fd(&self, f: &mut dyn FnMut(RawFd)) {
         (**self).each_fd(f);
     }
+}
+
+// A greenhub socket holds no pipe handle either: moving it into the child is the whole transfer
+// (the parent drops its copy once the child exists; the child keeps its fd and the child's copy
+// registers with the child's hub when it first waits).
+fd_transfer! {
+    greenhub::net::TcpListener greenhub::net::TcpStream greenhub::net::UnixListener
+    greenhub::net::UnixStream greenhub::net::UdpSocket
 }
 
 macro_rules! tuple_transfer {

@@ -210,6 +210,32 @@ impl Drop for DropFlag {
     }
 }
 
+/// `len` bytes that differ with `seed` and with the position: a lost, doubled or misplaced byte
+/// shows up in a comparison.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Yields to the other coroutines (no sleep) until `done()`; panics if it never happens.
+pub fn yield_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
+        greenhub::yield_now();
+    }
+    panic!("gave up waiting for {what}");
+}
+
 /// The README's example, compiled and run as a doctest so it stays true.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

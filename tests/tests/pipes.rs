@@ -26,7 +26,7 @@ use greenhub::{spawn, yield_now};
 use greenhub_ipc::{
     Codec, Error, Postcard, Raw, Reader, Writer, duplex, pipe, pipe_with, raw_pipe,
 };
-use greenhub_tests::{assert_no_fd_leak, process_lock, rerun_test_in_child};
+use greenhub_tests::{assert_no_fd_leak, pattern, process_lock, rerun_test_in_child, yield_until};
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -104,32 +104,6 @@ fn pipe_capacity(fd: &impl AsRawFd) -> usize {
     // SAFETY: F_GETPIPE_SZ takes no argument and only returns a number.
     let size = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
     usize::try_from(size).unwrap_or_else(|_| panic!("F_GETPIPE_SZ failed"))
-}
-
-/// Yields to the other coroutines (no sleep) until `done()`; panics if it never happens.
-fn yield_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..100_000 {
-        if done() {
-            return;
-        }
-        yield_now();
-    }
-    panic!("gave up waiting for {what}");
-}
-
-/// `len` bytes that differ with `seed` and with the position: a lost, doubled or misplaced byte
-/// shows up in a comparison.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Message `seq` of writer `id`: who sent it, its number, then a pattern of a size that varies.

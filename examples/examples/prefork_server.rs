@@ -1,0 +1,608 @@
+//! A pre-fork HTTP/1.1 server, gunicorn's model on greenhub: the parent binds, N worker
+//! processes (default: the CPU count) each accept with their own hub, one coroutine per
+//! connection; a dead worker is replaced; SIGTERM stops accepting, lets open connections finish
+//! within a grace period, then exits 0.
+//!
+//! It teaches handing sockets to child processes (`Transfer` for `greenhub::net` listeners,
+//! `try_clone` to keep the parent's copy), a supervisor coroutine per worker, a control pipe
+//! per worker for a graceful stop, and SIGTERM received in a coroutine.
+//!
+//! How connections spread over the workers (measured on 2 vCPUs, 4 workers, a burst of 2,000
+//! connections, 100 at a time, `prefork_server -- burst`, three runs): one listening socket
+//! shared by every worker gives 47 to 1,239 connections per worker (each worker's epoll wakes
+//! for every connection, the thundering herd, and whoever runs first takes it); one
+//! `SO_REUSEPORT` socket per worker gives 476 to 533 (a fair share is 500: the kernel hashes
+//! each connection to one socket). See `docs/child-processes.md`, "Scaling out". So the default is a socket per worker, all bound by the parent before any worker
+//! starts, and kept open by the parent: the port is never unbound, even while a worker is being
+//! replaced, and connections queued on a dead worker's socket wait for its replacement instead
+//! of being reset. `--shared` uses one shared socket instead, for the comparison.
+//!
+//! Run: `cargo run --release -p examples --example prefork_server` (a demo: it starts itself as
+//! a server, sends a burst of connections, kills a worker, then SIGTERM), or
+//! `... --example prefork_server -- serve [--workers N] [--port P] [--grace-ms MS] [--shared]`
+//! to serve until SIGTERM (the first line printed is `port P`; `--single` serves in one process,
+//! without workers, for comparison), or `-- burst` to measure the spread of both mechanisms.
+//!
+//! Expected output of the demo (the worker count is your CPU count, the spread varies a little,
+//! and the server's own log line about the killed worker goes to stderr):
+//! ```text
+//! server: 2 workers, one SO_REUSEPORT socket each
+//! burst: 2000 connections, 2000 answered, by 2 workers (fewest by one worker: 96% of a fair share)
+//! killed a worker: 200 more connections, 200 answered, 1 worker(s) new since the burst
+//! SIGTERM with a request in progress: it was answered, and the server exited with 0
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::process::Stdio;
+use std::rc::Rc;
+use std::time::Duration;
+
+use greenhub::JoinHandle;
+use greenhub::net::{TcpListener, TcpStream};
+use greenhub::sync::Event;
+use greenhub_ipc::{Command, Process, ProcessBuilder, Writer};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// How long open connections may take to finish after SIGTERM, by default.
+const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// The connections of the demo's burst.
+const BURST: usize = 2000;
+
+/// How many of them are open at once.
+const BURST_PARALLEL: usize = 100;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    greenhub::run(|| match args.first().map(String::as_str) {
+        Some("serve") => serve(&Options::parse(&args[1..])?),
+        Some("burst") => measure_spread(),
+        None => demo(),
+        Some(other) => Err(format!("unknown mode {other:?}: serve, burst, or nothing").into()),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server: the parent (binds, supervises, stops) and its workers (accept, serve)
+
+/// `serve`'s command line.
+#[derive(Debug, Clone)]
+struct Options {
+    workers: usize,
+    port: u16,
+    grace: Duration,
+    shared: bool,
+    /// No workers: the parent serves alone (the single-process server, for comparison).
+    single: bool,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options, Box<dyn std::error::Error>> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut options =
+            Options { workers: cpus, port: 0, grace: DEFAULT_GRACE, shared: false, single: false };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--workers" => options.workers = value()?.parse()?,
+                "--port" => options.port = value()?.parse()?,
+                "--grace-ms" => options.grace = Duration::from_millis(value()?.parse()?),
+                "--shared" => options.shared = true,
+                "--single" => options.single = true,
+                other => return Err(format!("unknown option {other}").into()),
+            }
+        }
+        if options.workers == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+        Ok(options)
+    }
+}
+
+/// What the parent tells a worker.
+type Control = ();
+
+/// The parent: binds every socket, starts the workers, replaces the ones that die, and on
+/// SIGTERM stops them gracefully.
+fn serve(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
+    let sigterm = Sigterm::block()?;
+    if options.single {
+        let listener = TcpListener::bind(("127.0.0.1", options.port))?;
+        println!("port {}", listener.local_addr()?.port());
+        println!("server: a single process, no workers");
+        io::stdout().flush()?;
+        return Ok(accept_until_stopped(listener, || sigterm.recv(), options.grace)?);
+    }
+    let sockets = bind_sockets(options)?;
+    let port = sockets[0].local_addr()?.port();
+    println!("port {port}");
+    let mechanism =
+        if options.shared { "one shared socket" } else { "one SO_REUSEPORT socket each" };
+    println!("server: {} workers, {mechanism}", options.workers);
+    io::stdout().flush()?;
+    let stopping = Rc::new(Cell::new(false));
+    let slots: Vec<Rc<Slot>> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(index, listener)| Rc::new(Slot::new(index, listener)))
+        .collect();
+    let supervisors: Vec<JoinHandle<()>> = slots
+        .iter()
+        .map(|slot| {
+            let (slot, stopping, grace) = (Rc::clone(slot), Rc::clone(&stopping), options.grace);
+            greenhub::spawn(move || slot.supervise(&stopping, grace))
+        })
+        .collect();
+    sigterm.recv();
+    stopping.set(true);
+    for slot in &slots {
+        slot.stop();
+    }
+    for supervisor in supervisors {
+        let _ = supervisor.join();
+    }
+    Ok(())
+}
+
+/// SIGTERM, received in a coroutine. Interim, until `greenhub::signal::Signals` is on main:
+/// SIGTERM is blocked in this thread (and so in the helper threads it starts later), and a
+/// helper thread of `spawn_blocking` takes it with `sigwait` while the coroutine waits. Workers
+/// start with an empty signal mask (greenhub-ipc resets it in every child).
+struct Sigterm;
+
+impl Sigterm {
+    fn block() -> io::Result<Sigterm> {
+        // SAFETY: an emptied sigset_t with one signal added is a valid mask; the old-mask
+        // pointer may be null.
+        let rc = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+        };
+        if rc == 0 { Ok(Sigterm) } else { Err(io::Error::from_raw_os_error(rc)) }
+    }
+
+    /// Suspends the calling coroutine until SIGTERM arrives.
+    fn recv(&self) {
+        greenhub::spawn_blocking(|| {
+            loop {
+                // SAFETY: as in `block`; `sigwait` writes the signal number through a valid pointer.
+                let (rc, signal) = unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGTERM);
+                    let mut signal = 0;
+                    (libc::sigwait(&set, &mut signal), signal)
+                };
+                if rc == 0 && signal == libc::SIGTERM {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// The listening sockets, bound here before any worker exists: one per worker with
+/// `SO_REUSEPORT` (the first picks the port, the others join it), or one shared by every worker
+/// (each worker gets a duplicate).
+fn bind_sockets(options: &Options) -> io::Result<Vec<TcpListener>> {
+    let mut addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, options.port));
+    let mut sockets = Vec::new();
+    for _ in 0..options.workers {
+        let listener = if options.shared && !sockets.is_empty() {
+            let first: &TcpListener = &sockets[0];
+            first.try_clone()?
+        } else {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(!options.shared)?;
+            socket.bind(&addr.into())?;
+            socket.listen(1024)?;
+            let listener = TcpListener::from(std::net::TcpListener::from(socket));
+            addr = listener.local_addr()?;
+            listener
+        };
+        sockets.push(listener);
+    }
+    Ok(sockets)
+}
+
+/// One worker's place: its socket (the parent's copy, open until the server stops), and the
+/// control pipe to the worker running in it now.
+struct Slot {
+    index: usize,
+    listener: RefCell<Option<TcpListener>>,
+    control: RefCell<Option<Writer<Control>>>,
+}
+
+impl Slot {
+    fn new(index: usize, listener: TcpListener) -> Slot {
+        Slot { index, listener: RefCell::new(Some(listener)), control: RefCell::new(None) }
+    }
+
+    /// Keeps a worker running in this slot until the server stops: starts one, waits for it to
+    /// end, and starts a replacement if it died while the server was not stopping.
+    fn supervise(&self, stopping: &Cell<bool>, grace: Duration) {
+        while !stopping.get() {
+            let worker = match self.start_worker(grace) {
+                Ok(worker) => worker,
+                Err(err) => return eprintln!("server: cannot start worker {}: {err}", self.index),
+            };
+            let status = worker.join();
+            self.control.borrow_mut().take();
+            if !stopping.get() {
+                let pid = worker.pid();
+                eprintln!(
+                    "server: worker {} (pid {pid}) ended: {status:?}; replacing it",
+                    self.index
+                );
+            }
+        }
+    }
+
+    /// Forks a worker on a duplicate of this slot's socket, with a control pipe to it.
+    fn start_worker(&self, grace: Duration) -> Result<Process, Box<dyn std::error::Error>> {
+        let listener =
+            self.listener.borrow().as_ref().ok_or("the server is stopping")?.try_clone()?;
+        let (control_reader, control_writer) = greenhub_ipc::pipe::<Control>()?;
+        let process = ProcessBuilder::new()
+            .name(format!("worker-{}", self.index))
+            .daemon(true)
+            .start((listener, control_reader), move |(listener, control)| {
+                accept_until_stopped(listener, || drop(control.get()), grace)
+            })?;
+        *self.control.borrow_mut() = Some(control_writer);
+        Ok(process)
+    }
+
+    /// Stops the slot: its socket is closed here, and its worker is told to stop (close its
+    /// copy, finish its connections, exit).
+    fn stop(&self) {
+        self.listener.borrow_mut().take();
+        if let Some(control) = self.control.borrow().as_ref() {
+            let _ = control.put(&());
+        }
+    }
+}
+
+/// A worker's life (and the single-process server's): accepts on its socket and serves each
+/// connection in a coroutine of its own, until `wait_for_stop` returns (in a worker: the parent
+/// says stop, or dies); then stops accepting, gives open connections `grace` to finish.
+fn accept_until_stopped(
+    listener: TcpListener,
+    wait_for_stop: impl FnOnce(),
+    grace: Duration,
+) -> io::Result<()> {
+    let connections = Rc::new(Connections::default());
+    let acceptor = greenhub::spawn({
+        let connections = Rc::clone(&connections);
+        move || -> io::Result<()> {
+            loop {
+                let (stream, _) = listener.accept()?;
+                connections.serve(stream);
+            }
+        }
+    });
+    wait_for_stop(); // a worker: a stop message, or Eof (the parent is gone)
+    acceptor.cancel(); // drops the worker's copy of the socket: no more accepts here
+    connections.stop(grace);
+    Ok(())
+}
+
+/// True while a connection waits for a request (no byte of one has arrived).
+type Idle = Rc<Cell<bool>>;
+
+/// The open connections of a worker, and which of them wait for a request (idle).
+#[derive(Default)]
+struct Connections {
+    next: Cell<u64>,
+    /// Each open connection's coroutine, and its idle flag.
+    open: RefCell<HashMap<u64, (JoinHandle<()>, Idle)>>,
+    stopping: Cell<bool>,
+    all_closed: Event,
+}
+
+impl Connections {
+    /// Serves `stream` in a coroutine of its own.
+    fn serve(self: &Rc<Self>, stream: TcpStream) {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let idle = Rc::new(Cell::new(true));
+        let this = Rc::clone(self);
+        let handle = greenhub::spawn({
+            let idle = Rc::clone(&idle);
+            move || {
+                // Leaves the table however the coroutine ends: returned, or cancelled (unwound).
+                let _leave = Leave { connections: Rc::clone(&this), id };
+                let _ = serve_http(&stream, &idle, &this.stopping);
+            }
+        });
+        self.open.borrow_mut().insert(id, (handle, idle));
+        self.all_closed.clear();
+    }
+
+    /// Graceful stop: idle connections are closed now; the others finish their request (and
+    /// are closed after it) within `grace`; what is left then is cut.
+    fn stop(&self, grace: Duration) {
+        self.stopping.set(true);
+        // Let connections whose bytes have just arrived read them first: they are not idle.
+        greenhub::yield_now();
+        for (handle, idle) in self.open.borrow().values() {
+            if idle.get() {
+                handle.cancel();
+            }
+        }
+        if !self.open.borrow().is_empty() && !self.all_closed.wait_timeout(grace) {
+            for (handle, _) in self.open.borrow().values() {
+                handle.cancel();
+            }
+        }
+    }
+}
+
+/// Takes a connection out of the table when its coroutine ends, and says when none is left.
+struct Leave {
+    connections: Rc<Connections>,
+    id: u64,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        let mut open = self.connections.open.borrow_mut();
+        open.remove(&self.id);
+        if open.is_empty() {
+            self.connections.all_closed.set();
+        }
+    }
+}
+
+/// The response to every request: TechEmpower's plaintext test.
+const BODY: &str = "Hello, World!";
+
+/// Serves HTTP/1.1 requests on one connection (keep-alive) until the client closes, asks for
+/// `Connection: close`, or the worker is stopping. `idle` is true while no byte of a request
+/// has arrived.
+fn serve_http(stream: &TcpStream, idle: &Cell<bool>, stopping: &Cell<bool>) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = stream;
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let head_end = loop {
+            if let Some(end) = find_head_end(&buf) {
+                break end;
+            }
+            let n = reader.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(()); // the client closed
+            }
+            idle.set(false);
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > 64 * 1024 {
+                return respond(stream, "431 Request Header Fields Too Large", true);
+            }
+        };
+        let request = Head::parse(&buf[..head_end]);
+        let close = request.close || stopping.get();
+        let status = if request.valid { "200 OK" } else { "400 Bad Request" };
+        respond(stream, status, close || !request.valid)?;
+        buf.drain(..head_end + request.body_len.min(buf.len() - head_end));
+        if close || !request.valid {
+            return Ok(());
+        }
+        idle.set(buf.is_empty());
+    }
+}
+
+/// Where the request head ends (the index just past `\r\n\r\n`).
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// What the server needs from a request head.
+struct Head {
+    valid: bool,
+    close: bool,
+    body_len: usize,
+}
+
+impl Head {
+    fn parse(head: &[u8]) -> Head {
+        let text = String::from_utf8_lossy(head);
+        let mut lines = text.split("\r\n");
+        let request_line = lines.next().unwrap_or_default();
+        let mut parts = request_line.split(' ');
+        let (method, target, version) = (parts.next(), parts.next(), parts.next());
+        let valid = method.is_some_and(|m| !m.is_empty())
+            && target.is_some_and(|t| t.starts_with('/'))
+            && matches!(version, Some("HTTP/1.1" | "HTTP/1.0"));
+        let mut close = version == Some("HTTP/1.0");
+        let mut body_len = 0;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else { continue };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("connection") {
+                close = value.eq_ignore_ascii_case("close")
+                    || (close && !value.eq_ignore_ascii_case("keep-alive"));
+            } else if name.eq_ignore_ascii_case("content-length") {
+                body_len = value.parse().unwrap_or(0);
+            }
+        }
+        Head { valid, close, body_len }
+    }
+}
+
+/// Writes one response with the plaintext body.
+fn respond(mut stream: &TcpStream, status: &str, close: bool) -> io::Result<()> {
+    let connection = if close { "close" } else { "keep-alive" };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nServer: greenhub\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\nConnection: {connection}\r\nX-Worker: {}\r\n\r\n{BODY}",
+        BODY.len(),
+        std::process::id()
+    );
+    stream.write_all(response.as_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The demo and the spread measurement: a client that drives a server started as a program
+
+/// A server started as a program (`prefork_server serve ...`), and the port it said.
+struct Server {
+    process: Process,
+    port: u16,
+    header: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Result<Server, Box<dyn std::error::Error>> {
+        let exe = std::env::current_exe()?;
+        let mut process =
+            Command::new(exe).arg("serve").args(args).stdout(Stdio::piped()).spawn()?;
+        let mut out = process.take_stdout().ok_or("the server's stdout was not piped")?;
+        let mut text = String::new();
+        let mut byte = [0u8; 1];
+        while text.matches('\n').count() < 2 && out.read(&mut byte)? == 1 {
+            text.push(byte[0] as char);
+        }
+        let mut lines = text.lines();
+        let port = lines.next().and_then(|l| l.strip_prefix("port ")).ok_or("no port line")?;
+        Ok(Server { process, port: port.parse()?, header: lines.next().unwrap_or("").into() })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
+    }
+}
+
+/// One connection: a request, its response; the pid of the worker that answered.
+fn one_request(addr: SocketAddr) -> io::Result<u32> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    worker_of(&response)
+}
+
+/// The `X-Worker` header of a response.
+fn worker_of(response: &str) -> io::Result<u32> {
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Worker: "))
+        .and_then(|pid| pid.trim().parse().ok())
+        .ok_or_else(|| io::Error::other(format!("not a response of ours: {response:?}")))
+}
+
+/// `n` connections, `BURST_PARALLEL` at a time; how many each worker answered.
+fn burst(addr: SocketAddr, n: usize) -> io::Result<BTreeMap<u32, usize>> {
+    let next = Rc::new(Cell::new(0));
+    let clients: Vec<_> = (0..BURST_PARALLEL)
+        .map(|_| {
+            let next = Rc::clone(&next);
+            greenhub::spawn(move || -> io::Result<Vec<u32>> {
+                let mut pids = Vec::new();
+                while next.get() < n {
+                    next.set(next.get() + 1);
+                    pids.push(one_request(addr)?);
+                }
+                Ok(pids)
+            })
+        })
+        .collect();
+    let mut per_worker = BTreeMap::new();
+    for client in clients {
+        for pid in client.join().map_err(|e| io::Error::other(e.to_string()))?? {
+            *per_worker.entry(pid).or_default() += 1;
+        }
+    }
+    Ok(per_worker)
+}
+
+/// The demo: a server with a worker per CPU; a burst; a worker killed and replaced; SIGTERM
+/// with a request in progress.
+fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    let server = Server::start(&[])?;
+    println!("{}", server.header);
+    let workers: usize = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spread = burst(server.addr(), BURST)?;
+    let answered: usize = spread.values().sum();
+    let fewest = spread.values().min().copied().unwrap_or(0) * workers * 100 / BURST;
+    println!(
+        "burst: {BURST} connections, {answered} answered, by {} workers (fewest by one worker: {fewest}% of a fair share)",
+        spread.len()
+    );
+    let victim = *spread.keys().next().ok_or("nobody answered")?;
+    kill(victim)?;
+    let after = burst(server.addr(), 200)?;
+    let by_new = after.keys().filter(|pid| !spread.contains_key(pid)).count();
+    println!(
+        "killed a worker: 200 more connections, {} answered, {by_new} worker(s) new since the burst",
+        after.values().sum::<usize>()
+    );
+    // A keep-alive connection: one whole request (so a worker has accepted it), then half of a
+    // second one, then SIGTERM, then the rest: a request in progress is finished.
+    let mut open = TcpStream::connect(server.addr())?;
+    open.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n\r\n")?;
+    read_response(&open)?;
+    open.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\n")?;
+    server.process.terminate()?;
+    open.write_all(b"\r\n")?;
+    let mut response = String::new();
+    open.read_to_string(&mut response)?;
+    let status = server.process.join()?;
+    let answered = if worker_of(&response).is_ok() { "it was answered" } else { "it was cut" };
+    let code = status.code().map_or_else(|| status.to_string(), |c| c.to_string());
+    println!("SIGTERM with a request in progress: {answered}, and the server exited with {code}");
+    if status.success() { Ok(()) } else { Err("the server did not exit with 0".into()) }
+}
+
+/// Both mechanisms with 4 workers and a burst of 2,000 connections: each worker's share.
+fn measure_spread() -> Result<(), Box<dyn std::error::Error>> {
+    for mechanism in [&["--workers", "4"][..], &["--workers", "4", "--shared"]] {
+        let server = Server::start(mechanism)?;
+        let spread = burst(server.addr(), BURST)?;
+        let shares: Vec<String> = spread.values().map(|n| n.to_string()).collect();
+        println!("{}: connections per worker: {}", server.header, shares.join(" "));
+        server.process.terminate()?;
+        server.process.join()?;
+    }
+    Ok(())
+}
+
+/// Sends SIGKILL to the process `pid` (with the `kill` program: no unsafe code here).
+fn kill(pid: u32) -> Result<(), Box<dyn std::error::Error>> {
+    let output = Command::new("kill").args(["-KILL", &pid.to_string()]).output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill {pid}: {}", output.status).into())
+    }
+}
+
+/// Reads one response (head and its `Content-Length` body) from a keep-alive connection.
+fn read_response(mut stream: &TcpStream) -> io::Result<String> {
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        if let Some(end) = find_head_end(&response) {
+            let text = String::from_utf8_lossy(&response[..end]).into_owned();
+            let len: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            stream.read_exact(&mut body)?;
+            return Ok(text + &String::from_utf8_lossy(&body));
+        }
+        if stream.read(&mut byte)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        response.push(byte[0]);
+    }
+}

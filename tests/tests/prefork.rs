@@ -1,0 +1,149 @@
+//! The pre-fork server (`examples/examples/prefork_server.rs`, built here as the helper binary
+//! `prefork_server`), driven with real connections: every connection is answered and both
+//! workers take some, a killed worker is replaced while connections keep being answered, and
+//! SIGTERM finishes a request in progress, closes idle connections, stops accepting and exits 0.
+//!
+//! No sleeps: the test reads the server's port from its first line, and waits for the events it
+//! checks by making requests (a request answered by a new pid is the replacement).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::rc::Rc;
+use std::time::Duration;
+
+use greenhub::net::TcpStream;
+use greenhub_ipc::{Command, Process};
+use greenhub_tests::{process_lock, zombie_children};
+
+/// A deadline no passing test comes near.
+const LONG: Duration = Duration::from_secs(60);
+
+/// Starts `prefork_server serve` with `args`; the process, its address and its header line.
+fn start_server(args: &[&str]) -> (Process, SocketAddr, String) {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_prefork_server"))
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(server.take_stdout().unwrap());
+    let (mut port, mut header) = (String::new(), String::new());
+    out.read_line(&mut port).unwrap();
+    out.read_line(&mut header).unwrap();
+    let port: u16 = port.trim().strip_prefix("port ").expect("a port line").parse().unwrap();
+    (server, SocketAddr::from(([127, 0, 0, 1], port)), header.trim().to_string())
+}
+
+/// Reads one response (head, then its `Content-Length` body) and returns the head and the
+/// pid in its `X-Worker` header.
+fn read_response(mut stream: &TcpStream) -> (String, u32) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "the connection closed mid-response");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let header = |name: &str| {
+        head.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("{head}"))
+    };
+    let mut body = vec![0; header("Content-Length: ").trim().parse().unwrap()];
+    stream.read_exact(&mut body).unwrap();
+    assert_eq!(body, b"Hello, World!");
+    let pid = header("X-Worker: ").trim().parse().unwrap();
+    (head, pid)
+}
+
+/// One connection, one request; the pid of the worker that answered.
+fn one_request(addr: SocketAddr) -> u32 {
+    let stream = TcpStream::connect(addr).unwrap();
+    (&stream).write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let (head, pid) = read_response(&stream);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    pid
+}
+
+/// `n` connections, 50 at a time; the pid that answered each.
+fn many_requests(addr: SocketAddr, n: usize) -> Vec<u32> {
+    let left = Rc::new(std::cell::Cell::new(n));
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let left = Rc::clone(&left);
+            greenhub::spawn(move || {
+                let mut pids = Vec::new();
+                while left.get() > 0 {
+                    left.set(left.get() - 1);
+                    pids.push(one_request(addr));
+                }
+                pids
+            })
+        })
+        .collect();
+    clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
+}
+
+#[test]
+fn every_connection_is_answered_a_killed_worker_is_replaced_and_sigterm_exits_0() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        greenhub::timeout(LONG, || {
+            let (server, addr, header) = start_server(&["--workers", "2", "--grace-ms", "30000"]);
+            assert_eq!(header, "server: 2 workers, one SO_REUSEPORT socket each");
+
+            let pids = many_requests(addr, 400);
+            assert_eq!(pids.len(), 400, "every connection is answered");
+            let workers: BTreeSet<u32> = pids.iter().copied().collect();
+            assert_eq!(workers.len(), 2, "both workers take connections: {workers:?}");
+
+            let victim = *workers.first().unwrap();
+            // SAFETY: kill with a pid and a signal number touches no memory of ours.
+            assert_eq!(unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) }, 0);
+            // Connections hashed to the dead worker's socket wait for its replacement.
+            let replacement = (0..2000)
+                .map(|_| one_request(addr))
+                .find(|pid| !workers.contains(pid))
+                .expect("no replacement worker ever answered");
+            assert_ne!(replacement, victim);
+
+            // SIGTERM: a request in progress is finished, an idle connection is closed.
+            let busy = TcpStream::connect(addr).unwrap();
+            let idle = TcpStream::connect(addr).unwrap();
+            for stream in [&busy, &idle] {
+                let mut s = stream;
+                s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+                read_response(stream); // a worker has accepted it and served one request
+            }
+            (&busy).write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap(); // half a request
+            server.terminate().unwrap();
+            (&busy).write_all(b"\r\n").unwrap();
+            let (head, _) = read_response(&busy);
+            assert!(head.contains("Connection: close"), "the last response closes: {head}");
+            let mut rest = Vec::new();
+            (&idle).read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty(), "the idle connection is closed without a response");
+            let status = server.join().unwrap();
+            assert_eq!(status.code(), Some(0), "the server exits with 0 after SIGTERM");
+            let refused = TcpStream::connect(addr).unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        })
+        .expect("the test hung");
+    });
+    assert_eq!(zombie_children(), Vec::<u32>::new());
+}
+
+#[test]
+fn a_shared_socket_serves_every_connection_too() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        greenhub::timeout(LONG, || {
+            let (server, addr, header) = start_server(&["--workers", "2", "--shared"]);
+            assert_eq!(header, "server: 2 workers, one shared socket");
+            assert_eq!(many_requests(addr, 200).len(), 200);
+            server.terminate().unwrap();
+            assert_eq!(server.join().unwrap().code(), Some(0));
+        })
+        .expect("the test hung");
+    });
+}

@@ -1,0 +1,366 @@
+//! `Pool`: worker processes applying one function: results in input order (`map`) and in
+//! completion order (`imap_unordered`, lazily pulling items), many applying coroutines, per-item
+//! failures (a panic, a result or item that does not encode), a worker that dies, replacement
+//! after `max_tasks_per_worker`, `close` and drop, and no fd leak or zombie whatever happens.
+//!
+//! Every test holds [`process_lock`] (they fork and open fds). No test sleeps to synchronise:
+//! items that must overlap meet at a Unix socket (one binds and waits, the other connects).
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use greenhub::net::{UnixListener, UnixStream};
+use greenhub_ipc::{Error, Pool, PoolBuilder};
+use greenhub_tests::{assert_no_fd_leak, panic_message, process_lock, zombie_children};
+use serde::{Deserialize, Serialize};
+
+/// A deadline no passing test comes near: reaching it means the test hung.
+const LONG: Duration = Duration::from_secs(60);
+
+/// Runs `body` in a fresh hub, holding [`process_lock`], failing the test on a hang, and checks
+/// that no child is left a zombie afterwards.
+fn hub_test<T>(body: impl FnOnce() -> T) -> T {
+    let _serial = process_lock();
+    let value = greenhub::run(|| {
+        greenhub::timeout(LONG, body).expect("the test hung: still suspended after LONG")
+    });
+    assert_eq!(zombie_children(), Vec::<u32>::new(), "zombies left behind");
+    value
+}
+
+/// What a test item asks the worker to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Job {
+    /// Answer with `n` and the worker's pid.
+    Echo(u64),
+    /// Panic with this message.
+    Panic(String),
+    /// Die at once (SIGKILL to itself).
+    Die,
+    /// Answer with a value whose encoding fails.
+    Unencodable,
+    /// Bind a Unix socket here and wait for a connection.
+    Wait(PathBuf),
+    /// Connect to a waiting item's socket.
+    Signal(PathBuf),
+}
+
+/// A job's answer.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+enum Answer {
+    Echo { n: u64, pid: u32 },
+    Refuses(Refuses),
+    Done(String),
+}
+
+/// A value whose `Serialize` fails.
+#[derive(Debug, PartialEq)]
+struct Refuses;
+
+impl Serialize for Refuses {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value refuses to be encoded"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Refuses {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Refuses)
+    }
+}
+
+/// The pool's function in every test.
+fn run_job(job: Job) -> Answer {
+    match job {
+        Job::Echo(n) => Answer::Echo { n, pid: std::process::id() },
+        Job::Panic(message) => panic!("{message}"),
+        Job::Die => {
+            // SAFETY: kill with our own pid and a signal number touches no memory.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            unreachable!("SIGKILL is not survived")
+        }
+        Job::Unencodable => Answer::Refuses(Refuses),
+        Job::Wait(path) => {
+            let listener = UnixListener::bind(&path).unwrap();
+            drop(listener.accept().unwrap());
+            Answer::Done("waited".into())
+        }
+        Job::Signal(path) => {
+            drop(UnixStream::connect(&path).unwrap());
+            Answer::Done("signalled".into())
+        }
+    }
+}
+
+fn echo_pid(answer: &Answer) -> u32 {
+    match answer {
+        Answer::Echo { pid, .. } => *pid,
+        other => panic!("expected an echo, got {other:?}"),
+    }
+}
+
+/// A fresh socket path in a directory of this test's own.
+fn socket_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("greenhub-pool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+#[test]
+fn apply_map_and_imap_unordered_give_every_result() {
+    hub_test(|| {
+        let pool = Pool::new(2, |n: u64| n * 3).unwrap();
+        assert_eq!(pool.workers(), 2);
+        assert_eq!(pool.apply(14).unwrap(), 42);
+        let expected: Vec<u64> = (0..1000).map(|n| n * 3).collect();
+        assert_eq!(pool.map(0..1000).unwrap(), expected);
+        let mut unordered: Vec<u64> = pool.imap_unordered(0..1000).map(Result::unwrap).collect();
+        unordered.sort_unstable();
+        assert_eq!(unordered, expected);
+        assert_eq!(pool.map(Vec::new()).unwrap(), Vec::<u64>::new());
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn map_spreads_items_over_every_worker() {
+    hub_test(|| {
+        let pool = PoolBuilder::new(3).prefetch(0).start(run_job).unwrap();
+        let answers = pool.map((0..60).map(Job::Echo)).unwrap();
+        let pids: BTreeSet<u32> = answers.iter().map(echo_pid).collect();
+        assert_eq!(pids.len(), 3, "items went to {pids:?} only");
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn imap_unordered_yields_in_completion_order_and_items_overlap_in_one_worker() {
+    hub_test(|| {
+        // One worker running two items at once: the first can only finish after the second.
+        let pool = PoolBuilder::new(1).concurrency(2).start(run_job).unwrap();
+        let path = socket_path("overlap.sock");
+        let jobs = [Job::Wait(path.clone()), Job::Signal(path)];
+        let order: Vec<Answer> = pool.imap_unordered(jobs).map(Result::unwrap).collect();
+        assert_eq!(order, [Answer::Done("signalled".into()), Answer::Done("waited".into())]);
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn imap_unordered_pulls_items_lazily_from_an_endless_iterator() {
+    hub_test(|| {
+        let pool = PoolBuilder::new(2).prefetch(3).start(|n: u64| n).unwrap();
+        let pulled = Rc::new(Cell::new(0u64));
+        let counted = {
+            let pulled = Rc::clone(&pulled);
+            (0..).inspect(move |_| pulled.set(pulled.get() + 1))
+        };
+        let first: Vec<u64> = pool.imap_unordered(counted).take(10).map(Result::unwrap).collect();
+        assert_eq!(first.len(), 10);
+        // At most what the workers have room for (2 x (1 + 3)), plus one held, beyond those used.
+        assert!(pulled.get() <= 10 + 2 * 4 + 1, "pulled {} items for 10 results", pulled.get());
+        drop(pool);
+    });
+}
+
+#[test]
+fn many_coroutines_apply_at_once() {
+    hub_test(|| {
+        let pool = Rc::new(Pool::new(2, |(a, b): (u32, u32)| a * 1000 + b).unwrap());
+        let callers: Vec<_> = (0..20u32)
+            .map(|a| {
+                let pool = Rc::clone(&pool);
+                greenhub::spawn(move || {
+                    (0..50u32).all(|b| pool.apply((a, b)).unwrap() == a * 1000 + b)
+                })
+            })
+            .collect();
+        assert!(callers.into_iter().all(|c| c.join().unwrap()), "a caller got a wrong result");
+        Rc::try_unwrap(pool).unwrap().close().unwrap();
+    });
+}
+
+#[test]
+fn a_panicking_item_gives_panicked_with_its_message_and_the_worker_goes_on() {
+    hub_test(|| {
+        let pool = PoolBuilder::new(1).start(run_job).unwrap();
+        let before = echo_pid(&pool.apply(Job::Echo(1)).unwrap());
+        match pool.apply(Job::Panic("item 7 is cursed".into())) {
+            Err(Error::Panicked(message)) => assert_eq!(message, "item 7 is cursed"),
+            other => panic!("expected Panicked, got {other:?}"),
+        }
+        let after = echo_pid(&pool.apply(Job::Echo(2)).unwrap());
+        assert_eq!(before, after, "the worker was replaced after a panic");
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn a_result_that_cannot_be_encoded_fails_that_item_only() {
+    hub_test(|| {
+        let pool = PoolBuilder::new(1).start(run_job).unwrap();
+        let before = echo_pid(&pool.apply(Job::Echo(1)).unwrap());
+        let jobs = [Job::Echo(1), Job::Unencodable, Job::Echo(3)];
+        let results: Vec<_> = jobs.into_iter().map(|job| pool.apply(job)).collect();
+        assert!(matches!(&results[1], Err(Error::Codec(m)) if m.contains("encode")), "{results:?}");
+        assert_eq!(echo_pid(results[2].as_ref().unwrap()), before);
+        match pool.map([Job::Echo(4), Job::Unencodable]) {
+            Err(Error::Codec(_)) => {}
+            other => panic!("expected map to fail with Codec, got {other:?}"),
+        }
+        assert_eq!(echo_pid(&pool.apply(Job::Echo(5)).unwrap()), before);
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn an_item_that_cannot_be_encoded_or_decoded_fails_alone() {
+    hub_test(|| {
+        /// Encodes fine, but a worker cannot decode an odd one.
+        #[derive(Debug, Clone, Copy, Serialize)]
+        struct Picky(u8);
+        impl<'de> Deserialize<'de> for Picky {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                match u8::deserialize(d)? {
+                    n if n % 2 == 0 => Ok(Picky(n)),
+                    n => Err(serde::de::Error::custom(format!("odd value {n}"))),
+                }
+            }
+        }
+        let pool = Pool::new(1, |p: Picky| p.0).unwrap();
+        assert_eq!(pool.apply(Picky(4)).unwrap(), 4);
+        match pool.apply(Picky(5)) {
+            Err(Error::Codec(message)) => assert!(message.contains("Picky"), "{message}"),
+            other => panic!("expected Codec, got {other:?}"),
+        }
+        assert_eq!(pool.apply(Picky(6)).unwrap(), 6);
+        pool.close().unwrap();
+        // An item that cannot even be encoded never leaves the parent.
+        let pool = Pool::new(1, |_: Refuses| 0u8).unwrap();
+        assert!(matches!(pool.apply(Refuses), Err(Error::Codec(_))));
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn a_worker_that_dies_fails_exactly_its_item_and_is_replaced() {
+    hub_test(|| {
+        let pool = Rc::new(PoolBuilder::new(2).prefetch(0).start(run_job).unwrap());
+        // Other coroutines keep both workers busy with echoes meanwhile.
+        let echoes: Vec<_> = (0..4u64)
+            .map(|c| {
+                let pool = Rc::clone(&pool);
+                greenhub::spawn(move || {
+                    (0..50)
+                        .map(|n| pool.apply(Job::Echo(c * 100 + n)).map(|a| echo_pid(&a)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        match pool.apply(Job::Die) {
+            Err(Error::WorkerDied(status)) => assert_eq!(status.signal(), Some(libc::SIGKILL)),
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+        for echo in echoes {
+            for result in echo.join().unwrap() {
+                result.expect("an item of a worker that did not die failed");
+            }
+        }
+        // Two workers again, neither of them the dead one.
+        let answers = pool.map((0..40).map(Job::Echo)).unwrap();
+        let pids: BTreeSet<u32> = answers.iter().map(echo_pid).collect();
+        assert_eq!(pids.len(), 2, "expected two live workers, items went to {pids:?}");
+        Rc::try_unwrap(pool).unwrap().close().unwrap();
+    });
+}
+
+#[test]
+fn a_dead_worker_fails_every_item_in_flight_at_it_and_only_those() {
+    hub_test(|| {
+        // One worker, its queue full of echoes behind the item that kills it.
+        let pool = PoolBuilder::new(1).prefetch(16).start(run_job).unwrap();
+        let jobs = std::iter::once(Job::Die).chain((0..10).map(Job::Echo));
+        let results: Vec<_> = pool.imap_unordered(jobs).collect();
+        assert_eq!(results.len(), 11);
+        assert!(results.iter().all(|r| matches!(r, Err(Error::WorkerDied(_)))), "{results:?}");
+        // The replacement answers.
+        assert!(matches!(pool.apply(Job::Echo(1)), Ok(Answer::Echo { n: 1, .. })));
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn max_tasks_per_worker_replaces_each_worker_after_that_many_items() {
+    hub_test(|| {
+        let pool = PoolBuilder::new(2).max_tasks_per_worker(3).start(run_job).unwrap();
+        let answers = pool.map((0..20).map(Job::Echo)).unwrap();
+        let mut per_pid: BTreeMap<u32, usize> = BTreeMap::new();
+        for answer in &answers {
+            *per_pid.entry(echo_pid(answer)).or_default() += 1;
+        }
+        assert!(per_pid.values().all(|&n| n <= 3), "a worker ran more than 3 items: {per_pid:?}");
+        assert!(per_pid.len() >= 7, "20 items at 3 per worker need 7 workers: {per_pid:?}");
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn workers_are_named_after_the_pool() {
+    hub_test(|| {
+        let pool = PoolBuilder::new(2).name("cruncher").start(|n: u8| n).unwrap();
+        let text = format!("{pool:?}");
+        assert!(text.contains("\"cruncher-1\"") && text.contains("\"cruncher-2\""), "{text}");
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn dropping_a_pool_terminates_workers_stuck_in_an_item() {
+    hub_test(|| {
+        let pool = Rc::new(PoolBuilder::new(2).start(run_job).unwrap());
+        let path = socket_path("stuck.sock");
+        let stuck = greenhub::spawn({
+            let pool = Rc::clone(&pool);
+            move || pool.apply(Job::Wait(path))
+        });
+        greenhub::yield_now();
+        stuck.cancel(); // the caller gives up; its item still blocks a worker
+        assert!(stuck.join().unwrap_err().is_cancelled());
+        drop(Rc::try_unwrap(pool).unwrap()); // terminates both workers; the hub reaps them
+    });
+}
+
+#[test]
+fn no_fd_leak_or_zombie_whatever_the_workers_do() {
+    let _serial = process_lock();
+    assert_no_fd_leak(5, || {
+        greenhub::run(|| {
+            let pool = PoolBuilder::new(2).max_tasks_per_worker(5).start(run_job).unwrap();
+            assert!(pool.apply(Job::Die).is_err());
+            assert!(pool.apply(Job::Panic("p".into())).is_err());
+            assert!(pool.apply(Job::Unencodable).is_err());
+            assert_eq!(pool.map((0..12).map(Job::Echo)).unwrap().len(), 12);
+            pool.close().unwrap();
+            let dropped = Pool::new(2, |n: u32| n).unwrap();
+            assert_eq!(dropped.apply(1).unwrap(), 1);
+            drop(dropped);
+        });
+    });
+    assert_eq!(zombie_children(), Vec::<u32>::new());
+}
+
+#[test]
+fn a_pool_of_no_workers_is_refused_naming_the_rule() {
+    // Holds the lock like every test here: a panic reported on another thread while a test
+    // forks would leave the panic machinery's lock held in that test's workers.
+    let _serial = process_lock();
+    let caught = std::panic::catch_unwind(|| PoolBuilder::new(0)).unwrap_err();
+    let message = panic_message(&*caught);
+    assert!(message.contains("at least one worker"), "{message}");
+}
