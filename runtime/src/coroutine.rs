@@ -82,6 +82,9 @@ pub(crate) struct Running {
     yielder: Cell<*const CoYielder>,
     /// A copy of the task's `cancelled` flag, kept in step by `Hub::cancel`.
     cancelled: Cell<bool>,
+    /// A timeout that fired inside a non-unwinding wait: its unwind happens at the next ordinary
+    /// suspension point, or its `timeout` boundary reports it (see [`without_unwinding`]).
+    deferred_timeout: Cell<Option<TimeoutId>>,
 }
 
 impl Default for Running {
@@ -90,6 +93,7 @@ impl Default for Running {
             task: Cell::new(None),
             yielder: Cell::new(std::ptr::null()),
             cancelled: Cell::new(false),
+            deferred_timeout: Cell::new(None),
         }
     }
 }
@@ -100,6 +104,7 @@ impl Running {
         self.task.set(Some(task));
         self.yielder.set(yielder);
         self.cancelled.set(cancelled);
+        self.deferred_timeout.set(None);
     }
 
     fn leave(&self) {
@@ -365,6 +370,9 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
     if hub.running.cancelled.get() {
         unwind_from_suspension(hub, Box::new(Cancelled));
     }
+    if let Some(id) = hub.running.deferred_timeout.take() {
+        unwind_from_suspension(hub, Box::new(TimedOut(id)));
+    }
     // SAFETY: a non-null `yielder` is the `&Yielder` corosensei passed to the running coroutine's
     // body, recorded when the body started and cleared when the coroutine suspends or ends. It
     // lives on that coroutine's own stack, which is live because we are running on it.
@@ -401,6 +409,64 @@ fn warn_if_in_cleanup(hub: &Hub) {
              cleanup, so the process aborts."
         );
     }
+}
+
+/// Why a wait run by [`without_unwinding`] ended early.
+#[cfg(feature = "patch")]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Interrupted {
+    /// The coroutine was cancelled.
+    Cancelled,
+    /// A `timeout` around the coroutine's current code fired.
+    TimedOut,
+}
+
+/// Runs `wait` (which suspends at ordinary suspension points) without letting a cancellation or
+/// a timeout unwind out of it, for callers whose frames an unwind must not cross (the patch's
+/// C-ABI hooks).
+///
+/// If the coroutine is cancelled or its `timeout` fires while `wait` is suspended, the unwind
+/// stops here and `Err` says which; it is re-armed for the coroutine's next ordinary suspension
+/// point (a cancelled coroutine stays cancelled; a fired timeout unwinds from there to its
+/// boundary, or its boundary reports `Elapsed` if the closure returns first). While one is
+/// pending, `without_unwinding` returns `Err` at once without running `wait`. Any other panic
+/// propagates.
+#[cfg(feature = "patch")]
+pub(crate) fn without_unwinding<R>(hub: &Hub, wait: impl FnOnce() -> R) -> Result<R, Interrupted> {
+    if hub.running.cancelled.get() {
+        return Err(Interrupted::Cancelled);
+    }
+    if hub.running.deferred_timeout.get().is_some() {
+        return Err(Interrupted::TimedOut);
+    }
+    match panic::catch_unwind(AssertUnwindSafe(wait)) {
+        Ok(value) => Ok(value),
+        Err(payload) if payload.is::<Cancelled>() => Err(Interrupted::Cancelled),
+        Err(payload) => match payload.downcast::<TimedOut>() {
+            Ok(fired) => {
+                hub.running.deferred_timeout.set(Some(fired.0));
+                Err(Interrupted::TimedOut)
+            }
+            Err(other) => panic::resume_unwind(other),
+        },
+    }
+}
+
+/// At a `timeout` boundary: takes the deferred unwind of timeout `id`, if that is what is
+/// pending (its deadline passed inside a non-unwinding wait).
+pub(crate) fn take_deferred_timeout(hub: &Hub, id: TimeoutId) -> bool {
+    let pending = hub.running.deferred_timeout.get() == Some(id);
+    if pending {
+        hub.running.deferred_timeout.set(None);
+    }
+    pending
+}
+
+/// Whether the caller runs inside a coroutine of this thread's hub (not in the loop itself, not
+/// on a thread without a hub).
+#[cfg(feature = "patch")]
+pub(crate) fn in_coroutine() -> bool {
+    crate::hub::try_hub().is_some_and(|hub| !hub.running.yielder.get().is_null())
 }
 
 impl Hub {

@@ -648,6 +648,18 @@ pub fn wait_writable(fd: RawFd) -> io::Result<()> {
 }
 
 fn wait_fd(fd: RawFd, dir: Direction, what: &str) -> io::Result<()> {
+    wait_fd_until(fd, dir == Direction::Read, None, what).map(drop)
+}
+
+/// Suspends the calling coroutine until `fd` is readable (`read`) or writable, or until
+/// `deadline` passes: `Ok(false)` then. The rules of [`wait_readable`].
+pub(crate) fn wait_fd_until(
+    fd: RawFd,
+    read: bool,
+    deadline: Option<Instant>,
+    what: &str,
+) -> io::Result<bool> {
+    let dir = if read { Direction::Read } else { Direction::Write };
     let hub = hub(what);
     if fd < 0 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
@@ -665,5 +677,9 @@ fn wait_fd(fd: RawFd, dir: Direction, what: &str) -> io::Result<()> {
         }
         None => hub.reactor.register(hub.id(), fd, false)?,
     };
-    registration.wait(hub, dir, None)
+    match registration.wait(hub, dir, deadline) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false), // the deadline passed
+        Err(e) => Err(e),
+    }
 }

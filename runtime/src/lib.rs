@@ -46,6 +46,8 @@ mod hub;
 pub mod io;
 mod join;
 pub mod net;
+#[cfg(feature = "patch")]
+pub mod patch;
 mod stack;
 pub mod sync;
 mod sys;

@@ -197,6 +197,12 @@ pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
     let timer = TimerGuard::new(hub, deadline, TimerAction::Interrupt(me, id));
     let outcome = panic::catch_unwind(AssertUnwindSafe(f));
     drop(timer);
+    // The deadline may have passed inside a call that could not unwind (a patched libc call,
+    // which then failed with ETIMEDOUT): `f` returned, or panicked on that error, before
+    // reaching another suspension point. Either way this timeout is what ended it.
+    if coroutine::take_deferred_timeout(hub, id) {
+        return Err(Elapsed(()));
+    }
     match outcome {
         Ok(value) => Ok(value),
         Err(payload) => match payload.downcast::<TimedOut>() {

@@ -1,0 +1,616 @@
+//! What a patched call does: look the fd up, try the real call, and wait through the hub when it
+//! would block. The hooks in `hooks.rs` are one-line calls into these functions.
+//!
+//! Guarantee: nothing here unwinds into the C caller (every entry point runs under [`guard`]),
+//! and errno is what libc would leave, except where the contract says otherwise (`ETIMEDOUT` /
+//! `ECANCELED` for a call cut short by a `timeout` or a cancel). Not guaranteed: that a call on a
+//! [`Mode::Polled`] fd never blocks (another process may drain the readiness it waited for).
+
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::panic::{self, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use libc::{addrinfo, pollfd};
+
+use super::fdtable::{self, Entry, Kind, Mode};
+use super::real::{self, errno, set_errno};
+use super::{INSTALLED, active, record_inherited_fds};
+use crate::coroutine::{self, Interrupted};
+use crate::hub::try_hub;
+
+/// Runs a hook's body; a panic becomes `EIO` and the failure value, never an unwind across the
+/// C ABI (the panic message has been printed by the panic hook).
+pub(super) fn guard<R: Copy>(failure: R, body: impl FnOnce() -> R) -> R {
+    match panic::catch_unwind(AssertUnwindSafe(body)) {
+        Ok(value) => value,
+        Err(_) => {
+            set_errno(libc::EIO);
+            failure
+        }
+    }
+}
+
+/// Which way a call moves data, and so which readiness it waits for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Dir {
+    Read,
+    Write,
+}
+
+/// A read- or write-shaped call (`read`, `recv`, `send`, `accept`, ...) on `fd`. `dont_wait` is
+/// the caller's own `MSG_DONTWAIT`: such a call never waits.
+pub(super) fn io(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> isize) -> isize {
+    if !active() {
+        return outside_hub(fd, dir, dont_wait, op);
+    }
+    guard(-1, || {
+        let Some(entry) = entry_for(fd) else { return op() };
+        match entry.mode {
+            _ if dont_wait => op(),
+            Mode::Direct | Mode::Managed { user_nonblocking: true } => op(),
+            Mode::Managed { user_nonblocking: false } => managed(fd, entry, dir, op),
+            Mode::Polled => polled(fd, entry, dir, op),
+        }
+    })
+}
+
+/// The retry loop: try; on EAGAIN wait for readiness through the hub; try again.
+fn managed(fd: c_int, entry: Entry, dir: Dir, mut op: impl FnMut() -> isize) -> isize {
+    let mut deadline = None;
+    let mut first = true;
+    loop {
+        let result = op();
+        if result >= 0 || errno() != libc::EAGAIN {
+            return result;
+        }
+        if first {
+            if !entry.still_describes(fd) {
+                // The number now names another fd, closed and reopened behind our back: its
+                // EAGAIN is its own (the program made it non-blocking).
+                fdtable::clear(fd);
+                set_errno(libc::EAGAIN);
+                return -1;
+            }
+            deadline = socket_deadline(fd, entry.kind, dir);
+            first = false;
+        }
+        match wait(fd, dir, deadline) {
+            Ok(true) => {}
+            Ok(false) => return fail(libc::EAGAIN), // SO_RCVTIMEO / SO_SNDTIMEO expired
+            Err(e) => return fail(e),
+        }
+    }
+}
+
+/// A shared description: wait until it is ready, then make the (blocking) call once.
+fn polled(fd: c_int, entry: Entry, dir: Dir, mut op: impl FnMut() -> isize) -> isize {
+    if !ready_now(fd, dir) {
+        match wait(fd, dir, socket_deadline(fd, entry.kind, dir)) {
+            Ok(true) => {}
+            Ok(false) => return fail(libc::EAGAIN),
+            Err(e) => return fail(e),
+        }
+    }
+    op()
+}
+
+/// Outside a coroutine the call is libc's; only an fd the patch made non-blocking behind the
+/// program's back needs care: its EAGAIN is turned back into a blocking wait.
+fn outside_hub(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> isize) -> isize {
+    let result = op();
+    if result >= 0 || dont_wait || !INSTALLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return result;
+    }
+    if errno() != libc::EAGAIN {
+        return result;
+    }
+    guard(-1, || {
+        let Some(entry) = fdtable::get(fd) else { return fail(libc::EAGAIN) };
+        if entry.mode != (Mode::Managed { user_nonblocking: false }) || !entry.still_describes(fd) {
+            return fail(libc::EAGAIN);
+        }
+        let deadline = socket_deadline(fd, entry.kind, dir);
+        loop {
+            if !blocking_poll(fd, dir, deadline) {
+                return fail(libc::EAGAIN);
+            }
+            let result = op();
+            if result >= 0 || errno() != libc::EAGAIN {
+                return result;
+            }
+        }
+    })
+}
+
+/// Sets errno and returns -1.
+fn fail(e: c_int) -> isize {
+    set_errno(e);
+    -1
+}
+
+/// The errno a call cut short by `why` fails with.
+fn interrupted_errno(why: Interrupted) -> c_int {
+    match why {
+        Interrupted::TimedOut => libc::ETIMEDOUT,
+        Interrupted::Cancelled => libc::ECANCELED,
+    }
+}
+
+/// Suspends the coroutine until `fd` is ready in `dir`: `Ok(false)` when `deadline` passed
+/// first, `Err(errno)` when a timeout or cancel interrupted the wait. An fd epoll cannot watch
+/// is waited on with a blocking poll (correct, but the hub waits too).
+fn wait(fd: c_int, dir: Dir, deadline: Option<Instant>) -> Result<bool, c_int> {
+    let hub = try_hub().expect("a patched call waits only inside a coroutine");
+    let outcome = coroutine::without_unwinding(hub, || {
+        crate::io::wait_fd_until(fd, dir == Dir::Read, deadline, "patch")
+    });
+    match outcome {
+        Ok(Ok(ready)) => Ok(ready),
+        Ok(Err(_)) => Ok(blocking_poll(fd, dir, deadline)),
+        Err(why) => Err(interrupted_errno(why)),
+    }
+}
+
+/// The entry of `fd`, made on first use from what the kernel says; `None` for a bad fd.
+fn entry_for(fd: c_int) -> Option<Entry> {
+    if let Some(entry) = fdtable::get(fd) {
+        return Some(entry);
+    }
+    record_inherited_fds();
+    if let Some(entry) = fdtable::get(fd) {
+        return Some(entry);
+    }
+    // SAFETY: F_GETFL takes no argument and has no memory preconditions.
+    let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    if flags < 0 {
+        return None;
+    }
+    let (kind, inode) = fdtable::identify(fd)?;
+    let mode = match kind {
+        _ if flags & libc::O_NONBLOCK != 0 => Mode::Direct,
+        Kind::Other => Mode::Direct,
+        Kind::CharDevice => Mode::Polled,
+        Kind::Socket | Kind::Fifo if fd <= 2 => Mode::Polled,
+        Kind::Socket | Kind::Fifo if set_nonblocking(fd, flags) => {
+            Mode::Managed { user_nonblocking: false }
+        }
+        Kind::Socket | Kind::Fifo => Mode::Direct,
+    };
+    let entry = Entry { mode, kind, inode };
+    fdtable::set(fd, entry);
+    Some(entry)
+}
+
+/// Adds O_NONBLOCK to `flags` on `fd`; false if the kernel refused.
+fn set_nonblocking(fd: c_int, flags: c_int) -> bool {
+    // SAFETY: F_SETFL takes an int; no memory preconditions.
+    unsafe { real::fcntl(fd, libc::F_SETFL, (flags | libc::O_NONBLOCK) as usize) == 0 }
+}
+
+/// The deadline `SO_RCVTIMEO` / `SO_SNDTIMEO` set for a call starting now (sockets only).
+fn socket_deadline(fd: c_int, kind: Kind, dir: Dir) -> Option<Instant> {
+    if kind != Kind::Socket {
+        return None;
+    }
+    let name = match dir {
+        Dir::Read => libc::SO_RCVTIMEO,
+        Dir::Write => libc::SO_SNDTIMEO,
+    };
+    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: `tv` and `len` are valid out-pointers of the sizes given.
+    let rc =
+        unsafe { real::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut tv).cast(), &mut len) };
+    if rc != 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
+        return None;
+    }
+    let d = Duration::new(tv.tv_sec.max(0) as u64, tv.tv_usec.clamp(0, 999_999) as u32 * 1000);
+    Instant::now().checked_add(d)
+}
+
+fn poll_events(dir: Dir) -> i16 {
+    match dir {
+        Dir::Read => libc::POLLIN,
+        Dir::Write => libc::POLLOUT,
+    }
+}
+
+/// Whether `fd` is ready now (hang-up and errors count: the call reports them).
+fn ready_now(fd: c_int, dir: Dir) -> bool {
+    let mut p = pollfd { fd, events: poll_events(dir), revents: 0 };
+    // SAFETY: one live pollfd; a zero timeout never blocks.
+    let n = unsafe { real::poll(&mut p, 1, 0) };
+    n != 0
+}
+
+/// Blocks the thread in libc's poll until `fd` is ready or `deadline` passes (false then).
+fn blocking_poll(fd: c_int, dir: Dir, deadline: Option<Instant>) -> bool {
+    loop {
+        let mut p = pollfd { fd, events: poll_events(dir), revents: 0 };
+        let timeout = millis_until(deadline);
+        // SAFETY: one live pollfd.
+        match unsafe { real::poll(&mut p, 1, timeout) } {
+            0 => return false,
+            n if n > 0 => return true,
+            _ if errno() == libc::EINTR => {}
+            _ => return true, // the call itself reports the error
+        }
+    }
+}
+
+/// A poll(2) timeout in whole milliseconds (rounded up) until `deadline`; -1 for none.
+fn millis_until(deadline: Option<Instant>) -> c_int {
+    let Some(at) = deadline else { return -1 };
+    let left = at.saturating_duration_since(Instant::now());
+    let ms = left.as_nanos().div_ceil(1_000_000);
+    c_int::try_from(ms).unwrap_or(c_int::MAX)
+}
+
+// ---------------------------------------------------------------------------------------------
+// connect, poll
+
+/// `connect`: on a socket the patch manages, start it, wait until writable, report SO_ERROR.
+pub(super) fn connect(fd: c_int, op: impl FnOnce() -> c_int) -> c_int {
+    let inside = active();
+    guard(-1, || {
+        let entry = if inside { entry_for(fd) } else { fdtable::get(fd) };
+        if entry.is_none_or(|e| e.mode != Mode::Managed { user_nonblocking: false }) {
+            return op();
+        }
+        let result = op();
+        if result == 0 || errno() != libc::EINPROGRESS {
+            return result;
+        }
+        let deadline = socket_deadline(fd, Kind::Socket, Dir::Write);
+        let ready = if inside {
+            wait(fd, Dir::Write, deadline)
+        } else {
+            Ok(blocking_poll(fd, Dir::Write, deadline))
+        };
+        match ready {
+            Ok(true) => socket_error(fd),
+            Ok(false) => fail(libc::EINPROGRESS) as c_int, // as Linux does when SO_SNDTIMEO expires
+            Err(e) => fail(e) as c_int,
+        }
+    })
+}
+
+/// The outcome of a finished non-blocking connect, as the blocking call would return it.
+fn socket_error(fd: c_int) -> c_int {
+    let mut err: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid out-pointers of the sizes given.
+    let rc = unsafe {
+        real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, (&raw mut err).cast(), &mut len)
+    };
+    match (rc, err) {
+        (0, 0) => 0,
+        (0, e) => fail(e) as c_int,
+        _ => -1,
+    }
+}
+
+/// `poll`: try without waiting; else watch the fds with a private epoll instance, whose own
+/// readiness the coroutine waits for through the hub.
+///
+/// # Safety
+/// `fds` points to `nfds` live pollfds (as for libc's poll).
+pub(super) unsafe fn poll(fds: *mut pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
+    // SAFETY: the caller's contract.
+    let now = || unsafe { real::poll(fds, nfds, 0) };
+    if timeout == 0 || !active() {
+        // SAFETY: the caller's contract.
+        return unsafe { real::poll(fds, nfds, timeout) };
+    }
+    guard(-1, || {
+        let ready = now();
+        if ready != 0 {
+            return ready;
+        }
+        let deadline = u64::try_from(timeout)
+            .ok()
+            .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
+        // SAFETY: the caller's contract: `fds` holds `nfds` pollfds.
+        let set = unsafe { std::slice::from_raw_parts(fds, nfds as usize) };
+        let Some(epoll) = Watch::new(set) else {
+            // SAFETY: the caller's contract.
+            return unsafe { real::poll(fds, nfds, timeout) };
+        };
+        loop {
+            match wait(epoll.fd, Dir::Read, deadline) {
+                Ok(true) => match now() {
+                    0 => continue, // the event was consumed by someone else meanwhile
+                    n => return n,
+                },
+                Ok(false) => return 0,
+                Err(e) => return fail(e) as c_int,
+            }
+        }
+    })
+}
+
+/// A private epoll instance watching a poll set (level-triggered, the poll events asked for).
+struct Watch {
+    fd: c_int,
+}
+
+impl Watch {
+    fn new(set: &[pollfd]) -> Option<Watch> {
+        // SAFETY: epoll_create1 has no memory preconditions; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        let watch = Watch { fd };
+        for p in set.iter().filter(|p| p.fd >= 0) {
+            let events = (p.events as u16 as u32)
+                & (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLPRI | libc::EPOLLRDHUP) as u32;
+            let mut event = libc::epoll_event { events, u64: 0 };
+            // SAFETY: `event` is a live epoll_event. A duplicate fd gives EEXIST and a regular
+            // file EPERM (poll calls those always ready, so the first try already returned).
+            unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, p.fd, &mut event) };
+        }
+        Some(watch)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // SAFETY: the epoll fd belongs to this value only.
+        unsafe { real::close(self.fd) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sleeping
+
+/// `nanosleep` / `clock_nanosleep` for `d` from now: a greenhub sleep inside a coroutine.
+/// Returns `None` when the call must go to libc (outside a coroutine). A sleep cut short by a
+/// timeout or cancel returns early with success: failing it would make `std::thread::sleep`
+/// panic (it accepts only EINTR), and an EINTR would make a retry loop spin.
+pub(super) fn sleep(d: Duration) -> Option<()> {
+    if !active() {
+        return None;
+    }
+    guard(Some(()), || {
+        let hub = try_hub()?;
+        let _ = coroutine::without_unwinding(hub, || crate::sleep(d));
+        Some(())
+    })
+}
+
+/// A timespec as a duration; `None` when libc would reject it (EINVAL).
+pub(super) fn duration_of(ts: &libc::timespec) -> Option<Duration> {
+    let nanos = u32::try_from(ts.tv_nsec).ok().filter(|&n| n < 1_000_000_000)?;
+    Some(Duration::new(u64::try_from(ts.tv_sec).ok()?, nanos))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Children
+
+/// Whom a wait names.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Child {
+    /// One process by pid.
+    Pid(libc::pid_t),
+    /// The process behind a pidfd.
+    Pidfd(c_int),
+    /// Any child, or a process group: no pidfd can name it.
+    Any,
+}
+
+/// `waitpid` / `wait4` / `waitid` without WNOHANG: wait for the child's pidfd to become readable
+/// (it has exited), then reap with the real call. `reap(nohang)` makes the real call, with
+/// WNOHANG added when `nohang`, and returns whether it found a child (for the polling fallback
+/// when no pidfd can name the child, or the call also waits for stops).
+pub(super) fn wait_child(
+    child: Child,
+    options: c_int,
+    mut reap: impl FnMut(bool) -> (c_int, bool),
+) -> c_int {
+    if options & libc::WNOHANG != 0 || !active() {
+        return reap(false).0;
+    }
+    guard(-1, || {
+        let only_exits = options & (libc::WUNTRACED | libc::WCONTINUED) == 0;
+        let pidfd = match child {
+            Child::Pidfd(fd) if only_exits => Some((fd, false)),
+            Child::Pid(pid) if pid > 0 && only_exits => pidfd_open(pid).map(|fd| (fd, true)),
+            _ => None,
+        };
+        let Some((fd, owned)) = pidfd else { return poll_child(&mut reap) };
+        let waited = wait(fd, Dir::Read, None);
+        if owned {
+            // SAFETY: the pidfd was opened above and belongs to this call only.
+            unsafe { real::close(fd) };
+        }
+        match waited {
+            Ok(_) => reap(false).0,
+            Err(e) => fail(e) as c_int,
+        }
+    })
+}
+
+/// The fallback: try with WNOHANG, sleeping cooperatively in between (1 ms, doubling to 50 ms).
+fn poll_child(reap: &mut impl FnMut(bool) -> (c_int, bool)) -> c_int {
+    let hub = try_hub().expect("inside a coroutine");
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let (result, found) = reap(true);
+        if result < 0 || found {
+            return result;
+        }
+        if let Err(why) = coroutine::without_unwinding(hub, || crate::sleep(pause)) {
+            return fail(interrupted_errno(why)) as c_int;
+        }
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Option<c_int> {
+    // SAFETY: pidfd_open takes a pid and flags; no memory preconditions.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    c_int::try_from(fd).ok().filter(|&fd| fd >= 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Name resolution
+
+/// A result list of getaddrinfo, freed unless handed to the caller.
+struct AddrList(*mut addrinfo);
+
+// SAFETY: the list is plain heap memory owned by this value; glibc's freeaddrinfo may run on
+// any thread.
+unsafe impl Send for AddrList {}
+
+impl Drop for AddrList {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: a non-null list came from getaddrinfo and is freed once, here.
+            unsafe { libc::freeaddrinfo(self.0) };
+        }
+    }
+}
+
+/// `getaddrinfo` inside a coroutine: copies its inputs and runs the real call on a helper thread
+/// (glibc's resolver makes its own, unpatched, blocking calls). `None` outside a coroutine.
+///
+/// # Safety
+/// The pointers are valid as for libc's getaddrinfo.
+pub(super) unsafe fn getaddrinfo(
+    node: *const c_char,
+    service: *const c_char,
+    hints: *const addrinfo,
+    res: *mut *mut addrinfo,
+) -> Option<c_int> {
+    if !active() || res.is_null() {
+        return None;
+    }
+    // SAFETY: non-null strings are NUL-terminated (the caller's contract).
+    let copy = |s: *const c_char| (!s.is_null()).then(|| unsafe { CStr::from_ptr(s) }.to_owned());
+    let (node, service) = (copy(node), copy(service));
+    // SAFETY: a non-null `hints` points to a live addrinfo (the caller's contract).
+    let hints = (!hints.is_null())
+        .then(|| unsafe { *hints })
+        .map(|h| (h.ai_flags, h.ai_family, h.ai_socktype, h.ai_protocol));
+    Some(guard(libc::EAI_SYSTEM, || {
+        let hub = try_hub().expect("inside a coroutine");
+        let job = move || resolve(node, service, hints);
+        match coroutine::without_unwinding(hub, || crate::spawn_blocking(job)) {
+            Ok((rc, list, e)) => {
+                let mut list = list;
+                // SAFETY: `res` is a valid out-pointer (the caller's contract).
+                unsafe { *res = std::mem::replace(&mut list.0, std::ptr::null_mut()) };
+                if rc == libc::EAI_SYSTEM {
+                    set_errno(e);
+                }
+                rc
+            }
+            Err(why) => {
+                set_errno(interrupted_errno(why));
+                libc::EAI_SYSTEM
+            }
+        }
+    }))
+}
+
+type Hints = Option<(c_int, c_int, c_int, c_int)>;
+
+/// On the helper thread: the real getaddrinfo over owned copies of the inputs.
+fn resolve(
+    node: Option<CString>,
+    service: Option<CString>,
+    hints: Hints,
+) -> (c_int, AddrList, c_int) {
+    // SAFETY: an all-zero addrinfo is the documented "no hints" value.
+    let mut h: addrinfo = unsafe { std::mem::zeroed() };
+    if let Some((flags, family, socktype, protocol)) = hints {
+        (h.ai_flags, h.ai_family, h.ai_socktype, h.ai_protocol) =
+            (flags, family, socktype, protocol);
+    }
+    let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    let mut list = AddrList(std::ptr::null_mut());
+    let hints_ptr = if hints.is_some() { &raw const h } else { std::ptr::null() };
+    // SAFETY: the strings and hints are live for the call; `list.0` is a valid out-pointer.
+    let rc = unsafe { real::getaddrinfo(ptr(&node), ptr(&service), hints_ptr, &mut list.0) };
+    (rc, list, errno())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fd table's bookkeeping calls: close, dup, fcntl, ioctl
+
+/// `fcntl`: hides the O_NONBLOCK the patch set from F_GETFL, records the program's own
+/// O_NONBLOCK from F_SETFL, and copies the entry to a duplicate.
+pub(super) fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    // SAFETY: forwards the caller's arguments unchanged (the caller's contract).
+    let real = |arg: usize| unsafe { real::fcntl(fd, cmd, arg) };
+    guard(-1, || match cmd {
+        libc::F_GETFL => {
+            let flags = real(arg);
+            match fdtable::get(fd) {
+                Some(e) if flags >= 0 && e.mode == (Mode::Managed { user_nonblocking: false }) => {
+                    if e.still_describes(fd) {
+                        flags & !libc::O_NONBLOCK
+                    } else {
+                        fdtable::clear(fd);
+                        flags
+                    }
+                }
+                _ => flags,
+            }
+        }
+        libc::F_SETFL => match fdtable::get(fd) {
+            Some(e @ Entry { mode: Mode::Managed { .. }, .. }) if e.still_describes(fd) => {
+                let wants = arg as c_int & libc::O_NONBLOCK != 0;
+                let rc = real(arg | libc::O_NONBLOCK as usize);
+                if rc == 0 {
+                    fdtable::set(
+                        fd,
+                        Entry { mode: Mode::Managed { user_nonblocking: wants }, ..e },
+                    );
+                }
+                rc
+            }
+            _ => {
+                fdtable::clear(fd); // made afresh from the new flags on next use
+                real(arg)
+            }
+        },
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            let new = real(arg);
+            if new >= 0 {
+                fdtable::copy(fd, new);
+            }
+            new
+        }
+        _ => real(arg),
+    })
+}
+
+/// `ioctl(FIONBIO)` is how std's `set_nonblocking` works: treat it as F_SETFL's O_NONBLOCK.
+///
+/// # Safety
+/// As for libc's ioctl with this request and argument.
+pub(super) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: usize) -> c_int {
+    // SAFETY: forwards the caller's arguments (the caller's contract).
+    let real = |arg: usize| unsafe { real::ioctl(fd, request, arg) };
+    if request != libc::FIONBIO || arg == 0 {
+        return real(arg);
+    }
+    guard(-1, || match fdtable::get(fd) {
+        Some(e @ Entry { mode: Mode::Managed { .. }, .. }) if e.still_describes(fd) => {
+            // SAFETY: FIONBIO's argument points to an int (the caller's contract).
+            let wants = unsafe { *(arg as *const c_int) } != 0;
+            let on: c_int = 1;
+            let rc = real(&raw const on as usize);
+            if rc == 0 {
+                fdtable::set(fd, Entry { mode: Mode::Managed { user_nonblocking: wants }, ..e });
+            }
+            rc
+        }
+        _ => {
+            fdtable::clear(fd);
+            real(arg)
+        }
+    })
+}

@@ -1,0 +1,216 @@
+//! The per-fd table: what the patch knows about each fd number, shared by every thread.
+//!
+//! Guarantee: an entry is created lazily, on the first patched call on the fd inside a coroutine,
+//! from what the kernel says about it then (its flags and its type); `close`, `dup2`/`dup3` over
+//! it and `accept` returning its number drop it, and `dup`/`F_DUPFD` copy it to the new number
+//! (the new fd shares the open file description, and its O_NONBLOCK). Each entry remembers the
+//! inode and type of the fd it describes, and [`Entry::still_describes`] checks them before the
+//! patch acts on a stale entry (an fd closed by a call we do not see, such as glibc's internal
+//! `close` in `fclose`, and its number reused). Not guaranteed: that two fds sharing one
+//! description agree when the program changes O_NONBLOCK through one of them.
+
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use super::real;
+
+/// How the patch treats an fd.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Mode {
+    /// Passed straight to libc: regular files, directories, block devices, fds the program made
+    /// non-blocking itself, anything epoll cannot watch.
+    Direct,
+    /// A socket or pipe the patch put in non-blocking mode: a call that would block suspends
+    /// the coroutine until the fd is ready; `user_nonblocking` says whether the program asked
+    /// for O_NONBLOCK itself since (then it gets EAGAIN as usual).
+    Managed { user_nonblocking: bool },
+    /// A file description other processes may share (inherited stdio, terminals, fds inherited
+    /// through fork, fds open before `install`): never switched to non-blocking; a call waits
+    /// for readiness through the hub first, then makes the blocking call.
+    Polled,
+}
+
+/// What the kernel says an fd is, as far as the patch cares.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    Socket,
+    Fifo,
+    CharDevice,
+    Other,
+}
+
+/// One fd's entry: its mode, kind and identity.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Entry {
+    pub(crate) mode: Mode,
+    pub(crate) kind: Kind,
+    pub(crate) inode: u64,
+}
+
+const CHUNK: usize = 1024;
+const CHUNKS: usize = 1024;
+
+/// One slot: `word` packs mode and kind (0 = no entry), `inode` the identity.
+#[derive(Default)]
+struct Slot {
+    word: AtomicU32,
+    inode: AtomicU64,
+}
+
+type Chunk = [Slot; CHUNK];
+
+/// Two levels so that an unused range of fd numbers costs nothing: chunks of 1024 slots are
+/// allocated on first use and never freed (covers fd numbers below 2^20).
+static TABLE: [AtomicPtr<Chunk>; CHUNKS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; CHUNKS];
+
+fn slot(fd: i32, create: bool) -> Option<&'static Slot> {
+    let fd = usize::try_from(fd).ok()?;
+    let (chunk, index) = (fd / CHUNK, fd % CHUNK);
+    let cell = TABLE.get(chunk)?;
+    let mut ptr = cell.load(Ordering::Acquire);
+    if ptr.is_null() {
+        if !create {
+            return None;
+        }
+        let fresh: Box<Chunk> = Box::new(std::array::from_fn(|_| Slot::default()));
+        let fresh = Box::into_raw(fresh);
+        match cell.compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => ptr = fresh,
+            Err(winner) => {
+                // SAFETY: `fresh` came from Box::into_raw above and was never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                ptr = winner;
+            }
+        }
+    }
+    // SAFETY: a non-null chunk pointer was published by the compare_exchange above (by this or
+    // another thread) and chunks are never freed, so it is valid for 'static.
+    Some(unsafe { &(*ptr)[index] })
+}
+
+fn encode(mode: Mode, kind: Kind) -> u32 {
+    let m = match mode {
+        Mode::Direct => 1,
+        Mode::Managed { user_nonblocking: false } => 2,
+        Mode::Managed { user_nonblocking: true } => 3,
+        Mode::Polled => 4,
+    };
+    let k = match kind {
+        Kind::Socket => 0,
+        Kind::Fifo => 1,
+        Kind::CharDevice => 2,
+        Kind::Other => 3,
+    };
+    m | (k << 4)
+}
+
+fn decode(word: u32, inode: u64) -> Option<Entry> {
+    let mode = match word & 0xf {
+        1 => Mode::Direct,
+        2 => Mode::Managed { user_nonblocking: false },
+        3 => Mode::Managed { user_nonblocking: true },
+        4 => Mode::Polled,
+        _ => return None,
+    };
+    let kind = match word >> 4 {
+        0 => Kind::Socket,
+        1 => Kind::Fifo,
+        2 => Kind::CharDevice,
+        _ => Kind::Other,
+    };
+    Some(Entry { mode, kind, inode })
+}
+
+/// The entry of `fd`, if the patch has one.
+pub(crate) fn get(fd: i32) -> Option<Entry> {
+    let slot = slot(fd, false)?;
+    let word = slot.word.load(Ordering::Acquire);
+    decode(word, slot.inode.load(Ordering::Relaxed))
+}
+
+/// Records `entry` for `fd`.
+pub(crate) fn set(fd: i32, entry: Entry) {
+    if let Some(slot) = slot(fd, true) {
+        slot.inode.store(entry.inode, Ordering::Relaxed);
+        slot.word.store(encode(entry.mode, entry.kind), Ordering::Release);
+    }
+}
+
+/// Forgets `fd` (closed, or its number now names another file).
+pub(crate) fn clear(fd: i32) {
+    if let Some(slot) = slot(fd, false) {
+        slot.word.store(0, Ordering::Release);
+    }
+}
+
+/// `new` is a duplicate of `old` (dup, dup2, dup3, F_DUPFD): it shares the description.
+pub(crate) fn copy(old: i32, new: i32) {
+    match get(old) {
+        Some(entry) => set(new, entry),
+        None => clear(new),
+    }
+}
+
+/// The kind and inode of `fd` as the kernel reports them now; `None` when it is not open.
+pub(crate) fn identify(fd: i32) -> Option<(Kind, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer for one stat struct.
+    if unsafe { real::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded and filled `st`.
+    let st = unsafe { st.assume_init() };
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => Kind::Socket,
+        libc::S_IFIFO => Kind::Fifo,
+        libc::S_IFCHR => Kind::CharDevice,
+        _ => Kind::Other,
+    };
+    Some((kind, st.st_ino))
+}
+
+impl Entry {
+    /// Whether this entry still describes the fd now open under `fd` (same type and inode).
+    pub(crate) fn still_describes(&self, fd: i32) -> bool {
+        identify(fd) == Some((self.kind, self.inode))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_clear() {
+        let fd = 900_001;
+        assert_eq!(get(fd), None);
+        for mode in [
+            Mode::Direct,
+            Mode::Managed { user_nonblocking: false },
+            Mode::Managed { user_nonblocking: true },
+            Mode::Polled,
+        ] {
+            let entry = Entry { mode, kind: Kind::Fifo, inode: 77 };
+            set(fd, entry);
+            assert_eq!(get(fd), Some(entry));
+        }
+        copy(fd, fd + 1);
+        assert_eq!(get(fd + 1).map(|e| e.inode), Some(77));
+        clear(fd);
+        assert_eq!(get(fd), None);
+        copy(fd, fd + 1);
+        assert_eq!(get(fd + 1), None, "copying a missing entry clears the target");
+    }
+
+    #[test]
+    fn negative_and_huge_fds_have_no_entry() {
+        set(-1, Entry { mode: Mode::Direct, kind: Kind::Other, inode: 1 });
+        assert_eq!(get(-1), None);
+        set(i32::MAX, Entry { mode: Mode::Direct, kind: Kind::Other, inode: 1 });
+        assert_eq!(get(i32::MAX), None);
+    }
+}

@@ -1,0 +1,337 @@
+//! The interposers: C functions named like libc's, exported from the executable, so that every
+//! call the program makes (std's, any crate's, a dlopen'ed C library's through the PLT) reaches
+//! them instead of glibc's. Each is one line into `blocking_call.rs`.
+//!
+//! Guarantee: the C signatures are glibc's (x86_64 and aarch64 Linux); `fcntl` and `ioctl` are
+//! variadic in C and are defined here with one word-sized third argument, which is how those
+//! ABIs pass the single optional argument. Nothing here unwinds.
+
+#![allow(clippy::missing_safety_doc)] // each hook's contract is the libc function's
+
+use std::ffi::{c_char, c_int, c_void};
+use std::time::Duration;
+
+use libc::{
+    addrinfo, id_t, idtype_t, iovec, msghdr, nfds_t, pid_t, pollfd, rusage, siginfo_t, size_t,
+    sockaddr, socklen_t, ssize_t, timespec,
+};
+
+use super::blocking_call::{self, Child, Dir, duration_of, io, wait_child};
+use super::fdtable;
+use super::real;
+
+const DONTWAIT: c_int = libc::MSG_DONTWAIT;
+
+/// Every hook's address: `install` references them all, so the linker keeps this object.
+pub(super) fn every_hook() -> [usize; 26] {
+    [
+        read as *const () as usize,
+        readv as *const () as usize,
+        write as *const () as usize,
+        writev as *const () as usize,
+        recv as *const () as usize,
+        recvfrom as *const () as usize,
+        recvmsg as *const () as usize,
+        send as *const () as usize,
+        sendto as *const () as usize,
+        sendmsg as *const () as usize,
+        connect as *const () as usize,
+        accept as *const () as usize,
+        accept4 as *const () as usize,
+        poll as *const () as usize,
+        nanosleep as *const () as usize,
+        clock_nanosleep as *const () as usize,
+        waitpid as *const () as usize,
+        wait4 as *const () as usize,
+        waitid as *const () as usize,
+        getaddrinfo as *const () as usize,
+        close as *const () as usize,
+        dup as *const () as usize,
+        dup2 as *const () as usize,
+        dup3 as *const () as usize,
+        fcntl as *const () as usize,
+        ioctl as *const () as usize,
+    ]
+}
+
+// SAFETY (for every `unsafe` block below): each forwards the caller's arguments unchanged to
+// libc's function of the same name, so the caller's contract for that function covers it.
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    // SAFETY: see above.
+    io(fd, Dir::Read, false, || unsafe { real::read(fd, buf, count) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
+    // SAFETY: see above.
+    io(fd, Dir::Read, false, || unsafe { real::readv(fd, iov, iovcnt) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    // SAFETY: see above.
+    io(fd, Dir::Write, false, || unsafe { real::write(fd, buf, count) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
+    // SAFETY: see above.
+    io(fd, Dir::Write, false, || unsafe { real::writev(fd, iov, iovcnt) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
+    let nb = flags & DONTWAIT != 0;
+    // SAFETY: see above.
+    io(fd, Dir::Read, nb, || unsafe { real::recv(fd, buf, len, flags) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    addrlen: *mut socklen_t,
+) -> ssize_t {
+    let nb = flags & DONTWAIT != 0;
+    // SAFETY: see above.
+    io(fd, Dir::Read, nb, || unsafe { real::recvfrom(fd, buf, len, flags, addr, addrlen) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    let nb = flags & DONTWAIT != 0;
+    // SAFETY: see above.
+    io(fd, Dir::Read, nb, || unsafe { real::recvmsg(fd, msg, flags) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
+    let nb = flags & DONTWAIT != 0;
+    // SAFETY: see above.
+    io(fd, Dir::Write, nb, || unsafe { real::send(fd, buf, len, flags) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    addrlen: socklen_t,
+) -> ssize_t {
+    let nb = flags & DONTWAIT != 0;
+    // SAFETY: see above.
+    io(fd, Dir::Write, nb, || unsafe { real::sendto(fd, buf, len, flags, addr, addrlen) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    let nb = flags & DONTWAIT != 0;
+    // SAFETY: see above.
+    io(fd, Dir::Write, nb, || unsafe { real::sendmsg(fd, msg, flags) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: see above.
+    blocking_call::connect(fd, || unsafe { real::connect(fd, addr, len) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: see above.
+    let new = io(fd, Dir::Read, false, || unsafe { real::accept(fd, addr, len) } as ssize_t);
+    accepted(new)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: see above.
+    let new =
+        io(fd, Dir::Read, false, || unsafe { real::accept4(fd, addr, len, flags) } as ssize_t);
+    accepted(new)
+}
+
+/// A new connection's fd number names a new description: forget what it named before.
+fn accepted(new: ssize_t) -> c_int {
+    let new = new as c_int;
+    if new >= 0 {
+        fdtable::clear(new);
+    }
+    new
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
+    // SAFETY: see above.
+    unsafe { blocking_call::poll(fds, nfds, timeout) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
+    // SAFETY: a non-null `req` points to a live timespec (the caller's contract).
+    let d = (!req.is_null()).then(|| unsafe { &*req }).and_then(duration_of);
+    match d.filter(|d| !d.is_zero()).and_then(blocking_call::sleep) {
+        Some(()) => 0,
+        // SAFETY: see above.
+        None => unsafe { real::nanosleep(req, rem) },
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn clock_nanosleep(
+    clock: libc::clockid_t,
+    flags: c_int,
+    req: *const timespec,
+    rem: *mut timespec,
+) -> c_int {
+    // SAFETY: a non-null `req` points to a live timespec (the caller's contract).
+    let d = (!req.is_null()).then(|| unsafe { &*req }).and_then(duration_of);
+    let d = match d {
+        Some(d) if flags & libc::TIMER_ABSTIME != 0 => until(clock, d),
+        Some(d) if clock == libc::CLOCK_MONOTONIC || clock == libc::CLOCK_REALTIME => Some(d),
+        _ => None,
+    };
+    match d.filter(|d| !d.is_zero()).and_then(blocking_call::sleep) {
+        Some(()) => 0,
+        // SAFETY: see above.
+        None => unsafe { real::clock_nanosleep(clock, flags, req, rem) },
+    }
+}
+
+/// How long until the absolute time `at` on `clock` (monotonic or realtime only).
+fn until(clock: libc::clockid_t, at: Duration) -> Option<Duration> {
+    if clock != libc::CLOCK_MONOTONIC && clock != libc::CLOCK_REALTIME {
+        return None;
+    }
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid out-pointer.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return None;
+    }
+    Some(at.saturating_sub(duration_of(&now)?))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn waitpid(pid: pid_t, status: *mut c_int, options: c_int) -> pid_t {
+    wait_child(child_of(pid), options, |nohang| {
+        let options = options | if nohang { libc::WNOHANG } else { 0 };
+        // SAFETY: see above.
+        let r = unsafe { real::waitpid(pid, status, options) };
+        (r, r != 0)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn wait4(
+    pid: pid_t,
+    status: *mut c_int,
+    options: c_int,
+    usage: *mut rusage,
+) -> pid_t {
+    wait_child(child_of(pid), options, |nohang| {
+        let options = options | if nohang { libc::WNOHANG } else { 0 };
+        // SAFETY: see above.
+        let r = unsafe { real::wait4(pid, status, options, usage) };
+        (r, r != 0)
+    })
+}
+
+fn child_of(pid: pid_t) -> Child {
+    if pid > 0 { Child::Pid(pid) } else { Child::Any }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn waitid(
+    idtype: idtype_t,
+    id: id_t,
+    info: *mut siginfo_t,
+    options: c_int,
+) -> c_int {
+    let child = match idtype {
+        libc::P_PID => Child::Pid(id as pid_t),
+        libc::P_PIDFD => Child::Pidfd(id as c_int),
+        _ => Child::Any,
+    };
+    let options = if options & libc::WEXITED == 0 { options | libc::WNOHANG } else { options };
+    // SAFETY: see above; `info` is a valid out-pointer when non-null (the caller's contract).
+    wait_child(child, options, |nohang| unsafe {
+        let options = options | if nohang { libc::WNOHANG } else { 0 };
+        if !info.is_null() {
+            std::ptr::write_bytes(info, 0, 1);
+        }
+        let r = real::waitid(idtype, id, info, options);
+        (r, r != 0 || info.is_null() || (*info).si_pid() != 0)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getaddrinfo(
+    node: *const c_char,
+    service: *const c_char,
+    hints: *const addrinfo,
+    res: *mut *mut addrinfo,
+) -> c_int {
+    // SAFETY: see above.
+    unsafe { blocking_call::getaddrinfo(node, service, hints, res) }
+        .unwrap_or_else(|| unsafe { real::getaddrinfo(node, service, hints, res) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    fdtable::clear(fd);
+    // SAFETY: see above.
+    unsafe { real::close(fd) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    // SAFETY: see above.
+    let new = unsafe { real::dup(fd) };
+    if new >= 0 {
+        fdtable::copy(fd, new);
+    }
+    new
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    // SAFETY: see above.
+    let rc = unsafe { real::dup2(old, new) };
+    if rc >= 0 && old != new {
+        fdtable::copy(old, new);
+    }
+    rc
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: see above.
+    let rc = unsafe { real::dup3(old, new, flags) };
+    if rc >= 0 {
+        fdtable::copy(old, new);
+    }
+    rc
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    blocking_call::fcntl(fd, cmd, arg)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: usize) -> c_int {
+    // SAFETY: see above.
+    unsafe { blocking_call::ioctl(fd, request, arg) }
+}

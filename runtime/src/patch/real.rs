@@ -1,0 +1,131 @@
+//! libc's own functions, reached past our interposers with `dlsym(RTLD_NEXT, name)`.
+//!
+//! Guarantee: each function is looked up once (on its first call) and cached; a call here is one
+//! atomic load and an indirect call, never a call into our hooks (no recursion). If a symbol
+//! cannot be found (a libc without it), the call fails with `ENOSYS`, as a missing syscall would.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use libc::{
+    addrinfo, id_t, idtype_t, iovec, msghdr, nfds_t, pid_t, pollfd, rusage, siginfo_t, size_t,
+    sockaddr, socklen_t, ssize_t, timespec,
+};
+
+/// A cached symbol: 0 until looked up, 1 when the lookup failed, else the address.
+fn resolve(cache: &AtomicUsize, name: &'static [u8]) -> Option<usize> {
+    let known = cache.load(Ordering::Relaxed);
+    if known > 1 {
+        return Some(known);
+    }
+    if known == 1 {
+        return None;
+    }
+    // SAFETY: `name` is a NUL-terminated literal; dlsym has no other precondition.
+    let found = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize;
+    cache.store(found.max(1), Ordering::Relaxed);
+    (found != 0).then_some(found)
+}
+
+/// Sets errno to `ENOSYS` and returns the failure value.
+fn missing<R: From<i8>>() -> R {
+    set_errno(libc::ENOSYS);
+    R::from(-1)
+}
+
+/// The calling thread's errno.
+pub(crate) fn errno() -> c_int {
+    // SAFETY: __errno_location returns the calling thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets the calling thread's errno.
+pub(crate) fn set_errno(value: c_int) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = value };
+}
+
+/// Declares `real::name(args) -> ret`, calling libc's `name` through a cached `dlsym` lookup.
+macro_rules! real {
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty; )*) => {$(
+        #[doc = concat!("libc's own `", stringify!($name), "`.")]
+        ///
+        /// # Safety
+        /// The same contract as the libc function.
+        pub(crate) unsafe fn $name($($arg: $ty),*) -> $ret {
+            static CACHE: AtomicUsize = AtomicUsize::new(0);
+            let Some(address) = resolve(&CACHE, concat!(stringify!($name), "\0").as_bytes())
+            else {
+                return missing();
+            };
+            // SAFETY: `address` is libc's definition of this very symbol, whose C signature is
+            // the one declared here (the libc crate's declarations, copied).
+            let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(address) };
+            // SAFETY: the caller upholds the libc function's contract.
+            unsafe { f($($arg),*) }
+        }
+    )*};
+}
+
+real! {
+    read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t;
+    readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t;
+    write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t;
+    writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t;
+    recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t;
+    recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr,
+        addrlen: *mut socklen_t) -> ssize_t;
+    recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
+    send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t;
+    sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr,
+        addrlen: socklen_t) -> ssize_t;
+    sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+    connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+    poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int;
+    nanosleep(req: *const timespec, rem: *mut timespec) -> c_int;
+    clock_nanosleep(clock: libc::clockid_t, flags: c_int, req: *const timespec,
+        rem: *mut timespec) -> c_int;
+    waitpid(pid: pid_t, status: *mut c_int, options: c_int) -> pid_t;
+    wait4(pid: pid_t, status: *mut c_int, options: c_int, usage: *mut rusage) -> pid_t;
+    waitid(idtype: idtype_t, id: id_t, info: *mut siginfo_t, options: c_int) -> c_int;
+    getaddrinfo(node: *const c_char, service: *const c_char, hints: *const addrinfo,
+        res: *mut *mut addrinfo) -> c_int;
+    close(fd: c_int) -> c_int;
+    dup(fd: c_int) -> c_int;
+    dup2(old: c_int, new: c_int) -> c_int;
+    dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
+    getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void,
+        len: *mut socklen_t) -> c_int;
+    fstat(fd: c_int, buf: *mut libc::stat) -> c_int;
+}
+
+/// libc's own `fcntl` (variadic in C: the third argument is an int or a pointer, passed as one
+/// machine word).
+///
+/// # Safety
+/// The same contract as the libc function.
+pub(crate) unsafe fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    static CACHE: AtomicUsize = AtomicUsize::new(0);
+    let Some(address) = resolve(&CACHE, b"fcntl\0") else { return missing() };
+    // SAFETY: libc's `fcntl` has this variadic signature.
+    let f: unsafe extern "C" fn(c_int, c_int, ...) -> c_int =
+        unsafe { std::mem::transmute(address) };
+    // SAFETY: the caller upholds fcntl's contract for `cmd` and `arg`.
+    unsafe { f(fd, cmd, arg) }
+}
+
+/// libc's own `ioctl` (variadic in C: the third argument is passed as one machine word).
+///
+/// # Safety
+/// The same contract as the libc function.
+pub(crate) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: usize) -> c_int {
+    static CACHE: AtomicUsize = AtomicUsize::new(0);
+    let Some(address) = resolve(&CACHE, b"ioctl\0") else { return missing() };
+    // SAFETY: glibc's `ioctl` has this variadic signature.
+    let f: unsafe extern "C" fn(c_int, libc::c_ulong, ...) -> c_int =
+        unsafe { std::mem::transmute(address) };
+    // SAFETY: the caller upholds ioctl's contract for `request` and `arg`.
+    unsafe { f(fd, request, arg) }
+}

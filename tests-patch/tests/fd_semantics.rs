@@ -1,0 +1,178 @@
+//! What a program sees through the patch is what libc would show it: blocking fds behave as
+//! blocking, O_NONBLOCK set by the patch is invisible, the program's own O_NONBLOCK still gives
+//! EAGAIN, socket timeouts and poll's timeout are honoured, regular files pass straight through,
+//! bad fds give EBADF, and a reused fd number never inherits the old fd's state.
+
+use std::cell::Cell;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// The flags as the kernel holds them, past the patch's `fcntl` hook (a raw syscall).
+fn kernel_flags(fd: RawFd) -> i32 {
+    // SAFETY: F_GETFL has no memory preconditions.
+    unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) as i32 }
+}
+
+/// The flags as the program sees them (through the hook).
+fn visible_flags(fd: RawFd) -> i32 {
+    // SAFETY: F_GETFL has no memory preconditions.
+    unsafe { libc::fcntl(fd, libc::F_GETFL) }
+}
+
+/// A coroutine that counts how often it ran, until stopped.
+fn spawn_counter() -> (Rc<Cell<u32>>, Rc<Cell<bool>>, greenhub::JoinHandle<()>) {
+    let (count, stop) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
+    let (c, s) = (count.clone(), stop.clone());
+    let handle = greenhub::spawn(move || {
+        while !s.get() {
+            c.set(c.get() + 1);
+            greenhub::sleep(Duration::from_millis(1));
+        }
+    });
+    (count, stop, handle)
+}
+
+#[test]
+fn the_nonblocking_flag_the_patch_sets_is_hidden_from_f_getfl() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let reader = greenhub::spawn(move || {
+            let mut buf = [0u8; 2];
+            (&b).read_exact(&mut buf).unwrap(); // suspends: the patch makes `b` non-blocking
+            (buf, kernel_flags(b.as_raw_fd()), visible_flags(b.as_raw_fd()))
+        });
+        greenhub::yield_now();
+        a.write_all(b"hi").unwrap();
+        let (buf, kernel, visible) = reader.join().unwrap();
+        assert_eq!(&buf, b"hi");
+        assert_ne!(kernel & libc::O_NONBLOCK, 0, "the patch did not manage the socket");
+        assert_eq!(visible & libc::O_NONBLOCK, 0, "F_GETFL shows the patch's O_NONBLOCK");
+        assert_eq!(visible, kernel & !libc::O_NONBLOCK, "F_GETFL changed other flags");
+    });
+}
+
+#[test]
+fn an_fd_the_program_made_non_blocking_still_gives_would_block() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut buf = [0u8; 1];
+        b.write_all(b"-").unwrap(); // first use: the patch manages it
+        b.set_nonblocking(true).unwrap(); // ioctl(FIONBIO), as std does it
+        assert_eq!(b.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+        assert_ne!(visible_flags(b.as_raw_fd()) & libc::O_NONBLOCK, 0);
+        b.set_nonblocking(false).unwrap(); // blocking again: suspends until data comes
+        let peer = a.try_clone().unwrap();
+        let writer = greenhub::spawn(move || (&peer).write_all(b"x").unwrap());
+        assert_eq!(b.read(&mut buf).unwrap(), 1);
+        writer.join().unwrap();
+        assert_eq!(visible_flags(b.as_raw_fd()) & libc::O_NONBLOCK, 0);
+        // And through fcntl(F_SETFL) too.
+        // SAFETY: F_SETFL with an int argument.
+        unsafe { libc::fcntl(b.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        assert_eq!(b.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+        drop(a);
+    });
+}
+
+#[test]
+fn a_socket_read_timeout_is_honoured_while_other_coroutines_run() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (_a, mut b) = UnixStream::pair().unwrap();
+        b.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let (count, stop, counter) = spawn_counter();
+        let start = Instant::now();
+        let err = b.read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WouldBlock, "SO_RCVTIMEO gives EAGAIN, as libc");
+        assert!(start.elapsed() >= Duration::from_millis(50), "the timeout fired early");
+        assert!(count.get() > 0, "the other coroutine did not run during the wait");
+        stop.set(true);
+        counter.join().unwrap();
+    });
+}
+
+#[test]
+fn poll_honours_its_timeout_and_reports_readiness() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let (count, stop, counter) = spawn_counter();
+        let mut fds = [libc::pollfd { fd: b.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let start = Instant::now();
+        // SAFETY: one live pollfd.
+        assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 1, 50) }, 0);
+        assert!(start.elapsed() >= Duration::from_millis(50), "poll returned before its timeout");
+        assert!(count.get() > 0, "the other coroutine did not run during the poll");
+        let writer = greenhub::spawn(move || a.write_all(b"x").unwrap());
+        // SAFETY: as above; no timeout.
+        assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) }, 1);
+        assert_ne!(fds[0].revents & libc::POLLIN, 0);
+        writer.join().unwrap();
+        stop.set(true);
+        counter.join().unwrap();
+    });
+}
+
+#[test]
+fn regular_files_pass_straight_through() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let mut file = std::fs::File::open("/proc/self/status").unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        assert!(text.contains("Pid:"));
+        assert_eq!(kernel_flags(file.as_raw_fd()) & libc::O_NONBLOCK, 0, "a file was changed");
+    });
+}
+
+#[test]
+fn a_bad_fd_gives_ebadf_as_libc_does() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let mut buf = [0u8; 4];
+        for fd in [-1, 1_000_000, 65_000] {
+            // SAFETY: reading into a live buffer; the fd is invalid on purpose.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            assert_eq!(n, -1);
+            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EBADF));
+            // SAFETY: as above.
+            let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), 0) };
+            assert_eq!(
+                (n, std::io::Error::last_os_error().raw_os_error()),
+                (-1, Some(libc::EBADF))
+            );
+        }
+    });
+}
+
+#[test]
+fn a_reused_fd_number_never_sees_the_old_fds_state() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        // An fd the patch manages (internally non-blocking, looks blocking)...
+        let (keep, old) = UnixStream::pair().unwrap();
+        (&old).write_all(b"-").unwrap();
+        let number = old.into_raw_fd();
+        // ...replaced behind the patch's back (raw syscalls, like glibc's internal calls) by a
+        // socket the program made non-blocking itself.
+        let (new, _peer) = UnixStream::pair().unwrap();
+        let new_fd = new.as_raw_fd();
+        // SAFETY: plain fd syscalls; `number` stays owned here and now names `new`'s socket.
+        unsafe {
+            libc::syscall(libc::SYS_fcntl, new_fd, libc::F_SETFL, libc::O_NONBLOCK);
+            libc::syscall(libc::SYS_dup3, new_fd, number, libc::O_CLOEXEC);
+        }
+        drop(new);
+        // SAFETY: `number` is open (dup3 above) and owned here from now on.
+        let mut reused = unsafe { UnixStream::from_raw_fd(number) };
+        assert_ne!(visible_flags(number) & libc::O_NONBLOCK, 0, "the old entry hid O_NONBLOCK");
+        let err = reused.read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WouldBlock, "the old entry made it wait");
+        drop(keep);
+    });
+}
