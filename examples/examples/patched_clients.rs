@@ -47,10 +47,15 @@ fn main() {
     let (addr, arrived) = start_server();
     greenhub::run(|| {
         let ticks = Rc::new(Cell::new(0u32));
+        let stop = Rc::new(Cell::new(false));
+        // The ticker stops on a flag, not `cancel`: a cancel that lands inside a patched call
+        // only cuts that call short (an unwind cannot cross std's C-ABI frames), and a loop that
+        // suspends nowhere but in patched calls never reaches a greenhub suspension point to
+        // unwind at.
         let ticker = {
-            let ticks = ticks.clone();
+            let (ticks, stop) = (ticks.clone(), stop.clone());
             greenhub::spawn(move || {
-                loop {
+                while !stop.get() {
                     std::thread::sleep(Duration::from_millis(5)); // patched: a greenhub sleep
                     ticks.set(ticks.get() + 1);
                 }
@@ -70,7 +75,8 @@ fn main() {
         for (i, (status, body)) in replies.iter().enumerate() {
             println!("request {i} -> {status} {body:?}");
         }
-        ticker.cancel();
+        stop.set(true);
+        ticker.join().unwrap();
         println!("the ticker ran while the requests waited: {}", ticks.get() > 0);
     });
 }
