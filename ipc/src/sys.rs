@@ -169,6 +169,9 @@ pub(crate) fn exit_now(code: i32) -> ! {
 /// a write to a closed pipe is an error, not a death) and SIGSEGV/SIGBUS (greenhub's stack
 /// overflow reporter, which chains to the previous handler); and an empty signal mask.
 pub(crate) fn reset_signals(_: &InChild) {
+    // SAFETY: `InChild` proves a fresh fork child, whose inherited Signals (in the forgotten hub)
+    // are never used again.
+    unsafe { greenhub::ext::forget_inherited_signals() };
     for signal in 1..=libc::SIGRTMAX() {
         let keep = [libc::SIGKILL, libc::SIGSTOP, libc::SIGSEGV, libc::SIGBUS];
         if keep.contains(&signal) {

@@ -87,3 +87,18 @@ pub unsafe fn forget_inherited_hub() {
 pub fn lightweight_stack_guards() -> bool {
     crate::sys::guard_kind() == crate::sys::GuardKind::Lightweight
 }
+
+/// After `fork`, in the child: forgets every [`signal::Signals`](crate::signal::Signals) watcher
+/// inherited from the parent, so that the child inherits none of them: the dispositions they
+/// replaced are put back, greenhub's handler stops acting in the child (until a `Signals` made
+/// there installs it again), and the watchers' eventfds are closed. greenhub-ipc calls it while
+/// it resets a new child's signals.
+///
+/// # Safety
+/// Call it only in a process just created by `fork`, before any `Signals` is used there, and
+/// never use or drop a `Signals` inherited from the parent afterwards (those of the inherited
+/// hub, forgotten by [`forget_inherited_hub`], never are).
+pub unsafe fn forget_inherited_signals() {
+    // SAFETY: the caller upholds the same contract.
+    unsafe { crate::signal::forget_inherited() }
+}

@@ -48,6 +48,7 @@ mod join;
 pub mod net;
 #[cfg(feature = "patch")]
 pub mod patch;
+pub mod signal;
 mod stack;
 pub mod sync;
 mod sys;

@@ -1,6 +1,6 @@
 //! Linux-specific pieces of the hub: the stack-overflow reporter, stack memory (reservations,
-//! guard pages), the eventfd that wakes the loop from other threads, and the timerfd that wakes
-//! it at a timer's deadline. Every `unsafe` block of the crate is here, except the coroutine
+//! guard pages), the eventfd that wakes the loop from other threads, the timerfd that wakes
+//! it at a timer's deadline, and the process-wide signal handler behind `signal::Signals`. Every `unsafe` block of the crate is here, except the coroutine
 //! plumbing (`coroutine.rs`, `hub.rs`, `stack.rs`) and the call of the unsafe fork hook in
 //! `ext.rs`; the unsafe ledger in docs/ lists them all. (mio
 //! itself hides epoll; a kqueue port replaces this file.)
@@ -14,6 +14,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// A fault this far below a stack's guard page still counts as an overflow of that stack (a
@@ -673,4 +674,179 @@ pub(crate) fn mapped_bytes() -> Option<u64> {
     let kib: u64 =
         line.trim_start_matches("VmSize:").trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib * 1024)
+}
+
+// Signals delivered to coroutines (`signal::Signals`)
+//
+// One process-wide handler, installed per watched signal. It counts the delivery in
+// `DELIVERED[signal]` and writes to the eventfd of every watcher of that signal, which wakes
+// whichever hub that watcher's coroutine waits in. Everything it touches is a static atomic, and
+// its only calls are getpid, write, sigaction and raise: all async-signal-safe (signal-safety(7)).
+
+/// The highest signal number on Linux (`SIGRTMAX()` is 64 with glibc and musl).
+pub(crate) const MAX_SIGNAL: usize = 64;
+
+/// How many `Signals` values may be alive at once in a process (the handler scans this table).
+pub(crate) const MAX_WATCHERS: usize = 256;
+
+/// Deliveries of each signal since the process started (index = signal number).
+static DELIVERED: [AtomicU64; MAX_SIGNAL + 1] = [const { AtomicU64::new(0) }; MAX_SIGNAL + 1];
+
+/// For each signal, the pid of the process that installed our handler for it (0: none). The
+/// handler acts only in that process: in a child forked before it forgot the parent's watchers,
+/// a signal gets its default action instead (the child must inherit none of them).
+static HANDLER_PID: [AtomicI32; MAX_SIGNAL + 1] = [const { AtomicI32::new(0) }; MAX_SIGNAL + 1];
+
+/// One watcher: the eventfd to write to (-1: free) and the signals it wants (bit `n - 1`).
+struct Watcher {
+    fd: AtomicI32,
+    mask: AtomicU64,
+}
+
+static WATCHERS: [Watcher; MAX_WATCHERS] =
+    [const { Watcher { fd: AtomicI32::new(-1), mask: AtomicU64::new(0) } }; MAX_WATCHERS];
+
+/// How many handler invocations are between reading a watcher's fd and writing to it. A
+/// watcher's fd is closed only after it left the table and this count was seen at zero.
+static HANDLERS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// A signal's disposition before greenhub's handler replaced it, to put back later.
+#[derive(Clone, Copy)]
+pub(crate) struct Disposition(libc::sigaction);
+
+/// Deliveries of `signal` so far in this process (`signal` in 1..=MAX_SIGNAL).
+pub(crate) fn signal_deliveries(signal: i32) -> u64 {
+    DELIVERED[signal as usize].load(Ordering::SeqCst)
+}
+
+/// Installs the handler for `signal` and returns the disposition it replaced.
+pub(crate) fn install_signal_handler(signal: i32) -> io::Result<Disposition> {
+    // SAFETY: an all-zero sigaction is a valid "no handler, empty mask" value.
+    let mut ours: libc::sigaction = unsafe { std::mem::zeroed() };
+    ours.sa_sigaction = on_signal as *const () as usize;
+    // SA_RESTART: other threads' blocking calls are not cut short with EINTR by a signal that is
+    // only being recorded. (epoll_wait is never restarted, which is what wakes a polling hub.)
+    ours.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    let mut previous = MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: the pid is this process's; every later delivery is handled by `on_signal`.
+    HANDLER_PID[signal as usize].store(unsafe { libc::getpid() }, Ordering::SeqCst);
+    // SAFETY: valid pointers for the call; `on_signal` has the SA_SIGINFO signature and does
+    // only async-signal-safe work (see its comment and the unsafe ledger).
+    let rc = unsafe {
+        libc::sigemptyset(&mut ours.sa_mask);
+        libc::sigaction(signal, &ours, previous.as_mut_ptr())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sigaction succeeded, so it wrote the previous action.
+    Ok(Disposition(unsafe { previous.assume_init() }))
+}
+
+/// Puts back the disposition `install_signal_handler` replaced.
+pub(crate) fn restore_signal_disposition(signal: i32, previous: &Disposition) {
+    // SAFETY: `previous` is a disposition the kernel gave us for this very signal.
+    unsafe { libc::sigaction(signal, &previous.0, std::ptr::null_mut()) };
+}
+
+/// Makes watcher `slot` (a free slot the caller owns) receive `mask`'s signals on `fd`.
+pub(crate) fn publish_watcher(slot: usize, fd: RawFd, mask: u64) {
+    WATCHERS[slot].mask.store(mask, Ordering::SeqCst);
+    WATCHERS[slot].fd.store(fd, Ordering::SeqCst);
+}
+
+/// Takes watcher `slot` out of the table, and returns once no handler can still write to its fd
+/// (so the caller may close it: the number could otherwise be reused by an unrelated file).
+pub(crate) fn retract_watcher(slot: usize) {
+    WATCHERS[slot].fd.store(-1, Ordering::SeqCst);
+    WATCHERS[slot].mask.store(0, Ordering::SeqCst);
+    // A handler that loaded the old fd incremented the count before loading it (both SeqCst),
+    // so it is seen here; one that did not will load -1. Handlers never wait, so this ends.
+    while HANDLERS_RUNNING.load(Ordering::SeqCst) != 0 {
+        std::hint::spin_loop();
+    }
+}
+
+/// After fork, in the child: forget the parent's watchers. Their eventfds (owned by `Signals`
+/// values of the leaked, inherited hub) are closed, the handler stops acting here, and what the
+/// handler was installed for gets its previous disposition back from the caller.
+///
+/// # Safety
+/// Only in a process just created by `fork`, whose inherited `Signals` values are never used or
+/// dropped (they belong to the leaked, inherited hub): their eventfds are closed here.
+pub(crate) unsafe fn forget_signal_watchers_after_fork() {
+    for watcher in &WATCHERS {
+        let fd = watcher.fd.swap(-1, Ordering::SeqCst);
+        watcher.mask.store(0, Ordering::SeqCst);
+        if fd >= 0 {
+            // SAFETY: the fd belongs to an inherited `Signals` that, by the caller's contract,
+            // nothing uses or drops again; it left the handler's table above.
+            unsafe { libc::close(fd) };
+        }
+    }
+    for pid in &HANDLER_PID {
+        pid.store(0, Ordering::SeqCst);
+    }
+    // The fork copied only the forking thread: no handler runs on any other thread here.
+    HANDLERS_RUNNING.store(0, Ordering::SeqCst);
+}
+
+/// The handler of every watched signal.
+///
+/// Async-signal-safe: it reads and writes static atomics only (lock-free on every platform Rust
+/// supports with 64-bit atomics), and calls getpid, write, sigaction and raise, which
+/// signal-safety(7) lists; it saves and restores `errno`. It never allocates, locks or waits.
+extern "C" fn on_signal(signal: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: __errno_location returns this thread's errno, valid for the thread's lifetime.
+    let errno = unsafe { *libc::__errno_location() };
+    let Some(index) = usize::try_from(signal).ok().filter(|&s| (1..=MAX_SIGNAL).contains(&s))
+    else {
+        return;
+    };
+    // SAFETY: getpid is async-signal-safe and has no preconditions.
+    if HANDLER_PID[index].load(Ordering::SeqCst) != unsafe { libc::getpid() } {
+        default_action(signal);
+    } else {
+        DELIVERED[index].fetch_add(1, Ordering::SeqCst);
+        HANDLERS_RUNNING.fetch_add(1, Ordering::SeqCst);
+        let bit = 1u64 << (index - 1);
+        for watcher in &WATCHERS {
+            if watcher.mask.load(Ordering::SeqCst) & bit == 0 {
+                continue;
+            }
+            let fd = watcher.fd.load(Ordering::SeqCst);
+            if fd >= 0 {
+                let one: u64 = 1;
+                // SAFETY: `fd` is a live eventfd: `retract_watcher` waits for this handler
+                // (counted in HANDLERS_RUNNING) before the fd may be closed. Writes 8 bytes
+                // from a live u64; a full counter (EAGAIN) already means "wake".
+                unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+            }
+        }
+        HANDLERS_RUNNING.fetch_sub(1, Ordering::SeqCst);
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// In a process that did not install the handler (a forked child): give `signal` its default
+/// action, as if the handler had never been inherited.
+fn default_action(signal: libc::c_int) {
+    // SAFETY: an all-zero sigaction with SIG_DFL is valid; sigaction and raise are
+    // async-signal-safe. The raised signal is blocked while this handler runs and is delivered,
+    // with its default action, when the handler returns.
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(signal, &default, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+}
+
+/// Reads and resets an eventfd's counter; `WouldBlock` when it is zero.
+pub(crate) fn eventfd_take(fd: RawFd) -> io::Result<u64> {
+    let mut count: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live u64.
+    let n = unsafe { libc::read(fd, (&mut count as *mut u64).cast(), 8) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(count) }
 }
