@@ -49,6 +49,7 @@ pub mod net;
 #[cfg(feature = "patch")]
 pub mod patch;
 pub mod signal;
+mod spawn_later;
 mod stack;
 pub mod sync;
 mod sys;
@@ -59,4 +60,5 @@ pub use blocking::{DEFAULT_BLOCKING_THREADS, spawn_blocking};
 pub use coroutine::{CoroutineId, current, spawn, yield_now};
 pub use hub::{Builder, run};
 pub use join::{JoinError, JoinHandle};
+pub use spawn_later::spawn_later;
 pub use timer::{Elapsed, sleep, timeout};

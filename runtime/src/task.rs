@@ -12,7 +12,9 @@
 //!   [`Body::Running`] (taken out by the loop) and it is not in the ready queue.
 //! - **Suspended**: its body is [`Body::Parked`]; it is not in the ready queue; only
 //!   [`TaskTable::wake`] (directly, or through an interrupt or a cancel) makes it ready.
-//! - [`Body::Start`] (never ran) implies Ready, no pending interrupt and a null yielder.
+//! - [`Body::Start`] (never ran) implies Ready, no pending interrupt and a null yielder; except
+//!   for a `spawn_later` task before its delay, which is Suspended (waiting on
+//!   [`WaitReason::Start`]) until its timer wakes it.
 //! - Who touches what: this file owns the transitions that need no stack switch (insert, wake,
 //!   interrupt, the cancel mark); `coroutine.rs` owns those around a switch (`prepare`, `park`,
 //!   the removal of an ended task) and is the only other file that reads a [`Task`]'s fields.
@@ -67,6 +69,8 @@ pub(crate) enum WaitReason {
     Readable(RawFd),
     Writable(RawFd),
     Blocking,
+    /// A `spawn_later` coroutine waiting for its start time (`None`: never).
+    Start(Option<Instant>),
 }
 
 impl WaitReason {
@@ -86,6 +90,7 @@ impl WaitReason {
             WaitReason::ThreadChannelRecv => "ThreadReceiver::recv",
             WaitReason::Readable(_) | WaitReason::Writable(_) => "io",
             WaitReason::Blocking => "spawn_blocking",
+            WaitReason::Start(_) => "spawn_later",
             WaitReason::Nothing => "wait",
         }
     }
@@ -113,6 +118,11 @@ impl fmt::Display for WaitReason {
             WaitReason::Readable(fd) => write!(f, "fd {fd} to be readable"),
             WaitReason::Writable(fd) => write!(f, "fd {fd} to be writable"),
             WaitReason::Blocking => f.write_str("a spawn_blocking job"),
+            WaitReason::Start(Some(at)) => {
+                let left = at.saturating_duration_since(Instant::now());
+                write!(f, "its start (spawn_later, {left:?} left)")
+            }
+            WaitReason::Start(None) => f.write_str("its start (spawn_later, never)"),
         }
     }
 }
@@ -274,6 +284,18 @@ impl TaskTable {
         self.ready.borrow_mut().push_back(r);
         HubSection::leave();
         r
+    }
+
+    /// Adds a task that has not started to the table, parked (waiting on `reason`) until a
+    /// wake makes it ready: `spawn_later`'s tasks, woken by their start timer.
+    pub(crate) fn insert_parked(&self, body: Body, spawn: Spawn, reason: WaitReason) -> TaskRef {
+        let mut task = Task::new(body, spawn, self.now());
+        task.state = TaskState::Suspended;
+        task.waiting = reason;
+        let id = task.id;
+        let _section = HubSection::enter();
+        let key = self.tasks.borrow_mut().insert(task);
+        TaskRef { key, id }
     }
 
     /// Whether the task behind `r` is still in the table (not yet ended).

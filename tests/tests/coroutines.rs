@@ -482,3 +482,107 @@ fn exit_hooks_run_in_order_after_every_coroutine_is_unwound() {
     });
     assert_eq!(*log.borrow(), [("first", true), ("second", true)]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// spawn_later
+
+#[test]
+fn spawn_later_starts_no_earlier_than_its_delay_and_never_inside_the_call() {
+    greenhub::run(|| {
+        let start = std::time::Instant::now();
+        let delays = [30u64, 10, 20];
+        let handles: Vec<_> = delays
+            .iter()
+            .map(|&ms| greenhub::spawn_later(Duration::from_millis(ms), move || start.elapsed()))
+            .collect();
+        let zero = greenhub::spawn_later(Duration::ZERO, || 7);
+        assert!(!zero.is_finished(), "a zero delay ran inside spawn_later");
+        assert_eq!(zero.join().unwrap(), 7);
+        for (handle, ms) in handles.into_iter().zip(delays) {
+            let started = handle.join().unwrap();
+            assert!(started >= Duration::from_millis(ms), "started after {started:?} < {ms} ms");
+        }
+    });
+}
+
+#[test]
+fn spawn_later_with_equal_delays_starts_in_call_order() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    greenhub::run(|| {
+        let handles: Vec<_> = (0..5)
+            .map(|i| {
+                let log = log.clone();
+                greenhub::spawn_later(Duration::from_millis(2), move || log.borrow_mut().push(i))
+            })
+            .collect();
+        handles.into_iter().for_each(|h| h.join().unwrap());
+    });
+    assert_eq!(*log.borrow(), vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn spawn_later_cancelled_before_its_delay_never_runs_and_leaves_no_timer() {
+    let (guard, dropped) = DropFlag::new();
+    let ran = Rc::new(Cell::new(false));
+    let caught = panic::catch_unwind(AssertUnwindSafe(|| {
+        greenhub::run(|| {
+            let h = greenhub::spawn_later(FOREVER, {
+                let ran = ran.clone();
+                move || {
+                    let _guard = guard;
+                    ran.set(true);
+                }
+            });
+            h.cancel();
+            assert!(dropped.get(), "the body's captures were not dropped by cancel");
+            assert!(h.join().unwrap_err().is_cancelled());
+            // Its hour-long timer is gone: blocking forever now is reported at once.
+            Event::new().wait();
+        })
+    }));
+    assert!(!ran.get(), "a cancelled spawn_later body ran");
+    let message = panic_message(&*caught.unwrap_err());
+    assert!(message.contains("would block forever"), "{message}");
+}
+
+#[test]
+fn a_pending_spawn_later_is_a_timer_not_a_deadlock() {
+    let v = greenhub::run(|| {
+        let h = greenhub::spawn_later(Duration::from_millis(5), || 42);
+        h.join().unwrap() // the root blocks; only the start timer can wake anything
+    });
+    assert_eq!(v, 42);
+}
+
+#[test]
+fn spawn_later_duration_max_never_starts_and_is_cancelled_at_the_end_of_run() {
+    let (guard, dropped) = DropFlag::new();
+    let ran = Rc::new(Cell::new(false));
+    greenhub::run(|| {
+        let ran = ran.clone();
+        let h = greenhub::spawn_later(Duration::MAX, move || {
+            let _guard = guard;
+            ran.set(true);
+        });
+        greenhub::sleep(Duration::from_millis(1));
+        assert!(!h.is_finished());
+    });
+    assert!(!ran.get());
+    assert!(dropped.get());
+    let caught = panic::catch_unwind(|| {
+        greenhub::run(|| greenhub::spawn_later(Duration::MAX, || ()).join().unwrap())
+    });
+    let message = panic_message(&*caught.unwrap_err());
+    assert!(message.contains("would block forever"), "{message}");
+    assert!(message.contains("its start (spawn_later, never)"), "{message}");
+}
+
+#[test]
+fn spawn_later_coroutines_can_be_cancelled_after_they_start() {
+    greenhub::run(|| {
+        let h = greenhub::spawn_later(Duration::from_millis(1), || greenhub::sleep(FOREVER));
+        greenhub::sleep(Duration::from_millis(5)); // it has started and sleeps now
+        h.cancel();
+        assert!(h.join().unwrap_err().is_cancelled());
+    });
+}
