@@ -26,7 +26,7 @@ use crate::hub::{Hub, hub};
 use crate::join::{JoinError, JoinHandle, JoinState, Joinable};
 use crate::stack::CoStack;
 use crate::sys;
-use crate::task::{Body, CancelMark, Spawn, Task, TaskRef, TaskState, WaitReason};
+use crate::task::{Body, CancelMark, FiredTimeout, Spawn, Task, TaskRef, TaskState, WaitReason};
 use crate::timer::{TimedOut, TimeoutId};
 
 type Co = Coroutine<Wake, Suspend, (), CoStack>;
@@ -80,11 +80,28 @@ pub(crate) struct Running {
     task: Cell<Option<TaskRef>>,
     /// Null until the body has started (and whenever no coroutine runs).
     yielder: Cell<*const CoYielder>,
-    /// A copy of the task's `cancelled` flag, kept in step by `Hub::cancel`.
-    cancelled: Cell<bool>,
-    /// A timeout that fired inside a non-unwinding wait: its unwind happens at the next ordinary
-    /// suspension point, or its `timeout` boundary reports it (see [`without_unwinding`]).
-    deferred_timeout: Cell<Option<TimeoutId>>,
+    /// Whether its suspension points must unwind instead of suspending: a copy of the task's
+    /// `cancelled` flag and sticky timeout, kept in step by `Hub::cancel` and the timeout path.
+    doom: Cell<Doom>,
+}
+
+/// Why every suspension point of a coroutine unwinds, until the unwind reaches its boundary:
+/// [`Doom::SPARED`] (it may suspend), [`Doom::CANCELLED`] (unwind to the end of its body; a
+/// `catch_unwind` cannot stop this), or [`Doom::timed_out`] (this `timeout`'s deadline fired and
+/// its boundary has not been reached yet: a library that caught the unwind, or a patched call
+/// that could not unwind, does not make the deadline disappear). One word, so the suspension
+/// path checks it with one load.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Doom(u64);
+
+impl Doom {
+    pub(crate) const SPARED: Doom = Doom(0);
+    pub(crate) const CANCELLED: Doom = Doom(u64::MAX);
+
+    /// Timeout ids start at 1 and never reach `u64::MAX`.
+    fn timed_out(id: TimeoutId) -> Doom {
+        Doom(id.get())
+    }
 }
 
 impl Default for Running {
@@ -92,19 +109,17 @@ impl Default for Running {
         Running {
             task: Cell::new(None),
             yielder: Cell::new(std::ptr::null()),
-            cancelled: Cell::new(false),
-            deferred_timeout: Cell::new(None),
+            doom: Cell::new(Doom::SPARED),
         }
     }
 }
 
 impl Running {
-    fn enter(&self, task: TaskRef, yielder: *const CoYielder, cancelled: bool) {
+    fn enter(&self, task: TaskRef, yielder: *const CoYielder, doom: Doom) {
         debug_assert!(self.task.get().is_none(), "only the loop resumes a coroutine");
         self.task.set(Some(task));
         self.yielder.set(yielder);
-        self.cancelled.set(cancelled);
-        self.deferred_timeout.set(None);
+        self.doom.set(doom);
     }
 
     fn leave(&self) {
@@ -367,11 +382,8 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
     if yielder.is_null() {
         outside_coroutine("suspend");
     }
-    if hub.running.cancelled.get() {
-        unwind_from_suspension(hub, Box::new(Cancelled));
-    }
-    if let Some(id) = hub.running.deferred_timeout.take() {
-        unwind_from_suspension(hub, Box::new(TimedOut(id)));
+    if hub.running.doom.get() != Doom::SPARED {
+        unwind_doomed(hub, hub.running.doom.get());
     }
     // SAFETY: a non-null `yielder` is the `&Yielder` corosensei passed to the running coroutine's
     // body, recorded when the body started and cleared when the coroutine suspends or ends. It
@@ -380,13 +392,22 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
     match wake {
         Wake::Run => {}
         Wake::Cancel => unwind_from_suspension(hub, Box::new(Cancelled)),
-        Wake::Timeout(id) => unwind_from_suspension(hub, Box::new(TimedOut(id))),
+        Wake::Timeout(id) => hub.timeout_fired(id),
         Wake::Deadlock => {
             let report = hub.take_deadlock_report();
             warn_if_in_cleanup(hub);
             panic!("{report}")
         }
     }
+}
+
+/// Unwinds a coroutine that must not suspend again (see [`Doom`]).
+#[cold]
+fn unwind_doomed(hub: &Hub, doom: Doom) -> ! {
+    if doom == Doom::CANCELLED {
+        unwind_from_suspension(hub, Box::new(Cancelled))
+    }
+    unwind_from_suspension(hub, Box::new(TimedOut))
 }
 
 /// Unwinds the calling coroutine from its suspension point with `payload`.
@@ -433,33 +454,23 @@ pub(crate) enum Interrupted {
 /// propagates.
 #[cfg(feature = "patch")]
 pub(crate) fn without_unwinding<R>(hub: &Hub, wait: impl FnOnce() -> R) -> Result<R, Interrupted> {
-    if hub.running.cancelled.get() {
-        return Err(Interrupted::Cancelled);
-    }
-    if hub.running.deferred_timeout.get().is_some() {
-        return Err(Interrupted::TimedOut);
+    match hub.running.doom.get() {
+        Doom::SPARED => {}
+        Doom::CANCELLED => return Err(Interrupted::Cancelled),
+        _ => return Err(Interrupted::TimedOut),
     }
     match panic::catch_unwind(AssertUnwindSafe(wait)) {
         Ok(value) => Ok(value),
         Err(payload) if payload.is::<Cancelled>() => Err(Interrupted::Cancelled),
-        Err(payload) => match payload.downcast::<TimedOut>() {
-            Ok(fired) => {
-                hub.running.deferred_timeout.set(Some(fired.0));
-                Err(Interrupted::TimedOut)
-            }
-            Err(other) => panic::resume_unwind(other),
-        },
+        Err(payload) if payload.is::<TimedOut>() => {
+            // The timeout stays sticky (`Hub::timeout_fired`): the next ordinary suspension
+            // point unwinds again. Its caller saw an error, not an unwind: remember that for the
+            // boundary.
+            hub.timeout_delivered_as_error();
+            Err(Interrupted::TimedOut)
+        }
+        Err(other) => panic::resume_unwind(other),
     }
-}
-
-/// At a `timeout` boundary: takes the deferred unwind of timeout `id`, if that is what is
-/// pending (its deadline passed inside a non-unwinding wait).
-pub(crate) fn take_deferred_timeout(hub: &Hub, id: TimeoutId) -> bool {
-    let pending = hub.running.deferred_timeout.get() == Some(id);
-    if pending {
-        hub.running.deferred_timeout.set(None);
-    }
-    pending
 }
 
 /// Whether the caller runs inside a coroutine of this thread's hub (not in the loop itself, not
@@ -490,10 +501,10 @@ impl Hub {
     /// refs (ended tasks) are ignored.
     #[inline(always)]
     pub(crate) fn resume(&self, r: TaskRef) -> bool {
-        let Some((mut co, wake, yielder, [limit, size])) = self.prepare(r) else {
+        let Some((mut co, wake, yielder, [limit, size], doom)) = self.prepare(r) else {
             return !self.tasks.is_alive(r);
         };
-        self.running.enter(r, yielder, matches!(wake, Wake::Cancel));
+        self.running.enter(r, yielder, doom);
         let trap = match self.recover_overflow(r) {
             true if arm_trap(&co) => sys::Trap::Armed,
             _ if self.recover_stack_overflow => sys::Trap::Root,
@@ -523,8 +534,9 @@ impl Hub {
     }
 
     /// Takes the coroutine out of the table for `resume`, creating it (with a stack) if new;
-    /// with the coroutine, where its stack is (limit and usable size) for the overflow reporter.
-    fn prepare(&self, r: TaskRef) -> Option<(CoBox, Wake, *const CoYielder, [usize; 2])> {
+    /// with the coroutine, where its stack is (limit and usable size) for the overflow reporter,
+    /// and its doom.
+    fn prepare(&self, r: TaskRef) -> Option<(CoBox, Wake, *const CoYielder, [usize; 2], Doom)> {
         let mut tasks = self.tasks.borrow_mut();
         let task =
             tasks.get_mut(r.key).filter(|t| t.id == r.id && t.state != TaskState::Running)?;
@@ -555,7 +567,12 @@ impl Hub {
         };
         task.state = TaskState::Running;
         task.since = self.tasks.now();
-        Some((co, wake, task.yielder, [task.stack_limit, task.stack_size]))
+        let doom = match task.timed_out {
+            _ if task.cancelled => Doom::CANCELLED,
+            Some(fired) => Doom::timed_out(fired.id),
+            None => Doom::SPARED,
+        };
+        Some((co, wake, task.yielder, [task.stack_limit, task.stack_size], doom))
     }
 
     /// A coroutine that overflowed its stack and was made to return by the fault handler: its
@@ -644,7 +661,7 @@ impl Hub {
             CancelMark::Unstarted(start) => start.cancel(), // joiners see `Cancelled`
             CancelMark::Started => {
                 if self.running.task.get() == Some(r) {
-                    self.running.cancelled.set(true); // cancelling itself: its next suspension unwinds
+                    self.running.doom.set(Doom::CANCELLED); // cancelling itself: its next suspension unwinds
                 }
                 self.tasks.wake(r);
             }
@@ -653,7 +670,55 @@ impl Hub {
 
     /// Whether the running coroutine has been cancelled.
     fn is_cancelled_now(&self) -> bool {
-        self.running.cancelled.get()
+        self.running.doom.get() == Doom::CANCELLED
+    }
+
+    /// The running coroutine's timeout `id` fired (the resume delivered it): from now on every
+    /// suspension point unwinds to that boundary, however often a library catches the unwind,
+    /// until the boundary takes it back with [`take_timed_out`](Self::take_timed_out). Of two
+    /// fired timeouts the outer one (smaller id) wins, as in `TaskTable::interrupt`.
+    #[cold]
+    fn timeout_fired(&self, id: TimeoutId) -> ! {
+        let me = self.current_task("timeout");
+        let sticky = {
+            let mut tasks = self.tasks.borrow_mut();
+            let task = &mut tasks[me.key];
+            let fired = match task.timed_out {
+                Some(earlier) => FiredTimeout { id: earlier.id.min(id), ..earlier },
+                None => FiredTimeout { id, as_error: false },
+            };
+            task.timed_out = Some(fired);
+            fired.id
+        };
+        if self.running.doom.get() != Doom::CANCELLED {
+            self.running.doom.set(Doom::timed_out(sticky));
+        }
+        unwind_from_suspension(self, Box::new(TimedOut))
+    }
+
+    /// The running coroutine's fired timeout reached its code as an error (a patched call's
+    /// `ETIMEDOUT`), not as an unwind: its boundary reports `Elapsed` even if that code then
+    /// panicked on the error.
+    #[cfg(feature = "patch")]
+    fn timeout_delivered_as_error(&self) {
+        let me = self.current_task("timeout");
+        if let Some(fired) = &mut self.tasks.borrow_mut()[me.key].timed_out {
+            fired.as_error = true;
+        }
+    }
+
+    /// At the boundary of `timeout` `id`, in its coroutine: its deadline, if it fired (and was
+    /// not overtaken by an outer one); then the coroutine may suspend again.
+    pub(crate) fn take_timed_out(&self, id: TimeoutId) -> Option<FiredTimeout> {
+        let me = self.current_task("timeout");
+        let mut tasks = self.tasks.borrow_mut();
+        let task = &mut tasks[me.key];
+        let fired = task.timed_out.filter(|fired| fired.id == id)?;
+        task.timed_out = None;
+        if self.running.doom.get() == Doom::timed_out(id) {
+            self.running.doom.set(Doom::SPARED);
+        }
+        Some(fired)
     }
 
     /// The running coroutine's ref, or a panic naming `what`.

@@ -32,6 +32,7 @@ use slab::Slab;
 
 use crate::coroutine::{CoBox, CoYielder, CoroutineId, Start, Wake};
 use crate::sys::HubSection;
+use crate::timer::TimeoutId;
 
 /// A coroutine's key in the hub's table, with its id to detect a reused slot.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -138,6 +139,9 @@ pub(crate) struct Task {
     pub(crate) pending: Option<Wake>,
     /// Set by `cancel`; every later resume or suspension point unwinds.
     pub(crate) cancelled: bool,
+    /// A `timeout` whose deadline fired and whose boundary the unwind has not reached yet:
+    /// every suspension point unwinds again (set and cleared by coroutine.rs, in the task).
+    pub(crate) timed_out: Option<FiredTimeout>,
     /// Null until the body has started.
     pub(crate) yielder: *const CoYielder,
     /// Lowest address of its stack (the guard page), for the overflow reporter; 0 until it
@@ -150,6 +154,15 @@ pub(crate) struct Task {
     pub(crate) name: Option<Rc<str>>,
     /// When it entered its current state (see [`TaskTable::tick`]).
     pub(crate) since: Stamp,
+}
+
+/// A `timeout` whose deadline fired inside a task and whose boundary has not been reached yet.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct FiredTimeout {
+    pub(crate) id: TimeoutId,
+    /// Whether the task's code saw it as an error (a patched call's `ETIMEDOUT`), not only as
+    /// an unwind: then a panic on that error still ends in `Elapsed` at the boundary.
+    pub(crate) as_error: bool,
 }
 
 /// What a new task is, besides its body.
@@ -202,6 +215,7 @@ impl Task {
             body,
             pending: None,
             cancelled: false,
+            timed_out: None,
             yielder: std::ptr::null(),
             stack_limit: 0,
             stack_size: spawn.stack_size,

@@ -30,6 +30,13 @@ pub(crate) struct TimerKey {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) struct TimeoutId(u64);
 
+impl TimeoutId {
+    /// The number (from 1), for `Doom`'s one-word encoding.
+    pub(crate) fn get(self) -> u64 {
+        self.0
+    }
+}
+
 /// What a timer does when it fires.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum TimerAction {
@@ -158,8 +165,9 @@ pub fn sleep(d: Duration) {
     }
 }
 
-/// The unwind payload that carries a fired timeout to its boundary.
-pub(crate) struct TimedOut(pub(crate) TimeoutId);
+/// The unwind payload that carries a fired timeout to its boundary. Which boundary is the task's
+/// sticky `timed_out` id, not the payload: a library may catch one unwind and start another.
+pub(crate) struct TimedOut;
 
 thread_local! {
     static NEXT_TIMEOUT_ID: Cell<u64> = const { Cell::new(1) };
@@ -171,6 +179,9 @@ thread_local! {
 /// suspension point unwinds to this boundary, running destructors, and `timeout` returns
 /// `Err(Elapsed)`. Nested timeouts work: the one that fired is the one that returns `Err`. An `f`
 /// that returns without being suspended past the deadline gives `Ok`, however long it took.
+/// A library inside `f` that catches the unwind (`catch_unwind`) does not make the deadline
+/// disappear: every later suspension point inside `f` unwinds again, and `timeout` gives
+/// `Err(Elapsed)` also when `f` returns after its deadline fired.
 ///
 /// ```
 /// use std::time::Duration;
@@ -197,19 +208,20 @@ pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
     let timer = TimerGuard::new(hub, deadline, TimerAction::Interrupt(me, id));
     let outcome = panic::catch_unwind(AssertUnwindSafe(f));
     drop(timer);
-    // The deadline may have passed inside a call that could not unwind (a patched libc call,
-    // which then failed with ETIMEDOUT): `f` returned, or panicked on that error, before
-    // reaching another suspension point. Either way this timeout is what ended it.
-    if coroutine::take_deferred_timeout(hub, id) {
-        return Err(Elapsed(()));
-    }
+    let fired = hub.take_timed_out(id);
     match outcome {
+        // Ours fired and `f`'s code saw it as an error (a patched call's ETIMEDOUT): whether `f`
+        // returned or panicked on that error, this timeout is what ended it.
+        // (A cancellation stays armed in the coroutine and unwinds it at its next suspension.)
+        _ if fired.is_some_and(|f| f.as_error) => Err(Elapsed(())),
+        // A panic in `f`, or a cancellation: never turned into `Elapsed`.
+        Err(payload) if !payload.is::<TimedOut>() => panic::resume_unwind(payload),
+        // Ours fired: whether its unwind got here, or a library inside `f` caught it and `f`
+        // returned (a value computed past the deadline is dropped, as gevent's Timeout would).
+        _ if fired.is_some() => Err(Elapsed(())),
         Ok(value) => Ok(value),
-        Err(payload) => match payload.downcast::<TimedOut>() {
-            Ok(fired) if fired.0 == id => Err(Elapsed(())),
-            Ok(other) => panic::resume_unwind(other),
-            Err(payload) => panic::resume_unwind(payload),
-        },
+        // An outer timeout's unwind, on its way to its own boundary.
+        Err(payload) => panic::resume_unwind(payload),
     }
 }
 

@@ -346,3 +346,100 @@ fn every_runtime_call_taking_a_duration_accepts_duration_max() {
         assert!(sleeper.join().unwrap_err().is_cancelled());
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// A timeout whose unwind a library catches
+
+/// What a library that "handles every error" does: catch the unwind and carry on.
+fn swallow<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+#[test]
+fn regression_timeout_survives_catch_unwind_inside_f_and_fires_again_at_the_next_suspension_point()
+{
+    greenhub::run(|| {
+        let resumed_after_catch = Rc::new(Cell::new(0));
+        let r = timeout(ms(2), {
+            let resumed_after_catch = resumed_after_catch.clone();
+            move || {
+                assert!(swallow(|| sleep(FOREVER)).is_none(), "the deadline unwound the sleep");
+                resumed_after_catch.set(1);
+                // The unwind was swallowed, but the deadline has passed: the next suspension
+                // point unwinds again, at once (no second deadline, no waiting).
+                assert!(swallow(|| sleep(FOREVER)).is_none());
+                resumed_after_catch.set(2);
+                sleep(FOREVER); // not swallowed: reaches the boundary
+                unreachable!("sleep(FOREVER) returned");
+            }
+        });
+        assert!(r.is_err(), "a caught timeout was lost");
+        assert_eq!(resumed_after_catch.get(), 2);
+        // The coroutine may suspend again after the boundary.
+        sleep(ms(1));
+        yield_now();
+    });
+}
+
+#[test]
+fn regression_timeout_returns_elapsed_when_f_returns_after_its_deadline_fired_and_was_caught() {
+    greenhub::run(|| {
+        let r = timeout(ms(2), || {
+            let _ = swallow(|| sleep(FOREVER));
+            "a value computed past the deadline"
+        });
+        assert!(r.is_err(), "a caught timeout was lost: {r:?}");
+        // And the same coroutine carries on normally afterwards.
+        assert_eq!(timeout(FOREVER, || 3), Ok(3));
+        sleep(ms(1));
+    });
+}
+
+#[test]
+fn a_caught_outer_timeout_still_reaches_the_outer_boundary_through_an_inner_one() {
+    greenhub::run(|| {
+        let inner_result = Rc::new(Cell::new(None));
+        let outer = timeout(ms(2), {
+            let inner_result = inner_result.clone();
+            move || {
+                let inner = timeout(FOREVER, || {
+                    let _ = swallow(|| sleep(FOREVER)); // the outer deadline, caught
+                    sleep(FOREVER); // unwinds again: to the outer boundary, not the inner
+                });
+                inner_result.set(Some(inner.is_ok()));
+            }
+        });
+        assert!(outer.is_err());
+        assert_eq!(inner_result.get(), None, "the inner timeout swallowed the outer's unwind");
+    });
+}
+
+#[test]
+fn a_panic_after_a_caught_timeout_propagates_as_the_panic() {
+    greenhub::run(|| {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            timeout(ms(2), || {
+                let _ = swallow(|| sleep(FOREVER));
+                panic!("library gave up");
+            })
+        }));
+        let message = greenhub_tests::panic_message(&*caught.unwrap_err());
+        assert_eq!(message, "library gave up");
+        sleep(ms(1)); // nothing sticky is left behind
+    });
+}
+
+#[test]
+fn cancel_wins_over_a_caught_timeout() {
+    greenhub::run(|| {
+        let h = spawn(|| {
+            timeout(ms(2), || {
+                let _ = swallow(|| sleep(FOREVER));
+                let _ = swallow(|| sleep(FOREVER));
+            })
+        });
+        yield_now();
+        h.cancel();
+        assert!(h.join().unwrap_err().is_cancelled());
+    });
+}
