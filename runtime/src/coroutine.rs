@@ -328,7 +328,15 @@ impl<F: FnOnce() -> T, T> Start for Spawned<F, T> {
                 panic::resume_unwind(payload);
             }
         }
-        let cancelled = hub("spawn").is_cancelled_now();
+        let hub = hub("spawn");
+        // Its `local!` values go now, inside the coroutine; a panicking destructor makes the
+        // coroutine end as panicked (if nothing else ended it first).
+        let teardown = crate::local::drop_all(hub, hub.current_task("spawn"));
+        let outcome = match (outcome, teardown) {
+            (Ok(_), Err(payload)) => Err(payload),
+            (outcome, _) => outcome,
+        };
+        let cancelled = hub.is_cancelled_now();
         self.state.finish(match outcome {
             _ if cancelled => Err(JoinError::cancelled()),
             Ok(v) => Ok(v),
@@ -719,6 +727,11 @@ impl Hub {
             self.running.doom.set(Doom::SPARED);
         }
         Some(fired)
+    }
+
+    /// The running coroutine's ref, if a coroutine runs.
+    pub(crate) fn running_task(&self) -> Option<TaskRef> {
+        self.running.task.get()
     }
 
     /// The running coroutine's ref, or a panic naming `what`.

@@ -45,6 +45,7 @@ pub mod ext;
 mod hub;
 pub mod io;
 mod join;
+pub mod local;
 pub mod net;
 #[cfg(feature = "patch")]
 pub mod patch;

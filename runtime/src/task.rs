@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::coroutine::{CoBox, CoYielder, CoroutineId, Start, Wake};
+use crate::local::Locals;
 use crate::sys::HubSection;
 use crate::timer::TimeoutId;
 
@@ -144,6 +145,8 @@ pub(crate) struct Task {
     pub(crate) timed_out: Option<FiredTimeout>,
     /// Null until the body has started.
     pub(crate) yielder: *const CoYielder,
+    /// Its `local!` values, allocated on the first one (local.rs).
+    locals: Option<Box<Locals>>,
     /// Lowest address of its stack (the guard page), for the overflow reporter; 0 until it
     /// has a stack.
     pub(crate) stack_limit: usize,
@@ -217,6 +220,7 @@ impl Task {
             cancelled: false,
             timed_out: None,
             yielder: std::ptr::null(),
+            locals: None,
             stack_limit: 0,
             stack_size: spawn.stack_size,
             site: spawn.site,
@@ -448,6 +452,18 @@ impl TaskTable {
         // mutably borrowed right now is refused by `try_borrow_unguarded`.
         let tasks = unsafe { self.tasks.try_borrow_unguarded() }.ok()?;
         tasks.get(r.key).filter(|t| t.id == r.id)
+    }
+
+    /// Runs `f` on the locals of task `r` (the running one), allocating them on first use.
+    pub(crate) fn with_locals<R>(&self, r: TaskRef, f: impl FnOnce(&mut Locals) -> R) -> R {
+        let mut tasks = self.tasks.borrow_mut();
+        let task = tasks.get_mut(r.key).filter(|t| t.id == r.id).expect("a running task");
+        f(task.locals.get_or_insert_with(Box::default))
+    }
+
+    /// Whether task `r` has ever used a `local!`.
+    pub(crate) fn has_locals(&self, r: TaskRef) -> bool {
+        self.with(r, |t| t.locals.is_some()).unwrap_or(false)
     }
 
     /// Takes every task out (when the hub is dropped after its loop failed).
