@@ -7,6 +7,7 @@ interleave A B A B rounds with the other implementations. Times are taken inside
 (interpreter start-up and imports are not counted). Benchmarks and their parameters:
 
     switch   n=       two greenlets each yield n times with gevent.sleep(0)   -> ns_per_switch
+    switch_monitor n= the same with gevent's monitor thread on                -> ns_per_switch
     spawn    n= batch= spawn + joinall of n no-op greenlets, batch at a time    -> ns_per_spawn
     channel  n=       ping-pong over two gevent.queue.UnboundQueue  -> ns_per_round_trip
     sleepers n= start_ms= spread_ms=  n sleepers, deadlines spread over
@@ -224,8 +225,18 @@ def pool_map(n, size):
     return {"ns_per_item": dt * 1e9 / n}
 
 
+def switch_monitor(n):
+    # gevent's monitor thread (the blocking detector) on, as GEVENT_MONITOR_THREAD_ENABLE does:
+    # it installs a greenlet trace function that runs on every switch.
+    gevent.config.monitor_thread = True
+    gevent.config.max_blocking_time = 0.1
+    gevent.get_hub().start_periodic_monitoring_thread()
+    return switch(n)
+
+
 BENCHMARKS = {
     "switch": switch,
+    "switch_monitor": switch_monitor,
     "spawn": spawn,
     "channel": channel,
     "select": select,

@@ -12,6 +12,11 @@ use std::time::Duration;
 pub fn run(bench: &str, p: &Params) -> Result<Report, String> {
     match bench {
         "switch" => Ok(greenhub::run(|| switch(p.get("n")))),
+        // The same yield row with the blocking monitor on: its cost is one relaxed store per switch.
+        "switch_monitor" => {
+            let monitored = greenhub::Builder::new().monitor(Duration::from_millis(100));
+            Ok(monitored.run(|| switch(p.get("n"))))
+        }
         "spawn" => Ok(greenhub::run(|| spawn_join(p.get("n"), p.get("batch")))),
         "channel" => Ok(greenhub::run(|| channel(p.get("n")))),
         "select" => Ok(greenhub::run(|| select(p.get("n")))),

@@ -489,6 +489,9 @@ fn notes(w: &mut String) {
          - **switch**: two coroutines each yield N times to the other; time / 2N. greenhub `yield_now`, \
          may `coroutine::yield_now` (one worker), gevent `gevent.sleep(0)` (its idiomatic cooperative \
          yield: a switch to the hub and back), raw: one corosensei `resume` + `suspend`.\n\
+         - **switch, monitor on**: the same with the blocking monitor on: greenhub \
+         `Builder::monitor(100 ms)` (one relaxed atomic store per switch, a watchdog thread), gevent \
+         `config.monitor_thread` with `max_blocking_time` 0.1 s (a greenlet trace function per switch).\n\
          - **spawn+join**: 100k no-op coroutines, spawned and joined in batches of 1,000 (so no \
          implementation needs 100k stacks at once: guard-paged stacks hit `vm.max_map_count` near 32k); \
          time per coroutine.\n\

@@ -157,6 +157,14 @@ pub const BENCHES: &[Bench] = &[
     },
     Bench {
         group: Group::Runtime,
+        id: "switch_monitor",
+        title: "coroutine switch with the blocking monitor on (max_blocking 100 ms)",
+        figures: &[fig("ns_per_switch", "switch, monitor on", "ns", Lower)],
+        impls: &[Greenhub, Gevent],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Runtime,
         id: "spawn",
         title: "spawn + join of 100k no-op coroutines",
         figures: &[fig("ns_per_spawn", "spawn+join", "ns", Lower)],
@@ -323,7 +331,7 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
     let python = imp.is_python();
     let q = |full: u64, quick_v: u64| if quick { quick_v } else { full };
     let mut p = match bench {
-        "switch" => match imp {
+        "switch" | "switch_monitor" => match imp {
             Raw => vec![("n", q(20_000_000, 200_000))],
             _ if python => vec![("n", q(100_000, 5_000))],
             _ => vec![("n", q(1_000_000, 20_000))],
@@ -406,7 +414,7 @@ pub enum Target {
 pub fn targets(bench: &str, key: &str) -> Vec<Target> {
     use Target::{Abs, VsPeer, VsRaw};
     let mut t = match (bench, key) {
-        ("switch", _) => vec![Abs(15.0)],
+        ("switch", _) | ("switch_monitor", _) => vec![Abs(15.0)],
         ("spawn", _) | ("channel", _) => vec![Abs(100.0)],
         ("sleepers30k", "p99_ms") | ("sleepers10k", "p99_ms") => vec![Abs(1.0)],
         ("sleepers30k", "rss_mb") => vec![Abs(150.0)],

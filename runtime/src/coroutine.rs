@@ -519,7 +519,9 @@ impl Hub {
             _ => sys::Trap::Off,
         };
         sys::watch_stack(limit, r.id.get(), size, trap);
+        self.monitor.enter(r.id);
         let result = Option::as_mut(&mut *co).expect("a parked coroutine").resume(wake);
+        self.monitor.leave();
         sys::unwatch_stack();
         self.running.leave();
         match result {

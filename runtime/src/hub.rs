@@ -13,7 +13,8 @@
 //!   switch into or out of a coroutine, so code running in a coroutine may take any of them.
 //! - Who touches what: `tasks` belongs to task.rs (the table and ready queue) and coroutine.rs
 //!   (the switch path); `running` and `stacks` to coroutine.rs and stack.rs; `timers` to
-//!   timer.rs; `reactor` to io.rs; `remote` and `pool` to blocking.rs. The loop itself
+//!   timer.rs; `reactor` to io.rs; `remote` and `pool` to blocking.rs; `monitor` to monitor.rs
+//!   (its hook runs on the switch path in coroutine.rs). The loop itself
 //!   ([`Hub::turn`], shutdown, the deadlock report) reads them all, on the thread's own stack.
 //! - The root ends last but for shutdown: `run_until_done` returns once the root has left the
 //!   table; `shutdown` then unwinds every other task before `run` returns.
@@ -28,11 +29,13 @@ use std::ptr;
 use std::rc::Rc;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::blocking::{DEFAULT_BLOCKING_THREADS, Pool, Remote};
 use crate::coroutine::{self, CoroutineId, Running, Spawned, Start, Wake};
 use crate::io::{Reactor, Wait};
 use crate::join::Joinable as _;
+use crate::monitor::Monitor;
 use crate::stack::StackPool;
 use crate::task::{Task, TaskRef, TaskTable};
 use crate::timer::Timers;
@@ -85,6 +88,8 @@ pub(crate) struct Hub {
     pub(crate) reactor: Reactor,
     pub(crate) remote: std::sync::Arc<Remote>,
     pub(crate) pool: Pool,
+    /// The blocking monitor's hook, on the switch path (monitor.rs).
+    pub(crate) monitor: Monitor,
     exit_hooks: RefCell<Vec<Box<dyn FnOnce()>>>,
     /// The report for the root's `Wake::Deadlock`, taken by its suspension point.
     deadlock: Cell<Option<String>>,
@@ -151,6 +156,7 @@ pub struct Builder {
     stack_size: usize,
     blocking_threads: usize,
     recover_stack_overflow: bool,
+    monitor: Option<Duration>,
 }
 
 impl Default for Builder {
@@ -167,6 +173,7 @@ impl Builder {
             stack_size: DEFAULT_STACK_SIZE,
             blocking_threads: DEFAULT_BLOCKING_THREADS,
             recover_stack_overflow: false,
+            monitor: None,
         }
     }
 
@@ -207,6 +214,30 @@ impl Builder {
         self
     }
 
+    /// Turns on the blocking monitor (gevent's monitor thread): a watchdog thread that reports
+    /// on stderr when one coroutine runs longer than `max_blocking` without suspending, naming
+    /// it and how long it has run so far, and again, with the total, when it finally suspends.
+    /// One report per episode. Off by default; the environment variable `GREENHUB_MONITOR`
+    /// (`GREENHUB_MONITOR=100ms`; units `s`, `ms`, `us`) turns it on for every hub without a
+    /// code change, and this setting overrides it. `max_blocking` below 1 ms counts as 1 ms.
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, Instant};
+    /// greenhub::Builder::new().monitor(Duration::from_millis(100)).run(|| {
+    ///     let start = Instant::now();
+    ///     while start.elapsed() < Duration::from_millis(300) {} // a CPU hog: reported
+    /// });
+    /// // stderr: greenhub monitor: coroutine #1 (root) has run for 100ms without suspending ...
+    /// //         greenhub monitor: coroutine #1 (root) suspended after running about 300ms ...
+    /// ```
+    ///
+    /// Cost: one relaxed atomic store per switch while on, and the watchdog thread (it ends
+    /// with the hub). See `docs/cooperative-code.md`.
+    pub fn monitor(mut self, max_blocking: Duration) -> Self {
+        self.monitor = Some(max_blocking);
+        self
+    }
+
     /// Whether a stack overflow in a spawned coroutine ends that coroutine only (default:
     /// false, the overflow is reported and the process aborts).
     ///
@@ -242,6 +273,7 @@ impl Builder {
         let root_body = Rc::new(Spawned::new(f));
         let root = hub.spawn_root(root_body.clone(), Location::caller());
         hub.root.set(Some(root));
+        hub.monitor.set_root(root.id);
         hub.run_until_done(root);
         hub.shutdown();
         match root_body.state().take() {
@@ -297,6 +329,7 @@ impl Hub {
             reactor,
             remote,
             pool: Pool::new(config.blocking_threads),
+            monitor: Monitor::start(config.monitor),
             stacks: StackPool::new(config.stack_size),
             recover_stack_overflow: config.recover_stack_overflow,
             overflow_bodies: RefCell::new(HashMap::new()),

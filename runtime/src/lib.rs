@@ -46,6 +46,7 @@ mod hub;
 pub mod io;
 mod join;
 pub mod local;
+mod monitor;
 pub mod net;
 #[cfg(feature = "patch")]
 pub mod patch;

@@ -1,0 +1,216 @@
+//! The blocking monitor: `Builder::monitor(max_blocking)` and `GREENHUB_MONITOR` name the
+//! coroutine that runs too long without suspending, once per episode, with a total when it
+//! suspends; a bad variable is one warning; the watchdog thread ends with its hub; a forked
+//! child's hub has its own monitor.
+//!
+//! Each scenario reruns its test in a child process (with an environment variable saying which
+//! scenario), whose stderr the test reads. In
+//! the child, stderr goes through a pipe that a thread copies and watches, so a CPU hog can spin
+//! exactly until the report it expects has been printed: no timing decides the outcome.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use greenhub_tests::process_lock;
+
+/// Set in the child process: which scenario to run.
+const CHILD: &str = "GREENHUB_TEST_MONITOR_CHILD";
+
+const MAX_BLOCKING: Duration = Duration::from_millis(20);
+
+/// Counts of the monitor's lines seen on this process's stderr so far.
+struct Seen {
+    reports: AtomicUsize,
+    totals: AtomicUsize,
+}
+
+/// Routes fd 2 through a pipe; a thread copies every line to the old fd 2 and counts the
+/// monitor's lines.
+fn watch_stderr() -> Arc<Seen> {
+    let seen = Arc::new(Seen { reports: AtomicUsize::new(0), totals: AtomicUsize::new(0) });
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array; dup and dup2 take fd numbers we own.
+    let (reader, original) = unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        let original = libc::dup(2);
+        assert!(original >= 0);
+        assert_eq!(libc::dup2(fds[1], 2), 2);
+        libc::close(fds[1]);
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(original))
+    };
+    let counts = seen.clone();
+    std::thread::spawn(move || {
+        let mut out = std::fs::File::from(original);
+        for line in BufReader::new(std::fs::File::from(reader)).lines() {
+            let Ok(line) = line else { return };
+            let _ = writeln!(out, "{line}");
+            if line.contains("without suspending (max_blocking") {
+                counts.reports.fetch_add(1, Ordering::SeqCst);
+            }
+            if line.contains("suspended after running about") {
+                counts.totals.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    seen
+}
+
+/// Burns CPU without suspending until `until` holds.
+fn hog_until(until: impl Fn() -> bool) {
+    while !until() {
+        std::hint::spin_loop();
+    }
+}
+
+/// Burns CPU without suspending for `d`.
+fn hog_for(d: Duration) {
+    let start = Instant::now();
+    hog_until(|| start.elapsed() >= d);
+}
+
+/// Runs `scenario` in a child test process and returns its stderr.
+fn run_child(test: &str, scenario: &str, env: &[(&str, &str)]) -> String {
+    let _serial = process_lock();
+    let exe = std::env::current_exe().unwrap();
+    let output = std::process::Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, scenario)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "child {scenario} failed: {}\n{stderr}", output.status);
+    stderr
+}
+
+fn lines<'a>(stderr: &'a str, needle: &str) -> Vec<&'a str> {
+    stderr.lines().filter(|l| l.contains(needle)).collect()
+}
+
+#[test]
+fn a_hog_is_named_once_per_episode_with_a_total_when_it_suspends() {
+    if std::env::var(CHILD).as_deref() == Ok("episodes") {
+        let seen = watch_stderr();
+        greenhub::Builder::new().monitor(MAX_BLOCKING).run(|| {
+            let first = greenhub::spawn({
+                let seen = seen.clone();
+                move || {
+                    hog_until(|| seen.reports.load(Ordering::SeqCst) == 1);
+                    hog_for(MAX_BLOCKING * 5); // many more checks: still one report
+                }
+            });
+            let second = greenhub::spawn({
+                let seen = seen.clone();
+                move || hog_until(|| seen.reports.load(Ordering::SeqCst) == 2)
+            });
+            first.join().unwrap();
+            second.join().unwrap();
+            // A coroutine that suspends often is never reported, however long it runs.
+            let start = Instant::now();
+            while start.elapsed() < MAX_BLOCKING * 3 {
+                greenhub::yield_now();
+            }
+        });
+        return;
+    }
+    let stderr =
+        run_child("a_hog_is_named_once_per_episode_with_a_total_when_it_suspends", "episodes", &[]);
+    let reports = lines(&stderr, "without suspending (max_blocking 20ms)");
+    assert_eq!(reports.len(), 2, "one report per episode:\n{stderr}");
+    assert!(reports[0].starts_with("greenhub monitor: coroutine #2 has run for "), "{stderr}");
+    assert!(reports[1].starts_with("greenhub monitor: coroutine #3 has run for "), "{stderr}");
+    let totals = lines(&stderr, "suspended after running about");
+    assert_eq!(totals.len(), 2, "one total per episode:\n{stderr}");
+    assert!(totals[0].starts_with("greenhub monitor: coroutine #2 suspended after"), "{stderr}");
+    assert!(totals[1].starts_with("greenhub monitor: coroutine #3 suspended after"), "{stderr}");
+}
+
+#[test]
+fn the_root_is_tagged_as_in_the_deadlock_report() {
+    if std::env::var(CHILD).as_deref() == Ok("root") {
+        let seen = watch_stderr();
+        greenhub::Builder::new()
+            .monitor(MAX_BLOCKING)
+            .run(|| hog_until(|| seen.reports.load(Ordering::SeqCst) == 1));
+        return;
+    }
+    let stderr = run_child("the_root_is_tagged_as_in_the_deadlock_report", "root", &[]);
+    let reports = lines(&stderr, "without suspending (max_blocking");
+    assert_eq!(reports.len(), 1, "{stderr}");
+    assert!(reports[0].contains("coroutine #1 (root) has run for"), "{stderr}");
+    // The episode ended with the root: the total comes before the hub (and its watchdog) ends.
+    assert_eq!(lines(&stderr, "coroutine #1 (root) suspended after running about").len(), 1);
+}
+
+#[test]
+fn greenhub_monitor_turns_it_on_without_a_code_change_and_reaches_forked_children() {
+    if std::env::var(CHILD).as_deref() == Ok("env") {
+        let seen = watch_stderr();
+        greenhub::run(|| {
+            hog_until(|| seen.reports.load(Ordering::SeqCst) == 1);
+            // The child's fresh hub gets its own watchdog (the parent's does not exist there).
+            let child = greenhub_ipc::start_process((), |()| {
+                let seen = watch_stderr();
+                hog_until(|| seen.reports.load(Ordering::SeqCst) == 1);
+            })
+            .unwrap();
+            assert_eq!(child.join().unwrap().code(), Some(0));
+        });
+        return;
+    }
+    let stderr = run_child(
+        "greenhub_monitor_turns_it_on_without_a_code_change_and_reaches_forked_children",
+        "env",
+        &[("GREENHUB_MONITOR", "20ms")],
+    );
+    let reports = lines(&stderr, "without suspending (max_blocking 20ms)");
+    assert_eq!(reports.len(), 2, "the parent's and the child's:\n{stderr}");
+    assert!(reports.iter().all(|l| l.contains(" (root) has run for")), "{stderr}");
+}
+
+#[test]
+fn a_bad_greenhub_monitor_is_one_warning_and_the_monitor_stays_off() {
+    if std::env::var(CHILD).as_deref() == Ok("bad") {
+        for _ in 0..3 {
+            greenhub::run(|| hog_for(MAX_BLOCKING * 3)); // three hubs, one warning
+        }
+        return;
+    }
+    let stderr = run_child(
+        "a_bad_greenhub_monitor_is_one_warning_and_the_monitor_stays_off",
+        "bad",
+        &[("GREENHUB_MONITOR", "fast")],
+    );
+    let warnings = lines(&stderr, "ignoring GREENHUB_MONITOR=\"fast\"");
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("the blocking monitor is off"), "{stderr}");
+    assert!(lines(&stderr, "greenhub monitor:").is_empty(), "{stderr}");
+}
+
+/// Watchdog threads of this process now (other tests start and end threads of their own). The
+/// kernel keeps 15 bytes of a thread's name: "greenhub-monitor" reads "greenhub-monito".
+fn watchdogs() -> usize {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+    let comm = |t: std::fs::DirEntry| std::fs::read_to_string(t.path().join("comm")).ok();
+    tasks.filter_map(Result::ok).filter_map(comm).filter(|c| c.trim() == "greenhub-monito").count()
+}
+
+#[test]
+fn the_watchdog_thread_ends_with_its_hub() {
+    let _serial = process_lock();
+    assert_eq!(watchdogs(), 0);
+    for _ in 0..3 {
+        greenhub::Builder::new().monitor(Duration::from_secs(60)).run(|| {
+            while watchdogs() == 0 {
+                std::thread::yield_now(); // the new thread names itself when it starts
+            }
+            assert_eq!(watchdogs(), 1, "one watchdog thread per hub");
+            greenhub::sleep(Duration::from_millis(1));
+        });
+        assert_eq!(watchdogs(), 0, "a watchdog thread outlived its hub");
+    }
+    greenhub::run(|| assert_eq!(watchdogs(), 0, "a watchdog without the monitor"));
+}
