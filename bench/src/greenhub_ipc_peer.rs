@@ -5,7 +5,6 @@
 use crate::sys;
 use crate::worker::{Params, Report};
 use greenhub_ipc::{Error, start_process};
-use serde_bytes::ByteBuf;
 
 /// Errors of the parent side: greenhub-ipc's, or a child that did not end well.
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -80,11 +79,10 @@ fn big_raw(size: usize) -> Result<Report> {
     big_message!(greenhub_ipc::raw_pipe(), size, |bytes: Vec<u8>| bytes)
 }
 
-/// Serialised with postcard as `serde_bytes::ByteBuf`, serde's type for a blob of bytes (the
-/// counterpart of pickling a `bytes` object). A plain `Vec<u8>` goes through serde's generic
-/// sequence path instead, one element at a time, several times slower: bench/README.md.
+/// Serialised with the default codec (postcard) as a plain `Vec<u8>`: `pipe::<Vec<u8>>()`, what
+/// a user writes first (the counterpart of pickling a `bytes` object).
 fn big_serialised(size: usize) -> Result<Report> {
-    big_message!(greenhub_ipc::pipe::<ByteBuf>(), size, ByteBuf::from)
+    big_message!(greenhub_ipc::pipe::<Vec<u8>>(), size, |bytes: Vec<u8>| bytes)
 }
 
 /// `n` round trips of a u64 over a duplex pipe with a child, after one warm-up.

@@ -262,7 +262,7 @@ pub const BENCHES: &[Bench] = &[
     Bench {
         group: Group::Ipc,
         id: "big_ser",
-        title: "one 100 MB message, serialised (greenhub: postcard serde_bytes::ByteBuf; gipc: pickle bytes)",
+        title: "one 100 MB message, serialised (greenhub: a Vec<u8> through pipe::<Vec<u8>>(), postcard; gipc: pickle of bytes)",
         figures: &[fig("ms", "100 MB message, serialised", "ms", Lower)],
         impls: &[Greenhub, Gipc],
         raw_from: Some("big_raw"),

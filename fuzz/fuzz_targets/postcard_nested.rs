@@ -1,6 +1,8 @@
 //! Postcard decoding of nested and recursive types under `DecodeLimits` of any setting: never a
 //! panic, an abort (stack overflow, allocation failure) or a hang; a value that decodes
-//! re-encodes to a payload that decodes to the same value.
+//! re-encodes to a payload that decodes to the same value. The byte types that take the codec's
+//! fast path (`Vec<u8>`, `Box<[u8]>`, `String`) decode exactly as plain postcard decodes them,
+//! whole, split after their head, or owned.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -34,7 +36,7 @@ struct Job {
 /// Decodes `payload` as a `T` under `limits`; a value must survive a round trip.
 fn check<T>(payload: &[u8], limits: &DecodeLimits)
 where
-    T: Serialize + DeserializeOwned + PartialEq + Debug,
+    T: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
 {
     match Codec::<T>::decode_within(&Postcard, Payload::Borrowed(payload), limits) {
         Ok(value) => {
@@ -49,16 +51,46 @@ where
     }
 }
 
+/// A fast-path byte type decoded from `payload` in each shape a payload arrives in: the same
+/// answer as plain postcard (`take_from_bytes`, no bytes left over) whenever the limits allow.
+fn check_bytes<T>(payload: &[u8], limits: &DecodeLimits)
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
+{
+    let borrowed = Codec::<T>::decode_within(&Postcard, Payload::Borrowed(payload), limits);
+    let owned = Codec::<T>::decode_within(&Postcard, Payload::Owned(payload.to_vec()), limits);
+    assert_eq!(borrowed.as_ref().ok(), owned.as_ref().ok(), "borrowed and owned disagree");
+    for head in 1..=payload.len().min(3) {
+        let (head, body) = payload.split_at(head);
+        let split = Payload::Split { head, body: body.to_vec() };
+        let split = Codec::<T>::decode_within(&Postcard, split, limits);
+        assert_eq!(borrowed.as_ref().ok(), split.as_ref().ok(), "a split payload disagrees");
+    }
+    let plain = match postcard::take_from_bytes::<T>(payload) {
+        Ok((value, rest)) if rest.is_empty() => Some(value),
+        _ => None,
+    };
+    match borrowed {
+        Ok(value) => assert_eq!(Some(value), plain, "the fast path accepted what postcard refuses"),
+        Err(Error::Codec(why)) if why.contains("deeper") || why.contains("budget") => {}
+        Err(Error::Codec(_)) => assert_eq!(plain, None, "the fast path refused what postcard reads"),
+        Err(other) => panic!("decode gave {other:?}, not Codec"),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&control, payload)) = data.split_first() else { return };
     let limits = DecodeLimits::default()
         .with_max_depth(usize::from(control & 0x7f) * 2)
         .with_max_expansion(usize::from(control >> 7) * 8 + 1);
-    match data.len() % 5 {
+    match data.len() % 8 {
         0 => check::<Tree>(payload, &limits),
         1 => check::<Job>(payload, &limits),
         2 => check::<Vec<Vec<u64>>>(payload, &limits),
         3 => check::<BTreeMap<String, Vec<Option<Box<Tree>>>>>(payload, &limits),
-        _ => check::<(Vec<()>, Option<Box<[u8; 32]>>, String)>(payload, &limits),
+        4 => check::<(Vec<()>, Option<Box<[u8; 32]>>, String)>(payload, &limits),
+        5 => check_bytes::<Vec<u8>>(payload, &limits),
+        6 => check_bytes::<Box<[u8]>>(payload, &limits),
+        _ => check_bytes::<String>(payload, &limits),
     }
 });

@@ -5,8 +5,9 @@
 //! neither panics on any input. Postcard decodes under [`DecodeLimits`] (see [`limits`]): nesting
 //! depth, a memory budget tied to the payload's length, and sequence lengths capped by both, so an
 //! untrusted peer cannot overflow the reader's stack, make it allocate many times what it sent,
-//! or keep it spinning. Not guaranteed: postcard's byte layout across postcard major versions,
-//! nor the wording of the error messages.
+//! or keep it spinning. A message that is a `Vec<u8>`, `Box<[u8]>` or `String` takes a fast path
+//! ([`Postcard`]'s docs) with the same bytes on the wire and the same limits. Not guaranteed:
+//! postcard's byte layout across postcard major versions, nor the wording of the error messages.
 
 use std::any::type_name;
 
@@ -15,8 +16,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
-use crate::frame::Payload;
+use crate::frame::{Parts, Payload};
 
+mod bytes;
 pub mod limits;
 
 pub use limits::{BUDGET_FLOOR, DEFAULT_MAX_DEPTH, DEFAULT_MAX_EXPANSION, DecodeLimits};
@@ -83,28 +85,82 @@ pub trait Codec<T> {
         match payload {
             Payload::Borrowed(bytes) => self.decode(bytes),
             Payload::Owned(bytes) => self.decode_owned(bytes),
+            split @ Payload::Split { .. } => self.decode_owned(split.into_vec()),
         }
     }
 
-    /// The payload of `value` as it stands, if the codec sends values unchanged (as [`Raw`]
-    /// does): the writer then writes it straight from `value` instead of copying it into a frame.
-    fn as_payload<'a>(&self, value: &'a T) -> Option<&'a [u8]> {
+    /// The payload of `value` as bytes it already holds, behind at most
+    /// [`MAX_HEAD`](crate::frame::MAX_HEAD) bytes the codec computes (as [`Raw`] sends a
+    /// `Vec<u8>` unchanged, and [`Postcard`] a `Vec<u8>` behind its length): the writer then
+    /// writes a big one straight from `value` instead of copying it into a frame. `None` (the
+    /// default): the writer calls [`encode`](Self::encode).
+    fn as_payload<'a>(&self, value: &'a T) -> Option<Parts<'a>> {
         let _ = value;
         None
+    }
+
+    /// How many leading bytes of a big payload of `payload_len` bytes the reader should keep
+    /// apart (at most [`MAX_HEAD`](crate::frame::MAX_HEAD)), so that the rest arrives in a
+    /// buffer of its own, handed to [`decode_within`](Self::decode_within) as
+    /// [`Payload::Split`]: for a codec whose value is the payload minus a prefix, which then
+    /// keeps that buffer. The default, 0, hands big payloads over whole ([`Payload::Owned`]).
+    fn head_len(&self, payload_len: usize) -> usize {
+        let _ = payload_len;
+        0
     }
 }
 
 /// The default codec: any `Serialize + DeserializeOwned` type, in postcard's compact format.
 ///
-/// Not compatible with gipc's default (pickle); both ends must be greenhub with the same `T`.
+/// Not compatible with gipc's default (pickle); both ends must be greenhub with the same `T`,
+/// or any program decoding postcard with the same type.
 ///
 /// Decoding is bounded ([`limits`]): [`decode`](Codec::decode) uses the default
 /// [`DecodeLimits`], a [`Reader`](crate::Reader) its own (`set_max_depth`, `set_max_expansion`).
+///
+/// # Bytes: the fast path, and `serde_bytes` for fields
+///
+/// A message whose type *is* `Vec<u8>`, `Box<[u8]>` or `String` (`pipe::<Vec<u8>>()`) skips
+/// serde: the payload is written as postcard's length prefix and the bytes, straight from the
+/// value, and a big one is read into a buffer that becomes the received value. (The type is
+/// checked with a `TypeId` comparison, a constant once `T` is known: hence `T: 'static`.)
+/// The bytes on the wire are postcard's, so a peer using plain postcard interoperates, and the
+/// reader's limits apply as on the generic path.
+///
+/// Bytes *inside* another type take serde's path, and serde's `Vec<u8>` is a sequence: postcard
+/// encodes and decodes it one `u8` at a time, a call or two and a bounds check per byte (a
+/// `struct { data: Vec<u8> }` of 100 MB moves at a fifth of the fast path's speed and slower
+/// than gipc's pickle; docs/pipes-and-framing.md has the figures). Mark such fields with
+/// [`serde_bytes`](https://docs.rs/serde_bytes) (or use `serde_bytes::ByteBuf`): postcard then
+/// writes and reads them as one byte string, with the same bytes on the wire, copied once into
+/// the frame and once out of it.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+/// struct Blob {
+///     name: String,
+///     #[serde(with = "serde_bytes")] // one byte string, not a sequence of u8
+///     data: Vec<u8>,
+/// }
+///
+/// greenhub::run(|| {
+///     let (reader, writer) = greenhub_ipc::pipe::<Blob>().unwrap();
+///     let blob = Blob { name: "frame-0".into(), data: vec![0xab; 64 * 1024] };
+///     writer.put(&blob).unwrap();
+///     assert_eq!(reader.get().unwrap(), blob);
+/// });
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Postcard;
 
-impl<T: Serialize + DeserializeOwned> Codec<T> for Postcard {
+impl<T: Serialize + DeserializeOwned + 'static> Codec<T> for Postcard {
     fn encode(&self, value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
+        if let Some(bytes) = bytes::as_bytes(value) {
+            bytes::encode(bytes, out);
+            return Ok(());
+        }
         let start = out.len();
         postcard::serialize_with_flavor(value, AppendTo(out)).map_err(|err| {
             out.truncate(start);
@@ -113,29 +169,54 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Postcard {
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<T, Error> {
-        decode_postcard(bytes, &DecodeLimits::default())
+        self.decode_within(Payload::Borrowed(bytes), &DecodeLimits::default())
+    }
+
+    fn decode_owned(&self, bytes: Vec<u8>) -> Result<T, Error> {
+        self.decode_within(Payload::Owned(bytes), &DecodeLimits::default())
     }
 
     fn decode_within(&self, payload: Payload<'_>, limits: &DecodeLimits) -> Result<T, Error> {
-        decode_postcard(payload.as_slice(), limits)
+        let len = payload.len();
+        if let Some(kind) = bytes::Kind::of::<T>() {
+            return bytes::decode(kind, payload, limits).map_err(|refusal| match refusal {
+                bytes::Refusal::Invalid(why) => cannot_decode::<T>(why),
+                bytes::Refusal::LeftOver { rest, .. } => left_over::<T>(len, rest),
+            });
+        }
+        let (value, rest) =
+            limits::decode::<T>(&payload.contiguous(), limits).map_err(cannot_decode::<T>)?;
+        match rest {
+            0 => Ok(value),
+            rest => Err(left_over::<T>(len, rest)),
+        }
+    }
+
+    fn as_payload<'a>(&self, value: &'a T) -> Option<Parts<'a>> {
+        bytes::as_bytes(value).map(bytes::parts)
+    }
+
+    fn head_len(&self, payload_len: usize) -> usize {
+        match bytes::Kind::of::<T>() {
+            Some(_) => bytes::head_len(payload_len),
+            None => 0,
+        }
     }
 }
 
-/// One `T` that must fill `bytes` exactly, decoded under `limits`.
-fn decode_postcard<T: DeserializeOwned>(bytes: &[u8], limits: &DecodeLimits) -> Result<T, Error> {
-    let (value, rest) = limits::decode::<T>(bytes, limits).map_err(|why| {
-        Error::Codec(format!("postcard could not decode a {}: {why}", type_name::<T>()))
-    })?;
-    if rest > 0 {
-        return Err(Error::Codec(format!(
-            "postcard decoded a {} from the first {} bytes of a {}-byte payload: \
-             {rest} bytes were left over (do both ends use the same type?)",
-            type_name::<T>(),
-            bytes.len() - rest,
-            bytes.len(),
-        )));
-    }
-    Ok(value)
+/// The error of a payload that is not a `T`, with postcard's (or the limit's) reason.
+fn cannot_decode<T>(why: String) -> Error {
+    Error::Codec(format!("postcard could not decode a {}: {why}", type_name::<T>()))
+}
+
+/// The error of a `len`-byte payload holding one `T` and `rest` more bytes.
+fn left_over<T>(len: usize, rest: usize) -> Error {
+    Error::Codec(format!(
+        "postcard decoded a {} from the first {} bytes of a {len}-byte payload: \
+         {rest} bytes were left over (do both ends use the same type?)",
+        type_name::<T>(),
+        len - rest,
+    ))
 }
 
 /// Bytes as put: the payload is the `Vec<u8>` itself (gipc's `encoder=None, decoder=None`).
@@ -156,8 +237,8 @@ impl Codec<Vec<u8>> for Raw {
         Ok(bytes)
     }
 
-    fn as_payload<'a>(&self, value: &'a Vec<u8>) -> Option<&'a [u8]> {
-        Some(value)
+    fn as_payload<'a>(&self, value: &'a Vec<u8>) -> Option<Parts<'a>> {
+        Some(Parts::body_only(value))
     }
 }
 
@@ -207,7 +288,7 @@ mod tests {
 
     fn round_trip<T>(value: T)
     where
-        T: Serialize + DeserializeOwned + PartialEq + Debug,
+        T: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
     {
         let mut out = Vec::new();
         Postcard.encode(&value, &mut out).unwrap();

@@ -46,6 +46,7 @@
 //! to 0 for free. Only when the spare room is too small for the next read are the buffered bytes
 //! (one partial frame) moved to the front: at most once per read, never once per frame.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::Error;
@@ -75,6 +76,11 @@ pub const MAX_AHEAD: usize = 64 << 20;
 /// A frame at least this long that is not yet whole is received *detached*: straight into a
 /// buffer of its own that becomes the message ([`Decoder::next_payload`] hands it over).
 pub const DETACH_AT: usize = ALLOC_CHUNK;
+
+/// The most bytes a codec may keep apart at the front of a payload ([`Parts`] on the way out,
+/// [`Payload::Split`] on the way in): its own prefix, such as postcard's length of a byte string
+/// (at most 10 bytes).
+pub const MAX_HEAD: usize = 16;
 
 /// An idle decoder (nothing buffered) keeps a buffer up to this size; a bigger one, grown by a big
 /// frame, is released before the next read.
@@ -152,31 +158,119 @@ pub fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), Error> {
     }
 }
 
+/// A payload to write as two pieces: a short head the codec made (at most [`MAX_HEAD`] bytes,
+/// such as a length prefix) and a body borrowed from the value, which the writer sends from
+/// where it lies, without copying it into a frame first (see
+/// [`Codec::as_payload`](crate::Codec::as_payload)).
+///
+/// ```
+/// use greenhub_ipc::frame::Parts;
+/// let body = vec![7u8; 300];
+/// let parts = Parts::new(&[0xac, 0x02], &body);
+/// assert_eq!((parts.head(), parts.body().len(), parts.len()), (&[0xac, 0x02][..], 300, 302));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Parts<'a> {
+    head: [u8; MAX_HEAD],
+    head_len: usize,
+    body: &'a [u8],
+}
+
+impl<'a> Parts<'a> {
+    /// `head`, then `body`.
+    ///
+    /// # Panics
+    ///
+    /// If `head` is longer than [`MAX_HEAD`].
+    #[track_caller]
+    pub fn new(head: &[u8], body: &'a [u8]) -> Self {
+        assert!(
+            head.len() <= MAX_HEAD,
+            "frame::Parts::new: a head of {} bytes; a codec may put at most MAX_HEAD ({MAX_HEAD}) \
+             bytes before the body",
+            head.len()
+        );
+        let mut parts = Parts { head: [0; MAX_HEAD], head_len: head.len(), body };
+        parts.head[..head.len()].copy_from_slice(head);
+        parts
+    }
+
+    /// A payload that is `body` alone (what [`Raw`](crate::Raw) sends).
+    pub fn body_only(body: &'a [u8]) -> Self {
+        Parts { head: [0; MAX_HEAD], head_len: 0, body }
+    }
+
+    /// The codec's bytes before the body.
+    pub fn head(&self) -> &[u8] {
+        &self.head[..self.head_len]
+    }
+
+    /// The bytes borrowed from the value.
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+
+    /// The payload's length: head and body.
+    pub fn len(&self) -> usize {
+        self.head_len + self.body.len()
+    }
+
+    /// True for an empty payload.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A payload from [`Decoder::next_payload`]: borrowed from the decoder's buffer (small frames,
-/// several per read), or owned (a big frame that arrived in a buffer of its own).
+/// several per read), or owned (a big frame that arrived in a buffer of its own), whole or split
+/// after the head its codec asked to keep apart ([`Decoder::next_payload_with`]).
 #[derive(Debug)]
 pub enum Payload<'a> {
     /// A slice of the decoder's buffer, valid until the next call on the decoder.
     Borrowed(&'a [u8]),
     /// A buffer that holds exactly this payload.
     Owned(Vec<u8>),
+    /// A big payload as its first bytes, kept apart (at most [`MAX_HEAD`]; a codec's prefix),
+    /// and a buffer holding exactly the rest: a value that *is* the rest keeps the buffer.
+    Split {
+        /// The payload's first bytes.
+        head: &'a [u8],
+        /// The rest of the payload.
+        body: Vec<u8>,
+    },
 }
 
 impl Payload<'_> {
-    /// The payload's bytes.
-    pub fn as_slice(&self) -> &[u8] {
+    /// The payload's bytes in one piece: borrowed, except for a split payload, which is copied.
+    pub fn contiguous(&self) -> Cow<'_, [u8]> {
         match self {
-            Payload::Borrowed(bytes) => bytes,
-            Payload::Owned(bytes) => bytes,
+            Payload::Borrowed(bytes) => Cow::Borrowed(bytes),
+            Payload::Owned(bytes) => Cow::Borrowed(bytes),
+            Payload::Split { head, body } => Cow::Owned([head, &body[..]].concat()),
         }
     }
 
-    /// The payload as a `Vec`: free for an owned one, a copy for a borrowed one.
+    /// The payload as a `Vec`: free for an owned one, a copy for a borrowed or split one.
     pub fn into_vec(self) -> Vec<u8> {
         match self {
             Payload::Borrowed(bytes) => bytes.to_vec(),
             Payload::Owned(bytes) => bytes,
+            Payload::Split { head, body } => [head, &body[..]].concat(),
         }
+    }
+
+    /// The payload's length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Borrowed(bytes) => bytes.len(),
+            Payload::Owned(bytes) => bytes.len(),
+            Payload::Split { head, body } => head.len() + body.len(),
+        }
+    }
+
+    /// True for an empty payload (a message of `()` under postcard).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -227,9 +321,14 @@ pub struct Decoder {
     end: usize,
     /// Payloads longer than this are refused with `Error::TooLarge`.
     max: u64,
-    /// `Some(len)` while a big frame arrives *detached*: its header was consumed, and `buf`
-    /// holds only its payload, from offset 0, so the finished buffer is the message itself.
+    /// `Some(len)` while a big frame arrives *detached*: its header (and `head`) was consumed,
+    /// and `buf` holds only the rest of its payload, `len` bytes, from offset 0, so the finished
+    /// buffer is the message itself.
     detached: Option<usize>,
+    /// The first `head_len` payload bytes of the detached or ready frame, kept apart at the
+    /// codec's request (`next_payload_with`); `head_len` is 0 otherwise.
+    head: [u8; MAX_HEAD],
+    head_len: usize,
     /// A detached frame whose last byte arrived: the next payload to return.
     ready: Option<Vec<u8>>,
     /// `ready` was lent out by `next_frame`: drop it at the next call.
@@ -239,7 +338,17 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder refusing payloads longer than `max` bytes. Allocates nothing yet.
     pub fn new(max: u64) -> Self {
-        Decoder { buf: Vec::new(), start: 0, end: 0, max, detached: None, ready: None, lent: false }
+        Decoder {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max,
+            detached: None,
+            head: [0; MAX_HEAD],
+            head_len: 0,
+            ready: None,
+            lent: false,
+        }
     }
 
     /// Changes the payload limit. Takes effect at the next [`next_frame`](Self::next_frame), also
@@ -350,10 +459,22 @@ impl Decoder {
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, Error> {
         self.forget_lent();
         self.check_detached_limit()?;
-        if self.ready.is_some() {
+        if let Some(ready) = &mut self.ready {
+            // Split by `next_payload_with` but asked for in one piece: join it (one copy).
+            let head = std::mem::take(&mut self.head_len);
+            ready.splice(..0, self.head[..head].iter().copied());
             self.lent = true;
             return Ok(self.ready.as_deref());
         }
+        self.take_frame(|_| 0)
+    }
+
+    /// The first buffered frame if it is whole; otherwise `None`, and a big frame is detached
+    /// (its first `head_len(len)` payload bytes kept apart once they are in).
+    fn take_frame(
+        &mut self,
+        head_len: impl FnOnce(usize) -> usize,
+    ) -> Result<Option<&[u8]>, Error> {
         let Some(len) = self.announced_len() else {
             return Ok(None);
         };
@@ -361,9 +482,13 @@ impl Decoder {
             return Err(Error::TooLarge { len: len.into(), max: self.max });
         }
         let len = len as usize; // a u32 fits in usize on every platform std supports
-        if self.buffered_len() - HEADER_LEN < len {
+        let arrived = self.buffered_len() - HEADER_LEN;
+        if arrived < len {
             if len >= DETACH_AT {
-                self.detach(len);
+                let head = head_len(len).min(MAX_HEAD); // DETACH_AT > MAX_HEAD: head < len
+                if arrived >= head {
+                    self.detach(len, head);
+                }
             }
             return Ok(None);
         }
@@ -380,19 +505,36 @@ impl Decoder {
     /// Like [`next_frame`](Self::next_frame), but a big frame received detached comes out
     /// owned: its buffer becomes the message, with no copy (see [`Payload`]).
     pub fn next_payload(&mut self) -> Result<Option<Payload<'_>>, Error> {
+        self.next_payload_with(|_| 0)
+    }
+
+    /// Like [`next_payload`](Self::next_payload), keeping the first `head_len(len)` bytes (at
+    /// most [`MAX_HEAD`]) of a big frame of `len` payload bytes apart as it arrives, so that its
+    /// buffer holds exactly the rest and comes out as [`Payload::Split`]: a codec whose value is
+    /// the payload minus a prefix (postcard's `Vec<u8>`: a length, then the bytes) keeps the
+    /// buffer as the value. `head_len` is asked once per big frame, when its header is in; 0
+    /// means [`Payload::Owned`], as `next_payload` gives.
+    pub fn next_payload_with(
+        &mut self,
+        head_len: impl FnOnce(usize) -> usize,
+    ) -> Result<Option<Payload<'_>>, Error> {
         self.forget_lent();
         self.check_detached_limit()?;
-        if let Some(payload) = self.ready.take() {
-            return Ok(Some(Payload::Owned(payload)));
+        if let Some(body) = self.ready.take() {
+            let head = std::mem::take(&mut self.head_len);
+            return Ok(Some(match head {
+                0 => Payload::Owned(body),
+                _ => Payload::Split { head: &self.head[..head], body },
+            }));
         }
-        Ok(self.next_frame()?.map(Payload::Borrowed))
+        Ok(self.take_frame(head_len)?.map(Payload::Borrowed))
     }
 
     /// A big frame's header was consumed when it was detached, so its length is checked here
     /// against the limit as it is now (it may have been lowered since the frame began).
     fn check_detached_limit(&self) -> Result<(), Error> {
-        let len = self.detached.or_else(|| self.ready.as_ref().map(Vec::len));
-        match len {
+        let rest = self.detached.or_else(|| self.ready.as_ref().map(Vec::len));
+        match rest.map(|rest| rest + self.head_len) {
             Some(len) if len as u64 > self.max => {
                 Err(Error::TooLarge { len: len as u64, max: self.max })
             }
@@ -407,12 +549,16 @@ impl Decoder {
         }
     }
 
-    /// Consumes the header of the big frame at `start` and moves its payload bytes so far to
-    /// the front: from now on `buf[..end]` is the payload alone.
-    fn detach(&mut self, len: usize) {
+    /// Consumes the header of the big frame at `start` and its first `head` payload bytes (kept
+    /// in `self.head`), and moves the rest of its payload so far to the front: from now on
+    /// `buf[..end]` holds the rest of the payload alone.
+    fn detach(&mut self, len: usize, head: usize) {
         self.start += HEADER_LEN;
+        self.head[..head].copy_from_slice(&self.buf[self.start..self.start + head]);
+        self.head_len = head;
+        self.start += head;
         self.compact();
-        self.detached = Some(len);
+        self.detached = Some(len - head);
     }
 
     /// How many bytes are buffered and not yet returned as payloads (headers included).
@@ -519,6 +665,7 @@ impl fmt::Debug for Decoder {
             .field("buffered", &self.buffered_len())
             .field("announced_len", &self.announced_len())
             .field("detached", &self.detached)
+            .field("head_len", &self.head_len)
             .field("capacity", &self.capacity())
             .finish()
     }
@@ -767,6 +914,75 @@ mod tests {
         assert!(decoder.next_frame().unwrap().is_none());
         assert_eq!(decoder.read_buf(1 << 30).len(), DETACH_AT + 1 - 10, "never past the frame");
         assert!(matches!(decoder.on_eof(), Error::Truncated));
+    }
+
+    #[test]
+    fn a_big_frame_split_after_its_head_comes_out_as_head_and_a_buffer_of_the_rest() {
+        let big: Vec<u8> = (0..DETACH_AT + 999).map(|i| (i % 249) as u8).collect();
+        let bytes = wire(&[big.clone(), b"next".to_vec()]);
+        let mut decoder = Decoder::default();
+        let mut asked = Vec::new();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(70_000) {
+            decoder.feed(piece);
+            let mut head_len = |len| {
+                asked.push(len);
+                3
+            };
+            while let Some(payload) = decoder.next_payload_with(&mut head_len).unwrap() {
+                match payload {
+                    Payload::Split { head, body } => {
+                        assert_eq!(body.capacity(), body.len(), "the buffer holds the rest only");
+                        out.push(("split", [head, &body[..]].concat()));
+                    }
+                    other => out.push(("whole", other.into_vec())),
+                }
+            }
+        }
+        assert_eq!(out, [("split", big.clone()), ("whole", b"next".to_vec())]);
+        assert_eq!(asked, [big.len()], "asked once, when the big frame's header was in");
+        assert!(matches!(decoder.on_eof(), Error::Eof));
+    }
+
+    #[test]
+    fn a_split_frame_detaches_only_once_its_head_is_in() {
+        let big = vec![5u8; DETACH_AT + 10];
+        let bytes = wire(std::slice::from_ref(&big));
+        let mut decoder = Decoder::default();
+        decoder.feed(&bytes[..HEADER_LEN + 2]);
+        assert!(decoder.next_payload_with(|_| 4).unwrap().is_none());
+        assert_eq!(decoder.detached, None, "2 of 4 head bytes: not yet");
+        decoder.feed(&bytes[HEADER_LEN + 2..HEADER_LEN + 6]);
+        assert!(decoder.next_payload_with(|_| 4).unwrap().is_none());
+        assert_eq!(decoder.detached, Some(big.len() - 4));
+        assert!(matches!(decoder.on_eof(), Error::Truncated));
+        decoder.feed(&bytes[HEADER_LEN + 6..]);
+        let payload = decoder.next_payload_with(|_| 4).unwrap().unwrap();
+        assert!(matches!(&payload, Payload::Split { head, .. } if head.len() == 4));
+        assert_eq!(payload.into_vec(), big);
+    }
+
+    #[test]
+    fn a_split_frame_taken_with_next_frame_is_joined_and_counts_its_head_against_the_limit() {
+        let big: Vec<u8> = (0..DETACH_AT + 5).map(|i| i as u8).collect();
+        let bytes = wire(std::slice::from_ref(&big));
+        let mut decoder = Decoder::default();
+        decoder.feed(&bytes[..100]);
+        assert!(decoder.next_payload_with(|_| 2).unwrap().is_none());
+        decoder.feed(&bytes[100..]);
+        // Lowered below the frame's length, head included, it is refused.
+        decoder.set_max(big.len() as u64 - 1);
+        let err = decoder.next_frame().unwrap_err();
+        assert!(matches!(err, Error::TooLarge { len, .. } if len == big.len() as u64), "{err:?}");
+        decoder.set_max(big.len() as u64);
+        assert_eq!(decoder.next_frame().unwrap(), Some(&big[..]));
+        assert!(decoder.next_frame().unwrap().is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "at most MAX_HEAD")]
+    fn parts_with_a_head_over_max_head_panic_naming_the_rule() {
+        let _ = Parts::new(&[0; MAX_HEAD + 1], b"body");
     }
 
     /// The most a decoder may hold after `fed` bytes arrived: the bytes, plus the larger of one

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::{Codec, DecodeLimits, Postcard, Raw};
-use crate::frame::{self, DEFAULT_MAX_MESSAGE_SIZE, Decoder, HEADER_LEN};
+use crate::frame::{self, DEFAULT_MAX_MESSAGE_SIZE, Decoder, HEADER_LEN, MAX_HEAD, Parts};
 use crate::handle::Handle;
 use crate::transfer::sealed::Sealed;
 use crate::{Error, sigpipe, sys};
@@ -28,8 +28,9 @@ use crate::{Error, sigpipe, sys};
 /// How many bytes one read asks for: large, so that many small messages cost one system call.
 const READ_SIZE: usize = 256 * 1024;
 
-/// Payloads at least this long (from a codec that sends values unchanged, like `Raw`) are
-/// written straight from the caller's bytes rather than copied into a frame first.
+/// Payloads at least this long (from a codec that sends the bytes a value holds, like `Raw`, or
+/// `Postcard` for a `Vec<u8>`) are written straight from the caller's bytes rather than copied
+/// into a frame first.
 const WRITE_DIRECT: usize = 16 * 1024;
 
 /// A writer keeps the buffer of its last frame for the next one up to this size; a bigger one
@@ -47,7 +48,7 @@ const KEEP_OUTBOX: usize = 1024 * 1024;
 /// ```
 pub fn pipe<T>() -> Result<(Reader<T>, Writer<T>), Error>
 where
-    T: Serialize + DeserializeOwned,
+    T: Serialize + DeserializeOwned + 'static,
 {
     pipe_with(Postcard)
 }
@@ -75,8 +76,8 @@ pub fn pipe_with<T, C: Codec<T> + Clone>(codec: C) -> Result<(Reader<T, C>, Writ
 #[allow(clippy::type_complexity)] // the signature is the API contract
 pub fn duplex<A, B>() -> Result<(Duplex<A, B>, Duplex<B, A>), Error>
 where
-    A: Serialize + DeserializeOwned,
-    B: Serialize + DeserializeOwned,
+    A: Serialize + DeserializeOwned + 'static,
+    B: Serialize + DeserializeOwned + 'static,
 {
     let (a_reader, a_writer) = pipe::<A>()?;
     let (b_reader, b_writer) = pipe::<B>()?;
@@ -120,7 +121,8 @@ impl<T, C: Codec<T>> Reader<T, C> {
         let source = self.handle.source()?;
         let mut decoder = self.decoder.lock();
         loop {
-            if let Some(payload) = decoder.next_payload()? {
+            // A big payload's codec prefix is kept apart, so the rest arrives in its own buffer.
+            if let Some(payload) = decoder.next_payload_with(|len| self.codec.head_len(len))? {
                 return self.codec.decode_within(payload, &self.limits);
             }
             // A read either takes bytes in and is recorded below before anything can suspend,
@@ -269,16 +271,19 @@ impl Outbox {
         Ok(())
     }
 
-    /// Writes a frame whose payload is the caller's bytes, without copying them first. If the
-    /// write is cut short after its first byte (timeout, cancel, error), the rest of the frame
-    /// is copied into the outbox, so that it is still delivered whole before any later frame.
-    fn write_direct(&mut self, source: &Source<File>, payload: &[u8]) -> Result<(), Error> {
-        let header = frame::encode_header(payload.len())?;
-        let mut direct = Direct { outbox: self, header, payload, sent: 0 };
-        while direct.sent < HEADER_LEN + payload.len() {
-            let written = match direct.sent.checked_sub(HEADER_LEN) {
+    /// Writes a frame whose payload is the codec's head and the caller's bytes, without copying
+    /// the bytes first. If the write is cut short after its first byte (timeout, cancel,
+    /// error), the rest of the frame is copied into the outbox, so that it is still delivered
+    /// whole before any later frame.
+    fn write_direct(&mut self, source: &Source<File>, parts: Parts<'_>) -> Result<(), Error> {
+        let mut direct = Direct::new(self, parts)?;
+        let (prefix, prefix_len, payload) = (direct.prefix, direct.prefix_len, parts.body());
+        let prefix = &prefix[..prefix_len];
+        let total = prefix.len() + payload.len();
+        while direct.sent < total {
+            let written = match direct.sent.checked_sub(prefix.len()) {
                 None => {
-                    let parts = [IoSlice::new(&header[direct.sent..]), IoSlice::new(payload)];
+                    let parts = [IoSlice::new(&prefix[direct.sent..]), IoSlice::new(payload)];
                     reset_is_broken_pipe(
                         source
                             .write_with(|mut file| sigpipe::write(|| file.write_vectored(&parts))),
@@ -311,23 +316,37 @@ impl Outbox {
     }
 }
 
-/// A frame being written straight from the caller's bytes (see `Outbox::write_direct`).
+/// A frame being written straight from the caller's bytes (see `Outbox::write_direct`): the
+/// frame header and the codec's head (`prefix`), then the body.
 struct Direct<'a> {
     outbox: &'a mut Outbox,
-    header: [u8; HEADER_LEN],
+    prefix: [u8; HEADER_LEN + MAX_HEAD],
+    prefix_len: usize,
     payload: &'a [u8],
     sent: usize,
 }
 
+impl<'a> Direct<'a> {
+    fn new(outbox: &'a mut Outbox, parts: Parts<'a>) -> Result<Self, Error> {
+        let header = frame::encode_header(parts.len())?;
+        let head = parts.head();
+        let mut prefix = [0; HEADER_LEN + MAX_HEAD];
+        prefix[..HEADER_LEN].copy_from_slice(&header);
+        prefix[HEADER_LEN..HEADER_LEN + head.len()].copy_from_slice(head);
+        let prefix_len = HEADER_LEN + head.len();
+        Ok(Direct { outbox, prefix, prefix_len, payload: parts.body(), sent: 0 })
+    }
+}
+
 impl Drop for Direct<'_> {
     fn drop(&mut self) {
-        let total = HEADER_LEN + self.payload.len();
+        let total = self.prefix_len + self.payload.len();
         if self.sent > 0 && self.sent < total {
             // Cut short mid-frame: keep the frame so the next `put` finishes it.
             let frame = &mut self.outbox.frame;
             frame.clear();
             frame.reserve_exact(total);
-            frame.extend_from_slice(&self.header);
+            frame.extend_from_slice(&self.prefix[..self.prefix_len]);
             frame.extend_from_slice(self.payload);
             self.outbox.sent = self.sent;
         }
@@ -349,8 +368,8 @@ impl<T, C: Codec<T>> Writer<T, C> {
         let source = self.handle.source()?;
         let mut outbox = self.outbox.lock();
         outbox.settle_earlier(source)?;
-        if let Some(payload) = self.codec.as_payload(value).filter(|p| p.len() >= WRITE_DIRECT) {
-            return outbox.write_direct(source, payload);
+        if let Some(parts) = self.codec.as_payload(value).filter(|p| p.len() >= WRITE_DIRECT) {
+            return outbox.write_direct(source, parts);
         }
         frame::append_frame_with(&mut outbox.frame, |payload| self.codec.encode(value, payload))?;
         outbox.flush(source)?;
@@ -381,8 +400,8 @@ impl<Out, In> Duplex<Out, In> {
 
 impl<Out, In> Duplex<Out, In>
 where
-    Out: Serialize + DeserializeOwned,
-    In: Serialize + DeserializeOwned,
+    Out: Serialize + DeserializeOwned + 'static,
+    In: Serialize + DeserializeOwned + 'static,
 {
     /// Sends a message to the other end; see [`Writer::put`].
     pub fn put(&self, value: &Out) -> Result<(), Error> {

@@ -18,8 +18,8 @@ use crate::{Duplex, Error, Reader, Writer, sys};
 
 impl<Out, In> Duplex<Out, In>
 where
-    Out: Serialize + DeserializeOwned,
-    In: Serialize + DeserializeOwned,
+    Out: Serialize + DeserializeOwned + 'static,
+    In: Serialize + DeserializeOwned + 'static,
 {
     /// Speaks the pipe protocol over a TCP connection: `put` sends `Out`, `get` receives `In`,
     /// exactly as over [`duplex`](crate::duplex), so two greenhub processes on two hosts talk as

@@ -56,7 +56,7 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 }
 
 /// The postcard payload of `value`, as a greenhub pipe of `T` carries it.
-fn postcard_payload<T: Serialize + DeserializeOwned>(value: &T) -> Vec<u8> {
+fn postcard_payload<T: Serialize + DeserializeOwned + 'static>(value: &T) -> Vec<u8> {
     let mut payload = Vec::new();
     Postcard.encode(value, &mut payload).unwrap();
     payload
@@ -943,6 +943,204 @@ fn a_frame_of_empty_vecs_is_refused_before_it_decodes_to_24_times_its_size() {
         reader.set_max_expansion(24);
         assert_eq!(reader.get().unwrap().len(), 1 << 20);
         sender.join().unwrap();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The default codec's fast path for bytes: Vec<u8>, Box<[u8]>, String as the whole message
+
+/// A postcard reader on the read end of `raw` (a duplicate of its fd): a greenhub peer reading
+/// what a plain-postcard peer writes through `raw`'s pipe.
+fn postcard_reader<T>(raw: &Reader<Vec<u8>, Raw>) -> Reader<T>
+where
+    T: Serialize + DeserializeOwned + 'static,
+{
+    // SAFETY: dup returns a new fd this process owns; the reader adopts it.
+    unsafe { Reader::from_raw_fd(libc::dup(raw.as_raw_fd())) }
+}
+
+/// A postcard writer on the write end of `raw` (a duplicate of its fd).
+fn postcard_writer<T>(raw: &Writer<Vec<u8>, Raw>) -> Writer<T>
+where
+    T: Serialize + DeserializeOwned + 'static,
+{
+    // SAFETY: dup returns a new fd this process owns; the writer adopts it.
+    unsafe { Writer::from_raw_fd(libc::dup(raw.as_raw_fd())) }
+}
+
+/// Byte messages of every size class: empty, a one-byte prefix, a two-byte one, past the direct
+/// write threshold, and past the decoder's detach threshold (split off its prefix on arrival).
+fn byte_sizes() -> [usize; 6] {
+    [0, 1, 127, 300, 70_000, 3 << 20]
+}
+
+/// `value` from a peer using plain postcard (`postcard::to_allocvec`, then gipc framing) to a
+/// `pipe::<T>()` reader, and from a `pipe::<T>()` writer to a plain-postcard peer, which sees
+/// exactly postcard's bytes.
+fn interoperates_with_plain_postcard<T>(value: T)
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug + Clone + 'static,
+{
+    let plain = postcard::to_allocvec(&value).unwrap();
+    // Plain postcard in, greenhub out.
+    let (raw_reader, raw_writer) = raw_pipe().unwrap();
+    let reader = postcard_reader::<T>(&raw_reader);
+    drop(raw_reader);
+    let sending = spawn({
+        let plain = plain.clone();
+        move || raw_writer.put(&plain).unwrap()
+    });
+    assert!(reader.get().unwrap() == value, "a plain-postcard message decoded differently");
+    sending.join().unwrap();
+    // Greenhub in, plain postcard out.
+    let (raw_reader, raw_writer) = raw_pipe().unwrap();
+    let writer = postcard_writer::<T>(&raw_writer);
+    drop(raw_writer);
+    let sending = spawn({
+        let value = value.clone();
+        move || writer.put(&value).unwrap()
+    });
+    let payload = raw_reader.get().unwrap();
+    assert!(payload == plain, "the fast path's payload is not postcard's bytes");
+    assert!(postcard::from_bytes::<T>(&payload).unwrap() == value);
+    sending.join().unwrap();
+}
+
+#[test]
+fn byte_messages_interoperate_with_plain_postcard_both_ways() {
+    hub_test(|| {
+        for len in byte_sizes() {
+            let bytes = pattern(len as u64, len);
+            interoperates_with_plain_postcard(bytes.clone());
+            interoperates_with_plain_postcard(bytes.into_boxed_slice());
+            let text: String = "grüße ".chars().cycle().take(len).collect();
+            interoperates_with_plain_postcard(text);
+        }
+    });
+}
+
+/// A struct whose bytes serde sees as a byte string, and its twin seen as a sequence of `u8`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Marked {
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Unmarked {
+    data: Vec<u8>,
+}
+
+#[test]
+fn a_serde_bytes_field_is_the_same_wire_as_a_plain_vec_u8_field() {
+    hub_test(|| {
+        let data = pattern(21, 200_000);
+        interoperates_with_plain_postcard(Marked { data: data.clone() });
+        // Postcard writes a byte string and a sequence of u8 alike: either type reads the other.
+        let (reader, writer) = raw_pipe().unwrap();
+        let marked = postcard_writer::<Marked>(&writer);
+        let unmarked = postcard_reader::<Unmarked>(&reader);
+        let sending = spawn({
+            let data = data.clone();
+            move || marked.put(&Marked { data }).unwrap()
+        });
+        assert!(unmarked.get().unwrap().data == data);
+        sending.join().unwrap();
+    });
+}
+
+#[test]
+fn a_byte_length_claiming_more_than_the_frame_holds_is_a_codec_error_and_the_stream_goes_on() {
+    hub_test(|| {
+        let (reader, writer) = pipe::<Vec<u8>>().unwrap();
+        let (virt_before, _) = memory_use();
+        // A 13-byte frame announcing 2^40 bytes, then a big frame (split on arrival) announcing
+        // twice what it holds, then one announcing less than it holds.
+        let mut lying = postcard::to_allocvec(&(1u64 << 40)).unwrap();
+        lying.extend_from_slice(b"only this");
+        let mut big_liar = postcard::to_allocvec(&(6u64 << 20)).unwrap();
+        big_liar.resize(big_liar.len() + (3 << 20), 7);
+        let mut short = postcard::to_allocvec(&2u64).unwrap();
+        short.extend_from_slice(b"abc");
+        let wire = [frame(&lying), frame(&big_liar), frame(&short)].concat();
+        let sending = spawn(move || {
+            raw_write(&writer, &wire);
+            writer.put(&b"after".to_vec()).unwrap();
+        });
+        for expected in ["end of buffer", "end of buffer", "1 bytes were left over"] {
+            let err = reader.get().unwrap_err();
+            assert!(matches!(&err, Error::Codec(m) if m.contains(expected)), "{err}");
+            assert!(err.to_string().contains("Vec<u8>"), "{err}");
+        }
+        assert_eq!(reader.get().unwrap(), b"after");
+        sending.join().unwrap();
+        let (virt_after, _) = memory_use();
+        assert!(virt_after < virt_before + (256 << 20), "virtual {virt_before} -> {virt_after}");
+    });
+}
+
+#[test]
+fn a_big_byte_message_cut_short_is_truncated_and_garbage_is_a_codec_error() {
+    hub_test(|| {
+        let (reader, writer) = pipe::<String>().unwrap();
+        let text = "x".repeat(3 << 20);
+        let wire = frame(&postcard::to_allocvec(&text).unwrap());
+        let not_utf8 = frame(&[3, b'a', 0xff, b'c']);
+        let sending = spawn(move || {
+            raw_write(&writer, &not_utf8);
+            raw_write(&writer, &wire[..wire.len() / 2]);
+        });
+        let err = reader.get().unwrap_err();
+        assert!(matches!(&err, Error::Codec(m) if m.contains("utf-8")), "{err}");
+        // The writer ends (and closes) half-way through the big frame.
+        assert!(matches!(reader.get(), Err(Error::Truncated)));
+        sending.join().unwrap();
+    });
+}
+
+#[test]
+fn the_readers_depth_and_budget_limits_hold_for_byte_messages() {
+    hub_test(|| {
+        let (mut reader, writer) = pipe::<Vec<u8>>().unwrap();
+        reader.set_max_depth(0);
+        writer.put(&vec![1, 2, 3]).unwrap();
+        let err = reader.get().unwrap_err();
+        assert!(matches!(&err, Error::Codec(m) if m.contains("deeper than 0")), "{err}");
+        // No expansion: a payload's budget is the 1 MiB floor, which a 2 MiB Vec<u8> exceeds on
+        // the generic path (one byte per element), and so on the fast path.
+        reader.set_max_depth(1);
+        reader.set_max_expansion(0);
+        let big = pattern(22, 2 << 20);
+        let sending = spawn(move || {
+            writer.put(&big).unwrap();
+            writer.put(&vec![9; 1000]).unwrap();
+        });
+        let err = reader.get().unwrap_err();
+        assert!(matches!(&err, Error::Codec(m) if m.contains("budget")), "{err}");
+        assert_eq!(reader.get().unwrap(), vec![9; 1000]);
+        sending.join().unwrap();
+    });
+}
+
+#[test]
+fn a_byte_put_cut_short_mid_frame_is_delivered_whole_before_the_next() {
+    hub_test(|| {
+        let (reader, writer) = pipe::<Vec<u8>>().unwrap();
+        let capacity = pipe_capacity(&writer);
+        let big = pattern(23, capacity + 300_000);
+        // Written straight from `big` (header, prefix, then the vector); nobody reads, so the
+        // timeout cuts it short mid-frame and the rest is kept, prefix and all.
+        let cut = greenhub::timeout(SHORT, || writer.put(&big));
+        assert!(cut.is_err(), "the put finished with nobody reading: {cut:?}");
+        assert_eq!(unread_bytes(&reader), capacity, "the first part of the frame is out");
+        let reading = spawn(move || {
+            let first = reader.get();
+            (first, reader.get())
+        });
+        writer.put(&b"later".to_vec()).unwrap();
+        let (first, second) = reading.join().unwrap();
+        assert!(first.unwrap() == big, "the interrupted message arrived corrupted");
+        assert_eq!(second.unwrap(), b"later");
     });
 }
 

@@ -53,8 +53,8 @@ impl<T: Read + Write + AsRawFd> RawStream for T {}
 /// A duplex over a fresh connection of `kind`, and the raw socket at the other end.
 fn duplex_and_peer<Out, In>(kind: Kind) -> (Duplex<Out, In>, Box<dyn RawStream>)
 where
-    Out: Serialize + DeserializeOwned,
-    In: Serialize + DeserializeOwned,
+    Out: Serialize + DeserializeOwned + 'static,
+    In: Serialize + DeserializeOwned + 'static,
 {
     match kind {
         Kind::Unix => {
@@ -73,8 +73,8 @@ where
 /// Two duplexes over a fresh connection of `kind`, facing each other.
 fn duplex_pair<A, B>(kind: Kind) -> (Duplex<A, B>, Duplex<B, A>)
 where
-    A: Serialize + DeserializeOwned,
-    B: Serialize + DeserializeOwned,
+    A: Serialize + DeserializeOwned + 'static,
+    B: Serialize + DeserializeOwned + 'static,
 {
     match kind {
         Kind::Unix => {

@@ -120,6 +120,29 @@ pub(crate) fn decode<T: DeserializeOwned>(
     }
 }
 
+/// The depth check of a sequence at the top of a payload that is decoded without serde (the
+/// byte fast path, `codec/bytes.rs`): one level, refused as the generic path refuses it.
+pub(super) fn check_sequence_depth(limits: &DecodeLimits) -> Result<(), String> {
+    match limits.max_depth {
+        0 => Err(Exceeded::Depth { max: 0 }.to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// The budget check of `charged` bytes of sequence elements decoded without serde from a payload
+/// of `len` bytes (the byte fast path): the generic path's verdict and message.
+pub(super) fn check_budget(
+    limits: &DecodeLimits,
+    len: usize,
+    charged: usize,
+) -> Result<(), String> {
+    let budget = limits.budget_for(len);
+    if charged <= budget {
+        return Ok(());
+    }
+    Err(Exceeded::Budget { len, budget, expansion: limits.max_expansion }.to_string())
+}
+
 /// Which limit a payload hit, for the error message.
 #[derive(Debug, Clone, Copy)]
 enum Exceeded {

@@ -54,7 +54,7 @@ const CODEC: u8 = 2;
 /// is unchanged.
 pub(super) fn append_task<I>(out: &mut Vec<u8>, id: u64, item: &I) -> Result<(), Error>
 where
-    I: Serialize + DeserializeOwned,
+    I: Serialize + DeserializeOwned + 'static,
 {
     frame::append_frame_with(out, |payload| {
         Postcard.encode(&id, payload)?;
@@ -70,7 +70,7 @@ pub(super) fn append_reply<O>(
     outcome: &Result<O, Failure>,
 ) -> Result<(), Error>
 where
-    O: Serialize + DeserializeOwned,
+    O: Serialize + DeserializeOwned + 'static,
 {
     frame::append_frame_with(out, |payload| {
         Postcard.encode(&id, payload)?;
@@ -106,7 +106,7 @@ impl<I> TaskCodec<I> {
     }
 }
 
-impl<I: Serialize + DeserializeOwned> Codec<Task<I>> for TaskCodec<I> {
+impl<I: Serialize + DeserializeOwned + 'static> Codec<Task<I>> for TaskCodec<I> {
     fn encode(&self, task: &Task<I>, out: &mut Vec<u8>) -> Result<(), Error> {
         let Ok(item) = &task.item else {
             return Err(Error::Codec("a task whose item did not decode cannot be sent".into()));
@@ -131,7 +131,7 @@ impl<O> ReplyCodec<O> {
     }
 }
 
-impl<O: Serialize + DeserializeOwned> Codec<Reply<O>> for ReplyCodec<O> {
+impl<O: Serialize + DeserializeOwned + 'static> Codec<Reply<O>> for ReplyCodec<O> {
     fn encode(&self, reply: &Reply<O>, out: &mut Vec<u8>) -> Result<(), Error> {
         let mut frame = Vec::new();
         append_reply(&mut frame, reply.id, &reply.outcome)?;

@@ -55,8 +55,8 @@ where
 /// One runner: task after task until the parent closes the pipe.
 fn run_tasks<I, O, F>(tasks: &Tasks<I>, replies: &Outgoing, f: &F) -> Result<(), Error>
 where
-    I: Serialize + DeserializeOwned,
-    O: Serialize + DeserializeOwned,
+    I: Serialize + DeserializeOwned + 'static,
+    O: Serialize + DeserializeOwned + 'static,
     F: Fn(I) -> O,
 {
     loop {
