@@ -16,8 +16,8 @@
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,11 +25,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use greenhub::JoinHandle;
 
 use crate::Error;
-use crate::handle::Handle;
 use crate::process::{self, Process};
+#[cfg(doc)]
+use crate::stdio::{ChildStderr, ChildStdin, ChildStdout};
 use crate::sys;
-use crate::transfer::Transfer;
-use crate::transfer::sealed::Sealed;
+use crate::transfer::{self, Transfer};
 
 /// A program to run, shaped like [`std::process::Command`]; [`spawn`](Self::spawn) gives a
 /// [`Process`] whose `join` and stdio pipes are cooperative.
@@ -214,7 +214,7 @@ impl Command {
         let hub = process::current_hub("Command::spawn");
         sys::ignore_sigpipe(); // a write to the program's stdin after it exits is EPIPE, not death
         let passed = std::mem::take(&mut self.passed);
-        if !passed.iter().all(|handle| process::owned_here(&**handle)) {
+        if !passed.iter().all(|handle| transfer::owned_here(&**handle)) {
             return Err(Error::Closed);
         }
         let mut fds = Vec::new();
@@ -308,108 +308,6 @@ impl Drop for ReadToEnd {
         }
     }
 }
-
-/// The error a pipe not owned by this process gives through `Read`/`Write`.
-fn closed() -> io::Error {
-    io::Error::other(Error::Closed)
-}
-
-macro_rules! stdio_pipe {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        pub struct $name {
-            handle: Handle,
-        }
-
-        impl $name {
-            pub(crate) fn new(fd: OwnedFd) -> Result<$name, Error> {
-                Ok($name { handle: Handle::new(fd)? })
-            }
-
-            /// Closes the pipe now, reporting what `close(2)` says; dropping it also closes it.
-            pub fn close(self) -> Result<(), Error> {
-                self.handle.close()
-            }
-        }
-
-        impl AsRawFd for $name {
-            fn as_raw_fd(&self) -> RawFd {
-                self.handle.as_raw_fd()
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_tuple(stringify!($name)).field(&self.handle).finish()
-            }
-        }
-
-        impl Sealed for $name {
-            fn each_handle(&self, f: &mut dyn FnMut(&Handle)) {
-                f(&self.handle);
-            }
-        }
-    };
-}
-
-stdio_pipe!(
-    /// The program's stdin (from [`Process::take_stdin`]): `Write` suspends the calling
-    /// coroutine while the pipe is full, never blocking the hub. Drop it (or `close` it) to give
-    /// the program end of file. Like the pipe handles, it is closed in child processes it is not
-    /// transferred to ([`Transfer`]).
-    ChildStdin
-);
-stdio_pipe!(
-    /// The program's stdout (from [`Process::take_stdout`]): `Read` suspends the calling
-    /// coroutine until output arrives, never blocking the hub; `Ok(0)` is end of file. Like the
-    /// pipe handles, it is closed in child processes it is not transferred to ([`Transfer`]).
-    ChildStdout
-);
-stdio_pipe!(
-    /// The program's stderr (from [`Process::take_stderr`]); see [`ChildStdout`].
-    ChildStderr
-);
-
-impl Write for &ChildStdin {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let source = self.handle.source().map_err(|_| closed())?;
-        source.write_with(|mut file| crate::sigpipe::write(|| file.write(buf)))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(()) // nothing is buffered here
-    }
-}
-
-impl Write for ChildStdin {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self).write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-macro_rules! read_impls {
-    ($name:ident) => {
-        impl Read for &$name {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                let source = self.handle.source().map_err(|_| closed())?;
-                source.read_with(|mut file| file.read(buf))
-            }
-        }
-
-        impl Read for $name {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                (&*self).read(buf)
-            }
-        }
-    };
-}
-
-read_impls!(ChildStdout);
-read_impls!(ChildStderr);
 
 #[cfg(test)]
 mod tests {

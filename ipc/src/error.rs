@@ -9,8 +9,15 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::process::ExitStatus;
+
+/// Writes a report (a child's error or panic, a daemon that had to be killed) straight to fd 2.
+/// (`eprintln!` goes through the test harness's output capture, which a forked child inherits
+/// and whose buffer nobody ever reads there.)
+pub(crate) fn write_stderr(text: &str) {
+    let _ = io::stderr().write_all(text.as_bytes());
+}
 
 /// An error from a pipe, a codec or a child process.
 ///

@@ -14,28 +14,34 @@
 //! ```
 //!
 //! Linux only for now (pidfd, pipe2, `F_SETPIPE_SZ`); all OS calls live in the private `sys`
-//! module, the only place with `unsafe`.
+//! module, the only place with `unsafe` blocks besides the `FromRawFd` impls of `Reader` and
+//! `Writer` (an unsafe trait method by definition, beside the handles it makes).
 #![deny(unsafe_code)]
 
 pub mod codec;
 mod command;
 mod error;
+mod fork;
 pub mod frame;
 mod handle;
 mod pipe;
 mod pool;
 mod process;
+mod reap;
 mod sigpipe;
 mod socket;
+mod stdio;
 mod sys;
 mod transfer;
 
 pub use codec::{Codec, Postcard, Raw};
-pub use command::{ChildStderr, ChildStdin, ChildStdout, Command};
+pub use command::Command;
 pub use error::Error;
+pub use fork::ChildResult;
 pub use pipe::{Duplex, Reader, Writer, duplex, pipe, pipe_with, raw_pipe};
 pub use pool::{Pool, PoolBuilder};
-pub use process::{ChildResult, Process, ProcessBuilder, start_process};
+pub use process::{Process, ProcessBuilder, start_process};
+pub use stdio::{ChildStderr, ChildStdin, ChildStdout};
 pub use transfer::Transfer;
 
 /// For greenhub's own tests: not part of the API.

@@ -11,7 +11,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use greenhub::io::Source;
@@ -450,6 +450,48 @@ impl<T, C> AsRawFd for Reader<T, C> {
 impl<T, C> AsRawFd for Writer<T, C> {
     fn as_raw_fd(&self) -> RawFd {
         self.handle.as_raw_fd()
+    }
+}
+
+// `FromRawFd` is an unsafe trait: the one place outside `sys` where greenhub-ipc writes `unsafe`
+// (an unsafe trait method by definition; the only unsafe operation inside is std's own
+// `OwnedFd::from_raw_fd`, under the same contract).
+
+#[allow(unsafe_code)]
+impl<T, C: Codec<T> + Default> FromRawFd for Reader<T, C> {
+    /// Adopts `fd` (the read end of a pipe, e.g. one passed by `Command::pass`) as a reader
+    /// owned by this process, with the codec's default value.
+    ///
+    /// It puts the fd in non-blocking mode, a flag of the open file description, which every
+    /// duplicate of the fd shares (fd 0 of a terminal is shared with the shell, say): adopt pipe
+    /// ends that only this process uses.
+    ///
+    /// # Safety
+    /// `fd` must be an open fd this process owns and nothing else will close.
+    ///
+    /// # Panics
+    /// If `fd` cannot be put in non-blocking mode (it is not a valid fd).
+    unsafe fn from_raw_fd(fd: RawFd) -> Self {
+        // SAFETY: the caller hands us ownership of an open fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Reader::from_fd(fd, C::default()).expect("Reader::from_raw_fd: not a valid fd")
+    }
+}
+
+#[allow(unsafe_code)]
+impl<T, C: Codec<T> + Default> FromRawFd for Writer<T, C> {
+    /// Adopts `fd` (the write end of a pipe) as a writer owned by this process. Like the
+    /// reader's, it puts the fd's open file description in non-blocking mode.
+    ///
+    /// # Safety
+    /// `fd` must be an open fd this process owns and nothing else will close.
+    ///
+    /// # Panics
+    /// If `fd` cannot be put in non-blocking mode (it is not a valid fd).
+    unsafe fn from_raw_fd(fd: RawFd) -> Self {
+        // SAFETY: the caller hands us ownership of an open fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Writer::from_fd(fd, C::default()).expect("Writer::from_raw_fd: not a valid fd")
     }
 }
 

@@ -11,7 +11,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use crate::{Codec, Error, Reader, Writer};
+use crate::Error;
 
 /// Turns a `-1` return into the `errno` error.
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -417,42 +417,4 @@ pub(crate) fn keep_open_on_exec(cmd: &mut std::process::Command, fds: Arc<Mutex<
     // async-signal-safe work is allowed: the hook does not allocate, takes no lock that can be
     // held (try_lock), and calls only fcntl.
     unsafe { cmd.pre_exec(hook) };
-}
-
-// `FromRawFd` is an unsafe trait method, so its impls live here with the crate's other unsafe.
-
-impl<T, C: Codec<T> + Default> FromRawFd for Reader<T, C> {
-    /// Adopts `fd` (the read end of a pipe, e.g. one passed by `Command::pass`) as a reader
-    /// owned by this process, with the codec's default value.
-    ///
-    /// It puts the fd in non-blocking mode, a flag of the open file description, which every
-    /// duplicate of the fd shares (fd 0 of a terminal is shared with the shell, say): adopt pipe
-    /// ends that only this process uses.
-    ///
-    /// # Safety
-    /// `fd` must be an open fd this process owns and nothing else will close.
-    ///
-    /// # Panics
-    /// If `fd` cannot be put in non-blocking mode (it is not a valid fd).
-    unsafe fn from_raw_fd(fd: RawFd) -> Self {
-        // SAFETY: the caller hands us ownership of an open fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Reader::from_fd(fd, C::default()).expect("Reader::from_raw_fd: not a valid fd")
-    }
-}
-
-impl<T, C: Codec<T> + Default> FromRawFd for Writer<T, C> {
-    /// Adopts `fd` (the write end of a pipe) as a writer owned by this process. Like the
-    /// reader's, it puts the fd's open file description in non-blocking mode.
-    ///
-    /// # Safety
-    /// `fd` must be an open fd this process owns and nothing else will close.
-    ///
-    /// # Panics
-    /// If `fd` cannot be put in non-blocking mode (it is not a valid fd).
-    unsafe fn from_raw_fd(fd: RawFd) -> Self {
-        // SAFETY: the caller hands us ownership of an open fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Writer::from_fd(fd, C::default()).expect("Writer::from_raw_fd: not a valid fd")
-    }
 }

@@ -109,6 +109,13 @@ pub(crate) fn fds(value: &(impl Transfer + ?Sized)) -> Vec<RawFd> {
     fds
 }
 
+/// Whether this process owns every handle in `value` (only those can be given away).
+pub(crate) fn owned_here(value: &(impl Transfer + ?Sized)) -> bool {
+    let mut all = true;
+    value.each_handle(&mut |h| all &= h.is_owned_here());
+    all
+}
+
 /// In a freshly forked child: the child owns every handle in `value` now.
 pub(crate) fn adopt(value: &impl Transfer) {
     value.each_handle(&mut |h| h.adopt());
