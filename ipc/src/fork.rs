@@ -8,8 +8,10 @@
 //! threaded process").
 //!
 //! # What the child gets
-//! The child is a copy of the parent made by `fork(2)` from the coroutine that called
-//! `start_process`. Before it runs `f` it:
+//! The child is a copy of the parent made from the coroutine that called `start_process`: by
+//! `clone3` with `CLONE_PIDFD` in a single-threaded process (the kernel makes the parent's pidfd
+//! in the same system call), else by glibc's `fork(2)` and then `pidfd_open` (see "Two ways to
+//! fork"). Before it runs `f` it:
 //! - forgets the parent's hub without touching it (the epoll instance is shared with the parent;
 //!   the parent's coroutines are never resumed or unwound in the child);
 //! - closes every fd except stdio (0, 1, 2) and the fds in `handles` (`close_range` over the
@@ -19,8 +21,9 @@
 //!   (epoll, eventfd, timerfd). An fd the child needs must be in `handles` ([`Transfer`] takes
 //!   plain fds too: `OwnedFd`, `File`, std's pipes and sockets). An inherited greenhub-ipc handle
 //!   that was not transferred gives [`Error::Closed`] there; the transferred ones it owns;
-//! - waits until the parent holds its pidfd (a one-byte handshake on a pipe): a child the parent
-//!   cannot watch (`pidfd_open` failed) is killed before it has run any of `f`;
+//! - after glibc's `fork` only, waits until the parent holds its pidfd (a one-byte handshake on
+//!   a pipe): a child the parent cannot watch (`pidfd_open` failed) is killed before it has run
+//!   any of `f`. A `clone3` child needs no handshake: it exists only if its pidfd does;
 //! - resets every signal's disposition to the default, except SIGPIPE (ignored) and greenhub's
 //!   SIGSEGV/SIGBUS stack-overflow reporter; unblocks every signal;
 //! - if it is a daemon, asks for SIGTERM when its parent dies (`PR_SET_PDEATHSIG`; strictly,
@@ -38,11 +41,25 @@
 //! another thread holds a lock finds that lock held forever. (Fds are no such problem: the child
 //! closes all it was not given, so a pipe another thread was creating or closing at that instant
 //! never stays open in it. Programs started by [`Command`] get the same result from `O_CLOEXEC`,
-//! which every fd of greenhub's has from its creation: `exec` closes them.) `start_process` flushes and holds
-//! the stdout and stderr locks and greenhub-ipc's handle registry across `fork`, so the child can
-//! print and close handles; glibc's allocator is fork-safe. Other process-wide locks (the
-//! environment lock of `std::env::set_var`, a backtrace being printed by another thread, locks
-//! of C libraries) are not held: a child that needs one that happened to be held deadlocks.
+//! which every fd of greenhub's has from its creation: `exec` closes them.) `start_process`
+//! flushes and holds the four locks the child's start needs across the fork: stdout's, stderr's,
+//! greenhub-ipc's handle registry and the default names, so the child can print, close handles
+//! and name its own children; glibc's `fork` takes the allocator's and stdio's locks. Other
+//! process-wide locks (the environment lock of `std::env::set_var`, a backtrace being printed by
+//! another thread, locks of C libraries) are not held: a child that needs one that happened to
+//! be held deadlocks.
+//!
+//! # Two ways to fork
+//! A raw `clone3` bypasses glibc's `fork`, which in a multithreaded process takes the
+//! allocator's and stdio's locks across the system call (a child would otherwise find one
+//! held by a thread that does not exist there), and in every process runs the `pthread_atfork`
+//! handlers, writes the child's thread id into glibc's thread descriptor and registers its
+//! robust-mutex list. So `clone3` is used only where nothing of that is lost (`sys::
+//! clone_with_pidfd` has the list): in a process that has only ever had one thread (no other
+//! thread can hold a lock), with the thread id and the robust list fixed up as glibc would, and
+//! greenhub-ipc's own atfork handler run by hand. What remains is other libraries' atfork
+//! handlers, which a `clone3` child does not run: a program linking a C library that needs them
+//! in a forked child sets `GREENHUB_IPC_FORK=fork`, and every start uses glibc's `fork`.
 //!
 //! [`Command`]: crate::Command
 
@@ -55,7 +72,7 @@ use std::sync::{MutexGuard, PoisonError};
 
 use crate::Error;
 use crate::error::write_stderr;
-use crate::handle::{Handle, Registry};
+use crate::handle::{self, Handle, Registry};
 use crate::sys::{self, Forked, InChild};
 use crate::transfer::{self, Transfer};
 
@@ -66,8 +83,9 @@ use crate::transfer::{self, Transfer};
 static NAMES: std::sync::Mutex<Names> = std::sync::Mutex::new(Names { prefix: None, next: 1 });
 
 struct Names {
-    /// `None` until this process is a child: then "its own name:".
-    prefix: Option<String>,
+    /// `None` until this process is a child: then its own name (leaked: it lives as long as the
+    /// child, which ends with `_exit`).
+    prefix: Option<&'static str>,
     next: u64,
 }
 
@@ -117,7 +135,7 @@ pub(crate) fn default_name() -> String {
     let number = names.next;
     names.next += 1;
     match &names.prefix {
-        Some(prefix) => format!("{prefix}{number}"),
+        Some(prefix) => format!("{prefix}:{number}"),
         None => format!("Process-{number}"),
     }
 }
@@ -147,23 +165,40 @@ where
     let start = ChildStart {
         keep: transfer::handle_ids(&handles),
         keep_fds: transfer::fds(&handles),
-        parent: std::process::id(),
+        parent: handle::current_pid(),
         daemon,
-        name,
+        name: name.to_owned(),
     };
-    // The child waits on this pipe until the parent holds its pidfd: a child the parent
-    // cannot watch is killed before it has run any of `f`.
-    let (go_read, go_write) = sys::small_pipe()
-        .map_err(|e| Error::io("start_process could not create its start pipe (pipe2)", e))?;
     let held = HeldForFork::lock();
-    match sys::fork() {
-        Err(e) => Err(Error::io("start_process could not fork", e)),
-        Ok(Forked::Child(token)) => {
-            sys::in_child(token, |token| child_main(token, held, &start, go_read, handles, f))
+    let (forked, go_ahead) = match sys::clone_with_pidfd() {
+        // The kernel made the pidfd with the child: the parent can watch it from its first
+        // instruction, so it may run `f` at once.
+        Ok(Some(forked)) => (Ok(forked), None),
+        // glibc's fork, then `pidfd_open`: the child waits on this pipe until the parent holds
+        // its pidfd, so a child the parent cannot watch is killed before it has run any of `f`.
+        Ok(None) => {
+            let pipe = sys::small_pipe().map_err(|e| {
+                Error::io("start_process could not create its start pipe (pipe2)", e)
+            })?;
+            (sys::fork(), Some(pipe))
         }
-        Ok(Forked::Parent(pid)) => {
+        Err(e) => (Err(e), None),
+    };
+    match forked {
+        Err(e) => Err(Error::io("start_process could not fork", e)),
+        Ok(Forked::Child(token, cloned)) => {
+            if let Some(pid) = cloned {
+                handle::set_pid_in_child(&token, pid); // what the atfork handler does after a fork
+            }
+            let go_ahead = go_ahead.map(|(read_end, write_end)| {
+                std::mem::forget(write_end); // closed by the fd sweep, with every other fd
+                read_end
+            });
+            sys::in_child(token, |token| child_main(token, held, start, go_ahead, handles, f))
+        }
+        Ok(Forked::Parent(pid, pidfd)) => {
             drop(held);
-            let pidfd = match watch(pid) {
+            let pidfd = match watch(pid, pidfd) {
                 Ok(pidfd) => pidfd,
                 Err(e) => {
                     sys::kill_and_reap(pid);
@@ -171,31 +206,37 @@ where
                 }
             };
             drop(handles); // the transfer: the child has them now
-            drop(go_read);
-            sys::send_go_ahead(go_write);
+            if let Some((read_end, write_end)) = go_ahead {
+                drop(read_end);
+                sys::send_go_ahead(write_end);
+            }
             Ok(Started { pid, pidfd })
         }
     }
 }
 
 /// The pidfd of our unreaped child `pid` (its pid still names it even if it has exited), as a
-/// handle the hub can wait on.
-fn watch(pid: u32) -> Result<Handle, Error> {
-    let pidfd = sys::pidfd_open(pid).map_err(|e| {
-        Error::io("could not open a pidfd for the new child (pidfd_open), so it was killed", e)
-    })?;
+/// handle the hub can wait on: the one `clone3` made, or a new one.
+fn watch(pid: u32, made: Option<OwnedFd>) -> Result<Handle, Error> {
+    let pidfd = match made {
+        Some(pidfd) => pidfd,
+        None => sys::pidfd_open(pid).map_err(|e| {
+            Error::io("could not open a pidfd for the new child (pidfd_open), so it was killed", e)
+        })?,
+    };
     Handle::new(pidfd)
 }
 
 /// What the child's start needs to know, decided before `fork`.
-struct ChildStart<'a> {
+struct ChildStart {
     /// The ids of the transferred handles.
     keep: Vec<u64>,
     /// Every fd the child keeps besides stdio: the transferred handles' and plain fds.
     keep_fds: Vec<RawFd>,
     parent: u32,
     daemon: bool,
-    name: &'a str,
+    /// The child's name, copied before `fork` (so the child does not copy it).
+    name: String,
 }
 
 /// The locks the child's start needs, held across `fork` so that no other thread can hold them
@@ -226,8 +267,8 @@ impl HeldForFork {
 fn child_main<H, F, R>(
     token: &InChild,
     mut held: HeldForFork,
-    start: &ChildStart<'_>,
-    go_ahead: OwnedFd,
+    start: ChildStart,
+    go_ahead: Option<OwnedFd>,
     handles: H,
     f: F,
 ) -> i32
@@ -236,17 +277,26 @@ where
     F: FnOnce(H) -> R,
     R: ChildResult,
 {
-    // Exactly stdio, the transferred fds and (until it is read) the handshake pipe stay open:
-    // whatever other threads were doing with their pipes and hubs at the instant of `fork`.
-    let mut keep_fds = start.keep_fds.clone();
-    keep_fds.push(go_ahead.as_raw_fd());
-    sys::close_fds_except(token, &keep_fds);
+    match &go_ahead {
+        Some(read_end) => {
+            // Exactly stdio, the transferred fds and (until it is read) the handshake pipe stay
+            // open: whatever other threads were doing with their pipes and hubs at the instant
+            // of `fork`.
+            let mut keep_fds = start.keep_fds.clone();
+            keep_fds.push(read_end.as_raw_fd());
+            sys::close_fds_except(token, &keep_fds);
+        }
+        None => sys::close_fds_except(token, &start.keep_fds),
+    }
     held.registry.forget_all_but(&start.keep);
-    if !sys::wait_for_go_ahead(token, go_ahead) {
+    if let Some(read_end) = go_ahead
+        && !sys::wait_for_go_ahead(token, read_end)
+    {
         return 1; // the parent could not take this child on (or died): never start `f`
     }
     transfer::adopt(&handles);
-    *held.names = Names { prefix: Some(format!("{}:", start.name)), next: 1 };
+    let name: &'static str = start.name.leak(); // the child ends with `_exit`: never freed
+    *held.names = Names { prefix: Some(name), next: 1 };
     sys::reset_signals(token);
     if start.daemon {
         match sys::die_with_parent(token, start.parent) {
@@ -257,7 +307,7 @@ where
                     io::stderr(),
                     "greenhub-ipc: daemon {} cannot ask to die with its parent \
                      (PR_SET_PDEATHSIG: {e}); it is still terminated at the end of run",
-                    start.name
+                    name
                 );
             }
         }
@@ -267,7 +317,7 @@ where
     let code = match run {
         Ok(result) => result.exit_code(),
         Err(payload) => {
-            report_panic(start.name, &*payload);
+            report_panic(name, &*payload);
             std::mem::forget(payload); // dropping it could panic again; we are leaving anyway
             101
         }

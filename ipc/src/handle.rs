@@ -56,6 +56,12 @@ extern "C" fn on_fork_in_child() {
     PID.store(std::process::id(), Ordering::Relaxed);
 }
 
+/// In a child made by `clone3`, where no `pthread_atfork` handler ran: what
+/// [`on_fork_in_child`] does in a child of glibc's `fork`, with the pid already known.
+pub(crate) fn set_pid_in_child(_: &sys::InChild, pid: u32) {
+    PID.store(pid, Ordering::Relaxed);
+}
+
 /// One pipe end, owned by one process at a time.
 pub struct Handle {
     id: u64,

@@ -8,7 +8,8 @@ use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::Error;
@@ -120,27 +121,209 @@ pub(crate) fn take_pending_sigpipe() {
 #[derive(Debug)]
 pub(crate) struct InChild(PhantomData<*const ()>);
 
-/// Which side of a [`fork`] we are on.
+/// Which side of a [`fork`] or [`clone_with_pidfd`] we are on.
 pub(crate) enum Forked {
-    /// The new process.
-    Child(InChild),
-    /// The calling process; the child's pid.
-    Parent(u32),
+    /// The new process, and its pid if it was made by [`clone_with_pidfd`] (no atfork handler
+    /// ran there, so the caller refreshes what greenhub-ipc's handler would have).
+    Child(InChild, Option<u32>),
+    /// The calling process: the child's pid, and its pidfd if the kernel made one with the
+    /// child ([`clone_with_pidfd`]).
+    Parent(u32, Option<OwnedFd>),
 }
 
-/// `fork(2)`. The `pthread_atfork` child hooks (greenhub-ipc's pid refresh, glibc's allocator
-/// reset) run in the child before this returns there.
+/// `fork(2)` through glibc, with everything glibc's fork does around the system call: the
+/// `pthread_atfork` handlers (greenhub-ipc's pid refresh among them), and in a multithreaded
+/// process the allocator's and stdio's locks, held across the call and reset in the child.
 pub(crate) fn fork() -> io::Result<Forked> {
     // SAFETY: fork has no memory preconditions: the child gets a copy of this address space with
     // only this thread running. What the child may then touch is `start_process`'s concern: it
-    // holds every lock the child's start uses (stdout, stderr, the handle registry) across the
-    // call, the child never touches the inherited hub (see `in_child`), and glibc's malloc is
-    // fork-safe through its own atfork handlers.
+    // holds every lock the child's start uses (stdout, stderr, the handle registry, the names)
+    // across the call, the child never touches the inherited hub (see `in_child`), and glibc's
+    // malloc is fork-safe through its own atfork handlers.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child(InChild(PhantomData))),
-        pid => Ok(Forked::Parent(pid as u32)),
+        0 => Ok(Forked::Child(InChild(PhantomData), None)),
+        pid => Ok(Forked::Parent(pid as u32, None)),
     }
+}
+
+/// `CLONE_PIDFD` (Linux 5.2), missing from the libc crate.
+const CLONE_PIDFD: u64 = 0x1000;
+
+/// False once `clone3` said `ENOSYS` (Linux before 5.3) or `EPERM` (a seccomp filter).
+static CLONE3_WORKS: AtomicBool = AtomicBool::new(true);
+
+/// `clone3(CLONE_PIDFD)`: a fork whose pidfd the kernel makes in the same system call, so the
+/// child exists only together with the parent's handle on it. `Ok(None)` when it cannot be used
+/// here, and the caller forks with [`fork`] instead: `clone3` is missing or forbidden, glibc does
+/// not describe its thread descriptor, or **the process has more than one thread**.
+///
+/// The system call bypasses glibc's `fork`, so it does here, for the child, what glibc's fork
+/// does that this process needs (the unsafe ledger has the whole argument):
+/// - only in a single-threaded process (`__libc_single_threaded`): then no other thread can hold
+///   the allocator's or stdio's locks, which is why glibc's own fork takes them only in a
+///   multithreaded process; greenhub-ipc's four locks are held by the caller as with `fork`;
+/// - the kernel writes the child's thread id into glibc's thread descriptor
+///   (`CLONE_CHILD_SETTID`, at the offset glibc publishes for debuggers,
+///   `_thread_db_pthread_tid`), as glibc's fork does, so mutexes that record their owner's id and
+///   `pthread_*` calls on the own thread are right in the child;
+/// - the child registers its robust-mutex list with the kernel (a new process has none), emptied
+///   as glibc's fork empties it.
+///
+/// What it does not do: run the `pthread_atfork` handlers. greenhub-ipc's own (the pid refresh)
+/// is run by the caller; a C library that relies on its own atfork handlers in a forked child
+/// does not get them. `GREENHUB_IPC_FORK=fork` in the environment (read once) makes every start
+/// use [`fork`].
+pub(crate) fn clone_with_pidfd() -> io::Result<Option<Forked>> {
+    let Some(fixups) = CloneFixups::here() else { return Ok(None) };
+    let mut pidfd: libc::c_int = -1;
+    let mut args = clone_args {
+        flags: CLONE_PIDFD | libc::CLONE_CHILD_SETTID as u64 | libc::CLONE_CHILD_CLEARTID as u64,
+        pidfd: (&raw mut pidfd) as u64,
+        child_tid: fixups.tid as u64,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: 0,
+    };
+    // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of this address space,
+    // running on a copy of this stack, and returns from the call like `fork`'s child. `args` is
+    // a valid, fully initialised clone_args of the size passed; `pidfd` is a live out-int;
+    // `child_tid` points at this thread's tid field in glibc's descriptor, which the kernel
+    // writes in the child's copy. Why bypassing glibc's fork is sound here: `CloneFixups::here`
+    // returned only because the process is single-threaded, and the child applies the fixups
+    // below before returning.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_clone3, &raw mut args, std::mem::size_of::<clone_args>())
+    };
+    match rc {
+        -1 => {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::ENOSYS | libc::EPERM) => {
+                    CLONE3_WORKS.store(false, Ordering::Relaxed);
+                    Ok(None)
+                }
+                _ => Err(err),
+            }
+        }
+        0 => {
+            let pid = fixups.apply_in_child();
+            Ok(Some(Forked::Child(InChild(PhantomData), Some(pid))))
+        }
+        pid => {
+            // SAFETY: the kernel made this fd for us together with the child; nobody else owns it.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            Ok(Some(Forked::Parent(pid as u32, Some(pidfd))))
+        }
+    }
+}
+
+/// The kernel's `struct clone_args` (linux/sched.h), version 2 (88 bytes, Linux 5.7; a 5.3
+/// kernel takes the first 64 bytes only if the rest is zero, which it is here).
+#[repr(C)]
+#[allow(non_camel_case_types)]
+struct clone_args {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// What glibc's fork would fix in the child that a raw `clone3` does not: where this thread's
+/// tid lives in glibc's descriptor, and this thread's robust-mutex list head.
+struct CloneFixups {
+    tid: *mut libc::pid_t,
+    robust_head: *mut *mut libc::c_void,
+    robust_len: usize,
+}
+
+impl CloneFixups {
+    /// The fixups for the calling thread, or `None` if `clone3` must not be used here.
+    fn here() -> Option<CloneFixups> {
+        if !CLONE3_WORKS.load(Ordering::Relaxed) || !single_threaded() {
+            return None;
+        }
+        let offset = glibc_tid_offset()?;
+        // SAFETY: pthread_self has no preconditions; it points at this thread's descriptor,
+        // which holds the tid at `offset` (glibc's own description of its layout).
+        let tid = unsafe { (libc::pthread_self() as *mut u8).add(offset) }.cast();
+        let mut head: *mut libc::c_void = std::ptr::null_mut();
+        let mut len: libc::size_t = 0;
+        // SAFETY: get_robust_list(0, ...) reads the calling thread's registration into two live
+        // out-values.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_get_robust_list, 0, &raw mut head, &raw mut len) };
+        if rc != 0 || head.is_null() {
+            return None;
+        }
+        Some(CloneFixups { tid, robust_head: head.cast(), robust_len: len })
+    }
+
+    /// In the new child, before anything else: an empty robust list, registered. Returns the
+    /// child's pid: the tid the kernel has just written, since the one thread of a
+    /// single-threaded process is its main thread, whose tid is the pid (no `getpid` needed).
+    fn apply_in_child(&self) -> u32 {
+        // SAFETY: `robust_head` is this thread's `struct robust_list_head` (the kernel's ABI: its
+        // first field is the list's first link), in the child's private copy of memory; pointing
+        // it at itself empties the list, as glibc's fork does: the child owns none of the robust
+        // mutexes the parent's thread held. set_robust_list only records the pointer.
+        unsafe {
+            *self.robust_head = self.robust_head.cast();
+            libc::syscall(libc::SYS_set_robust_list, self.robust_head, self.robust_len);
+        }
+        // SAFETY: `tid` points into this thread's descriptor, written by the kernel
+        // (CLONE_CHILD_SETTID) before the child ran any instruction.
+        unsafe { self.tid.read() as u32 }
+    }
+}
+
+/// Whether this process has only ever had one thread: glibc's `__libc_single_threaded`
+/// (glibc 2.32+; false where it is missing). Conservative: it stays false once a thread has
+/// been created, even after that thread ended.
+fn single_threaded() -> bool {
+    static FLAG: OnceLock<usize> = OnceLock::new();
+    let flag = *FLAG.get_or_init(|| glibc_symbol(c"__libc_single_threaded"));
+    // SAFETY: a non-zero address is glibc's `char __libc_single_threaded`, valid for the life of
+    // the process; only this thread could change it (by creating a thread), so a plain read is
+    // not racing with anyone while it is true.
+    flag != 0 && unsafe { std::ptr::read_volatile(flag as *const libc::c_char) } != 0
+}
+
+/// The offset of `tid` in glibc's `struct pthread`, from the descriptor glibc exports for
+/// thread debuggers (`_thread_db_pthread_tid`: size in bits, count, offset). `None` where it
+/// is missing, or `GREENHUB_IPC_FORK=fork` asks for glibc's fork.
+fn glibc_tid_offset() -> Option<usize> {
+    static OFFSET: OnceLock<Option<usize>> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        if std::env::var_os("GREENHUB_IPC_FORK").is_some_and(|v| v == "fork") {
+            return None;
+        }
+        let desc = glibc_symbol(c"_thread_db_pthread_tid");
+        if desc == 0 {
+            return None;
+        }
+        // SAFETY: glibc's `const uint32_t _thread_db_pthread_tid[3]`, valid for the process's life.
+        let [bits, count, offset] = unsafe { std::ptr::read(desc as *const [u32; 3]) };
+        (bits == 32 && count == 1).then_some(offset as usize)
+    })
+}
+
+/// The address of a symbol of the C library (0 if it has none of that name).
+fn glibc_symbol(name: &std::ffi::CStr) -> usize {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks the name up.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize }
 }
 
 /// Runs the child side of `start_process` and ends the process with its exit code: `body`'s
