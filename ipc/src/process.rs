@@ -97,7 +97,8 @@ pub struct ProcessBuilder {
 const DEFAULT_TERMINATE_GRACE: Duration = Duration::from_secs(5);
 
 impl ProcessBuilder {
-    /// A non-daemon child with a default name ("Process-N").
+    /// A non-daemon child with a default name ("Process-N" at the top; "P:N" in a child named
+    /// "P", like `multiprocessing`'s "Process-2:1").
     pub fn new() -> Self {
         Self::default()
     }
@@ -245,7 +246,8 @@ impl Process {
         self.state.pid
     }
 
-    /// The name given to [`ProcessBuilder::name`], "Process-N" by default, or the program of a
+    /// The name given to [`ProcessBuilder::name`], "Process-N" by default ("P:N" in a child
+    /// named "P"), or the program of a
     /// [`Command`](crate::Command).
     pub fn name(&self) -> &str {
         &self.state.name
