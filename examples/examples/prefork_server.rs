@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use greenhub::JoinHandle;
 use greenhub::net::{TcpListener, TcpStream};
+use greenhub::signal::Signals;
 use greenhub::sync::Event;
 use greenhub_ipc::{Command, Process, ProcessBuilder, Writer};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -109,7 +110,7 @@ type Control = ();
 /// The parent: binds every socket, starts the workers, replaces the ones that die, and on
 /// SIGTERM stops them gracefully.
 fn serve(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
-    let sigterm = Sigterm::block()?;
+    let sigterm = Sigterm::watch()?;
     if options.single {
         let listener = TcpListener::bind(("127.0.0.1", options.port))?;
         println!("port {}", listener.local_addr()?.port());
@@ -148,42 +149,20 @@ fn serve(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// SIGTERM, received in a coroutine. Interim, until `greenhub::signal::Signals` is on main:
-/// SIGTERM is blocked in this thread (and so in the helper threads it starts later), and a
-/// helper thread of `spawn_blocking` takes it with `sigwait` while the coroutine waits. Workers
-/// start with an empty signal mask (greenhub-ipc resets it in every child).
-struct Sigterm;
+/// SIGTERM, received in a coroutine (`greenhub::signal::Signals`): from the moment it is
+/// watched, its default action (death) does not happen in the parent; workers start with the
+/// default disposition (greenhub-ipc resets every signal in a child), and stop when the parent
+/// tells them to.
+struct Sigterm(Signals);
 
 impl Sigterm {
-    fn block() -> io::Result<Sigterm> {
-        // SAFETY: an emptied sigset_t with one signal added is a valid mask; the old-mask
-        // pointer may be null.
-        let rc = unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
-        };
-        if rc == 0 { Ok(Sigterm) } else { Err(io::Error::from_raw_os_error(rc)) }
+    fn watch() -> io::Result<Sigterm> {
+        Signals::new(&[libc::SIGTERM]).map(Sigterm)
     }
 
     /// Suspends the calling coroutine until SIGTERM arrives.
     fn recv(&self) {
-        greenhub::spawn_blocking(|| {
-            loop {
-                // SAFETY: as in `block`; `sigwait` writes the signal number through a valid pointer.
-                let (rc, signal) = unsafe {
-                    let mut set: libc::sigset_t = std::mem::zeroed();
-                    libc::sigemptyset(&mut set);
-                    libc::sigaddset(&mut set, libc::SIGTERM);
-                    let mut signal = 0;
-                    (libc::sigwait(&set, &mut signal), signal)
-                };
-                if rc == 0 && signal == libc::SIGTERM {
-                    return;
-                }
-            }
-        });
+        while self.0.recv().is_err() {} // the wait on its eventfd does not fail in practice
     }
 }
 
