@@ -303,10 +303,14 @@ pub(crate) unsafe fn forget_inherited() {
         Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
         Err(TryLockError::WouldBlock) => return,
     };
-    for (signal, previous) in registry.previous.iter_mut().enumerate() {
-        if let Some(previous) = previous.take() {
+    // Only what the parent's watchers changed is written: a store to a page of the registry
+    // makes the child copy that page (copy-on-write), three of them per child when nothing
+    // needs restoring. The rest resets itself on first use: `registry()` sees the parent's pid.
+    for (signal, slot) in registry.previous.iter_mut().enumerate() {
+        if slot.is_some()
+            && let Some(previous) = slot.take()
+        {
             sys::restore_signal_disposition(signal as i32, &previous);
         }
     }
-    *registry = Registry { pid: std::process::id(), ..Registry::new() };
 }
