@@ -6,9 +6,9 @@
 //!
 //! Run: `cargo run --release -p examples --example parent_child`
 //!
-//! Expected output (the pid varies):
+//! Expected output (`{pid}` stands for the child's pid, which varies):
 //! ```text
-//! parent: started Process-1 (pid 12345)
+//! parent: started Process-1 (pid {pid})
 //! child: got 0 from the parent
 //! parent: the child answered "0 squared is 0"
 //! parent: Process-1 exited with exit status: 0

@@ -23,11 +23,13 @@
 //! to serve until SIGTERM (the first line printed is `port P`; `--single` serves in one process,
 //! without workers, for comparison), or `-- burst` to measure the spread of both mechanisms.
 //!
-//! Expected output of the demo (the worker count is your CPU count, the spread varies a little,
-//! and the server's own log line about the killed worker goes to stderr):
+//! Expected output of the demo (the worker count is your CPU count and the spread varies a
+//! little, so both are `{n}`; the server's own log line about the killed worker goes to
+//! stderr). On 2 CPUs, for instance, `server: 2 workers, ...` and `... (fewest by one worker: 94%
+//! of a fair share)`:
 //! ```text
-//! server: 2 workers, one SO_REUSEPORT socket each
-//! burst: 2000 connections, 2000 answered, by 2 workers (fewest by one worker: 96% of a fair share)
+//! server: {n} workers, one SO_REUSEPORT socket each
+//! burst: 2000 connections, 2000 answered, by {n} workers (fewest by one worker: {n}% of a fair share)
 //! killed a worker: 200 more connections, 200 answered, 1 worker(s) new since the burst
 //! SIGTERM with a request in progress: it was answered, and the server exited with 0
 //! ```
