@@ -10,7 +10,7 @@
 //! culprit. Then the fixes: the hog calls `yield_now()` every 1,000 steps, or the culprit runs
 //! on a helper thread with `spawn_blocking`; either way the ticker keeps ticking. The third fix,
 //! the `patch` feature (which makes `std::thread::sleep` itself a suspension point), is built
-//! only in the `tests-patch` workspace; `docs/bad-actor.md` shows it.
+//! only in the `tests-patch` workspace: `patched_bad_actor`.
 //!
 //! Each scenario runs a ticker (a `sleep(10 ms)` loop) around one culprit and counts the ticks
 //! in coarse categories, so the output does not depend on the machine's speed.
@@ -35,83 +35,16 @@
 //! std::thread::sleep, in spawn_blocking: ticks while it ran: some; longest wait between two ticks: less than 200 ms
 //! ```
 
-use std::cell::RefCell;
 use std::hint::black_box;
 use std::process::{Command, Stdio};
-use std::rc::Rc;
-use std::time::{Duration, Instant};
 
-/// How long each culprit keeps the thread (or, fixed, takes in all).
-const CULPRIT: Duration = Duration::from_millis(200);
-/// The ticker's period.
-const TICK: Duration = Duration::from_millis(10);
+mod common {
+    pub mod ticker;
+}
+use common::ticker::{blocking_sleep, compute, hog, say, scenario};
+
 /// The monitor's threshold in the "detected" part.
 const MONITOR: &str = "50ms";
-
-/// Arithmetic until `CULPRIT` has passed, calling `between` every 1,000 steps.
-fn compute(between: impl Fn()) -> u64 {
-    let (start, mut x) = (Instant::now(), 1u64);
-    while start.elapsed() < CULPRIT {
-        for _ in 0..1_000 {
-            x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407));
-        }
-        between();
-    }
-    x
-}
-
-/// What the ticker saw while the culprit ran.
-struct Seen {
-    ticks_during: usize,
-    longest_wait: Duration,
-}
-
-/// Runs a ticker, lets it tick a few times, runs `culprit` in a coroutine of its own, lets the
-/// ticker tick again, and says what the ticker saw. Returns the culprit's coroutine id too.
-fn scenario(culprit: impl FnOnce() + 'static) -> (Seen, greenhub::CoroutineId) {
-    greenhub::run(|| {
-        let ticks = Rc::new(RefCell::new(Vec::new()));
-        let ticker = greenhub::spawn({
-            let ticks = ticks.clone();
-            move || {
-                loop {
-                    greenhub::sleep(TICK);
-                    ticks.borrow_mut().push(Instant::now());
-                }
-            }
-        });
-        greenhub::sleep(3 * TICK);
-        let culprit = greenhub::spawn(move || {
-            let start = Instant::now();
-            culprit();
-            (greenhub::current(), start, Instant::now())
-        });
-        let (id, start, end) = culprit.join().expect("the culprit");
-        greenhub::sleep(3 * TICK);
-        ticker.cancel();
-        let ticks = ticks.borrow();
-        let ticks_during = ticks.iter().filter(|&&t| start < t && t < end).count();
-        let longest_wait = ticks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
-        (Seen { ticks_during, longest_wait }, id)
-    })
-}
-
-fn say(what: &str, seen: Seen) {
-    let during = if seen.ticks_during == 0 { "none" } else { "some" };
-    let longest = if seen.longest_wait >= CULPRIT { "at least" } else { "less than" };
-    println!(
-        "{what}: ticks while it ran: {during}; longest wait between two ticks: {longest} {} ms",
-        CULPRIT.as_millis()
-    );
-}
-
-fn hog() {
-    black_box(compute(|| {}));
-}
-
-fn blocking_sleep() {
-    std::thread::sleep(CULPRIT);
-}
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("monitored") {
