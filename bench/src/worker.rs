@@ -84,6 +84,15 @@ pub fn parked_report(
         .with("kb_per_coroutine", (mem[1] - mem[0]) * 1e6 / 1024.0 / n as f64)
 }
 
+/// The one deadline of the parked benchmarks, in `mono_ns` time: set when all `n` coroutines are
+/// spawned (at `spawned`, having started at `t0`), before any has started; starting them takes a
+/// small multiple of spawning them (about 2.5x for gevent, less for the Rust runtimes), so
+/// `slack` times the spawning time plus `min_sleep_ms` leaves them all asleep at once without
+/// an idle wait sized for the slowest implementation.
+pub fn parked_deadline(t0: u64, spawned: u64, slack: u64, min_sleep_ms: u64) -> u64 {
+    spawned + slack * (spawned - t0) + min_sleep_ms * 1_000_000
+}
+
 /// The deadline of sleeper `i` of `n`, in ns after the start: spread uniformly over
 /// [start, start + spread), handed out in a scrambled order (7919 is prime and divides no n used
 /// here, so `i * 7919 mod n` is a permutation) so no timer structure is fed sorted input.

@@ -29,7 +29,7 @@ use crate::sys;
 use crate::task::{Body, CancelMark, FiredTimeout, Spawn, Task, TaskRef, TaskState, WaitReason};
 use crate::timer::{TimedOut, TimeoutId};
 
-type Co = Coroutine<Wake, Suspend, (), CoStack>;
+pub(crate) type Co = Coroutine<Wake, Suspend, (), CoStack>;
 
 /// A coroutine on the heap, so that parking and resuming move a pointer; `None` only in the
 /// moment between a pooled coroutine giving up its stack and the new one taking it.

@@ -42,6 +42,8 @@
 mod blocking;
 pub mod coroutine;
 pub mod ext;
+#[cfg(test)]
+mod footprint;
 mod hub;
 pub mod io;
 mod join;
