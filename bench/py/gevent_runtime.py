@@ -154,15 +154,16 @@ def mem_mb():
 
 def parked(n, stack, slack, min_sleep_ms):
     """n greenlets asleep until one deadline; `stack` is ignored (greenlets copy the part of the
-    C stack they use to the heap when switched out). The deadline is set once all are spawned
-    (they start when the root yields): `slack` times the spawning time plus `min_sleep_ms` later,
-    as in the Rust workers (bench/src/worker.rs, parked_deadline)."""
+    C stack they use to the heap when switched out). Each yields once when it starts, so the root
+    runs again once all have started and sets the deadline from how long that took (as the Rust
+    workers do: bench/src/worker.rs, parked_deadline); then each reads it and sleeps."""
     before = mem_mb()
     t0 = perf_counter()
     deadline = [None]
     late = [0]
 
     def sleeper():
+        gevent.sleep(0)  # back in the queue behind the root
         left = deadline[0] - perf_counter()
         if left <= 0:
             late[0] += 1
@@ -170,14 +171,16 @@ def parked(n, stack, slack, min_sleep_ms):
 
     gs = [gevent.spawn(sleeper) for _ in range(n)]
     spawned = perf_counter()
-    deadline[0] = spawned + slack * (spawned - t0) + min_sleep_ms / 1e3
-    gevent.sleep(0)  # every greenlet starts (its start callback runs first) and goes to sleep
+    gevent.sleep(0)  # every greenlet starts (its start callback runs first) and yields
+    started = perf_counter()
+    deadline[0] = started + slack * (started - spawned) + min_sleep_ms / 1e3
+    gevent.sleep(0)  # every greenlet reads the deadline and goes to sleep
     asleep = perf_counter() - t0
     mem = mem_mb()
     gevent.joinall(gs)
     end = perf_counter()
     if late[0]:
-        sys.exit(f"{late[0]} greenlets started after the deadline: raise slack")
+        sys.exit(f"{late[0]} greenlets went to sleep after the deadline: raise slack")
     return {
         "asleep_s": asleep,
         "wake_s": end - deadline[0],

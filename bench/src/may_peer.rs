@@ -208,6 +208,7 @@ fn parked(n: u64, slack: u64, min_sleep_ms: u64) -> Result<Report, String> {
     let handles: Vec<_> = (0..n)
         .map(|_| {
             let h = go!(move || {
+                coroutine::yield_now(); // back in the queue behind the root
                 let left = DEADLINE.load(Ordering::Relaxed).saturating_sub(sys::mono_ns());
                 coroutine::sleep(std::time::Duration::from_nanos(left));
                 left == 0
@@ -216,16 +217,18 @@ fn parked(n: u64, slack: u64, min_sleep_ms: u64) -> Result<Report, String> {
             h
         })
         .collect();
-    let deadline = parked_deadline(t0, sys::mono_ns(), slack, min_sleep_ms);
+    let spawned = sys::mono_ns();
+    coroutine::yield_now(); // every one starts (on this one worker) and yields
+    let deadline = parked_deadline(spawned, sys::mono_ns(), slack, min_sleep_ms);
     DEADLINE.store(deadline, Ordering::Relaxed);
-    coroutine::yield_now(); // may runs the spawned ones on this one worker meanwhile
+    coroutine::yield_now(); // every one reads the deadline and goes to sleep
     let asleep = sys::mono_ns() - t0;
     let mem = sys::rss_pte_mb();
     let late = handles.into_iter().map(join).filter(|&late| late).count();
     let end = sys::mono_ns() - t0;
     match late {
         0 => Ok(parked_report(n, asleep, deadline - t0, end, [before, mem])),
-        l => Err(format!("{l} coroutines started after the deadline: raise slack")),
+        l => Err(format!("{l} coroutines went to sleep after the deadline: raise slack")),
     }
 }
 

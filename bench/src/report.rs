@@ -513,8 +513,8 @@ fn notes(w: &mut String) {
          deadline, peak RSS = `ru_maxrss` of the process (each N in a fresh process, so the interpreter \
          or runtime's own footprint is included: compare like with like).\n\
          - **parked (1M at 64 KiB stacks, 100k at the default size)**: N coroutines each sleep until \
-         one deadline, set once all are spawned (before any has started): 30 × (gevent: 5 ×, may: 2 ×) the spawning time + 1 s \
-         later, so that every implementation has them all asleep by then; at most 1 round (1M) and 3 \
+         one deadline, set once all have started (each yields once when it starts): the starting time \
+         + 1 s later, so that every implementation has them all asleep by then; at most 1 round (1M) and 3 \
          rounds (100k); *spawned and all asleep*: from the first spawn until the last one sleeps; \
          *woken and joined*: from the deadline until all are joined; memory: VmRSS + VmPTE \
          (`/proc/self/status`) with all asleep, and per coroutine: its growth over the process \

@@ -373,24 +373,13 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
             ("start_ms", q(1_000, 100)),
             ("spread_ms", q(500, 50)),
         ],
-        // One deadline for all, set once all are spawned: `slack` times the spawning time plus
-        // `min_sleep_ms` later (worker::parked_deadline), so every implementation has them all
-        // asleep by then without an idle wait sized for the slowest one. The slack is how much
-        // longer starting them takes than spawning them, with a margin: gevent's start is about
-        // 2.5x its spawn; greenhub's about 15x (a spawn only carves a stack, the start's first
-        // touch of it is a page fault); may's less than 1x (its spawn maps the stack). This holds on a loaded machine
-        // too (CI), as both phases slow down alike.
+        // One deadline for all, set once all have started (worker::parked_deadline): `slack`
+        // times the starting time plus `min_sleep_ms` later, so every implementation has them
+        // all asleep by then without an idle wait sized for the slowest one.
         "parked1m" | "parked100k" => vec![
             ("n", if bench == "parked1m" { q(1_000_000, 20_000) } else { q(100_000, 5_000) }),
             ("stack", if bench == "parked1m" { 64 * 1024 } else { 0 }),
-            (
-                "slack",
-                match imp {
-                    Gevent => 5,
-                    May => 2,
-                    _ => 30,
-                },
-            ),
+            ("slack", 1),
             ("min_sleep_ms", q(1_000, 500)),
         ],
         "patch_read" => vec![("n", q(2_000_000, 20_000))],

@@ -84,13 +84,13 @@ pub fn parked_report(
         .with("kb_per_coroutine", (mem[1] - mem[0]) * 1e6 / 1024.0 / n as f64)
 }
 
-/// The one deadline of the parked benchmarks, in `mono_ns` time: set when all `n` coroutines are
-/// spawned (at `spawned`, having started at `t0`), before any has started; starting them takes a
-/// small multiple of spawning them (about 2.5x for gevent, less for the Rust runtimes), so
-/// `slack` times the spawning time plus `min_sleep_ms` leaves them all asleep at once without
-/// an idle wait sized for the slowest implementation.
-pub fn parked_deadline(t0: u64, spawned: u64, slack: u64, min_sleep_ms: u64) -> u64 {
-    spawned + slack * (spawned - t0) + min_sleep_ms * 1_000_000
+/// The one deadline of the parked benchmarks, in `mono_ns` time. Every implementation spawns all
+/// `n` coroutines, yields once (at `spawned`) so that each starts and yields back, and sets the
+/// deadline when it runs again (at `started`), before any has read it: starting was the costly
+/// part, and what is left (each reads the deadline and sleeps) costs less, so `slack` times the
+/// starting time plus `min_sleep_ms` leaves them all asleep at once, loaded machine or not.
+pub fn parked_deadline(spawned: u64, started: u64, slack: u64, min_sleep_ms: u64) -> u64 {
+    started + slack * (started - spawned) + min_sleep_ms * 1_000_000
 }
 
 /// The deadline of sleeper `i` of `n`, in ns after the start: spread uniformly over

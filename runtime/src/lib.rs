@@ -50,6 +50,8 @@ mod join;
 pub mod local;
 mod monitor;
 pub mod net;
+#[cfg(test)]
+mod overflow_in_child;
 #[cfg(feature = "patch")]
 pub mod patch;
 pub mod signal;

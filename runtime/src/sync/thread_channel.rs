@@ -374,18 +374,7 @@ impl<T> SelectRecv for ThreadReceiver<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::process::ExitStatusExt;
-    use std::process::Command;
-
-    const CHILD: &str = "GREENHUB_UNIT_THREAD_CHANNEL_OVERFLOW_CHILD";
-
-    fn recurse(depth: u64) -> u64 {
-        let frame = std::hint::black_box([depth as u8; 512]);
-        if depth == u64::MAX {
-            return 0;
-        }
-        recurse(depth + 1) + u64::from(std::hint::black_box(frame)[7])
-    }
+    use crate::overflow_in_child::{aborts_inside_bookkeeping, recurse};
 
     /// A coroutine overflowing while it holds a thread channel's lock would hold it forever
     /// (other threads would hang on it): that overflow is greenhub's bookkeeping's, and aborts
@@ -393,28 +382,11 @@ mod tests {
     /// from inside to put the overflow there.)
     #[test]
     fn an_overflow_with_a_thread_channels_lock_held_aborts_even_with_recovery_on() {
-        if std::env::var_os(CHILD).is_some() {
-            let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: setrlimit reads a live rlimit (no core file for the expected abort).
-            unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
-            crate::Builder::new().recover_stack_overflow(true).run(|| {
-                let h = crate::spawn(|| {
-                    let (tx, _rx) = super::thread_channel::<u8>();
-                    let _locked = tx.shared.lock();
-                    recurse(0)
-                });
-                let _ = h.join();
-            });
-            unreachable!("the overflow must abort");
-        }
         let test = "sync::thread_channel::tests::an_overflow_with_a_thread_channels_lock_held_aborts_even_with_recovery_on";
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{}\n{stderr}", out.status);
-        assert!(stderr.contains("inside greenhub's own bookkeeping"), "{stderr}");
+        aborts_inside_bookkeeping(test, || {
+            let (tx, _rx) = super::thread_channel::<u8>();
+            let _locked = tx.shared.lock();
+            recurse(0)
+        });
     }
 }
