@@ -152,31 +152,38 @@ def mem_mb():
     return (kib("VmRSS") + kib("VmPTE")) * 1024 / 1e6
 
 
-def parked(n, stack, sleep_ms):
+def parked(n, stack, slack, min_sleep_ms):
     """n greenlets asleep until one deadline; `stack` is ignored (greenlets copy the part of the
-    C stack they use to the heap when switched out)."""
+    C stack they use to the heap when switched out). Each yields once when it starts, so the root
+    runs again once all have started and sets the deadline from how long that took (as the Rust
+    workers do: bench/src/worker.rs, parked_deadline); then each reads it and sleeps."""
     before = mem_mb()
     t0 = perf_counter()
-    deadline = t0 + sleep_ms / 1e3
+    deadline = [None]
     late = [0]
 
     def sleeper():
-        left = deadline - perf_counter()
+        gevent.sleep(0)  # back in the queue behind the root
+        left = deadline[0] - perf_counter()
         if left <= 0:
             late[0] += 1
         gevent.sleep(max(0.0, left))
 
     gs = [gevent.spawn(sleeper) for _ in range(n)]
-    gevent.sleep(0)  # every greenlet starts (its start callback runs first) and goes to sleep
+    spawned = perf_counter()
+    gevent.sleep(0)  # every greenlet starts (its start callback runs first) and yields
+    started = perf_counter()
+    deadline[0] = started + slack * (started - spawned) + min_sleep_ms / 1e3
+    gevent.sleep(0)  # every greenlet reads the deadline and goes to sleep
     asleep = perf_counter() - t0
     mem = mem_mb()
     gevent.joinall(gs)
-    end = perf_counter() - t0
+    end = perf_counter()
     if late[0]:
-        sys.exit(f"{late[0]} greenlets started after the deadline: raise sleep_ms")
+        sys.exit(f"{late[0]} greenlets went to sleep after the deadline: raise slack")
     return {
         "asleep_s": asleep,
-        "wake_s": end - sleep_ms / 1e3,
+        "wake_s": end - deadline[0],
         "mem_mb": mem,
         "kb_per_coroutine": (mem - before) * 1e6 / 1024 / n,
     }

@@ -3,7 +3,9 @@
 //! inside its own `greenhub::run`, in a fresh worker process. (The ipc side: `greenhub_ipc_peer.rs`.)
 
 use crate::sys;
-use crate::worker::{Params, Report, parked_report, sleeper_offset_ns, sleeper_report};
+use crate::worker::{
+    Params, Report, parked_deadline, parked_report, sleeper_offset_ns, sleeper_report,
+};
 use greenhub::{JoinHandle, spawn, yield_now};
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -26,7 +28,9 @@ pub fn run(bench: &str, p: &Params) -> Result<Report, String> {
         }
         "tcp" => greenhub::run(|| tcp(p.get("clients"), p.get("n"), p.get("size") as usize))
             .map_err(|e| e.to_string()),
-        "parked" => greenhub::run(|| parked(p.get("n"), p.get("stack"), p.get("sleep_ms"))),
+        "parked" => greenhub::run(|| {
+            parked(p.get("n"), p.get("stack"), p.get("slack"), p.get("min_sleep_ms"))
+        }),
         other => Err(format!("greenhub has no benchmark {other}")),
     }
 }
@@ -131,27 +135,34 @@ fn sleepers(n: u64, start_ms: u64, spread_ms: u64) -> Report {
 }
 
 /// `n` coroutines (with `stack` bytes of stack, 0: the default) that all sleep until one
-/// deadline, `sleep_ms` after the first spawn: spawned, all asleep at once, woken and joined.
-fn parked(n: u64, stack: u64, sleep_ms: u64) -> Result<Report, String> {
+/// deadline: spawned, all asleep at once, woken and joined. Each yields once when it starts, so
+/// that the root runs again once all have started (the costly part: the first touch of each
+/// stack) and sets the deadline from how long that took (see [`parked_deadline`]); then each
+/// reads it and sleeps.
+fn parked(n: u64, stack: u64, slack: u64, min_sleep_ms: u64) -> Result<Report, String> {
     let before = sys::rss_pte_mb();
     let t0 = sys::mono_ns();
-    let deadline = t0 + sleep_ms * 1_000_000;
+    let deadline = std::rc::Rc::new(std::cell::Cell::new(u64::MAX));
     let late = std::rc::Rc::new(std::cell::Cell::new(0u64));
     let handles: Vec<_> = (0..n)
         .map(|_| {
-            let late = late.clone();
+            let (late, deadline) = (late.clone(), deadline.clone());
             let builder = match stack {
                 0 => greenhub::coroutine::Builder::new(),
                 size => greenhub::coroutine::Builder::new().stack_size(size as usize),
             };
             builder.spawn(move || {
-                let left = deadline.saturating_sub(sys::mono_ns());
+                yield_now(); // back in the queue behind the root
+                let left = deadline.get().saturating_sub(sys::mono_ns());
                 late.set(late.get() + u64::from(left == 0));
                 greenhub::sleep(Duration::from_nanos(left));
             })
         })
         .collect();
-    yield_now(); // every one starts (they were queued before the root) and goes to sleep
+    let spawned = sys::mono_ns();
+    yield_now(); // every one starts (they were queued before the root) and yields
+    deadline.set(parked_deadline(spawned, sys::mono_ns(), slack, min_sleep_ms));
+    yield_now(); // every one reads the deadline and goes to sleep
     let asleep = sys::mono_ns() - t0;
     let mem = sys::rss_pte_mb();
     for h in handles {
@@ -159,8 +170,8 @@ fn parked(n: u64, stack: u64, sleep_ms: u64) -> Result<Report, String> {
     }
     let end = sys::mono_ns() - t0;
     match late.get() {
-        0 => Ok(parked_report(n, asleep, deadline - t0, end, [before, mem])),
-        l => Err(format!("{l} coroutines started after the deadline: raise sleep_ms")),
+        0 => Ok(parked_report(n, asleep, deadline.get() - t0, end, [before, mem])),
+        l => Err(format!("{l} coroutines went to sleep after the deadline: raise slack")),
     }
 }
 

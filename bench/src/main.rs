@@ -18,7 +18,9 @@ mod greenhub_peer;
 #[cfg(feature = "greenhub")]
 mod http;
 mod may_peer;
+mod patch_rows;
 mod raw;
+mod ready_read;
 mod report;
 mod runner;
 mod spec;
@@ -150,10 +152,11 @@ fn measure(runner: &Runner, opts: &Options, python_ok: bool) -> Results {
             .filter(|i| opts.impls.as_ref().is_none_or(|o| o.contains(i)))
             .filter(|&i| available(i, bench.group, python_ok))
             .collect();
-        for round in 1..=opts.rounds {
+        let rounds = opts.rounds.min(spec::max_rounds(bench.id));
+        for round in 1..=rounds {
             for &imp in &impls {
                 let t = Instant::now();
-                let outcome = runner.run(runner.command(bench, imp));
+                let outcome = runner.run(runner.command(bench, imp), runner.limit(bench));
                 let took = t.elapsed().as_secs_f64();
                 let shown = match &outcome {
                     Ok(v) => {
@@ -162,9 +165,8 @@ fn measure(runner: &Runner, opts: &Options, python_ok: bool) -> Results {
                     Err(e) => format!("FAILED: {e}"),
                 };
                 eprintln!(
-                    "[{}] round {round}/{} {:<9} {shown}  ({took:.1} s)",
+                    "[{}] round {round}/{rounds} {:<9} {shown}  ({took:.1} s)",
                     bench.id,
-                    opts.rounds,
                     imp.id()
                 );
                 results.push(bench.id, imp, outcome);

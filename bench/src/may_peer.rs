@@ -4,7 +4,9 @@
 //! the main thread takes no part until the end.
 
 use crate::sys;
-use crate::worker::{Params, Report, parked_report, sleeper_offset_ns, sleeper_report};
+use crate::worker::{
+    Params, Report, parked_deadline, parked_report, sleeper_offset_ns, sleeper_report,
+};
 use may::coroutine::{self, JoinHandle};
 use may::go;
 use std::io::{Read, Write};
@@ -39,11 +41,12 @@ pub fn run(bench: &str, p: &Params) -> Result<Report, String> {
             move || tcp(clients, n, size).map_err(|e| e.to_string())
         }),
         "parked" => {
-            let (n, stack, sleep_ms) = (p.get("n"), p.get("stack"), p.get("sleep_ms"));
+            let (n, stack) = (p.get("n"), p.get("stack"));
+            let (slack, min_sleep_ms) = (p.get("slack"), p.get("min_sleep_ms"));
             if stack > 0 {
                 may::config().set_stack_size(stack as usize / std::mem::size_of::<usize>());
             }
-            Box::new(move || parked(n, sleep_ms))
+            Box::new(move || parked(n, slack, min_sleep_ms))
         }
         other => return Err(format!("may has no benchmark {other}")),
     };
@@ -180,21 +183,33 @@ fn tcp(clients: u64, n: u64, size: usize) -> std::io::Result<Report> {
 /// may coroutines spawned so far by `parked`, for the failure message.
 static SPAWNED: AtomicU64 = AtomicU64::new(0);
 
+/// The deadline of `parked`'s sleepers (`mono_ns`), set once all are spawned.
+static DEADLINE: AtomicU64 = AtomicU64::new(u64::MAX);
+
 /// `n` coroutines asleep until one deadline, as greenhub's `parked`. may maps each stack with a
 /// guard page of its own (two mappings), so past about `vm.max_map_count / 2` live coroutines
-/// its allocation fails; the panic hook says after how many, and with what.
-fn parked(n: u64, sleep_ms: u64) -> Result<Report, String> {
+/// its allocation fails; the panic hook says after how many, with what error, and how many
+/// mappings the process had then (counted in `/proc/self/maps`, next to `vm.max_map_count`).
+fn parked(n: u64, slack: u64, min_sleep_ms: u64) -> Result<Report, String> {
     std::panic::set_hook(Box::new(|info| {
         let spawned = SPAWNED.load(Ordering::Relaxed);
-        eprintln!("fails at {spawned} live coroutines: {info}");
+        let (maps, max) = (mapping_count(), max_map_count());
+        let what = info.to_string();
+        let errno = what.split("code: ").nth(1).and_then(|r| r.split(',').next());
+        let errno = errno.and_then(|e| e.parse::<i32>().ok()).map(errno_name);
+        let cause = errno.map_or_else(|| "a panic".to_string(), |e| format!("stack mmap {e}"));
+        eprintln!(
+            "fails at {spawned} live coroutines: {cause} at {maps} mappings \
+             (vm.max_map_count {max}); may said: {info}"
+        );
     }));
     let before = sys::rss_pte_mb();
     let t0 = sys::mono_ns();
-    let deadline = t0 + sleep_ms * 1_000_000;
     let handles: Vec<_> = (0..n)
         .map(|_| {
             let h = go!(move || {
-                let left = deadline.saturating_sub(sys::mono_ns());
+                coroutine::yield_now(); // back in the queue behind the root
+                let left = DEADLINE.load(Ordering::Relaxed).saturating_sub(sys::mono_ns());
                 coroutine::sleep(std::time::Duration::from_nanos(left));
                 left == 0
             });
@@ -202,13 +217,36 @@ fn parked(n: u64, sleep_ms: u64) -> Result<Report, String> {
             h
         })
         .collect();
-    coroutine::yield_now(); // may runs the spawned ones on this one worker meanwhile
+    let spawned = sys::mono_ns();
+    coroutine::yield_now(); // every one starts (on this one worker) and yields
+    let deadline = parked_deadline(spawned, sys::mono_ns(), slack, min_sleep_ms);
+    DEADLINE.store(deadline, Ordering::Relaxed);
+    coroutine::yield_now(); // every one reads the deadline and goes to sleep
     let asleep = sys::mono_ns() - t0;
     let mem = sys::rss_pte_mb();
     let late = handles.into_iter().map(join).filter(|&late| late).count();
     let end = sys::mono_ns() - t0;
     match late {
         0 => Ok(parked_report(n, asleep, deadline - t0, end, [before, mem])),
-        l => Err(format!("{l} coroutines started after the deadline: raise sleep_ms")),
+        l => Err(format!("{l} coroutines went to sleep after the deadline: raise slack")),
+    }
+}
+
+/// How many memory mappings this process has now.
+fn mapping_count() -> usize {
+    std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count())
+}
+
+fn max_map_count() -> String {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count").map_or("?".into(), |s| s.trim().into())
+}
+
+/// The symbolic name of the errno values a stack allocation can fail with.
+fn errno_name(code: i32) -> String {
+    match code {
+        libc::ENOMEM => "ENOMEM".into(),
+        libc::EAGAIN => "EAGAIN".into(),
+        libc::EINVAL => "EINVAL".into(),
+        other => format!("errno {other}"),
     }
 }

@@ -22,6 +22,9 @@ pub fn run(bench: &str, p: &Params) -> io::Result<Report> {
         "big_raw" | "big_ser" => big(p.get("size") as usize, p.opt("pipe_size")),
         "pingpong" => pingpong(p.get("n"), p.get("pinned") != 0),
         "process" => process(p.get("n")),
+        "patch_read" => {
+            Ok(Report::new().with("ns_per_read", crate::ready_read::ns_per_read(p.get("n"))?))
+        }
         other => Err(io::Error::other(format!("raw has no benchmark {other}"))),
     }
 }

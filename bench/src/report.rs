@@ -458,11 +458,17 @@ fn spread(w: &mut String, groups: &[Group], results: &Results) {
     let _ = writeln!(w, "\n</details>\n");
 }
 
-/// "fails at N live coroutines" in a failure message (may's parked worker says so): N.
+/// "fails at N live coroutines: CAUSE, ..." in a failure message (may's parked worker says so,
+/// measured when its stack allocation fails): "N: CAUSE".
 fn fails_at(message: &str) -> Option<String> {
     let rest = message.split("fails at ").nth(1)?;
     let n: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    (!n.is_empty()).then_some(n)
+    let cause = rest.split_once(": ").map(|(_, c)| c.split(';').next().unwrap_or(c));
+    match cause {
+        _ if n.is_empty() => None,
+        Some(cause) => Some(format!("{n}: {}", cause.trim())),
+        None => Some(n),
+    }
 }
 
 fn failures(w: &mut String, groups: &[Group], results: &Results) {
@@ -507,8 +513,9 @@ fn notes(w: &mut String) {
          deadline, peak RSS = `ru_maxrss` of the process (each N in a fresh process, so the interpreter \
          or runtime's own footprint is included: compare like with like).\n\
          - **parked (1M at 64 KiB stacks, 100k at the default size)**: N coroutines each sleep until \
-         one deadline (60 s / 3 s after the first spawn, so that every implementation has them all \
-         asleep by then); *spawned and all asleep*: from the first spawn until the last one sleeps; \
+         one deadline, set once all have started (each yields once when it starts): the starting time \
+         + 1 s later, so that every implementation has them all asleep by then; at most 1 round (1M) and 3 \
+         rounds (100k); *spawned and all asleep*: from the first spawn until the last one sleeps; \
          *woken and joined*: from the deadline until all are joined; memory: VmRSS + VmPTE \
          (`/proc/self/status`) with all asleep, and per coroutine: its growth over the process \
          before the first spawn, / N. may maps a guard page per stack, so past about \

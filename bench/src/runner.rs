@@ -81,7 +81,9 @@ impl Runner {
     pub fn command(&self, bench: &Bench, imp: Impl) -> Command {
         let name = spec::python_name(bench.id);
         let params = spec::params(bench.id, imp, self.quick);
-        let mut cmd = if imp.is_python() {
+        let mut cmd = if let Some(c) = crate::patch_rows::command(&self.exe, bench.id, imp) {
+            c
+        } else if imp.is_python() {
             let script = if imp == Impl::Gevent { "gevent_runtime.py" } else { "gipc_ipc.py" };
             let mut c = Command::new(&self.python);
             c.arg("-u").arg(self.py_dir.join(script)).arg(name);
@@ -95,15 +97,23 @@ impl Runner {
         cmd
     }
 
+    /// The time limit of one measurement of `bench`: the command line's, or longer for the
+    /// benchmarks that need it (never shorter).
+    pub fn limit(&self, bench: &Bench) -> Duration {
+        let longer = if self.quick { None } else { spec::min_time_limit(bench.id) };
+        longer.map_or(self.timeout, |s| self.timeout.max(Duration::from_secs(s)))
+    }
+
     /// Runs one measurement in its own process group (so a hung worker and any children it forked
-    /// can be killed together) and parses the last JSON line it printed.
-    pub fn run(&self, mut cmd: Command) -> Outcome {
+    /// can be killed together) and parses the last JSON line it printed; past `limit` it is
+    /// killed.
+    pub fn run(&self, mut cmd: Command, limit: Duration) -> Outcome {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         let mut child = cmd.spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
         let pgid = child.id() as libc::pid_t;
         let out = drain(child.stdout.take().expect("piped stdout"));
         let err = drain(child.stderr.take().expect("piped stderr"));
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + limit;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break Some(status),
@@ -121,7 +131,7 @@ impl Runner {
         let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
         let tail = stderr_tail(&err);
         match status {
-            None => Err(format!("timed out after {:?}{tail}", self.timeout)),
+            None => Err(format!("timed out after {limit:?}{tail}")),
             Some(s) if !s.success() => Err(format!("worker {s}{tail}")),
             Some(_) => {
                 let line = out.lines().rev().find(|l| l.trim_start().starts_with('{'));

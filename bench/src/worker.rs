@@ -84,6 +84,15 @@ pub fn parked_report(
         .with("kb_per_coroutine", (mem[1] - mem[0]) * 1e6 / 1024.0 / n as f64)
 }
 
+/// The one deadline of the parked benchmarks, in `mono_ns` time. Every implementation spawns all
+/// `n` coroutines, yields once (at `spawned`) so that each starts and yields back, and sets the
+/// deadline when it runs again (at `started`), before any has read it: starting was the costly
+/// part, and what is left (each reads the deadline and sleeps) costs less, so `slack` times the
+/// starting time plus `min_sleep_ms` leaves them all asleep at once, loaded machine or not.
+pub fn parked_deadline(spawned: u64, started: u64, slack: u64, min_sleep_ms: u64) -> u64 {
+    started + slack * (started - spawned) + min_sleep_ms * 1_000_000
+}
+
 /// The deadline of sleeper `i` of `n`, in ns after the start: spread uniformly over
 /// [start, start + spread), handed out in a scrambled order (7919 is prime and divides no n used
 /// here, so `i * 7919 mod n` is a permutation) so no timer structure is fed sorted input.

@@ -29,7 +29,7 @@ use crate::sys;
 use crate::task::{Body, CancelMark, FiredTimeout, Spawn, Task, TaskRef, TaskState, WaitReason};
 use crate::timer::{TimedOut, TimeoutId};
 
-type Co = Coroutine<Wake, Suspend, (), CoStack>;
+pub(crate) type Co = Coroutine<Wake, Suspend, (), CoStack>;
 
 /// A coroutine on the heap, so that parking and resuming move a pointer; `None` only in the
 /// moment between a pooled coroutine giving up its stack and the new one taking it.
@@ -857,44 +857,16 @@ pub(crate) fn forget_running_after_fork() {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::process::ExitStatusExt;
-    use std::process::Command;
-
-    const CHILD: &str = "GREENHUB_UNIT_OVERFLOW_CHILD";
-
-    fn recurse(depth: u64) -> u64 {
-        let frame = std::hint::black_box([depth as u8; 512]);
-        if depth == u64::MAX {
-            return 0;
-        }
-        recurse(depth + 1) + u64::from(std::hint::black_box(frame)[7])
-    }
+    use crate::overflow_in_child::{aborts_inside_bookkeeping, recurse};
 
     /// An overflow while greenhub's bookkeeping is mid-update is never recovered: the
     /// coroutine overflows with a `HubSection` open, as if inside the task table's update.
     #[test]
     fn an_overflow_inside_greenhubs_bookkeeping_aborts_even_with_recovery_on() {
-        if std::env::var_os(CHILD).is_some() {
-            let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: setrlimit reads a live rlimit (no core file for the expected abort).
-            unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
-            crate::Builder::new().recover_stack_overflow(true).run(|| {
-                let h = crate::spawn(|| {
-                    let _section = crate::sys::HubSection::enter();
-                    recurse(0)
-                });
-                let _ = h.join();
-            });
-            unreachable!("the overflow must abort");
-        }
         let test = "coroutine::tests::an_overflow_inside_greenhubs_bookkeeping_aborts_even_with_recovery_on";
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{}\n{stderr}", out.status);
-        assert!(stderr.contains("inside greenhub's own bookkeeping"), "{stderr}");
+        aborts_inside_bookkeeping(test, || {
+            let _section = crate::sys::HubSection::enter();
+            recurse(0)
+        });
     }
 }

@@ -50,7 +50,7 @@ use slab::Slab;
 
 use crate::hub::{Hub, HubId, hub, try_hub};
 use crate::sync::waitlist::WaitList;
-use crate::sys;
+use crate::sys::{self, HubSection};
 use crate::task::WaitReason;
 
 /// The token of the eventfd that other threads write to wake the loop.
@@ -79,8 +79,17 @@ pub(crate) enum Wait {
 /// How many readiness events one poll returns at most.
 const EVENTS_PER_POLL: usize = 1024;
 
+/// A registration the patch keeps for a managed fd, and the fd table's epoch of its number then.
+#[cfg(feature = "patch")]
+type Kept = (Rc<Registration>, u64);
+
 /// The hub's side of I/O: the epoll instance and what each registration's token means.
 pub(crate) struct Reactor {
+    /// The registrations the patch keeps for the fds it manages (feature `patch`), indexed by
+    /// fd number (small and dense: cheaper than hashing on every wait), with the fd table's
+    /// epoch of the number when it was kept (see [`wait_fd_kept`]).
+    #[cfg(feature = "patch")]
+    kept: RefCell<Vec<Option<Kept>>>,
     poll: RefCell<Poll>,
     events: RefCell<Events>,
     registrations: RefCell<Slab<Weak<Registration>>>,
@@ -109,6 +118,8 @@ impl Reactor {
         let timer = sys::timerfd()?;
         poll.registry().register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
         Ok(Reactor {
+            #[cfg(feature = "patch")]
+            kept: RefCell::new(Vec::new()),
             timer,
             armed: Cell::new(None),
             poll: RefCell::new(poll),
@@ -200,6 +211,7 @@ impl Reactor {
     /// Registering an fd adds it to epoll, which reports its current readiness at the next poll.
     /// An unowned one (a raw wait's) joins the set checked before each poll.
     fn register(&self, hub_id: HubId, fd: RawFd, owned: bool) -> io::Result<Rc<Registration>> {
+        let _section = HubSection::enter(); // the tables and epoll, mid-update
         let mut registrations = self.registrations.borrow_mut();
         let entry = registrations.vacant_entry();
         let key = entry.key();
@@ -236,6 +248,7 @@ impl Reactor {
         if registration.closed.get() {
             return;
         }
+        let _section = HubSection::enter();
         let fd = registration.fd;
         // An fd closed behind our back (and not checked since) has already left epoll, or
         // lingers there under a token nobody answers: ignore the error.
@@ -261,6 +274,7 @@ impl Reactor {
     /// closed or now names another file, it is retired and `None` is returned. (Only a new
     /// wait's lookup pays this; a `Source`'s own waits use the registration it holds.)
     fn registration_of(&self, fd: RawFd) -> Option<Rc<Registration>> {
+        let _section = HubSection::enter(); // a retirement updates the tables
         let found = self.by_fd.borrow().get(&fd).and_then(Weak::upgrade)?;
         if !self.still_registered(&found) {
             self.retire(&found);
@@ -313,6 +327,7 @@ impl Reactor {
 
     /// A `Source` takes (a share of) ownership of `registration`.
     fn adopt(&self, registration: &Registration) {
+        let _section = HubSection::enter();
         if registration.owners.replace(registration.owners.get() + 1) == 0 {
             self.unowned.borrow_mut().remove(&registration.key);
         }
@@ -321,6 +336,7 @@ impl Reactor {
     /// A `Source` lets go of `registration`; if raw waits still hold it, it becomes unowned
     /// (its fd may be closed next, and it is checked before the next poll).
     fn release(&self, registration: &Rc<Registration>) {
+        let _section = HubSection::enter();
         let owners = registration.owners.get() - 1;
         registration.owners.set(owners);
         if owners == 0 && !registration.closed.get() && Rc::strong_count(registration) > 1 {
@@ -682,4 +698,81 @@ pub(crate) fn wait_fd_until(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false), // the deadline passed
         Err(e) => Err(e),
     }
+}
+
+/// The patch's wait on a socket or pipe it manages (feature `patch`), right after the call
+/// failed with `EAGAIN`: [`wait_fd_until`], except that the registration is kept, owned, for
+/// the next wait on `fd`, as a [`Source`] keeps its own. A wait then costs no `epoll_ctl` and no
+/// check, as greenhub's own sockets do.
+///
+/// The patch owns the registration the way a `Source` owns its fd: its `close`, `dup2`, `dup3`
+/// and `accept` hooks see every change of what the number names (through the libc calls) and
+/// bump the number's `epoch` in the fd table. A kept registration of another epoch is retired
+/// without touching epoll (the number may name another file by now) and a fresh one is made,
+/// after `still_same` (the fd table's identity check) says the number still names the file the
+/// patch knows; `Ok(None)` when it does not. Not covered: a number closed and reused by calls the
+/// patch never sees (raw syscalls) after a wait on it, the same limit as for a `Source`.
+#[cfg(feature = "patch")]
+pub(crate) fn wait_fd_kept(
+    fd: RawFd,
+    read: bool,
+    deadline: Option<Instant>,
+    epoch: u64,
+    still_same: impl FnOnce() -> bool,
+) -> io::Result<Option<bool>> {
+    let dir = if read { Direction::Read } else { Direction::Write };
+    let hub = hub("patch");
+    let reactor = &hub.reactor;
+    let Ok(index) = usize::try_from(fd) else { return Ok(None) };
+    let section = HubSection::enter(); // the kept table and the reactor's, mid-update
+    let kept = reactor.kept.borrow().get(index).cloned().flatten();
+    let registration = match kept {
+        Some((r, e)) if e == epoch && !r.closed.get() => r,
+        stale => {
+            if let Some((old, _)) = stale {
+                reactor.kept.borrow_mut()[index] = None;
+                reactor.release(&old);
+                if !old.closed.get() {
+                    reactor.retire(&old);
+                }
+            }
+            if !still_same() {
+                return Ok(None);
+            }
+            let fresh = match reactor.registration_of(fd) {
+                Some(existing) => existing,
+                None => reactor.register(hub.id(), fd, true)?,
+            };
+            reactor.adopt(&fresh);
+            let mut kept = reactor.kept.borrow_mut();
+            if kept.len() <= index {
+                kept.resize(index + 1, None);
+            }
+            kept[index] = Some((fresh.clone(), epoch));
+            fresh
+        }
+    };
+    drop(section); // (the wait's own bookkeeping has its sections: see `WaitList`)
+    // The call just said "not ready": forget the old edge and wait for a new one (as a
+    // `Source` does after `WouldBlock`; no event is processed in between).
+    registration.flag(dir).set(false);
+    match registration.wait(hub, dir, deadline) {
+        Ok(()) => Ok(Some(true)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(false)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The patch's `close` (or `dup2` over) `fd` on this thread, before the real call: the hub lets
+/// go of the registration it kept for `fd`, deregistering it while the fd is still open (unless
+/// a waiter still holds it: it is then checked before the next poll, and wakes with `EBADF`).
+#[cfg(feature = "patch")]
+pub(crate) fn forget_kept(fd: RawFd) {
+    let Some(hub) = try_hub() else { return };
+    let Ok(index) = usize::try_from(fd) else { return };
+    let _section = HubSection::enter();
+    let taken = hub.reactor.kept.borrow_mut().get_mut(index).and_then(Option::take);
+    let Some((registration, _)) = taken else { return };
+    hub.reactor.release(&registration);
+    drop(registration);
 }

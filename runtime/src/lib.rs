@@ -42,12 +42,16 @@
 mod blocking;
 pub mod coroutine;
 pub mod ext;
+#[cfg(test)]
+mod footprint;
 mod hub;
 pub mod io;
 mod join;
 pub mod local;
 mod monitor;
 pub mod net;
+#[cfg(test)]
+mod overflow_in_child;
 #[cfg(feature = "patch")]
 pub mod patch;
 pub mod signal;

@@ -176,3 +176,51 @@ fn a_reused_fd_number_never_sees_the_old_fds_state() {
         drop(keep);
     });
 }
+
+/// One read that has to wait: `reader`'s peer writes a byte from another coroutine.
+fn read_after_a_wait(reader: &UnixStream, writer: UnixStream) -> UnixStream {
+    let feeder = greenhub::spawn(move || {
+        greenhub::yield_now();
+        (&writer).write_all(b"+").unwrap();
+        writer
+    });
+    let mut byte = [0u8; 1];
+    (&*reader).read_exact(&mut byte).unwrap();
+    assert_eq!(&byte, b"+");
+    feeder.join().unwrap()
+}
+
+#[test]
+fn a_read_timeout_set_after_the_sockets_first_wait_is_still_honoured() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let _a = read_after_a_wait(&b, a); // the fd's entry and registration exist, no timeout
+        b.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+        let err = (&b).read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WouldBlock, "the new SO_RCVTIMEO was ignored");
+    });
+}
+
+#[test]
+fn a_number_waited_on_then_replaced_by_dup2_waits_on_the_new_file() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let _a = read_after_a_wait(&b, a);
+        let number = b.into_raw_fd();
+        let (c, d) = UnixStream::pair().unwrap();
+        let reused = reopen_at(number, d); // dup2 over the number closes the old file
+        let _c = read_after_a_wait(&reused, c);
+    });
+}
+
+/// `fd` moved to the number `at` with `dup2` (through the patch's hook), its old number closed.
+fn reopen_at(at: RawFd, fd: UnixStream) -> UnixStream {
+    // SAFETY: `at` is a number this test owns (closed or about to be replaced); dup2 makes it
+    // name `fd`'s socket, owned by the returned stream from then on.
+    unsafe {
+        assert_eq!(libc::dup2(fd.as_raw_fd(), at), at);
+        UnixStream::from_raw_fd(at)
+    }
+}

@@ -54,7 +54,9 @@ pub(super) fn io(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> i
     })
 }
 
-/// The retry loop: try; on EAGAIN wait for readiness through the hub; try again.
+/// The retry loop: try; on EAGAIN wait for readiness through the hub; try again. The wait
+/// keeps the fd's registration for the next call ([`wait_managed`]): on a ready fd this costs
+/// the call itself and a few loads, on a waiting one no syscall beyond greenhub's own sockets'.
 fn managed(fd: c_int, entry: Entry, dir: Dir, mut op: impl FnMut() -> isize) -> isize {
     let mut deadline = None;
     let mut first = true;
@@ -64,28 +66,49 @@ fn managed(fd: c_int, entry: Entry, dir: Dir, mut op: impl FnMut() -> isize) -> 
             return result;
         }
         if first {
-            if !entry.still_describes(fd) {
+            deadline = socket_deadline(fd, entry, dir);
+            first = false;
+        }
+        match wait_managed(fd, entry, dir, deadline) {
+            Ok(Some(true)) => {}
+            Ok(Some(false)) => return fail(libc::EAGAIN), // SO_RCVTIMEO / SO_SNDTIMEO expired
+            Ok(None) => {
                 // The number now names another fd, closed and reopened behind our back: its
                 // EAGAIN is its own (the program made it non-blocking).
                 fdtable::clear(fd);
-                set_errno(libc::EAGAIN);
-                return -1;
+                return fail(libc::EAGAIN);
             }
-            deadline = socket_deadline(fd, entry.kind, dir);
-            first = false;
-        }
-        match wait(fd, dir, deadline) {
-            Ok(true) => {}
-            Ok(false) => return fail(libc::EAGAIN), // SO_RCVTIMEO / SO_SNDTIMEO expired
             Err(e) => return fail(e),
         }
+    }
+}
+
+/// [`wait`] for a managed fd, through the registration the hub keeps for it
+/// (`io::wait_fd_kept`); `Ok(None)` when the entry no longer describes the fd (checked only when
+/// a registration is made: a kept one is as current as the fd table's epoch says).
+fn wait_managed(
+    fd: c_int,
+    entry: Entry,
+    dir: Dir,
+    deadline: Option<Instant>,
+) -> Result<Option<bool>, c_int> {
+    let hub = try_hub().expect("a patched call waits only inside a coroutine");
+    let epoch = fdtable::epoch(fd);
+    let outcome = coroutine::without_unwinding(hub, || {
+        let still_same = || entry.still_describes(fd);
+        crate::io::wait_fd_kept(fd, dir == Dir::Read, deadline, epoch, still_same)
+    });
+    match outcome {
+        Ok(Ok(ready)) => Ok(ready),
+        Ok(Err(_)) => Ok(Some(blocking_poll(fd, dir, deadline))),
+        Err(why) => Err(interrupted_errno(why)),
     }
 }
 
 /// A shared description: wait until it is ready, then make the (blocking) call once.
 fn polled(fd: c_int, entry: Entry, dir: Dir, mut op: impl FnMut() -> isize) -> isize {
     if !ready_now(fd, dir) {
-        match wait(fd, dir, socket_deadline(fd, entry.kind, dir)) {
+        match wait(fd, dir, socket_deadline(fd, entry, dir)) {
             Ok(true) => {}
             Ok(false) => return fail(libc::EAGAIN),
             Err(e) => return fail(e),
@@ -109,7 +132,7 @@ fn outside_hub(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> isi
         if entry.mode != (Mode::Managed { user_nonblocking: false }) || !entry.still_describes(fd) {
             return fail(libc::EAGAIN);
         }
-        let deadline = socket_deadline(fd, entry.kind, dir);
+        let deadline = socket_deadline(fd, entry, dir);
         loop {
             if !blocking_poll(fd, dir, deadline) {
                 return fail(libc::EAGAIN);
@@ -176,7 +199,8 @@ fn entry_for(fd: c_int) -> Option<Entry> {
         }
         Kind::Socket | Kind::Fifo => Mode::Direct,
     };
-    let entry = Entry { mode, kind, inode };
+    let timeouts = kind == Kind::Socket && has_timeouts(fd);
+    let entry = Entry { mode, kind, inode, timeouts };
     fdtable::set(fd, entry);
     Some(entry)
 }
@@ -187,15 +211,28 @@ fn set_nonblocking(fd: c_int, flags: c_int) -> bool {
     unsafe { real::fcntl(fd, libc::F_SETFL, (flags | libc::O_NONBLOCK) as usize) == 0 }
 }
 
-/// The deadline `SO_RCVTIMEO` / `SO_SNDTIMEO` set for a call starting now (sockets only).
-fn socket_deadline(fd: c_int, kind: Kind, dir: Dir) -> Option<Instant> {
-    if kind != Kind::Socket {
+/// The deadline `SO_RCVTIMEO` / `SO_SNDTIMEO` set for a call starting now (sockets whose entry
+/// says they may have one: no syscall for the others).
+fn socket_deadline(fd: c_int, entry: Entry, dir: Dir) -> Option<Instant> {
+    if entry.kind != Kind::Socket || !entry.timeouts {
         return None;
     }
     let name = match dir {
         Dir::Read => libc::SO_RCVTIMEO,
         Dir::Write => libc::SO_SNDTIMEO,
     };
+    let d = socket_timeout(fd, name)?;
+    Instant::now().checked_add(d)
+}
+
+/// Whether either socket timeout is set on `fd` now (asked once, when its entry is made).
+fn has_timeouts(fd: c_int) -> bool {
+    socket_timeout(fd, libc::SO_RCVTIMEO).is_some()
+        || socket_timeout(fd, libc::SO_SNDTIMEO).is_some()
+}
+
+/// The socket timeout `name` (`SO_RCVTIMEO` or `SO_SNDTIMEO`) of `fd`, if one is set.
+fn socket_timeout(fd: c_int, name: c_int) -> Option<Duration> {
     let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
     let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
     // SAFETY: `tv` and `len` are valid out-pointers of the sizes given.
@@ -204,8 +241,28 @@ fn socket_deadline(fd: c_int, kind: Kind, dir: Dir) -> Option<Instant> {
     if rc != 0 || (tv.tv_sec == 0 && tv.tv_usec == 0) {
         return None;
     }
-    let d = Duration::new(tv.tv_sec.max(0) as u64, tv.tv_usec.clamp(0, 999_999) as u32 * 1000);
-    Instant::now().checked_add(d)
+    Some(Duration::new(tv.tv_sec.max(0) as u64, tv.tv_usec.clamp(0, 999_999) as u32 * 1000))
+}
+
+/// `setsockopt`: after a socket timeout is set, the fd's entry says so, so that its waits read
+/// it (an entry is never told a timeout went away: a wait then finds none, at one syscall).
+pub(super) fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    op: impl FnOnce() -> c_int,
+) -> c_int {
+    let rc = op();
+    let timeout =
+        level == libc::SOL_SOCKET && (name == libc::SO_RCVTIMEO || name == libc::SO_SNDTIMEO);
+    if rc == 0 && timeout {
+        guard((), || {
+            if let Some(entry) = fdtable::get(fd).filter(|e| !e.timeouts) {
+                fdtable::set(fd, Entry { timeouts: true, ..entry });
+            }
+        });
+    }
+    rc
 }
 
 fn poll_events(dir: Dir) -> i16 {
@@ -254,14 +311,13 @@ pub(super) fn connect(fd: c_int, op: impl FnOnce() -> c_int) -> c_int {
     let inside = active();
     guard(-1, || {
         let entry = if inside { entry_for(fd) } else { fdtable::get(fd) };
-        if entry.is_none_or(|e| e.mode != Mode::Managed { user_nonblocking: false }) {
-            return op();
-        }
+        let managed = Mode::Managed { user_nonblocking: false };
+        let Some(entry) = entry.filter(|e| e.mode == managed) else { return op() };
         let result = op();
         if result == 0 || errno() != libc::EINPROGRESS {
             return result;
         }
-        let deadline = socket_deadline(fd, Kind::Socket, Dir::Write);
+        let deadline = socket_deadline(fd, entry, Dir::Write);
         let ready = if inside {
             wait(fd, Dir::Write, deadline)
         } else {

@@ -44,16 +44,21 @@ pub(crate) struct Entry {
     pub(crate) mode: Mode,
     pub(crate) kind: Kind,
     pub(crate) inode: u64,
+    /// Whether `SO_RCVTIMEO` / `SO_SNDTIMEO` may be set on it (found when the entry was made,
+    /// set by the `setsockopt` hook): only then does a wait read them, one `getsockopt` each.
+    pub(crate) timeouts: bool,
 }
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = 1024;
 
-/// One slot: `word` packs mode and kind (0 = no entry), `inode` the identity.
+/// One slot: `word` packs mode, kind and the timeouts bit (0 = no entry), `inode` the
+/// identity, `epoch` counts the times the number stopped naming its file ([`epoch`]).
 #[derive(Default)]
 struct Slot {
     word: AtomicU32,
     inode: AtomicU64,
+    epoch: AtomicU64,
 }
 
 type Chunk = [Slot; CHUNK];
@@ -92,7 +97,10 @@ fn slot(fd: i32, create: bool) -> Option<&'static Slot> {
     Some(unsafe { &(*ptr)[index] })
 }
 
-fn encode(mode: Mode, kind: Kind) -> u32 {
+/// The timeouts bit of a slot's word.
+const TIMEOUTS: u32 = 1 << 8;
+
+fn encode(mode: Mode, kind: Kind, timeouts: bool) -> u32 {
     let m = match mode {
         Mode::Direct => 1,
         Mode::Managed { user_nonblocking: false } => 2,
@@ -105,7 +113,7 @@ fn encode(mode: Mode, kind: Kind) -> u32 {
         Kind::CharDevice => 2,
         Kind::Other => 3,
     };
-    m | (k << 4)
+    m | (k << 4) | if timeouts { TIMEOUTS } else { 0 }
 }
 
 fn decode(word: u32, inode: u64) -> Option<Entry> {
@@ -116,13 +124,13 @@ fn decode(word: u32, inode: u64) -> Option<Entry> {
         4 => Mode::Polled,
         _ => return None,
     };
-    let kind = match word >> 4 {
+    let kind = match (word >> 4) & 0xf {
         0 => Kind::Socket,
         1 => Kind::Fifo,
         2 => Kind::CharDevice,
         _ => Kind::Other,
     };
-    Some(Entry { mode, kind, inode })
+    Some(Entry { mode, kind, inode, timeouts: word & TIMEOUTS != 0 })
 }
 
 /// The entry of `fd`, if the patch has one.
@@ -132,26 +140,35 @@ pub(crate) fn get(fd: i32) -> Option<Entry> {
     decode(word, slot.inode.load(Ordering::Relaxed))
 }
 
-/// Records `entry` for `fd`.
+/// The epoch of `fd`'s number now (0 for a number the table has never seen): it changes
+/// whenever the patch sees the number stop naming the file it named (`close`, `dup2`/`dup3`
+/// over it, `accept` returning it), so a registration kept for an older epoch is stale.
+pub(crate) fn epoch(fd: i32) -> u64 {
+    slot(fd, false).map_or(0, |s| s.epoch.load(Ordering::Relaxed))
+}
+
+/// Records `entry` for `fd` (the same file as before, or a number with no entry).
 pub(crate) fn set(fd: i32, entry: Entry) {
     if let Some(slot) = slot(fd, true) {
         slot.inode.store(entry.inode, Ordering::Relaxed);
-        slot.word.store(encode(entry.mode, entry.kind), Ordering::Release);
+        slot.word.store(encode(entry.mode, entry.kind, entry.timeouts), Ordering::Release);
     }
 }
 
-/// Forgets `fd` (closed, or its number now names another file).
+/// Forgets `fd` (closed, or its number now names another file): a new epoch.
 pub(crate) fn clear(fd: i32) {
     if let Some(slot) = slot(fd, false) {
         slot.word.store(0, Ordering::Release);
+        slot.epoch.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// `new` is a duplicate of `old` (dup, dup2, dup3, F_DUPFD): it shares the description.
+/// `new` is a duplicate of `old` (dup, dup2, dup3, F_DUPFD): it shares the description, and
+/// no longer names what it named before.
 pub(crate) fn copy(old: i32, new: i32) {
-    match get(old) {
-        Some(entry) => set(new, entry),
-        None => clear(new),
+    clear(new);
+    if let Some(entry) = get(old) {
+        set(new, entry);
     }
 }
 
@@ -194,23 +211,25 @@ mod tests {
             Mode::Managed { user_nonblocking: true },
             Mode::Polled,
         ] {
-            let entry = Entry { mode, kind: Kind::Fifo, inode: 77 };
+            let entry = Entry { mode, kind: Kind::Fifo, inode: 77, timeouts: mode == Mode::Polled };
             set(fd, entry);
             assert_eq!(get(fd), Some(entry));
         }
         copy(fd, fd + 1);
         assert_eq!(get(fd + 1).map(|e| e.inode), Some(77));
+        let before = epoch(fd);
         clear(fd);
         assert_eq!(get(fd), None);
+        assert_eq!(epoch(fd), before + 1, "a cleared number starts a new epoch");
         copy(fd, fd + 1);
         assert_eq!(get(fd + 1), None, "copying a missing entry clears the target");
     }
 
     #[test]
     fn negative_and_huge_fds_have_no_entry() {
-        set(-1, Entry { mode: Mode::Direct, kind: Kind::Other, inode: 1 });
+        set(-1, Entry { mode: Mode::Direct, kind: Kind::Other, inode: 1, timeouts: false });
         assert_eq!(get(-1), None);
-        set(i32::MAX, Entry { mode: Mode::Direct, kind: Kind::Other, inode: 1 });
+        set(i32::MAX, Entry { mode: Mode::Direct, kind: Kind::Other, inode: 1, timeouts: false });
         assert_eq!(get(i32::MAX), None);
     }
 }

@@ -23,7 +23,7 @@ use super::real;
 const DONTWAIT: c_int = libc::MSG_DONTWAIT;
 
 /// Every hook's address: `install` references them all, so the linker keeps this object.
-pub(super) fn every_hook() -> [usize; 26] {
+pub(super) fn every_hook() -> [usize; 27] {
     [
         read as *const () as usize,
         readv as *const () as usize,
@@ -51,6 +51,7 @@ pub(super) fn every_hook() -> [usize; 26] {
         dup3 as *const () as usize,
         fcntl as *const () as usize,
         ioctl as *const () as usize,
+        setsockopt as *const () as usize,
     ]
 }
 
@@ -291,6 +292,7 @@ pub unsafe extern "C" fn getaddrinfo(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     fdtable::clear(fd);
+    crate::io::forget_kept(fd); // while the fd is still open: its registration leaves epoll
     // SAFETY: see above.
     unsafe { real::close(fd) }
 }
@@ -307,6 +309,9 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    if old != new {
+        crate::io::forget_kept(new); // `new` is closed by the call
+    }
     // SAFETY: see above.
     let rc = unsafe { real::dup2(old, new) };
     if rc >= 0 && old != new {
@@ -317,6 +322,9 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    if old != new {
+        crate::io::forget_kept(new); // `new` is closed by the call
+    }
     // SAFETY: see above.
     let rc = unsafe { real::dup3(old, new, flags) };
     if rc >= 0 {
@@ -334,4 +342,18 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
 pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: usize) -> c_int {
     // SAFETY: see above.
     unsafe { blocking_call::ioctl(fd, request, arg) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    // SAFETY: see above.
+    blocking_call::setsockopt(fd, level, name, || unsafe {
+        real::setsockopt(fd, level, name, value, len)
+    })
 }

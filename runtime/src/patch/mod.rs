@@ -60,9 +60,9 @@ static RECORDED_FOR: AtomicI32 = AtomicI32::new(0);
 /// would block: `read`, `readv`, `write`, `writev`, `recv`, `recvfrom`, `recvmsg`, `send`,
 /// `sendto`, `sendmsg`, `connect`, `accept`, `accept4`, `poll`, `nanosleep`,
 /// `clock_nanosleep`, `waitpid`, `wait4`, `waitid` (a child's exit is awaited through its
-/// pidfd) and `getaddrinfo` (run on a helper thread). `close`, `dup`, `dup2`, `dup3`, `fcntl`
-/// and `ioctl` are interposed too, to keep the per-fd table right and to hide the O_NONBLOCK
-/// flag the patch sets.
+/// pidfd) and `getaddrinfo` (run on a helper thread). `close`, `dup`, `dup2`, `dup3`, `fcntl`,
+/// `ioctl` and `setsockopt` are interposed too, to keep the per-fd table right, to hide the
+/// O_NONBLOCK flag the patch sets and to know which sockets have timeouts.
 ///
 /// Call it early (at the top of `main`): fds already open then (other than sockets and pipes the
 /// program opens later) are treated as shared with other processes, waited on with `poll` and
@@ -109,7 +109,9 @@ fn record_shared_fds() {
         if let Some((kind, inode)) = fdtable::identify(fd)
             && kind != Kind::Other
         {
-            fdtable::set(fd, Entry { mode: Mode::Polled, kind, inode });
+            // Their timeouts are unknown: a wait asks.
+            let timeouts = kind == Kind::Socket;
+            fdtable::set(fd, Entry { mode: Mode::Polled, kind, inode, timeouts });
         }
     }
 }

@@ -98,6 +98,8 @@ real! {
     dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
     getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void,
         len: *mut socklen_t) -> c_int;
+    setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void,
+        len: socklen_t) -> c_int;
     fstat(fd: c_int, buf: *mut libc::stat) -> c_int;
 }
 

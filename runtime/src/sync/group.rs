@@ -17,6 +17,7 @@ use super::waitlist::WaitList;
 use crate::hub::hub;
 use crate::join::JoinHandle;
 use crate::spawn;
+use crate::sys::HubSection;
 use crate::task::TaskRef;
 use crate::task::WaitReason;
 use crate::timer::deadline_after;
@@ -60,6 +61,7 @@ struct Leave {
 impl Drop for Leave {
     fn drop(&mut self) {
         if let Some(members) = self.members.upgrade() {
+            let _section = HubSection::enter(); // the member table, mid-update
             members.running.borrow_mut().remove(self.key);
             members.ended.set(members.ended.get() + 1);
             members.waiters.notify_all();
@@ -94,6 +96,8 @@ impl Group {
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
+        // From the slot's insertion until it names the task, the member table is mid-update.
+        let _section = HubSection::enter();
         let key = self.members.running.borrow_mut().insert(None);
         let leave = Leave { members: Rc::downgrade(&self.members), key };
         let handle = spawn(move || {

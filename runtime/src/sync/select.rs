@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use super::channel::{Receiver, RecvError, SendError, Sender};
 use super::waitlist::{WaitList, wait_any};
+use crate::sys::HubSection;
 use crate::task::TaskRef;
 use crate::task::WaitReason;
 use crate::timer::deadline_after;
@@ -186,8 +187,11 @@ impl<'a> Selector<'a> {
             Mode::Timeout(d) => deadline_after(d),
             Mode::Block => None,
         };
+        // Holding the arms registers thread channels with the hub: greenhub's bookkeeping.
+        let section = HubSection::enter();
         let _holds: Vec<Box<dyn std::any::Any>> = arms.iter().filter_map(|a| a.hold()).collect();
         let lists: Vec<&WaitList> = arms.iter().map(|a| a.wait_list()).collect();
+        drop(section);
         let reason = WaitReason::Select(n);
         let index = wait_any(&lists, reason, deadline, |i| arms[i].entered(), check);
         Selected { index }

@@ -29,6 +29,7 @@ use super::select::{SelectRecv, sealed::Arm};
 use super::waitlist::WaitList;
 use crate::blocking::Remote;
 use crate::hub::{Hub, HubId, hub};
+use crate::sys::HubSection;
 use crate::task::TaskRef;
 use crate::task::WaitReason;
 use crate::timer::deadline_after;
@@ -97,8 +98,35 @@ struct Waker {
 }
 
 impl<T> Shared<T> {
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> Locked<'_, T> {
+        let section = HubSection::enter();
+        Locked {
+            state: self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            _section: section,
+        }
+    }
+}
+
+/// The state, locked, and greenhub's bookkeeping for as long as the lock is held
+/// ([`HubSection`]): a coroutine whose stack overflowed here would never unlock it, and every
+/// thread using the channel would hang, so such an overflow is never recovered.
+struct Locked<'a, T> {
+    // Field order: the lock is released before the section closes.
+    state: MutexGuard<'a, State<T>>,
+    _section: HubSection,
+}
+
+impl<T> std::ops::Deref for Locked<'_, T> {
+    type Target = State<T>;
+
+    fn deref(&self) -> &State<T> {
+        &self.state
+    }
+}
+
+impl<T> std::ops::DerefMut for Locked<'_, T> {
+    fn deref_mut(&mut self) -> &mut State<T> {
+        &mut self.state
     }
 }
 
@@ -215,6 +243,7 @@ impl<T> Local<T> {
     /// and counts a pending remote wake for as long as the returned hold lives.
     fn hold(&self, hub: &Hub) -> RemoteHold {
         if self.binding.get().is_none_or(|(hub_id, _)| hub_id != hub.id()) {
+            let _section = HubSection::enter(); // the hub's receiver table, mid-update
             self.unregister();
             let key = RECEIVERS.with(|r| r.borrow_mut().insert(Rc::downgrade(&self.core)));
             self.binding.set(Some((hub.id(), key)));
@@ -228,6 +257,7 @@ impl<T> Local<T> {
 
     fn unregister(&self) {
         if let Some((_, key)) = self.binding.take() {
+            let _section = HubSection::enter();
             RECEIVERS.with(|r| r.borrow_mut().try_remove(key));
         }
     }
@@ -339,5 +369,24 @@ impl<T> SelectRecv for ThreadReceiver<T> {
 
     fn commit_recv(&self) -> Self::Output {
         self.local.try_take().expect("select! chose a recv arm that was not ready")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::overflow_in_child::{aborts_inside_bookkeeping, recurse};
+
+    /// A coroutine overflowing while it holds a thread channel's lock would hold it forever
+    /// (other threads would hang on it): that overflow is greenhub's bookkeeping's, and aborts
+    /// even with recovery on. (The lock is held only by greenhub's own code; the test holds it
+    /// from inside to put the overflow there.)
+    #[test]
+    fn an_overflow_with_a_thread_channels_lock_held_aborts_even_with_recovery_on() {
+        let test = "sync::thread_channel::tests::an_overflow_with_a_thread_channels_lock_held_aborts_even_with_recovery_on";
+        aborts_inside_bookkeeping(test, || {
+            let (tx, _rx) = super::thread_channel::<u8>();
+            let _locked = tx.shared.lock();
+            recurse(0)
+        });
     }
 }

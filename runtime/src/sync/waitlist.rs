@@ -212,7 +212,11 @@ pub(crate) fn wait_any(
     mut entered: impl FnMut(usize),
     mut check: impl FnMut(Option<TaskRef>) -> Option<usize>,
 ) -> Option<usize> {
+    // As in `wait_hooked`: everything but the suspension is greenhub's bookkeeping (the
+    // entries are registered in several lists at once: an overflow halfway is never recovered).
+    HubSection::enter_raw();
     if let Some(ready) = check(None) {
+        HubSection::leave();
         return Some(ready);
     }
     let hub = hub(reason.api_name());
@@ -223,9 +227,11 @@ pub(crate) fn wait_any(
     loop {
         if let Some(ready) = check(Some(me)) {
             entries[ready].settle();
+            HubSection::leave();
             return Some(ready); // the other entries leave (and pass on) as they drop
         }
         if timer.as_ref().is_some_and(TimerGuard::fired) {
+            HubSection::leave();
             return None;
         }
         for (i, entry) in entries.iter_mut().enumerate() {
@@ -233,7 +239,9 @@ pub(crate) fn wait_any(
                 entered(i);
             }
         }
+        HubSection::leave();
         coroutine::suspend(hub, Suspend::Wait(reason));
+        HubSection::enter_raw();
         entries.iter_mut().for_each(Entry::look);
     }
 }
