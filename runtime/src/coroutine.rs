@@ -57,6 +57,16 @@ pub(crate) enum Suspend {
     Yield,
 }
 
+impl Suspend {
+    /// The public call that suspends this way, for the "called outside a coroutine" panic.
+    fn api_name(&self) -> &'static str {
+        match self {
+            Suspend::Yield => "yield_now",
+            Suspend::Wait(reason) => reason.api_name(),
+        }
+    }
+}
+
 /// The unwind payload of a cancelled coroutine.
 struct Cancelled;
 
@@ -301,7 +311,11 @@ pub fn current() -> CoroutineId {
 
 #[cold]
 fn outside_coroutine(what: &str) -> ! {
-    panic!("greenhub::{what} called outside a coroutine; call it from inside greenhub::run")
+    panic!(
+        "greenhub::{what} called outside a coroutine (in an exit hook or the hub's own loop, \
+         where nothing can suspend); call it from a coroutine: the closure given to \
+         greenhub::run, or one spawned there"
+    )
 }
 
 /// A body spawned by `spawn` or `run`: the closure, then its result. One allocation per
@@ -388,7 +402,7 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
     debug_assert!(!sys::HubSection::active(), "no switch inside greenhub's bookkeeping");
     let yielder = hub.running.yielder.get();
     if yielder.is_null() {
-        outside_coroutine("suspend");
+        outside_coroutine(how.api_name()); // the user's call, not this internal function
     }
     if hub.running.doom.get() != Doom::SPARED {
         unwind_doomed(hub, hub.running.doom.get());

@@ -250,8 +250,9 @@ impl Reactor {
         }
         let _section = HubSection::enter();
         let fd = registration.fd;
-        // An fd closed behind our back (and not checked since) has already left epoll, or
-        // lingers there under a token nobody answers: ignore the error.
+        // An fd closed behind our back (and not checked since) has left epoll if it was the
+        // last fd of its open file, or lingers there under a token nobody answers (a `dup` or a
+        // forked child keeps the file open): ignore the error.
         let _ = self.poll.borrow().registry().deregister(&mut SourceFd(&fd));
         self.forget(registration);
     }
@@ -585,7 +586,10 @@ impl<T: AsRawFd> Source<T> {
     }
 
     fn wait_after_would_block(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
-        let hub = hub("io");
+        let hub = hub(match dir {
+            Direction::Read => "io::Source::read_with (a socket or pipe read)",
+            Direction::Write => "io::Source::write_with (a socket or pipe write)",
+        });
         let registration = self.registration(hub)?;
         // The syscall just said "not ready": forget the old edge and wait for a new one. No
         // event can be processed between the syscall and here (the loop is not running).

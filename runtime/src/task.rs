@@ -76,7 +76,8 @@ pub(crate) enum WaitReason {
 }
 
 impl WaitReason {
-    /// The public function that waits this way, for "called outside a hub" messages.
+    /// The public function that waits this way, for the "called outside a hub" and "called
+    /// outside a coroutine" panics.
     pub(crate) fn api_name(&self) -> &'static str {
         match self {
             WaitReason::Sleep(_) => "sleep",
@@ -90,7 +91,8 @@ impl WaitReason {
             WaitReason::Group => "Group::join",
             WaitReason::PoolSlot => "Pool::spawn",
             WaitReason::ThreadChannelRecv => "ThreadReceiver::recv",
-            WaitReason::Readable(_) | WaitReason::Writable(_) => "io",
+            WaitReason::Readable(_) => "io::wait_readable (or a socket or pipe read)",
+            WaitReason::Writable(_) => "io::wait_writable (or a socket or pipe write)",
             WaitReason::Blocking => "spawn_blocking",
             WaitReason::Start(_) => "spawn_later",
             WaitReason::Nothing => "wait",

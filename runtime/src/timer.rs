@@ -149,10 +149,10 @@ pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
 /// Outside a hub.
 pub fn sleep(d: Duration) {
     let hub = hub("sleep");
+    let me = hub.current_task("sleep"); // a misuse names `sleep`, also for a zero duration
     if d.is_zero() {
         return coroutine::suspend(hub, Suspend::Yield);
     }
-    let me = hub.current_task("sleep");
     let Some(deadline) = deadline_after(d) else {
         // Longer than `Instant` can represent: a sleep that never ends (still cancellable).
         loop {

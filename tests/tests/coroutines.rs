@@ -586,3 +586,32 @@ fn spawn_later_coroutines_can_be_cancelled_after_they_start() {
         assert!(h.join().unwrap_err().is_cancelled());
     });
 }
+
+/// What a suspending call made in an exit hook (the hub runs, no coroutine does) panics with.
+fn panic_of_suspending_in_an_exit_hook(call: fn()) -> String {
+    let payload = panic::catch_unwind(|| greenhub::run(|| greenhub::ext::at_exit(call)))
+        .expect_err("suspending in an exit hook must panic");
+    panic_message(&*payload)
+}
+
+#[test]
+fn yield_now_in_an_exit_hook_names_yield_now_not_an_internal_function() {
+    let msg = panic_of_suspending_in_an_exit_hook(yield_now);
+    assert!(msg.starts_with("greenhub::yield_now called outside a coroutine"), "{msg}");
+    assert!(!msg.contains("suspend called"), "{msg}");
+}
+
+#[test]
+fn sleep_zero_in_an_exit_hook_names_sleep() {
+    let msg = panic_of_suspending_in_an_exit_hook(|| greenhub::sleep(Duration::ZERO));
+    assert!(msg.starts_with("greenhub::sleep called outside a coroutine"), "{msg}");
+}
+
+#[test]
+fn a_socket_read_in_an_exit_hook_names_the_read() {
+    let msg = panic_of_suspending_in_an_exit_hook(|| {
+        let (a, _b) = greenhub::net::UnixStream::pair().unwrap();
+        let _ = std::io::Read::read(&mut &a, &mut [0u8; 1]); // nothing to read: it would wait
+    });
+    assert!(msg.contains("a socket or pipe read) called outside a coroutine"), "{msg}");
+}
