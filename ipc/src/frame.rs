@@ -312,7 +312,9 @@ impl Payload<'_> {
 /// # Ok::<(), Error>(())
 /// ```
 pub struct Decoder {
-    /// Always initialised (zero-filled when grown), so reads go into it without `unsafe`.
+    /// Every byte up to `len()` is initialised, so reads go into it without `unsafe`: `read_buf`
+    /// grows it zero-filled, while a detached frame grows it without zero-filling, by appending
+    /// into its spare capacity (`detached_spare`, then `appended`).
     buf: Vec<u8>,
     /// First buffered byte not yet returned by `next_frame`.
     start: usize,

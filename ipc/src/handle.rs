@@ -1,6 +1,7 @@
 //! Handle ownership: which process may use which pipe end (gipc's transfer rule).
 //!
-//! Every pipe end is a [`Handle`]: an fd registered with the hub on first wait, a process-unique
+//! Every fd greenhub-ipc hands out is a [`Handle`] (a pipe end, a child's pidfd, a program's stdio
+//! pipe, a process pool's pipes): an fd registered with the hub on first wait, a process-unique
 //! id, and the pid of the process that owns it. A handle is usable only in its owner process:
 //! after `fork` the child owns just the handles transferred to it ([`Handle::adopt`]); every other
 //! inherited handle gives `Error::Closed` there, and its fd is closed in the child (with every
@@ -62,7 +63,8 @@ pub(crate) fn set_pid_in_child(_: &sys::InChild, pid: u32) {
     PID.store(pid, Ordering::Relaxed);
 }
 
-/// One pipe end, owned by one process at a time.
+/// One fd of greenhub-ipc's (a pipe end, a pidfd, a program's stdio pipe), owned by one process
+/// at a time.
 pub struct Handle {
     id: u64,
     owner: AtomicU32,

@@ -40,9 +40,12 @@ use crate::stack::StackPool;
 use crate::task::{Task, TaskRef, TaskTable};
 use crate::timer::Timers;
 
-/// How many coroutines one turn may run before the hub polls the OS again (with a zero timeout
-/// while coroutines are still ready). Large enough that the poll syscall is amortised over many
-/// switches, small enough that a busy set of coroutines cannot starve fds and timers.
+/// How many entries one turn takes off the ready queue before the hub fires timers and polls the
+/// OS again (with a zero timeout while coroutines are still ready). Each entry is one resume (a
+/// coroutine that yields again is counted again), or a stale ref skipped, or a coroutine that
+/// could not get a stack. Large enough that the poll syscall is amortised over many switches,
+/// small enough that a busy set of coroutines cannot starve fds and timers; it bounds nothing
+/// about time: one resume lasts until that coroutine suspends.
 pub(crate) const FAIRNESS_BUDGET: usize = 256;
 
 /// How many times shutdown cancels the coroutines spawned while it unwinds the previous ones
