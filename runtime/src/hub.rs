@@ -1,8 +1,8 @@
 //! The hub: one event loop per thread, and the thread-local pointer that finds it.
 //!
-//! Guarantee: one turn of the loop ([`Hub::turn`]) runs ready coroutines (at most
-//! [`FAIRNESS_BUDGET`] of them), fires expired timers, polls the OS, and marks ready whatever the
-//! OS answered. Only the loop (on the thread's own stack) resumes coroutines; a coroutine only
+//! Guarantee: one turn of the loop ([`Hub::turn`]) runs ready coroutines (taking at most
+//! [`FAIRNESS_BUDGET`] entries off the ready queue), fires expired timers, polls the OS, and marks
+//! ready whatever the OS answered. Only the loop (on the thread's own stack) resumes coroutines; a coroutine only
 //! ever suspends back to the loop. Not guaranteed: the order in which coroutines woken in the same
 //! turn by *different* sources run (each primitive's own waiters are FIFO).
 //!
