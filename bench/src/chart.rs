@@ -3,7 +3,7 @@
 //! score is best ÷ value). The axis is logarithmic, from 1/1000 to 1, because the implementations
 //! differ by up to three orders of magnitude; each bar is labelled with its median and its score.
 
-use crate::report::{cell, columns, fmt_value};
+use crate::report::{cell, columns, fmt_value, in_row};
 use crate::runner::Results;
 use crate::spec::{BENCHES, Group, Impl};
 use std::fmt::Write as _;
@@ -42,11 +42,9 @@ pub fn render(groups: &[Group], results: &Results) -> String {
         for bench in BENCHES.iter().filter(|b| b.group == group) {
             for f in bench.figures {
                 let bars: Vec<(Impl, f64)> = columns(group)
-                    .iter()
-                    .filter(|&&i| {
-                        bench.impls.contains(&i) || (i == Impl::Raw && bench.raw_from.is_some())
-                    })
-                    .filter_map(|&i| cell(results, bench, i, f.key, f.better).map(|v| (i, v)))
+                    .into_iter()
+                    .filter(|&i| in_row(bench, i))
+                    .filter_map(|i| cell(results, bench, i, f.key, f.better).map(|v| (i, v)))
                     .collect();
                 let Some(best) = f.better.best(bars.iter().map(|b| b.1)) else { continue };
                 y += 22.0;

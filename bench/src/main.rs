@@ -3,7 +3,7 @@
 //! `docs/benchmarks.svg`.
 //!
 //! ```text
-//! cargo run --release --manifest-path bench/Cargo.toml -- all            # ~3-4 min, writes docs/
+//! cargo run --release --manifest-path bench/Cargo.toml -- all            # < 10 min, writes docs/
 //! cargo run --release --manifest-path bench/Cargo.toml -- runtime|ipc    # one group, report in bench/target
 //! cargo run --release --manifest-path bench/Cargo.toml -- all --quick    # < 1 min smoke run, report in bench/target
 //! ```
@@ -17,6 +17,8 @@ mod greenhub_ipc_peer;
 mod greenhub_peer;
 #[cfg(feature = "greenhub")]
 mod http;
+mod http_load;
+mod http_servers;
 mod may_peer;
 mod patch_rows;
 mod raw;
@@ -34,6 +36,9 @@ use std::time::{Duration, Instant};
 
 /// The bench/ folder, fixed at build time.
 const BENCH_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Rounds per benchmark in a full run (the report shows the median).
+const DEFAULT_ROUNDS: usize = 3;
 
 /// What the command line asked for.
 #[derive(Debug)]
@@ -54,7 +59,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
         groups: vec![Group::Runtime, Group::Ipc],
         quick: false,
-        rounds: 7,
+        rounds: DEFAULT_ROUNDS,
         only: None,
         impls: None,
         out: None,
@@ -87,14 +92,16 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    o.rounds = rounds.unwrap_or(if o.quick { 1 } else { 7 }).max(1);
+    o.rounds = rounds.unwrap_or(if o.quick { 1 } else { DEFAULT_ROUNDS }).max(1);
     Ok(o)
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("worker") {
-        std::process::exit(worker::main(&args[1..]));
+    match args.first().map(String::as_str) {
+        Some("worker") => std::process::exit(worker::main(&args[1..])),
+        Some("serve-http") => std::process::exit(http_servers::main(&args[1..])),
+        _ => {}
     }
     let opts = match parse_options(&args) {
         Ok(o) => o,
@@ -152,7 +159,7 @@ fn measure(runner: &Runner, opts: &Options, python_ok: bool) -> Results {
             .filter(|i| opts.impls.as_ref().is_none_or(|o| o.contains(i)))
             .filter(|&i| available(i, bench.group, python_ok))
             .collect();
-        let rounds = opts.rounds.min(spec::max_rounds(bench.id));
+        let rounds = spec::rounds(bench.id, opts.rounds);
         for round in 1..=rounds {
             for &imp in &impls {
                 let t = Instant::now();
@@ -169,7 +176,7 @@ fn measure(runner: &Runner, opts: &Options, python_ok: bool) -> Results {
                     bench.id,
                     imp.id()
                 );
-                results.push(bench.id, imp, outcome);
+                results.push(bench.id, imp, outcome, took);
             }
         }
     }

@@ -3,7 +3,7 @@
 //! spread over rounds, and any failure.
 
 use crate::runner::{Results, median};
-use crate::spec::{BENCHES, Bench, Better, Group, Impl, Target};
+use crate::spec::{ALL_IMPLS, BENCHES, Bench, Better, Figure, Group, Impl, Role, Target};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -47,10 +47,11 @@ impl Facts {
         python: &Result<Vec<(String, String)>, String>,
     ) -> Facts {
         let mut versions = vec![("rustc".to_string(), env!("BENCH_RUSTC_VERSION").to_string())];
-        for krate in ["may", "corosensei", "libc"] {
+        for krate in ["may", "may_minihttp", "mio", "corosensei", "libc"] {
             versions.push((krate.to_string(), locked_version(krate)));
         }
         versions.push(("greenhub".into(), greenhub_version()));
+        versions.push(("wrk".into(), wrk_version()));
         match python {
             Ok(v) => versions.extend(v.iter().cloned()),
             Err(e) => versions.push(("python peers".into(), format!("not available: {e}"))),
@@ -64,9 +65,10 @@ impl Facts {
             ),
             date: utc_now(),
             mode: format!(
-                "{}; groups: {}; {rounds} round(s), interleaved",
+                "{}; groups: {}; {rounds} round(s), interleaved{}",
                 if quick { "quick (smoke run: tiny counts, not a measurement)" } else { "full" },
-                groups.join(", ")
+                groups.join(", "),
+                fewer_rounds(rounds)
             ),
             machine: machine_facts(),
             versions,
@@ -81,6 +83,25 @@ impl Facts {
         self.duration = duration;
         self
     }
+}
+
+/// The rows that run fewer rounds than asked (spec::rounds), as " (parked1m: 1)".
+fn fewer_rounds(rounds: usize) -> String {
+    let fewer: Vec<String> = BENCHES
+        .iter()
+        .filter(|b| crate::spec::rounds(b.id, rounds) < rounds)
+        .map(|b| format!("{}: {}", b.id, crate::spec::rounds(b.id, rounds)))
+        .collect();
+    if fewer.is_empty() { String::new() } else { format!(" ({})", fewer.join(", ")) }
+}
+
+/// `wrk -v`'s first line (`wrk 4.1.0 [epoll] ...`): its version.
+fn wrk_version() -> String {
+    let out = Command::new("wrk").arg("-v").output();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let first = text.lines().next().unwrap_or("");
+    let version = first.strip_prefix("wrk ").and_then(|v| v.split_whitespace().next());
+    version.map_or_else(|| "not installed".into(), String::from)
 }
 
 fn read(path: &str) -> String {
@@ -209,29 +230,44 @@ fn fmt_ratio(r: f64) -> String {
     }
 }
 
-/// The implementation columns of a group, peers and raw.
-pub fn columns(group: Group) -> &'static [Impl] {
-    match group {
-        Group::Runtime => &[Impl::Greenhub, Impl::May, Impl::Gevent, Impl::Raw],
-        Group::Ipc => &[Impl::Greenhub, Impl::Gipc, Impl::Raw],
+/// The implementation columns of a group: greenhub, every peer its rows run, and one raw column
+/// (the best raw variant of each row).
+pub fn columns(group: Group) -> Vec<Impl> {
+    let rows: Vec<&Bench> = BENCHES.iter().filter(|b| b.group == group).collect();
+    let runs = |i: Impl| rows.iter().any(|b| b.impls.contains(&i));
+    let mut cols: Vec<Impl> =
+        ALL_IMPLS.iter().copied().filter(|&i| i.role() != Role::Raw && runs(i)).collect();
+    if rows.iter().any(|b| has_raw(b)) {
+        cols.push(Impl::Raw);
     }
+    cols
+}
+
+/// Whether a row has a raw limit: a raw variant of its own, or another row's (`raw_from`).
+pub fn has_raw(bench: &Bench) -> bool {
+    bench.raw_from.is_some() || bench.impls.iter().any(|i| i.role() == Role::Raw)
 }
 
 /// The best raw median of a figure over the raw variants, following `raw_from`.
 pub fn raw_best(results: &Results, bench: &Bench, key: &str, better: Better) -> Option<f64> {
     let id = bench.raw_from.unwrap_or(bench.id);
-    let variants =
-        [Impl::Raw, Impl::RawBigPipe].into_iter().filter_map(|i| results.median(id, i, key));
-    better.best(variants)
+    let source = BENCHES.iter().find(|b| b.id == id).unwrap_or(bench);
+    let raw = source.impls.iter().filter(|i| i.role() == Role::Raw);
+    better.best(raw.filter_map(|&i| results.median(id, i, key)))
 }
 
-/// The median of one cell (raw: the best raw variant).
+/// The median of one cell (the raw column: the best raw variant).
 pub fn cell(results: &Results, bench: &Bench, imp: Impl, key: &str, better: Better) -> Option<f64> {
     if imp == Impl::Raw {
         raw_best(results, bench, key, better)
     } else {
         results.median(bench.id, imp, key)
     }
+}
+
+/// Whether a row has a cell in column `imp` (an implementation it runs, or its raw limit).
+pub fn in_row(bench: &Bench, imp: Impl) -> bool {
+    bench.impls.contains(&imp) || (imp == Impl::Raw && has_raw(bench))
 }
 
 /// The best peer median of a figure.
@@ -241,7 +277,7 @@ pub fn best_peer(
     key: &str,
     better: Better,
 ) -> Option<(Impl, f64)> {
-    let peers = bench.impls.iter().filter(|i| i.is_peer());
+    let peers = bench.impls.iter().filter(|i| i.role() == Role::Peer);
     let medians = peers.filter_map(|&i| results.median(bench.id, i, key).map(|v| (i, v)));
     medians.reduce(|a, b| if better.score(a.1, b.1) >= 1.0 { a } else { b })
 }
@@ -274,6 +310,73 @@ fn target_met(
     }
 }
 
+/// What the tables show for one figure of one row.
+struct FigureRow {
+    label: String,
+    greenhub: Option<f64>,
+    raw: Option<f64>,
+    peer: Option<(Impl, f64)>,
+    /// greenhub ÷ raw, greenhub ÷ best peer, the targets with ✅ / ❌.
+    vs_raw: String,
+    vs_peer: String,
+    targets: String,
+}
+
+impl FigureRow {
+    fn new(results: &Results, bench: &Bench, f: &Figure) -> FigureRow {
+        let label = if bench.figures.len() > 1 {
+            format!("{}: {}", bench.id, f.label)
+        } else {
+            f.label.into()
+        };
+        let g = results.median(bench.id, Impl::Greenhub, f.key);
+        let raw = raw_best(results, bench, f.key, f.better);
+        let peer = best_peer(results, bench, f.key, f.better);
+        let vs_raw = match (g, raw) {
+            (Some(g), Some(r)) => fmt_ratio(g / r),
+            _ => "—".into(),
+        };
+        let vs_peer = match (g, peer) {
+            (Some(g), Some((i, p))) => format!("{} (vs {})", fmt_ratio(g / p), i.id()),
+            _ => "—".into(),
+        };
+        let targets: Vec<String> = crate::spec::targets(bench.id, f.key)
+            .into_iter()
+            .map(|t| {
+                let text = target_text(t, f.unit, f.better, peer.map(|p| p.0));
+                let met = g.and_then(|g| target_met(t, g, raw, peer.map(|p| p.1), f.better));
+                let mark = match met {
+                    Some(true) => " ✅",
+                    Some(false) => " ❌",
+                    None => "",
+                };
+                format!("{text}{mark}")
+            })
+            .collect();
+        FigureRow { label, greenhub: g, raw, peer, vs_raw, vs_peer, targets: targets.join("; ") }
+    }
+}
+
+/// A cell's text: its median, or why there is none.
+fn cell_text(results: &Results, bench: &Bench, imp: Impl, f: &Figure) -> String {
+    if let Some(v) = cell(results, bench, imp, f.key, f.better) {
+        return fmt_value(v);
+    }
+    if !in_row(bench, imp) {
+        return "—".into();
+    }
+    let failures = results.failures(bench.id, imp);
+    match (failures.is_empty(), failures.iter().find_map(|m| fails_at(m))) {
+        (true, _) => "n/a".into(),
+        (false, Some(n)) => format!("fails at {n}"),
+        (false, None) => "failed".into(),
+    }
+}
+
+fn or_dash(v: Option<f64>) -> String {
+    v.map_or("—".into(), fmt_value)
+}
+
 // ---- the document -------------------------------------------------------------------------------
 
 pub fn render(groups: &[Group], facts: &Facts, results: &Results, svg_name: &str) -> String {
@@ -301,6 +404,7 @@ pub fn render(groups: &[Group], facts: &Facts, results: &Results, svg_name: &str
     }
     let versions: Vec<String> = facts.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = writeln!(w, "- versions: {}\n", versions.join("; "));
+    summary(w, groups, results);
     let _ = writeln!(
         w,
         "![greenhub and its peers, each figure normalised to the best implementation = 1.0]({svg_name})\n"
@@ -311,110 +415,111 @@ pub fn render(groups: &[Group], facts: &Facts, results: &Results, svg_name: &str
     raw_variants(w, groups, results);
     spread(w, groups, results);
     failures(w, groups, results);
-    notes(w);
+    how_measured(w, groups, results);
+    where_in_the_code(w);
     md
+}
+
+/// The rows issue 12 names, with their goals: raw limit, greenhub, best peer, both ratios.
+fn summary(w: &mut String, groups: &[Group], results: &Results) {
+    let mut lines = Vec::new();
+    for &(id, key) in crate::spec::HEADLINES {
+        let Some(bench) = BENCHES.iter().find(|b| b.id == id && groups.contains(&b.group)) else {
+            continue;
+        };
+        let Some(f) = bench.figures.iter().find(|f| f.key == key) else { continue };
+        if !bench.impls.iter().any(|&i| results.ran(bench.id, i)) {
+            continue;
+        }
+        let row = FigureRow::new(results, bench, f);
+        let peer = row.peer.map_or("—".into(), |(i, v)| format!("{} {}", i.id(), fmt_value(v)));
+        lines.push(format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.label,
+            f.unit,
+            f.better.word(),
+            or_dash(row.raw),
+            or_dash(row.greenhub),
+            peer,
+            row.vs_raw,
+            row.vs_peer,
+            row.targets
+        ));
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "## Summary: the rows of issue 12\n\n\
+         | figure | unit | better | raw limit | greenhub | best peer | greenhub/raw | greenhub/best peer | targets |\n\
+         |---|---|---|---|---|---|---|---|---|\n{}\n",
+        lines.join("\n")
+    );
 }
 
 fn group_table(w: &mut String, group: Group, results: &Results) {
     let cols = columns(group);
     let _ = writeln!(w, "## {}\n", group.title());
     let mut head = String::from("| figure | unit | better |");
-    for c in cols {
+    for c in &cols {
         let _ = write!(head, " {} |", c.id());
     }
-    head.push_str(" greenhub/raw | greenhub/best peer | targets (issues 2–4) |");
+    head.push_str(" greenhub/raw | greenhub/best peer | targets (issues 2–4, 12) |");
     let _ = writeln!(w, "{head}\n|{}", "---|".repeat(cols.len() + 6));
     for bench in BENCHES.iter().filter(|b| b.group == group) {
         if !bench.impls.iter().any(|&i| results.ran(bench.id, i)) {
             continue;
         }
         for f in bench.figures {
-            let label = if bench.figures.len() > 1 {
-                format!("{}: {}", bench.id, f.label)
-            } else {
-                f.label.into()
-            };
-            let mut row = format!("| {label} | {} | {} |", f.unit, f.better.word());
-            for &c in cols {
-                let v = cell(results, bench, c, f.key, f.better);
-                let shown = match v {
-                    Some(v) => fmt_value(v),
-                    None if bench.impls.contains(&c)
-                        || (c == Impl::Raw && bench.raw_from.is_some()) =>
-                    {
-                        let failures = results.failures(bench.id, c);
-                        let at = failures.iter().find_map(|m| fails_at(m));
-                        match (failures.is_empty(), at) {
-                            (true, _) => "n/a".into(),
-                            (false, Some(n)) => format!("fails at {n}"),
-                            (false, None) => "failed".into(),
-                        }
-                    }
-                    None => "—".into(),
-                };
-                let _ = write!(row, " {shown} |");
+            let row = FigureRow::new(results, bench, f);
+            let mut line = format!("| {} | {} | {} |", row.label, f.unit, f.better.word());
+            for &c in &cols {
+                let _ = write!(line, " {} |", cell_text(results, bench, c, f));
             }
-            let g = results.median(bench.id, Impl::Greenhub, f.key);
-            let raw = raw_best(results, bench, f.key, f.better);
-            let peer = best_peer(results, bench, f.key, f.better);
-            let ratio = |other: Option<f64>| match (g, other) {
-                (Some(g), Some(o)) => fmt_ratio(g / o),
-                _ => "—".into(),
-            };
-            let peer_ratio = match (g, peer) {
-                (Some(g), Some((i, p))) => format!("{} (vs {})", fmt_ratio(g / p), i.id()),
-                _ => "—".into(),
-            };
-            let targets: Vec<String> = crate::spec::targets(bench.id, f.key)
-                .into_iter()
-                .map(|t| {
-                    let text = target_text(t, f.unit, f.better, peer.map(|p| p.0));
-                    let mark =
-                        match g.and_then(|g| target_met(t, g, raw, peer.map(|p| p.1), f.better)) {
-                            Some(true) => " ✅",
-                            Some(false) => " ❌",
-                            None => "",
-                        };
-                    format!("{text}{mark}")
-                })
-                .collect();
-            let _ = writeln!(w, "{row} {} | {peer_ratio} | {} |", ratio(raw), targets.join("; "));
+            let _ = writeln!(w, "{line} {} | {} | {} |", row.vs_raw, row.vs_peer, row.targets);
         }
     }
     let _ = writeln!(
         w,
         "\nRatios are plain quotients greenhub ÷ other of the medians; read them with the `better` \
          column (for a `lower` figure 0.5 means greenhub takes half the time, for a `higher` one it \
-         means half the rate). `raw` is the best raw variant (table below); `—`: the implementation \
+         means half the rate). `raw` is the best raw variant; `—`: the implementation \
          has no such operation; `n/a`: not measured in this run.\n"
     );
 }
 
+/// Rows with more than one raw variant: each variant's median.
 fn raw_variants(w: &mut String, groups: &[Group], results: &Results) {
+    let variants = |b: &Bench| -> Vec<Impl> {
+        b.impls.iter().copied().filter(|i| i.role() == Role::Raw).collect()
+    };
     let benches: Vec<&Bench> = BENCHES
         .iter()
-        .filter(|b| groups.contains(&b.group) && b.impls.contains(&Impl::RawBigPipe))
-        .filter(|b| results.ran(b.id, Impl::Raw) || results.ran(b.id, Impl::RawBigPipe))
+        .filter(|b| groups.contains(&b.group) && variants(b).len() > 1)
+        .filter(|b| variants(b).iter().any(|&i| results.ran(b.id, i)))
         .collect();
-    if benches.is_empty() {
-        return;
-    }
-    let _ = writeln!(w, "## Raw pipe variants\n");
+    let Some(first) = benches.first() else { return };
+    let heads = variants(first);
+    let _ = writeln!(w, "## Raw variants\n");
+    let titles: Vec<&str> = heads.iter().map(|i| i.variant()).collect();
     let _ = writeln!(
         w,
-        "| figure | unit | 64 KiB pipe, sleep in epoll when full/empty | pipe grown to 1 MiB (F_SETPIPE_SZ) |\n|---|---|---|---|"
+        "| figure | unit | {} |\n|---|---|{}",
+        titles.join(" | "),
+        "---|".repeat(heads.len())
     );
     for b in benches {
         for f in b.figures {
-            let v = |i| results.median(b.id, i, f.key).map_or("n/a".into(), fmt_value);
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} |",
-                f.label,
-                f.unit,
-                v(Impl::Raw),
-                v(Impl::RawBigPipe)
-            );
+            let v = |i: &Impl| {
+                if b.impls.contains(i) {
+                    results.median(b.id, *i, f.key).map_or("n/a".into(), fmt_value)
+                } else {
+                    "—".into()
+                }
+            };
+            let cells: Vec<String> = heads.iter().map(v).collect();
+            let _ = writeln!(w, "| {} | {} | {} |", f.label, f.unit, cells.join(" | "));
         }
     }
     let _ = writeln!(w);
@@ -488,49 +593,86 @@ fn failures(w: &mut String, groups: &[Group], results: &Results) {
     }
 }
 
-fn notes(w: &mut String) {
-    let _ = writeln!(
-        w,
-        "## How each figure is measured\n\n\
-         - **switch**: two coroutines each yield N times to the other; time / 2N. greenhub `yield_now`, \
-         may `coroutine::yield_now` (one worker), gevent `gevent.sleep(0)` (its idiomatic cooperative \
-         yield: a switch to the hub and back), raw: one corosensei `resume` + `suspend`.\n\
-         - **switch, monitor on**: the same with the blocking monitor on: greenhub \
-         `Builder::monitor(100 ms)` (one relaxed atomic store per switch, a watchdog thread), gevent \
-         `config.monitor_thread` with `max_blocking_time` 0.1 s (a greenlet trace function per switch).\n\
-         - **spawn+join**: 100k no-op coroutines, spawned and joined in batches of 1,000 (so no \
-         implementation needs 100k stacks at once: guard-paged stacks hit `vm.max_map_count` near 32k); \
-         time per coroutine.\n\
-         - **channel round trip**: two coroutines ping-pong a number over two unbounded channels \
-         (greenhub `sync::channel`, may `sync::mpsc`, gevent `gevent.queue.UnboundQueue`, the fastest of its queues here).\n\
-         - **select round trip**: a producer sends on channel A or B in turn and waits for an ack; the \
-         consumer waits on both (greenhub `select!`; may `select!`, one coroutine per arm; gevent \
-         `gevent.wait([event_a, event_b], count=1)`, each event guarding a deque), then acks.\n\
-         - **Pool map**: `Pool(100).map` of 100k no-op items (greenhub `sync::Pool::map`, gevent \
-         `gevent.pool.Pool.map`); time per item.\n\
-         - **sleepers**: N coroutines sleep until deadlines spread uniformly over 1.0–1.5 s after the \
-         start (handed out in scrambled order); wall time until all are done, lateness = wake-up − \
-         deadline, peak RSS = `ru_maxrss` of the process (each N in a fresh process, so the interpreter \
-         or runtime's own footprint is included: compare like with like).\n\
-         - **parked (1M at 64 KiB stacks, 100k at the default size)**: N coroutines each sleep until \
-         one deadline, set once all have started (each yields once when it starts): the starting time \
-         + 1 s later, so that every implementation has them all asleep by then; at most 1 round (1M) and 3 \
-         rounds (100k); *spawned and all asleep*: from the first spawn until the last one sleeps; \
-         *woken and joined*: from the deadline until all are joined; memory: VmRSS + VmPTE \
-         (`/proc/self/status`) with all asleep, and per coroutine: its growth over the process \
-         before the first spawn, / N. may maps a guard page per stack, so past about \
-         `vm.max_map_count` / 2 live coroutines it fails: the cell says after how many. gevent's \
-         greenlets have no stacks of their own (the used part is copied to the heap on a switch).\n\
-         - **TCP echo**: 100 clients and the echo server in one process and one hub/worker, each client \
-         doing sequential 64-byte round trips on 127.0.0.1; total round trips / s.\n\
-         - **1-byte / 64,000-byte messages**: a child writes N messages to a raw pipe (gipc \
-         `encoder=None`), the parent reads them; rate from the first message received to the last.\n\
-         - **100 MB message**: one message, from just before the child puts it (its monotonic clock, sent \
-         ahead in a small message) until the parent's get returns; raw bytes, and serialised (greenhub \
-         postcard `Vec<u8>`, gipc pickle of `bytes`; raw column: the raw bytes limit).\n\
-         - **ping-pong**: the parent puts a small message on a duplex pipe and the child puts it back; \
-         round trips / s after one warm-up; pinned: both processes on CPU 0 (`sched_setaffinity`).\n\
-         - **process start+join**: start a child that returns at once and join it, N times; raw: \
-         `fork` + `_exit(0)` + `waitpid`.\n"
-    );
+/// Every row run: its title and how it is measured, from the row's own `how` in spec.rs.
+fn how_measured(w: &mut String, groups: &[Group], results: &Results) {
+    let _ = writeln!(w, "## How each row is measured\n");
+    for b in BENCHES.iter().filter(|b| groups.contains(&b.group)) {
+        if !b.impls.iter().any(|&i| results.ran(b.id, i)) {
+            continue;
+        }
+        let secs = results.seconds(b.id);
+        let _ = writeln!(w, "- **{}** (`{}`, {secs:.0} s in this run): {}", b.title, b.id, b.how);
+    }
+    let _ = writeln!(w);
+}
+
+/// The files behind the figures, for the reader who wants to check one.
+pub const WHERE: &[(&str, &str)] = &[
+    (
+        "bench/src/spec.rs",
+        "every row: its figures, implementations, parameters, targets and the sentence saying how it is measured",
+    ),
+    ("bench/src/main.rs", "the command line and the interleaved rounds"),
+    ("bench/src/runner.rs", "one fresh process per measurement, its time limit, the medians"),
+    ("bench/src/worker.rs", "the worker side: one measurement, one JSON line"),
+    ("bench/src/report.rs", "this document: machine facts, summary, tables, ratios"),
+    ("bench/src/chart.rs", "the chart (hand-written SVG)"),
+    ("bench/src/greenhub_peer.rs", "greenhub's runtime rows, through its public API"),
+    ("bench/src/greenhub_ipc_peer.rs", "greenhub-ipc's rows, through its public API"),
+    ("bench/src/may_peer.rs", "may's rows (one worker)"),
+    ("bench/src/raw.rs", "the raw OS limit (corosensei, pipes, fork), with bench/src/sys.rs"),
+    (
+        "bench/src/http_load.rs",
+        "the HTTP plaintext rows: servers pinned, wrk pinned, its figures read",
+    ),
+    ("bench/src/http_servers.rs", "the raw mio, greenhub and may_minihttp HTTP servers"),
+    (
+        "examples/src/http.rs",
+        "the HTTP/1.1 parser and responses shared by the raw and greenhub servers and examples/prefork_server",
+    ),
+    ("bench/src/http.rs", "the pre-fork HTTP row (examples/prefork_server under wrk)"),
+    ("bench/py/gevent_runtime.py", "gevent's runtime rows"),
+    ("bench/py/gevent_http.py", "gevent's HTTP server (StreamServer, TCP_NODELAY)"),
+    ("bench/py/gipc_ipc.py", "gipc's rows"),
+    ("bench/setup.sh", "the Python venv (pinned gevent, gipc) and wrk"),
+    ("runtime/src/hub.rs", "greenhub's loop: what every runtime row exercises"),
+    ("runtime/src/io.rs", "the readiness waits and the retry loop under TCP echo and HTTP"),
+    ("runtime/src/net/tcp.rs", "greenhub's TcpListener and TcpStream"),
+    ("ipc/src/pipe.rs", "greenhub-ipc's pipes, under the stream, message and ping-pong rows"),
+    ("ipc/src/process.rs", "start_process and joining, under the process row"),
+];
+
+fn where_in_the_code(w: &mut String) {
+    let _ = writeln!(w, "## Where in the code\n");
+    for (path, what) in WHERE {
+        let _ = writeln!(w, "- `{path}`: {what}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_named_in_where_in_the_code_exists() {
+        let root = Path::new(crate::BENCH_DIR).join("..");
+        for (path, _) in WHERE {
+            assert!(root.join(path).is_file(), "{path} is named in WHERE but does not exist");
+        }
+    }
+
+    #[test]
+    fn every_row_says_how_it_is_measured() {
+        for b in BENCHES {
+            assert!(!b.how.trim().is_empty(), "row {} has no `how` sentence", b.id);
+        }
+    }
+
+    #[test]
+    fn every_headline_names_a_row_and_a_figure() {
+        for &(id, key) in crate::spec::HEADLINES {
+            let bench = BENCHES.iter().find(|b| b.id == id).expect(id);
+            assert!(bench.figures.iter().any(|f| f.key == key), "{id} has no figure {key}");
+        }
+    }
 }

@@ -18,11 +18,20 @@ pub type Outcome = Result<Vec<(String, f64)>, String>;
 #[derive(Debug, Default)]
 pub struct Results {
     runs: HashMap<(&'static str, Impl), Vec<Outcome>>,
+    /// Wall time spent on each benchmark, every round and implementation.
+    seconds: HashMap<&'static str, f64>,
 }
 
 impl Results {
-    pub fn push(&mut self, bench: &'static str, imp: Impl, outcome: Outcome) {
+    /// Records one measurement and the wall time it took.
+    pub fn push(&mut self, bench: &'static str, imp: Impl, outcome: Outcome, seconds: f64) {
         self.runs.entry((bench, imp)).or_default().push(outcome);
+        *self.seconds.entry(bench).or_default() += seconds;
+    }
+
+    /// Wall time spent on one benchmark in this run.
+    pub fn seconds(&self, bench: &str) -> f64 {
+        self.seconds.get(bench).copied().unwrap_or(0.0)
     }
 
     /// Every successful value of one figure, in round order.
@@ -81,9 +90,11 @@ impl Runner {
     pub fn command(&self, bench: &Bench, imp: Impl) -> Command {
         let name = spec::python_name(bench.id);
         let params = spec::params(bench.id, imp, self.quick);
+        // The HTTP rows: this program's worker starts the implementation's server and drives wrk.
+        let driven_here = crate::http_load::BENCHES.contains(&bench.id);
         let mut cmd = if let Some(c) = crate::patch_rows::command(&self.exe, bench.id, imp) {
             c
-        } else if imp.is_python() {
+        } else if imp.is_python() && !driven_here {
             let script = if imp == Impl::Gevent { "gevent_runtime.py" } else { "gipc_ipc.py" };
             let mut c = Command::new(&self.python);
             c.arg("-u").arg(self.py_dir.join(script)).arg(name);

@@ -89,8 +89,22 @@ impl Impl {
         ALL_IMPLS.iter().copied().find(|i| i.id() == id)
     }
 
-    pub fn is_peer(self) -> bool {
-        matches!(self, Impl::May | Impl::Gevent | Impl::Gipc)
+    /// What its figures are to greenhub's: the ratio columns follow this, for any row.
+    pub fn role(self) -> Role {
+        match self {
+            Impl::Greenhub => Role::Subject,
+            Impl::May | Impl::Gevent | Impl::Gipc => Role::Peer,
+            Impl::Raw | Impl::RawBigPipe => Role::Raw,
+        }
+    }
+
+    /// How a raw variant differs from the others (the header of its column in "Raw variants").
+    pub fn variant(self) -> &'static str {
+        match self {
+            Impl::RawBigPipe => "pipe grown to 1 MiB (F_SETPIPE_SZ)",
+            Impl::Raw => "plain (pipes: 64 KiB, sleep in epoll when full/empty)",
+            other => other.id(),
+        }
     }
 
     pub fn is_python(self) -> bool {
@@ -109,6 +123,15 @@ impl Impl {
     }
 }
 
+/// An implementation's place in the report: the one measured, what a user would pick instead
+/// (the best of them is "best peer"), or the OS limit (the best variant is "raw").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Subject,
+    Peer,
+    Raw,
+}
+
 pub const ALL_IMPLS: [Impl; 6] =
     [Impl::Greenhub, Impl::May, Impl::Gevent, Impl::Gipc, Impl::Raw, Impl::RawBigPipe];
 
@@ -118,6 +141,9 @@ pub struct Bench {
     pub group: Group,
     pub id: &'static str,
     pub title: &'static str,
+    /// How it is measured: one or two sentences for the report's "How each row is measured",
+    /// written here beside the row so that whoever changes the row changes its sentence.
+    pub how: &'static str,
     pub figures: &'static [Figure],
     pub impls: &'static [Impl],
     /// Take the raw column from another benchmark (the serialised 100 MB message is compared with
@@ -139,6 +165,40 @@ const SLEEPER_FIGURES: &[Figure] = &[
     fig("rss_mb", "peak RSS", "MB", Lower),
 ];
 
+const SLEEPERS_HOW: &str = "N coroutines sleep until deadlines spread uniformly over 1.0–1.5 s after the \
+    start (handed out in scrambled order); wall time until all are done, lateness = wake-up − deadline, \
+    peak RSS = `ru_maxrss` of the process (each N in a fresh process, so the interpreter or runtime's own \
+    footprint is included: compare like with like).";
+
+const PARKED_HOW: &str = "N coroutines each sleep until one deadline, set once all have started (each \
+    yields once when it starts): the starting time + 1 s later, so that every implementation has them all \
+    asleep by then; at most 1 round (1M) and 3 rounds (100k); *spawned and all asleep*: from the first \
+    spawn until the last one sleeps; *woken and joined*: from the deadline until all are joined; memory: \
+    VmRSS + VmPTE (`/proc/self/status`) with all asleep, and per coroutine: its growth over the process \
+    before the first spawn, / N (what it is made of: docs/coroutines-and-stacks.md). may maps a guard \
+    page per stack, so past about `vm.max_map_count` / 2 live coroutines it fails: the cell says after \
+    how many. gevent's greenlets have no stacks of their own (the used part is copied to the heap on a \
+    switch).";
+
+const HTTP_FIGURES: &[Figure] = &[
+    fig("rps", "requests", "requests/s", Higher),
+    fig("cpu_us_per_req", "server CPU per request", "µs", Lower),
+    fig("p50_ms", "p50 latency", "ms", Lower),
+    fig("p99_ms", "p99 latency", "ms", Lower),
+];
+
+const HTTP_HOW: &str = "each server answers keep-alive `GET /` with \"Hello, World!\" (the same \
+    response bytes, ~130; may_minihttp adds its `Date` header), pinned to CPU 0 (`taskset`), loaded by \
+    `wrk -t1 -c100 --latency` pinned to CPU 1 for a few seconds; requests/s, wrk's p50 / p99 latency, \
+    and the server's CPU time per request (its threads' `schedstat`: what another process's load on CPU 0 \
+    takes away lowers requests/s, not this). \
+    raw: a hand-written single-threaded mio (epoll, edge-triggered) server; greenhub: \
+    `net::TcpListener`, one coroutine per connection; raw and greenhub share one parser and response \
+    writer (`examples/src/http.rs`, also `prefork_server`'s) and answer every whole request read with \
+    one write; may: `may_minihttp` with one worker; gevent: `gevent.server.StreamServer` with \
+    **TCP_NODELAY set** on each connection (without it responses stall ~40 ms on delayed ACKs), its \
+    parser a Python port of the same rules (`py/gevent_http.py`).";
+
 const PARKED_FIGURES: &[Figure] = &[
     fig("asleep_s", "spawned and all asleep", "s", Lower),
     fig("wake_s", "woken and joined", "s", Lower),
@@ -151,6 +211,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "switch",
         title: "coroutine switch (two coroutines yielding to each other)",
+        how: "two coroutines each yield N times to the other; time / 2N. greenhub `yield_now`, may `coroutine::yield_now` (one worker), gevent `gevent.sleep(0)` (its idiomatic cooperative yield: a switch to the hub and back), raw: one corosensei `resume` + `suspend`.",
         figures: &[fig("ns_per_switch", "switch", "ns", Lower)],
         impls: &[Greenhub, May, Gevent, Raw],
         raw_from: None,
@@ -159,6 +220,9 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "switch_monitor",
         title: "coroutine switch with the blocking monitor on (max_blocking 100 ms)",
+        how: "the same with the blocking monitor on: greenhub `Builder::monitor(100 ms)` (one relaxed \
+            atomic store per switch, a watchdog thread), gevent `config.monitor_thread` with \
+            `max_blocking_time` 0.1 s (a greenlet trace function per switch).",
         figures: &[fig("ns_per_switch", "switch, monitor on", "ns", Lower)],
         impls: &[Greenhub, Gevent],
         raw_from: None,
@@ -167,6 +231,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "spawn",
         title: "spawn + join of 100k no-op coroutines",
+        how: "100k no-op coroutines, spawned and joined in batches of 1,000 (so no implementation needs 100k stacks at once: guard-paged stacks hit `vm.max_map_count` near 32k); time per coroutine.",
         figures: &[fig("ns_per_spawn", "spawn+join", "ns", Lower)],
         impls: &[Greenhub, May, Gevent],
         raw_from: None,
@@ -175,6 +240,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "channel",
         title: "in-process channel round trip",
+        how: "two coroutines ping-pong a number over two unbounded channels (greenhub `sync::channel`, may `sync::mpsc`, gevent `gevent.queue.UnboundQueue`, the fastest of its queues here).",
         figures: &[fig("ns_per_round_trip", "channel round trip", "ns", Lower)],
         impls: &[Greenhub, May, Gevent],
         raw_from: None,
@@ -183,6 +249,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "select",
         title: "select over two channels (may: select!; gevent: gevent.wait on two events), plus an ack",
+        how: "a producer sends on channel A or B in turn and waits for an ack; the consumer waits on both (greenhub `select!`; may `select!`, one coroutine per arm; gevent `gevent.wait([event_a, event_b], count=1)`, each event guarding a deque), then acks on a third channel.",
         figures: &[fig("ns_per_select", "select round trip", "ns", Lower)],
         impls: &[Greenhub, May, Gevent],
         raw_from: None,
@@ -191,6 +258,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "pool_map",
         title: "Pool map of 100k no-op items, pool size 100",
+        how: "`Pool(100).map` of 100k no-op items (greenhub `sync::Pool::map`, gevent `gevent.pool.Pool.map`; may has no pool); time per item.",
         figures: &[fig("ns_per_item", "Pool map", "ns per item", Lower)],
         impls: &[Greenhub, Gevent],
         raw_from: None,
@@ -199,6 +267,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "sleepers10k",
         title: "10k sleepers, deadlines over 1.0-1.5 s",
+        how: SLEEPERS_HOW,
         figures: SLEEPER_FIGURES,
         impls: &[Greenhub, May, Gevent],
         raw_from: None,
@@ -207,6 +276,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "sleepers30k",
         title: "30k sleepers, deadlines over 1.0-1.5 s",
+        how: SLEEPERS_HOW,
         figures: SLEEPER_FIGURES,
         impls: &[Greenhub, May, Gevent],
         raw_from: None,
@@ -215,6 +285,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "parked1m",
         title: "1,000,000 sleeping coroutines at once, 64 KiB stacks",
+        how: PARKED_HOW,
         figures: PARKED_FIGURES,
         impls: &[Greenhub, May, Gevent],
         raw_from: None,
@@ -223,6 +294,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "parked100k",
         title: "100,000 sleeping coroutines at once, default stack size",
+        how: PARKED_HOW,
         figures: PARKED_FIGURES,
         impls: &[Greenhub, May, Gevent],
         raw_from: None,
@@ -231,6 +303,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "tcp",
         title: "TCP echo, 100 clients, 64-byte round trips on 127.0.0.1",
+        how: "100 clients and the echo server in one process and one hub (one may worker), each client doing sequential 64-byte round trips on 127.0.0.1; total round trips / s.",
         figures: &[fig("round_trips_per_s", "TCP echo", "round trips/s", Higher)],
         impls: &[Greenhub, May, Gevent],
         raw_from: None,
@@ -239,14 +312,25 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "patch_read",
         title: "a patched read that does not block (1 byte from a ready, blocking pipe) in a hub after patch::install(); raw: libc's read in a process without the patch",
+        how: "a hub after `patch::install()` reads 1 byte from a ready, blocking pipe through the hooked `read` (which must find the fd ready and not suspend); raw: libc's `read` of the same pipe in a process without the patch; ns per call.",
         figures: &[fig("ns_per_read", "patched read, not blocking", "ns", Lower)],
         impls: &[Greenhub, Raw],
         raw_from: None,
     },
     Bench {
         group: Group::Runtime,
+        id: "http_keepalive",
+        title: "HTTP/1.1 plaintext, 100 keep-alive connections, one request at a time (may: may_minihttp; gevent: StreamServer + TCP_NODELAY; raw: mio)",
+        how: HTTP_HOW,
+        figures: HTTP_FIGURES,
+        impls: &[Greenhub, May, Gevent, Raw],
+        raw_from: None,
+    },
+    Bench {
+        group: Group::Runtime,
         id: "patch_tcp",
         title: "TCP echo as in `tcp`, written with std::net::TcpStream, through the patch; raw column: greenhub's own net::TcpStream (the `tcp` row, no patch)",
+        how: "the `tcp` row's echo written with `std::net::TcpStream` and run in coroutines after `patch::install()` (a separate bench binary, `bench/patch-worker`, so the feature reaches no other row); raw column: greenhub's own `net::TcpStream` echo without the patch.",
         figures: &[fig(
             "round_trips_per_s",
             "std TCP echo through the patch",
@@ -257,9 +341,20 @@ pub const BENCHES: &[Bench] = &[
         raw_from: None,
     },
     Bench {
+        group: Group::Runtime,
+        id: "http_pipelined",
+        title: "HTTP/1.1 plaintext, 100 connections, 16 pipelined requests per write (may: may_minihttp; gevent: StreamServer + TCP_NODELAY; raw: mio)",
+        how: "the same with wrk sending 16 requests per write (a Lua script generated at run time); \
+            every server answers what one read brought in one write.",
+        figures: HTTP_FIGURES,
+        impls: &[Greenhub, May, Gevent, Raw],
+        raw_from: None,
+    },
+    Bench {
         group: Group::Ipc,
         id: "stream1",
         title: "1-byte message stream, child to parent",
+        how: "a child puts N 1-byte messages on a raw pipe (gipc: `encoder=None`), the parent gets them; rate from the first message received to the last. raw: a forked child writing each frame (4-byte length + payload) with one `write` to a non-blocking pipe, the parent reading 1 MiB at a time, each side sleeping in epoll when the pipe is full / empty; the better of a 64 KiB and a 1 MiB pipe.",
         figures: &[fig("msgs_per_s", "1-byte messages", "msgs/s", Higher)],
         impls: &[Greenhub, Gipc, Raw, RawBigPipe],
         raw_from: None,
@@ -268,6 +363,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "stream64k",
         title: "64,000-byte message stream, child to parent",
+        how: "the same with 64,000-byte messages (payload bytes, 10^9 per GB).",
         figures: &[fig("gb_per_s", "64,000-byte messages", "GB/s", Higher)],
         impls: &[Greenhub, Gipc, Raw, RawBigPipe],
         raw_from: None,
@@ -276,6 +372,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "big_raw",
         title: "one 100 MB message, raw bytes",
+        how: "one 100 MB message on a raw pipe, from just before the child puts it (its `CLOCK_MONOTONIC`, sent ahead in a small message) until the parent's get returns it.",
         figures: &[fig("ms", "100 MB message, raw", "ms", Lower)],
         impls: &[Greenhub, Gipc, Raw, RawBigPipe],
         raw_from: None,
@@ -284,6 +381,9 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "big_ser",
         title: "one 100 MB message, serialised (greenhub: a Vec<u8> through pipe::<Vec<u8>>(), postcard; gipc: pickle of bytes)",
+        how: "the same message through the default, serialising pipe: greenhub `pipe::<Vec<u8>>()` \
+            (postcard, through the codec's fast path for a top-level `Vec<u8>`), gipc's default pipe \
+            (pickle of `bytes`); its raw column is the raw-bytes limit.",
         figures: &[fig("ms", "100 MB message, serialised", "ms", Lower)],
         impls: &[Greenhub, Gipc],
         raw_from: Some("big_raw"),
@@ -292,6 +392,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "pingpong",
         title: "duplex ping-pong round trip, unpinned",
+        how: "the parent puts a small message on a duplex pipe, the child puts it back; round trips / s after one warm-up round trip. raw: two non-blocking pipes, 5-byte frames.",
         figures: &[fig("round_trips_per_s", "ping-pong, unpinned", "round trips/s", Higher)],
         impls: &[Greenhub, Gipc, Raw],
         raw_from: None,
@@ -300,6 +401,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "pingpong_pinned",
         title: "duplex ping-pong round trip, both processes pinned to CPU 0",
+        how: "the same with both processes on CPU 0 (`sched_setaffinity`; the child inherits the mask, and the Python child sets it too).",
         figures: &[fig(
             "round_trips_per_s",
             "ping-pong, pinned to one CPU",
@@ -313,6 +415,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "process",
         title: "start a child process and join it (raw: fork + _exit + waitpid)",
+        how: "start a child that returns at once and join it, N times in a row; raw: `fork` + `_exit(0)` in the child + `waitpid`.",
         figures: &[fig("us_per_process", "process start+join", "µs", Lower)],
         impls: &[Greenhub, Gipc, Raw],
         raw_from: None,
@@ -321,6 +424,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "pool",
         title: "Pool map of 100k tiny items (x + 1) on 2 workers; Python column: multiprocessing.Pool, chunksize 1",
+        how: "`Pool::map` of 100k tiny items (`x + 1` on a u64) over 2 workers, after a warm-up map; the Python column is `multiprocessing.Pool(2).map` (fork context) with `chunksize=1`. greenhub's pool has no chunksize: it batches by itself.",
         figures: &[fig("items_per_s", "Pool, tiny items, vs chunksize 1", "items/s", Higher)],
         impls: &[Greenhub, Gipc],
         raw_from: None,
@@ -329,6 +433,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "pool_chunked",
         title: "the same; Python column: multiprocessing.Pool, chunksize 50,000 (its best of 1 to 50,000 here)",
+        how: "the same, the Python column with `chunksize=50000` (the best of 1, 100, 1,000, 5,000, 12,500 and 50,000 on this machine).",
         figures: &[fig("items_per_s", "Pool, tiny items, vs best chunksize", "items/s", Higher)],
         impls: &[Greenhub, Gipc],
         raw_from: None,
@@ -337,6 +442,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "http",
         title: "HTTP/1.1 plaintext (examples/prefork_server) under wrk, 1 thread, 50 connections: one process, pre-fork with 1 and 2 workers",
+        how: "`examples/prefork_server` (built from the root workspace) under `wrk -t1 -c50` for 5 s: `--single` (one process, no fork), then pre-fork with 1 and with 2 workers. On 2 cores, `wrk` itself takes one.",
         figures: &[
             fig("rps_single", "HTTP, single process", "requests/s", Higher),
             fig("rps_prefork1", "HTTP, pre-fork, 1 worker", "requests/s", Higher),
@@ -346,6 +452,35 @@ pub const BENCHES: &[Bench] = &[
         raw_from: None,
     },
 ];
+
+/// The figures of the summary at the top of the report: the rows issue 12's table names, and the
+/// goals it adds (HTTP, memory per parked coroutine), as (benchmark, figure key).
+pub const HEADLINES: &[(&str, &str)] = &[
+    ("big_ser", "ms"),
+    ("sleepers30k", "rss_mb"),
+    ("parked100k", "kb_per_coroutine"),
+    ("switch", "ns_per_switch"),
+    ("spawn", "ns_per_spawn"),
+    ("channel", "ns_per_round_trip"),
+    ("process", "us_per_process"),
+    ("pingpong_pinned", "round_trips_per_s"),
+    ("http_keepalive", "rps"),
+    ("http_keepalive", "cpu_us_per_req"),
+    ("http_pipelined", "rps"),
+    ("http_pipelined", "cpu_us_per_req"),
+];
+
+/// Rounds of one benchmark when `asked` were asked for: the parked rows hold up to a million
+/// coroutines (gevent: about 8 GB and minutes per measurement) and their figures (memory above
+/// all) hardly move between rounds, so they run at most once (1M) or three times (100k); this
+/// keeps the whole command under 10 minutes.
+pub fn rounds(bench: &str, asked: usize) -> usize {
+    match bench {
+        "parked1m" => asked.min(1),
+        "parked100k" => asked.min(3),
+        _ => asked,
+    }
+}
 
 /// The command-line parameters of one measurement, `key=value` each.
 pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
@@ -405,23 +540,14 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
             vec![("n", q(100_000, 2_000)), ("workers", 2), ("chunksize", q(50_000, 1_000))]
         }
         "http" => vec![("secs", q(5, 1)), ("connections", 50)],
+        "http_keepalive" => vec![("secs", q(3, 1)), ("connections", 100), ("depth", 1)],
+        "http_pipelined" => vec![("secs", q(3, 1)), ("connections", 100), ("depth", 16)],
         other => panic!("no parameters for benchmark {other}"),
     };
     if imp == RawBigPipe {
         p.push(("pipe_size", 1 << 20));
     }
     p
-}
-
-/// At most this many rounds of a benchmark, whatever `--rounds` says: the parked rows hold up to
-/// a million coroutines (gevent: about 8 GB and minutes per measurement), and their figures
-/// (memory above all) hardly move between rounds; this keeps the whole command in its budget.
-pub fn max_rounds(bench: &str) -> usize {
-    match bench {
-        "parked1m" => 1,
-        "parked100k" => 3,
-        _ => usize::MAX,
-    }
 }
 
 /// A longer time limit (seconds) for one measurement of these benchmarks in a full run: gevent
@@ -473,6 +599,8 @@ pub fn targets(bench: &str, key: &str) -> Vec<Target> {
         // Issue 10: within 10% of the plain call / of greenhub's own sockets; no peer has a patch.
         ("patch_read", _) | ("patch_tcp", _) => return vec![VsRaw(1.0 / 1.1)],
         ("pool", _) => vec![VsPeer(10.0)],
+        // Issue 12 item 4: at least 0.85x the raw server, and ahead of may_minihttp.
+        ("http_keepalive", "rps") | ("http_pipelined", "rps") => vec![VsRaw(0.85)],
         _ => vec![],
     };
     if !t.iter().any(|x| matches!(x, VsPeer(_))) {

@@ -115,6 +115,9 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let result = match Impl::from_id(imp) {
+        Some(imp) if crate::http_load::BENCHES.contains(&bench.as_str()) => {
+            crate::http_load::run(imp, &params)
+        }
         Some(Impl::Raw | Impl::RawBigPipe) => {
             crate::raw::run(bench, &params).map_err(|e| e.to_string())
         }

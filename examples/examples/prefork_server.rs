@@ -42,6 +42,7 @@ use std::process::Stdio;
 use std::rc::Rc;
 use std::time::Duration;
 
+use examples::http;
 use greenhub::JoinHandle;
 use greenhub::net::{TcpListener, TcpStream};
 use greenhub::signal::Signals;
@@ -342,92 +343,31 @@ impl Drop for Leave {
     }
 }
 
-/// The response to every request: TechEmpower's plaintext test.
-const BODY: &str = "Hello, World!";
-
-/// Serves HTTP/1.1 requests on one connection (keep-alive) until the client closes, asks for
-/// `Connection: close`, or the worker is stopping. `idle` is true while no byte of a request
-/// has arrived.
+/// Serves HTTP/1.1 requests on one connection (keep-alive, pipelined requests answered in one
+/// write) until the client closes, asks for `Connection: close`, sends a bad request, or the
+/// worker is stopping. `idle` is true while no byte of a request has arrived. The wire code
+/// (parsing, responses) is `examples::http`, shared with the benchmark's HTTP rows.
 fn serve_http(stream: &TcpStream, idle: &Cell<bool>, stopping: &Cell<bool>) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut reader = stream;
-    let mut buf = Vec::with_capacity(4096);
+    let worker = format!("X-Worker: {}\r\n", std::process::id());
+    let (mut input, mut output) = (Vec::with_capacity(4096), Vec::with_capacity(4096));
     let mut chunk = [0u8; 4096];
+    let mut socket = stream;
     loop {
-        let head_end = loop {
-            if let Some(end) = find_head_end(&buf) {
-                break end;
-            }
-            let n = reader.read(&mut chunk)?;
-            if n == 0 {
-                return Ok(()); // the client closed
-            }
-            idle.set(false);
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.len() > 64 * 1024 {
-                return respond(stream, "431 Request Header Fields Too Large", true);
-            }
-        };
-        let request = Head::parse(&buf[..head_end]);
-        let close = request.close || stopping.get();
-        let status = if request.valid { "200 OK" } else { "400 Bad Request" };
-        respond(stream, status, close || !request.valid)?;
-        buf.drain(..head_end + request.body_len.min(buf.len() - head_end));
-        if close || !request.valid {
+        let n = socket.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(()); // the client closed
+        }
+        idle.set(false);
+        input.extend_from_slice(&chunk[..n]);
+        output.clear();
+        let close = http::answer(&mut input, &mut output, &worker, stopping.get());
+        socket.write_all(&output)?;
+        if close {
             return Ok(());
         }
-        idle.set(buf.is_empty());
+        idle.set(input.is_empty());
     }
-}
-
-/// Where the request head ends (the index just past `\r\n\r\n`).
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-/// What the server needs from a request head.
-struct Head {
-    valid: bool,
-    close: bool,
-    body_len: usize,
-}
-
-impl Head {
-    fn parse(head: &[u8]) -> Head {
-        let text = String::from_utf8_lossy(head);
-        let mut lines = text.split("\r\n");
-        let request_line = lines.next().unwrap_or_default();
-        let mut parts = request_line.split(' ');
-        let (method, target, version) = (parts.next(), parts.next(), parts.next());
-        let valid = method.is_some_and(|m| !m.is_empty())
-            && target.is_some_and(|t| t.starts_with('/'))
-            && matches!(version, Some("HTTP/1.1" | "HTTP/1.0"));
-        let mut close = version == Some("HTTP/1.0");
-        let mut body_len = 0;
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else { continue };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("connection") {
-                close = value.eq_ignore_ascii_case("close")
-                    || (close && !value.eq_ignore_ascii_case("keep-alive"));
-            } else if name.eq_ignore_ascii_case("content-length") {
-                body_len = value.parse().unwrap_or(0);
-            }
-        }
-        Head { valid, close, body_len }
-    }
-}
-
-/// Writes one response with the plaintext body.
-fn respond(mut stream: &TcpStream, status: &str, close: bool) -> io::Result<()> {
-    let connection = if close { "close" } else { "keep-alive" };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nServer: greenhub\r\nContent-Type: text/plain\r\n\
-         Content-Length: {}\r\nConnection: {connection}\r\nX-Worker: {}\r\n\r\n{BODY}",
-        BODY.len(),
-        std::process::id()
-    );
-    stream.write_all(response.as_bytes())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -570,7 +510,7 @@ fn read_response(mut stream: &TcpStream) -> io::Result<String> {
     let mut response = Vec::new();
     let mut byte = [0u8; 1];
     loop {
-        if let Some(end) = find_head_end(&response) {
+        if let Some(end) = http::head_end(&response) {
             let text = String::from_utf8_lossy(&response[..end]).into_owned();
             let len: usize = text
                 .lines()

@@ -1,8 +1,11 @@
 //! Examples for greenhub: see `examples/`. The library holds what CI needs to check them:
 //! [`expected_output`] compares an example's output with the "Expected output" block of its
-//! `//!` header (the `check_example_output` binary runs it from `.ci/run`).
+//! `//!` header (the `check_example_output` binary runs it from `.ci/run`). It also holds what
+//! more than one program shares: [`http`], the HTTP/1.1 wire code of `prefork_server` and of the
+//! benchmark's HTTP rows.
 
 pub mod expected_output;
+pub mod http;
 
 #[cfg(test)]
 mod registered {

@@ -177,6 +177,9 @@ impl Reactor {
             let Some(registration) = registration.filter(|r| r.token == event.token()) else {
                 continue;
             };
+            if event.is_read_closed() || event.is_error() {
+                registration.read_closed.set(true);
+            }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 registration.readable.set(true);
                 registration.readers.notify_all();
@@ -227,6 +230,7 @@ impl Reactor {
             token,
             fd,
             readable: Cell::new(false),
+            read_closed: Cell::new(false),
             writable: Cell::new(false),
             closed: Cell::new(false),
             owners: Cell::new(0), // a `Source` adopts its own right after
@@ -363,6 +367,9 @@ struct Registration {
     token: Token,
     fd: RawFd,
     readable: Cell<bool>,
+    /// The peer has shut down its side, or the fd has an error: sticky, as the state is (reads
+    /// give EOF or the error from now on without a new edge). See `Source::read_stream_until`.
+    read_closed: Cell<bool>,
     writable: Cell<bool>,
     /// Retired: its fd was closed or reused under it; every wait on it gives `EBADF`.
     closed: Cell<bool>,
@@ -542,6 +549,49 @@ impl<T: AsRawFd> Source<T> {
         op: impl FnMut(&T) -> io::Result<R>,
     ) -> io::Result<R> {
         self.retry(Direction::Read, deadline, op)
+    }
+
+    /// [`read_until`](Self::read_until) of a stream read into `len` bytes. `short_read_drains`:
+    /// the fd's reads return short only when they empty its receive queue (TCP: a read copies
+    /// every queued segment up to the end of the buffer); then, after a read shorter than `len`,
+    /// the next one waits for the next readable edge first instead of trying a read that would
+    /// fail with `WouldBlock`: one syscall fewer per message on a request/response connection
+    /// (tokio does the same). Not for Unix sockets: their reads also stop early between two
+    /// writers' bytes and at passed fds.
+    pub(crate) fn read_stream_until(
+        &self,
+        deadline: Option<Instant>,
+        len: usize,
+        short_read_drains: bool,
+        op: impl FnMut(&T) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        if !short_read_drains {
+            return self.read_until(deadline, op);
+        }
+        let registration = try_hub().and_then(|hub| {
+            let registration = self.registration.borrow().of(hub).cloned()?;
+            Some((hub, registration))
+        });
+        if let Some((hub, registration)) = &registration {
+            // False: the last word on this fd was "nothing more" (WouldBlock, or a short read
+            // below), and no edge has come since; `wait` returns at once if one has. A peer's
+            // FIN reported with the data that the short read took makes no new edge: the read
+            // that returns EOF must not wait (the sticky `read_closed`).
+            if !registration.readable.get() && !registration.read_closed.get() {
+                registration.wait(hub, Direction::Read, deadline)?;
+            }
+        }
+        let n = self.retry(Direction::Read, deadline, op)?;
+        if n > 0 && n < len {
+            // No event can be processed between the read and here (the loop is not running), so
+            // any byte that arrives after the read is a new edge that sets the flag again.
+            if let Some(registration) =
+                try_hub().and_then(|h| self.registration.borrow().of(h).cloned())
+            {
+                registration.readable.set(false);
+            }
+        }
+        Ok(n)
     }
 
     /// [`write_with`](Self::write_with) that gives up at `deadline` with `WouldBlock`.

@@ -314,6 +314,91 @@ fn a_read_cut_short_by_a_timeout_leaves_the_stream_usable() {
     });
 }
 
+/// The server half of a TCP connection reads into a 64-byte buffer and reports each read;
+/// after every read it either goes straight to the next read or first yields (so the loop polls,
+/// and an edge may come before the read).
+fn short_reads_round(yield_between: bool) {
+    greenhub::run(|| {
+        let (server, client) = tcp_pair();
+        let (tx, rx) = greenhub::sync::channel::<Vec<u8>>();
+        let reader = spawn(move || {
+            let mut buf = [0u8; 64];
+            loop {
+                let n = (&server).read(&mut buf).unwrap();
+                tx.send(buf[..n].to_vec()).unwrap();
+                if n == 0 {
+                    return;
+                }
+                if yield_between {
+                    greenhub::yield_now();
+                }
+            }
+        });
+        for word in [&b"one"[..], b"two", b"three", &[b'x'; 64], b"four"] {
+            (&client).write_all(word).unwrap();
+            // Every read is short but the 64-byte one: the next read waits for the next edge.
+            assert_eq!(rx.recv().unwrap(), word);
+        }
+        drop(client);
+        assert_eq!(rx.recv().unwrap(), b"", "EOF after short reads");
+        reader.join().unwrap();
+    });
+}
+
+#[test]
+fn tcp_reads_after_a_short_read_get_the_next_bytes() {
+    let _serial = process_lock();
+    short_reads_round(false);
+    short_reads_round(true);
+}
+
+#[test]
+fn a_tcp_read_to_end_sees_eof_that_came_with_the_last_bytes() {
+    // Regression: bytes and the peer's FIN reported by one edge; the short read that took the
+    // bytes made the next read wait for an edge that never came (read_to_string hung).
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (server, client) = tcp_pair();
+        let reader = spawn(move || {
+            let mut text = String::new();
+            (&server).read_to_string(&mut text).map(|_| text)
+        });
+        greenhub::yield_now(); // the reader's first read waits: its fd is registered
+        (&client).write_all(b"bye").unwrap();
+        drop(client); // FIN right behind the bytes, before the loop polls
+        let text = greenhub::timeout(Duration::from_secs(10), || reader.join().unwrap());
+        assert_eq!(text.expect("read_to_string hung after the short read").unwrap(), "bye");
+    });
+}
+
+/// A connected TCP pair on loopback: (accepted side, connecting side).
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    (listener.accept().unwrap().0, client)
+}
+
+#[test]
+fn a_tcp_read_timeout_after_a_short_read_still_times_out() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (server, client) = tcp_pair();
+        let writer = spawn(move || {
+            greenhub::yield_now(); // the server's first read waits: its fd is registered
+            (&client).write_all(b"hi").unwrap();
+            client
+        });
+        let mut buf = [0u8; 16];
+        assert_eq!((&server).read(&mut buf).unwrap(), 2);
+        server.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+        let err = (&server).read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        let client = writer.join().unwrap();
+        (&client).write_all(b"more").unwrap();
+        assert_eq!((&server).read(&mut buf).unwrap(), 4, "the stream still reads after it");
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // try_clone: two fds of one socket, each with its own registration
 

@@ -152,12 +152,17 @@ macro_rules! timeouts_api {
 
 /// `Read`, `Write`, timeouts and the fd traits for a stream type with `inner: Source<_>` and
 /// `timeouts: Timeouts`, through the retry loop.
+/// `short_read_drains`: a short read proves the receive queue empty (see
+/// `Source::read_stream_until`).
 macro_rules! stream_io {
-    ($ty:ty) => {
+    ($ty:ty, short_read_drains = $drains:expr) => {
         impl std::io::Read for &$ty {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
                 let deadline = self.timeouts.read_deadline();
-                self.inner.read_until(deadline, |mut s| std::io::Read::read(&mut s, buf))
+                let len = buf.len();
+                self.inner.read_stream_until(deadline, len, $drains, |mut s| {
+                    std::io::Read::read(&mut s, buf)
+                })
             }
 
             fn read_vectored(
@@ -165,7 +170,10 @@ macro_rules! stream_io {
                 bufs: &mut [std::io::IoSliceMut<'_>],
             ) -> std::io::Result<usize> {
                 let deadline = self.timeouts.read_deadline();
-                self.inner.read_until(deadline, |mut s| std::io::Read::read_vectored(&mut s, bufs))
+                let len = bufs.iter().map(|b| b.len()).sum();
+                self.inner.read_stream_until(deadline, len, $drains, |mut s| {
+                    std::io::Read::read_vectored(&mut s, bufs)
+                })
             }
         }
 

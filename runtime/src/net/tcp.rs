@@ -192,4 +192,4 @@ impl From<std::net::TcpStream> for TcpStream {
     }
 }
 
-stream_io!(TcpStream);
+stream_io!(TcpStream, short_read_drains = true);

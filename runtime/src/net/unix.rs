@@ -150,4 +150,4 @@ impl From<std::os::unix::net::UnixStream> for UnixStream {
     }
 }
 
-stream_io!(UnixStream);
+stream_io!(UnixStream, short_read_drains = false);
