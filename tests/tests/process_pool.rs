@@ -1,7 +1,8 @@
 //! `Pool`: worker processes applying one function: results in input order (`map`) and in
 //! completion order (`imap_unordered`, lazily pulling items), many applying coroutines, per-item
 //! failures (a panic, a result or item that does not encode), a worker that dies, replacement
-//! after `max_tasks_per_worker`, `close` and drop, and no fd leak or zombie whatever happens.
+//! after `max_tasks_per_worker`, `close` and drop, and no fd leak or zombie whatever happens;
+//! then each of those guarantees again with items travelling in chunks of several.
 //!
 //! Every test holds [`process_lock`] (they fork and open fds). No test sleeps to synchronise:
 //! items that must overlap meet at a Unix socket (one binds and waits, the other connects).
@@ -353,6 +354,179 @@ fn no_fd_leak_or_zombie_whatever_the_workers_do() {
         });
     });
     assert_eq!(zombie_children(), Vec::<u32>::new());
+}
+
+#[test]
+fn chunked_map_keeps_input_order_over_every_worker() {
+    hub_test(|| {
+        let pool = PoolBuilder::new(2).chunksize(7).start(run_job).unwrap();
+        let answers = pool.map((0..1000).map(Job::Echo)).unwrap();
+        let order: Vec<u64> = answers
+            .iter()
+            .map(|a| match a {
+                Answer::Echo { n, .. } => *n,
+                other => panic!("expected an echo, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(order, (0..1000).collect::<Vec<_>>());
+        let pids: BTreeSet<u32> = answers.iter().map(echo_pid).collect();
+        assert_eq!(pids.len(), 2, "chunks went to {pids:?} only");
+        let mut unordered: Vec<u64> = pool
+            .imap_unordered((0..1000).map(Job::Echo))
+            .map(|a| match a.unwrap() {
+                Answer::Echo { n, .. } => n,
+                other => panic!("expected an echo, got {other:?}"),
+            })
+            .collect();
+        unordered.sort_unstable();
+        assert_eq!(unordered, (0..1000).collect::<Vec<_>>());
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn the_default_chunks_of_a_long_map_give_every_result_in_order() {
+    hub_test(|| {
+        let pool = Pool::new(2, |n: u64| n + 1).unwrap();
+        let expected: Vec<u64> = (1..=100_000).collect();
+        assert_eq!(pool.map(0..100_000).unwrap(), expected);
+        assert_eq!(pool.map(expected.clone()).unwrap()[99_999], 100_001);
+        pool.close().unwrap();
+    });
+}
+
+/// Runs `jobs` in one worker as a single chunk and returns the outcomes in input order, and
+/// whether the worker that answered is the one that answers afterwards.
+fn in_one_chunk(jobs: Vec<Job>) -> (Vec<Result<Answer, Error>>, bool) {
+    let pool = PoolBuilder::new(1).chunksize(jobs.len()).start(run_job).unwrap();
+    let before = echo_pid(&pool.apply(Job::Echo(0)).unwrap());
+    let mut results: Vec<_> = pool.imap_unordered(jobs).collect();
+    // One worker, concurrency 1: the chunk runs in order and its answers come in order.
+    let same = echo_pid(&pool.apply(Job::Echo(0)).unwrap()) == before;
+    results.shrink_to_fit();
+    pool.close().unwrap();
+    (results, same)
+}
+
+#[test]
+fn a_panicking_item_in_a_chunk_fails_only_itself() {
+    hub_test(|| {
+        let jobs = vec![Job::Echo(1), Job::Panic("cursed".into()), Job::Echo(3)];
+        let (results, same_worker) = in_one_chunk(jobs);
+        assert!(matches!(&results[0], Ok(Answer::Echo { n: 1, .. })), "{results:?}");
+        assert!(matches!(&results[1], Err(Error::Panicked(m)) if m == "cursed"), "{results:?}");
+        assert!(matches!(&results[2], Ok(Answer::Echo { n: 3, .. })), "{results:?}");
+        assert!(same_worker, "the worker was replaced after a panic");
+    });
+}
+
+#[test]
+fn an_unencodable_result_in_a_chunk_fails_only_itself() {
+    hub_test(|| {
+        let jobs = vec![Job::Echo(1), Job::Unencodable, Job::Echo(3)];
+        let (results, same_worker) = in_one_chunk(jobs);
+        assert!(matches!(&results[0], Ok(Answer::Echo { n: 1, .. })), "{results:?}");
+        assert!(matches!(&results[1], Err(Error::Codec(m)) if m.contains("encode")), "{results:?}");
+        assert!(matches!(&results[2], Ok(Answer::Echo { n: 3, .. })), "{results:?}");
+        assert!(same_worker, "the worker was replaced after a result that did not encode");
+    });
+}
+
+#[test]
+fn a_dead_worker_fails_every_item_of_its_chunk_and_only_those() {
+    hub_test(|| {
+        // Two workers, each taking one chunk of 5 at a time: items 0-4 go to one, 5-9 (with the
+        // fatal item 7) to the other; later chunks go to the survivor and the replacement.
+        let pool = PoolBuilder::new(2).chunksize(5).prefetch(0).start(run_job).unwrap();
+        let jobs = (0..20).map(|n| if n == 7 { Job::Die } else { Job::Echo(n) });
+        let results: Vec<_> = pool.imap_unordered(jobs).collect();
+        let died = results.iter().filter(
+            |r| matches!(r, Err(Error::WorkerDied(s)) if s.signal() == Some(libc::SIGKILL)),
+        );
+        assert_eq!(died.count(), 5, "{results:?}");
+        let mut answered: Vec<u64> = results
+            .iter()
+            .filter_map(|r| match r {
+                Ok(Answer::Echo { n, .. }) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        answered.sort_unstable();
+        assert_eq!(answered, (0..5).chain(10..20).collect::<Vec<_>>());
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn max_tasks_per_worker_counts_items_not_chunks() {
+    hub_test(|| {
+        let pool =
+            PoolBuilder::new(2).chunksize(10).max_tasks_per_worker(3).start(run_job).unwrap();
+        let answers = pool.map((0..20).map(Job::Echo)).unwrap();
+        let mut per_pid: BTreeMap<u32, usize> = BTreeMap::new();
+        for answer in &answers {
+            *per_pid.entry(echo_pid(answer)).or_default() += 1;
+        }
+        assert!(per_pid.values().all(|&n| n <= 3), "a worker ran more than 3 items: {per_pid:?}");
+        assert!(per_pid.len() >= 7, "20 items at 3 per worker need 7 workers: {per_pid:?}");
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn concurrency_overlaps_the_items_of_one_chunk() {
+    hub_test(|| {
+        let pool = PoolBuilder::new(1).concurrency(2).chunksize(2).start(run_job).unwrap();
+        let path = socket_path("chunk-overlap.sock");
+        // Both items in one chunk: the waiter only finishes because the signaller runs beside it.
+        let jobs = vec![Job::Wait(path.clone()), Job::Signal(path)];
+        let order: Vec<Answer> = pool.imap_unordered(jobs).map(Result::unwrap).collect();
+        assert_eq!(order, [Answer::Done("signalled".into()), Answer::Done("waited".into())]);
+        pool.close().unwrap();
+    });
+}
+
+#[test]
+fn chunked_imap_unordered_pulls_items_lazily_from_an_endless_iterator() {
+    hub_test(|| {
+        let pool = PoolBuilder::new(2).prefetch(3).chunksize(4).start(|n: u64| n).unwrap();
+        let pulled = Rc::new(Cell::new(0u64));
+        let counted = {
+            let pulled = Rc::clone(&pulled);
+            (0..).inspect(move |_| pulled.set(pulled.get() + 1))
+        };
+        let first: Vec<u64> = pool.imap_unordered(counted).take(10).map(Result::unwrap).collect();
+        assert_eq!(first.len(), 10);
+        // At most the pool-wide window (2 x max(1 + 3, 4)) beyond the results used.
+        assert!(pulled.get() <= 10 + 2 * 4, "pulled {} items for 10 results", pulled.get());
+        drop(pool);
+    });
+}
+
+#[test]
+fn no_fd_leak_or_zombie_whatever_the_workers_do_in_chunks() {
+    let _serial = process_lock();
+    assert_no_fd_leak(5, || {
+        greenhub::run(|| {
+            let pool = PoolBuilder::new(2).chunksize(4).max_tasks_per_worker(6).start(run_job);
+            let pool = pool.unwrap();
+            let jobs = [Job::Echo(1), Job::Die, Job::Panic("p".into()), Job::Unencodable];
+            assert_eq!(pool.imap_unordered(jobs).filter(Result::is_err).count(), 4);
+            let jobs = [Job::Echo(1), Job::Panic("p".into()), Job::Unencodable, Job::Echo(2)];
+            assert_eq!(pool.imap_unordered(jobs).filter(Result::is_err).count(), 2);
+            assert_eq!(pool.map((0..30).map(Job::Echo)).unwrap().len(), 30);
+            pool.close().unwrap();
+        });
+    });
+    assert_eq!(zombie_children(), Vec::<u32>::new());
+}
+
+#[test]
+fn a_chunksize_of_zero_is_refused_naming_the_rule() {
+    let _serial = process_lock();
+    let caught = std::panic::catch_unwind(|| PoolBuilder::new(1).chunksize(0)).unwrap_err();
+    let message = panic_message(&*caught);
+    assert!(message.contains("at least one item"), "{message}");
 }
 
 #[test]

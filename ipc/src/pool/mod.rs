@@ -10,12 +10,14 @@
 //! guaranteed: which worker runs which item, or the order items start in.
 //!
 //! # How items travel
-//! Each worker has two pipes: tasks (the item, tagged with an id) and replies (the id and the
-//! outcome), framed and postcard-encoded like any greenhub-ipc pipe. An item is *in flight* at a
-//! worker from the moment it is handed to it until its reply arrives: up to `concurrency`
-//! running there and up to `prefetch` more queued behind them, so a burst of tiny items travels
-//! many per system call (a corked writer sends what gathered in one hub turn in one `write`, on
-//! both sides). A free slot goes to the worker with the fewest items in flight.
+//! Each worker has two pipes: tasks and replies, framed and postcard-encoded like any
+//! greenhub-ipc pipe. Items travel in *chunks* (`multiprocessing`'s `chunksize`): one frame
+//! carries a chunk's items, tagged with the chunk's id, and one reply frame carries the outcomes
+//! of many of its items, so a tiny item costs no frame, no wake-up and no table entry of its
+//! own. An item is *in flight* at a worker from the moment its chunk is handed to it until its
+//! reply arrives; a worker takes another chunk while it has fewer than `concurrency + prefetch`
+//! items in flight, and a corked writer sends what gathered in one hub turn in one `write`, on
+//! both sides. A chunk goes to the worker with room and the fewest items in flight.
 //!
 //! The parent side of a worker is in `link.rs`, the child's in `worker.rs`, the wire format in
 //! `wire.rs`, the batching writer in `outgoing.rs`.
@@ -26,6 +28,7 @@ mod wire;
 mod worker;
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::rc::{Rc, Weak};
@@ -34,9 +37,9 @@ use greenhub::sync::{Event, Receiver, Sender, channel};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use self::link::{Link, Replies, Waiter};
+use self::link::{Batch, Link, RepliesIn, Waiter};
 use self::outgoing::{Outgoing, WriteEnd};
-use self::wire::{ReplyCodec, TaskCodec};
+use self::wire::{ReplyCodec, TaskChunk, TaskCodec};
 use crate::handle::Handle;
 use crate::{Error, Process, ProcessBuilder, Reader, sys};
 
@@ -72,6 +75,8 @@ pub struct PoolBuilder {
     workers: usize,
     concurrency: usize,
     prefetch: usize,
+    /// `None`: chosen per call (see [`PoolBuilder::chunksize`]).
+    chunksize: Option<usize>,
     max_tasks: Option<usize>,
     name: String,
 }
@@ -88,6 +93,7 @@ impl PoolBuilder {
             workers,
             concurrency: 1,
             prefetch: DEFAULT_PREFETCH,
+            chunksize: None,
             max_tasks: None,
             name: "PoolWorker".to_string(),
         }
@@ -113,6 +119,27 @@ impl PoolBuilder {
     /// slots is free, so a worker that dies fails only the items it was running.
     pub fn prefetch(mut self, n: usize) -> PoolBuilder {
         self.prefetch = n;
+        self
+    }
+
+    /// How many items travel to a worker in one message, and come back in one
+    /// (`multiprocessing`'s `chunksize`). Default: for a call whose length is known
+    /// (`map(0..n)`, a `Vec`, anything whose `size_hint` is exact) `len / (4 * workers)`
+    /// rounded up, as `multiprocessing` does, but at most half of `concurrency + prefetch` so
+    /// that several chunks are in flight at each worker; for an iterator of unknown length, 1.
+    /// [`apply`](Pool::apply) always sends its item alone.
+    ///
+    /// A chunk is the unit of loss: a worker that dies fails every item of the chunks in flight
+    /// at it, answered or not. With `concurrency` 1 a chunk's answers come back together; with
+    /// more, each item's answer comes as soon as it is done. A chunk may take a worker past
+    /// `concurrency + prefetch` items in flight, by less than one chunk.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    #[track_caller]
+    pub fn chunksize(mut self, n: usize) -> PoolBuilder {
+        assert!(n > 0, "greenhub_ipc::PoolBuilder::chunksize(0): a chunk holds at least one item");
+        self.chunksize = Some(n);
         self
     }
 
@@ -180,7 +207,7 @@ fn launch_worker<I, O, F>(
     name: String,
     f: F,
     concurrency: usize,
-) -> Result<(Process, Rc<Outgoing>, Replies<O>), Error>
+) -> Result<(Process, Rc<Outgoing>, RepliesIn<O>), Error>
 where
     I: Serialize + DeserializeOwned + 'static,
     O: Serialize + DeserializeOwned + 'static,
@@ -223,7 +250,7 @@ pub struct Pool<I, O> {
 }
 
 /// A launcher of one worker: the process, its task pipe, its reply pipe.
-type Launch<O> = Box<dyn Fn(String) -> Result<(Process, Rc<Outgoing>, Replies<O>), Error>>;
+type Launch<O> = Box<dyn Fn(String) -> Result<(Process, Rc<Outgoing>, RepliesIn<O>), Error>>;
 
 /// What the pool's handle and its reply readers share.
 struct Shared<I, O> {
@@ -285,31 +312,66 @@ where
         open.min_by_key(|l| l.in_flight.borrow().len()).cloned()
     }
 
-    /// Hands `item` to a worker; its result will come through `results` with `index`. Waits
-    /// for room if `wait`, else returns `Ok(false)` when every worker is full.
+    /// How many items one chunk of a call holds, given its iterator's `size_hint`.
+    fn chunk_len(&self, (low, high): (usize, Option<usize>)) -> usize {
+        let config = &self.config;
+        match (config.chunksize, high) {
+            (Some(n), _) => n,
+            (None, Some(len)) if len == low => {
+                let cap = ((config.concurrency + config.prefetch) / 2).max(1);
+                len.div_ceil(4 * config.workers).clamp(1, cap)
+            }
+            (None, _) => 1,
+        }
+    }
+
+    /// Hands the first items of `held` (at least one, as many as the chosen worker may still
+    /// take) to a worker as one chunk, removing them; their results will come through
+    /// `results`, item `k` with index `first + k`. Waits for room if `wait`, else returns
+    /// `Ok(0)` when every worker is full. An item that does not encode ends the chunk before
+    /// it; at the front of `held` it is removed and its error returned.
     fn submit(
         self: &Rc<Self>,
-        item: &I,
-        index: usize,
-        results: &Sender<(usize, Result<O, Error>)>,
+        held: &mut VecDeque<I>,
+        first: usize,
+        results: &Sender<Batch<O>>,
         wait: bool,
-    ) -> Result<bool, Error> {
+    ) -> Result<usize, Error> {
         loop {
             self.top_up()?;
             if let Some(link) = self.pick() {
                 let id = self.next_id.get();
                 self.next_id.set(id + 1);
-                link.tasks.push(|out| wire::append_task(out, id, item))?;
-                let waiter = Waiter { index, results: results.clone() };
-                link.in_flight.borrow_mut().insert(id, waiter);
-                link.assigned.set(link.assigned.get() + 1);
+                let allowed = match self.config.max_tasks {
+                    Some(max) => max - link.assigned.get(),
+                    None => usize::MAX,
+                };
+                let mut refused = None;
+                let mut taken = 0;
+                link.tasks.push(|out| {
+                    let mut chunk = TaskChunk::begin(out, id);
+                    for item in held.iter().take(allowed) {
+                        if let Err(err) = chunk.push(out, item) {
+                            refused = Some(err);
+                            break;
+                        }
+                    }
+                    taken = chunk.len();
+                    chunk.finish(out)
+                })?;
+                if taken == 0 {
+                    held.pop_front();
+                    return Err(refused.expect("an empty chunk is one whose first item refused"));
+                }
+                held.drain(..taken);
+                link.track(id, Waiter::new(first, taken, results.clone()));
                 if Some(link.assigned.get()) == self.config.max_tasks {
                     link.retire();
                 }
-                return Ok(true);
+                return Ok(taken);
             }
             if !wait {
-                return Ok(false);
+                return Ok(0);
             }
             // Nothing suspends between the look above and this wait: no wake-up is lost.
             self.changed.clear();
@@ -326,7 +388,7 @@ fn notify<I, O>(shared: &Weak<Shared<I, O>>) {
 }
 
 /// The results of one call, as they come.
-type Results<O> = (Sender<(usize, Result<O, Error>)>, Receiver<(usize, Result<O, Error>)>);
+type Results<O> = (Sender<Batch<O>>, Receiver<Batch<O>>);
 
 impl<I, O> Pool<I, O>
 where
@@ -358,11 +420,11 @@ where
     /// no worker can be started.
     pub fn apply(&self, item: I) -> Result<O, Error> {
         let (sender, receiver): Results<O> = channel();
-        self.shared.submit(&item, 0, &sender, true)?;
+        self.shared.submit(&mut VecDeque::from([item]), 0, &sender, true)?;
         drop(sender);
-        match receiver.recv() {
-            Ok((_, result)) => result,
-            Err(_) => unreachable!("a pool item's waiter was dropped without an answer"),
+        match receiver.recv().map(|batch| batch.into_iter().next()) {
+            Ok(Some((_, result))) => result,
+            _ => unreachable!("a pool item's waiter was dropped without an answer"),
         }
     }
 
@@ -372,31 +434,46 @@ where
     /// The first failure to arrive (as [`apply`](Self::apply)'s errors); the items still in
     /// flight then run to their end, and their results are dropped.
     pub fn map(&self, items: impl IntoIterator<Item = I>) -> Result<Vec<O>, Error> {
+        let mut items = items.into_iter();
+        let chunk = self.shared.chunk_len(items.size_hint());
         let (sender, receiver): Results<O> = channel();
-        let mut slots: Vec<Option<O>> = Vec::new();
-        let mut arrived = 0;
-        for item in items {
-            // Place what has arrived as we go: a failure ends the call at once.
-            while let Ok((index, result)) = receiver.try_recv() {
+        let mut slots: Vec<Option<O>> = Vec::with_capacity(items.size_hint().0);
+        let mut held = VecDeque::with_capacity(chunk);
+        let (mut sent, mut arrived) = (0, 0);
+        let place = |batch: Batch<O>, slots: &mut Vec<Option<O>>| {
+            let placed = batch.len();
+            for (index, result) in batch {
                 slots[index] = Some(result?);
-                arrived += 1;
             }
-            slots.push(None);
-            self.shared.submit(&item, slots.len() - 1, &sender, true)?;
+            Ok::<_, Error>(placed)
+        };
+        loop {
+            // Place what has arrived as we go: a failure ends the call at once.
+            while let Ok(batch) = receiver.try_recv() {
+                arrived += place(batch, &mut slots)?;
+            }
+            if held.is_empty() {
+                held.extend(items.by_ref().take(chunk));
+                if held.is_empty() {
+                    break;
+                }
+                slots.resize_with(slots.len() + held.len(), || None);
+            }
+            sent += self.shared.submit(&mut held, sent, &sender, true)?;
         }
         drop(sender);
         while arrived < slots.len() {
-            let (index, result) =
+            let batch =
                 receiver.recv().expect("a pool item's waiter was dropped without an answer");
-            slots[index] = Some(result?);
-            arrived += 1;
+            arrived += place(batch, &mut slots)?;
         }
         Ok(slots.into_iter().map(|slot| slot.expect("every item has arrived")).collect())
     }
 
     /// Runs `f` on every item, in the workers, and yields the results as they complete. Items
     /// are taken from `items` only as workers have room for them (lazily: an endless iterator
-    /// works).
+    /// works): at most `workers * max(concurrency + prefetch, chunksize)` beyond the results
+    /// yielded.
     pub fn imap_unordered<'a, It>(
         &'a self,
         items: It,
@@ -406,12 +483,15 @@ where
         It::IntoIter: 'a,
     {
         let (sender, receiver) = channel();
+        let items = items.into_iter();
         Unordered {
             shared: &self.shared,
-            items: items.into_iter(),
-            held: None,
+            chunk: self.shared.chunk_len(items.size_hint()),
+            items,
+            held: VecDeque::new(),
             sender,
             receiver,
+            ready: VecDeque::new(),
             out: 0,
         }
     }
@@ -462,6 +542,7 @@ impl<I, O> fmt::Debug for Pool<I, O> {
             .field("workers", &self.shared.links.borrow())
             .field("concurrency", &self.shared.config.concurrency)
             .field("prefetch", &self.shared.config.prefetch)
+            .field("chunksize", &self.shared.config.chunksize)
             .field("max_tasks_per_worker", &self.shared.config.max_tasks)
             .finish()
     }
@@ -471,11 +552,15 @@ impl<I, O> fmt::Debug for Pool<I, O> {
 struct Unordered<'a, I, O, It> {
     shared: &'a Rc<Shared<I, O>>,
     items: It,
-    /// An item taken from `items` that found no room yet.
-    held: Option<I>,
-    sender: Sender<(usize, Result<O, Error>)>,
-    receiver: Receiver<(usize, Result<O, Error>)>,
-    /// Items handed over whose results have not been yielded.
+    /// Items per chunk.
+    chunk: usize,
+    /// Items taken from `items` that found no room yet.
+    held: VecDeque<I>,
+    sender: Sender<Batch<O>>,
+    receiver: Receiver<Batch<O>>,
+    /// Results arrived and not yet yielded.
+    ready: VecDeque<Result<O, Error>>,
+    /// Items handed over whose results have not been yielded (`ready` included).
     out: usize,
 }
 
@@ -489,28 +574,32 @@ where
 
     fn next(&mut self) -> Option<Result<O, Error>> {
         // Hand over what there is room for now; wait for room only when nothing is out. Results
-        // not yet yielded count as out, so the items pulled stay within one pool-wide window of
-        // the results yielded.
+        // not yet yielded count as out, and items are pulled only while out and held fit in one
+        // pool-wide window (a worker's room, or one chunk if that is more, per worker), so the
+        // items pulled stay within that window of the results yielded.
         let config = &self.shared.config;
-        let window = config.workers * (config.concurrency + config.prefetch);
-        while self.out < window
-            && let Some(item) = self.held.take().or_else(|| self.items.next())
-        {
-            match self.shared.submit(&item, 0, &self.sender, self.out == 0) {
-                Ok(true) => self.out += 1,
-                Ok(false) => {
-                    self.held = Some(item);
+        let window = config.workers * (config.concurrency + config.prefetch).max(self.chunk);
+        while self.out < window {
+            if self.held.is_empty() {
+                let room = self.chunk.min(window - self.out);
+                self.held.extend(self.items.by_ref().take(room));
+                if self.held.is_empty() {
                     break;
                 }
+            }
+            match self.shared.submit(&mut self.held, 0, &self.sender, self.out == 0) {
+                Ok(0) => break,
+                Ok(taken) => self.out += taken,
                 Err(err) => return Some(Err(err)),
             }
         }
-        if self.out == 0 {
-            return None;
+        if self.ready.is_empty() && self.out > 0 {
+            let batch =
+                self.receiver.recv().expect("a pool item's waiter was dropped without an answer");
+            self.ready.extend(batch.into_iter().map(|(_, result)| result));
         }
+        let result = self.ready.pop_front()?;
         self.out -= 1;
-        let (_, result) =
-            self.receiver.recv().expect("a pool item's waiter was dropped without an answer");
         Some(result)
     }
 }

@@ -1,7 +1,13 @@
-//! A pool worker: the child's side. `concurrency` runner coroutines take tasks from the task
-//! pipe, run the pool's function on each, and push the replies, which leave batched.
+//! A pool worker: the child's side. It reads chunks of tasks from the task pipe, runs the pool's
+//! function on each item, and pushes the replies, which leave batched.
 //!
-//! Guarantee: every task read gets exactly one reply: the result, `Panicked` (the function
+//! With `concurrency` 1 the worker runs a chunk's items one after another and answers the whole
+//! chunk in one reply frame (or a few, for results over [`REPLY_FRAME`] bytes); with more, a
+//! reader coroutine queues the items of each chunk it reads, that many runner coroutines take
+//! them from the queue, and each item is answered in a frame of its own as soon as it is done,
+//! so a slow item holds back no other's answer.
+//!
+//! Guarantee: every item read gets exactly one reply: the result, `Panicked` (the function
 //! panicked; the runner goes on) or `Codec` (the item did not decode, or the result did not
 //! encode). The worker ends when the parent closes the task pipe (`Eof`), after answering
 //! everything it took.
@@ -10,19 +16,24 @@ use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 
+use greenhub::sync::{Receiver, channel};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::outgoing::{Outgoing, WriteEnd};
-use super::wire::{self, Failure, Task, TaskCodec};
-use crate::{Error, Reader};
+use super::wire::{self, Failure, TaskCodec, Tasks};
+use crate::{Error, Reader, frame};
+
+/// A reply frame is sent once it holds this many bytes, even if its chunk is not done: big
+/// results do not pile up in the worker.
+const REPLY_FRAME: usize = 1 << 20;
 
 /// The worker's tasks, as its runners share them.
-pub(super) type Tasks<I> = Reader<Task<I>, TaskCodec<I>>;
+pub(super) type TasksIn<I> = Reader<Tasks<I>, TaskCodec<I>>;
 
 /// The child's root: runs the runners until the task pipe ends, then flushes the replies.
 pub(super) fn serve<I, O, F>(
-    tasks: Tasks<I>,
+    tasks: TasksIn<I>,
     replies: WriteEnd,
     f: F,
     concurrency: usize,
@@ -32,52 +43,126 @@ where
     O: Serialize + DeserializeOwned + 'static,
     F: Fn(I) -> O + 'static,
 {
-    let (tasks, f) = (Rc::new(tasks), Rc::new(f));
     let replies = Outgoing::new(replies.0);
     let flusher = replies.start();
-    let runners: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (tasks, replies, f) = (Rc::clone(&tasks), Rc::clone(&replies), Rc::clone(&f));
-            greenhub::spawn(move || run_tasks(&tasks, &replies, &*f))
-        })
-        .collect();
-    let mut outcome = Ok(());
-    for runner in runners {
-        if let Ok(Err(err)) = runner.join() {
-            outcome = outcome.and(Err(err));
-        }
-    }
+    let outcome = if concurrency == 1 {
+        run_chunks(&tasks, &replies, &f)
+    } else {
+        run_concurrently(tasks, &replies, f, concurrency)
+    };
     replies.close();
     let _ = flusher.join();
     outcome
 }
 
-/// One runner: task after task until the parent closes the pipe.
-fn run_tasks<I, O, F>(tasks: &Tasks<I>, replies: &Outgoing, f: &F) -> Result<(), Error>
+/// One item after another, each chunk answered in one frame.
+fn run_chunks<I, O, F>(tasks: &TasksIn<I>, replies: &Outgoing, f: &F) -> Result<(), Error>
 where
     I: Serialize + DeserializeOwned + 'static,
     O: Serialize + DeserializeOwned + 'static,
     F: Fn(I) -> O,
 {
+    // Answers gather here, not in `replies`' buffer: `f` may suspend, and the flusher runs then.
+    let mut answers = Vec::new();
     loop {
-        let Task { id, item } = match tasks.get() {
-            Ok(task) => task,
+        let Tasks { chunk, items } = match tasks.get() {
+            Ok(tasks) => tasks,
             Err(Error::Eof) => return Ok(()),
             Err(err) => return Err(err),
         };
-        let outcome = match item {
-            Ok(item) => catch_unwind(AssertUnwindSafe(|| f(item)))
-                .map_err(|payload| Failure::Panicked(panic_message(payload))),
-            Err(message) => Err(Failure::Codec(message)),
-        };
-        replies.push(|out| wire::append_reply(out, id, &outcome)).or_else(|err| {
-            // The result does not encode: that item fails, the worker goes on.
-            let message = match err {
-                Error::Codec(message) => message,
-                other => other.to_string(),
-            };
-            replies.push(|out| wire::append_reply::<O>(out, id, &Err(Failure::Codec(message))))
+        let mut start = wire::begin_replies(&mut answers, chunk);
+        let last = items.len().saturating_sub(1);
+        for (offset, item) in items.into_iter().enumerate() {
+            wire::append_outcome(&mut answers, offset, &run_one(f, item));
+            if answers.len() >= REPLY_FRAME || offset == last {
+                frame::finish_frame(&mut answers, start)?;
+                replies.push(|out| {
+                    out.extend_from_slice(&answers);
+                    Ok(())
+                })?;
+                answers.clear();
+                start = wire::begin_replies(&mut answers, chunk);
+            }
+        }
+        answers.clear();
+    }
+}
+
+/// An item read from the task pipe and not yet run: (its chunk, its offset there, the item).
+type Queued<I> = (u64, usize, Result<I, String>);
+
+/// `concurrency` runners taking the items that one reader coroutine reads, chunk by chunk: a
+/// runner waits for the next item, never for the next chunk while items of this one are queued.
+fn run_concurrently<I, O, F>(
+    tasks: TasksIn<I>,
+    replies: &Rc<Outgoing>,
+    f: F,
+    concurrency: usize,
+) -> Result<(), Error>
+where
+    I: Serialize + DeserializeOwned + 'static,
+    O: Serialize + DeserializeOwned + 'static,
+    F: Fn(I) -> O + 'static,
+{
+    let (queue, queued) = channel::<Queued<I>>();
+    let reader = greenhub::spawn(move || {
+        loop {
+            match tasks.get() {
+                Ok(Tasks { chunk, items }) => {
+                    for (offset, item) in items.into_iter().enumerate() {
+                        // The runners hold the receiver until the queue ends.
+                        let _ = queue.send((chunk, offset, item));
+                    }
+                }
+                Err(Error::Eof) => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+    });
+    let f = Rc::new(f);
+    let runners: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (queued, replies, f) = (queued.clone(), Rc::clone(replies), Rc::clone(&f));
+            greenhub::spawn(move || run_items(&queued, &replies, &*f))
+        })
+        .collect();
+    drop(queued);
+    let mut outcome = match reader.join() {
+        Ok(read) => read,
+        Err(_) => Err(Error::Closed),
+    };
+    for runner in runners {
+        if let Ok(Err(err)) = runner.join() {
+            outcome = outcome.and(Err(err));
+        }
+    }
+    outcome
+}
+
+/// One runner: item after item until the reader has ended and the queue is empty.
+fn run_items<I, O, F>(queued: &Receiver<Queued<I>>, replies: &Outgoing, f: &F) -> Result<(), Error>
+where
+    I: Serialize + DeserializeOwned + 'static,
+    O: Serialize + DeserializeOwned + 'static,
+    F: Fn(I) -> O,
+{
+    while let Ok((chunk, offset, item)) = queued.recv() {
+        let outcome = run_one(f, item);
+        replies.push(|out| {
+            let start = wire::begin_replies(out, chunk);
+            wire::append_outcome(out, offset, &outcome);
+            frame::finish_frame(out, start)
         })?;
+    }
+    Ok(())
+}
+
+/// Runs `f` on one item, containing a panic.
+fn run_one<I, O, F: Fn(I) -> O>(f: &F, item: Result<I, String>) -> Result<O, Failure> {
+    match item {
+        Ok(item) => catch_unwind(AssertUnwindSafe(|| f(item)))
+            .map_err(|payload| Failure::Panicked(panic_message(payload))),
+        Err(message) => Err(Failure::Codec(message)),
     }
 }
 
