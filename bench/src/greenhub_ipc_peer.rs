@@ -121,7 +121,7 @@ fn process(n: u64) -> Result<Report> {
 }
 
 /// `Pool::map` of `n` tiny items (`x + 1` on a u64) over `workers` workers, after a warm-up map
-/// (the workers are started and have run once); the pool's own batching, nothing to tune.
+/// (the workers are started and have run once); the pool's default chunks, nothing to tune.
 fn pool(n: u64, workers: usize) -> Result<Report> {
     let pool = greenhub_ipc::Pool::new(workers, |x: u64| x + 1)?;
     pool.map(0..1_000)?;

@@ -74,16 +74,21 @@ fn append_delimited<T: Serialize + DeserializeOwned + 'static>(
     out: &mut Vec<u8>,
     value: &T,
 ) -> Result<(), Error> {
+    // A one-byte length is the common case (values under 128 bytes): keep it a byte's room.
     let start = out.len();
+    out.push(0);
     if let Err(err) = Postcard.encode(value, out) {
         out.truncate(start);
         return Err(err);
     }
-    let len = out.len() - start;
-    push_varint(out, len as u64);
-    // Move the length in front of the value (a few bytes for tiny values; one copy for big ones).
-    let prefix = out.len() - start - len;
-    out[start..].rotate_right(prefix);
+    let len = out.len() - start - 1;
+    if len < 0x80 {
+        out[start] = len as u8;
+    } else {
+        let mut varint = Vec::with_capacity(10);
+        push_varint(&mut varint, len as u64);
+        out.splice(start..start + 1, varint);
+    }
     Ok(())
 }
 
