@@ -142,32 +142,40 @@ fn map_spreads_items_over_every_worker() {
 
 #[test]
 fn imap_unordered_yields_in_completion_order_and_items_overlap_in_one_worker() {
-    hub_test(|| {
-        // One worker running two items at once: the first can only finish after the second.
-        let pool = PoolBuilder::new(1).concurrency(2).start(run_job).unwrap();
-        let path = socket_path("overlap.sock");
-        let jobs = [Job::Wait(path.clone()), Job::Signal(path)];
-        let order: Vec<Answer> = pool.imap_unordered(jobs).map(Result::unwrap).collect();
-        assert_eq!(order, [Answer::Done("signalled".into()), Answer::Done("waited".into())]);
-        pool.close().unwrap();
-    });
+    hub_test(|| two_items_overlap(PoolBuilder::new(1), "overlap.sock"));
+}
+
+/// One worker running two items at once (`concurrency(2)` on `builder`): the first can only
+/// finish after the second, so the second's answer comes first.
+fn two_items_overlap(builder: PoolBuilder, socket: &str) {
+    let pool = builder.concurrency(2).start(run_job).unwrap();
+    let path = socket_path(socket);
+    let jobs = [Job::Wait(path.clone()), Job::Signal(path)];
+    let order: Vec<Answer> = pool.imap_unordered(jobs).map(Result::unwrap).collect();
+    assert_eq!(order, [Answer::Done("signalled".into()), Answer::Done("waited".into())]);
+    pool.close().unwrap();
 }
 
 #[test]
 fn imap_unordered_pulls_items_lazily_from_an_endless_iterator() {
-    hub_test(|| {
-        let pool = PoolBuilder::new(2).prefetch(3).start(|n: u64| n).unwrap();
-        let pulled = Rc::new(Cell::new(0u64));
-        let counted = {
-            let pulled = Rc::clone(&pulled);
-            (0..).inspect(move |_| pulled.set(pulled.get() + 1))
-        };
-        let first: Vec<u64> = pool.imap_unordered(counted).take(10).map(Result::unwrap).collect();
-        assert_eq!(first.len(), 10);
-        // At most what the workers have room for (2 x (1 + 3)), plus one held, beyond those used.
-        assert!(pulled.get() <= 10 + 2 * 4 + 1, "pulled {} items for 10 results", pulled.get());
-        drop(pool);
-    });
+    let pulled = hub_test(|| pulled_for_ten_results(PoolBuilder::new(2).prefetch(3)));
+    // At most what the workers have room for (2 x (1 + 3)), plus one held, beyond those used.
+    assert!(pulled <= 10 + 2 * 4 + 1, "pulled {pulled} items for 10 results");
+}
+
+/// How many items `imap_unordered` on a pool built from `builder` pulls from an endless
+/// iterator to yield 10 results.
+fn pulled_for_ten_results(builder: PoolBuilder) -> u64 {
+    let pool = builder.start(|n: u64| n).unwrap();
+    let pulled = Rc::new(Cell::new(0u64));
+    let counted = {
+        let pulled = Rc::clone(&pulled);
+        (0..).inspect(move |_| pulled.set(pulled.get() + 1))
+    };
+    let first: Vec<u64> = pool.imap_unordered(counted).take(10).map(Result::unwrap).collect();
+    assert_eq!(first.len(), 10);
+    drop(pool);
+    pulled.get()
 }
 
 #[test]
@@ -298,17 +306,21 @@ fn a_dead_worker_fails_every_item_in_flight_at_it_and_only_those() {
 
 #[test]
 fn max_tasks_per_worker_replaces_each_worker_after_that_many_items() {
-    hub_test(|| {
-        let pool = PoolBuilder::new(2).max_tasks_per_worker(3).start(run_job).unwrap();
-        let answers = pool.map((0..20).map(Job::Echo)).unwrap();
-        let mut per_pid: BTreeMap<u32, usize> = BTreeMap::new();
-        for answer in &answers {
-            *per_pid.entry(echo_pid(answer)).or_default() += 1;
-        }
-        assert!(per_pid.values().all(|&n| n <= 3), "a worker ran more than 3 items: {per_pid:?}");
-        assert!(per_pid.len() >= 7, "20 items at 3 per worker need 7 workers: {per_pid:?}");
-        pool.close().unwrap();
-    });
+    hub_test(|| three_items_per_worker(PoolBuilder::new(2)));
+}
+
+/// Maps 20 items on a pool built from `builder` with `max_tasks_per_worker(3)` and checks that
+/// no worker ran more than 3 of them.
+fn three_items_per_worker(builder: PoolBuilder) {
+    let pool = builder.max_tasks_per_worker(3).start(run_job).unwrap();
+    let answers = pool.map((0..20).map(Job::Echo)).unwrap();
+    let mut per_pid: BTreeMap<u32, usize> = BTreeMap::new();
+    for answer in &answers {
+        *per_pid.entry(echo_pid(answer)).or_default() += 1;
+    }
+    assert!(per_pid.values().all(|&n| n <= 3), "a worker ran more than 3 items: {per_pid:?}");
+    assert!(per_pid.len() >= 7, "20 items at 3 per worker need 7 workers: {per_pid:?}");
+    pool.close().unwrap();
 }
 
 #[test]
@@ -459,48 +471,21 @@ fn a_dead_worker_fails_every_item_of_its_chunk_and_only_those() {
 
 #[test]
 fn max_tasks_per_worker_counts_items_not_chunks() {
-    hub_test(|| {
-        let pool =
-            PoolBuilder::new(2).chunksize(10).max_tasks_per_worker(3).start(run_job).unwrap();
-        let answers = pool.map((0..20).map(Job::Echo)).unwrap();
-        let mut per_pid: BTreeMap<u32, usize> = BTreeMap::new();
-        for answer in &answers {
-            *per_pid.entry(echo_pid(answer)).or_default() += 1;
-        }
-        assert!(per_pid.values().all(|&n| n <= 3), "a worker ran more than 3 items: {per_pid:?}");
-        assert!(per_pid.len() >= 7, "20 items at 3 per worker need 7 workers: {per_pid:?}");
-        pool.close().unwrap();
-    });
+    hub_test(|| three_items_per_worker(PoolBuilder::new(2).chunksize(10)));
 }
 
 #[test]
 fn concurrency_overlaps_the_items_of_one_chunk() {
-    hub_test(|| {
-        let pool = PoolBuilder::new(1).concurrency(2).chunksize(2).start(run_job).unwrap();
-        let path = socket_path("chunk-overlap.sock");
-        // Both items in one chunk: the waiter only finishes because the signaller runs beside it.
-        let jobs = vec![Job::Wait(path.clone()), Job::Signal(path)];
-        let order: Vec<Answer> = pool.imap_unordered(jobs).map(Result::unwrap).collect();
-        assert_eq!(order, [Answer::Done("signalled".into()), Answer::Done("waited".into())]);
-        pool.close().unwrap();
-    });
+    // Both items in one chunk: the waiter only finishes because the signaller runs beside it.
+    hub_test(|| two_items_overlap(PoolBuilder::new(1).chunksize(2), "chunk-overlap.sock"));
 }
 
 #[test]
 fn chunked_imap_unordered_pulls_items_lazily_from_an_endless_iterator() {
-    hub_test(|| {
-        let pool = PoolBuilder::new(2).prefetch(3).chunksize(4).start(|n: u64| n).unwrap();
-        let pulled = Rc::new(Cell::new(0u64));
-        let counted = {
-            let pulled = Rc::clone(&pulled);
-            (0..).inspect(move |_| pulled.set(pulled.get() + 1))
-        };
-        let first: Vec<u64> = pool.imap_unordered(counted).take(10).map(Result::unwrap).collect();
-        assert_eq!(first.len(), 10);
-        // At most the pool-wide window (2 x max(1 + 3, 4)) beyond the results used.
-        assert!(pulled.get() <= 10 + 2 * 4, "pulled {} items for 10 results", pulled.get());
-        drop(pool);
-    });
+    let builder = PoolBuilder::new(2).prefetch(3).chunksize(4);
+    let pulled = hub_test(|| pulled_for_ten_results(builder));
+    // At most the pool-wide window (2 x max(1 + 3, 4)) beyond the results used.
+    assert!(pulled <= 10 + 2 * 4, "pulled {pulled} items for 10 results");
 }
 
 #[test]
