@@ -12,7 +12,7 @@
 //! coroutine, so at most one coroutine runs at a time and `Running` describes it (task.rs has
 //! the states a task goes through).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefMut};
 use std::fmt;
 use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
@@ -26,7 +26,9 @@ use crate::hub::{Hub, hub};
 use crate::join::{JoinError, JoinHandle, JoinState, Joinable};
 use crate::stack::CoStack;
 use crate::sys;
-use crate::task::{Body, CancelMark, FiredTimeout, Spawn, Task, TaskRef, TaskState, WaitReason};
+use crate::task::{
+    Body, CancelMark, FiredTimeout, Spawn, Table, Task, TaskRef, TaskState, WaitReason,
+};
 use crate::timer::{TimedOut, TimeoutId};
 
 pub(crate) type Co = Coroutine<Wake, Suspend, (), CoStack>;
@@ -411,6 +413,10 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
     // body, recorded when the body started and cleared when the coroutine suspends or ends. It
     // lives on that coroutine's own stack, which is live because we are running on it.
     let wake = unsafe { &*yielder }.suspend(how);
+    // The common case first, so that it is one compare and not a jump through a table.
+    if let Wake::Run = wake {
+        return;
+    }
     match wake {
         Wake::Run => {}
         Wake::Cancel => unwind_from_suspension(hub, Box::new(Cancelled)),
@@ -521,18 +527,14 @@ impl Hub {
 
     /// Resumes a task until it suspends or ends; true if it ended (or could not start). Stale
     /// refs (ended tasks) are ignored.
+    ///
+    /// The hot path of every switch: one borrow of the table to take the coroutine out
+    /// ([`prepare`](Self::prepare)), the switch, one borrow to put it back ([`park`](Self::park)).
     #[inline(always)]
     pub(crate) fn resume(&self, r: TaskRef) -> bool {
-        let Some((mut co, wake, yielder, [limit, size], doom)) = self.prepare(r) else {
+        let Some((mut co, wake)) = self.prepare(r) else {
             return !self.tasks.is_alive(r);
         };
-        self.running.enter(r, yielder, doom);
-        let trap = match self.recover_overflow(r) {
-            true if arm_trap(&co) => sys::Trap::Armed,
-            _ if self.recover_stack_overflow => sys::Trap::Root,
-            _ => sys::Trap::Off,
-        };
-        sys::watch_stack(limit, r.id.get(), size, trap);
         self.monitor.enter(r.id);
         let result = Option::as_mut(&mut *co).expect("a parked coroutine").resume(wake);
         self.monitor.leave();
@@ -544,59 +546,100 @@ impl Hub {
                 false
             }
             CoroutineResult::Return(()) => {
-                let task = self.tasks.borrow_mut().remove(r.key);
-                if sys::take_overflowed() {
-                    self.bury(r, co, task);
-                    return true;
-                }
-                self.forget_body(r);
-                self.stacks.put(co, task.stack_size);
-                drop(task);
+                self.ended(r, co);
                 true
             }
         }
     }
 
-    /// Takes the coroutine out of the table for `resume`, creating it (with a stack) if new;
-    /// with the coroutine, where its stack is (limit and usable size) for the overflow reporter,
-    /// and its doom.
-    fn prepare(&self, r: TaskRef) -> Option<(CoBox, Wake, *const CoYielder, [usize; 2], Doom)> {
-        let mut tasks = self.tasks.borrow_mut();
+    /// Takes the coroutine out of the table for `resume` and records it as running (for the
+    /// suspension path and the overflow reporter), creating it (with a stack) if new.
+    ///
+    /// Inlined into the loop, so that what it hands over stays in registers (returned through
+    /// memory it cost a dozen loads and stores per switch); the first resume of a coroutine,
+    /// which must create it, is out of line in [`first_resume`](Self::first_resume).
+    #[inline(always)]
+    fn prepare(&self, r: TaskRef) -> Option<(CoBox, Wake)> {
+        let mut table = self.tasks.borrow_mut();
         let task =
-            tasks.get_mut(r.key).filter(|t| t.id == r.id && t.state != TaskState::Running)?;
+            table.tasks.get_mut(r.key).filter(|t| t.id == r.id && t.state != TaskState::Running)?;
+        let co = match mem::replace(&mut task.body, Body::Running) {
+            Body::Parked(co) => co,
+            Body::Start(start) => return self.first_resume(table, r, start),
+            Body::Running => unreachable!("a coroutine is resumed while it runs"),
+        };
+        let wake = self.enter(r, task, &co);
+        Some((co, wake))
+    }
+
+    /// [`prepare`](Self::prepare) for a coroutine that has not run yet: takes a stack for it
+    /// and creates it on it, or ends it with the error if no stack can be had.
+    #[inline(never)]
+    fn first_resume(
+        &self,
+        mut table: RefMut<'_, Table>,
+        r: TaskRef,
+        start: Rc<dyn Start>,
+    ) -> Option<(CoBox, Wake)> {
+        let task = &mut table.tasks[r.key];
+        match self.stacks.take(task.stack_size) {
+            Ok((mut co, stack)) => {
+                debug_assert!(task.state == TaskState::Ready && task.yielder.is_null());
+                self.keep_body(r, &start);
+                task.stack_limit = stack.limit().get();
+                *co = Some(new_coroutine(stack, start));
+                let wake = self.enter(r, task, &co);
+                Some((co, wake))
+            }
+            Err(error) => {
+                let task = table.tasks.remove(r.key);
+                drop(table);
+                start.fail(error);
+                drop(task);
+                None
+            }
+        }
+    }
+
+    /// Marks `task` running and records it for the suspension path (`Running`) and the
+    /// overflow reporter; the value to resume it with.
+    #[inline(always)]
+    fn enter(&self, r: TaskRef, task: &mut Task, co: &CoBox) -> Wake {
+        task.state = TaskState::Running;
+        task.since = self.tasks.now();
         let wake = match task.pending.take() {
             _ if task.cancelled => Wake::Cancel,
             Some(wake) => wake,
             None => Wake::Run,
         };
-        let co = match mem::replace(&mut task.body, Body::Running) {
-            Body::Parked(co) => co,
-            Body::Start(start) => match self.stacks.take(task.stack_size) {
-                Ok((mut co, stack)) => {
-                    debug_assert!(task.state == TaskState::Ready && task.yielder.is_null());
-                    self.keep_body(r, &start);
-                    task.stack_limit = stack.limit().get();
-                    *co = Some(new_coroutine(stack, start));
-                    co
-                }
-                Err(error) => {
-                    let task = tasks.remove(r.key);
-                    drop(tasks);
-                    start.fail(error);
-                    drop(task);
-                    return None;
-                }
-            },
-            Body::Running => unreachable!("a coroutine is resumed while it runs"),
-        };
-        task.state = TaskState::Running;
-        task.since = self.tasks.now();
         let doom = match task.timed_out {
             _ if task.cancelled => Doom::CANCELLED,
             Some(fired) => Doom::timed_out(fired.id),
             None => Doom::SPARED,
         };
-        Some((co, wake, task.yielder, [task.stack_limit, task.stack_size], doom))
+        self.running.enter(r, task.yielder, doom);
+        // The trap handle is armed only when an overflow may end this coroutine alone; with
+        // recovery off (the default) this is one load and a branch.
+        let trap = match self.recover_overflow(r) {
+            true if arm_trap(co) => sys::Trap::Armed,
+            _ if self.recover_stack_overflow => sys::Trap::Root,
+            _ => sys::Trap::Off,
+        };
+        sys::watch_stack(task.stack_limit, r.id.get(), task.stack_size, trap);
+        wake
+    }
+
+    /// A coroutine returned: it leaves the table, its stack goes back to the pool (or, after an
+    /// overflow, into quarantine).
+    #[inline(never)]
+    fn ended(&self, r: TaskRef, co: CoBox) {
+        let task = self.tasks.borrow_mut().tasks.remove(r.key);
+        if sys::take_overflowed() {
+            return self.bury(r, co, task);
+        }
+        self.forget_body(r);
+        self.stacks.put(co, task.stack_size);
+        drop(task);
     }
 
     /// A coroutine that overflowed its stack and was made to return by the fault handler: its
@@ -640,17 +683,22 @@ impl Hub {
         self.recover_stack_overflow && self.root() != Some(r)
     }
 
-    /// Puts a coroutine that suspended back in the table.
+    /// Puts a coroutine that suspended back in the table (and, if it yielded, at the back of
+    /// the ready queue: same borrow).
+    #[inline(always)]
     fn park(&self, r: TaskRef, co: CoBox, how: Suspend) {
-        let mut tasks = self.tasks.borrow_mut();
-        let task = &mut tasks[r.key];
+        let mut table = self.tasks.borrow_mut();
+        let table = &mut *table;
+        let task = &mut table.tasks[r.key];
         debug_assert!(task.state == TaskState::Running && matches!(task.body, Body::Running));
-        task.body = Body::Parked(co);
+        // The old body is `Body::Running`, which owns nothing: forgetting it skips the call to
+        // its drop glue (a dozen instructions per switch).
+        mem::forget(mem::replace(&mut task.body, Body::Parked(co)));
         task.since = self.tasks.now();
         match how {
             Suspend::Yield => {
                 task.state = TaskState::Ready;
-                self.tasks.push_ready(r);
+                table.ready.push_back(r);
             }
             Suspend::Wait(reason) => {
                 task.state = TaskState::Suspended;
@@ -663,7 +711,7 @@ impl Hub {
     fn started(&self, yielder: &CoYielder) {
         let me = self.running.task.get().expect("a coroutine starts only from the loop");
         self.running.yielder.set(yielder);
-        self.tasks.borrow_mut()[me.key].yielder = yielder;
+        self.tasks.borrow_mut().tasks[me.key].yielder = yielder;
     }
 
     /// Makes a suspended task ready. No effect on a task that is ready, running or ended.
@@ -706,7 +754,7 @@ impl Hub {
         let me = self.current_task("timeout");
         let sticky = {
             let mut tasks = self.tasks.borrow_mut();
-            let task = &mut tasks[me.key];
+            let task = &mut tasks.tasks[me.key];
             let fired = match task.timed_out {
                 Some(earlier) => FiredTimeout { id: earlier.id.min(id), ..earlier },
                 None => FiredTimeout { id, as_error: false },
@@ -726,7 +774,7 @@ impl Hub {
     #[cfg(feature = "patch")]
     fn timeout_delivered_as_error(&self) {
         let me = self.current_task("timeout");
-        if let Some(fired) = &mut self.tasks.borrow_mut()[me.key].timed_out {
+        if let Some(fired) = &mut self.tasks.borrow_mut().tasks[me.key].timed_out {
             fired.as_error = true;
         }
     }
@@ -736,7 +784,7 @@ impl Hub {
     pub(crate) fn take_timed_out(&self, id: TimeoutId) -> Option<FiredTimeout> {
         let me = self.current_task("timeout");
         let mut tasks = self.tasks.borrow_mut();
-        let task = &mut tasks[me.key];
+        let task = &mut tasks.tasks[me.key];
         let fired = task.timed_out.filter(|fired| fired.id == id)?;
         task.timed_out = None;
         if self.running.doom.get() == Doom::timed_out(id) {
@@ -764,14 +812,21 @@ impl Hub {
 
     /// Panics, naming the rule, when the running coroutine joins its own handle.
     #[track_caller]
+    #[inline]
     pub(crate) fn assert_not_self_join(&self, target: TaskRef) {
         if self.running.task.get() == Some(target) {
-            let who = self.running_identity().unwrap_or_else(|| format!("coroutine {}", target.id));
-            panic!(
-                "greenhub: JoinHandle::join called by {who} on its own handle; a coroutine \
-                 cannot wait for itself to end (it would wait forever)"
-            );
+            self.self_join(target);
         }
+    }
+
+    #[cold]
+    #[track_caller]
+    fn self_join(&self, target: TaskRef) -> ! {
+        let who = self.running_identity().unwrap_or_else(|| format!("coroutine {}", target.id));
+        panic!(
+            "greenhub: JoinHandle::join called by {who} on its own handle; a coroutine \
+             cannot wait for itself to end (it would wait forever)"
+        );
     }
 }
 

@@ -108,16 +108,28 @@ pub(crate) struct Hub {
 /// The hub of this thread, or a panic with a sentence naming the rule.
 ///
 /// `what` names the public function the user called ("sleep", "spawn", ...).
+///
+/// Inlined (one thread-local load and a null check on every suspension point); the panic is
+/// out of line.
+#[inline(always)]
 pub(crate) fn hub(what: &str) -> &'static Hub {
-    try_hub().unwrap_or_else(|| {
-        panic!(
-            "greenhub::{what} called outside a hub; call it from inside greenhub::run \
-             or a coroutine spawned there"
-        )
-    })
+    match try_hub() {
+        Some(hub) => hub,
+        None => outside_hub(what),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn outside_hub(what: &str) -> ! {
+    panic!(
+        "greenhub::{what} called outside a hub; call it from inside greenhub::run \
+         or a coroutine spawned there"
+    )
 }
 
 /// The hub of this thread, if one is running.
+#[inline(always)]
 pub(crate) fn try_hub() -> Option<&'static Hub> {
     let ptr = CURRENT_HUB.with(Cell::get);
     // SAFETY: a non-null pointer was set by `run`, which owns the boxed hub and clears the pointer

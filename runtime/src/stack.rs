@@ -319,7 +319,13 @@ impl StackPool {
     }
 }
 
+/// The class of `usable`-byte stacks, made on first use.
+#[inline]
 fn class_of(classes: &mut Vec<SizeClass>, usable: usize) -> &mut SizeClass {
+    // Most hubs use one size (the default): try the first class before searching.
+    if classes.first().is_some_and(|c| c.usable == usable) {
+        return &mut classes[0];
+    }
     let at = match classes.iter().position(|c| c.usable == usable) {
         Some(at) => at,
         None => {

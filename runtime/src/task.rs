@@ -21,7 +21,6 @@
 //!   Every borrow of the table is short and never held across a switch.
 
 use std::cell::{Cell, RefCell, RefMut};
-use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::RawFd;
 use std::panic::Location;
@@ -258,22 +257,85 @@ pub(crate) enum CancelMark {
 
 /// The tasks of one hub and the queue of those that are ready.
 pub(crate) struct TaskTable {
-    tasks: RefCell<Slab<Task>>,
-    ready: RefCell<VecDeque<TaskRef>>,
+    /// Both behind one `RefCell`: the switch path parks a task and queues it (or takes the
+    /// next one and marks it running) under a single borrow check instead of two.
+    inner: RefCell<Table>,
     /// The turn clock: read from the OS once per hub turn ([`tick`](Self::tick)), stamped on
     /// every state change. A state change costs a load and a store, not a clock read.
     epoch: Instant,
     now: Cell<Stamp>,
 }
 
+/// What [`TaskTable`] guards: the tasks, and the refs of the ready ones in FIFO order.
+#[derive(Default)]
+pub(crate) struct Table {
+    pub(crate) tasks: Slab<Task>,
+    pub(crate) ready: ReadyQueue,
+}
+
+/// The ready queue: a FIFO ring of task refs whose capacity is a power of two, indexed by two
+/// free-running counters. A push or a pop is a compare, a mask, one copy and an increment;
+/// `VecDeque`'s general wrap-around arithmetic cost about a dozen more instructions on each of
+/// the two that every switch does.
+#[derive(Default)]
+pub(crate) struct ReadyQueue {
+    /// `slots.len()` is 0 or a power of two; the live refs are `head..tail` (mod the length).
+    slots: Vec<TaskRef>,
+    /// How many refs were ever popped, and pushed (wrapping).
+    head: usize,
+    tail: usize,
+}
+
+impl ReadyQueue {
+    #[inline]
+    pub(crate) fn push_back(&mut self, r: TaskRef) {
+        if self.len() == self.slots.len() {
+            self.grow(r);
+        }
+        let mask = self.slots.len() - 1;
+        self.slots[self.tail & mask] = r;
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    #[inline]
+    pub(crate) fn pop_front(&mut self) -> Option<TaskRef> {
+        if self.head == self.tail {
+            return None;
+        }
+        let r = self.slots[self.head & (self.slots.len() - 1)];
+        self.head = self.head.wrapping_add(1);
+        Some(r)
+    }
+
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.tail.wrapping_sub(self.head)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head == self.tail
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.head = self.tail;
+    }
+
+    /// Doubles the ring (at least 16 slots), keeping the FIFO order; `filler` pads the slots
+    /// not yet used.
+    #[cold]
+    fn grow(&mut self, filler: TaskRef) {
+        let (len, mask) = (self.len(), self.slots.len().wrapping_sub(1));
+        let capacity = (self.slots.len() * 2).max(16);
+        let mut slots = Vec::with_capacity(capacity);
+        slots.extend((0..len).map(|i| self.slots[self.head.wrapping_add(i) & mask]));
+        slots.resize(capacity, filler);
+        (self.slots, self.head, self.tail) = (slots, 0, len);
+    }
+}
+
 impl Default for TaskTable {
     fn default() -> Self {
-        TaskTable {
-            tasks: RefCell::default(),
-            ready: RefCell::default(),
-            epoch: Instant::now(),
-            now: Cell::new(Stamp(0)),
-        }
+        TaskTable { inner: RefCell::default(), epoch: Instant::now(), now: Cell::new(Stamp(0)) }
     }
 }
 
@@ -299,9 +361,11 @@ impl TaskTable {
         let task = Task::new(body, spawn, self.now());
         let id = task.id;
         HubSection::enter_raw();
-        let key = self.tasks.borrow_mut().insert(task);
+        let mut table = self.inner.borrow_mut();
+        let key = table.tasks.insert(task);
         let r = TaskRef { key, id };
-        self.ready.borrow_mut().push_back(r);
+        table.ready.push_back(r);
+        drop(table);
         HubSection::leave();
         r
     }
@@ -314,60 +378,56 @@ impl TaskTable {
         task.waiting = reason;
         let id = task.id;
         let _section = HubSection::enter();
-        let key = self.tasks.borrow_mut().insert(task);
+        let key = self.inner.borrow_mut().tasks.insert(task);
         TaskRef { key, id }
     }
 
     /// Whether the task behind `r` is still in the table (not yet ended).
     pub(crate) fn is_alive(&self, r: TaskRef) -> bool {
-        self.tasks.borrow().get(r.key).is_some_and(|t| t.id == r.id)
+        self.inner.borrow().tasks.get(r.key).is_some_and(|t| t.id == r.id)
     }
 
     /// Whether the task behind `r` is parked (not ready, running or ended): for `select!`'s
     /// entries, which a notification skips while their coroutine is awake.
     pub(crate) fn is_suspended(&self, r: TaskRef) -> bool {
-        let tasks = self.tasks.borrow();
-        tasks.get(r.key).is_some_and(|t| t.id == r.id && t.state == TaskState::Suspended)
+        let table = self.inner.borrow();
+        table.tasks.get(r.key).is_some_and(|t| t.id == r.id && t.state == TaskState::Suspended)
     }
 
     /// The table itself, for the switch path in coroutine.rs (a short borrow, never held
     /// across a switch).
     #[inline]
-    pub(crate) fn borrow_mut(&self) -> RefMut<'_, Slab<Task>> {
-        self.tasks.borrow_mut()
+    pub(crate) fn borrow_mut(&self) -> RefMut<'_, Table> {
+        self.inner.borrow_mut()
     }
 
     /// The next ref in the ready queue (possibly stale).
     #[inline]
     pub(crate) fn pop_ready(&self) -> Option<TaskRef> {
-        self.ready.borrow_mut().pop_front()
-    }
-
-    #[inline]
-    pub(crate) fn push_ready(&self, r: TaskRef) {
-        self.ready.borrow_mut().push_back(r);
+        self.inner.borrow_mut().ready.pop_front()
     }
 
     pub(crate) fn has_ready(&self) -> bool {
-        !self.ready.borrow().is_empty()
+        !self.inner.borrow().ready.is_empty()
     }
 
     /// Forgets every queued ref (at the end of shutdown, when only stale ones remain).
     pub(crate) fn clear_ready(&self) {
-        self.ready.borrow_mut().clear();
+        self.inner.borrow_mut().ready.clear();
     }
 
     /// Makes a suspended task ready. No effect on a task that is ready, running or ended.
     #[inline]
     pub(crate) fn wake(&self, r: TaskRef) {
         HubSection::enter_raw();
-        let mut tasks = self.tasks.borrow_mut();
+        let mut table = self.inner.borrow_mut();
         let parked = |t: &&mut Task| t.id == r.id && t.state == TaskState::Suspended;
-        if let Some(task) = tasks.get_mut(r.key).filter(parked) {
+        if let Some(task) = table.tasks.get_mut(r.key).filter(parked) {
             task.state = TaskState::Ready;
             task.since = self.now.get();
-            self.ready.borrow_mut().push_back(r);
+            table.ready.push_back(r);
         }
+        drop(table);
         HubSection::leave();
     }
 
@@ -375,8 +435,8 @@ impl TaskTable {
     pub(crate) fn interrupt(&self, r: TaskRef, wake: Wake) {
         let _section = HubSection::enter();
         {
-            let mut tasks = self.tasks.borrow_mut();
-            let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) else { return };
+            let mut table = self.inner.borrow_mut();
+            let Some(task) = table.tasks.get_mut(r.key).filter(|t| t.id == r.id) else { return };
             debug_assert!(!matches!(task.body, Body::Start(_)), "only a started task waits");
             task.pending = match (task.pending.take(), wake) {
                 (_, Wake::Deadlock) => Some(Wake::Deadlock),
@@ -394,14 +454,14 @@ impl TaskTable {
     /// Marks a task cancelled: an unstarted one leaves the table at once.
     pub(crate) fn mark_cancelled(&self, r: TaskRef) -> CancelMark {
         let _section = HubSection::enter();
-        let mut tasks = self.tasks.borrow_mut();
-        let Some(task) = tasks.get_mut(r.key).filter(|t| t.id == r.id) else {
+        let mut table = self.inner.borrow_mut();
+        let Some(task) = table.tasks.get_mut(r.key).filter(|t| t.id == r.id) else {
             return CancelMark::Gone;
         };
         if let Body::Start(start) = &task.body {
             let start = start.clone();
-            let task = tasks.remove(r.key);
-            drop(tasks);
+            let task = table.tasks.remove(r.key);
+            drop(table);
             drop(task);
             return CancelMark::Unstarted(start);
         }
@@ -411,36 +471,36 @@ impl TaskTable {
 
     /// Takes a task out of the table, if it is alive.
     pub(crate) fn remove(&self, r: TaskRef) -> Option<Task> {
-        let mut tasks = self.tasks.borrow_mut();
-        tasks.get(r.key).filter(|t| t.id == r.id)?;
-        Some(tasks.remove(r.key))
+        let mut table = self.inner.borrow_mut();
+        table.tasks.get(r.key).filter(|t| t.id == r.id)?;
+        Some(table.tasks.remove(r.key))
     }
 
     /// Every task in the table, oldest first.
     pub(crate) fn live(&self) -> Vec<TaskRef> {
-        let tasks = self.tasks.borrow();
+        let table = self.inner.borrow();
         let mut live: Vec<TaskRef> =
-            tasks.iter().map(|(key, t)| TaskRef { key, id: t.id }).collect();
+            table.tasks.iter().map(|(key, t)| TaskRef { key, id: t.id }).collect();
         live.sort_by_key(|r| r.id);
         live
     }
 
     /// Runs `f` on every task, oldest first (for reports).
     pub(crate) fn for_each_oldest_first(&self, mut f: impl FnMut(&Task)) {
-        let tasks = self.tasks.borrow();
-        let mut live: Vec<&Task> = tasks.iter().map(|(_, t)| t).collect();
+        let table = self.inner.borrow();
+        let mut live: Vec<&Task> = table.tasks.iter().map(|(_, t)| t).collect();
         live.sort_by_key(|t| t.id);
         live.into_iter().for_each(&mut f);
     }
 
     /// Runs `f` on one task, if it is alive.
     pub(crate) fn with<R>(&self, r: TaskRef, f: impl FnOnce(&Task) -> R) -> Option<R> {
-        self.tasks.borrow().get(r.key).filter(|t| t.id == r.id).map(f)
+        self.inner.borrow().tasks.get(r.key).filter(|t| t.id == r.id).map(f)
     }
 
     /// Runs `f` on one task, if it is alive and the table is not borrowed for an update.
     pub(crate) fn try_with<R>(&self, r: TaskRef, f: impl FnOnce(&Task) -> R) -> Option<R> {
-        self.tasks.try_borrow().ok()?.get(r.key).filter(|t| t.id == r.id).map(f)
+        self.inner.try_borrow().ok()?.tasks.get(r.key).filter(|t| t.id == r.id).map(f)
     }
 
     /// One task, read without a borrow, for the fault handler; `None` if it is gone or the
@@ -452,14 +512,14 @@ impl TaskTable {
     pub(crate) unsafe fn peek(&self, r: TaskRef) -> Option<&Task> {
         // SAFETY: the caller guarantees no mutation while the reference lives; a table that is
         // mutably borrowed right now is refused by `try_borrow_unguarded`.
-        let tasks = unsafe { self.tasks.try_borrow_unguarded() }.ok()?;
-        tasks.get(r.key).filter(|t| t.id == r.id)
+        let table = unsafe { self.inner.try_borrow_unguarded() }.ok()?;
+        table.tasks.get(r.key).filter(|t| t.id == r.id)
     }
 
     /// Runs `f` on the locals of task `r` (the running one), allocating them on first use.
     pub(crate) fn with_locals<R>(&self, r: TaskRef, f: impl FnOnce(&mut Locals) -> R) -> R {
-        let mut tasks = self.tasks.borrow_mut();
-        let task = tasks.get_mut(r.key).filter(|t| t.id == r.id).expect("a running task");
+        let mut table = self.inner.borrow_mut();
+        let task = table.tasks.get_mut(r.key).filter(|t| t.id == r.id).expect("a running task");
         f(task.locals.get_or_insert_with(Box::default))
     }
 
@@ -470,6 +530,46 @@ impl TaskTable {
 
     /// Takes every task out (when the hub is dropped after its loop failed).
     pub(crate) fn take_all(&mut self) -> Slab<Task> {
-        std::mem::take(self.tasks.get_mut())
+        std::mem::take(&mut self.inner.get_mut().tasks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ReadyQueue, TaskRef};
+    use crate::coroutine::CoroutineId;
+
+    fn r(n: u64) -> TaskRef {
+        TaskRef { key: n as usize, id: CoroutineId::for_test(n) }
+    }
+
+    #[test]
+    fn the_ready_queue_is_fifo_across_growth_and_wrap_around() {
+        let mut q = ReadyQueue::default();
+        assert_eq!(q.pop_front(), None);
+        let (mut pushed, mut popped) = (0, 0);
+        // Interleave pushes and pops so that the ring wraps at every capacity it grows to.
+        for round in 1..200u64 {
+            for _ in 0..round % 37 {
+                q.push_back(r(pushed));
+                pushed += 1;
+            }
+            for _ in 0..round % 23 {
+                if let Some(got) = q.pop_front() {
+                    assert_eq!(got, r(popped));
+                    popped += 1;
+                }
+            }
+            assert_eq!(q.len() as u64, pushed - popped);
+        }
+        while let Some(got) = q.pop_front() {
+            assert_eq!(got, r(popped));
+            popped += 1;
+        }
+        assert_eq!(popped, pushed);
+        assert!(q.is_empty());
+        q.push_back(r(1));
+        q.clear();
+        assert_eq!(q.pop_front(), None);
     }
 }

@@ -2,7 +2,7 @@
 //! [`Semaphore`], [`Mutex`].
 //!
 //! All are `!Send` (share them between coroutines with `Rc`) and are built on one wait-list
-//! skeleton ("check, register, check again, suspend"), so wake-ups are FIFO among the waiters of
+//! skeleton ("check, register, suspend, check again"), so wake-ups are FIFO among the waiters of
 //! one primitive and none is lost, even when a waiter is cancelled or times out. Waits suspend
 //! only the calling coroutine. The errors are shaped like `std::sync::mpsc`'s.
 //!

@@ -1,4 +1,4 @@
-//! The one wait-list skeleton under every primitive: check, register, check again, suspend.
+//! The one wait-list skeleton under every primitive: check, register, suspend, check again.
 //!
 //! Guarantee: waiters are woken in the order they first registered (a waiter that was woken but
 //! lost the race for the resource goes back to its original place, not to the back), and a
@@ -102,8 +102,18 @@ impl WaitList {
         // 2. Register.
         let mut entry = Entry::register(self, me, false);
         entered();
+        // No second check before the first suspension: between the check above and here
+        // nothing else ran (no suspension; `entered` only wakes), the timer cannot have fired
+        // (only the loop fires timers) and another thread's wake-up reaches this list through
+        // the loop too, so the condition is what it was. (A check costs a primitive's
+        // bookkeeping; skipping it saves that on every wait that suspends.)
         loop {
-            // 3. Check again (the condition may have changed while we registered or slept).
+            HubSection::leave();
+            // 3. Suspend.
+            coroutine::suspend(hub, Suspend::Wait(reason));
+            HubSection::enter_raw();
+            entry.look();
+            // 4. Check again (the condition may have changed while we slept).
             if let Some(ready) = check(!entry.queued) {
                 entry.settle();
                 HubSection::leave();
@@ -116,11 +126,6 @@ impl WaitList {
             if entry.requeue_if_woken() {
                 entered();
             }
-            HubSection::leave();
-            // 4. Suspend.
-            coroutine::suspend(hub, Suspend::Wait(reason));
-            HubSection::enter_raw();
-            entry.look();
         }
     }
 
@@ -131,6 +136,11 @@ impl WaitList {
     /// waiter instead.
     #[inline]
     pub(crate) fn notify_one(&self) -> bool {
+        // Nobody waits (a coroutine's end with nobody joining yet, a send with no receiver
+        // parked): one borrow check, without the section and the hub lookup.
+        if self.queue.borrow().is_empty() {
+            return false;
+        }
         HubSection::enter_raw();
         let woke = self.notify_first_waiting();
         HubSection::leave();
@@ -153,7 +163,9 @@ impl WaitList {
                     at
                 }
             };
-            queue.remove(at).expect("the position is in the queue")
+            // `pop_front` for the usual case: `remove(0)` pays for the general shift.
+            let waiter = if at == 0 { queue.pop_front() } else { queue.remove(at) };
+            waiter.expect("the position is in the queue")
         };
         self.woken.set(self.woken.get() + 1);
         if let Some(hub) = hub {
