@@ -1,6 +1,11 @@
 //! The raw OS limit, measured by this program: what a good implementation could reach.
 //!
 //! - switch: one corosensei `resume` + `suspend` (the two context switches of one cooperative yield);
+//! - spawn: a corosensei coroutine created on a pooled stack, run to its end, its stack taken back
+//!   (in batches of `batch`, like greenhub's row: all created, then all run);
+//! - channel: the smallest scheduler that can do greenhub's round trip: a FIFO ready queue, two
+//!   coroutines (pinger and ponger) and two `VecDeque` channels; a receiver that finds its channel
+//!   empty parks, the sender makes it ready;
 //! - pipes: a forked writer writes each frame (4-byte length + payload) with one `writev`; the reader
 //!   reads in large chunks and splits frames in user space; both ends are non-blocking and sleep in
 //!   epoll as soon as the pipe is full / empty; `pipe_size` grows the pipe with `F_SETPIPE_SZ`;
@@ -17,6 +22,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 pub fn run(bench: &str, p: &Params) -> io::Result<Report> {
     match bench {
         "switch" => Ok(switch(p.get("n"))),
+        "spawn" => Ok(spawn_join(p.get("n"), p.get("batch"))),
+        "channel" => Ok(channel(p.get("n"))),
         "stream1" => stream(p.get("n"), 1, p.opt("pipe_size")),
         "stream64k" => stream(p.get("n"), p.get("size") as usize, p.opt("pipe_size")),
         "big_raw" | "big_ser" => big(p.get("size") as usize, p.opt("pipe_size")),
@@ -44,6 +51,82 @@ fn switch(n: u64) -> Report {
     let dt = sys::mono_ns() - t0;
     black_box(co.resume(()));
     Report::new().with("ns_per_switch", dt as f64 / n as f64)
+}
+
+/// Create + run to the end + stack back to the pool, per coroutine.
+fn spawn_join(n: u64, batch: u64) -> Report {
+    use corosensei::stack::DefaultStack;
+    use corosensei::{Coroutine, CoroutineResult, Yielder};
+    // Pooled before the clock starts, as greenhub's warm stacks are after its first batch.
+    let mut pool: Vec<DefaultStack> =
+        (0..batch).map(|_| DefaultStack::new(1 << 20).expect("a stack")).collect();
+    let t0 = sys::mono_ns();
+    for _ in 0..n / batch {
+        let batch: Vec<_> = (0..batch)
+            .map(|_| {
+                let stack = pool.pop().expect("a pooled stack");
+                Coroutine::with_stack(stack, |_: &Yielder<(), ()>, ()| black_box(()))
+            })
+            .collect();
+        for mut co in batch {
+            match co.resume(()) {
+                CoroutineResult::Return(()) => pool.push(co.into_stack()),
+                CoroutineResult::Yield(()) => unreachable!("the body does not yield"),
+            }
+        }
+    }
+    let dt = sys::mono_ns() - t0;
+    Report::new().with("ns_per_spawn", dt as f64 / n as f64)
+}
+
+/// Ping-pong of a number over two channels between two coroutines, per round trip.
+fn channel(n: u64) -> Report {
+    use corosensei::{Coroutine, CoroutineResult, Yielder};
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+    type Queue = Rc<RefCell<VecDeque<u64>>>;
+    /// Takes an item, suspending (parked: `false`) until the other side has sent one.
+    fn recv(y: &Yielder<(), bool>, q: &Queue) -> u64 {
+        loop {
+            if let Some(v) = q.borrow_mut().pop_front() {
+                return v;
+            }
+            y.suspend(false);
+        }
+    }
+    let (ping, pong): (Queue, Queue) = Default::default();
+    let (ping2, pong2) = (ping.clone(), pong.clone());
+    let ponger = Coroutine::new(move |y: &Yielder<(), bool>, ()| {
+        for _ in 0..n {
+            let v = recv(y, &ping2);
+            pong2.borrow_mut().push_back(v);
+        }
+    });
+    let pinger = Coroutine::new(move |y: &Yielder<(), bool>, ()| {
+        for i in 0..n {
+            ping.borrow_mut().push_back(i);
+            black_box(recv(y, &pong));
+        }
+    });
+    // The scheduler: a coroutine whose channel got an item is ready. Here each side parks only
+    // on an empty channel that the other side fills before it parks, so the ready queue holds
+    // the other one whenever one parks: round-robin is exactly what the wake-ups would do.
+    let mut cos = [pinger, ponger];
+    let mut ready: VecDeque<usize> = VecDeque::from([0, 1]);
+    let mut live = 2;
+    let t0 = sys::mono_ns();
+    while let Some(i) = ready.pop_front() {
+        match cos[i].resume(()) {
+            CoroutineResult::Yield(_) => ready.push_back(i),
+            CoroutineResult::Return(()) => live -= 1,
+        }
+        if live == 0 {
+            break;
+        }
+    }
+    let dt = sys::mono_ns() - t0;
+    Report::new().with("ns_per_round_trip", dt as f64 / n as f64)
 }
 
 /// A pipe from a forked child to the parent, optionally resized.
