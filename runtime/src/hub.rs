@@ -393,15 +393,25 @@ impl Hub {
             None => return self.report_deadlock(root),
         };
         // 4. Wake the coroutines whose fds, timers or helper threads answered.
+        if matches!(wait, Wait::Poll) && !self.outside_can_answer() {
+            // Coroutines are ready and none waits on an fd or another thread: `epoll_wait(0)`
+            // could wake nobody. Skipping it saves a syscall (the cost of dozens of switches)
+            // per budget of busy coroutines; what the OS queued meanwhile stays queued for the
+            // next poll.
+            return self.reactor.skip_poll();
+        }
         self.reactor.poll(self, wait);
+    }
+
+    /// Whether a poll could wake a coroutine: one waits on an fd, or on a helper thread or
+    /// another thread (`Remote::in_flight`). Timers do not count: step 2 fires them by the clock.
+    fn outside_can_answer(&self) -> bool {
+        self.reactor.has_waiters() || self.remote.in_flight() > 0
     }
 
     /// Whether any source outside the coroutines could ever make one ready again.
     fn anything_can_wake(&self) -> bool {
-        self.tasks.has_ready()
-            || !self.timers.is_empty()
-            || self.reactor.has_waiters()
-            || self.remote.in_flight() > 0
+        self.tasks.has_ready() || !self.timers.is_empty() || self.outside_can_answer()
     }
 
     /// The root is blocked and nothing can wake anything: make its blocking call panic.

@@ -154,6 +154,12 @@ impl Reactor {
         self.may_have_closed.set(hub.tasks.has_ready());
     }
 
+    /// The loop skipped a poll that could wake nobody (coroutines are ready): coroutines run
+    /// before the next one, as after a poll that left some ready.
+    pub(crate) fn skip_poll(&self) {
+        self.may_have_closed.set(true);
+    }
+
     fn poll_and_wake(&self, hub: &Hub, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
         match self.poll.borrow_mut().poll(&mut events, timeout) {

@@ -201,3 +201,23 @@ fn a_pool_of_zero_helper_threads_is_refused_naming_the_rule() {
     let msg = panic_message(&*caught.unwrap_err());
     assert!(msg.contains("blocking_threads(0)") && msg.contains("n >= 1"), "{msg}");
 }
+
+/// The loop skips its poll while coroutines are ready and nothing waits outside them; a caller
+/// waiting on a helper thread must still be woken while others keep yielding.
+#[test]
+fn coroutines_that_keep_yielding_do_not_starve_a_spawn_blocking_caller() {
+    greenhub::run(|| {
+        let done = std::rc::Rc::new(std::cell::Cell::new(false));
+        let spinner = spawn({
+            let done = done.clone();
+            move || {
+                while !done.get() {
+                    yield_now(); // always ready: the hub must still poll for the helper thread
+                }
+            }
+        });
+        assert_eq!(spawn_blocking(|| 6 * 7), 42);
+        done.set(true);
+        spinner.join().unwrap();
+    });
+}
