@@ -286,7 +286,13 @@ impl<'a> Entry<'a> {
     /// After a resume: is the entry still queued, or did a notification take it off?
     #[inline]
     fn look(&mut self) {
-        self.queued = self.list.position(self.waiter.ticket).is_ok();
+        // The queue is in ticket order: when it is empty or starts after this ticket (the usual
+        // case after a notification popped the entry), the entry is not in it, without a search.
+        let after_me = match self.list.queue.borrow().front() {
+            None => true,
+            Some(front) => front.ticket > self.waiter.ticket,
+        };
+        self.queued = !after_me && self.list.position(self.waiter.ticket).is_ok();
     }
 
     /// Back to its original place after a wake that did not let it proceed; true if it went
