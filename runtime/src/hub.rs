@@ -354,20 +354,34 @@ impl Hub {
         self.id
     }
 
-    /// Drives the loop until the root coroutine has ended.
+    /// Drives the loop until the root coroutine has ended. Whether the blocking monitor is on
+    /// is decided here, once: each setting has its own copy of the loop (`turn::<true>` tells
+    /// the monitor about every resume; `turn::<false>` has no monitor code at all).
     fn run_until_done(&self, root: TaskRef) {
-        while self.tasks.is_alive(root) {
-            self.turn(root);
+        if self.monitor.is_on() {
+            while self.tasks.is_alive(root) {
+                self.turn::<true>(root);
+            }
+            self.monitor.idle();
+        } else {
+            while self.tasks.is_alive(root) {
+                self.turn::<false>(root);
+            }
         }
     }
 
+    /// Resumes `r` as the loop would (shutdown's resumes, which are not on the hot path).
+    fn resume_any(&self, r: TaskRef) -> bool {
+        if self.monitor.is_on() { self.resume::<true>(r) } else { self.resume::<false>(r) }
+    }
+
     /// One turn of the loop.
-    fn turn(&self, root: TaskRef) {
+    fn turn<const MONITORED: bool>(&self, root: TaskRef) {
         self.tasks.tick(); // the clock every state change of this turn is stamped with
         // 1. Run what is ready, up to the fairness budget.
         for _ in 0..FAIRNESS_BUDGET {
             let Some(next) = self.tasks.pop_ready() else { break };
-            if self.resume(next) && next == root {
+            if self.resume::<MONITORED>(next) && next == root {
                 return; // the root ended: `run` is done
             }
         }
@@ -380,6 +394,9 @@ impl Hub {
             None if self.anything_can_wake() => Wait::Forever,
             None => return self.report_deadlock(root),
         };
+        if MONITORED && !matches!(wait, Wait::Poll) {
+            self.monitor.idle(); // no coroutine runs while the hub sleeps in poll
+        }
         // 4. Wake the coroutines whose fds, timers or helper threads answered.
         self.reactor.poll(self, wait);
     }
@@ -443,6 +460,7 @@ impl Hub {
     /// that keep spawning get [`SHUTDOWN_ROUNDS`] rounds; then what is left is leaked.
     fn shutdown(&self) {
         for round in 1.. {
+            self.monitor.idle(); // the hooks and the cancels that follow are the hub's own work
             let live = self.tasks.live();
             if live.is_empty() {
                 let hooks = std::mem::take(&mut *self.exit_hooks.borrow_mut());
@@ -458,7 +476,7 @@ impl Hub {
             }
             for task in live {
                 self.cancel(task); // one may already have ended, unwound by another's cancel
-                while !self.resume(task) {}
+                while !self.resume_any(task) {}
             }
         }
         self.tasks.clear_ready();

@@ -4,16 +4,19 @@
 //! Guarantee: with [`Builder::monitor`](crate::Builder::monitor) or `GREENHUB_MONITOR` set, when
 //! one coroutine runs longer than `max_blocking` without suspending, stderr gets one line naming
 //! it and how long it has run so far; when it finally suspends (or ends), one more line with the
-//! total. One report per episode, never one per check. Off, it costs nothing but a predictable
-//! branch per switch; on, one relaxed atomic store per switch. The watchdog thread ends with its
-//! hub. Not guaranteed: precision; the watchdog samples every quarter of `max_blocking` (at
-//! least 1 ms, at most 250 ms), so a report comes between `max_blocking` and `max_blocking` plus
-//! two samples after the episode began, and the totals are accurate to about one sample.
+//! total. One report per episode, never one per check. Off, it costs nothing on the switch path
+//! (the loop has a copy without it); on, one relaxed atomic store per switch. The watchdog thread
+//! ends with its hub. Not guaranteed: precision; the watchdog samples every quarter of
+//! `max_blocking` (at least 1 ms, at most 250 ms), so a report comes between `max_blocking` and
+//! `max_blocking` plus two samples after the episode began, and the totals are accurate to about
+//! one sample.
 //!
 //! # Implementation
-//! The hub stores one word per switch into [`Shared::current`]: the coroutine's id and a resume
-//! sequence number when it resumes one, zero when it gets control back. The watchdog reads the
-//! word each sample: the same nonzero word for `max_blocking` is one resume that has not ended.
+//! The hub stores one word per resume into [`Shared::current`]: the coroutine's id and a resume
+//! sequence number; zero before it sleeps in poll and when its loop ends. The watchdog reads the
+//! word each sample: the same nonzero word for `max_blocking` is one resume that has not ended
+//! (the hub's short bookkeeping after a coroutine suspends counts to that coroutine). Which copy
+//! of the loop runs, `Hub::turn::<true>` or `::<false>`, is decided once per hub.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,7 +41,7 @@ const MAX_PERIOD: Duration = Duration::from_millis(250);
 /// The hub's side of the monitor: nothing at all when it is off.
 #[derive(Default)]
 pub(crate) struct Monitor {
-    /// Boxed: the switch path tests one pointer for null.
+    /// Boxed: off, the hub carries one null pointer.
     on: Option<Box<Watched>>,
 }
 
@@ -98,37 +101,29 @@ impl Monitor {
         }
     }
 
-    /// The loop is about to resume `id`.
+    /// Whether the monitor is on: the loop asks once per hub and runs its monitored copy.
+    pub(crate) fn is_on(&self) -> bool {
+        self.on.is_some()
+    }
+
+    /// The loop is about to resume `id` (called only by the monitored copy of the loop).
     #[inline(always)]
-    pub(crate) fn enter(&self, id: CoroutineId) {
+    pub(crate) fn resuming(&self, id: CoroutineId) {
         if let Some(on) = &self.on {
-            on.enter(id);
+            let seq = on.seq.get().wrapping_add(1);
+            on.seq.set(seq);
+            let word = id.get() << SEQ_BITS | (seq & ((1 << SEQ_BITS) - 1));
+            on.shared.current.store(word, Ordering::Relaxed);
         }
     }
 
-    /// The coroutine suspended or ended: the loop has control again.
-    #[inline(always)]
-    pub(crate) fn leave(&self) {
+    /// No coroutine runs: the hub is about to sleep in poll, or its loop has ended. (The hub's
+    /// own bookkeeping between two resumes counts to the coroutine that ran last: it is short,
+    /// and not storing at every suspension halves the monitor's cost.)
+    pub(crate) fn idle(&self) {
         if let Some(on) = &self.on {
-            on.leave();
+            on.shared.current.store(0, Ordering::Relaxed);
         }
-    }
-}
-
-// Out of line, so that with the monitor off the switch path keeps only a test and a branch (and
-// its register allocation is what it was without the monitor); on, a call and one store.
-impl Watched {
-    #[inline(never)]
-    fn enter(&self, id: CoroutineId) {
-        let seq = self.seq.get().wrapping_add(1);
-        self.seq.set(seq);
-        let word = id.get() << SEQ_BITS | (seq & ((1 << SEQ_BITS) - 1));
-        self.shared.current.store(word, Ordering::Relaxed);
-    }
-
-    #[inline(never)]
-    fn leave(&self) {
-        self.shared.current.store(0, Ordering::Relaxed);
     }
 }
 

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::coroutine::{CoBox, CoYielder, CoroutineId, Start, Wake};
+use crate::coroutine::{CoBox, CoYielder, CoroutineId, Doom, Start, Wake};
 use crate::local::Locals;
 use crate::sys::HubSection;
 use crate::timer::TimeoutId;
@@ -145,6 +145,9 @@ pub(crate) struct Task {
     /// A `timeout` whose deadline fired and whose boundary the unwind has not reached yet:
     /// every suspension point unwinds again (set and cleared by coroutine.rs, in the task).
     pub(crate) timed_out: Option<FiredTimeout>,
+    /// `cancelled` and `timed_out` as the one word the switch path copies into `Running`
+    /// ([`Doom::CANCELLED`] once cancelled, whatever times out later).
+    pub(crate) doom: Doom,
     /// Null until the body has started.
     pub(crate) yielder: *const CoYielder,
     /// Its `local!` values, allocated on the first one (local.rs).
@@ -221,6 +224,7 @@ impl Task {
             pending: None,
             cancelled: false,
             timed_out: None,
+            doom: Doom::SPARED,
             yielder: std::ptr::null(),
             locals: None,
             stack_limit: 0,
@@ -406,6 +410,7 @@ impl TaskTable {
             return CancelMark::Unstarted(start);
         }
         task.cancelled = true;
+        task.doom = Doom::CANCELLED;
         CancelMark::Started
     }
 
