@@ -273,6 +273,7 @@ impl Builder {
 
 /// Spawns `f` on `hub`: the one way in for `spawn` and `Builder::spawn`.
 #[inline]
+#[track_caller]
 fn spawn_on<F, T>(
     hub: &Hub,
     f: F,
@@ -297,6 +298,7 @@ where
 /// # Panics
 /// Outside a hub.
 #[inline]
+#[track_caller]
 pub fn yield_now() {
     suspend(hub("yield_now"), Suspend::Yield);
 }
@@ -305,11 +307,13 @@ pub fn yield_now() {
 ///
 /// # Panics
 /// Outside a hub, or in a hub's exit hook (no coroutine runs there).
+#[track_caller]
 pub fn current() -> CoroutineId {
     hub("current").current_task("current").id
 }
 
 #[cold]
+#[track_caller]
 fn outside_coroutine(what: &str) -> ! {
     panic!(
         "greenhub::{what} called outside a coroutine (in an exit hook or the hub's own loop, \
@@ -398,6 +402,7 @@ thread_local! {
 /// predictor is wrong for every frame returned through, so each call level on the switch path
 /// costs a mispredicted return (see docs/coroutines-and-stacks.md).
 #[inline(always)]
+#[track_caller]
 pub(crate) fn suspend(hub: &Hub, how: Suspend) {
     debug_assert!(!sys::HubSection::active(), "no switch inside greenhub's bookkeeping");
     let yielder = hub.running.yielder.get();
@@ -757,8 +762,12 @@ impl Hub {
 
     /// The running coroutine's ref, or a panic naming `what`.
     #[inline]
+    #[track_caller]
     pub(crate) fn current_task(&self, what: &str) -> TaskRef {
-        self.running.task.get().unwrap_or_else(|| outside_coroutine(what))
+        match self.running.task.get() {
+            Some(task) => task,
+            None => outside_coroutine(what),
+        }
     }
 
     /// How reports name the running coroutine, if one runs (and the table is not mid-update).

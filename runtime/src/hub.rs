@@ -108,13 +108,22 @@ pub(crate) struct Hub {
 /// The hub of this thread, or a panic with a sentence naming the rule.
 ///
 /// `what` names the public function the user called ("sleep", "spawn", ...).
+#[inline]
+#[track_caller]
 pub(crate) fn hub(what: &str) -> &'static Hub {
-    try_hub().unwrap_or_else(|| {
-        panic!(
-            "greenhub::{what} called outside a hub; call it from inside greenhub::run \
-             or a coroutine spawned there"
-        )
-    })
+    match try_hub() {
+        Some(hub) => hub,
+        None => outside_hub(what),
+    }
+}
+
+#[cold]
+#[track_caller]
+fn outside_hub(what: &str) -> ! {
+    panic!(
+        "greenhub::{what} called outside a hub; call it from inside greenhub::run or a \
+         coroutine spawned there"
+    )
 }
 
 /// The hub of this thread, if one is running.

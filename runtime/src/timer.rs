@@ -147,6 +147,7 @@ pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
 ///
 /// # Panics
 /// Outside a hub.
+#[track_caller]
 pub fn sleep(d: Duration) {
     let hub = hub("sleep");
     let me = hub.current_task("sleep"); // a misuse names `sleep`, also for a zero duration
@@ -196,6 +197,7 @@ thread_local! {
 ///
 /// # Panics
 /// Outside a hub. A panic inside `f` propagates.
+#[track_caller]
 pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
     let hub = hub("timeout");
     let me = hub.current_task("timeout");
