@@ -92,6 +92,10 @@ fn a_run_inside_a_hub_and_a_zero_stack_name_the_callers_line() {
 fn ipc_misuse_names_the_callers_line() {
     let p = caught(|| drop(greenhub_ipc::PoolBuilder::new(0)));
     assert_names_the_callers_line(p, line!() - 1, "at least one worker");
+    let p = caught(|| drop(greenhub_ipc::start_process((), |()| ())));
+    assert_names_the_callers_line(p, line!() - 1, "start_process called outside a hub");
+    let p = caught(|| drop(greenhub_ipc::Command::new("true").spawn()));
+    assert_names_the_callers_line(p, line!() - 1, "Command::spawn called outside a hub");
     let (rx, _tx) = greenhub_ipc::pipe::<u8>().unwrap();
     let p = caught(|| drop(rx.get()));
     assert_names_the_callers_line(p, line!() - 1, "outside a hub");
