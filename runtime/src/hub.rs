@@ -239,12 +239,15 @@ impl Builder {
     ///     let start = Instant::now();
     ///     while start.elapsed() < Duration::from_millis(300) {} // a CPU hog: reported
     /// });
-    /// // stderr: greenhub monitor: coroutine #1 (root) has run for 100ms without suspending ...
-    /// //         greenhub monitor: coroutine #1 (root) suspended after running about 300ms ...
+    /// // stderr: greenhub monitor: coroutine #1 (spawned at src/main.rs:2:52) (root) has run
+    /// //         for 100ms without suspending ...
+    /// //         greenhub monitor: coroutine #1 (spawned at src/main.rs:2:52) (root) suspended
+    /// //         after running about 300ms ...
     /// ```
     ///
-    /// Cost: one relaxed atomic store per switch while on, and the watchdog thread (it ends
-    /// with the hub). See `docs/cooperative-code.md`.
+    /// The coroutine is named as every report names it (id, name, spawn site). Cost: one
+    /// relaxed atomic store per switch while on, a lock per spawn and per end for the names,
+    /// and the watchdog thread (it ends with the hub); nothing on the switch path while off. See `docs/cooperative-code.md`.
     pub fn monitor(mut self, max_blocking: Duration) -> Self {
         self.monitor = Some(max_blocking);
         self
@@ -282,6 +285,9 @@ impl Builder {
         install_panic_hook();
         let hub = Box::new(Hub::new(&self).expect("greenhub::run: cannot create the hub"));
         let _installed = Installed::new(&hub);
+        if let Some(names) = hub.monitor.names() {
+            hub.tasks.name_tasks_for(names);
+        }
         let root_body = Rc::new(Spawned::new(f));
         let root = hub.spawn_root(root_body.clone(), Location::caller());
         hub.root.set(Some(root));

@@ -18,9 +18,10 @@
 //! (the hub's short bookkeeping after a coroutine suspends counts to that coroutine). Which copy
 //! of the loop runs, `Hub::turn::<true>` or `::<false>`, is decided once per hub.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,25 @@ struct Shared {
     /// The root coroutine's id, to tag it "(root)" as the deadlock report does.
     root: AtomicU64,
     stop: AtomicBool,
+    /// How reports name each live coroutine (`coroutine #17 "conn 7" (spawned at ...)`), by id:
+    /// written when a task enters or leaves the table, read by the watchdog when it reports.
+    names: Mutex<HashMap<u64, String>>,
+}
+
+/// The hub's task table's handle on the watchdog's names: a task registers its name when it
+/// is spawned and takes it out when it ends (only while the monitor is on; nothing on the switch
+/// path).
+#[derive(Clone)]
+pub(crate) struct Names(Arc<Shared>);
+
+impl Names {
+    pub(crate) fn add(&self, id: CoroutineId, identity: String) {
+        self.0.names.lock().unwrap_or_else(|e| e.into_inner()).insert(id.get(), identity);
+    }
+
+    pub(crate) fn remove(&self, id: CoroutineId) {
+        self.0.names.lock().unwrap_or_else(|e| e.into_inner()).remove(&id.get());
+    }
 }
 
 impl Monitor {
@@ -71,6 +91,7 @@ impl Monitor {
             current: AtomicU64::new(0),
             root: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            names: Mutex::default(),
         });
         let watchdog = thread::Builder::new().name("greenhub-monitor".into()).spawn({
             let shared = shared.clone();
@@ -99,6 +120,11 @@ impl Monitor {
         if let Some(on) = &self.on {
             on.shared.root.store(root.get(), Ordering::Relaxed);
         }
+    }
+
+    /// The names registry for the task table, if the monitor is on.
+    pub(crate) fn names(&self) -> Option<Names> {
+        self.on.as_ref().map(|on| Names(on.shared.clone()))
     }
 
     /// Whether the monitor is on: the loop asks once per hub and runs its monitored copy.
@@ -167,7 +193,8 @@ struct Episode {
     word: u64,
     /// When the watchdog first saw `word`.
     since: Option<Instant>,
-    reported: bool,
+    /// How the report named the coroutine (kept for the total: by then it may have ended).
+    reported: Option<String>,
 }
 
 impl Episode {
@@ -176,46 +203,51 @@ impl Episode {
         let now = Instant::now();
         let since = *self.since.get_or_insert(now);
         if word != self.word {
-            if self.reported {
+            if let Some(name) = self.reported.take() {
                 let total = whole_ms(now - since);
                 eprintln!(
-                    "greenhub monitor: {} suspended after running about {total:?} without \
-                     suspending",
-                    Name::of(self.word, shared)
+                    "greenhub monitor: {name} suspended after running about {total:?} without \
+                     suspending"
                 );
             }
-            *self = Episode { word, since: Some(now), reported: false };
+            *self = Episode { word, since: Some(now), reported: None };
             return;
         }
-        if word != 0 && !self.reported && now - since >= max_blocking {
-            self.reported = true;
+        if word != 0 && self.reported.is_none() && now - since >= max_blocking {
+            let name = Name::of(word, shared).to_string();
             eprintln!(
-                "greenhub monitor: {} has run for {:?} without suspending (max_blocking \
+                "greenhub monitor: {name} has run for {:?} without suspending (max_blocking \
                  {max_blocking:?}); the hub and every other coroutine on its thread are stalled \
                  until it suspends",
-                Name::of(word, shared),
                 whole_ms(now - since),
             );
+            self.reported = Some(name);
         }
     }
 }
 
-/// A coroutine named as the deadlock report names it.
+/// A coroutine named as the deadlock report names it (id, name, spawn site), the root tagged.
 struct Name {
     id: u64,
+    identity: Option<String>,
     root: bool,
 }
 
 impl Name {
     fn of(word: u64, shared: &Shared) -> Name {
         let id = word >> SEQ_BITS;
-        Name { id, root: id == shared.root.load(Ordering::Relaxed) }
+        let names = shared.names.lock().unwrap_or_else(|e| e.into_inner());
+        let identity = names.get(&id).cloned();
+        Name { id, identity, root: id == shared.root.load(Ordering::Relaxed) }
     }
 }
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "coroutine #{}", self.id)?;
+        match &self.identity {
+            Some(identity) => f.write_str(identity)?,
+            None => write!(f, "coroutine #{}", self.id)?,
+        }
         if self.root { f.write_str(" (root)") } else { Ok(()) }
     }
 }
@@ -294,6 +326,7 @@ mod tests {
             current: AtomicU64::new(0),
             root: AtomicU64::new(1),
             stop: AtomicBool::new(false),
+            names: Mutex::default(),
         };
         let word = 17u64 << SEQ_BITS | 5;
         assert_eq!(Name::of(word, &shared).to_string(), "coroutine #17");

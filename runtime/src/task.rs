@@ -20,7 +20,7 @@
 //!   the removal of an ended task) and is the only other file that reads a [`Task`]'s fields.
 //!   Every borrow of the table is short and never held across a switch.
 
-use std::cell::{Cell, RefCell, RefMut};
+use std::cell::{Cell, OnceCell, RefCell, RefMut};
 use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::RawFd;
@@ -32,6 +32,7 @@ use slab::Slab;
 
 use crate::coroutine::{CoBox, CoYielder, CoroutineId, Doom, Start, Wake};
 use crate::local::Locals;
+use crate::monitor::Names;
 use crate::sys::HubSection;
 use crate::timer::TimeoutId;
 
@@ -162,6 +163,16 @@ pub(crate) struct Task {
     pub(crate) name: Option<Rc<str>>,
     /// When it entered its current state (see [`TaskTable::tick`]).
     pub(crate) since: Stamp,
+    /// The blocking monitor's names, which hold this task's while it lives (monitor on only).
+    named: Option<Names>,
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        if let Some(names) = &self.named {
+            names.remove(self.id);
+        }
+    }
 }
 
 /// A `timeout` whose deadline fired inside a task and whose boundary has not been reached yet.
@@ -232,6 +243,7 @@ impl Task {
             site: spawn.site,
             name: spawn.name,
             since: now,
+            named: None,
         }
     }
 
@@ -268,6 +280,8 @@ pub(crate) struct TaskTable {
     /// every state change. A state change costs a load and a store, not a clock read.
     epoch: Instant,
     now: Cell<Stamp>,
+    /// The blocking monitor's names, when it is on: each new task registers its own.
+    names: OnceCell<Names>,
 }
 
 impl Default for TaskTable {
@@ -277,11 +291,27 @@ impl Default for TaskTable {
             ready: RefCell::default(),
             epoch: Instant::now(),
             now: Cell::new(Stamp(0)),
+            names: OnceCell::new(),
         }
     }
 }
 
 impl TaskTable {
+    /// Makes every task from now on register its name with the blocking monitor.
+    pub(crate) fn name_tasks_for(&self, names: Names) {
+        let _ = self.names.set(names);
+    }
+
+    /// A new task, registered with the monitor if it is on.
+    fn new_task(&self, body: Body, spawn: Spawn) -> Task {
+        let mut task = Task::new(body, spawn, self.now());
+        if let Some(names) = self.names.get() {
+            names.add(task.id, task.identity().to_string());
+            task.named = Some(names.clone());
+        }
+        task
+    }
+
     /// Advances the turn clock (the loop calls it at the start of every turn).
     pub(crate) fn tick(&self) {
         self.now.set(Stamp(self.epoch.elapsed().as_nanos() as u64));
@@ -300,7 +330,7 @@ impl TaskTable {
 
     /// Adds a task that has not started to the table and to the back of the ready queue.
     pub(crate) fn insert(&self, body: Body, spawn: Spawn) -> TaskRef {
-        let task = Task::new(body, spawn, self.now());
+        let task = self.new_task(body, spawn);
         let id = task.id;
         HubSection::enter_raw();
         let key = self.tasks.borrow_mut().insert(task);
@@ -313,7 +343,7 @@ impl TaskTable {
     /// Adds a task that has not started to the table, parked (waiting on `reason`) until a
     /// wake makes it ready: `spawn_later`'s tasks, woken by their start timer.
     pub(crate) fn insert_parked(&self, body: Body, spawn: Spawn, reason: WaitReason) -> TaskRef {
-        let mut task = Task::new(body, spawn, self.now());
+        let mut task = self.new_task(body, spawn);
         task.state = TaskState::Suspended;
         task.waiting = reason;
         let id = task.id;
