@@ -716,12 +716,12 @@ impl Hub {
             let mut tasks = self.tasks.borrow_mut();
             let task = &mut tasks[me.key];
             let fired = match task.timed_out {
-                Some(earlier) => FiredTimeout { id: earlier.id.min(id), ..earlier },
-                None => FiredTimeout { id, as_error: false },
+                Some(earlier) => earlier.outer(id),
+                None => FiredTimeout::new(id),
             };
             task.timed_out = Some(fired);
             if task.doom != Doom::CANCELLED {
-                task.doom = Doom::timed_out(fired.id);
+                task.doom = Doom::timed_out(fired.id());
             }
             task.doom
         };
@@ -736,7 +736,7 @@ impl Hub {
     fn timeout_delivered_as_error(&self) {
         let me = self.current_task("timeout");
         if let Some(fired) = &mut self.tasks.borrow_mut()[me.key].timed_out {
-            fired.as_error = true;
+            *fired = fired.seen_as_error();
         }
     }
 
@@ -746,7 +746,7 @@ impl Hub {
         let me = self.current_task("timeout");
         let mut tasks = self.tasks.borrow_mut();
         let task = &mut tasks[me.key];
-        let fired = task.timed_out.filter(|fired| fired.id == id)?;
+        let fired = task.timed_out.filter(|fired| fired.id() == id)?;
         task.timed_out = None;
         if task.doom == Doom::timed_out(id) {
             task.doom = Doom::SPARED;

@@ -23,6 +23,7 @@
 use std::cell::{Cell, OnceCell, RefCell, RefMut};
 use std::collections::VecDeque;
 use std::fmt;
+use std::num::NonZeroU64;
 use std::os::fd::RawFd;
 use std::panic::Location;
 use std::rc::Rc;
@@ -175,13 +176,38 @@ impl Drop for Task {
     }
 }
 
-/// A `timeout` whose deadline fired inside a task and whose boundary has not been reached yet.
+/// A `timeout` whose deadline fired inside a task and whose boundary has not been reached yet:
+/// its id, and whether the task's code saw it as an error (a patched call's `ETIMEDOUT`), not
+/// only as an unwind (then a panic on that error still ends in `Elapsed` at the boundary). One
+/// word (the flag in the top bit: ids count from 1 and never get there), to keep the task small.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct FiredTimeout {
-    pub(crate) id: TimeoutId,
-    /// Whether the task's code saw it as an error (a patched call's `ETIMEDOUT`), not only as
-    /// an unwind: then a panic on that error still ends in `Elapsed` at the boundary.
-    pub(crate) as_error: bool,
+pub(crate) struct FiredTimeout(NonZeroU64);
+
+impl FiredTimeout {
+    const AS_ERROR: u64 = 1 << 63;
+
+    pub(crate) fn new(id: TimeoutId) -> FiredTimeout {
+        FiredTimeout(NonZeroU64::new(id.get()).expect("timeout ids count from 1"))
+    }
+
+    pub(crate) fn id(self) -> TimeoutId {
+        TimeoutId::from_raw(self.0.get() & !Self::AS_ERROR)
+    }
+
+    pub(crate) fn as_error(self) -> bool {
+        self.0.get() & Self::AS_ERROR != 0
+    }
+
+    /// The same, seen as an error.
+    pub(crate) fn seen_as_error(self) -> FiredTimeout {
+        FiredTimeout(self.0 | Self::AS_ERROR)
+    }
+
+    /// The same flag, for the outer (smaller) of this id and `id`.
+    pub(crate) fn outer(self, id: TimeoutId) -> FiredTimeout {
+        let fired = FiredTimeout::new(self.id().min(id));
+        if self.as_error() { fired.seen_as_error() } else { fired }
+    }
 }
 
 /// What a new task is, besides its body.
