@@ -91,7 +91,7 @@ pub(crate) struct Running {
     /// Null until the body has started (and whenever no coroutine runs).
     yielder: Cell<*const CoYielder>,
     /// Whether its suspension points must unwind instead of suspending: a copy of the task's
-    /// `cancelled` flag and sticky timeout, kept in step by `Hub::cancel` and the timeout path.
+    /// `doom`, kept in step by `Hub::cancel` and the timeout path.
     doom: Cell<Doom>,
 }
 
@@ -109,7 +109,7 @@ impl Doom {
     pub(crate) const CANCELLED: Doom = Doom(u64::MAX);
 
     /// Timeout ids start at 1 and never reach `u64::MAX`.
-    fn timed_out(id: TimeoutId) -> Doom {
+    pub(crate) fn timed_out(id: TimeoutId) -> Doom {
         Doom(id.get())
     }
 }
@@ -273,6 +273,7 @@ impl Builder {
 
 /// Spawns `f` on `hub`: the one way in for `spawn` and `Builder::spawn`.
 #[inline]
+#[track_caller]
 fn spawn_on<F, T>(
     hub: &Hub,
     f: F,
@@ -297,6 +298,7 @@ where
 /// # Panics
 /// Outside a hub.
 #[inline]
+#[track_caller]
 pub fn yield_now() {
     suspend(hub("yield_now"), Suspend::Yield);
 }
@@ -305,11 +307,13 @@ pub fn yield_now() {
 ///
 /// # Panics
 /// Outside a hub, or in a hub's exit hook (no coroutine runs there).
+#[track_caller]
 pub fn current() -> CoroutineId {
     hub("current").current_task("current").id
 }
 
 #[cold]
+#[track_caller]
 fn outside_coroutine(what: &str) -> ! {
     panic!(
         "greenhub::{what} called outside a coroutine (in an exit hook or the hub's own loop, \
@@ -398,6 +402,7 @@ thread_local! {
 /// predictor is wrong for every frame returned through, so each call level on the switch path
 /// costs a mispredicted return (see docs/coroutines-and-stacks.md).
 #[inline(always)]
+#[track_caller]
 pub(crate) fn suspend(hub: &Hub, how: Suspend) {
     debug_assert!(!sys::HubSection::active(), "no switch inside greenhub's bookkeeping");
     let yielder = hub.running.yielder.get();
@@ -520,9 +525,11 @@ impl Hub {
     }
 
     /// Resumes a task until it suspends or ends; true if it ended (or could not start). Stale
-    /// refs (ended tasks) are ignored.
+    /// refs (ended tasks) are ignored. `MONITORED`: the blocking monitor is on, and this resume
+    /// tells it (one relaxed store); the loop picks the instance once per hub, so with the
+    /// monitor off the switch path has no trace of it.
     #[inline(always)]
-    pub(crate) fn resume(&self, r: TaskRef) -> bool {
+    pub(crate) fn resume<const MONITORED: bool>(&self, r: TaskRef) -> bool {
         let Some((mut co, wake, yielder, [limit, size], doom)) = self.prepare(r) else {
             return !self.tasks.is_alive(r);
         };
@@ -533,9 +540,10 @@ impl Hub {
             _ => sys::Trap::Off,
         };
         sys::watch_stack(limit, r.id.get(), size, trap);
-        self.monitor.enter(r.id);
+        if MONITORED {
+            self.monitor.resuming(r.id);
+        }
         let result = Option::as_mut(&mut *co).expect("a parked coroutine").resume(wake);
-        self.monitor.leave();
         sys::unwatch_stack();
         self.running.leave();
         match result {
@@ -591,12 +599,7 @@ impl Hub {
         };
         task.state = TaskState::Running;
         task.since = self.tasks.now();
-        let doom = match task.timed_out {
-            _ if task.cancelled => Doom::CANCELLED,
-            Some(fired) => Doom::timed_out(fired.id),
-            None => Doom::SPARED,
-        };
-        Some((co, wake, task.yielder, [task.stack_limit, task.stack_size], doom))
+        Some((co, wake, task.yielder, [task.stack_limit, task.stack_size], task.doom))
     }
 
     /// A coroutine that overflowed its stack and was made to return by the fault handler: its
@@ -641,11 +644,16 @@ impl Hub {
     }
 
     /// Puts a coroutine that suspended back in the table.
+    #[inline(always)] // on the switch path, in both copies of the loop (see `Hub::turn`)
     fn park(&self, r: TaskRef, co: CoBox, how: Suspend) {
         let mut tasks = self.tasks.borrow_mut();
         let task = &mut tasks[r.key];
-        debug_assert!(task.state == TaskState::Running && matches!(task.body, Body::Running));
-        task.body = Body::Parked(co);
+        debug_assert!(task.state == TaskState::Running);
+        // The old body is `Body::Running`, which owns nothing: forgetting it spares the switch
+        // path an out-of-line `drop_in_place::<Body>` call.
+        let running = mem::replace(&mut task.body, Body::Parked(co));
+        debug_assert!(matches!(running, Body::Running));
+        mem::forget(running);
         task.since = self.tasks.now();
         match how {
             Suspend::Yield => {
@@ -708,15 +716,16 @@ impl Hub {
             let mut tasks = self.tasks.borrow_mut();
             let task = &mut tasks[me.key];
             let fired = match task.timed_out {
-                Some(earlier) => FiredTimeout { id: earlier.id.min(id), ..earlier },
-                None => FiredTimeout { id, as_error: false },
+                Some(earlier) => earlier.outer(id),
+                None => FiredTimeout::new(id),
             };
             task.timed_out = Some(fired);
-            fired.id
+            if task.doom != Doom::CANCELLED {
+                task.doom = Doom::timed_out(fired.id());
+            }
+            task.doom
         };
-        if self.running.doom.get() != Doom::CANCELLED {
-            self.running.doom.set(Doom::timed_out(sticky));
-        }
+        self.running.doom.set(sticky);
         unwind_from_suspension(self, Box::new(TimedOut))
     }
 
@@ -727,7 +736,7 @@ impl Hub {
     fn timeout_delivered_as_error(&self) {
         let me = self.current_task("timeout");
         if let Some(fired) = &mut self.tasks.borrow_mut()[me.key].timed_out {
-            fired.as_error = true;
+            *fired = fired.seen_as_error();
         }
     }
 
@@ -737,9 +746,10 @@ impl Hub {
         let me = self.current_task("timeout");
         let mut tasks = self.tasks.borrow_mut();
         let task = &mut tasks[me.key];
-        let fired = task.timed_out.filter(|fired| fired.id == id)?;
+        let fired = task.timed_out.filter(|fired| fired.id() == id)?;
         task.timed_out = None;
-        if self.running.doom.get() == Doom::timed_out(id) {
+        if task.doom == Doom::timed_out(id) {
+            task.doom = Doom::SPARED;
             self.running.doom.set(Doom::SPARED);
         }
         Some(fired)
@@ -752,8 +762,12 @@ impl Hub {
 
     /// The running coroutine's ref, or a panic naming `what`.
     #[inline]
+    #[track_caller]
     pub(crate) fn current_task(&self, what: &str) -> TaskRef {
-        self.running.task.get().unwrap_or_else(|| outside_coroutine(what))
+        match self.running.task.get() {
+            Some(task) => task,
+            None => outside_coroutine(what),
+        }
     }
 
     /// How reports name the running coroutine, if one runs (and the table is not mid-update).
