@@ -25,10 +25,10 @@
 //! std::thread::sleep: ticks while it ran: none; longest wait between two ticks: at least 200 ms
 //! -- detected: the same two under GREENHUB_MONITOR=50ms (the monitor's lines on stderr)
 //! the hog is coroutine #3, the sleeper coroutine #6
-//! greenhub monitor: coroutine #3 has run for {n}ms without suspending (max_blocking 50ms); the hub and every other coroutine on its thread are stalled until it suspends
-//! greenhub monitor: coroutine #3 suspended after running about {n}ms without suspending
-//! greenhub monitor: coroutine #6 has run for {n}ms without suspending (max_blocking 50ms); the hub and every other coroutine on its thread are stalled until it suspends
-//! greenhub monitor: coroutine #6 suspended after running about {n}ms without suspending
+//! greenhub monitor: coroutine #3 (spawned at examples/examples/common/ticker.rs:{n}:{n}) has run for {n}ms without suspending (max_blocking 50ms); the hub and every other coroutine on its thread are stalled until it suspends
+//! greenhub monitor: coroutine #3 (spawned at examples/examples/common/ticker.rs:{n}:{n}) suspended after running about {n}ms without suspending
+//! greenhub monitor: coroutine #6 (spawned at examples/examples/common/ticker.rs:{n}:{n}) has run for {n}ms without suspending (max_blocking 50ms); the hub and every other coroutine on its thread are stalled until it suspends
+//! greenhub monitor: coroutine #6 (spawned at examples/examples/common/ticker.rs:{n}:{n}) suspended after running about {n}ms without suspending
 //! -- fixed: the same culprits, made cooperative
 //! the hog, with yield_now() every 1,000 steps: ticks while it ran: some; longest wait between two ticks: less than 200 ms
 //! the hog, in spawn_blocking: ticks while it ran: some; longest wait between two ticks: less than 200 ms

@@ -192,6 +192,7 @@ impl Command {
     ///
     /// A Rust program adopts the fd with `unsafe { Reader::from_raw_fd(fd) }`; any other
     /// language reads or writes the framing described on [`Command`].
+    #[track_caller]
     pub fn pass<H: Transfer + AsRawFd + 'static>(&mut self, handle: H) -> RawFd {
         if !self.hook_installed {
             sys::keep_open_on_exec(&mut self.inner, self.pass_fds.clone());
@@ -210,6 +211,7 @@ impl Command {
     ///
     /// # Panics
     /// Outside a hub.
+    #[track_caller]
     pub fn spawn(&mut self) -> Result<Process, Error> {
         let hub = process::current_hub("Command::spawn");
         sys::ignore_sigpipe(); // a write to the program's stdin after it exits is EPIPE, not death
@@ -242,6 +244,7 @@ impl Command {
     ///
     /// # Panics
     /// Outside a hub.
+    #[track_caller]
     pub fn output(&mut self) -> Result<Output, Error> {
         if !self.stdio_set[0] {
             self.inner.stdin(Stdio::null());

@@ -155,6 +155,7 @@ impl fmt::Debug for Handle {
 pub(crate) struct Registry(MutexGuard<'static, BTreeMap<u64, RawFd>>);
 
 impl Registry {
+    #[track_caller]
     pub(crate) fn lock() -> Registry {
         Registry(REGISTRY.lock().unwrap_or_else(PoisonError::into_inner))
     }

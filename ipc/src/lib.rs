@@ -48,6 +48,7 @@ pub use transfer::Transfer;
 #[doc(hidden)]
 pub mod __private {
     /// How many greenhub-ipc handles (pipe ends, pidfds, program stdio) this process owns.
+    #[track_caller]
     pub fn owned_handle_count() -> usize {
         crate::handle::Registry::lock().len()
     }

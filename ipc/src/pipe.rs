@@ -46,6 +46,7 @@ const KEEP_OUTBOX: usize = 1024 * 1024;
 ///     assert_eq!(reader.get().unwrap(), (7, "seven".to_string()));
 /// });
 /// ```
+#[track_caller]
 pub fn pipe<T>() -> Result<(Reader<T>, Writer<T>), Error>
 where
     T: Serialize + DeserializeOwned + 'static,
@@ -56,12 +57,14 @@ where
 /// A pipe carrying byte messages as put (gipc's `encoder=None`): the wire format any language
 /// can speak, a 4-byte big-endian length and then the bytes.
 #[allow(clippy::type_complexity)] // the signature is the API contract
+#[track_caller]
 pub fn raw_pipe() -> Result<(Reader<Vec<u8>, Raw>, Writer<Vec<u8>, Raw>), Error> {
     pipe_with(Raw)
 }
 
 /// A pipe carrying values of `T` encoded by `codec` (each end gets a clone).
 #[allow(clippy::type_complexity)] // the signature is the API contract
+#[track_caller]
 pub fn pipe_with<T, C: Codec<T> + Clone>(codec: C) -> Result<(Reader<T, C>, Writer<T, C>), Error> {
     sys::ignore_sigpipe();
     let (read_end, write_end) =
@@ -74,6 +77,7 @@ pub fn pipe_with<T, C: Codec<T> + Clone>(codec: C) -> Result<(Reader<T, C>, Writ
 /// Two pipes, one each way: the first end puts `A` and gets `B`, the second the reverse
 /// (gipc's `pipe(duplex=True)`).
 #[allow(clippy::type_complexity)] // the signature is the API contract
+#[track_caller]
 pub fn duplex<A, B>() -> Result<(Duplex<A, B>, Duplex<B, A>), Error>
 where
     A: Serialize + DeserializeOwned + 'static,
@@ -117,6 +121,7 @@ impl<T, C: Codec<T>> Reader<T, C> {
     /// announcing more than the maximum, [`Error::Codec`] for a payload the codec rejects (the
     /// stream stays usable: the next `get` reads the next message), [`Error::Closed`] in a process
     /// this handle was not transferred to.
+    #[track_caller]
     pub fn get(&self) -> Result<T, Error> {
         let source = self.handle.source()?;
         let mut decoder = self.decoder.lock();
@@ -146,6 +151,7 @@ impl<T, C: Codec<T>> Reader<T, C> {
 
     /// Like [`get`](Self::get), giving up with [`Error::Timeout`] when no whole message is in
     /// within `d`. A message that had started to arrive stays buffered for the next call.
+    #[track_caller]
     pub fn get_timeout(&self, d: Duration) -> Result<T, Error> {
         greenhub::timeout(d, || self.get()).unwrap_or(Err(Error::Timeout))
     }
@@ -176,6 +182,7 @@ impl<T, C: Codec<T>> Reader<T, C> {
 
     /// Closes this end, reporting what `close(2)` says; [`Error::Closed`] if this process does
     /// not own it. Dropping the reader also closes it, silently.
+    #[track_caller]
     pub fn close(self) -> Result<(), Error> {
         self.handle.close()
     }
@@ -364,6 +371,7 @@ impl<T, C: Codec<T>> Writer<T, C> {
 
     /// Sends `value` as one message, suspending the calling coroutine until the whole frame is
     /// written. [`Error::Io`] with kind `BrokenPipe` once every reader is gone.
+    #[track_caller]
     pub fn put(&self, value: &T) -> Result<(), Error> {
         let source = self.handle.source()?;
         let mut outbox = self.outbox.lock();
@@ -379,6 +387,7 @@ impl<T, C: Codec<T>> Writer<T, C> {
 
     /// Closes this end (the reader sees `Eof`, or `Truncated` if a message was cut short);
     /// [`Error::Closed`] if this process does not own it. Dropping the writer also closes it.
+    #[track_caller]
     pub fn close(self) -> Result<(), Error> {
         self.handle.close()
     }
@@ -404,16 +413,19 @@ where
     In: Serialize + DeserializeOwned + 'static,
 {
     /// Sends a message to the other end; see [`Writer::put`].
+    #[track_caller]
     pub fn put(&self, value: &Out) -> Result<(), Error> {
         self.writer.put(value)
     }
 
     /// Receives a message from the other end; see [`Reader::get`].
+    #[track_caller]
     pub fn get(&self) -> Result<In, Error> {
         self.reader.get()
     }
 
     /// See [`Reader::get_timeout`].
+    #[track_caller]
     pub fn get_timeout(&self, d: Duration) -> Result<In, Error> {
         self.reader.get_timeout(d)
     }
@@ -434,6 +446,7 @@ where
     }
 
     /// Closes both directions; the first error, if any.
+    #[track_caller]
     pub fn close(self) -> Result<(), Error> {
         let written = self.writer.close();
         let read = self.reader.close();

@@ -57,6 +57,7 @@ use crate::transfer::{self, Transfer};
 ///
 /// # Panics
 /// Outside a hub (call it from inside [`greenhub::run`]).
+#[track_caller]
 pub fn start_process<H, F, R>(handles: H, f: F) -> Result<Process, Error>
 where
     H: Transfer,
@@ -159,6 +160,7 @@ impl ProcessBuilder {
     ///
     /// # Panics
     /// Outside a hub.
+    #[track_caller]
     pub fn start<H, F, R>(self, handles: H, f: F) -> Result<Process, Error>
     where
         H: Transfer,
@@ -181,13 +183,15 @@ impl ProcessBuilder {
 }
 
 /// The current hub's id, or a panic naming the rule.
+#[track_caller]
 pub(crate) fn current_hub(what: &str) -> u64 {
-    greenhub::ext::hub_id().unwrap_or_else(|| {
-        panic!(
+    match greenhub::ext::hub_id() {
+        Some(hub) => hub,
+        None => panic!(
             "greenhub_ipc::{what} called outside a hub; call it from inside greenhub::run \
              or a coroutine spawned there"
-        )
-    })
+        ),
+    }
 }
 
 /// A child process (started by [`start_process`] or [`Command::spawn`](crate::Command::spawn)).

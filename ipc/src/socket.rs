@@ -46,6 +46,7 @@ where
     ///
     /// # Errors
     /// [`Error::Io`] if the socket cannot be duplicated (out of fds) or configured.
+    #[track_caller]
     pub fn from_tcp(stream: greenhub::net::TcpStream) -> Result<Self, Error> {
         stream.set_nodelay(true)?;
         Self::from_socket(stream.as_raw_fd())
@@ -68,6 +69,7 @@ where
     ///
     /// # Errors
     /// As [`from_tcp`](Self::from_tcp).
+    #[track_caller]
     pub fn from_unix(stream: greenhub::net::UnixStream) -> Result<Self, Error> {
         Self::from_socket(stream.as_raw_fd())
     }

@@ -73,6 +73,7 @@ where
 
 /// [`spawn_blocking`], with the OS's refusal of a helper thread as an error (then `f` never
 /// runs, and nothing is left pending).
+#[track_caller]
 pub(crate) fn try_spawn_blocking<T, F>(f: F) -> io::Result<T>
 where
     F: FnOnce() -> T + Send + 'static,

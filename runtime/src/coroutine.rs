@@ -93,7 +93,7 @@ pub(crate) struct Running {
     /// Null until the body has started (and whenever no coroutine runs).
     yielder: Cell<*const CoYielder>,
     /// Whether its suspension points must unwind instead of suspending: a copy of the task's
-    /// `cancelled` flag and sticky timeout, kept in step by `Hub::cancel` and the timeout path.
+    /// `doom`, kept in step by `Hub::cancel` and the timeout path.
     doom: Cell<Doom>,
 }
 
@@ -111,7 +111,7 @@ impl Doom {
     pub(crate) const CANCELLED: Doom = Doom(u64::MAX);
 
     /// Timeout ids start at 1 and never reach `u64::MAX`.
-    fn timed_out(id: TimeoutId) -> Doom {
+    pub(crate) fn timed_out(id: TimeoutId) -> Doom {
         Doom(id.get())
     }
 }
@@ -275,6 +275,7 @@ impl Builder {
 
 /// Spawns `f` on `hub`: the one way in for `spawn` and `Builder::spawn`.
 #[inline]
+#[track_caller]
 fn spawn_on<F, T>(
     hub: &Hub,
     f: F,
@@ -299,6 +300,7 @@ where
 /// # Panics
 /// Outside a hub.
 #[inline]
+#[track_caller]
 pub fn yield_now() {
     suspend(hub("yield_now"), Suspend::Yield);
 }
@@ -307,11 +309,13 @@ pub fn yield_now() {
 ///
 /// # Panics
 /// Outside a hub, or in a hub's exit hook (no coroutine runs there).
+#[track_caller]
 pub fn current() -> CoroutineId {
     hub("current").current_task("current").id
 }
 
 #[cold]
+#[track_caller]
 fn outside_coroutine(what: &str) -> ! {
     panic!(
         "greenhub::{what} called outside a coroutine (in an exit hook or the hub's own loop, \
@@ -400,6 +404,7 @@ thread_local! {
 /// predictor is wrong for every frame returned through, so each call level on the switch path
 /// costs a mispredicted return (see docs/coroutines-and-stacks.md).
 #[inline(always)]
+#[track_caller]
 pub(crate) fn suspend(hub: &Hub, how: Suspend) {
     debug_assert!(!sys::HubSection::active(), "no switch inside greenhub's bookkeeping");
     let yielder = hub.running.yielder.get();
@@ -526,18 +531,21 @@ impl Hub {
     }
 
     /// Resumes a task until it suspends or ends; true if it ended (or could not start). Stale
-    /// refs (ended tasks) are ignored.
+    /// refs (ended tasks) are ignored. `MONITORED`: the blocking monitor is on, and this resume
+    /// tells it (one relaxed store); the loop picks the instance once per hub, so with the
+    /// monitor off the switch path has no trace of it.
     ///
     /// The hot path of every switch: one borrow of the table to take the coroutine out
     /// ([`prepare`](Self::prepare)), the switch, one borrow to put it back ([`park`](Self::park)).
     #[inline(always)]
-    pub(crate) fn resume(&self, r: TaskRef) -> bool {
+    pub(crate) fn resume<const MONITORED: bool>(&self, r: TaskRef) -> bool {
         let Some((mut co, wake)) = self.prepare(r) else {
             return !self.tasks.is_alive(r);
         };
-        self.monitor.enter(r.id);
+        if MONITORED {
+            self.monitor.resuming(r.id);
+        }
         let result = Option::as_mut(&mut *co).expect("a parked coroutine").resume(wake);
-        self.monitor.leave();
         sys::unwatch_stack();
         self.running.leave();
         match result {
@@ -612,12 +620,7 @@ impl Hub {
             Some(wake) => wake,
             None => Wake::Run,
         };
-        let doom = match task.timed_out {
-            _ if task.cancelled => Doom::CANCELLED,
-            Some(fired) => Doom::timed_out(fired.id),
-            None => Doom::SPARED,
-        };
-        self.running.enter(r, task.yielder, doom);
+        self.running.enter(r, task.yielder, task.doom);
         // The trap handle is armed only when an overflow may end this coroutine alone; with
         // recovery off (the default) this is one load and a branch.
         let trap = match self.recover_overflow(r) {
@@ -685,15 +688,17 @@ impl Hub {
 
     /// Puts a coroutine that suspended back in the table (and, if it yielded, at the back of
     /// the ready queue: same borrow).
-    #[inline(always)]
+    #[inline(always)] // on the switch path, in both copies of the loop (see `Hub::turn`)
     fn park(&self, r: TaskRef, co: CoBox, how: Suspend) {
         let mut table = self.tasks.borrow_mut();
         let table = &mut *table;
         let task = &mut table.tasks[r.key];
-        debug_assert!(task.state == TaskState::Running && matches!(task.body, Body::Running));
-        // The old body is `Body::Running`, which owns nothing: forgetting it skips the call to
-        // its drop glue (a dozen instructions per switch).
-        mem::forget(mem::replace(&mut task.body, Body::Parked(co)));
+        debug_assert!(task.state == TaskState::Running);
+        // The old body is `Body::Running`, which owns nothing: forgetting it spares the switch
+        // path an out-of-line `drop_in_place::<Body>` call.
+        let running = mem::replace(&mut task.body, Body::Parked(co));
+        debug_assert!(matches!(running, Body::Running));
+        mem::forget(running);
         task.since = self.tasks.now();
         match how {
             Suspend::Yield => {
@@ -756,15 +761,16 @@ impl Hub {
             let mut tasks = self.tasks.borrow_mut();
             let task = &mut tasks.tasks[me.key];
             let fired = match task.timed_out {
-                Some(earlier) => FiredTimeout { id: earlier.id.min(id), ..earlier },
-                None => FiredTimeout { id, as_error: false },
+                Some(earlier) => earlier.outer(id),
+                None => FiredTimeout::new(id),
             };
             task.timed_out = Some(fired);
-            fired.id
+            if task.doom != Doom::CANCELLED {
+                task.doom = Doom::timed_out(fired.id());
+            }
+            task.doom
         };
-        if self.running.doom.get() != Doom::CANCELLED {
-            self.running.doom.set(Doom::timed_out(sticky));
-        }
+        self.running.doom.set(sticky);
         unwind_from_suspension(self, Box::new(TimedOut))
     }
 
@@ -775,7 +781,7 @@ impl Hub {
     fn timeout_delivered_as_error(&self) {
         let me = self.current_task("timeout");
         if let Some(fired) = &mut self.tasks.borrow_mut().tasks[me.key].timed_out {
-            fired.as_error = true;
+            *fired = fired.seen_as_error();
         }
     }
 
@@ -785,9 +791,10 @@ impl Hub {
         let me = self.current_task("timeout");
         let mut tasks = self.tasks.borrow_mut();
         let task = &mut tasks.tasks[me.key];
-        let fired = task.timed_out.filter(|fired| fired.id == id)?;
+        let fired = task.timed_out.filter(|fired| fired.id() == id)?;
         task.timed_out = None;
-        if self.running.doom.get() == Doom::timed_out(id) {
+        if task.doom == Doom::timed_out(id) {
+            task.doom = Doom::SPARED;
             self.running.doom.set(Doom::SPARED);
         }
         Some(fired)
@@ -800,8 +807,12 @@ impl Hub {
 
     /// The running coroutine's ref, or a panic naming `what`.
     #[inline]
+    #[track_caller]
     pub(crate) fn current_task(&self, what: &str) -> TaskRef {
-        self.running.task.get().unwrap_or_else(|| outside_coroutine(what))
+        match self.running.task.get() {
+            Some(task) => task,
+            None => outside_coroutine(what),
+        }
     }
 
     /// How reports name the running coroutine, if one runs (and the table is not mid-update).

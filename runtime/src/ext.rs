@@ -21,6 +21,7 @@ use crate::hub::{self, hub};
 ///
 /// # Panics
 /// Outside a hub.
+#[track_caller]
 pub fn at_exit(hook: impl FnOnce() + 'static) {
     hub("ext::at_exit").at_exit(Box::new(hook));
 }
@@ -48,6 +49,7 @@ pub fn at_exit(hook: impl FnOnce() + 'static) {
 ///
 /// # Panics
 /// Outside a hub.
+#[track_caller]
 pub fn dump() -> String {
     hub("ext::dump").dump()
 }
@@ -55,6 +57,7 @@ pub fn dump() -> String {
 /// An id for the current hub, distinct from every other hub this process has run; `None`
 /// outside a hub. A registration or cache keyed by it is never mistaken for one of another
 /// hub's, including the parent's hub inherited through fork.
+#[track_caller]
 pub fn hub_id() -> Option<u64> {
     hub::try_hub().map(|h| h.id().get())
 }

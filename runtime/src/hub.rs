@@ -112,6 +112,7 @@ pub(crate) struct Hub {
 /// Inlined (one thread-local load and a null check on every suspension point); the panic is
 /// out of line.
 #[inline(always)]
+#[track_caller]
 pub(crate) fn hub(what: &str) -> &'static Hub {
     match try_hub() {
         Some(hub) => hub,
@@ -121,10 +122,11 @@ pub(crate) fn hub(what: &str) -> &'static Hub {
 
 #[cold]
 #[inline(never)]
+#[track_caller]
 fn outside_hub(what: &str) -> ! {
     panic!(
-        "greenhub::{what} called outside a hub; call it from inside greenhub::run \
-         or a coroutine spawned there"
+        "greenhub::{what} called outside a hub; call it from inside greenhub::run or a \
+         coroutine spawned there"
     )
 }
 
@@ -242,12 +244,15 @@ impl Builder {
     ///     let start = Instant::now();
     ///     while start.elapsed() < Duration::from_millis(300) {} // a CPU hog: reported
     /// });
-    /// // stderr: greenhub monitor: coroutine #1 (root) has run for 100ms without suspending ...
-    /// //         greenhub monitor: coroutine #1 (root) suspended after running about 300ms ...
+    /// // stderr: greenhub monitor: coroutine #1 (spawned at src/main.rs:2:52) (root) has run
+    /// //         for 100ms without suspending ...
+    /// //         greenhub monitor: coroutine #1 (spawned at src/main.rs:2:52) (root) suspended
+    /// //         after running about 300ms ...
     /// ```
     ///
-    /// Cost: one relaxed atomic store per switch while on, and the watchdog thread (it ends
-    /// with the hub). See `docs/cooperative-code.md`.
+    /// The coroutine is named as every report names it (id, name, spawn site). Cost: one
+    /// relaxed atomic store per switch while on, a lock per spawn and per end for the names,
+    /// and the watchdog thread (it ends with the hub); nothing on the switch path while off. See `docs/cooperative-code.md`.
     pub fn monitor(mut self, max_blocking: Duration) -> Self {
         self.monitor = Some(max_blocking);
         self
@@ -285,6 +290,9 @@ impl Builder {
         install_panic_hook();
         let hub = Box::new(Hub::new(&self).expect("greenhub::run: cannot create the hub"));
         let _installed = Installed::new(&hub);
+        if let Some(names) = hub.monitor.names() {
+            hub.tasks.name_tasks_for(names);
+        }
         let root_body = Rc::new(Spawned::new(f));
         let root = hub.spawn_root(root_body.clone(), Location::caller());
         hub.root.set(Some(root));
@@ -366,20 +374,34 @@ impl Hub {
         self.id
     }
 
-    /// Drives the loop until the root coroutine has ended.
+    /// Drives the loop until the root coroutine has ended. Whether the blocking monitor is on
+    /// is decided here, once: each setting has its own copy of the loop (`turn::<true>` tells
+    /// the monitor about every resume; `turn::<false>` has no monitor code at all).
     fn run_until_done(&self, root: TaskRef) {
-        while self.tasks.is_alive(root) {
-            self.turn(root);
+        if self.monitor.is_on() {
+            while self.tasks.is_alive(root) {
+                self.turn::<true>(root);
+            }
+            self.monitor.idle();
+        } else {
+            while self.tasks.is_alive(root) {
+                self.turn::<false>(root);
+            }
         }
     }
 
+    /// Resumes `r` as the loop would (shutdown's resumes, which are not on the hot path).
+    fn resume_any(&self, r: TaskRef) -> bool {
+        if self.monitor.is_on() { self.resume::<true>(r) } else { self.resume::<false>(r) }
+    }
+
     /// One turn of the loop.
-    fn turn(&self, root: TaskRef) {
+    fn turn<const MONITORED: bool>(&self, root: TaskRef) {
         self.tasks.tick(); // the clock every state change of this turn is stamped with
         // 1. Run what is ready, up to the fairness budget.
         for _ in 0..FAIRNESS_BUDGET {
             let Some(next) = self.tasks.pop_ready() else { break };
-            if self.resume(next) && next == root {
+            if self.resume::<MONITORED>(next) && next == root {
                 return; // the root ended: `run` is done
             }
         }
@@ -392,6 +414,9 @@ impl Hub {
             None if self.anything_can_wake() => Wait::Forever,
             None => return self.report_deadlock(root),
         };
+        if MONITORED && !matches!(wait, Wait::Poll) {
+            self.monitor.idle(); // no coroutine runs while the hub sleeps in poll
+        }
         // 4. Wake the coroutines whose fds, timers or helper threads answered.
         if matches!(wait, Wait::Poll) && !self.outside_can_answer() {
             // Coroutines are ready and none waits on an fd or another thread: `epoll_wait(0)`
@@ -465,6 +490,7 @@ impl Hub {
     /// that keep spawning get [`SHUTDOWN_ROUNDS`] rounds; then what is left is leaked.
     fn shutdown(&self) {
         for round in 1.. {
+            self.monitor.idle(); // the hooks and the cancels that follow are the hub's own work
             let live = self.tasks.live();
             if live.is_empty() {
                 let hooks = std::mem::take(&mut *self.exit_hooks.borrow_mut());
@@ -480,7 +506,7 @@ impl Hub {
             }
             for task in live {
                 self.cancel(task); // one may already have ended, unwound by another's cancel
-                while !self.resume(task) {}
+                while !self.resume_any(task) {}
             }
         }
         self.tasks.clear_ready();

@@ -199,6 +199,7 @@ impl Reactor {
 
     /// The poll timeout for a wait until `at`: none, with the timerfd armed for `at` (re-armed
     /// only when the earliest deadline changed); mio's millisecond timeout if that fails.
+    #[track_caller]
     fn timeout_until(&self, at: Instant) -> Option<Duration> {
         let left = at.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -401,6 +402,7 @@ impl Registration {
 
     /// Suspends until the fd is ready in `dir` (returns at once if already marked ready), or
     /// until `deadline` (a `WouldBlock` error naming the timeout). `EBADF` once retired.
+    #[track_caller]
     fn wait(&self, hub: &Hub, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
         let (list, reason) = match dir {
             Direction::Read => (&self.readers, WaitReason::Readable(self.fd)),
@@ -539,16 +541,19 @@ impl<T: AsRawFd> Source<T> {
 
     /// Runs `op` until it does not fail with `WouldBlock`, suspending the calling coroutine until
     /// the fd is readable between tries. `Interrupted` is retried too.
+    #[track_caller]
     pub fn read_with<R>(&self, op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
         self.retry(Direction::Read, None, op)
     }
 
     /// The same as [`read_with`](Self::read_with), waiting for writability.
+    #[track_caller]
     pub fn write_with<R>(&self, op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
         self.retry(Direction::Write, None, op)
     }
 
     /// [`read_with`](Self::read_with) that gives up at `deadline` with `WouldBlock`.
+    #[track_caller]
     pub(crate) fn read_until<R>(
         &self,
         deadline: Option<Instant>,
@@ -601,6 +606,7 @@ impl<T: AsRawFd> Source<T> {
     }
 
     /// [`write_with`](Self::write_with) that gives up at `deadline` with `WouldBlock`.
+    #[track_caller]
     pub(crate) fn write_until<R>(
         &self,
         deadline: Option<Instant>,
@@ -611,6 +617,7 @@ impl<T: AsRawFd> Source<T> {
 
     /// Suspends the calling coroutine until the fd is (or was, since the last `WouldBlock`)
     /// readable.
+    #[track_caller]
     pub fn readable(&self) -> io::Result<()> {
         let hub = hub("io::Source::readable");
         self.registration(hub)?.wait(hub, Direction::Read, None)
@@ -618,12 +625,14 @@ impl<T: AsRawFd> Source<T> {
 
     /// Suspends the calling coroutine until the fd is (or was, since the last `WouldBlock`)
     /// writable.
+    #[track_caller]
     pub fn writable(&self) -> io::Result<()> {
         let hub = hub("io::Source::writable");
         self.registration(hub)?.wait(hub, Direction::Write, None)
     }
 
     /// The retry loop every I/O call uses.
+    #[track_caller]
     fn retry<R>(
         &self,
         dir: Direction,
@@ -641,6 +650,7 @@ impl<T: AsRawFd> Source<T> {
         }
     }
 
+    #[track_caller]
     fn wait_after_would_block(&self, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
         let hub = hub(match dir {
             Direction::Read => "io::Source::read_with (a socket or pipe read)",
@@ -712,6 +722,7 @@ impl<T: AsRawFd + fmt::Debug> fmt::Debug for Source<T> {
 ///     drop(b);
 /// });
 /// ```
+#[track_caller]
 pub fn wait_readable(fd: RawFd) -> io::Result<()> {
     wait_fd(fd, Direction::Read, "io::wait_readable")
 }
@@ -719,16 +730,19 @@ pub fn wait_readable(fd: RawFd) -> io::Result<()> {
 /// Suspends the calling coroutine until `fd` is writable (gevent's `wait_write`).
 ///
 /// The same rules as [`wait_readable`].
+#[track_caller]
 pub fn wait_writable(fd: RawFd) -> io::Result<()> {
     wait_fd(fd, Direction::Write, "io::wait_writable")
 }
 
+#[track_caller]
 fn wait_fd(fd: RawFd, dir: Direction, what: &str) -> io::Result<()> {
     wait_fd_until(fd, dir == Direction::Read, None, what).map(drop)
 }
 
 /// Suspends the calling coroutine until `fd` is readable (`read`) or writable, or until
 /// `deadline` passes: `Ok(false)` then. The rules of [`wait_readable`].
+#[track_caller]
 pub(crate) fn wait_fd_until(
     fd: RawFd,
     read: bool,

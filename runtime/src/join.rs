@@ -95,6 +95,7 @@ impl<T> JoinHandle<T> {
     }
 
     /// Suspends the caller until the coroutine ends or `d` passes; true when it has ended.
+    #[track_caller]
     pub fn wait_timeout(&self, d: Duration) -> bool {
         let deadline = Instant::now().checked_add(d);
         let state = self.spawned.state();
@@ -103,6 +104,7 @@ impl<T> JoinHandle<T> {
     }
 
     /// Whether the coroutine has ended (returned, panicked or was cancelled).
+    #[track_caller]
     pub fn is_finished(&self) -> bool {
         self.spawned.state().finished.get()
     }
@@ -110,6 +112,7 @@ impl<T> JoinHandle<T> {
     /// Cancels the coroutine (gevent's `kill`): it unwinds from its current or next suspension
     /// point, running destructors, and ends as cancelled. A coroutine that has not started never
     /// runs its body. Does nothing once it has ended. Does not wait: `join` for that.
+    #[track_caller]
     pub fn cancel(&self) {
         if let Some(hub) = try_hub() {
             hub.cancel(self.task);
@@ -197,6 +200,7 @@ impl JoinError {
     ///
     /// # Panics
     /// If the coroutine was cancelled, or overflowed its stack, rather than panicked.
+    #[track_caller]
     pub fn into_panic(self) -> Box<dyn Any + Send> {
         match self.repr {
             Repr::Panic(payload) => payload,

@@ -4,20 +4,24 @@
 //! Guarantee: with [`Builder::monitor`](crate::Builder::monitor) or `GREENHUB_MONITOR` set, when
 //! one coroutine runs longer than `max_blocking` without suspending, stderr gets one line naming
 //! it and how long it has run so far; when it finally suspends (or ends), one more line with the
-//! total. One report per episode, never one per check. Off, it costs nothing but a predictable
-//! branch per switch; on, one relaxed atomic store per switch. The watchdog thread ends with its
-//! hub. Not guaranteed: precision; the watchdog samples every quarter of `max_blocking` (at
-//! least 1 ms, at most 250 ms), so a report comes between `max_blocking` and `max_blocking` plus
-//! two samples after the episode began, and the totals are accurate to about one sample.
+//! total. One report per episode, never one per check. Off, it costs nothing on the switch path
+//! (the loop has a copy without it); on, one relaxed atomic store per switch. The watchdog thread
+//! ends with its hub. Not guaranteed: precision; the watchdog samples every quarter of
+//! `max_blocking` (at least 1 ms, at most 250 ms), so a report comes between `max_blocking` and
+//! `max_blocking` plus two samples after the episode began, and the totals are accurate to about
+//! one sample.
 //!
 //! # Implementation
-//! The hub stores one word per switch into [`Shared::current`]: the coroutine's id and a resume
-//! sequence number when it resumes one, zero when it gets control back. The watchdog reads the
-//! word each sample: the same nonzero word for `max_blocking` is one resume that has not ended.
+//! The hub stores one word per resume into [`Shared::current`]: the coroutine's id and a resume
+//! sequence number; zero before it sleeps in poll and when its loop ends. The watchdog reads the
+//! word each sample: the same nonzero word for `max_blocking` is one resume that has not ended
+//! (the hub's short bookkeeping after a coroutine suspends counts to that coroutine). Which copy
+//! of the loop runs, `Hub::turn::<true>` or `::<false>`, is decided once per hub.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -38,7 +42,7 @@ const MAX_PERIOD: Duration = Duration::from_millis(250);
 /// The hub's side of the monitor: nothing at all when it is off.
 #[derive(Default)]
 pub(crate) struct Monitor {
-    /// Boxed: the switch path tests one pointer for null.
+    /// Boxed: off, the hub carries one null pointer.
     on: Option<Box<Watched>>,
 }
 
@@ -56,6 +60,25 @@ struct Shared {
     /// The root coroutine's id, to tag it "(root)" as the deadlock report does.
     root: AtomicU64,
     stop: AtomicBool,
+    /// How reports name each live coroutine (`coroutine #17 "conn 7" (spawned at ...)`), by id:
+    /// written when a task enters or leaves the table, read by the watchdog when it reports.
+    names: Mutex<HashMap<u64, String>>,
+}
+
+/// The hub's task table's handle on the watchdog's names: a task registers its name when it
+/// is spawned and takes it out when it ends (only while the monitor is on; nothing on the switch
+/// path).
+#[derive(Clone)]
+pub(crate) struct Names(Arc<Shared>);
+
+impl Names {
+    pub(crate) fn add(&self, id: CoroutineId, identity: String) {
+        self.0.names.lock().unwrap_or_else(|e| e.into_inner()).insert(id.get(), identity);
+    }
+
+    pub(crate) fn remove(&self, id: CoroutineId) {
+        self.0.names.lock().unwrap_or_else(|e| e.into_inner()).remove(&id.get());
+    }
 }
 
 impl Monitor {
@@ -68,6 +91,7 @@ impl Monitor {
             current: AtomicU64::new(0),
             root: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            names: Mutex::default(),
         });
         let watchdog = thread::Builder::new().name("greenhub-monitor".into()).spawn({
             let shared = shared.clone();
@@ -98,37 +122,34 @@ impl Monitor {
         }
     }
 
-    /// The loop is about to resume `id`.
+    /// The names registry for the task table, if the monitor is on.
+    pub(crate) fn names(&self) -> Option<Names> {
+        self.on.as_ref().map(|on| Names(on.shared.clone()))
+    }
+
+    /// Whether the monitor is on: the loop asks once per hub and runs its monitored copy.
+    pub(crate) fn is_on(&self) -> bool {
+        self.on.is_some()
+    }
+
+    /// The loop is about to resume `id` (called only by the monitored copy of the loop).
     #[inline(always)]
-    pub(crate) fn enter(&self, id: CoroutineId) {
+    pub(crate) fn resuming(&self, id: CoroutineId) {
         if let Some(on) = &self.on {
-            on.enter(id);
+            let seq = on.seq.get().wrapping_add(1);
+            on.seq.set(seq);
+            let word = id.get() << SEQ_BITS | (seq & ((1 << SEQ_BITS) - 1));
+            on.shared.current.store(word, Ordering::Relaxed);
         }
     }
 
-    /// The coroutine suspended or ended: the loop has control again.
-    #[inline(always)]
-    pub(crate) fn leave(&self) {
+    /// No coroutine runs: the hub is about to sleep in poll, or its loop has ended. (The hub's
+    /// own bookkeeping between two resumes counts to the coroutine that ran last: it is short,
+    /// and not storing at every suspension halves the monitor's cost.)
+    pub(crate) fn idle(&self) {
         if let Some(on) = &self.on {
-            on.leave();
+            on.shared.current.store(0, Ordering::Relaxed);
         }
-    }
-}
-
-// Out of line, so that with the monitor off the switch path keeps only a test and a branch (and
-// its register allocation is what it was without the monitor); on, a call and one store.
-impl Watched {
-    #[inline(never)]
-    fn enter(&self, id: CoroutineId) {
-        let seq = self.seq.get().wrapping_add(1);
-        self.seq.set(seq);
-        let word = id.get() << SEQ_BITS | (seq & ((1 << SEQ_BITS) - 1));
-        self.shared.current.store(word, Ordering::Relaxed);
-    }
-
-    #[inline(never)]
-    fn leave(&self) {
-        self.shared.current.store(0, Ordering::Relaxed);
     }
 }
 
@@ -172,7 +193,8 @@ struct Episode {
     word: u64,
     /// When the watchdog first saw `word`.
     since: Option<Instant>,
-    reported: bool,
+    /// How the report named the coroutine (kept for the total: by then it may have ended).
+    reported: Option<String>,
 }
 
 impl Episode {
@@ -181,46 +203,51 @@ impl Episode {
         let now = Instant::now();
         let since = *self.since.get_or_insert(now);
         if word != self.word {
-            if self.reported {
+            if let Some(name) = self.reported.take() {
                 let total = whole_ms(now - since);
                 eprintln!(
-                    "greenhub monitor: {} suspended after running about {total:?} without \
-                     suspending",
-                    Name::of(self.word, shared)
+                    "greenhub monitor: {name} suspended after running about {total:?} without \
+                     suspending"
                 );
             }
-            *self = Episode { word, since: Some(now), reported: false };
+            *self = Episode { word, since: Some(now), reported: None };
             return;
         }
-        if word != 0 && !self.reported && now - since >= max_blocking {
-            self.reported = true;
+        if word != 0 && self.reported.is_none() && now - since >= max_blocking {
+            let name = Name::of(word, shared).to_string();
             eprintln!(
-                "greenhub monitor: {} has run for {:?} without suspending (max_blocking \
+                "greenhub monitor: {name} has run for {:?} without suspending (max_blocking \
                  {max_blocking:?}); the hub and every other coroutine on its thread are stalled \
                  until it suspends",
-                Name::of(word, shared),
                 whole_ms(now - since),
             );
+            self.reported = Some(name);
         }
     }
 }
 
-/// A coroutine named as the deadlock report names it.
+/// A coroutine named as the deadlock report names it (id, name, spawn site), the root tagged.
 struct Name {
     id: u64,
+    identity: Option<String>,
     root: bool,
 }
 
 impl Name {
     fn of(word: u64, shared: &Shared) -> Name {
         let id = word >> SEQ_BITS;
-        Name { id, root: id == shared.root.load(Ordering::Relaxed) }
+        let names = shared.names.lock().unwrap_or_else(|e| e.into_inner());
+        let identity = names.get(&id).cloned();
+        Name { id, identity, root: id == shared.root.load(Ordering::Relaxed) }
     }
 }
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "coroutine #{}", self.id)?;
+        match &self.identity {
+            Some(identity) => f.write_str(identity)?,
+            None => write!(f, "coroutine #{}", self.id)?,
+        }
         if self.root { f.write_str(" (root)") } else { Ok(()) }
     }
 }
@@ -299,6 +326,7 @@ mod tests {
             current: AtomicU64::new(0),
             root: AtomicU64::new(1),
             stop: AtomicBool::new(false),
+            names: Mutex::default(),
         };
         let word = 17u64 << SEQ_BITS | 5;
         assert_eq!(Name::of(word, &shared).to_string(), "coroutine #17");

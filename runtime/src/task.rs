@@ -20,8 +20,9 @@
 //!   the removal of an ended task) and is the only other file that reads a [`Task`]'s fields.
 //!   Every borrow of the table is short and never held across a switch.
 
-use std::cell::{Cell, RefCell, RefMut};
+use std::cell::{Cell, OnceCell, RefCell, RefMut};
 use std::fmt;
+use std::num::NonZeroU64;
 use std::os::fd::RawFd;
 use std::panic::Location;
 use std::rc::Rc;
@@ -29,8 +30,9 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::coroutine::{CoBox, CoYielder, CoroutineId, Start, Wake};
+use crate::coroutine::{CoBox, CoYielder, CoroutineId, Doom, Start, Wake};
 use crate::local::Locals;
+use crate::monitor::Names;
 use crate::sys::HubSection;
 use crate::timer::TimeoutId;
 
@@ -144,6 +146,9 @@ pub(crate) struct Task {
     /// A `timeout` whose deadline fired and whose boundary the unwind has not reached yet:
     /// every suspension point unwinds again (set and cleared by coroutine.rs, in the task).
     pub(crate) timed_out: Option<FiredTimeout>,
+    /// `cancelled` and `timed_out` as the one word the switch path copies into `Running`
+    /// ([`Doom::CANCELLED`] once cancelled, whatever times out later).
+    pub(crate) doom: Doom,
     /// Null until the body has started.
     pub(crate) yielder: *const CoYielder,
     /// Its `local!` values, allocated on the first one (local.rs).
@@ -158,15 +163,50 @@ pub(crate) struct Task {
     pub(crate) name: Option<Rc<str>>,
     /// When it entered its current state (see [`TaskTable::tick`]).
     pub(crate) since: Stamp,
+    /// The blocking monitor's names, which hold this task's while it lives (monitor on only).
+    named: Option<Names>,
 }
 
-/// A `timeout` whose deadline fired inside a task and whose boundary has not been reached yet.
+impl Drop for Task {
+    fn drop(&mut self) {
+        if let Some(names) = &self.named {
+            names.remove(self.id);
+        }
+    }
+}
+
+/// A `timeout` whose deadline fired inside a task and whose boundary has not been reached yet:
+/// its id, and whether the task's code saw it as an error (a patched call's `ETIMEDOUT`), not
+/// only as an unwind (then a panic on that error still ends in `Elapsed` at the boundary). One
+/// word (the flag in the top bit: ids count from 1 and never get there), to keep the task small.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct FiredTimeout {
-    pub(crate) id: TimeoutId,
-    /// Whether the task's code saw it as an error (a patched call's `ETIMEDOUT`), not only as
-    /// an unwind: then a panic on that error still ends in `Elapsed` at the boundary.
-    pub(crate) as_error: bool,
+pub(crate) struct FiredTimeout(NonZeroU64);
+
+impl FiredTimeout {
+    const AS_ERROR: u64 = 1 << 63;
+
+    pub(crate) fn new(id: TimeoutId) -> FiredTimeout {
+        FiredTimeout(NonZeroU64::new(id.get()).expect("timeout ids count from 1"))
+    }
+
+    pub(crate) fn id(self) -> TimeoutId {
+        TimeoutId::from_raw(self.0.get() & !Self::AS_ERROR)
+    }
+
+    pub(crate) fn as_error(self) -> bool {
+        self.0.get() & Self::AS_ERROR != 0
+    }
+
+    /// The same, seen as an error.
+    pub(crate) fn seen_as_error(self) -> FiredTimeout {
+        FiredTimeout(self.0 | Self::AS_ERROR)
+    }
+
+    /// The same flag, for the outer (smaller) of this id and `id`.
+    pub(crate) fn outer(self, id: TimeoutId) -> FiredTimeout {
+        let fired = FiredTimeout::new(self.id().min(id));
+        if self.as_error() { fired.seen_as_error() } else { fired }
+    }
 }
 
 /// What a new task is, besides its body.
@@ -220,6 +260,7 @@ impl Task {
             pending: None,
             cancelled: false,
             timed_out: None,
+            doom: Doom::SPARED,
             yielder: std::ptr::null(),
             locals: None,
             stack_limit: 0,
@@ -227,6 +268,7 @@ impl Task {
             site: spawn.site,
             name: spawn.name,
             since: now,
+            named: None,
         }
     }
 
@@ -264,6 +306,8 @@ pub(crate) struct TaskTable {
     /// every state change. A state change costs a load and a store, not a clock read.
     epoch: Instant,
     now: Cell<Stamp>,
+    /// The blocking monitor's names, when it is on: each new task registers its own.
+    names: OnceCell<Names>,
 }
 
 /// What [`TaskTable`] guards: the tasks, and the refs of the ready ones in FIFO order.
@@ -335,11 +379,31 @@ impl ReadyQueue {
 
 impl Default for TaskTable {
     fn default() -> Self {
-        TaskTable { inner: RefCell::default(), epoch: Instant::now(), now: Cell::new(Stamp(0)) }
+        TaskTable {
+            inner: RefCell::default(),
+            epoch: Instant::now(),
+            now: Cell::new(Stamp(0)),
+            names: OnceCell::new(),
+        }
     }
 }
 
 impl TaskTable {
+    /// Makes every task from now on register its name with the blocking monitor.
+    pub(crate) fn name_tasks_for(&self, names: Names) {
+        let _ = self.names.set(names);
+    }
+
+    /// A new task, registered with the monitor if it is on.
+    fn new_task(&self, body: Body, spawn: Spawn) -> Task {
+        let mut task = Task::new(body, spawn, self.now());
+        if let Some(names) = self.names.get() {
+            names.add(task.id, task.identity().to_string());
+            task.named = Some(names.clone());
+        }
+        task
+    }
+
     /// Advances the turn clock (the loop calls it at the start of every turn).
     pub(crate) fn tick(&self) {
         self.now.set(Stamp(self.epoch.elapsed().as_nanos() as u64));
@@ -358,7 +422,7 @@ impl TaskTable {
 
     /// Adds a task that has not started to the table and to the back of the ready queue.
     pub(crate) fn insert(&self, body: Body, spawn: Spawn) -> TaskRef {
-        let task = Task::new(body, spawn, self.now());
+        let task = self.new_task(body, spawn);
         let id = task.id;
         HubSection::enter_raw();
         let mut table = self.inner.borrow_mut();
@@ -373,7 +437,7 @@ impl TaskTable {
     /// Adds a task that has not started to the table, parked (waiting on `reason`) until a
     /// wake makes it ready: `spawn_later`'s tasks, woken by their start timer.
     pub(crate) fn insert_parked(&self, body: Body, spawn: Spawn, reason: WaitReason) -> TaskRef {
-        let mut task = Task::new(body, spawn, self.now());
+        let mut task = self.new_task(body, spawn);
         task.state = TaskState::Suspended;
         task.waiting = reason;
         let id = task.id;
@@ -466,6 +530,7 @@ impl TaskTable {
             return CancelMark::Unstarted(start);
         }
         task.cancelled = true;
+        task.doom = Doom::CANCELLED;
         CancelMark::Started
     }
 

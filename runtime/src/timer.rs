@@ -35,6 +35,11 @@ impl TimeoutId {
     pub(crate) fn get(self) -> u64 {
         self.0
     }
+
+    /// The id whose number is `n` (from [`get`](Self::get)).
+    pub(crate) fn from_raw(n: u64) -> TimeoutId {
+        TimeoutId(n)
+    }
 }
 
 /// What a timer does when it fires.
@@ -147,6 +152,7 @@ pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
 ///
 /// # Panics
 /// Outside a hub.
+#[track_caller]
 pub fn sleep(d: Duration) {
     let hub = hub("sleep");
     let me = hub.current_task("sleep"); // a misuse names `sleep`, also for a zero duration
@@ -196,6 +202,7 @@ thread_local! {
 ///
 /// # Panics
 /// Outside a hub. A panic inside `f` propagates.
+#[track_caller]
 pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
     let hub = hub("timeout");
     let me = hub.current_task("timeout");
@@ -213,7 +220,7 @@ pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
         // Ours fired and `f`'s code saw it as an error (a patched call's ETIMEDOUT): whether `f`
         // returned or panicked on that error, this timeout is what ended it.
         // (A cancellation stays armed in the coroutine and unwinds it at its next suspension.)
-        _ if fired.is_some_and(|f| f.as_error) => Err(Elapsed(())),
+        _ if fired.is_some_and(|f| f.as_error()) => Err(Elapsed(())),
         // A panic in `f`, or a cancellation: never turned into `Elapsed`.
         Err(payload) if !payload.is::<TimedOut>() => panic::resume_unwind(payload),
         // Ours fired: whether its unwind got here, or a library inside `f` caught it and `f`

@@ -177,6 +177,7 @@ impl PoolBuilder {
     ///
     /// # Panics
     /// Outside a hub (call it from inside [`greenhub::run`]).
+    #[track_caller]
     pub fn start<I, O, F>(self, f: F) -> Result<Pool<I, O>, Error>
     where
         I: Serialize + DeserializeOwned + 'static,
@@ -421,6 +422,7 @@ where
     /// [`Error::Panicked`] if `f` panicked on it, [`Error::WorkerDied`] if the worker died first,
     /// [`Error::Codec`] if the item or the result does not encode or decode, [`Error::Io`] if
     /// no worker can be started.
+    #[track_caller]
     pub fn apply(&self, item: I) -> Result<O, Error> {
         let (sender, receiver): Results<O> = channel();
         self.shared.submit(&mut VecDeque::from([item]), 0, &sender, true)?;
@@ -436,6 +438,7 @@ where
     /// # Errors
     /// The first failure to arrive (as [`apply`](Self::apply)'s errors); the items still in
     /// flight then run to their end, and their results are dropped.
+    #[track_caller]
     pub fn map(&self, items: impl IntoIterator<Item = I>) -> Result<Vec<O>, Error> {
         let mut items = items.into_iter();
         let chunk = self.shared.chunk_len(items.size_hint());
@@ -477,6 +480,7 @@ where
     /// are taken from `items` only as workers have room for them (lazily: an endless iterator
     /// works): at most `workers * max(concurrency + prefetch, chunksize)` beyond the results
     /// yielded.
+    #[track_caller]
     pub fn imap_unordered<'a, It>(
         &'a self,
         items: It,
@@ -510,6 +514,7 @@ where
     /// # Errors
     /// [`Error::WorkerDied`] if a worker did not exit cleanly (0); [`Error::Io`] if reaping
     /// failed.
+    #[track_caller]
     pub fn close(self) -> Result<(), Error> {
         self.shared.closing.set(true);
         let links: Vec<_> = self.shared.links.borrow().clone();

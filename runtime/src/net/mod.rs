@@ -123,6 +123,7 @@ macro_rules! timeouts_api {
             ///
             /// # Errors
             /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+            #[track_caller]
             pub fn set_read_timeout(&self, d: Option<std::time::Duration>) -> std::io::Result<()> {
                 super::Timeouts::set(&self.timeouts.read, d)
             }
@@ -133,16 +134,19 @@ macro_rules! timeouts_api {
             ///
             /// # Errors
             /// `InvalidInput` for `Some(Duration::ZERO)`, as std.
+            #[track_caller]
             pub fn set_write_timeout(&self, d: Option<std::time::Duration>) -> std::io::Result<()> {
                 super::Timeouts::set(&self.timeouts.write, d)
             }
 
             /// The read timeout ([`set_read_timeout`](Self::set_read_timeout)).
+            #[track_caller]
             pub fn read_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
                 Ok(self.timeouts.read.get())
             }
 
             /// The write timeout ([`set_write_timeout`](Self::set_write_timeout)).
+            #[track_caller]
             pub fn write_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
                 Ok(self.timeouts.write.get())
             }
@@ -157,6 +161,7 @@ macro_rules! timeouts_api {
 macro_rules! stream_io {
     ($ty:ty, short_read_drains = $drains:expr) => {
         impl std::io::Read for &$ty {
+            #[track_caller]
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
                 let deadline = self.timeouts.read_deadline();
                 let len = buf.len();
@@ -165,6 +170,7 @@ macro_rules! stream_io {
                 })
             }
 
+            #[track_caller]
             fn read_vectored(
                 &mut self,
                 bufs: &mut [std::io::IoSliceMut<'_>],
@@ -178,27 +184,32 @@ macro_rules! stream_io {
         }
 
         impl std::io::Write for &$ty {
+            #[track_caller]
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
                 let deadline = self.timeouts.write_deadline();
                 self.inner.write_until(deadline, |mut s| std::io::Write::write(&mut s, buf))
             }
 
+            #[track_caller]
             fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
                 let deadline = self.timeouts.write_deadline();
                 self.inner
                     .write_until(deadline, |mut s| std::io::Write::write_vectored(&mut s, bufs))
             }
 
+            #[track_caller]
             fn flush(&mut self) -> std::io::Result<()> {
                 Ok(())
             }
         }
 
         impl std::io::Read for $ty {
+            #[track_caller]
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
                 (&*self).read(buf)
             }
 
+            #[track_caller]
             fn read_vectored(
                 &mut self,
                 bufs: &mut [std::io::IoSliceMut<'_>],
@@ -208,14 +219,17 @@ macro_rules! stream_io {
         }
 
         impl std::io::Write for $ty {
+            #[track_caller]
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
                 (&*self).write(buf)
             }
 
+            #[track_caller]
             fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
                 (&*self).write_vectored(bufs)
             }
 
+            #[track_caller]
             fn flush(&mut self) -> std::io::Result<()> {
                 Ok(())
             }
@@ -240,6 +254,7 @@ use timeouts_api;
 
 /// Waits for a non-blocking connect to finish: until the socket is writable, then `SO_ERROR`
 /// says how it went (a socket still connecting has no peer yet: wait again).
+#[track_caller]
 fn finish_connect<T: AsRawFd>(
     source: &Source<T>,
     take_error: impl Fn(&T) -> io::Result<Option<io::Error>>,

@@ -33,6 +33,7 @@ use crate::hub::try_hub;
 /// # Errors
 /// `InvalidInput` for a string without a port or with an invalid one; the resolver's error for
 /// an unknown name; the OS error if no helper thread can be started.
+#[track_caller]
 pub fn lookup_host(host_port: &str) -> io::Result<Vec<SocketAddr>> {
     if let Ok(addr) = host_port.parse::<SocketAddr>() {
         return Ok(vec![addr]);
@@ -44,6 +45,7 @@ pub fn lookup_host(host_port: &str) -> io::Result<Vec<SocketAddr>> {
 }
 
 /// `host` and `port` to addresses: a literal at once, a name on a helper thread.
+#[track_caller]
 fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);

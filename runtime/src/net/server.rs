@@ -69,11 +69,13 @@ pub struct Server {
 
 impl Server {
     /// Binds a listener to `addr` (see [`TcpListener::bind`]).
+    #[track_caller]
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<Server> {
         TcpListener::bind(addr).map(Server::from_listener)
     }
 
     /// A server on a listener made elsewhere.
+    #[track_caller]
     pub fn from_listener(listener: TcpListener) -> Server {
         Server {
             listener,
@@ -111,6 +113,7 @@ impl Server {
     }
 
     /// A handle that stops this server; clone it freely.
+    #[track_caller]
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
     }
@@ -127,6 +130,7 @@ impl Server {
     ///
     /// A handler's panic ends only its coroutine (and is printed by the panic hook). If the
     /// coroutine calling `serve` is cancelled, the acceptor and every handler are cancelled too.
+    #[track_caller]
     pub fn serve<F>(self, handler: F) -> io::Result<()>
     where
         F: Fn(TcpStream, SocketAddr) + 'static,
@@ -247,11 +251,13 @@ struct StopState {
 
 impl StopHandle {
     /// Asks the server to stop; does not wait (the coroutine in `serve` does the stopping).
+    #[track_caller]
     pub fn stop(&self) {
         self.state.requested.set();
     }
 
     /// Whether a stop was asked for (by [`stop`](Self::stop) or a fatal accept error).
+    #[track_caller]
     pub fn is_stopped(&self) -> bool {
         self.state.requested.is_set()
     }

@@ -47,6 +47,7 @@ pub struct TcpListener {
 impl TcpListener {
     /// Binds to the first of `addr`'s addresses that works (with `SO_REUSEADDR`, as std does),
     /// with the kernel's maximum backlog. A host name is resolved off the hub.
+    #[track_caller]
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
         TcpListener::bind_with_backlog(addr, default_backlog())
     }
@@ -60,6 +61,7 @@ impl TcpListener {
     ///     assert!(listener.local_addr().unwrap().port() > 0);
     /// });
     /// ```
+    #[track_caller]
     pub fn bind_with_backlog(addr: impl ToSocketAddrs, backlog: u32) -> io::Result<TcpListener> {
         each_addr(addr, |a| {
             let std = std::net::TcpListener::bind(a)?;
@@ -70,6 +72,7 @@ impl TcpListener {
 
     /// Suspends the caller until a connection arrives. At the fd limit this is an `io::Error`
     /// (`EMFILE`/`ENFILE`), returned at once: the connection stays queued for a later `accept`.
+    #[track_caller]
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (stream, addr) = self.inner.read_with(|l| l.accept())?;
         Ok((TcpStream::from_mio(stream, Timeouts::default())?, addr))
@@ -124,6 +127,7 @@ pub struct TcpStream {
 impl TcpStream {
     /// Connects to the first of `addr`'s addresses that accepts; suspends the caller meanwhile.
     /// A host name is resolved off the hub.
+    #[track_caller]
     pub fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         each_addr(addr, |a| {
             let stream =

@@ -40,28 +40,33 @@ pub struct UdpSocket {
 
 impl UdpSocket {
     /// Binds to the first of `addr`'s addresses that works. A host name is resolved off the hub.
+    #[track_caller]
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
         each_addr(addr, |a| Ok(UdpSocket::from(std::net::UdpSocket::bind(a)?)))
     }
 
     /// Sets the default peer for [`send`](Self::send) and the only one [`recv`](Self::recv)
     /// accepts datagrams from (the first of `addr`'s addresses that works).
+    #[track_caller]
     pub fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<()> {
         each_addr(addr, |a| self.inner.get_ref().connect(a))
     }
 
     /// Sends `buf` to the connected peer; the number of bytes sent.
+    #[track_caller]
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
         self.inner.write_until(self.timeouts.write_deadline(), |s| s.send(buf))
     }
 
     /// Receives one datagram from the connected peer, suspending until one arrives; its length
     /// (a datagram longer than `buf` is cut to fit, as std).
+    #[track_caller]
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner.read_until(self.timeouts.read_deadline(), |s| s.recv(buf))
     }
 
     /// Sends `buf` to the first of `addr`'s addresses (a host name is resolved off the hub).
+    #[track_caller]
     pub fn send_to(&self, buf: &[u8], addr: impl ToSocketAddrs) -> io::Result<usize> {
         let to = addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "no addresses to send data to")
@@ -70,11 +75,13 @@ impl UdpSocket {
     }
 
     /// Receives one datagram, suspending until one arrives; its length and sender.
+    #[track_caller]
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.inner.read_until(self.timeouts.read_deadline(), |s| s.recv_from(buf))
     }
 
     /// Receives one datagram without removing it from the queue, suspending until one arrives.
+    #[track_caller]
     pub fn peek_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.inner.read_until(self.timeouts.read_deadline(), |s| s.peek_from(buf))
     }

@@ -21,11 +21,13 @@ pub struct UnixListener {
 
 impl UnixListener {
     /// Binds to the socket path `path` (which must not exist yet).
+    #[track_caller]
     pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
         UnixListener::bind_with_backlog(path, default_backlog())
     }
 
     /// [`bind`](Self::bind) with a backlog of `backlog` connections (capped by the kernel).
+    #[track_caller]
     pub fn bind_with_backlog(path: impl AsRef<Path>, backlog: u32) -> io::Result<UnixListener> {
         let std = std::os::unix::net::UnixListener::bind(path)?;
         sys::listen(std.as_raw_fd(), backlog)?;
@@ -34,6 +36,7 @@ impl UnixListener {
 
     /// Suspends the caller until a connection arrives (`EMFILE`/`ENFILE` at the fd limit are
     /// returned at once, as for [`TcpListener::accept`](super::TcpListener::accept)).
+    #[track_caller]
     pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
         let (stream, addr) = self.inner.read_with(|l| l.accept())?;
         Ok((UnixStream::from_mio(stream, Timeouts::default())?, addr))
@@ -86,6 +89,7 @@ pub struct UnixStream {
 
 impl UnixStream {
     /// Connects to the socket at `path`; suspends the caller meanwhile.
+    #[track_caller]
     pub fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
         let stream =
             UnixStream::from_mio(mio::net::UnixStream::connect(path)?, Timeouts::default())?;
@@ -94,6 +98,7 @@ impl UnixStream {
     }
 
     /// A connected pair of streams.
+    #[track_caller]
     pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
         let (a, b) = mio::net::UnixStream::pair()?;
         Ok((

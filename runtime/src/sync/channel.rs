@@ -23,6 +23,7 @@ use crate::timer::deadline_after;
 ///     assert_eq!(got, [0, 1, 2]); // recv fails once the sender is gone
 /// });
 /// ```
+#[track_caller]
 pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
     Chan::open(None)
 }
@@ -35,6 +36,7 @@ pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
 /// `recv` (or in a `select!` with a `recv` arm on it), and leave the item in the channel for
 /// that receiver without waiting for it to run. (If that receiver is cancelled before it
 /// runs, the next receiver gets the item.)
+#[track_caller]
 pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     Chan::open(Some(capacity))
 }
@@ -175,6 +177,7 @@ pub struct Sender<T>(Rc<Chan<T>>);
 impl<T> Sender<T> {
     /// Sends `value`: suspends while a bounded channel is full (and, for a rendezvous, until a
     /// receiver has taken it). Gives the value back once every receiver is gone.
+    #[track_caller]
     pub fn send(&self, value: T) -> Result<(), SendError<T>> {
         match self.send_until(value, None) {
             Ok(()) => Ok(()),
@@ -202,10 +205,12 @@ impl<T> Sender<T> {
     /// Like [`send`](Self::send), for at most `d`: `Timeout(value)` when there was no room in
     /// time (or, for a rendezvous, no receiver took the item in time: it is taken back, so
     /// nobody receives it later), `Disconnected(value)` once every receiver is gone.
+    #[track_caller]
     pub fn send_timeout(&self, value: T, d: Duration) -> Result<(), SendTimeoutError<T>> {
         self.send_until(value, deadline_after(d))
     }
 
+    #[track_caller]
     fn send_until(&self, value: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
         let chan = &*self.0;
         if chan.capacity.is_some() {
@@ -226,6 +231,7 @@ impl<T> Sender<T> {
 
     /// Rendezvous: waits until item number `seq` has been taken. If the receivers all go, the
     /// deadline passes, or this coroutine unwinds first, the item is taken back.
+    #[track_caller]
     fn wait_taken(&self, seq: u64, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
         let chan = &*self.0;
         let mut pending = TakeBack { chan, seq };
@@ -305,12 +311,14 @@ pub struct Receiver<T>(Rc<Chan<T>>);
 impl<T> Receiver<T> {
     /// Suspends the caller until an item arrives; `Err` once the channel is empty and every
     /// sender is gone.
+    #[track_caller]
     pub fn recv(&self) -> Result<T, RecvError> {
         let got = self.recv_until(None);
         got.expect("a wait without deadline returns only when it succeeds")
     }
 
     /// Like [`recv`](Self::recv), for at most `d`.
+    #[track_caller]
     pub fn recv_timeout(&self, d: Duration) -> Result<T, RecvTimeoutError> {
         match self.recv_until(deadline_after(d)) {
             Some(Ok(value)) => Ok(value),
@@ -319,6 +327,7 @@ impl<T> Receiver<T> {
         }
     }
 
+    #[track_caller]
     fn recv_until(&self, deadline: Option<Instant>) -> Option<Result<T, RecvError>> {
         let chan = &*self.0;
         let reason = WaitReason::ChannelRecv;
@@ -332,6 +341,7 @@ impl<T> Receiver<T> {
     }
 
     /// An item if one is queued now, without suspending.
+    #[track_caller]
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         match self.0.try_take() {
             Some(Ok(value)) => Ok(value),

@@ -50,16 +50,19 @@ impl Event {
     }
 
     /// Whether the flag is set.
+    #[track_caller]
     pub fn is_set(&self) -> bool {
         self.flag.get()
     }
 
     /// Suspends the caller until the flag is set (returns at once if it is).
+    #[track_caller]
     pub fn wait(&self) {
         self.waiters.wait_until(WaitReason::Event, None, || self.flag.get().then_some(()));
     }
 
     /// Like [`wait`](Self::wait), for at most `d`; true when the flag is set.
+    #[track_caller]
     pub fn wait_timeout(&self, d: Duration) -> bool {
         let deadline = deadline_after(d);
         let check = || self.flag.get().then_some(());

@@ -126,12 +126,14 @@ impl Group {
     /// # Panics
     /// Outside a coroutine, when it must wait (and so from a member of the group itself:
     /// it would wait for itself).
+    #[track_caller]
     pub fn join(&self) {
         let empty = || self.is_empty().then_some(());
         self.members.waiters.wait_until(WaitReason::Group, None, empty);
     }
 
     /// Like [`join`](Self::join), for at most `d`; true when every member has ended.
+    #[track_caller]
     pub fn join_timeout(&self, d: Duration) -> bool {
         let empty = || self.is_empty().then_some(());
         self.members.waiters.wait_until(WaitReason::Group, deadline_after(d), empty).is_some()
@@ -139,6 +141,7 @@ impl Group {
 
     /// Cancels every member ([`JoinHandle::cancel`]) and suspends the caller until all have
     /// unwound (gevent's `kill`). A member spawned while the others unwind is cancelled too.
+    #[track_caller]
     pub fn cancel_all(&self) {
         loop {
             let ended = self.members.ended.get();

@@ -40,12 +40,14 @@ impl<T> Mutex<T> {
     }
 
     /// Suspends the caller until the lock is free, then holds it until the guard drops.
+    #[track_caller]
     pub fn lock(&self) -> MutexGuard<'_, T> {
         let permit = self.lock.acquire_as(WaitReason::Mutex);
         MutexGuard { value: self.value.borrow_mut(), _permit: permit }
     }
 
     /// The lock if it is free now, without suspending.
+    #[track_caller]
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
         let permit = self.lock.try_acquire()?;
         Some(MutexGuard { value: self.value.borrow_mut(), _permit: permit })

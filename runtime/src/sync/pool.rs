@@ -74,6 +74,7 @@ impl Pool {
     }
 
     /// Spawns `f` as a member on a slot [`reserve`](Self::reserve)d before.
+    #[track_caller]
     pub(crate) fn spawn_reserved<F, T>(&self, slot: OwnedSemaphorePermit, f: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + 'static,
@@ -91,6 +92,7 @@ impl Pool {
     }
 
     /// How many more members could start now without waiting (`size - len`).
+    #[track_caller]
     pub fn free_count(&self) -> usize {
         self.size.saturating_sub(self.len())
     }
@@ -111,17 +113,20 @@ impl Pool {
     }
 
     /// Suspends the caller until every member has ended (see [`Group::join`]).
+    #[track_caller]
     pub fn join(&self) {
         self.group.join();
     }
 
     /// Like [`join`](Self::join), for at most `d`; true when every member has ended.
+    #[track_caller]
     pub fn join_timeout(&self, d: Duration) -> bool {
         self.group.join_timeout(d)
     }
 
     /// Cancels every member and suspends the caller until all have unwound (see
     /// [`Group::cancel_all`]).
+    #[track_caller]
     pub fn cancel_all(&self) {
         self.group.cancel_all();
     }
@@ -130,6 +135,7 @@ impl Pool {
     /// once), and returns the results in input order. Items are pulled from `items` one per free
     /// slot. The first member to fail (panic, or be cancelled) cancels the others, which have
     /// unwound by the time its `JoinError` is returned; the items not yet pulled never run.
+    #[track_caller]
     pub fn map<I, T, F>(
         &self,
         items: impl IntoIterator<Item = I>,
@@ -186,6 +192,7 @@ impl Pool {
     ///     assert_eq!(order, [10, 20, 30]); // completion order
     /// });
     /// ```
+    #[track_caller]
     pub fn imap_unordered<I, T, F>(
         &self,
         items: impl IntoIterator<Item = I>,
@@ -244,6 +251,7 @@ where
 
     /// The next finished item (index and result), starting items while there is room;
     /// `None` once every item has been yielded.
+    #[track_caller]
     fn next_done(&mut self) -> Option<(usize, Result<T, JoinError>)> {
         loop {
             if let Ok(index) = self.done_rx.try_recv() {
@@ -279,6 +287,7 @@ where
     }
 
     /// Cancels the items in flight and waits until they have unwound.
+    #[track_caller]
     fn cancel_and_wait(&mut self) {
         self.in_flight.values().for_each(JoinHandle::cancel);
         for (_, handle) in self.in_flight.drain() {

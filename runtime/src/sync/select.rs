@@ -147,12 +147,14 @@ impl<'a> Selector<'a> {
     }
 
     /// Adds a `recv` arm; its index.
+    #[track_caller]
     pub fn recv<R: SelectRecv>(&mut self, r: &'a R) -> usize {
         self.arms.push(r);
         self.arms.len() - 1
     }
 
     /// Adds a `send` arm; its index.
+    #[track_caller]
     pub fn send<T>(&mut self, s: &'a Sender<T>) -> usize {
         self.arms.push(s);
         self.arms.len() - 1
@@ -219,11 +221,13 @@ impl Selected {
     }
 
     /// Commits a chosen `recv` arm.
+    #[track_caller]
     pub fn recv<R: SelectRecv>(self, r: &R) -> R::Output {
         r.commit_recv()
     }
 
     /// Commits a chosen `send` arm.
+    #[track_caller]
     pub fn send<T>(self, s: &Sender<T>, value: T) -> Result<(), SendError<T>> {
         match s.chan().send_now(value, None) {
             Ok(()) => Ok(()),

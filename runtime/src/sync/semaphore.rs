@@ -83,6 +83,7 @@ impl Semaphore {
 
     /// [`try_acquire`](Self::try_acquire), for an owned permit (see
     /// [`acquire_owned`](Self::acquire_owned)).
+    #[track_caller]
     pub fn try_acquire_owned(self: &Rc<Self>) -> Option<OwnedSemaphorePermit> {
         self.try_acquire().map(|permit| {
             permit.forget();
@@ -92,6 +93,7 @@ impl Semaphore {
 
     /// Takes a permit if one is available now, without suspending. Never jumps the queue: while
     /// coroutines wait for a permit, the permit is theirs.
+    #[track_caller]
     pub fn try_acquire(&self) -> Option<SemaphorePermit<'_>> {
         if self.waiters.len() > 0 {
             return None;
@@ -100,6 +102,7 @@ impl Semaphore {
     }
 
     /// How many permits are available now.
+    #[track_caller]
     pub fn available_permits(&self) -> usize {
         self.permits.get()
     }

@@ -60,6 +60,7 @@ use crate::timer::deadline_after;
 /// let (_tx, rx) = greenhub::sync::thread_channel::<u8>();
 /// assert_send(&rx);
 /// ```
+#[track_caller]
 pub fn thread_channel<T: Send>() -> (ThreadSender<T>, ThreadReceiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
@@ -148,6 +149,7 @@ pub struct ThreadSender<T> {
 impl<T> ThreadSender<T> {
     /// Queues `value` for the receiver and wakes its hub; never blocks. Gives the value back
     /// once the receiver is gone.
+    #[track_caller]
     pub fn send(&self, value: T) -> Result<(), SendError<T>> {
         let mut state = self.shared.lock();
         if !state.receiver_alive {
@@ -262,6 +264,7 @@ impl<T> Local<T> {
         }
     }
 
+    #[track_caller]
     fn wait(&self, deadline: Option<Instant>) -> Option<Result<T, RecvError>> {
         if let Some(ready) = self.try_take() {
             return Some(ready);
@@ -302,12 +305,14 @@ impl<T> ThreadReceiver<T> {
     ///
     /// # Panics
     /// Outside a coroutine, when it must wait.
+    #[track_caller]
     pub fn recv(&self) -> Result<T, RecvError> {
         let got = self.local.wait(None);
         got.expect("a wait without deadline returns only when it succeeds")
     }
 
     /// Like [`recv`](Self::recv), for at most `d`.
+    #[track_caller]
     pub fn recv_timeout(&self, d: Duration) -> Result<T, RecvTimeoutError> {
         match self.local.wait(deadline_after(d)) {
             Some(Ok(value)) => Ok(value),
@@ -317,6 +322,7 @@ impl<T> ThreadReceiver<T> {
     }
 
     /// An item if one is queued now, without suspending (works outside a hub too).
+    #[track_caller]
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         match self.local.try_take() {
             Some(Ok(value)) => Ok(value),

@@ -56,6 +56,7 @@ impl WaitList {
     /// Suspends the caller until `check` returns `Some`, or until `deadline` passes (`None`).
     ///
     /// `check` must be side-effect free when it returns `None`.
+    #[track_caller]
     pub(crate) fn wait_until<R>(
         &self,
         reason: WaitReason,
@@ -68,6 +69,7 @@ impl WaitList {
     /// [`wait_until`](Self::wait_until), with `check(woken)` told whether the caller is a waiter
     /// that a notification woke and that has not re-checked since: a primitive that reserves
     /// its resource for the woken (see [`woken`](Self::woken)) lets only them take it.
+    #[track_caller]
     pub(crate) fn wait_turn<R>(
         &self,
         reason: WaitReason,
@@ -81,6 +83,7 @@ impl WaitList {
     /// the queue (when it registers, and when it goes back after a wake that did not let it
     /// proceed): a rendezvous receiver announces itself to the senders waiting for one.
     #[inline]
+    #[track_caller]
     pub(crate) fn wait_hooked<R>(
         &self,
         reason: WaitReason,
@@ -217,6 +220,7 @@ fn skipped(hub: Option<&Hub>, waiter: &Waiter) -> bool {
 /// entry of the chosen list is settled and every other entry leaves its list, passing on a
 /// notification it took. `check` must be side-effect free; the caller commits the operation
 /// itself, before it can suspend again.
+#[track_caller]
 pub(crate) fn wait_any(
     lists: &[&WaitList],
     reason: WaitReason,
