@@ -14,6 +14,11 @@ thread_local! {
 fn caught(f: impl FnOnce()) -> (String, u32, String) {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
+        // greenhub installs its own hook, once per process, at the first `run`. Let it do so
+        // first: were it to take the hook before ours is set and set its own after, ours would
+        // be lost (another test of this file runs a hub on another thread meanwhile). On a
+        // thread of its own: `caught` may be called inside a hub.
+        std::thread::spawn(|| greenhub::run(|| ())).join().unwrap();
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             let at = info.location().map(|l| (l.file().to_string(), l.line()));
