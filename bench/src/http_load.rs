@@ -38,12 +38,16 @@ pub fn run(imp: Impl, p: &Params) -> Result<Report, String> {
         .with("rps", figure(&out, "Requests/sec:")?)
         .with("cpu_us_per_req", cpu as f64 / 1e3 / requests)
         .with("p50_ms", latency_ms(&out, "50%")?);
-    // wrk sometimes prints a p99 of 0 under pipelining (a histogram slip): leave it out then.
-    let (p90, p99) = (latency_ms(&out, "90%")?, latency_ms(&out, "99%")?);
-    if p99 >= p90 {
+    if let Some(p99) = sound_p99(latency_ms(&out, "90%")?, latency_ms(&out, "99%")?) {
         report = report.with("p99_ms", p99);
     }
     Ok(report)
+}
+
+/// wrk's p99, unless it is a slip: under pipelining wrk sometimes prints a p99 of 0, below its
+/// p90 or with the p90 at 0 too. Such a round reports no p99 rather than a latency of nothing.
+fn sound_p99(p90: f64, p99: f64) -> Option<f64> {
+    (p99 > 0.0 && p99 >= p90).then_some(p99)
 }
 
 /// How many requests wrk completed (`N requests in 3.00s, ...`).
@@ -232,6 +236,14 @@ mod tests {
         Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   1.02ms  200.00us   3.00ms   90.00%\n  \
         Latency Distribution\n     50%  990.00us\n     75%    1.10ms\n     90%    1.20ms\n     99%    2.50ms\n  \
         98000 requests in 1.00s, 12.00MB read\nRequests/sec:  97999.12\nTransfer/sec:     12.00MB\n";
+
+    #[test]
+    fn a_p99_of_zero_or_below_the_p90_is_left_out() {
+        assert_eq!(sound_p99(1.2, 2.5), Some(2.5));
+        assert_eq!(sound_p99(1.2, 0.0), None);
+        assert_eq!(sound_p99(0.0, 0.0), None, "a p90 of 0 too does not make a p99 of 0 sound");
+        assert_eq!(sound_p99(1.2, 1.1), None);
+    }
 
     #[test]
     fn reads_wrk_figures() {
