@@ -67,6 +67,7 @@ type Chunk = [Slot; CHUNK];
 /// allocated on first use and never freed (covers fd numbers below 2^20).
 static TABLE: [AtomicPtr<Chunk>; CHUNKS] = [const { AtomicPtr::new(std::ptr::null_mut()) }; CHUNKS];
 
+#[inline]
 fn slot(fd: i32, create: bool) -> Option<&'static Slot> {
     let fd = usize::try_from(fd).ok()?;
     let (chunk, index) = (fd / CHUNK, fd % CHUNK);
@@ -134,6 +135,7 @@ fn decode(word: u32, inode: u64) -> Option<Entry> {
 }
 
 /// The entry of `fd`, if the patch has one.
+#[inline]
 pub(crate) fn get(fd: i32) -> Option<Entry> {
     let slot = slot(fd, false)?;
     let word = slot.word.load(Ordering::Acquire);
