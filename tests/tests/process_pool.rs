@@ -445,6 +445,57 @@ fn an_unencodable_result_in_a_chunk_fails_only_itself() {
 }
 
 #[test]
+fn failures_in_the_middle_of_a_big_chunk_fail_only_their_items() {
+    hub_test(|| {
+        // 20,000 answers of ~10 bytes leave in several reply frames (16 KiB each): a failure
+        // on either side of a frame boundary, or inside a frame, fails only its own item.
+        let bad = [(4_000, "panic"), (9_999, "unencodable"), (10_000, "panic"), (19_999, "panic")];
+        let jobs = (0..20_000)
+            .map(|n| match bad.iter().find(|(i, _)| *i == n) {
+                Some((_, "panic")) => Job::Panic(format!("item {n}")),
+                Some(_) => Job::Unencodable,
+                None => Job::Echo(n),
+            })
+            .collect();
+        let (results, same_worker) = in_one_chunk(jobs);
+        assert_eq!(results.len(), 20_000);
+        for (n, result) in (0u64..).zip(&results) {
+            match bad.iter().find(|(i, _)| *i == n) {
+                Some((_, "panic")) => {
+                    let expected = format!("item {n}");
+                    assert!(
+                        matches!(result, Err(Error::Panicked(m)) if *m == expected),
+                        "{n}: {result:?}"
+                    );
+                }
+                Some(_) => assert!(matches!(result, Err(Error::Codec(_))), "{n}: {result:?}"),
+                None => assert!(
+                    matches!(result, Ok(Answer::Echo { n: m, .. }) if *m == n),
+                    "{n}: {result:?}"
+                ),
+            }
+        }
+        assert!(same_worker, "the worker was replaced after per-item failures");
+    });
+}
+
+#[test]
+fn a_map_that_fails_midway_leaves_the_pool_serving_the_next_one() {
+    hub_test(|| {
+        let pool = PoolBuilder::new(2).chunksize(10_000).start(run_job).unwrap();
+        let jobs = (0..40_000)
+            .map(|n| if n == 25_000 { Job::Panic("midway".into()) } else { Job::Echo(n) });
+        assert!(matches!(pool.map(jobs), Err(Error::Panicked(m)) if m == "midway"));
+        // The failed call's late results go nowhere: this call sees only its own, in order.
+        let answers = pool.map((0..30_000).map(Job::Echo)).unwrap();
+        assert!(
+            answers.iter().zip(0..).all(|(a, i)| matches!(a, Answer::Echo { n, .. } if *n == i))
+        );
+        pool.close().unwrap();
+    });
+}
+
+#[test]
 fn a_dead_worker_fails_every_item_of_its_chunk_and_only_those() {
     hub_test(|| {
         // Two workers, each taking one chunk of 5 at a time: items 0-4 go to one, 5-9 (with the

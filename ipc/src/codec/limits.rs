@@ -104,6 +104,7 @@ impl DecodeLimits {
 
 /// Decodes one `T` from the front of `bytes` under `limits`: the value and how many bytes were
 /// left over, or the reason it failed (postcard's, or the limit that was hit).
+#[inline]
 pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     limits: &DecodeLimits,

@@ -18,37 +18,112 @@ use greenhub::sync::{Event, Sender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::collect::{Collect, Slots};
 use super::outgoing::Outgoing;
-use super::wire::{Replies, ReplyCodec};
-use crate::{Error, Process, Reader};
+use super::wire;
+use crate::{Error, Process, Raw, Reader};
 
-/// Results as they travel to a caller: (the caller's index for the item, its outcome), one
-/// batch per reply frame, so a chunk of tiny items costs the caller one wake-up.
+/// Results as they travel to an `apply` or `imap_unordered` caller: (the caller's index for the
+/// item, its outcome), one batch per reply frame, so a chunk of tiny items costs the caller one
+/// wake-up.
 pub(super) type Batch<O> = Vec<(usize, Result<O, Error>)>;
 
-/// Where the results of one chunk go: the caller's channel; item `k` of the chunk has the
-/// caller's index `first + k`.
+/// Where the results of a chunk go.
+pub(super) enum Sink<O> {
+    /// A caller's channel (`apply`, `imap_unordered`), a batch per reply frame.
+    Channel(Sender<Batch<O>>),
+    /// A `map`'s slots, each result placed as it is decoded.
+    Slots(Rc<Collect<O>>),
+}
+
+impl<O> Clone for Sink<O> {
+    fn clone(&self) -> Self {
+        match self {
+            Sink::Channel(sender) => Sink::Channel(sender.clone()),
+            Sink::Slots(collect) => Sink::Slots(Rc::clone(collect)),
+        }
+    }
+}
+
+/// Where the results of one chunk go: item `k` of the chunk has the caller's index `first + k`.
 pub(super) struct Waiter<O> {
     pub(super) first: usize,
     /// One flag per item of the chunk: whether its reply has come.
     pub(super) answered: Vec<bool>,
     /// Items not yet answered.
     pub(super) left: usize,
-    pub(super) results: Sender<Batch<O>>,
+    pub(super) sink: Sink<O>,
 }
 
 impl<O> Waiter<O> {
-    pub(super) fn new(first: usize, len: usize, results: Sender<Batch<O>>) -> Waiter<O> {
-        Waiter { first, answered: vec![false; len], left: len, results }
+    pub(super) fn new(first: usize, len: usize, sink: Sink<O>) -> Waiter<O> {
+        Waiter { first, answered: vec![false; len], left: len, sink }
     }
+}
 
-    /// Takes `offset`'s outcome into `batch` unless it was answered already or is out of range
-    /// (a confused worker cannot answer an item twice).
-    fn answer(&mut self, offset: usize, outcome: Result<O, Error>, batch: &mut Batch<O>) {
-        if let Some(answered @ false) = self.answered.get_mut(offset) {
-            *answered = true;
-            self.left -= 1;
-            batch.push((self.first + offset, outcome));
+/// Hands the outcomes `fill` gives for a chunk to its sink: a `map`'s slots directly, a channel
+/// in one batch. Returns what stopped `fill` early (a reply whose framing does not read), after
+/// delivering the outcomes before it.
+fn deliver_to<O>(
+    waiter: &mut Waiter<O>,
+    fill: impl FnOnce(&mut Answers<'_, '_, O>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let Waiter { first, answered, left, sink } = waiter;
+    match sink {
+        Sink::Slots(collect) => {
+            let mut stopped = Ok(());
+            collect.deliver(|slots| {
+                let mut answers =
+                    Answers { first: *first, answered, left, placed: 0, to: To::Slots(slots) };
+                stopped = fill(&mut answers);
+                answers.placed
+            });
+            stopped
+        }
+        Sink::Channel(results) => {
+            let mut batch = Vec::new();
+            let mut answers =
+                Answers { first: *first, answered, left, placed: 0, to: To::Batch(&mut batch) };
+            let stopped = fill(&mut answers);
+            if !batch.is_empty() {
+                // A caller that gave up (cancelled, timed out) dropped its receiver.
+                let _ = results.send(batch);
+            }
+            stopped
+        }
+    }
+}
+
+/// Where [`Answers::put`] puts an outcome.
+enum To<'a, 's, O> {
+    Slots(&'a mut Slots<'s, O>),
+    Batch(&'a mut Batch<O>),
+}
+
+/// The outcomes of one reply frame for one chunk, checked against what is still unanswered.
+pub(super) struct Answers<'a, 's, O> {
+    first: usize,
+    answered: &'a mut [bool],
+    left: &'a mut usize,
+    placed: usize,
+    to: To<'a, 's, O>,
+}
+
+impl<O> Answers<'_, '_, O> {
+    /// Takes the outcome of item `offset` of the chunk unless it was answered already or is out
+    /// of range (a confused worker cannot answer an item twice).
+    #[inline]
+    pub(super) fn put(&mut self, offset: usize, outcome: Result<O, Error>) {
+        let Some(flag @ false) = self.answered.get_mut(offset) else {
+            return;
+        };
+        *flag = true;
+        *self.left -= 1;
+        self.placed += 1;
+        let index = self.first + offset;
+        match &mut self.to {
+            To::Slots(slots) => slots.put(index, outcome),
+            To::Batch(batch) => batch.push((index, outcome)),
         }
     }
 }
@@ -77,8 +152,9 @@ impl Hasher for IdHasher {
 /// The chunks in flight at one worker, by id.
 pub(super) type InFlight<O> = HashMap<u64, Waiter<O>, BuildHasherDefault<IdHasher>>;
 
-/// The worker's replies, as the parent reads them.
-pub(super) type RepliesIn<O> = Reader<Replies<O>, ReplyCodec<O>>;
+/// The worker's replies, as the parent reads them: each frame's payload, parsed by
+/// [`Link::deliver`] straight into the callers' results.
+pub(super) type RepliesIn = Reader<Vec<u8>, Raw>;
 
 /// One worker, seen from the parent.
 pub(super) struct Link<O> {
@@ -129,29 +205,28 @@ where
         self.in_flight.borrow_mut().insert(id, waiter);
     }
 
-    /// Hands the outcomes of one reply frame to the chunk's caller, in one batch.
-    fn deliver(&self, replies: Replies<O>) {
+    /// Hands the outcomes of one reply frame to the chunk's caller as they are decoded. A frame
+    /// whose framing does not read is an error, after the outcomes before the fault.
+    fn deliver(&self, payload: &[u8]) -> Result<(), Error> {
+        let (chunk, first, rest) = wire::take_replies_head(payload)?;
         let mut in_flight = self.in_flight.borrow_mut();
-        let Some(waiter) = in_flight.get_mut(&replies.chunk) else {
-            return;
+        let Some(waiter) = in_flight.get_mut(&chunk) else {
+            return Ok(());
         };
-        let mut batch = Vec::with_capacity(replies.outcomes.len());
-        for (offset, outcome) in replies.outcomes {
-            waiter.answer(offset, outcome.map_err(Error::from), &mut batch);
+        let before = waiter.left;
+        // An offset past the chunk (or past usize) is refused by `put`, item by item.
+        let mut offset = usize::try_from(first).unwrap_or(usize::MAX);
+        let outcome = deliver_to(waiter, |answers| {
+            wire::each_outcome::<O>(rest, |outcome| {
+                answers.put(offset, outcome);
+                offset = offset.saturating_add(1);
+            })
+        });
+        self.items_in_flight.set(self.items_in_flight.get() - (before - waiter.left));
+        if waiter.left == 0 {
+            in_flight.remove(&chunk);
         }
-        self.items_in_flight.set(self.items_in_flight.get() - batch.len());
-        let results = if waiter.left == 0 {
-            in_flight.remove(&replies.chunk).map(|w| w.results)
-        } else {
-            Some(waiter.results.clone())
-        };
-        drop(in_flight);
-        if let Some(results) = results
-            && !batch.is_empty()
-        {
-            // A caller that gave up (cancelled, timed out) dropped its receiver.
-            let _ = results.send(batch);
-        }
+        outcome
     }
 
     /// Takes no more items: the task pipe closes after what is queued, and the worker exits
@@ -164,34 +239,31 @@ where
     /// The reply reader (a coroutine of its own): delivers each reply to its caller and calls
     /// `changed` (a slot is free); when the pipe ends, fails what is left with the worker's
     /// exit status, and calls `changed` once more.
-    pub(super) fn read_replies(&self, replies: RepliesIn<O>, changed: impl Fn()) {
-        loop {
-            match replies.get() {
-                Ok(batch) => {
-                    self.deliver(batch);
-                    changed();
-                }
-                Err(Error::Codec(_)) => {
-                    // A reply without an id: the stream cannot be trusted any more.
-                    let _ = self.process.kill();
-                    break;
-                }
-                Err(_) => break, // Eof, Truncated, Io: the worker has exited or died
+    pub(super) fn read_replies(&self, replies: RepliesIn, changed: impl Fn()) {
+        // Eof, Truncated, Io end the loop: the worker has exited or died.
+        while let Ok(payload) = replies.get() {
+            let delivered = self.deliver(&payload);
+            changed();
+            if delivered.is_err() {
+                // A reply whose framing does not read: the stream cannot be trusted any more.
+                let _ = self.process.kill();
+                break;
             }
         }
         self.gone.set(true);
         drop(replies);
         let status = self.process.join();
         for (_, mut waiter) in self.in_flight.take() {
-            let mut batch = Vec::with_capacity(waiter.left);
-            for offset in 0..waiter.answered.len() {
-                let died = match &status {
-                    Ok(status) => Error::WorkerDied(*status),
-                    Err(err) => Error::Io(io::Error::other(err.to_string())),
-                };
-                waiter.answer(offset, Err(died), &mut batch);
-            }
-            let _ = waiter.results.send(batch);
+            let _ = deliver_to(&mut waiter, |answers| {
+                for offset in 0..answers.answered.len() {
+                    let died = match &status {
+                        Ok(status) => Error::WorkerDied(*status),
+                        Err(err) => Error::Io(io::Error::other(err.to_string())),
+                    };
+                    answers.put(offset, Err(died));
+                }
+                Ok(())
+            });
         }
         self.items_in_flight.set(0);
         self.finished.set();

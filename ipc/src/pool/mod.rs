@@ -17,11 +17,14 @@
 //! own. An item is *in flight* at a worker from the moment its chunk is handed to it until its
 //! reply arrives; a worker takes another chunk while it has fewer than `concurrency + prefetch`
 //! items in flight, and a corked writer sends what gathered in one hub turn in one `write`, on
-//! both sides. A chunk goes to the worker with room and the fewest items in flight.
+//! both sides. A chunk goes to the worker with room and the fewest items in flight. The reply
+//! readers decode each result straight into where its caller takes it: a `map`'s slot in input
+//! order, or a batch on an `apply`'s or `imap_unordered`'s channel.
 //!
 //! The parent side of a worker is in `link.rs`, the child's in `worker.rs`, the wire format in
-//! `wire.rs`, the batching writer in `outgoing.rs`.
+//! `wire.rs`, the batching writer in `outgoing.rs`, a `map`'s results in `collect.rs`.
 
+mod collect;
 mod link;
 mod outgoing;
 mod wire;
@@ -37,11 +40,12 @@ use greenhub::sync::{Event, Receiver, Sender, channel};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use self::link::{Batch, Link, RepliesIn, Waiter};
+use self::collect::Collect;
+use self::link::{Batch, Link, RepliesIn, Sink, Waiter};
 use self::outgoing::{Outgoing, WriteEnd};
-use self::wire::{ReplyCodec, TaskChunk, TaskCodec};
+use self::wire::{TaskChunk, TaskCodec};
 use crate::handle::Handle;
-use crate::{Error, Process, ProcessBuilder, Reader, sys};
+use crate::{Error, Process, ProcessBuilder, Raw, Reader, sys};
 
 /// Items queued at a worker beyond those it runs, by default: enough that the default chunks of
 /// a long map hold 512 tiny items, two in flight per worker (measured, 100k tiny items on 2
@@ -133,7 +137,8 @@ impl PoolBuilder {
     /// [`apply`](Pool::apply) always sends its item alone.
     ///
     /// A chunk is the unit of loss: a worker that dies fails every item of the chunks in flight
-    /// at it, answered or not. With `concurrency` 1 a chunk's answers come back together; with
+    /// at it that it has not answered yet. With `concurrency` 1 a chunk's answers come back in
+    /// frames of up to 16 KiB, each as soon as it fills (and the last at the chunk's end); with
     /// more, each item's answer comes as soon as it is done. A chunk may take a worker past
     /// `concurrency + prefetch` items in flight, by less than one chunk.
     ///
@@ -211,7 +216,7 @@ fn launch_worker<I, O, F>(
     name: String,
     f: F,
     concurrency: usize,
-) -> Result<(Process, Rc<Outgoing>, RepliesIn<O>), Error>
+) -> Result<(Process, Rc<Outgoing>, RepliesIn), Error>
 where
     I: Serialize + DeserializeOwned + 'static,
     O: Serialize + DeserializeOwned + 'static,
@@ -221,7 +226,7 @@ where
     let (reply_read, reply_write) = sys::pipe()?;
     let tasks_in = Reader::from_fd(task_read, TaskCodec::<I>::new())?;
     let tasks_out = Outgoing::new(Handle::new(task_write)?);
-    let replies_in = Reader::from_fd(reply_read, ReplyCodec::<O>::new())?;
+    let replies_in = Reader::from_fd(reply_read, Raw)?;
     let replies_out = WriteEnd(Handle::new(reply_write)?);
     let process = ProcessBuilder::new()
         .name(name)
@@ -254,7 +259,7 @@ pub struct Pool<I, O> {
 }
 
 /// A launcher of one worker: the process, its task pipe, its reply pipe.
-type Launch<O> = Box<dyn Fn(String) -> Result<(Process, Rc<Outgoing>, RepliesIn<O>), Error>>;
+type Launch = Box<dyn Fn(String) -> Result<(Process, Rc<Outgoing>, RepliesIn), Error>>;
 
 /// What the pool's handle and its reply readers share.
 struct Shared<I, O> {
@@ -267,7 +272,7 @@ struct Shared<I, O> {
     launched: Cell<u64>,
     closing: Cell<bool>,
     config: PoolBuilder,
-    launch: Launch<O>,
+    launch: Launch,
     _items: PhantomData<fn(I)>,
 }
 
@@ -338,7 +343,7 @@ where
         self: &Rc<Self>,
         held: &mut VecDeque<I>,
         first: usize,
-        results: &Sender<Batch<O>>,
+        results: &Sink<O>,
         wait: bool,
     ) -> Result<usize, Error> {
         loop {
@@ -425,8 +430,7 @@ where
     #[track_caller]
     pub fn apply(&self, item: I) -> Result<O, Error> {
         let (sender, receiver): Results<O> = channel();
-        self.shared.submit(&mut VecDeque::from([item]), 0, &sender, true)?;
-        drop(sender);
+        self.shared.submit(&mut VecDeque::from([item]), 0, &Sink::Channel(sender), true)?;
         match receiver.recv().map(|batch| batch.into_iter().next()) {
             Ok(Some((_, result))) => result,
             _ => unreachable!("a pool item's waiter was dropped without an answer"),
@@ -442,38 +446,24 @@ where
     pub fn map(&self, items: impl IntoIterator<Item = I>) -> Result<Vec<O>, Error> {
         let mut items = items.into_iter();
         let chunk = self.shared.chunk_len(items.size_hint());
-        let (sender, receiver): Results<O> = channel();
-        let mut slots: Vec<Option<O>> = Vec::with_capacity(items.size_hint().0);
+        // The reply readers place each result straight into its slot (`collect.rs`).
+        let collect = Rc::new(Collect::new(items.size_hint().0));
+        let sink = Sink::Slots(Rc::clone(&collect));
         let mut held = VecDeque::with_capacity(chunk);
-        let (mut sent, mut arrived) = (0, 0);
-        let place = |batch: Batch<O>, slots: &mut Vec<Option<O>>| {
-            let placed = batch.len();
-            for (index, result) in batch {
-                slots[index] = Some(result?);
-            }
-            Ok::<_, Error>(placed)
-        };
+        let mut sent = 0;
         loop {
-            // Place what has arrived as we go: a failure ends the call at once.
-            while let Ok(batch) = receiver.try_recv() {
-                arrived += place(batch, &mut slots)?;
-            }
+            // A failure that has arrived ends the call at once.
+            collect.failed()?;
             if held.is_empty() {
                 held.extend(items.by_ref().take(chunk));
                 if held.is_empty() {
                     break;
                 }
-                slots.resize_with(slots.len() + held.len(), || None);
+                collect.grow(held.len());
             }
-            sent += self.shared.submit(&mut held, sent, &sender, true)?;
+            sent += self.shared.submit(&mut held, sent, &sink, true)?;
         }
-        drop(sender);
-        while arrived < slots.len() {
-            let batch =
-                receiver.recv().expect("a pool item's waiter was dropped without an answer");
-            arrived += place(batch, &mut slots)?;
-        }
-        Ok(slots.into_iter().map(|slot| slot.expect("every item has arrived")).collect())
+        collect.finish(sent)
     }
 
     /// Runs `f` on every item, in the workers, and yields the results as they complete. Items
@@ -496,7 +486,7 @@ where
             chunk: self.shared.chunk_len(items.size_hint()),
             items,
             held: VecDeque::new(),
-            sender,
+            sink: Sink::Channel(sender),
             receiver,
             ready: VecDeque::new(),
             out: 0,
@@ -564,7 +554,7 @@ struct Unordered<'a, I, O, It> {
     chunk: usize,
     /// Items taken from `items` that found no room yet.
     held: VecDeque<I>,
-    sender: Sender<Batch<O>>,
+    sink: Sink<O>,
     receiver: Receiver<Batch<O>>,
     /// Results arrived and not yet yielded.
     ready: VecDeque<Result<O, Error>>,
@@ -595,7 +585,7 @@ where
                     break;
                 }
             }
-            match self.shared.submit(&mut self.held, 0, &self.sender, self.out == 0) {
+            match self.shared.submit(&mut self.held, 0, &self.sink, self.out == 0) {
                 Ok(0) => break,
                 Ok(taken) => self.out += taken,
                 Err(err) => return Some(Err(err)),
