@@ -208,7 +208,7 @@ fn finished_coroutines_give_their_stack_pages_back_past_the_warm_bound() {
             gate.set();
             handles.into_iter().for_each(|h| h.join().unwrap());
             let after = vm_rss();
-            // 6,000 stacks x 16 KiB touched is about 100 MB; at most ~2,000 stay warm.
+            // 6,000 stacks x 16 KiB touched is about 100 MB; at most 1,056 stay warm.
             assert!(after < live / 2, "{live} bytes resident while live, {after} after");
         });
         return;
