@@ -44,8 +44,9 @@ pub(super) enum Dir {
 /// mode but [`Mode::Polled`], which must wait first), the call is tried at once, inlined into
 /// the hook: one thread-local load, one table load, the call. Only an `EAGAIN` to be waited out
 /// (and a first call on the fd) takes the out-of-line paths. Nothing before the call can panic,
-/// so the panic guard starts with them too; inlining and skipping it saves ~90 instructions
-/// (three function prologues, the guard's closure) per call on a ready fd.
+/// so the panic guard starts with them too. Inlining and skipping it saves ~50 instructions
+/// (function prologues, the guard's closure, a full entry decode) per call on a ready fd
+/// (callgrind, the `patch_read` worker: 50.1 M -> 39.5 M for 200k reads in a hub, 200k outside).
 #[inline(always)]
 pub(super) fn io(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> isize) -> isize {
     if !active() {
