@@ -52,6 +52,11 @@ pub(crate) enum Wake {
 }
 
 /// What a coroutine passes to the loop when it suspends.
+///
+/// `repr(u64)`: the tag is a whole word. With the default layout it is four bytes, and the loop
+/// copies the value out of the switch's buffer with eight-byte loads, so the load waits for the
+/// four-byte store to leave the store buffer (a store-forwarding stall, ~2 ns a yield here).
+#[repr(u64)]
 pub(crate) enum Suspend {
     /// Park until something wakes it; the reason feeds the deadlock report.
     Wait(WaitReason),
@@ -299,7 +304,9 @@ where
 ///
 /// # Panics
 /// Outside a hub.
-#[inline]
+// Always inlined: as a function of its own it costs one more mispredicted return per yield
+// (measured ~50 ns a yield with `#[inline]`, ~17 ns with this; docs: "The switch path").
+#[inline(always)]
 #[track_caller]
 pub fn yield_now() {
     suspend(hub("yield_now"), Suspend::Yield);

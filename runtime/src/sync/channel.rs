@@ -311,6 +311,10 @@ pub struct Receiver<T>(Rc<Chan<T>>);
 impl<T> Receiver<T> {
     /// Suspends the caller until an item arrives; `Err` once the channel is empty and every
     /// sender is gone.
+    // Always inlined, with `recv_until`: each function level between the caller and the switch
+    // costs a mispredicted return once the coroutine resumes (measured: a channel round trip
+    // took ~150 ns without, ~127 ns with; docs: "The switch path").
+    #[inline(always)]
     #[track_caller]
     pub fn recv(&self) -> Result<T, RecvError> {
         let got = self.recv_until(None);
@@ -327,6 +331,7 @@ impl<T> Receiver<T> {
         }
     }
 
+    #[inline(always)] // see `recv`
     #[track_caller]
     fn recv_until(&self, deadline: Option<Instant>) -> Option<Result<T, RecvError>> {
         let chan = &*self.0;
