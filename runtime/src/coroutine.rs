@@ -305,7 +305,7 @@ where
 /// # Panics
 /// Outside a hub.
 // Always inlined: as a function of its own it costs one more mispredicted return per yield
-// (measured ~50 ns a yield with `#[inline]`, ~17 ns with this; docs: "The switch path").
+// (measured ~45 ns a yield with `#[inline]`, ~17 ns with this; docs: "The switch path").
 #[inline(always)]
 #[track_caller]
 pub fn yield_now() {
