@@ -11,7 +11,6 @@
 
 use std::any::type_name;
 
-use postcard::ser_flavors::Flavor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -19,6 +18,7 @@ use crate::Error;
 use crate::frame::{Parts, Payload};
 
 mod bytes;
+mod encoder;
 pub mod limits;
 
 pub use limits::{BUDGET_FLOOR, DEFAULT_MAX_DEPTH, DEFAULT_MAX_EXPANSION, DecodeLimits};
@@ -163,7 +163,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Codec<T> for Postcard {
             return Ok(());
         }
         let start = out.len();
-        postcard::serialize_with_flavor(value, AppendTo(out)).map_err(|err| {
+        encoder::encode(value, out).map_err(|err| {
             out.truncate(start);
             Error::Codec(format!("postcard could not encode a {}: {err}", type_name::<T>()))
         })
@@ -207,8 +207,10 @@ impl<T: Serialize + DeserializeOwned + 'static> Codec<T> for Postcard {
 
 /// Decodes one `T` that fills `bytes` under the default limits: what [`Postcard`]'s `decode` does,
 /// without going through a [`Payload`] (for the pool, which decodes one small value per item
-/// and where that detour was a fifth of the parent's time).
-#[inline]
+/// and where that detour was a fifth of the parent's time). Inlined with [`limits::decode`]:
+/// out of line, the caller read the returned value back from the stack with a wide load over
+/// narrower stores, a store-forwarding stall that perf put at most of the pool's decode time.
+#[inline(always)]
 pub(crate) fn decode_slice<T: Serialize + DeserializeOwned + 'static>(
     bytes: &[u8],
 ) -> Result<T, Error> {
@@ -257,40 +259,6 @@ impl Codec<Vec<u8>> for Raw {
 
     fn as_payload<'a>(&self, value: &'a Vec<u8>) -> Option<Parts<'a>> {
         Some(Parts::body_only(value))
-    }
-}
-
-/// A postcard output that appends to a borrowed `Vec`, so values are encoded straight into the
-/// frame buffer, behind the header, with no intermediate vector.
-struct AppendTo<'a>(&'a mut Vec<u8>);
-
-impl Flavor for AppendTo<'_> {
-    type Output = ();
-
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        // postcard writes every integer as a varint of 1 to 10 bytes through here: bytes pushed
-        // one by one cost less than a `memcpy` call of unknown length (perf, a pool of tiny
-        // items: the `memmove` of each varint was 5% of both sides' time).
-        if data.len() <= 16 {
-            self.0.reserve(data.len());
-            for &byte in data {
-                self.0.push(byte);
-            }
-        } else {
-            self.0.extend_from_slice(data);
-        }
-        Ok(())
-    }
-
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
     }
 }
 

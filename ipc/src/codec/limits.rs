@@ -103,8 +103,9 @@ impl DecodeLimits {
 }
 
 /// Decodes one `T` from the front of `bytes` under `limits`: the value and how many bytes were
-/// left over, or the reason it failed (postcard's, or the limit that was hit).
-#[inline]
+/// left over, or the reason it failed (postcard's, or the limit that was hit). Always inlined,
+/// for `decode_slice`'s reason (`codec.rs`).
+#[inline(always)]
 pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     limits: &DecodeLimits,

@@ -1,13 +1,19 @@
-//! Where a [`map`](super::Pool::map)'s results go: one slot per item, in input order, filled by
-//! the reply readers as they decode each reply record.
+//! Where a [`map`](super::Pool::map)'s results go: straight into the vector the call returns,
+//! in input order, as the reply readers decode each reply record.
 //!
-//! A `map` of tiny items used to get its results as batches on a channel, one `(index, result)`
-//! entry of 48 bytes per item, moved into a batch, through the channel, then into the slots: the
-//! reply reader now writes each decoded result straight into its slot, and the caller wakes once
-//! per reply frame. Guarantee: the first failure to arrive is kept (later ones are dropped), and
-//! [`Collect::finish`] returns every result in input order or that failure.
+//! Results mostly arrive in order: a worker answers its chunks in order, item after item, and
+//! the chunks go out in order. So a result whose index is the next one missing is pushed onto
+//! the output at once; the answers of a reply frame that arrives early (a later chunk answered
+//! by the other worker first) are kept as one *run* of consecutive results until the results
+//! before it have come, and then moved onto the output whole. The output is written once,
+//! 8 bytes a `u64`, where a vector of `Option` slots (16 bytes each, every one written twice
+//! and then copied into the output) cost a fifth of the parent's time, half of it page faults
+//! (perf, 100k items of `x + 1` on 2 workers). Guarantee: the first failure to arrive is kept
+//! (later ones are dropped), and [`Collect::finish`] returns every result in input order or
+//! that failure.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 
 use greenhub::sync::Event;
 
@@ -15,31 +21,34 @@ use crate::Error;
 
 /// The results of one `map` call, shared by the caller and the reply readers.
 pub(super) struct Collect<O> {
-    /// One per item taken from the caller's iterator so far; `Some` once its result arrived.
-    slots: RefCell<Vec<Option<O>>>,
-    /// Items answered (a result or a failure).
-    arrived: Cell<usize>,
+    results: RefCell<InOrder<O>>,
     /// The first failure to arrive.
     failure: Cell<Option<Error>>,
     /// Set when outcomes arrive: the caller waiting in [`Collect::finish`] looks again.
     wake: Event,
 }
 
+/// The results so far: those of items `0..done.len()` in order, and the runs that arrived ahead
+/// of a gap, by the index of their first item.
+struct InOrder<O> {
+    done: Vec<O>,
+    ahead: BTreeMap<usize, Vec<O>>,
+    /// Results in `ahead`.
+    ahead_len: usize,
+}
+
 impl<O> Collect<O> {
+    /// For a call of about `capacity` items.
     pub(super) fn new(capacity: usize) -> Collect<O> {
         Collect {
-            slots: RefCell::new(Vec::with_capacity(capacity)),
-            arrived: Cell::new(0),
+            results: RefCell::new(InOrder {
+                done: Vec::with_capacity(capacity),
+                ahead: BTreeMap::new(),
+                ahead_len: 0,
+            }),
             failure: Cell::new(None),
             wake: Event::new(),
         }
-    }
-
-    /// Adds `n` empty slots, for items about to be handed over.
-    pub(super) fn grow(&self, n: usize) {
-        let mut slots = self.slots.borrow_mut();
-        let len = slots.len();
-        slots.resize_with(len + n, || None);
     }
 
     /// The first failure so far, if any (taken: the call ends with it).
@@ -50,12 +59,15 @@ impl<O> Collect<O> {
         }
     }
 
-    /// Runs `fill` with the slots, to place the outcomes of one reply frame with
-    /// [`Collect::put`]; then counts them (`fill` returns how many) and wakes the caller.
-    pub(super) fn deliver(&self, fill: impl FnOnce(&mut Slots<'_, O>) -> usize) {
-        let mut slots = Slots { slots: &mut self.slots.borrow_mut(), failure: &self.failure };
-        let placed = fill(&mut slots);
-        self.arrived.set(self.arrived.get() + placed);
+    /// Runs `fill` to place the outcomes of one reply frame with [`Slots::put`], then wakes the
+    /// caller.
+    pub(super) fn deliver(&self, fill: impl FnOnce(&mut Slots<'_, O>)) {
+        let mut results = self.results.borrow_mut();
+        let mut slots = Slots { results: &mut results, run: None, failure: &self.failure };
+        fill(&mut slots);
+        slots.end_run();
+        // Results pushed in order may have reached a run that arrived ahead of them.
+        results.close_gaps();
         self.wake.set();
     }
 
@@ -64,38 +76,173 @@ impl<O> Collect<O> {
     pub(super) fn finish(&self, total: usize) -> Result<Vec<O>, Error> {
         loop {
             self.failed()?;
-            if self.arrived.get() >= total {
+            let results = self.results.borrow();
+            if results.done.len() + results.ahead_len >= total {
                 break;
             }
+            drop(results);
             // Nothing suspends between the look above and this wait: no wake-up is lost.
             self.wake.clear();
             self.wake.wait();
         }
-        let slots = self.slots.take();
-        Ok(slots.into_iter().map(|slot| slot.expect("every item has arrived")).collect())
+        let results = self.results.replace(InOrder::new());
+        assert!(results.ahead.is_empty(), "every item has arrived, so no run waits for a gap");
+        Ok(results.done)
     }
 }
 
-/// The slots of a [`Collect`], borrowed while one reply frame is placed.
+impl<O> InOrder<O> {
+    fn new() -> InOrder<O> {
+        InOrder { done: Vec::new(), ahead: BTreeMap::new(), ahead_len: 0 }
+    }
+
+    /// Moves the runs that now follow `done` onto it.
+    fn close_gaps(&mut self) {
+        while let Some(entry) = self.ahead.first_entry() {
+            if *entry.key() != self.done.len() {
+                break;
+            }
+            let mut run = entry.remove();
+            self.ahead_len -= run.len();
+            self.done.append(&mut run);
+        }
+    }
+}
+
+/// The results of a [`Collect`], borrowed while one reply frame is placed.
 pub(super) struct Slots<'a, O> {
-    slots: &'a mut Vec<Option<O>>,
+    results: &'a mut InOrder<O>,
+    /// The run being gathered ahead of a gap: (the index of its first item, its results).
+    run: Option<(usize, Vec<O>)>,
     failure: &'a Cell<Option<Error>>,
 }
 
 impl<O> Slots<'_, O> {
-    /// Places item `index`'s outcome: its result in its slot, or its failure if it is the first.
-    /// An index past the slots (which the pool's own bookkeeping never produces) is ignored.
+    /// Places item `index`'s outcome: its result in order, or its failure if it is the first.
+    /// Each index comes at most once (the reply reader drops a second answer).
+    #[cfg(test)]
     pub(super) fn put(&mut self, index: usize, outcome: Result<O, Error>) {
         match outcome {
-            Ok(value) => {
-                if let Some(slot) = self.slots.get_mut(index) {
-                    *slot = Some(value);
-                }
-            }
-            Err(err) => {
-                let first = self.failure.take().unwrap_or(err);
-                self.failure.set(Some(first));
+            Ok(value) => self.put_value(index, value),
+            Err(failure) => self.put_failure(failure),
+        }
+    }
+
+    /// Places item `index`'s result.
+    #[inline(always)]
+    pub(super) fn put_value(&mut self, index: usize, value: O) {
+        if self.run.is_none() && index == self.results.done.len() {
+            self.results.done.push(value);
+            return;
+        }
+        match &mut self.run {
+            Some((first, run)) if *first + run.len() == index => run.push(value),
+            _ => {
+                self.end_run();
+                self.run = Some((index, vec![value]));
             }
         }
+    }
+
+    /// Keeps `failure` if it is the first.
+    pub(super) fn put_failure(&mut self, failure: Error) {
+        let first = self.failure.take().unwrap_or(failure);
+        self.failure.set(Some(first));
+    }
+
+    /// Files the run being gathered (if any) ahead of its gap.
+    fn end_run(&mut self) {
+        if let Some((first, run)) = self.run.take() {
+            self.results.ahead_len += run.len();
+            self.results.ahead.insert(first, run);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Delivers one reply frame: consecutive results from `first` (what a worker sends).
+    fn frame(collect: &Collect<u64>, first: usize, values: &[u64]) {
+        collect.deliver(|slots| {
+            for (k, &v) in values.iter().enumerate() {
+                slots.put(first + k, Ok(v));
+            }
+        });
+    }
+
+    fn expected(n: u64) -> Vec<u64> {
+        (0..n).map(|i| i * 10).collect()
+    }
+
+    fn values(range: std::ops::Range<u64>) -> Vec<u64> {
+        range.map(|i| i * 10).collect()
+    }
+
+    #[test]
+    fn results_in_order_go_straight_to_the_output() {
+        greenhub::run(|| {
+            let collect = Collect::new(6);
+            frame(&collect, 0, &values(0..3));
+            frame(&collect, 3, &values(3..6));
+            assert!(collect.results.borrow().ahead.is_empty());
+            assert_eq!(collect.finish(6).unwrap(), expected(6));
+        });
+    }
+
+    #[test]
+    fn frames_that_arrive_early_wait_for_the_gap_before_them() {
+        greenhub::run(|| {
+            let collect = Collect::new(0);
+            frame(&collect, 6, &values(6..9));
+            frame(&collect, 3, &values(3..6));
+            assert_eq!(collect.results.borrow().ahead_len, 6);
+            frame(&collect, 0, &values(0..3));
+            let results = collect.results.borrow();
+            assert!(results.ahead.is_empty() && results.ahead_len == 0);
+            drop(results);
+            assert_eq!(collect.finish(9).unwrap(), expected(9));
+        });
+    }
+
+    #[test]
+    fn single_items_in_any_order_come_out_in_input_order() {
+        greenhub::run(|| {
+            let collect = Collect::new(8);
+            for i in [5, 1, 7, 0, 6, 2, 4, 3] {
+                frame(&collect, i, &[i as u64 * 10]);
+            }
+            assert_eq!(collect.finish(8).unwrap(), expected(8));
+        });
+    }
+
+    #[test]
+    fn a_frame_with_a_hole_files_each_part_where_it_belongs() {
+        greenhub::run(|| {
+            let collect = Collect::new(6);
+            // Items 2 and 4..6 in one frame (3 was answered before, so the reader skipped it).
+            collect.deliver(|slots| {
+                slots.put(2, Ok(20));
+                slots.put(4, Ok(40));
+                slots.put(5, Ok(50));
+            });
+            frame(&collect, 3, &[30]);
+            frame(&collect, 0, &[0, 10]);
+            assert_eq!(collect.finish(6).unwrap(), expected(6));
+        });
+    }
+
+    #[test]
+    fn the_first_failure_is_kept() {
+        greenhub::run(|| {
+            let collect = Collect::new(3);
+            frame(&collect, 2, &[20]);
+            collect.deliver(|slots| {
+                slots.put(0, Err(Error::Panicked("first".into())));
+                slots.put(1, Err(Error::Panicked("second".into())));
+            });
+            assert!(matches!(collect.finish(3), Err(Error::Panicked(m)) if m == "first"));
+        });
     }
 }

@@ -446,7 +446,7 @@ where
     pub fn map(&self, items: impl IntoIterator<Item = I>) -> Result<Vec<O>, Error> {
         let mut items = items.into_iter();
         let chunk = self.shared.chunk_len(items.size_hint());
-        // The reply readers place each result straight into its slot (`collect.rs`).
+        // The reply readers place each result straight into the output (`collect.rs`).
         let collect = Rc::new(Collect::new(items.size_hint().0));
         let sink = Sink::Slots(Rc::clone(&collect));
         let mut held = VecDeque::with_capacity(chunk);
@@ -459,7 +459,6 @@ where
                 if held.is_empty() {
                     break;
                 }
-                collect.grow(held.len());
             }
             sent += self.shared.submit(&mut held, sent, &sink, true)?;
         }
