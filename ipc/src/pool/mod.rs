@@ -465,6 +465,11 @@ where
                 }
             }
             sent += self.shared.submit(&mut held, sent, &sink, true)?;
+            // Let the task pipe's flusher write this chunk now: otherwise it leaves only once
+            // every worker's window is full and this loop waits, and with the default chunks
+            // (8,192 tiny items, ~100 us to encode) the first worker then idled through the
+            // encoding of all six (a timeline of one 100k map, timestamps in both processes).
+            greenhub::yield_now();
         }
         collect.finish(sent)
     }
