@@ -122,14 +122,24 @@ fn process(n: u64) -> Result<Report> {
 
 /// `Pool::map` of `n` tiny items (`x + 1` on a u64) over `workers` workers, after a warm-up map
 /// (the workers are started and have run once); the pool's default chunks, nothing to tune.
+/// Besides the rate, the CPU time per item of the parent (during the timed map) and of the
+/// workers together (their whole lives, warm-up included: read once they are reaped), which
+/// vary less than the rate on a shared machine.
 fn pool(n: u64, workers: usize) -> Result<Report> {
     let pool = greenhub_ipc::Pool::new(workers, |x: u64| x + 1)?;
     pool.map(0..1_000)?;
+    let (parent0, _) = sys::cpu_s();
     let t0 = sys::mono_ns();
     let results = pool.map(0..n)?;
     let dt = (sys::mono_ns() - t0) as f64 / 1e9;
+    let (parent1, _) = sys::cpu_s();
     assert_eq!(results.len() as u64, n);
     assert_eq!(results.last().copied(), Some(n));
     pool.close()?;
-    Ok(Report::new().with("items_per_s", n as f64 / dt))
+    let (_, children) = sys::cpu_s();
+    let per_item = |s: f64| s * 1e9 / n as f64;
+    Ok(Report::new()
+        .with("items_per_s", n as f64 / dt)
+        .with("parent_cpu_ns_per_item", per_item(parent1 - parent0))
+        .with("workers_cpu_ns_per_item", per_item(children)))
 }

@@ -31,6 +31,20 @@ pub fn peak_rss_mb() -> f64 {
     ru.ru_maxrss as f64 * 1024.0 / 1e6
 }
 
+/// CPU time (user + system) in seconds: of this process, and of its children that have been
+/// waited for.
+pub fn cpu_s() -> (f64, f64) {
+    let of = |who| {
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `ru` is a valid, writable rusage.
+        unsafe { libc::getrusage(who, &mut ru) };
+        let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        s(ru.ru_utime) + s(ru.ru_stime)
+    };
+    (of(libc::RUSAGE_SELF), of(libc::RUSAGE_CHILDREN))
+}
+
 /// What this process's memory costs right now: resident memory plus page tables (VmRSS +
 /// VmPTE of /proc/self/status), in MB (10^6 bytes).
 pub fn rss_pte_mb() -> f64 {
