@@ -14,10 +14,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::mem::size_of;
 
 use greenhub::sync::Event;
 
 use crate::Error;
+
+/// An output this large (64 KiB) is faulted in at once; a smaller one is not worth the call.
+const POPULATE_FROM: usize = 64 << 10;
 
 /// The results of one `map` call, shared by the caller and the reply readers.
 pub(super) struct Collect<O> {
@@ -40,12 +44,16 @@ struct InOrder<O> {
 impl<O> Collect<O> {
     /// For a call of about `capacity` items.
     pub(super) fn new(capacity: usize) -> Collect<O> {
+        let mut done = Vec::with_capacity(capacity);
+        if capacity * size_of::<O>() >= POPULATE_FROM {
+            // The output is written whole: fault its pages in with one call, not one fault per
+            // page as results arrive (a fresh 800 KB output of 100k `u64`s is 200 faults, each
+            // costly in a virtual machine). A single 100k map of tiny items: 2 to 9% more
+            // items/s (four A/Bs, medians of 16 alternated runs each).
+            crate::sys::populate_for_writing(done.spare_capacity_mut());
+        }
         Collect {
-            results: RefCell::new(InOrder {
-                done: Vec::with_capacity(capacity),
-                ahead: BTreeMap::new(),
-                ahead_len: 0,
-            }),
+            results: RefCell::new(InOrder { done, ahead: BTreeMap::new(), ahead_len: 0 }),
             failure: Cell::new(None),
             wake: Event::new(),
         }
