@@ -67,13 +67,13 @@ impl<O> Collect<O> {
         }
     }
 
-    /// Runs `fill` to place the outcomes of one reply frame with [`Slots::put`], then wakes the
+    /// Runs `fill` to place the outcomes of one reply frame with [`Placing::put`], then wakes the
     /// caller.
-    pub(super) fn deliver(&self, fill: impl FnOnce(&mut Slots<'_, O>)) {
+    pub(super) fn deliver(&self, fill: impl FnOnce(&mut Placing<'_, O>)) {
         let mut results = self.results.borrow_mut();
-        let mut slots = Slots { results: &mut results, run: None, failure: &self.failure };
-        fill(&mut slots);
-        slots.end_run();
+        let mut placing = Placing { results: &mut results, run: None, failure: &self.failure };
+        fill(&mut placing);
+        placing.end_run();
         // Results pushed in order may have reached a run that arrived ahead of them.
         results.close_gaps();
         self.wake.set();
@@ -118,14 +118,14 @@ impl<O> InOrder<O> {
 }
 
 /// The results of a [`Collect`], borrowed while one reply frame is placed.
-pub(super) struct Slots<'a, O> {
+pub(super) struct Placing<'a, O> {
     results: &'a mut InOrder<O>,
     /// The run being gathered ahead of a gap: (the index of its first item, its results).
     run: Option<(usize, Vec<O>)>,
     failure: &'a Cell<Option<Error>>,
 }
 
-impl<O> Slots<'_, O> {
+impl<O> Placing<'_, O> {
     /// Places item `index`'s outcome: its result in order, or its failure if it is the first.
     /// Each index comes at most once (the reply reader drops a second answer).
     #[cfg(test)]
@@ -173,9 +173,9 @@ mod tests {
 
     /// Delivers one reply frame: consecutive results from `first` (what a worker sends).
     fn frame(collect: &Collect<u64>, first: usize, values: &[u64]) {
-        collect.deliver(|slots| {
+        collect.deliver(|placing| {
             for (k, &v) in values.iter().enumerate() {
-                slots.put(first + k, Ok(v));
+                placing.put(first + k, Ok(v));
             }
         });
     }
@@ -230,10 +230,10 @@ mod tests {
         greenhub::run(|| {
             let collect = Collect::new(6);
             // Items 2 and 4..6 in one frame (3 was answered before, so the reader skipped it).
-            collect.deliver(|slots| {
-                slots.put(2, Ok(20));
-                slots.put(4, Ok(40));
-                slots.put(5, Ok(50));
+            collect.deliver(|placing| {
+                placing.put(2, Ok(20));
+                placing.put(4, Ok(40));
+                placing.put(5, Ok(50));
             });
             frame(&collect, 3, &[30]);
             frame(&collect, 0, &[0, 10]);
@@ -246,9 +246,9 @@ mod tests {
         greenhub::run(|| {
             let collect = Collect::new(3);
             frame(&collect, 2, &[20]);
-            collect.deliver(|slots| {
-                slots.put(0, Err(Error::Panicked("first".into())));
-                slots.put(1, Err(Error::Panicked("second".into())));
+            collect.deliver(|placing| {
+                placing.put(0, Err(Error::Panicked("first".into())));
+                placing.put(1, Err(Error::Panicked("second".into())));
             });
             assert!(matches!(collect.finish(3), Err(Error::Panicked(m)) if m == "first"));
         });

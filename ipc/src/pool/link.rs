@@ -18,7 +18,7 @@ use greenhub::sync::{Event, Sender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::collect::{Collect, Slots};
+use super::collect::{Collect, Placing};
 use super::outgoing::Outgoing;
 use super::wire;
 use crate::{Error, Process, Raw, Reader};
@@ -32,15 +32,15 @@ pub(super) type Batch<O> = Vec<(usize, Result<O, Error>)>;
 pub(super) enum Sink<O> {
     /// A caller's channel (`apply`, `imap_unordered`), a batch per reply frame.
     Channel(Sender<Batch<O>>),
-    /// A `map`'s slots, each result placed as it is decoded.
-    Slots(Rc<Collect<O>>),
+    /// A `map`'s output, each result placed as it is decoded.
+    Map(Rc<Collect<O>>),
 }
 
 impl<O> Clone for Sink<O> {
     fn clone(&self) -> Self {
         match self {
             Sink::Channel(sender) => Sink::Channel(sender.clone()),
-            Sink::Slots(collect) => Sink::Slots(Rc::clone(collect)),
+            Sink::Map(collect) => Sink::Map(Rc::clone(collect)),
         }
     }
 }
@@ -61,7 +61,7 @@ impl<O> Waiter<O> {
     }
 }
 
-/// Hands the outcomes `fill` gives for a chunk to its sink: a `map`'s slots directly, a channel
+/// Hands the outcomes `fill` gives for a chunk to its sink: a `map`'s output directly, a channel
 /// in one batch. Returns what stopped `fill` early (a reply whose framing does not read), after
 /// delivering the outcomes before it.
 fn deliver_to<O>(
@@ -70,10 +70,10 @@ fn deliver_to<O>(
 ) -> Result<(), Error> {
     let Waiter { first, answered, left, sink } = waiter;
     match sink {
-        Sink::Slots(collect) => {
+        Sink::Map(collect) => {
             let mut stopped = Ok(());
-            collect.deliver(|slots| {
-                let mut answers = Answers { first: *first, answered, left, to: To::Slots(slots) };
+            collect.deliver(|placing| {
+                let mut answers = Answers { first: *first, answered, left, to: To::Map(placing) };
                 stopped = fill(&mut answers);
             });
             stopped
@@ -93,7 +93,7 @@ fn deliver_to<O>(
 
 /// Where [`Answers::put`] puts an outcome.
 enum To<'a, 's, O> {
-    Slots(&'a mut Slots<'s, O>),
+    Map(&'a mut Placing<'s, O>),
     Batch(&'a mut Batch<O>),
 }
 
@@ -121,7 +121,7 @@ impl<O> Answers<'_, '_, O> {
     fn put_value(&mut self, offset: usize, value: O) {
         let Some(index) = self.answer(offset) else { return };
         match &mut self.to {
-            To::Slots(slots) => slots.put_value(index, value),
+            To::Map(placing) => placing.put_value(index, value),
             To::Batch(batch) => batch.push((index, Ok(value))),
         }
     }
@@ -130,7 +130,7 @@ impl<O> Answers<'_, '_, O> {
     fn put_failure(&mut self, offset: usize, failure: Error) {
         let Some(index) = self.answer(offset) else { return };
         match &mut self.to {
-            To::Slots(slots) => slots.put_failure(failure),
+            To::Map(placing) => placing.put_failure(failure),
             To::Batch(batch) => batch.push((index, Err(failure))),
         }
     }

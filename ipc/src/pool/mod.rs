@@ -452,7 +452,7 @@ where
         let chunk = self.shared.chunk_len(items.size_hint());
         // The reply readers place each result straight into the output (`collect.rs`).
         let collect = Rc::new(Collect::new(items.size_hint().0));
-        let sink = Sink::Slots(Rc::clone(&collect));
+        let sink = Sink::Map(Rc::clone(&collect));
         let mut held = VecDeque::with_capacity(chunk);
         let mut sent = 0;
         loop {
