@@ -3,8 +3,9 @@
 //! Why not `postcard::Serializer`: it builds each varint in a buffer on the stack and hands the
 //! used part to its output one byte at a time, so a `u64` cost a loop that reloaded the vector's
 //! pointer, length and capacity per byte, and its calls stayed out of line (perf, a pool of tiny
-//! items: postcard's encoding was a quarter of the parent's time). Here a varint of up to ten
-//! bytes is written as one fixed ten-byte copy and the vector cut back to the bytes it used, and
+//! items: postcard's encoding was a quarter of the parent's time). Here a varint of up to eight
+//! bytes is built in a register without a loop and written as one word, the vector then cut
+//! back to the bytes it used (longer ones, rare, go through a byte array the same way), and
 //! every method is small enough to inline.
 //!
 //! Guarantee: the bytes are exactly postcard 1.x's for every serde data model method (the tests

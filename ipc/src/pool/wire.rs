@@ -248,7 +248,8 @@ pub(super) trait Outcomes<O> {
     fn failure(&mut self, failure: Error);
 }
 
-/// Any closure taking a `Result` is a place for outcomes (for the rare paths and the tests).
+/// In the tests, a closure taking a `Result` is a place for outcomes.
+#[cfg(test)]
 impl<O, F: FnMut(Result<O, Error>)> Outcomes<O> for F {
     fn value(&mut self, value: O) {
         self(Ok(value));
