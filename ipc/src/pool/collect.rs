@@ -39,6 +39,9 @@ struct InOrder<O> {
     ahead: BTreeMap<usize, Vec<O>>,
     /// Results in `ahead`.
     ahead_len: usize,
+    /// The emptied buffer of the last run moved onto `done`, for the next run: a run is about
+    /// a reply frame's worth of results, so it grows once rather than from nothing each time.
+    spare: Vec<O>,
 }
 
 impl<O> Collect<O> {
@@ -53,7 +56,12 @@ impl<O> Collect<O> {
             crate::sys::populate_for_writing(done.spare_capacity_mut());
         }
         Collect {
-            results: RefCell::new(InOrder { done, ahead: BTreeMap::new(), ahead_len: 0 }),
+            results: RefCell::new(InOrder {
+                done,
+                ahead: BTreeMap::new(),
+                ahead_len: 0,
+                spare: Vec::new(),
+            }),
             failure: Cell::new(None),
             wake: Event::new(),
         }
@@ -101,7 +109,7 @@ impl<O> Collect<O> {
 
 impl<O> InOrder<O> {
     fn new() -> InOrder<O> {
-        InOrder { done: Vec::new(), ahead: BTreeMap::new(), ahead_len: 0 }
+        InOrder { done: Vec::new(), ahead: BTreeMap::new(), ahead_len: 0, spare: Vec::new() }
     }
 
     /// Moves the runs that now follow `done` onto it.
@@ -113,6 +121,9 @@ impl<O> InOrder<O> {
             let mut run = entry.remove();
             self.ahead_len -= run.len();
             self.done.append(&mut run);
+            if run.capacity() > self.spare.capacity() {
+                self.spare = run;
+            }
         }
     }
 }
@@ -126,17 +137,8 @@ pub(super) struct Placing<'a, O> {
 }
 
 impl<O> Placing<'_, O> {
-    /// Places item `index`'s outcome: its result in order, or its failure if it is the first.
-    /// Each index comes at most once (the reply reader drops a second answer).
-    #[cfg(test)]
-    pub(super) fn put(&mut self, index: usize, outcome: Result<O, Error>) {
-        match outcome {
-            Ok(value) => self.put_value(index, value),
-            Err(failure) => self.put_failure(failure),
-        }
-    }
-
-    /// Places item `index`'s result.
+    /// Places item `index`'s result. Each index comes at most once (the reply reader drops a
+    /// second answer).
     #[inline(always)]
     pub(super) fn put_value(&mut self, index: usize, value: O) {
         if self.run.is_none() && index == self.results.done.len() {
@@ -147,7 +149,9 @@ impl<O> Placing<'_, O> {
             Some((first, run)) if *first + run.len() == index => run.push(value),
             _ => {
                 self.end_run();
-                self.run = Some((index, vec![value]));
+                let mut run = std::mem::take(&mut self.results.spare);
+                run.push(value);
+                self.run = Some((index, run));
             }
         }
     }
@@ -175,13 +179,9 @@ mod tests {
     fn frame(collect: &Collect<u64>, first: usize, values: &[u64]) {
         collect.deliver(|placing| {
             for (k, &v) in values.iter().enumerate() {
-                placing.put(first + k, Ok(v));
+                placing.put_value(first + k, v);
             }
         });
-    }
-
-    fn expected(n: u64) -> Vec<u64> {
-        (0..n).map(|i| i * 10).collect()
     }
 
     fn values(range: std::ops::Range<u64>) -> Vec<u64> {
@@ -195,7 +195,7 @@ mod tests {
             frame(&collect, 0, &values(0..3));
             frame(&collect, 3, &values(3..6));
             assert!(collect.results.borrow().ahead.is_empty());
-            assert_eq!(collect.finish(6).unwrap(), expected(6));
+            assert_eq!(collect.finish(6).unwrap(), values(0..6));
         });
     }
 
@@ -210,7 +210,21 @@ mod tests {
             let results = collect.results.borrow();
             assert!(results.ahead.is_empty() && results.ahead_len == 0);
             drop(results);
-            assert_eq!(collect.finish(9).unwrap(), expected(9));
+            assert_eq!(collect.finish(9).unwrap(), values(0..9));
+        });
+    }
+
+    #[test]
+    fn a_second_run_ahead_reuses_the_first_ones_buffer_empty() {
+        greenhub::run(|| {
+            let collect = Collect::new(12);
+            frame(&collect, 3, &values(3..6));
+            frame(&collect, 0, &values(0..3));
+            assert!(collect.results.borrow().spare.capacity() >= 3);
+            frame(&collect, 9, &values(9..12));
+            assert_eq!(collect.results.borrow().spare.capacity(), 0, "the run took it");
+            frame(&collect, 6, &values(6..9));
+            assert_eq!(collect.finish(12).unwrap(), values(0..12));
         });
     }
 
@@ -221,7 +235,7 @@ mod tests {
             for i in [5, 1, 7, 0, 6, 2, 4, 3] {
                 frame(&collect, i, &[i as u64 * 10]);
             }
-            assert_eq!(collect.finish(8).unwrap(), expected(8));
+            assert_eq!(collect.finish(8).unwrap(), values(0..8));
         });
     }
 
@@ -229,15 +243,16 @@ mod tests {
     fn a_frame_with_a_hole_files_each_part_where_it_belongs() {
         greenhub::run(|| {
             let collect = Collect::new(6);
-            // Items 2 and 4..6 in one frame (3 was answered before, so the reader skipped it).
+            // Items 2, 4 and 5 in one frame, 3 answered later (as a worker running items
+            // concurrently answers them).
             collect.deliver(|placing| {
-                placing.put(2, Ok(20));
-                placing.put(4, Ok(40));
-                placing.put(5, Ok(50));
+                placing.put_value(2, 20);
+                placing.put_value(4, 40);
+                placing.put_value(5, 50);
             });
             frame(&collect, 3, &[30]);
             frame(&collect, 0, &[0, 10]);
-            assert_eq!(collect.finish(6).unwrap(), expected(6));
+            assert_eq!(collect.finish(6).unwrap(), values(0..6));
         });
     }
 
@@ -247,8 +262,8 @@ mod tests {
             let collect = Collect::new(3);
             frame(&collect, 2, &[20]);
             collect.deliver(|placing| {
-                placing.put(0, Err(Error::Panicked("first".into())));
-                placing.put(1, Err(Error::Panicked("second".into())));
+                placing.put_failure(Error::Panicked("first".into()));
+                placing.put_failure(Error::Panicked("second".into()));
             });
             assert!(matches!(collect.finish(3), Err(Error::Panicked(m)) if m == "first"));
         });
