@@ -63,24 +63,65 @@ pub enum Parsed {
     Invalid(Status),
 }
 
-/// Looks at the first request in `buf`.
+/// Looks at the first request in `buf`, in one pass over its head: each line is checked when
+/// it is found, and the first error is kept until the head's end (`\r\n\r\n`) is seen, so a head
+/// that is still arriving is `Partial` whatever it holds so far.
 pub fn parse(buf: &[u8]) -> Parsed {
-    let Some(head_len) = head_end(buf) else {
-        return if buf.len() > MAX_HEAD {
-            Parsed::Invalid(Status::HeadTooLarge)
-        } else {
-            Parsed::Partial
-        };
+    // Only the first MAX_HEAD bytes can hold an acceptable head.
+    let mut lines = Lines { buf: &buf[..buf.len().min(MAX_HEAD)], at: 0 };
+    let Some(request_line) = lines.next() else {
+        return partial_or_too_large(buf);
     };
-    if head_len > MAX_HEAD {
-        return Parsed::Invalid(Status::HeadTooLarge);
-    }
-    match parse_head(&buf[..head_len - 4]) {
+    let mut checked =
+        request_line_says_close(strip_cr(request_line)).map(|close| Head { close, body_len: 0 });
+    let mut ended_in_cr = request_line.ends_with(b"\r");
+    let head_len = loop {
+        let Some(line) = lines.next() else {
+            return partial_or_too_large(buf);
+        };
+        if line == b"\r" && ended_in_cr {
+            break lines.at; // the blank line after a line ending in \r: `\r\n\r\n`
+        }
+        ended_in_cr = line.ends_with(b"\r");
+        if let Ok(head) = &mut checked
+            && let Err(status) = head.take_header(strip_cr(line))
+        {
+            checked = Err(status);
+        }
+    };
+    match checked {
         Err(status) => Parsed::Invalid(status),
-        Ok(head) if head.body_len > MAX_BODY => Parsed::Invalid(Status::PayloadTooLarge),
         Ok(head) if buf.len() - head_len < head.body_len => Parsed::Partial,
         Ok(head) => Parsed::Request { len: head_len + head.body_len, close: head.close },
     }
+}
+
+/// No whole head in `buf`: more may come, unless it is already over [`MAX_HEAD`].
+fn partial_or_too_large(buf: &[u8]) -> Parsed {
+    if buf.len() > MAX_HEAD { Parsed::Invalid(Status::HeadTooLarge) } else { Parsed::Partial }
+}
+
+/// The lines of a buffer, each without its `\n` (a trailing `\r` stays, for the head's end);
+/// a last line without `\n` is not one yet.
+struct Lines<'a> {
+    buf: &'a [u8],
+    /// Where the next line starts: after the last `\n` found.
+    at: usize,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = &self.buf[self.at..];
+        let len = memchr::memchr(b'\n', rest)?;
+        self.at += len + 1;
+        Some(&rest[..len])
+    }
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Answers every whole request at the front of `input`, appending the responses to `output`
@@ -124,7 +165,7 @@ pub fn respond(output: &mut Vec<u8>, status: Status, close: bool, extra_headers:
     output.extend_from_slice(status.line().as_bytes());
     output
         .extend_from_slice(b"\r\nServer: greenhub\r\nContent-Type: text/plain\r\nContent-Length: ");
-    output.extend_from_slice(body.len().to_string().as_bytes());
+    push_decimal(output, body.len());
     output.extend_from_slice(b"\r\nConnection: ");
     output.extend_from_slice(connection.as_bytes());
     output.extend_from_slice(b"\r\n");
@@ -133,17 +174,24 @@ pub fn respond(output: &mut Vec<u8>, status: Status, close: bool, extra_headers:
     output.extend_from_slice(body.as_bytes());
 }
 
+/// Appends `n` in decimal, without the allocation of `to_string` (one per response).
+fn push_decimal(output: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20]; // usize::MAX has 20 digits
+    let mut from = digits.len();
+    loop {
+        from -= 1;
+        digits[from] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    output.extend_from_slice(&digits[from..]);
+}
+
 /// The index just past a head's closing `\r\n\r\n` (of a request or a response).
 pub fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
-        let at = from + i;
-        if at >= 3 && &buf[at - 3..=at] == b"\r\n\r\n" {
-            return Some(at + 1);
-        }
-        from = at + 1;
-    }
-    None
+    memchr::memmem::find(buf, b"\r\n\r\n").map(|at| at + 4)
 }
 
 /// What the server needs from a head.
@@ -152,12 +200,10 @@ struct Head {
     body_len: usize,
 }
 
-/// Parses a head (without its final `\r\n\r\n`): the request line, then the headers that say
-/// whether the connection stays open and how long the body is.
-fn parse_head(head: &[u8]) -> Result<Head, Status> {
-    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(|&b| b == b' ');
+/// Checks a request line (without its line end); whether the connection closes after the
+/// request by default (HTTP/1.0).
+fn request_line_says_close(line: &[u8]) -> Result<bool, Status> {
+    let mut parts = line.split(|&b| b == b' ');
     let (method, target, version) = (parts.next(), parts.next(), parts.next());
     let method_ok = method.is_some_and(|m| !m.is_empty() && m.iter().all(u8::is_ascii_uppercase));
     let target_ok = target.is_some_and(|t| t.first() == Some(&b'/') || t == b"*");
@@ -169,26 +215,31 @@ fn parse_head(head: &[u8]) -> Result<Head, Status> {
     {
         return Err(Status::BadRequest);
     }
-    let mut head = Head { close: http10, body_len: 0 };
-    for line in lines {
-        let colon = line.iter().position(|&b| b == b':').ok_or(Status::BadRequest)?;
+    Ok(http10)
+}
+
+impl Head {
+    /// Checks one header line (without its line end) and keeps what it says about the
+    /// connection and the body.
+    fn take_header(&mut self, line: &[u8]) -> Result<(), Status> {
+        let colon = memchr::memchr(b':', line).ok_or(Status::BadRequest)?;
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
             return Err(Status::BadRequest); // also a folded continuation line
         }
         if name.eq_ignore_ascii_case(b"connection") {
             if value.eq_ignore_ascii_case(b"close") {
-                head.close = true;
+                self.close = true;
             } else if value.eq_ignore_ascii_case(b"keep-alive") {
-                head.close = false;
+                self.close = false;
             }
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            head.body_len = content_length(value)?;
+            self.body_len = content_length(value)?;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             return Err(Status::LengthRequired);
         }
+        Ok(())
     }
-    Ok(head)
 }
 
 /// A `Content-Length` value: decimal digits only, at most [`MAX_BODY`] (larger values say 413).
@@ -275,6 +326,68 @@ mod tests {
         assert_eq!(parse(&endless), Parsed::Invalid(Status::HeadTooLarge));
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(parse(chunked), Parsed::Invalid(Status::LengthRequired));
+    }
+
+    #[test]
+    fn an_error_waits_for_the_end_of_its_head() {
+        let bad = b"get / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for cut in 1..bad.len() {
+            assert_eq!(parse(&bad[..cut]), Parsed::Partial, "{:?}", &bad[..cut]);
+        }
+        assert_eq!(parse(bad), Parsed::Invalid(Status::BadRequest));
+    }
+
+    #[test]
+    fn only_crlf_crlf_ends_a_head() {
+        assert_eq!(parse(b"GET / HTTP/1.1\n\n"), Parsed::Partial);
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n\n\r\n"), Parsed::Partial);
+        let bare = b"GET / HTTP/1.1\nHost: x\r\n\r\n"; // a bare \n inside is a line end
+        assert_eq!(parse(bare), Parsed::Request { len: bare.len(), close: false });
+        let blank = b"GET / HTTP/1.1\r\n\n\r\n\r\n"; // an empty header line is no header
+        assert_eq!(parse(blank), Parsed::Invalid(Status::BadRequest));
+    }
+
+    #[test]
+    fn a_head_ends_where_its_first_crlf_crlf_does() {
+        // Every string of up to 7 bytes over an alphabet of line-ending trouble, after a
+        // request line: the head is whole exactly when `head_end` finds its end, and there.
+        let alphabet = [b'\r', b'\n', b'a', b':'];
+        for len in 0..=7u32 {
+            for code in 0..alphabet.len().pow(len) {
+                let mut buf = b"GET / HTTP/1.1\r\n".to_vec();
+                let mut c = code;
+                for _ in 0..len {
+                    buf.push(alphabet[c % alphabet.len()]);
+                    c /= alphabet.len();
+                }
+                match (parse(&buf), head_end(&buf)) {
+                    (Parsed::Partial, None) => {}
+                    (Parsed::Request { len, .. }, Some(end)) => assert_eq!(len, end, "{buf:?}"),
+                    (Parsed::Invalid(Status::BadRequest), Some(_)) => {}
+                    (parsed, end) => panic!("{buf:?}: {parsed:?} but head_end {end:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_of_exactly_max_head_bytes_is_accepted() {
+        let start = b"GET / HTTP/1.1\r\nX: ";
+        let filler = MAX_HEAD - start.len() - 4;
+        let mut head = [&start[..], &vec![b'a'; filler], b"\r\n\r\n"].concat();
+        assert_eq!(head.len(), MAX_HEAD);
+        assert_eq!(parse(&head), Parsed::Request { len: MAX_HEAD, close: false });
+        head.insert(start.len(), b'a');
+        assert_eq!(parse(&head), Parsed::Invalid(Status::HeadTooLarge));
+    }
+
+    #[test]
+    fn content_length_is_written_in_decimal() {
+        for n in [0, 7, 13, 100, 4096, usize::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
     }
 
     #[test]
