@@ -41,10 +41,12 @@
 //! another thread holds a lock finds that lock held forever. (Fds are no such problem: the child
 //! closes all it was not given, so a pipe another thread was creating or closing at that instant
 //! never stays open in it. Programs started by [`Command`] get the same result from `O_CLOEXEC`,
-//! which every fd of greenhub's has from its creation: `exec` closes them.) `start_process`
-//! flushes and holds the four locks the child's start needs across the fork: stdout's, stderr's,
-//! greenhub-ipc's handle registry and the default names, so the child can print, close handles
-//! and name its own children; glibc's `fork` takes the allocator's and stdio's locks. Other
+//! which every fd of greenhub's has from its creation: `exec` closes them.) Before glibc's
+//! `fork`, `start_process` flushes and holds the four locks the child's start needs across it:
+//! stdout's, stderr's, greenhub-ipc's handle registry and the default names, so the child can
+//! print, close handles and name its own children; glibc's `fork` takes the allocator's and
+//! stdio's locks. (Before a `clone3`, in a process with no other thread, it only flushes stdout
+//! and stderr: nobody else can hold a lock, and the child takes the two it uses itself.) Other
 //! process-wide locks (the environment lock of `std::env::set_var`, a backtrace being printed by
 //! another thread, locks of C libraries) are not held: a child that needs one that happened to
 //! be held deadlocks.
@@ -54,7 +56,7 @@
 //! allocator's and stdio's locks across the system call (a child would otherwise find one
 //! held by a thread that does not exist there), and in every process runs the `pthread_atfork`
 //! handlers, writes the child's thread id into glibc's thread descriptor and registers its
-//! robust-mutex list. So `clone3` is used only where nothing of that is lost (`sys::
+//! robust-mutex list. So `clone3` is used only where nothing of that is lost (`sys::Clone3::
 //! clone_with_pidfd` has the list): in a process that has only ever had one thread (no other
 //! thread can hold a lock), with the thread id and the robust list fixed up as glibc would, and
 //! greenhub-ipc's own atfork handler run by hand. What remains is other libraries' atfork
@@ -169,20 +171,20 @@ where
         daemon,
         name: name.to_owned(),
     };
-    let held = HeldForFork::lock();
-    let (forked, go_ahead) = match sys::clone_with_pidfd() {
-        // The kernel made the pidfd with the child: the parent can watch it from its first
+    let (forked, held, go_ahead) = match sys::Clone3::here() {
+        // Only this thread exists, so no other can hold a lock the child needs: none is held
+        // across the clone (releasing them after it would copy their pages in both processes).
+        // The kernel makes the pidfd with the child: the parent can watch it from its first
         // instruction, so it may run `f` at once.
-        Ok(Some(forked)) => (Ok(forked), None),
-        // glibc's fork, then `pidfd_open`: the child waits on this pipe until the parent holds
-        // its pidfd, so a child the parent cannot watch is killed before it has run any of `f`.
-        Ok(None) => {
-            let pipe = sys::small_pipe().map_err(|e| {
-                Error::io("start_process could not create its start pipe (pipe2)", e)
-            })?;
-            (sys::fork(), Some(pipe))
+        Some(clone3) => {
+            flush_stdio();
+            match clone3.clone_with_pidfd() {
+                Ok(Some(forked)) => (Ok(forked), None, None),
+                Ok(None) => fork_holding_locks()?, // clone3 is missing or forbidden
+                Err(e) => (Err(e), None, None),
+            }
         }
-        Err(e) => (Err(e), None),
+        None => fork_holding_locks()?,
     };
     match forked {
         Err(e) => Err(Error::io("start_process could not fork", e)),
@@ -194,7 +196,11 @@ where
                 std::mem::forget(write_end); // closed by the fd sweep, with every other fd
                 read_end
             });
-            sys::in_child(token, |token| child_main(token, held, start, go_ahead, handles, f))
+            let locks = match held {
+                Some(held) => held.into_childs_locks(),
+                None => ChildsLocks::take(),
+            };
+            sys::in_child(token, |token| child_main(token, locks, start, go_ahead, handles, f))
         }
         Ok(Forked::Parent(pid, pidfd)) => {
             drop(held);
@@ -213,6 +219,25 @@ where
             Ok(Started { pid, pidfd })
         }
     }
+}
+
+/// A fork by glibc's `fork`, holding the locks the child's start needs across it (other threads
+/// may exist), and the pipe on which the child waits for the parent's go-ahead: once the parent
+/// holds its pidfd (`pidfd_open`), so a child the parent cannot watch is killed before it has
+/// run any of `f`.
+type ForkedHolding = (io::Result<Forked>, Option<HeldForFork>, Option<(OwnedFd, OwnedFd)>);
+
+fn fork_holding_locks() -> Result<ForkedHolding, Error> {
+    let held = HeldForFork::lock();
+    let pipe = sys::small_pipe()
+        .map_err(|e| Error::io("start_process could not create its start pipe (pipe2)", e))?;
+    Ok((sys::fork(), Some(held), Some(pipe)))
+}
+
+/// Flushes stdout and stderr, so that nothing buffered is printed by both processes.
+fn flush_stdio() {
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
 }
 
 /// The pidfd of our unreaped child `pid` (its pid still names it even if it has exited), as a
@@ -260,13 +285,33 @@ impl HeldForFork {
         let registry = Registry::lock();
         HeldForFork { names: names(), registry, _stderr: stderr, _stdout: stdout }
     }
+
+    /// In the child: the two locks its start goes on using; stdout and stderr are released.
+    fn into_childs_locks(self) -> ChildsLocks {
+        let HeldForFork { names, registry, .. } = self;
+        ChildsLocks { registry, names }
+    }
+}
+
+/// The locks a new child holds while it takes over its handles and its name: inherited held
+/// from a `fork`, or taken afresh after a `clone3` (the process had no other thread to hold
+/// them).
+struct ChildsLocks {
+    registry: Registry,
+    names: MutexGuard<'static, Names>,
+}
+
+impl ChildsLocks {
+    fn take() -> Self {
+        ChildsLocks { registry: Registry::lock(), names: names() }
+    }
 }
 
 /// The child's side of `start_process`, after `sys::in_child` has forgotten the parent's hub:
 /// returns the exit code.
 fn child_main<H, F, R>(
     token: &InChild,
-    mut held: HeldForFork,
+    mut locks: ChildsLocks,
     start: ChildStart,
     go_ahead: Option<OwnedFd>,
     handles: H,
@@ -288,7 +333,7 @@ where
         }
         None => sys::close_fds_except(token, &start.keep_fds),
     }
-    held.registry.forget_all_but(&start.keep);
+    locks.registry.forget_all_but(&start.keep);
     if let Some(read_end) = go_ahead
         && !sys::wait_for_go_ahead(token, read_end)
     {
@@ -296,7 +341,7 @@ where
     }
     transfer::adopt(&handles);
     let name: &'static str = start.name.leak(); // the child ends with `_exit`: never freed
-    *held.names = Names { prefix: Some(name), next: 1 };
+    *locks.names = Names { prefix: Some(name), next: 1 };
     sys::reset_signals(token);
     if start.daemon {
         match sys::die_with_parent(token, start.parent) {
@@ -312,7 +357,7 @@ where
             }
         }
     }
-    drop(held);
+    drop(locks);
     let run = panic::catch_unwind(AssertUnwindSafe(|| greenhub::run(move || f(handles))));
     let code = match run {
         Ok(result) => result.exit_code(),

@@ -121,13 +121,13 @@ pub(crate) fn take_pending_sigpipe() {
 #[derive(Debug)]
 pub(crate) struct InChild(PhantomData<*const ()>);
 
-/// Which side of a [`fork`] or [`clone_with_pidfd`] we are on.
+/// Which side of a [`fork`] or [`Clone3::clone_with_pidfd`] we are on.
 pub(crate) enum Forked {
-    /// The new process, and its pid if it was made by [`clone_with_pidfd`] (no atfork handler
-    /// ran there, so the caller refreshes what greenhub-ipc's handler would have).
+    /// The new process, and its pid if it was made by [`Clone3::clone_with_pidfd`] (no atfork
+    /// handler ran there, so the caller refreshes what greenhub-ipc's handler would have).
     Child(InChild, Option<u32>),
     /// The calling process: the child's pid, and its pidfd if the kernel made one with the
-    /// child ([`clone_with_pidfd`]).
+    /// child ([`Clone3::clone_with_pidfd`]).
     Parent(u32, Option<OwnedFd>),
 }
 
@@ -153,76 +153,6 @@ const CLONE_PIDFD: u64 = 0x1000;
 /// False once `clone3` said `ENOSYS` (Linux before 5.3) or `EPERM` (a seccomp filter).
 static CLONE3_WORKS: AtomicBool = AtomicBool::new(true);
 
-/// `clone3(CLONE_PIDFD)`: a fork whose pidfd the kernel makes in the same system call, so the
-/// child exists only together with the parent's handle on it. `Ok(None)` when it cannot be used
-/// here, and the caller forks with [`fork`] instead: `clone3` is missing or forbidden, glibc does
-/// not describe its thread descriptor, or **the process has more than one thread**.
-///
-/// The system call bypasses glibc's `fork`, so it does here, for the child, what glibc's fork
-/// does that this process needs (the unsafe ledger has the whole argument):
-/// - only in a single-threaded process (`__libc_single_threaded`): then no other thread can hold
-///   the allocator's or stdio's locks, which is why glibc's own fork takes them only in a
-///   multithreaded process; greenhub-ipc's four locks are held by the caller as with `fork`;
-/// - the kernel writes the child's thread id into glibc's thread descriptor
-///   (`CLONE_CHILD_SETTID`, at the offset glibc publishes for debuggers,
-///   `_thread_db_pthread_tid`), as glibc's fork does, so mutexes that record their owner's id and
-///   `pthread_*` calls on the own thread are right in the child;
-/// - the child registers its robust-mutex list with the kernel (a new process has none), emptied
-///   as glibc's fork empties it.
-///
-/// What it does not do: run the `pthread_atfork` handlers. greenhub-ipc's own (the pid refresh)
-/// is run by the caller; a C library that relies on its own atfork handlers in a forked child
-/// does not get them. `GREENHUB_IPC_FORK=fork` in the environment (read once) makes every start
-/// use [`fork`].
-pub(crate) fn clone_with_pidfd() -> io::Result<Option<Forked>> {
-    let Some(fixups) = CloneFixups::here() else { return Ok(None) };
-    let mut pidfd: libc::c_int = -1;
-    let mut args = clone_args {
-        flags: CLONE_PIDFD | libc::CLONE_CHILD_SETTID as u64 | libc::CLONE_CHILD_CLEARTID as u64,
-        pidfd: (&raw mut pidfd) as u64,
-        child_tid: fixups.tid as u64,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
-        set_tid: 0,
-        set_tid_size: 0,
-        cgroup: 0,
-    };
-    // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of this address space,
-    // running on a copy of this stack, and returns from the call like `fork`'s child. `args` is
-    // a valid, fully initialised clone_args of the size passed; `pidfd` is a live out-int;
-    // `child_tid` points at this thread's tid field in glibc's descriptor, which the kernel
-    // writes in the child's copy. Why bypassing glibc's fork is sound here: `CloneFixups::here`
-    // returned only because the process is single-threaded, and the child applies the fixups
-    // below before returning.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_clone3, &raw mut args, std::mem::size_of::<clone_args>())
-    };
-    match rc {
-        -1 => {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::ENOSYS | libc::EPERM) => {
-                    CLONE3_WORKS.store(false, Ordering::Relaxed);
-                    Ok(None)
-                }
-                _ => Err(err),
-            }
-        }
-        0 => {
-            let pid = fixups.apply_in_child();
-            Ok(Some(Forked::Child(InChild(PhantomData), Some(pid))))
-        }
-        pid => {
-            // SAFETY: the kernel made this fd for us together with the child; nobody else owns it.
-            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-            Ok(Some(Forked::Parent(pid as u32, Some(pidfd))))
-        }
-    }
-}
-
 /// The kernel's `struct clone_args` (linux/sched.h), version 2 (88 bytes, Linux 5.7; a 5.3
 /// kernel takes the first 64 bytes only if the rest is zero, which it is here).
 #[repr(C)]
@@ -241,17 +171,19 @@ struct clone_args {
     cgroup: u64,
 }
 
-/// What glibc's fork would fix in the child that a raw `clone3` does not: where this thread's
+/// A fork by `clone3` that may be made from this thread ([`Clone3::clone_with_pidfd`]), with
+/// what glibc's fork would fix in the child that a raw `clone3` does not: where this thread's
 /// tid lives in glibc's descriptor, and this thread's robust-mutex list head.
-struct CloneFixups {
+pub(crate) struct Clone3 {
     tid: *mut libc::pid_t,
     robust_head: *mut *mut libc::c_void,
     robust_len: usize,
 }
 
-impl CloneFixups {
-    /// The fixups for the calling thread, or `None` if `clone3` must not be used here.
-    fn here() -> Option<CloneFixups> {
+impl Clone3 {
+    /// The clone for the calling thread, or `None` if `clone3` must not be used here (the
+    /// caller forks with [`fork`]).
+    pub(crate) fn here() -> Option<Clone3> {
         if !CLONE3_WORKS.load(Ordering::Relaxed) || !single_threaded() {
             return None;
         }
@@ -268,7 +200,81 @@ impl CloneFixups {
         if rc != 0 || head.is_null() {
             return None;
         }
-        Some(CloneFixups { tid, robust_head: head.cast(), robust_len: len })
+        Some(Clone3 { tid, robust_head: head.cast(), robust_len: len })
+    }
+
+    /// `clone3(CLONE_PIDFD)`: a fork whose pidfd the kernel makes in the same system call, so
+    /// the child exists only together with the parent's handle on it. Where it cannot be used,
+    /// the caller forks with [`fork`] instead: [`Clone3::here`] is `None` when glibc does not
+    /// describe its thread descriptor or **the process has more than one thread**, and
+    /// `Ok(None)` comes back when `clone3` is missing or forbidden.
+    ///
+    /// The system call bypasses glibc's `fork`, so it does here, for the child, what glibc's
+    /// fork does that this process needs (the unsafe ledger has the whole argument):
+    /// - only in a single-threaded process (`__libc_single_threaded`): then no other thread can
+    ///   hold the allocator's or stdio's locks, which is why glibc's own fork takes them only in
+    ///   a multithreaded process; nor greenhub-ipc's four (the caller holds them across `fork`,
+    ///   not here: it only flushes stdout and stderr first);
+    /// - the kernel writes the child's thread id into glibc's thread descriptor
+    ///   (`CLONE_CHILD_SETTID`, at the offset glibc publishes for debuggers,
+    ///   `_thread_db_pthread_tid`), as glibc's fork does, so mutexes that record their owner's
+    ///   id and `pthread_*` calls on the own thread are right in the child;
+    /// - the child registers its robust-mutex list with the kernel (a new process has none),
+    ///   emptied as glibc's fork empties it.
+    ///
+    /// What it does not do: run the `pthread_atfork` handlers. greenhub-ipc's own (the pid
+    /// refresh) is run by the caller; a C library that relies on its own atfork handlers in a
+    /// forked child does not get them. `GREENHUB_IPC_FORK=fork` in the environment (read once)
+    /// makes every start use [`fork`].
+    pub(crate) fn clone_with_pidfd(self) -> io::Result<Option<Forked>> {
+        let mut pidfd: libc::c_int = -1;
+        let mut args = clone_args {
+            flags: CLONE_PIDFD
+                | libc::CLONE_CHILD_SETTID as u64
+                | libc::CLONE_CHILD_CLEARTID as u64,
+            pidfd: (&raw mut pidfd) as u64,
+            child_tid: self.tid as u64,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: 0,
+            stack_size: 0,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: 0,
+        };
+        // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of this address
+        // space, running on a copy of this stack, and returns from the call like `fork`'s child.
+        // `args` is a valid, fully initialised clone_args of the size passed; `pidfd` is a live
+        // out-int; `child_tid` points at this thread's tid field in glibc's descriptor, which the
+        // kernel writes in the child's copy. Why bypassing glibc's fork is sound here:
+        // `Clone3::here` returned only because the process is single-threaded, and the child
+        // applies the fixups below before returning.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_clone3, &raw mut args, std::mem::size_of::<clone_args>())
+        };
+        match rc {
+            -1 => {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::ENOSYS | libc::EPERM) => {
+                        CLONE3_WORKS.store(false, Ordering::Relaxed);
+                        Ok(None)
+                    }
+                    _ => Err(err),
+                }
+            }
+            0 => {
+                let pid = self.apply_in_child();
+                Ok(Some(Forked::Child(InChild(PhantomData), Some(pid))))
+            }
+            pid => {
+                // SAFETY: the kernel made this fd for us together with the child; nobody else
+                // owns it.
+                let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+                Ok(Some(Forked::Parent(pid as u32, Some(pidfd))))
+            }
+        }
     }
 
     /// In the new child, before anything else: an empty robust list, registered. Returns the

@@ -86,15 +86,38 @@ fn a_clone3_child_keeps_the_guarantees_of_start_process() {
             })
             .unwrap();
             assert_eq!(untransferred.join().unwrap().code(), Some(0));
-            let grandparent = start_process((), |()| {
-                let grandchild = start_process((), |()| ()).unwrap();
-                assert!(grandchild.join().unwrap().success());
-            })
-            .unwrap();
+            let grandparent = greenhub_ipc::ProcessBuilder::new()
+                .name("gp")
+                .start((), |()| {
+                    // The child took the default names' lock itself (nothing is held across a
+                    // clone3): its own children are named after it.
+                    let grandchild = start_process((), |()| ()).unwrap();
+                    assert_eq!(grandchild.name(), "gp:1");
+                    assert!(grandchild.join().unwrap().success());
+                })
+                .unwrap();
             assert!(grandparent.join().unwrap().success());
         });
     });
     assert_eq!(zombie_children(), Vec::<u32>::new());
+}
+
+/// Run in a process of its own (stdout must be a pipe to be checked): what `print!` left
+/// buffered before a `clone3` is printed once, by the parent.
+fn print_around_a_clone3_child() {
+    print!("parent ");
+    greenhub::run(|| {
+        let child = start_process((), |()| println!("child")).unwrap();
+        assert!(child.join().unwrap().success());
+    });
+    println!("parent again");
+}
+
+fn buffered_stdout_is_flushed_before_a_clone3_so_nothing_prints_twice() {
+    let me = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(me).env("CLONE3_CHILD_PRINTS", "1").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "parent child\nparent again\n");
 }
 
 fn greenhub_ipc_fork_set_to_fork_makes_every_start_a_glibc_fork() {
@@ -122,12 +145,15 @@ fn a_multithreaded_process_forks_through_glibc() {
 fn main() {
     // SAFETY: registering a plain function that only stores to an atomic.
     unsafe { libc::pthread_atfork(None, None, Some(mark_atfork_child)) };
+    if std::env::var_os("CLONE3_CHILD_PRINTS").is_some() {
+        return print_around_a_clone3_child();
+    }
     if std::env::var_os("GREENHUB_IPC_FORK").is_some() {
         assert!(start_and_look().by_glibc_fork);
         println!("forked through glibc");
         return;
     }
-    let checks: [(&str, fn()); 4] = [
+    let checks: [(&str, fn()); 5] = [
         (
             "a_single_threaded_start_is_a_clone3_child_with_its_own_thread_id_and_robust_list",
             a_single_threaded_start_is_a_clone3_child_with_its_own_thread_id_and_robust_list,
@@ -135,6 +161,10 @@ fn main() {
         (
             "a_clone3_child_keeps_the_guarantees_of_start_process",
             a_clone3_child_keeps_the_guarantees_of_start_process,
+        ),
+        (
+            "buffered_stdout_is_flushed_before_a_clone3_so_nothing_prints_twice",
+            buffered_stdout_is_flushed_before_a_clone3_so_nothing_prints_twice,
         ),
         (
             "greenhub_ipc_fork_set_to_fork_makes_every_start_a_glibc_fork",
