@@ -216,7 +216,7 @@ where
     F: FnOnce() -> T + 'static,
     T: 'static,
 {
-    spawn_on(hub("spawn"), f, None, None, Location::caller())
+    spawn_on(hub("spawn"), Spawned::new(f), None, None, Location::caller())
 }
 
 /// Configures one coroutine before spawning it: a name for the reports and
@@ -274,16 +274,34 @@ impl Builder {
         T: 'static,
     {
         let name = self.name.map(Rc::from);
-        spawn_on(hub("spawn"), f, self.stack_size, name, Location::caller())
+        spawn_on(hub("spawn"), Spawned::new(f), self.stack_size, name, Location::caller())
     }
 }
 
-/// Spawns `f` on `hub`: the one way in for `spawn` and `Builder::spawn`.
-#[inline]
-#[track_caller]
-fn spawn_on<F, T>(
-    hub: &Hub,
+/// Spawns `f` as [`spawn`] does (spawned at `site`), with `guard` dropped when the coroutine
+/// ends, however it ends (returns, panics, is cancelled before or after it started, cannot get
+/// a stack, or overflows its stack with `recover_stack_overflow`). Group and pool memberships
+/// live here rather than in the body's captures: what the body captured moves onto the
+/// coroutine's stack, which an overflow abandons without dropping anything.
+pub(crate) fn spawn_guarded<F, T, G>(
     f: F,
+    guard: G,
+    site: &'static Location<'static>,
+) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+    G: 'static,
+{
+    spawn_on(hub("spawn"), Spawned::guarded(f, guard), None, None, site)
+}
+
+/// Spawns `spawned` on `hub`: the one way in for `spawn`, `Builder::spawn` and
+/// `spawn_guarded`.
+#[inline]
+fn spawn_on<F, T, G>(
+    hub: &Hub,
+    spawned: Spawned<F, T, G>,
     stack_size: Option<usize>,
     name: Option<Rc<str>>,
     site: &'static Location<'static>,
@@ -291,10 +309,11 @@ fn spawn_on<F, T>(
 where
     F: FnOnce() -> T + 'static,
     T: 'static,
+    G: 'static,
 {
     let spawn = Spawn { stack_size: hub.stacks.usable_size(stack_size), site, name: name.clone() };
     sys::HubSection::enter_raw(); // the allocation: malloc's lock
-    let spawned = Rc::new(Spawned::new(f));
+    let spawned = Rc::new(spawned);
     sys::HubSection::leave();
     let task = hub.tasks.insert(Body::Start(spawned.clone()), spawn);
     JoinHandle::new(task, spawned, name)
@@ -331,23 +350,36 @@ fn outside_coroutine(what: &str) -> ! {
     )
 }
 
-/// A body spawned by `spawn` or `run`: the closure, then its result. One allocation per
+/// A body spawned by `spawn` or `run`: the closure, then its result, and what must go when the
+/// coroutine ends (`G`, see [`spawn_guarded`]; nothing for a plain spawn). One allocation per
 /// coroutine serves the task table (as `dyn Start`) and the handle (as `dyn Joinable`).
-pub(crate) struct Spawned<F, T> {
+pub(crate) struct Spawned<F, T, G = ()> {
     body: Cell<Option<F>>,
     state: JoinState<T>,
+    guard: Cell<Option<G>>,
 }
 
 impl<F, T> Spawned<F, T> {
     pub(crate) fn new(body: F) -> Self {
-        Spawned { body: Cell::new(Some(body)), state: JoinState::new() }
+        Spawned::guarded(body, ())
     }
 }
 
-impl<F: FnOnce() -> T, T> Start for Spawned<F, T> {
+impl<F, T, G> Spawned<F, T, G> {
+    pub(crate) fn guarded(body: F, guard: G) -> Self {
+        Spawned {
+            body: Cell::new(Some(body)),
+            state: JoinState::new(),
+            guard: Cell::new(Some(guard)),
+        }
+    }
+}
+
+impl<F: FnOnce() -> T, T, G> Start for Spawned<F, T, G> {
     fn run(&self) {
         let body = self.body.take().expect("a coroutine body runs once");
         let outcome = panic::catch_unwind(AssertUnwindSafe(body));
+        drop(self.guard.take()); // where the body's own captures went: at its end
         if FORCE_DROPPING.with(Cell::get) {
             // The hub is being dropped with this coroutine suspended: corosensei's own unwind
             // payload must reach corosensei (and the hub must not be touched).
@@ -374,20 +406,24 @@ impl<F: FnOnce() -> T, T> Start for Spawned<F, T> {
 
     fn cancel(&self) {
         drop(self.body.take());
+        drop(self.guard.take());
         self.state.finish(Err(JoinError::cancelled()));
     }
 
     fn fail(&self, error: JoinError) {
         drop(self.body.take());
+        drop(self.guard.take());
         self.state.finish(Err(error));
     }
 
     fn overflowed(&self, size: usize) {
+        // The body's captures are stranded on the dead stack; the guard is not.
+        drop(self.guard.take());
         self.state.finish(Err(JoinError::stack_overflow(size)));
     }
 }
 
-impl<F, T> Joinable<T> for Spawned<F, T> {
+impl<F, T, G> Joinable<T> for Spawned<F, T, G> {
     fn state(&self) -> &JoinState<T> {
         &self.state
     }

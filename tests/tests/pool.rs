@@ -550,3 +550,26 @@ fn pool_map_propagates_a_cancel_of_the_caller() {
         assert!(pool.is_empty());
     });
 }
+
+/// The members of `map` and `imap_unordered` are named in the reports as spawned where `map` or
+/// `imap_unordered` was called, not at a line inside greenhub (`ext::dump` shows it).
+#[test]
+fn map_members_are_spawned_at_the_callers_line() {
+    let own_line = || {
+        let me = greenhub::current().to_string();
+        let dump = greenhub::ext::dump();
+        let line = dump.lines().find(|l| l.starts_with(&format!("coroutine {me} "))).unwrap();
+        line.to_string()
+    };
+    greenhub::run(|| {
+        let pool = Pool::new(2);
+        let line = line!() + 1;
+        let mapped = pool.map([0u8], move |_| own_line()).unwrap();
+        let site = format!("(spawned at tests/tests/pool.rs:{line}:");
+        assert!(mapped[0].contains(&site), "{} lacks {site}", mapped[0]);
+        let line = line!() + 1;
+        let unordered: Vec<_> = pool.imap_unordered([0u8], move |_| own_line()).collect();
+        let site = format!("(spawned at tests/tests/pool.rs:{line}:");
+        assert!(unordered[0].as_ref().unwrap().contains(&site), "{unordered:?} lacks {site}");
+    });
+}

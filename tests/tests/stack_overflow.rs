@@ -162,6 +162,53 @@ fn with_recovery_an_overflow_ends_that_coroutine_only_and_drops_nothing_on_its_s
     assert!(stderr.contains("overflowed its stack (size 65536 bytes); it ends with a JoinError"));
 }
 
+/// A member of a `Group` or `sync::Pool` that overflows still leaves them: its membership and
+/// its pool slot go with the task, not with what its body held on the dead stack. A lock it
+/// held stays held (nothing on the dead stack is dropped).
+#[test]
+fn with_recovery_an_overflowing_member_leaves_its_group_and_pool_and_its_lock_stays_held() {
+    if std::env::var_os(CHILD).is_some() {
+        recovering().run(|| {
+            let group = greenhub::sync::Group::new();
+            let overflowed = group.spawn(|| recurse(0));
+            assert!(group.join_timeout(Duration::from_secs(10)), "the group emptied");
+            assert!(overflowed.join().unwrap_err().is_stack_overflow());
+            assert_eq!(group.len(), 0);
+
+            let pool = greenhub::sync::Pool::new(1);
+            let overflowed = pool.spawn(|| recurse(0));
+            assert!(overflowed.join().unwrap_err().is_stack_overflow());
+            assert_eq!(pool.spawn(|| 7).join().unwrap(), 7, "the only slot was given back");
+
+            let err = greenhub::timeout(Duration::from_secs(10), || {
+                pool.map([1u64, 2], |n| if n == 2 { recurse(0) } else { n })
+            })
+            .expect("map returns the overflow instead of waiting forever")
+            .unwrap_err();
+            assert!(err.is_stack_overflow(), "{err}");
+            assert_eq!(pool.len(), 0);
+
+            let lock = Rc::new(greenhub::sync::Mutex::new(0u32));
+            let holder = {
+                let lock = lock.clone();
+                spawn(move || {
+                    let _guard = lock.lock();
+                    recurse(0)
+                })
+            };
+            assert!(holder.join().unwrap_err().is_stack_overflow());
+            assert!(lock.try_lock().is_none(), "the guard on the dead stack still holds the lock");
+        });
+        println!("survived");
+        return;
+    }
+    child_survives(
+        "with_recovery_an_overflowing_member_leaves_its_group_and_pool_and_its_lock_stays_held",
+        CHILD,
+        "1",
+    );
+}
+
 #[test]
 fn with_recovery_many_overflows_in_a_row_are_survived_and_no_dead_stack_is_reused() {
     if std::env::var_os(CHILD).is_some() {

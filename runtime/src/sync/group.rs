@@ -8,15 +8,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::panic::Location;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use slab::Slab;
 
 use super::waitlist::WaitList;
+use crate::coroutine::spawn_guarded;
 use crate::hub::hub;
 use crate::join::JoinHandle;
-use crate::spawn;
 use crate::sys::HubSection;
 use crate::task::TaskRef;
 use crate::task::WaitReason;
@@ -96,14 +97,30 @@ impl Group {
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
+        self.spawn_guarded(f, (), Location::caller())
+    }
+
+    /// [`spawn`](Self::spawn) (spawned at `site`), with `guard` dropped when the member ends,
+    /// just before it leaves the group (for `Pool`: its slot).
+    #[track_caller]
+    pub(crate) fn spawn_guarded<F, T, G>(
+        &self,
+        f: F,
+        guard: G,
+        site: &'static Location<'static>,
+    ) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+        G: 'static,
+    {
         // From the slot's insertion until it names the task, the member table is mid-update.
         let _section = HubSection::enter();
         let key = self.members.running.borrow_mut().insert(None);
         let leave = Leave { members: Rc::downgrade(&self.members), key };
-        let handle = spawn(move || {
-            let _leave = leave; // dropped when the body ends, or with the body if it never runs
-            f()
-        });
+        // The membership goes with the task, not with the body: however the member ends (an
+        // overflow abandons what the body holds on its stack), it leaves the group.
+        let handle = spawn_guarded(f, (guard, leave), site);
         if let Some(slot) = self.members.running.borrow_mut().get_mut(key) {
             *slot = Some(handle.task());
         }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::Location;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -80,10 +81,25 @@ impl Pool {
         F: FnOnce() -> T + 'static,
         T: 'static,
     {
-        self.group.spawn(move || {
-            let _slot = slot; // freed when the member ends, or with its body if it never runs
-            f()
-        })
+        self.spawn_reserved_guarded(slot, f, (), Location::caller())
+    }
+
+    /// [`spawn_reserved`](Self::spawn_reserved) (spawned at `site`), with `guard` dropped when
+    /// the member ends, just before its slot is freed.
+    fn spawn_reserved_guarded<F, T, G>(
+        &self,
+        slot: OwnedSemaphorePermit,
+        f: F,
+        guard: G,
+        site: &'static Location<'static>,
+    ) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+        G: 'static,
+    {
+        // The slot goes with the task, however it ends (see `Group::spawn_guarded`).
+        self.group.spawn_guarded(f, (guard, slot), site)
     }
 
     /// Cancels every member without waiting for them to unwind (never suspends).
@@ -223,9 +239,11 @@ struct Mapper<'p, It, F, T> {
     in_flight: HashMap<usize, JoinHandle<T>>,
     done_tx: Sender<usize>,
     done_rx: Receiver<usize>,
+    /// The caller of `map` or `imap_unordered`: where the reports say the members were spawned.
+    site: &'static Location<'static>,
 }
 
-/// Announces a member's index when its body ends, or is dropped unrun.
+/// Announces a member's index when it ends, however it ends.
 struct Done {
     tx: Sender<usize>,
     index: usize,
@@ -244,9 +262,19 @@ where
     I: 'static,
     T: 'static,
 {
+    #[track_caller]
     fn new(pool: &'p Pool, items: It, f: F) -> Self {
         let (done_tx, done_rx) = channel();
-        Mapper { pool, items: items.enumerate(), f, in_flight: HashMap::new(), done_tx, done_rx }
+        let site = Location::caller();
+        Mapper {
+            pool,
+            items: items.enumerate(),
+            f,
+            in_flight: HashMap::new(),
+            done_tx,
+            done_rx,
+            site,
+        }
     }
 
     /// The next finished item (index and result), starting items while there is room;
@@ -273,11 +301,11 @@ where
 
     fn start(&mut self, index: usize, item: I) {
         let f = self.f.clone();
+        // The notice goes with the task, however it ends (see `Group::spawn_guarded`): a
+        // member that overflows its stack still tells the mapper.
         let done = Done { tx: self.done_tx.clone(), index };
-        let handle = self.pool.spawn(move || {
-            let _done = done;
-            f(item)
-        });
+        let slot = self.pool.reserve();
+        let handle = self.pool.spawn_reserved_guarded(slot, move || f(item), done, self.site);
         self.in_flight.insert(index, handle);
     }
 
