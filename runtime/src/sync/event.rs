@@ -11,6 +11,10 @@ use crate::timer::deadline_after;
 /// A flag coroutines can wait for; `set` wakes every waiter, and later waits return at once
 /// until `clear`.
 ///
+/// A waiter that was waiting when `set` was called returns even if the flag was cleared again
+/// before it ran (gevent's rule since 1.1): a `set` then `clear` wakes the waiters of that
+/// moment, and it is not lost.
+///
 /// ```
 /// use std::rc::Rc;
 /// use greenhub::sync::Event;
@@ -29,6 +33,9 @@ use crate::timer::deadline_after;
 #[derive(Default)]
 pub struct Event {
     flag: Cell<bool>,
+    /// How many times `set` has been called: a waiter is done when the flag is set or when this
+    /// moved since it began to wait (a `set` then `clear` happened meanwhile).
+    sets: Cell<u64>,
     waiters: WaitList,
 }
 
@@ -41,6 +48,7 @@ impl Event {
     /// Sets the flag and wakes every waiter.
     pub fn set(&self) {
         self.flag.set(true);
+        self.sets.set(self.sets.get() + 1);
         self.waiters.notify_all();
     }
 
@@ -55,18 +63,26 @@ impl Event {
         self.flag.get()
     }
 
-    /// Suspends the caller until the flag is set (returns at once if it is).
+    /// Suspends the caller until the flag is set (returns at once if it is), or until a `set`
+    /// while it waits, even if the flag was cleared again before it ran.
     #[track_caller]
     pub fn wait(&self) {
-        self.waiters.wait_until(WaitReason::Event, None, || self.flag.get().then_some(()));
+        let since = self.sets.get();
+        self.waiters.wait_until(WaitReason::Event, None, || self.was_set_since(since));
     }
 
-    /// Like [`wait`](Self::wait), for at most `d`; true when the flag is set.
+    /// Like [`wait`](Self::wait), for at most `d`; true when it returned because of a `set`,
+    /// false when the time ran out.
     #[track_caller]
     pub fn wait_timeout(&self, d: Duration) -> bool {
         let deadline = deadline_after(d);
-        let check = || self.flag.get().then_some(());
+        let since = self.sets.get();
+        let check = || self.was_set_since(since);
         self.waiters.wait_until(WaitReason::Event, deadline, check).is_some()
+    }
+
+    fn was_set_since(&self, sets: u64) -> Option<()> {
+        (self.flag.get() || self.sets.get() != sets).then_some(())
     }
 }
 
@@ -76,5 +92,31 @@ impl fmt::Debug for Event {
             .field("set", &self.is_set())
             .field("waiters", &self.waiters)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    /// A `set` then `clear` with a waiter suspended wakes it (gevent's rule): the wake-up of
+    /// that moment is not lost because the flag went down before the waiter ran.
+    #[test]
+    fn a_set_then_clear_wakes_the_waiters_of_that_moment() {
+        crate::run(|| {
+            let event = Rc::new(Event::new());
+            let waiter = crate::spawn({
+                let event = event.clone();
+                move || event.wait_timeout(Duration::from_secs(60))
+            });
+            crate::yield_now(); // the waiter suspends in wait_timeout
+            event.set();
+            event.clear();
+            assert!(waiter.join().unwrap(), "woken by the set, not by the timeout");
+            assert!(!event.is_set());
+            // A wait that starts after the pulse waits for the next set.
+            assert!(!event.wait_timeout(Duration::from_millis(1)));
+        });
     }
 }
