@@ -151,6 +151,79 @@ fn unix_stream_echo() {
     });
 }
 
+/// A Unix listener's backlog holds `backlog + 1` pending connections on Linux; the next
+/// `connect` waits (in a coroutine: suspended) until an `accept` makes room, as std's blocking
+/// connect does, instead of failing with `WouldBlock` (a non-blocking Unix connect's EAGAIN).
+#[test]
+fn a_unix_connect_to_a_full_backlog_waits_until_an_accept_makes_room() {
+    let _serial = process_lock();
+    let path = socket_path("full-backlog");
+    let _ = std::fs::remove_file(&path);
+    assert_no_fd_leak(5, || {
+        greenhub::run(|| {
+            let listener = UnixListener::bind_with_backlog(&path, 1).unwrap();
+            let queued: Vec<_> = (0..2).map(|_| UnixStream::connect(&path).unwrap()).collect();
+            let waiting = spawn({
+                let path = path.clone();
+                move || UnixStream::connect(&path)
+            });
+            for _ in 0..10 {
+                greenhub::yield_now();
+            }
+            assert!(!waiting.is_finished(), "the third connect waits for room in the backlog");
+            let (first, _) = listener.accept().unwrap();
+            let late = waiting.join().unwrap().expect("the connect completes once there is room");
+            let (second, _) = listener.accept().unwrap();
+            let (third, _) = listener.accept().unwrap();
+            (&late).write_all(b"late").unwrap();
+            let mut buf = [0u8; 4];
+            (&third).read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"late");
+            drop((queued, first, second));
+        });
+        std::fs::remove_file(&path).unwrap();
+    });
+}
+
+/// `local_addr` and `peer_addr` of Unix sockets name the path they are bound or connected to.
+#[test]
+fn unix_sockets_know_their_addresses() {
+    let _serial = process_lock();
+    let path = socket_path("addresses");
+    let _ = std::fs::remove_file(&path);
+    greenhub::run(|| {
+        let listener = UnixListener::bind(&path).unwrap();
+        assert_eq!(listener.local_addr().unwrap().as_pathname(), Some(path.as_path()));
+        let client = UnixStream::connect(&path).unwrap();
+        let (server, from) = listener.accept().unwrap();
+        assert_eq!(client.peer_addr().unwrap().as_pathname(), Some(path.as_path()));
+        assert_eq!(server.local_addr().unwrap().as_pathname(), Some(path.as_path()));
+        assert!(client.local_addr().unwrap().is_unnamed() && from.is_unnamed());
+    });
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// A Unix listener bound with the default backlog holds far more than a few pending
+/// connections (the kernel's maximum, as for TCP).
+#[test]
+fn a_unix_listener_has_the_kernels_maximum_backlog_by_default() {
+    let _serial = process_lock();
+    let path = socket_path("default-backlog");
+    let _ = std::fs::remove_file(&path);
+    greenhub::run(|| {
+        let listener = UnixListener::bind(&path).unwrap();
+        let pending = greenhub::timeout(Duration::from_secs(20), || {
+            (0..100).map(|_| UnixStream::connect(&path).unwrap()).collect::<Vec<_>>()
+        })
+        .expect("a default backlog holds 100 pending connections");
+        for _ in 0..100 {
+            listener.accept().unwrap();
+        }
+        drop(pending);
+    });
+    std::fs::remove_file(&path).unwrap();
+}
+
 #[test]
 fn unix_stream_pair_talks_both_ways() {
     let _serial = process_lock();

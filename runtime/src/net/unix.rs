@@ -88,11 +88,25 @@ pub struct UnixStream {
 }
 
 impl UnixStream {
-    /// Connects to the socket at `path`; suspends the caller meanwhile.
+    /// Connects to the socket at `path`; suspends the caller meanwhile, also while the
+    /// listener's backlog is full (as std's blocking `connect` waits).
     #[track_caller]
     pub fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
-        let stream =
-            UnixStream::from_mio(mio::net::UnixStream::connect(path)?, Timeouts::default())?;
+        let path = path.as_ref();
+        let mio = match mio::net::UnixStream::connect(path) {
+            // A full backlog: a non-blocking Unix connect fails with EAGAIN and, unlike TCP,
+            // leaves nothing in progress to wait for (the socket even polls writable), so the
+            // wait for room in the backlog is a blocking connect on a helper thread.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let path = path.to_path_buf();
+                let std =
+                    crate::spawn_blocking(move || std::os::unix::net::UnixStream::connect(path))?;
+                std.set_nonblocking(true)?;
+                mio::net::UnixStream::from_std(std)
+            }
+            other => other?,
+        };
+        let stream = UnixStream::from_mio(mio, Timeouts::default())?;
         finish_connect(&stream.inner, |s| s.take_error(), |s| s.peer_addr().map(drop))?;
         Ok(stream)
     }
