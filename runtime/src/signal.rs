@@ -99,8 +99,11 @@ impl Signals {
         list.dedup();
         validate(&list)?;
         let wake = Source::new(sys::eventfd()?)?;
-        let slot = registry().watch(&list, wake.as_raw_fd())?;
+        // The counts are read before the handler goes in: a delivery between the two is then
+        // reported (at worst one that came just before), never counted by the handler (which
+        // suppresses its default action) and missed by this value.
         let seen = list.iter().map(|&s| sys::signal_deliveries(s)).collect();
+        let slot = registry().watch(&list, wake.as_raw_fd())?;
         Ok(Signals {
             signals: list.into(),
             seen: RefCell::new(seen),
