@@ -244,9 +244,9 @@ impl Builder {
     ///     let start = Instant::now();
     ///     while start.elapsed() < Duration::from_millis(300) {} // a CPU hog: reported
     /// });
-    /// // stderr: greenhub monitor: coroutine #1 (spawned at src/main.rs:2:52) (root) has run
+    /// // stderr: greenhub monitor: coroutine #1 (spawned at src/main.rs:2:52) [root] has run
     /// //         for 100ms without suspending ...
-    /// //         greenhub monitor: coroutine #1 (spawned at src/main.rs:2:52) (root) suspended
+    /// //         greenhub monitor: coroutine #1 (spawned at src/main.rs:2:52) [root] suspended
     /// //         after running about 300ms ...
     /// ```
     ///

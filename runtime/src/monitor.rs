@@ -57,7 +57,7 @@ struct Watched {
 struct Shared {
     /// `id << SEQ_BITS | seq` of the coroutine running now, 0 while the loop has control.
     current: AtomicU64,
-    /// The root coroutine's id, to tag it "(root)" as the deadlock report does.
+    /// The root coroutine's id, to tag it "[root]" as the deadlock report and `ext::dump` do.
     root: AtomicU64,
     stop: AtomicBool,
     /// How reports name each live coroutine (`coroutine #17 "conn 7" (spawned at ...)`), by id:
@@ -248,7 +248,7 @@ impl fmt::Display for Name {
             Some(identity) => f.write_str(identity)?,
             None => write!(f, "coroutine #{}", self.id)?,
         }
-        if self.root { f.write_str(" (root)") } else { Ok(()) }
+        if self.root { f.write_str(" [root]") } else { Ok(()) }
     }
 }
 
@@ -330,6 +330,6 @@ mod tests {
         };
         let word = 17u64 << SEQ_BITS | 5;
         assert_eq!(Name::of(word, &shared).to_string(), "coroutine #17");
-        assert_eq!(Name::of(1 << SEQ_BITS, &shared).to_string(), "coroutine #1 (root)");
+        assert_eq!(Name::of(1 << SEQ_BITS, &shared).to_string(), "coroutine #1 [root]");
     }
 }

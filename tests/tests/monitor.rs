@@ -181,9 +181,9 @@ fn the_root_is_tagged_as_in_the_deadlock_report() {
     let reports = lines(&stderr, "without suspending (max_blocking");
     assert_eq!(reports.len(), 1, "{stderr}");
     assert!(reports[0].contains("coroutine #1 (spawned at tests/tests/monitor.rs:"), "{stderr}");
-    assert!(reports[0].contains(") (root) has run for"), "{stderr}");
+    assert!(reports[0].contains(") [root] has run for"), "{stderr}");
     // The episode ended with the root: the total comes before the hub (and its watchdog) ends.
-    assert_eq!(lines(&stderr, ") (root) suspended after running about").len(), 1);
+    assert_eq!(lines(&stderr, ") [root] suspended after running about").len(), 1);
 }
 
 #[test]
@@ -213,7 +213,7 @@ fn greenhub_monitor_turns_it_on_without_a_code_change_and_reaches_forked_childre
     );
     let reports = lines(&stderr, "without suspending (max_blocking 20ms)");
     assert_eq!(reports.len(), 2, "the parent's and the child's:\n{stderr}");
-    assert!(reports.iter().all(|l| l.contains(" (root) has run for")), "{stderr}");
+    assert!(reports.iter().all(|l| l.contains(" [root] has run for")), "{stderr}");
 }
 
 #[test]
