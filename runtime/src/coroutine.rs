@@ -1,7 +1,8 @@
 //! Coroutines: [`spawn`], [`Builder`] (a name, a stack size), [`yield_now`], [`current`].
 //!
-//! Guarantee: a coroutine starts at a later hub turn than its `spawn`, in spawn order; it gets
-//! its stack when it first runs (so an unstarted coroutine costs no stack) and gives it back
+//! Guarantee: a coroutine starts later than its `spawn`, when the loop reaches it in the ready
+//! queue (after its spawner has suspended; in the same turn of the loop if the fairness budget
+//! allows), in spawn order; it gets its stack when it first runs (so an unstarted coroutine costs no stack) and gives it back
 //! when it ends. Every coroutine is named the same way in every report:
 //! `coroutine #17 "conn 7" (spawned at src/main.rs:42:9)`. Not guaranteed: which stack a
 //! coroutine gets.
@@ -195,8 +196,9 @@ impl fmt::Display for CoroutineId {
 
 /// Starts `f` as a new coroutine of the current hub and returns a handle to join or cancel it.
 ///
-/// The coroutine starts at a later turn of the hub, never inside `spawn`; coroutines start in
-/// spawn order. Dropping the handle detaches the coroutine (it still runs). The hub remembers
+/// The coroutine starts later, never inside `spawn`: it joins the back of the ready queue and
+/// runs once its spawner has suspended and the coroutines ahead of it have run (in the same turn
+/// of the loop when the fairness budget allows); coroutines start in spawn order. Dropping the handle detaches the coroutine (it still runs). The hub remembers
 /// where it was spawned (the caller of `spawn`) for its reports; [`Builder`] also gives it a
 /// name or its own stack size.
 ///
