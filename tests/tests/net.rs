@@ -786,6 +786,29 @@ fn a_burst_of_more_than_128_connects_is_all_accepted() {
     });
 }
 
+/// A small backlog is the one the kernel uses: with room for two pending connections (Linux
+/// queues backlog + 1), a third client is not let in (its SYN is dropped and retried) until an
+/// `accept` makes room.
+#[test]
+fn bind_with_backlog_sets_how_many_connections_wait_unaccepted() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let listener = TcpListener::bind_with_backlog("127.0.0.1:0", 1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let queued: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let third = spawn(move || TcpStream::connect(addr));
+        for _ in 0..10 {
+            greenhub::yield_now();
+        }
+        assert!(!third.is_finished(), "a full accept queue keeps the third client waiting");
+        let accepted: Vec<_> = (0..3).map(|_| listener.accept().unwrap().0).collect();
+        let third = greenhub::timeout(Duration::from_secs(20), || third.join().unwrap())
+            .expect("the third client gets in once an accept made room")
+            .unwrap();
+        drop((queued, third, accepted));
+    });
+}
+
 #[test]
 fn bind_with_backlog_listens_with_the_backlog_asked_for() {
     let _serial = process_lock();
