@@ -2,12 +2,13 @@
 //! coroutine, misuse outside a hub, clean-up when the root returns, and cancellation.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::Duration;
 
 use greenhub::sync::{Event, channel};
-use greenhub::{JoinError, spawn, yield_now};
+use greenhub::{CoroutineId, JoinError, spawn, yield_now};
 use greenhub_tests::{DropFlag, panic_message};
 
 /// Long enough that a test waiting for it would visibly hang: only cancellation ends it.
@@ -614,4 +615,21 @@ fn a_socket_read_in_an_exit_hook_names_the_read() {
         let _ = std::io::Read::read(&mut &a, &mut [0u8; 1]); // nothing to read: it would wait
     });
     assert!(msg.contains("a socket or pipe read) called outside a coroutine"), "{msg}");
+}
+
+#[test]
+fn coroutine_ids_are_hash_keys_that_match_each_coroutines_own_current() {
+    greenhub::run(|| {
+        let handles: Vec<_> = (0..100).map(|_| spawn(greenhub::current)).collect();
+        let mut ids: HashSet<CoroutineId> = handles.iter().map(|h| h.id()).collect();
+        assert!(ids.insert(greenhub::current()), "the root's id is one of its children's");
+        assert_eq!(ids.len(), 101, "ids of live coroutines collide");
+        for h in handles {
+            let id = h.id();
+            assert!(!ids.insert(id), "an equal id hashed differently");
+            let own = h.join().unwrap();
+            assert!(ids.remove(&own), "current() inside {id} is not found under its handle's id");
+        }
+        assert_eq!(ids.into_iter().collect::<Vec<_>>(), [greenhub::current()]);
+    });
 }

@@ -1,11 +1,14 @@
 //! Readiness waits on raw fds: `wait_readable` / `wait_writable` on a pipe and a socketpair,
-//! several waiters on one fd, and bad fds as `io::Error`s; no fd leaks.
+//! several waiters on one fd, a full pipe or socket drained by another coroutine, and bad fds as
+//! `io::Error`s; no fd leaks.
 //!
 //! Every test holds `process_lock`: they open and count fds, which are process-wide.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::rc::Rc;
 use std::time::Duration;
 
 use greenhub::io::{wait_readable, wait_writable};
@@ -460,5 +463,106 @@ fn an_fd_closed_behind_a_streams_back_does_not_pass_its_registration_on() {
         waiter.join().unwrap().unwrap();
         std::mem::forget(b);
         drop((a, r, w));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// wait_writable on a full pipe or socket
+
+/// Sets `O_NONBLOCK` on `fd`.
+fn set_nonblocking(fd: &OwnedFd) {
+    // SAFETY: F_GETFL on an fd we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    assert!(flags >= 0, "F_GETFL: {}", io::Error::last_os_error());
+    // SAFETY: F_SETFL on an fd we own; no memory is passed.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    assert_eq!(rc, 0, "F_SETFL: {}", io::Error::last_os_error());
+}
+
+/// Writes to the non-blocking `fd` until the kernel refuses with `EAGAIN`; returns how many
+/// bytes went in.
+fn fill(fd: RawFd) -> usize {
+    let chunk = [0x5a_u8; 4096];
+    let mut total = 0;
+    loop {
+        // SAFETY: writes at most `chunk.len()` bytes from a live local buffer.
+        let n = unsafe { libc::write(fd, chunk.as_ptr().cast(), chunk.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "write: {err}");
+            return total;
+        }
+        total += n as usize;
+    }
+}
+
+/// Reads the non-blocking `fd` until the kernel says `EAGAIN`; returns how many bytes came out.
+fn drain(fd: RawFd) -> usize {
+    let mut chunk = [0u8; 4096];
+    let mut total = 0;
+    loop {
+        // SAFETY: reads at most `chunk.len()` bytes into a live local buffer.
+        let n = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "read: {err}");
+            return total;
+        }
+        assert!(n > 0, "the writing end closed");
+        total += n as usize;
+    }
+}
+
+/// With the non-blocking `writer` full, a coroutine's `wait_writable(writer)` stays suspended
+/// (while another coroutine keeps running) until a third coroutine drains `reader`, and then
+/// returns.
+fn wait_writable_suspends_until_another_coroutine_drains(writer: RawFd, reader: RawFd) {
+    let filled = fill(writer);
+    assert!(filled > 0, "nothing could be written to the empty fd");
+    let waiter = spawn(move || wait_writable(writer));
+    let (ticks, stop) = (Rc::new(Cell::new(0u32)), Rc::new(Cell::new(false)));
+    let ticker = spawn({
+        let (ticks, stop) = (ticks.clone(), stop.clone());
+        move || {
+            while !stop.get() {
+                ticks.set(ticks.get() + 1);
+                yield_now();
+            }
+        }
+    });
+    settle();
+    let before = ticks.get();
+    settle();
+    assert!(!waiter.is_finished(), "wait_writable returned on a full fd");
+    assert!(ticks.get() > before, "no other coroutine ran while one waited to write");
+    assert_eq!(fill(writer), 0, "the fd was no longer full");
+    let drainer = spawn(move || drain(reader));
+    assert_eq!(drainer.join().unwrap(), filled);
+    waiter.join().unwrap().unwrap();
+    stop.set(true);
+    ticker.join().unwrap();
+}
+
+#[test]
+fn wait_writable_on_a_full_pipe_suspends_until_another_coroutine_drains_it() {
+    let _serial = process_lock();
+    within_safety_net(|| {
+        let (r, w) = pipe();
+        set_nonblocking(&r);
+        set_nonblocking(&w);
+        wait_writable_suspends_until_another_coroutine_drains(w.as_raw_fd(), r.as_raw_fd());
+        drop((r, w));
+    });
+}
+
+#[test]
+fn wait_writable_on_a_full_socketpair_suspends_until_another_coroutine_drains_it() {
+    let _serial = process_lock();
+    within_safety_net(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        wait_writable_suspends_until_another_coroutine_drains(a.as_raw_fd(), b.as_raw_fd());
+        drop((a, b));
     });
 }

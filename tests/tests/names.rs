@@ -127,3 +127,23 @@ fn a_panicking_coroutine_is_named_in_its_panic_message() {
     assert!(at < boom, "the name comes first:\n{stderr}");
     assert!(stderr[at..].lines().next().unwrap().ends_with("panicked:"), "{stderr}");
 }
+
+#[test]
+fn dump_called_from_a_spawned_named_coroutine_shows_that_coroutine_running() {
+    greenhub::run(|| {
+        let reporter =
+            Builder::new().name("reporter").spawn(|| (greenhub::current(), greenhub::ext::dump()));
+        let (id, dump) = reporter.join().unwrap();
+        let own = format!("coroutine {id} \"reporter\" (spawned at tests/tests/names.rs:");
+        let line = dump.lines().find(|l| l.starts_with(&own));
+        let line = line.unwrap_or_else(|| panic!("no line for the caller:\n{dump}"));
+        assert!(line.contains(": running for "), "{dump}");
+        let root = format!("coroutine {} ", greenhub::current());
+        let root_line = dump.lines().find(|l| l.starts_with(&root)).unwrap();
+        assert!(
+            root_line.contains(&format!("[root]: waiting on join of coroutine {id} for ")),
+            "{dump}"
+        );
+        assert_eq!(dump.matches(": running for ").count(), 1, "one coroutine runs:\n{dump}");
+    });
+}

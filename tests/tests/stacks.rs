@@ -1,9 +1,10 @@
-//! Stacks: greenhub's own allocator. Sizes outside the rule panic where they are given; a stack
-//! the OS refuses is a `JoinError` naming what ran out (the address-space limit, or the mapping
-//! limit on the `mprotect` fallback), said once and then refused cheaply; finished coroutines
-//! give their pages back past a bound; and a forked child's fresh hub never hands out a stack
-//! that the inherited hub still has live. Tests that change process-wide limits, or force the
-//! fallback, rerun themselves in a child process.
+//! Stacks: greenhub's own allocator. Sizes outside the rule panic where they are given; a size
+//! that is not whole pages is rounded up, and all of it is usable; a stack the OS refuses is a
+//! `JoinError` naming what ran out (the address-space limit, or the mapping limit on the
+//! `mprotect` fallback), said once and then refused cheaply; finished coroutines give their pages
+//! back past a bound; and a forked child's fresh hub never hands out a stack that the inherited
+//! hub still has live. Tests that change process-wide limits, force the fallback, or overflow,
+//! rerun themselves in a child process.
 
 use std::cell::Cell;
 use std::panic;
@@ -293,4 +294,64 @@ fn a_forked_childs_hub_never_hands_out_a_stack_the_inherited_hub_has_live() {
         gate.set();
         parked.into_iter().for_each(|h| h.join().unwrap());
     });
+}
+
+/// A size that is not a whole number of pages: 64 KiB and one byte.
+const PAGES_AND_A_BYTE: usize = 64 * 1024 + 1;
+
+/// Writes 1 KiB frames down the calling coroutine's stack until the lowest written byte is at
+/// least `bytes` below this call's own frame: so the coroutine has used at least `bytes` of
+/// stack (more, counting the frames above this call).
+fn use_stack(bytes: usize) {
+    let marker = 0u8; // on this frame (a `&0u8` would point to a promoted constant)
+    let top = std::hint::black_box(&marker) as *const u8 as usize;
+    write_frames_down_to(top - bytes);
+}
+
+fn write_frames_down_to(lowest: usize) {
+    let mut frame = [0u8; 1024];
+    frame.fill(0x5a); // the lowest byte of the frame included
+    std::hint::black_box(&mut frame);
+    if frame.as_ptr() as usize > lowest {
+        write_frames_down_to(lowest);
+    }
+    std::hint::black_box(&frame);
+}
+
+#[test]
+fn a_coroutine_stack_size_that_is_not_whole_pages_is_rounded_up_and_usable_to_its_last_byte() {
+    // Recovering: if the stack were short, this coroutine would end with an overflow error
+    // instead of aborting the test binary.
+    greenhub::Builder::new().recover_stack_overflow(true).run(|| {
+        let h = greenhub::coroutine::Builder::new()
+            .stack_size(PAGES_AND_A_BYTE)
+            .spawn(|| use_stack(PAGES_AND_A_BYTE));
+        if let Err(e) = h.join() {
+            panic!("{PAGES_AND_A_BYTE} bytes of stack were not usable: {e}");
+        }
+    });
+}
+
+#[test]
+fn a_whole_page_size_one_byte_smaller_overflows_under_the_same_stack_use() {
+    // The test above would prove nothing if its stack use fitted in 64 KiB already.
+    if in_child() {
+        greenhub::Builder::new().recover_stack_overflow(true).run(|| {
+            let h = greenhub::coroutine::Builder::new()
+                .stack_size(PAGES_AND_A_BYTE - 1)
+                .spawn(|| use_stack(PAGES_AND_A_BYTE));
+            assert!(h.join().unwrap_err().is_stack_overflow());
+        });
+        return;
+    }
+    let out = rerun_test_in_child(
+        "a_whole_page_size_one_byte_smaller_overflows_under_the_same_stack_use",
+        CHILD,
+        "1",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed: {}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}\n{stderr}");
+    assert_eq!(stderr.matches("overflowed its stack (size 65536 bytes)").count(), 1, "{stderr}");
 }

@@ -766,3 +766,40 @@ fn acquire_owned_waiter_cancelled_passes_the_permit_on() {
         assert_eq!(sem.available_permits(), 1);
     });
 }
+
+/// Boxes `error` as a `std::error::Error` (which needs `Debug` and `Display`) and gives back
+/// its message and its `Debug` form.
+fn as_std_error<E: std::error::Error + 'static>(error: E) -> (String, String) {
+    let boxed: Box<dyn std::error::Error> = Box::new(error);
+    (boxed.to_string(), format!("{boxed:?}"))
+}
+
+#[test]
+fn channel_errors_are_std_errors_whose_message_says_what_happened() {
+    /// A payload without `Debug`: a `SendError` of it is still an error.
+    struct Opaque;
+
+    let pair = |message: &str, debug: &str| (message.to_string(), debug.to_string());
+    greenhub::run(|| {
+        let (tx, rx) = channel::<Opaque>();
+        let Err(empty) = rx.try_recv() else { panic!("an item in a fresh channel") };
+        assert_eq!(as_std_error(empty), pair("receiving on an empty channel", "Empty"));
+        let Err(late) = rx.recv_timeout(ms(1)) else { panic!("an item in a fresh channel") };
+        assert_eq!(as_std_error(late), pair("timed out waiting on a channel", "Timeout"));
+        drop(rx);
+        let Err(closed) = tx.send(Opaque) else { panic!("sent with every receiver gone") };
+        let closed_message = "sending on a closed channel (every receiver is gone)";
+        assert_eq!(as_std_error(closed), pair(closed_message, "SendError { .. }"));
+
+        let (tx, rx) = channel::<u8>();
+        drop(tx);
+        let gone = "receiving on an empty channel whose senders are all gone";
+        assert_eq!(as_std_error(rx.recv().unwrap_err()), pair(gone, "RecvError"));
+        let error = rx.recv_timeout(FOREVER).unwrap_err();
+        assert_eq!(error, RecvTimeoutError::Disconnected);
+        assert_eq!(as_std_error(error), pair(gone, "Disconnected"));
+        let error = rx.try_recv().unwrap_err();
+        assert_eq!(error, TryRecvError::Disconnected);
+        assert_eq!(as_std_error(error), pair(gone, "Disconnected"));
+    });
+}

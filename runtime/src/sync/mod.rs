@@ -6,16 +6,57 @@
 //! one primitive and none is lost, even when a waiter is cancelled or times out. Waits suspend
 //! only the calling coroutine. The errors are shaped like `std::sync::mpsc`'s.
 //!
-//! They belong to one thread's hub, so they cannot be sent to another thread:
+//! They belong to one thread's hub, so they cannot be sent to another thread (each is `!Send`
+//! itself: the `u8` inside the generic ones is `Send`):
 //!
-//! ```compile_fail
+//! ```compile_fail,E0277
 //! fn assert_send<T: Send>() {}
 //! assert_send::<greenhub::sync::Event>();
 //! ```
 //!
-//! ```compile_fail
+//! ```compile_fail,E0277
 //! fn assert_send<T: Send>() {}
 //! assert_send::<greenhub::sync::Semaphore>();
+//! ```
+//!
+//! ```compile_fail,E0277
+//! fn assert_send<T: Send>() {}
+//! assert_send::<greenhub::sync::Sender<u8>>();
+//! ```
+//!
+//! ```compile_fail,E0277
+//! fn assert_send<T: Send>() {}
+//! assert_send::<greenhub::sync::Receiver<u8>>();
+//! ```
+//!
+//! ```compile_fail,E0277
+//! fn assert_send<T: Send>() {}
+//! assert_send::<greenhub::sync::Mutex<u8>>();
+//! ```
+//!
+//! ```compile_fail,E0277
+//! fn assert_send<T: Send>() {}
+//! assert_send::<greenhub::sync::MutexGuard<'static, u8>>();
+//! ```
+//!
+//! ```compile_fail,E0277
+//! fn assert_send<T: Send>() {}
+//! assert_send::<greenhub::sync::SemaphorePermit<'static>>();
+//! ```
+//!
+//! ```compile_fail,E0277
+//! fn assert_send<T: Send>() {}
+//! assert_send::<greenhub::sync::OwnedSemaphorePermit>();
+//! ```
+//!
+//! ```compile_fail,E0277
+//! fn assert_send<T: Send>() {}
+//! assert_send::<greenhub::sync::Group>();
+//! ```
+//!
+//! ```compile_fail,E0277
+//! fn assert_send<T: Send>() {}
+//! assert_send::<greenhub::sync::Pool>();
 //! ```
 
 mod channel;
