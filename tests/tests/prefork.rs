@@ -1,7 +1,8 @@
 //! The pre-fork server (`examples/examples/prefork_server.rs`, built here as the helper binary
 //! `prefork_server`), driven with real connections: every connection is answered and both
 //! workers take some, a killed worker is replaced while connections keep being answered, and
-//! SIGTERM finishes a request in progress, closes idle connections, stops accepting and exits 0.
+//! SIGTERM finishes a request in progress, closes idle connections, stops accepting and exits 0,
+//! and a connection still open when the grace period ends is cut.
 //!
 //! No sleeps: the test reads the server's port from its first line, and waits for the events it
 //! checks by making requests (a request answered by a new pid is the replacement).
@@ -146,4 +147,36 @@ fn a_shared_socket_serves_every_connection_too() {
         })
         .expect("the test hung");
     });
+}
+
+#[test]
+fn a_connection_still_open_when_the_grace_period_ends_is_cut_and_the_server_exits_0() {
+    const GRACE: Duration = Duration::from_millis(200);
+    let _serial = process_lock();
+    greenhub::run(|| {
+        greenhub::timeout(LONG, || {
+            let grace = GRACE.as_millis().to_string();
+            let (server, addr, _) = start_server(&["--workers", "1", "--grace-ms", &grace]);
+            let stream = TcpStream::connect(addr).unwrap();
+            (&stream).write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            read_response(&stream); // the worker has accepted it and served one request
+            (&stream).write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap(); // never finished
+            let stopped = std::time::Instant::now();
+            server.terminate().unwrap();
+            let mut rest = Vec::new();
+            (&stream).read_to_end(&mut rest).unwrap();
+            assert!(stopped.elapsed() >= GRACE, "cut before the grace period ended");
+            assert!(
+                rest.is_empty(),
+                "cut without a response: {:?}",
+                String::from_utf8_lossy(&rest)
+            );
+            let status = server.join().unwrap();
+            assert_eq!(status.code(), Some(0), "the server exits with 0 after the grace period");
+            let refused = TcpStream::connect(addr).unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        })
+        .expect("the test hung");
+    });
+    assert_eq!(zombie_children(), Vec::<u32>::new());
 }

@@ -1,7 +1,9 @@
 //! Child processes from `start_process`: exit codes (return, `exit(n)`, panic, `Err`, signals),
 //! `join`/`join_timeout`/`exit_status`/`is_alive`, the transfer rule (closed in the parent, the
-//! only handles in the child, `Closed` for the others), the child's signal state, grandchildren,
-//! the end of `run` (non-daemons waited for, daemons terminated), and no zombies or fd leaks.
+//! only handles in the child, `Closed` for the others), the child's signal state (mask,
+//! dispositions, the stack-overflow reporter), grandchildren, the parent's coroutines never
+//! unwound in a child, the end of `run` (non-daemons waited for, daemons terminated, whether
+//! their `Process` was dropped or not), and no zombies or fd leaks.
 //!
 //! Every test forks, so every test holds `process_lock` (or calls `assert_no_fd_leak`, which
 //! takes it): fd and zombie counts are process-wide, and the harness runs tests on threads.
@@ -378,6 +380,114 @@ fn the_child_starts_with_default_signals_and_an_empty_mask() {
     assert_eq!(report, (false, true), "(SIGUSR2 blocked in the child, BrokenPipe)");
 }
 
+/// A signal handler that does nothing, for a parent to install before it starts a child.
+extern "C" fn do_nothing(_: libc::c_int) {}
+
+/// The handler field (`sa_sigaction`: `SIG_DFL`, `SIG_IGN` or a function) of `signal`'s
+/// disposition in this process.
+fn disposition(signal: libc::c_int) -> libc::sighandler_t {
+    // SAFETY: an all-zero sigaction is a valid out-parameter; a null new action changes nothing.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        assert_eq!(libc::sigaction(signal, std::ptr::null(), &mut current), 0);
+        current.sa_sigaction
+    }
+}
+
+/// Dispositions set by a test, put back as they were when it drops (even if the test fails).
+struct SetDispositions(Vec<(libc::c_int, libc::sigaction)>);
+
+impl SetDispositions {
+    /// Sets each `(signal, handler)` in this process (a handler is `SIG_IGN`, `SIG_DFL` or a
+    /// function that only returns), remembering the old dispositions.
+    fn new(wanted: &[(libc::c_int, libc::sighandler_t)]) -> SetDispositions {
+        let old = wanted
+            .iter()
+            .map(|&(signal, handler)| {
+                // SAFETY: valid sigaction pointers for the call; the handler installed is
+                // SIG_IGN, SIG_DFL or `do_nothing`, which touches nothing.
+                unsafe {
+                    let mut new: libc::sigaction = std::mem::zeroed();
+                    let mut old: libc::sigaction = std::mem::zeroed();
+                    new.sa_sigaction = handler;
+                    libc::sigemptyset(&mut new.sa_mask);
+                    assert_eq!(libc::sigaction(signal, &new, &mut old), 0);
+                    (signal, old)
+                }
+            })
+            .collect();
+        SetDispositions(old)
+    }
+}
+
+impl Drop for SetDispositions {
+    fn drop(&mut self) {
+        for (signal, old) in &self.0 {
+            // SAFETY: puts back a disposition that sigaction itself reported.
+            unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
+        }
+    }
+}
+
+#[test]
+fn in_a_child_every_signal_is_default_but_sigpipe_ignored_and_the_overflow_reporter_kept() {
+    let _serial = process_lock();
+    let handler = do_nothing as *const () as libc::sighandler_t;
+    // A handler for SIGPIPE too (Rust programs start with it ignored): the child's SIG_IGN must
+    // come from the reset, not from inheritance.
+    let _restore = SetDispositions::new(&[
+        (libc::SIGPIPE, handler),
+        (libc::SIGUSR1, handler),
+        (libc::SIGUSR2, libc::SIG_IGN),
+    ]);
+    let signals = [libc::SIGPIPE, libc::SIGUSR1, libc::SIGUSR2, libc::SIGSEGV, libc::SIGBUS];
+    let (parents, childs) = greenhub::run(|| {
+        // The running hub has installed greenhub's overflow reporter for SIGSEGV and SIGBUS.
+        let parents = signals.map(disposition);
+        let (reader, writer) = pipe::<[libc::sighandler_t; 5]>().unwrap();
+        let child = start_process(writer, move |w| w.put(&signals.map(disposition))).unwrap();
+        let childs = reader.get().unwrap();
+        assert!(child.join().unwrap().success());
+        (parents, childs)
+    });
+    assert_eq!(parents[..3], [handler, handler, libc::SIG_IGN], "the parent's own, as set");
+    let (segv, bus) = (parents[3], parents[4]);
+    assert!(segv != libc::SIG_DFL && bus != libc::SIG_DFL, "no overflow reporter in the parent");
+    assert_eq!(childs[0], libc::SIG_IGN, "SIGPIPE is ignored in the child");
+    assert_eq!(childs[1], libc::SIG_DFL, "SIGUSR1 (a handler in the parent) is the default");
+    assert_eq!(childs[2], libc::SIG_DFL, "SIGUSR2 (ignored in the parent) is the default");
+    assert_eq!(childs[3..], [segv, bus], "the overflow reporter stays for SIGSEGV and SIGBUS");
+}
+
+/// Recurses until the stack runs out (the frame holds a buffer the optimiser cannot drop).
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth as u8; 512]);
+    if depth == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1) + u64::from(std::hint::black_box(frame)[7])
+}
+
+#[test]
+fn a_coroutine_overflowing_its_stack_in_a_child_is_reported_on_the_childs_stderr() {
+    let _serial = process_lock();
+    let (stderr_reader, stderr_writer) = std::io::pipe().unwrap();
+    let status = greenhub::run(|| {
+        let child = start_process(stderr_writer, |stderr_writer| {
+            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: setrlimit reads a live rlimit (no core file for the expected abort).
+            unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+            redirect_stderr_to(&stderr_writer);
+            let _ = spawn(|| recurse(0)).join();
+        })
+        .unwrap();
+        child.join().unwrap()
+    });
+    let text = read_all(stderr_reader);
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "not aborted: {status:?}\n{text}");
+    assert!(text.contains("overflowed its stack"), "no overflow report:\n{text}");
+}
+
 #[test]
 fn a_non_daemon_child_is_waited_for_at_the_end_of_run() {
     let _serial = process_lock();
@@ -462,6 +572,107 @@ impl Drop for KillOnFailure {
             unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
         }
     }
+}
+
+/// Whether process `pid` exists at all (running, or a zombie nobody reaped).
+fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn a_dropped_child_is_still_waited_for_and_reaped_at_the_end_of_run() {
+    let _serial = process_lock();
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let pid = greenhub::run(|| {
+        let (gate, gate_writer) = pipe::<()>().unwrap();
+        let child = start_process((theirs, gate), |(theirs, gate)| {
+            gate.get()?; // the parent has dropped its Process by now
+            sleep(ms(100)); // still running when the parent's root returns
+            std::io::Write::write_all(&mut &theirs, b"done").map_err(Error::Io)
+        })
+        .unwrap();
+        let pid = child.pid();
+        drop(child);
+        gate_writer.put(&()).unwrap();
+        pid
+    });
+    ours.set_nonblocking(true).unwrap();
+    let mut buf = [0; 4];
+    ours.read_exact(&mut buf).expect("the child wrote before run returned");
+    assert_eq!(&buf, b"done");
+    assert!(!exists(pid), "the dropped child was not reaped by the end of run");
+    assert!(zombie_children().is_empty());
+}
+
+#[test]
+fn a_dropped_daemon_child_is_still_terminated_at_the_end_of_run() {
+    let _serial = process_lock();
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let pid = greenhub::run(|| {
+        let (ready, ready_writer) = pipe::<()>().unwrap();
+        let daemon = ProcessBuilder::new()
+            .daemon(true)
+            .start((theirs, ready_writer), |(theirs, ready)| {
+                // Only a SIGTERM ends it (the SIGKILL after the grace period says nothing).
+                let sigterm =
+                    greenhub::signal::Signals::new(&[libc::SIGTERM]).map_err(Error::Io)?;
+                ready.put(&())?;
+                sigterm.recv().map_err(Error::Io)?;
+                std::io::Write::write_all(&mut &theirs, b"SIGTERM").map_err(Error::Io)
+            })
+            .unwrap();
+        ready.get().unwrap();
+        let pid = daemon.pid();
+        drop(daemon);
+        pid
+    });
+    let _reaper = KillOnFailure(pid);
+    ours.set_nonblocking(true).unwrap();
+    let mut heard = Vec::new();
+    let read = ours.read_to_end(&mut heard);
+    assert!(read.is_ok(), "the daemon still holds its end: {read:?}");
+    assert_eq!(heard, b"SIGTERM", "the daemon was not sent SIGTERM");
+    assert!(!exists(pid), "the dropped daemon was not reaped by the end of run");
+    assert!(zombie_children().is_empty());
+}
+
+/// Appends the pid of the process that drops it to the file at `path`: a coroutine holding
+/// one shows by the file where (and how often) it was unwound, whatever fds that process has.
+struct ReportDrop {
+    path: std::path::PathBuf,
+}
+
+impl Drop for ReportDrop {
+    fn drop(&mut self) {
+        let mut file = std::fs::OpenOptions::new().append(true).open(&self.path).unwrap();
+        std::io::Write::write_all(&mut file, &std::process::id().to_le_bytes()).unwrap();
+    }
+}
+
+#[test]
+fn a_child_never_unwinds_a_suspended_coroutine_of_its_parent() {
+    let _serial = process_lock();
+    let path = std::env::temp_dir().join(format!("greenhub-drops-{}", std::process::id()));
+    std::fs::write(&path, b"").unwrap();
+    let report = ReportDrop { path: path.clone() };
+    let status = greenhub::run(move || {
+        let never = Rc::new(greenhub::sync::Event::new());
+        let _suspended = spawn({
+            let never = never.clone();
+            move || {
+                let _report = report;
+                never.wait(); // never set: unwound when the parent's root returns
+            }
+        });
+        yield_now(); // it is suspended now, holding the report
+        let child = start_process((), |()| ()).unwrap();
+        child.join().unwrap()
+    });
+    let drops = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let parent = std::process::id().to_le_bytes();
+    assert_eq!(drops, parent, "dropped exactly once, in the parent (pids as bytes)");
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]

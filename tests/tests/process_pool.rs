@@ -1,14 +1,17 @@
 //! `Pool`: worker processes applying one function: results in input order (`map`) and in
 //! completion order (`imap_unordered`, lazily pulling items), many applying coroutines, per-item
 //! failures (a panic, a result or item that does not encode), a worker that dies, replacement
-//! after `max_tasks_per_worker`, `close` and drop, and no fd leak or zombie whatever happens;
-//! then each of those guarantees again with items travelling in chunks of several.
+//! after `max_tasks_per_worker`, the `concurrency` bound (and its default, 1), `close` and drop
+//! (mid-run too), and no fd leak or zombie whatever happens; then each of those guarantees again
+//! with items travelling in chunks of several.
 //!
 //! Every test holds [`process_lock`] (they fork and open fds). No test sleeps to synchronise:
-//! items that must overlap meet at a Unix socket (one binds and waits, the other connects).
+//! items that must overlap meet at a Unix socket (one binds and waits, the other connects), or
+//! yield to each other inside one worker.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -346,6 +349,94 @@ fn dropping_a_pool_terminates_workers_stuck_in_an_item() {
         stuck.cancel(); // the caller gives up; its item still blocks a worker
         assert!(stuck.join().unwrap_err().is_cancelled());
         drop(Rc::try_unwrap(pool).unwrap()); // terminates both workers; the hub reaps them
+    });
+}
+
+/// A pool item that connects to the Unix socket at `path`, sends its worker's pid, and waits
+/// until the other end closes: a worker running it is stuck until it is terminated, and the
+/// test sees its death as the end of that connection.
+fn report_pid_and_wait(path: PathBuf) -> u8 {
+    let mut conn = UnixStream::connect(&path).unwrap();
+    conn.write_all(&std::process::id().to_le_bytes()).unwrap();
+    conn.read(&mut [0; 1]).unwrap() as u8
+}
+
+#[test]
+fn dropping_a_pool_mid_run_terminates_and_reaps_its_workers_before_run_ends() {
+    hub_test(|| {
+        let path = socket_path("report.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let pool = Rc::new(PoolBuilder::new(2).prefetch(0).start(report_pid_and_wait).unwrap());
+        let callers: Vec<_> = (0..2)
+            .map(|_| {
+                let (pool, path) = (Rc::clone(&pool), path.clone());
+                greenhub::spawn(move || pool.apply(path))
+            })
+            .collect();
+        let conns: Vec<UnixStream> = (0..2).map(|_| listener.accept().unwrap().0).collect();
+        let pids: BTreeSet<u32> = conns
+            .iter()
+            .map(|mut conn| {
+                let mut pid = [0; 4];
+                conn.read_exact(&mut pid).unwrap();
+                u32::from_le_bytes(pid)
+            })
+            .collect();
+        assert_eq!(pids.len(), 2, "each worker is stuck in one item: {pids:?}");
+        for caller in callers {
+            caller.cancel(); // the callers give up; their items still block both workers
+            assert!(caller.join().unwrap_err().is_cancelled());
+        }
+        drop(Rc::try_unwrap(pool).unwrap());
+        for mut conn in &conns {
+            assert_eq!(conn.read(&mut [0; 1]).unwrap(), 0, "a worker outlived its pool");
+        }
+        greenhub_tests::yield_until("the hub reaps both workers", || {
+            pids.iter().all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        });
+    });
+}
+
+thread_local! {
+    /// In a worker: how many items of [`count_overlap`] run now, and the most ever at once.
+    static RUNNING: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// A pool item that stays in its worker for a few hub turns (letting the worker's other items
+/// run) and answers with the most items its worker has run at once so far.
+fn count_overlap(_: u32) -> usize {
+    let (now, peak) = RUNNING.get();
+    RUNNING.set((now + 1, peak.max(now + 1)));
+    for _ in 0..20 {
+        greenhub::yield_now();
+    }
+    let (now, peak) = RUNNING.get();
+    RUNNING.set((now - 1, peak));
+    peak
+}
+
+/// The most items one worker of a pool built from `builder` ran at once over a map of 40.
+fn peak_overlap(builder: PoolBuilder) -> usize {
+    let pool = builder.start(count_overlap).unwrap();
+    let peak = pool.map(0..40).unwrap().into_iter().max().unwrap();
+    pool.close().unwrap();
+    peak
+}
+
+#[test]
+fn a_worker_runs_up_to_concurrency_items_at_once_and_never_more() {
+    hub_test(|| {
+        assert_eq!(peak_overlap(PoolBuilder::new(1).concurrency(3)), 3);
+        // A chunk of 10 is queued at the worker at once: still 3 at a time.
+        assert_eq!(peak_overlap(PoolBuilder::new(1).concurrency(3).chunksize(10)), 3);
+    });
+}
+
+#[test]
+fn a_worker_runs_one_item_at_a_time_by_default() {
+    hub_test(|| {
+        assert_eq!(peak_overlap(PoolBuilder::new(1)), 1);
+        assert_eq!(peak_overlap(PoolBuilder::new(1).chunksize(10)), 1);
     });
 }
 
