@@ -1,13 +1,18 @@
 //! Shared helpers for the patch's integration tests: a server on a plain thread that answers
 //! only once every expected request is in flight (so a test can prove that clients overlapped
-//! without timing assertions), and the peak of concurrent requests it saw.
+//! without timing assertions), and the peak of concurrent requests it saw; a [`Ticker`]
+//! coroutine and [`suspends_only_the_caller`], which show that a patched call suspends only its
+//! own coroutine; and the kernel's view of an fd's flags, past the patch's `fcntl` hook.
 //!
 //! Every test binary of this crate links greenhub with the `patch` feature and calls
 //! [`greenhub::patch::install`] first. The server threads run outside any hub, so their
 //! blocking calls are libc's own.
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -159,4 +164,81 @@ pub fn spawn_ticker(stats: Arc<Stats>, expected: usize) -> greenhub::JoinHandle<
         }
         ticks_while_all_waited
     })
+}
+
+/// A coroutine that counts how often it ran (sleeping 1 ms in between) until stopped: a test
+/// reads the count to see that the hub kept running while another coroutine waited.
+#[derive(Debug)]
+pub struct Ticker {
+    count: Rc<Cell<u32>>,
+    stop: Rc<Cell<bool>>,
+    handle: greenhub::JoinHandle<()>,
+}
+
+impl Ticker {
+    /// Spawns the counting coroutine (it first runs at the hub's next turn).
+    pub fn start() -> Ticker {
+        let (count, stop) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
+        let (c, s) = (count.clone(), stop.clone());
+        let handle = greenhub::spawn(move || {
+            while !s.get() {
+                c.set(c.get() + 1);
+                greenhub::sleep(Duration::from_millis(1));
+            }
+        });
+        Ticker { count, stop, handle }
+    }
+
+    /// How often it ran so far.
+    pub fn ticks(&self) -> u32 {
+        self.count.get()
+    }
+
+    /// Stops it and returns how often it ran.
+    pub fn stop(self) -> u32 {
+        self.stop.set(true);
+        self.handle.join().expect("the ticker panicked");
+        self.count.get()
+    }
+}
+
+/// How long [`suspends_only_the_caller`]'s plain thread waits before it unblocks the call.
+pub const UNBLOCK_AFTER: Duration = Duration::from_millis(40);
+
+/// Makes `call` (a patched call that has to wait) in this coroutine while a plain thread runs
+/// `unblock` [`UNBLOCK_AFTER`] from now, and checks that the call suspended only this coroutine:
+/// it returned no sooner than it could (it waited), and a [`Ticker`] ran meanwhile. Returns the
+/// call's result. If the call blocked the hub's thread instead, the plain thread still unblocks
+/// it, and the check fails rather than hangs.
+pub fn suspends_only_the_caller<T>(
+    call: impl FnOnce() -> T,
+    unblock: impl FnOnce() + Send + 'static,
+) -> T {
+    let ticker = Ticker::start();
+    let start = Instant::now();
+    let unblocker = std::thread::spawn(move || {
+        std::thread::sleep(UNBLOCK_AFTER);
+        unblock();
+    });
+    let value = call();
+    let waited = start.elapsed();
+    unblocker.join().expect("the unblocking thread panicked");
+    let ticks = ticker.stop();
+    assert!(
+        waited >= UNBLOCK_AFTER / 2,
+        "the call returned after {waited:?}, before it was unblocked"
+    );
+    assert!(ticks > 0, "no other coroutine ran while the call waited ({waited:?})");
+    value
+}
+
+/// The flags of `fd` as the kernel holds them, past the patch's `fcntl` hook (a raw syscall).
+pub fn kernel_flags(fd: RawFd) -> i32 {
+    // SAFETY: F_GETFL has no memory preconditions.
+    unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) as i32 }
+}
+
+/// The last OS error of this thread (errno), as a number.
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }

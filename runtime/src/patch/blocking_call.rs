@@ -4,7 +4,8 @@
 //! Guarantee: nothing here unwinds into the C caller (every entry point runs under [`guard`]),
 //! and errno is what libc would leave, except where the contract says otherwise (`ETIMEDOUT` /
 //! `ECANCELED` for a call cut short by a `timeout` or a cancel). Not guaranteed: that a call on a
-//! [`Mode::Polled`] fd never blocks (another process may drain the readiness it waited for).
+//! polled fd ([`Mode::Polled`]) never blocks (another process may drain the readiness it waited
+//! for).
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::panic::{self, AssertUnwindSafe};
@@ -41,8 +42,8 @@ pub(super) enum Dir {
 /// the caller's own `MSG_DONTWAIT`: such a call never waits.
 ///
 /// The fast path is what a call on a ready fd costs: on an fd the table already knows (in any
-/// mode but [`Mode::Polled`], which must wait first), the call is tried at once, inlined into
-/// the hook: one thread-local load, one table load, the call. Only an `EAGAIN` to be waited out
+/// mode but a blocking [`Mode::Polled`], which must wait first), the call is tried at once,
+/// inlined into the hook: one thread-local load, one table load, the call. Only an `EAGAIN` to be waited out
 /// (and a first call on the fd) takes the out-of-line paths. Nothing before the call can panic,
 /// so the panic guard starts with them too. Inlining and skipping it saves ~50 instructions
 /// (function prologues, the guard's closure, a full entry decode) per call on a ready fd
@@ -52,7 +53,7 @@ pub(super) fn io(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> i
     if !active() {
         return outside_hub(fd, dir, dont_wait, op);
     }
-    let Some(entry) = fdtable::get(fd).filter(|e| e.mode != Mode::Polled) else {
+    let Some(entry) = fdtable::get(fd).filter(|e| e.mode != POLLED) else {
         return first_or_polled(fd, dir, dont_wait, op);
     };
     let result = op();
@@ -64,18 +65,22 @@ pub(super) fn io(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> i
 
 /// The mode whose `EAGAIN` the patch waits out: managed, and the program never asked for
 /// O_NONBLOCK itself.
-const WAITS: Mode = Mode::Managed { user_nonblocking: false };
+pub(super) const WAITS: Mode = Mode::Managed { user_nonblocking: false };
+
+/// The mode that waits for readiness before the call: polled, and blocking.
+const POLLED: Mode = Mode::Polled { user_nonblocking: false };
 
 /// The slow start of [`io`]: an fd without an entry yet (made now), or a polled one.
 #[inline(never)]
 fn first_or_polled(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> isize) -> isize {
     guard(-1, || {
         let Some(entry) = entry_for(fd) else { return op() };
+        if dont_wait || entry.mode.direct() {
+            return op();
+        }
         match entry.mode {
-            _ if dont_wait => op(),
-            Mode::Direct | Mode::Managed { user_nonblocking: true } => op(),
-            Mode::Managed { user_nonblocking: false } => managed(fd, entry, dir, op),
-            Mode::Polled => polled(fd, entry, dir, op),
+            Mode::Polled { .. } => polled(fd, entry, dir, op),
+            _ => managed(fd, entry, dir, op),
         }
     })
 }
@@ -160,8 +165,8 @@ fn outside_hub(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> isi
         return result;
     }
     guard(-1, || {
-        let Some(entry) = fdtable::get(fd) else { return fail(libc::EAGAIN) };
-        if entry.mode != (Mode::Managed { user_nonblocking: false }) || !entry.still_describes(fd) {
+        let Some(entry) = entry_or_twin(fd) else { return fail(libc::EAGAIN) };
+        if entry.mode != WAITS || !entry.still_describes(fd) {
             return fail(libc::EAGAIN);
         }
         let deadline = socket_deadline(fd, entry, dir);
@@ -222,17 +227,78 @@ fn entry_for(fd: c_int) -> Option<Entry> {
     }
     let (kind, inode) = fdtable::identify(fd)?;
     let mode = match kind {
-        _ if flags & libc::O_NONBLOCK != 0 => Mode::Direct,
         Kind::Other => Mode::Direct,
-        Kind::CharDevice => Mode::Polled,
-        Kind::Socket | Kind::Fifo if fd <= 2 => Mode::Polled,
-        Kind::Socket | Kind::Fifo if set_nonblocking(fd, flags) => {
-            Mode::Managed { user_nonblocking: false }
+        // The patch's flag, set through a duplicate made before the patch saw either fd.
+        _ if flags & libc::O_NONBLOCK != 0 && managed_twin(fd, kind, inode, flags).is_some() => {
+            WAITS
         }
+        _ if flags & libc::O_NONBLOCK != 0 => Mode::Direct,
+        Kind::CharDevice => POLLED,
+        Kind::Socket | Kind::Fifo if fd <= 2 => POLLED,
+        Kind::Socket | Kind::Fifo if set_nonblocking(fd, flags) => WAITS,
         Kind::Socket | Kind::Fifo => Mode::Direct,
     };
     let timeouts = kind == Kind::Socket && has_timeouts(fd);
     let entry = Entry { mode, kind, inode, timeouts };
+    fdtable::set(fd, entry);
+    Some(entry)
+}
+
+/// Another fd on the description of `fd` (whose kind, inode and flags are given) with a
+/// [`WAITS`] entry, if the table may hold one (a duplicate was made of an fd with no entry:
+/// [`fdtable::untracked_twins`]): then `fd`'s O_NONBLOCK is the patch's. Twins are told apart
+/// from other fds on the same inode by their access mode, which tells a pipe's two ends apart.
+pub(super) fn managed_twin(fd: c_int, kind: Kind, inode: u64, flags: c_int) -> Option<Entry> {
+    if !fdtable::untracked_twins() || !matches!(kind, Kind::Socket | Kind::Fifo) {
+        return None;
+    }
+    let twin = |other: c_int, e: Entry| {
+        e.mode == WAITS && same_description(fd, kind, inode, flags, other, e)
+    };
+    fdtable::find(twin).map(|(_, entry)| entry)
+}
+
+/// Whether `other` (another fd, whose entry is `e`) is on the same description as `fd` (whose
+/// kind, inode and flags are given), as far as the patch can tell: the same kind and inode,
+/// the same access mode (which tells a pipe's two ends apart), and the entry is not stale.
+pub(super) fn same_description(
+    fd: c_int,
+    kind: Kind,
+    inode: u64,
+    flags: c_int,
+    other: c_int,
+    e: Entry,
+) -> bool {
+    if other == fd || (e.kind, e.inode) != (kind, inode) {
+        return false;
+    }
+    // SAFETY: F_GETFL takes no argument and has no memory preconditions.
+    let access = unsafe { real::fcntl(other, libc::F_GETFL, 0) } & libc::O_ACCMODE;
+    access == flags & libc::O_ACCMODE && e.still_describes(other)
+}
+
+/// The entry of `fd`, for the calls that need it before the fd's first call in a coroutine
+/// (`fcntl`, `ioctl`, calls outside a hub). An fd with none that is non-blocking, while
+/// untracked twins may exist, gets one now: a copy of its twin's if the patch manages its
+/// description through a twin ([`managed_twin`]), else [`Mode::Direct`] (so that the search runs
+/// once per fd, not once per `EAGAIN`).
+fn entry_or_twin(fd: c_int) -> Option<Entry> {
+    if let Some(entry) = fdtable::get(fd) {
+        return Some(entry);
+    }
+    if !fdtable::untracked_twins() {
+        return None;
+    }
+    // SAFETY: F_GETFL takes no argument and has no memory preconditions.
+    let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    if flags < 0 || flags & libc::O_NONBLOCK == 0 {
+        return None;
+    }
+    let (kind, inode) = fdtable::identify(fd)?;
+    let entry = match managed_twin(fd, kind, inode, flags) {
+        Some(twin) => Entry { inode, ..twin },
+        None => Entry { mode: Mode::Direct, kind, inode, timeouts: false },
+    };
     fdtable::set(fd, entry);
     Some(entry)
 }
@@ -336,6 +402,145 @@ fn millis_until(deadline: Option<Instant>) -> c_int {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Two fds: splice, sendfile
+
+/// One end of a call that moves data from one fd to another.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct End {
+    pub(super) fd: c_int,
+    pub(super) dir: Dir,
+    /// The caller asked that this end never wait if it is a pipe (`SPLICE_F_NONBLOCK`).
+    pub(super) pipe_nonblocking: bool,
+}
+
+impl End {
+    /// Whether the caller wants this end (whose entry is `entry`) never to wait.
+    fn dont_wait(&self, entry: Option<Entry>) -> bool {
+        self.pipe_nonblocking && entry.is_none_or(|e| e.kind == Kind::Fifo)
+    }
+}
+
+/// A call that moves data between two fds (`splice`, `sendfile`): [`io`] for two fds. A shared
+/// end is waited on before the call (as [`polled`] does); on `EAGAIN`, the call waits for the
+/// end the patch made non-blocking that is not ready, and tries again ([`blame`]).
+pub(super) fn transfer(ends: [End; 2], mut op: impl FnMut() -> isize) -> isize {
+    if !active() {
+        return transfer_outside_hub(ends, op);
+    }
+    guard(-1, || {
+        let entries = ends.map(|end| entry_for(end.fd));
+        let deadlines = deadlines(&ends, &entries);
+        for ((end, entry), deadline) in ends.iter().zip(entries).zip(deadlines) {
+            if entry.is_some_and(|e| e.mode == POLLED)
+                && !end.dont_wait(entry)
+                && !ready_now(end.fd, end.dir)
+            {
+                match wait(end.fd, end.dir, deadline) {
+                    Ok(true) => {}
+                    Ok(false) => return fail(libc::EAGAIN),
+                    Err(e) => return fail(e),
+                }
+            }
+        }
+        loop {
+            let result = op();
+            if result >= 0 || errno() != libc::EAGAIN {
+                return result;
+            }
+            let waited = match blame(&ends, &entries) {
+                Blame::End(i, entry) => wait_for_end(ends[i], entry, deadlines[i]),
+                Blame::Caller => Err(libc::EAGAIN),
+                Blame::Neither => pause(),
+            };
+            if let Err(e) = waited {
+                return fail(e);
+            }
+        }
+    })
+}
+
+/// [`wait_managed`] for one end of a [`transfer`]: `Err(EAGAIN)` when its socket timeout
+/// expired or the entry no longer describes the fd (then it is dropped).
+fn wait_for_end(end: End, entry: Entry, deadline: Option<Instant>) -> Result<(), c_int> {
+    match wait_managed(end.fd, entry, end.dir, deadline)? {
+        Some(true) => Ok(()),
+        Some(false) => Err(libc::EAGAIN),
+        None => {
+            fdtable::clear(end.fd);
+            Err(libc::EAGAIN)
+        }
+    }
+}
+
+/// [`transfer`] outside a coroutine: libc's call; only an `EAGAIN` from an end the patch made
+/// non-blocking behind the program's back is turned back into a blocking wait.
+fn transfer_outside_hub(ends: [End; 2], mut op: impl FnMut() -> isize) -> isize {
+    let result = op();
+    let installed = INSTALLED.load(std::sync::atomic::Ordering::Relaxed);
+    if result >= 0 || !installed || errno() != libc::EAGAIN {
+        return result;
+    }
+    guard(-1, || {
+        let entries = ends.map(|end| entry_or_twin(end.fd));
+        let deadlines = deadlines(&ends, &entries);
+        loop {
+            match blame(&ends, &entries) {
+                Blame::End(i, entry) if entry.still_describes(ends[i].fd) => {
+                    if !blocking_poll(ends[i].fd, ends[i].dir, deadlines[i]) {
+                        return fail(libc::EAGAIN);
+                    }
+                }
+                Blame::Neither => std::thread::sleep(PAUSE),
+                _ => return fail(libc::EAGAIN),
+            }
+            let result = op();
+            if result >= 0 || errno() != libc::EAGAIN {
+                return result;
+            }
+        }
+    })
+}
+
+/// The socket-timeout deadlines of both ends, for a call starting now.
+fn deadlines(ends: &[End; 2], entries: &[Option<Entry>; 2]) -> [Option<Instant>; 2] {
+    [0, 1].map(|i| entries[i].and_then(|e| socket_deadline(ends[i].fd, e, ends[i].dir)))
+}
+
+/// Whom a two-fd call's `EAGAIN` is for.
+enum Blame {
+    /// End `i`, which the patch made non-blocking, is not ready: wait for it.
+    End(usize, Entry),
+    /// An end the program made non-blocking itself (or a shared one) may have said it: as libc.
+    Caller,
+    /// Every end is the patch's and ready again (it changed in between): try again soon.
+    Neither,
+}
+
+fn blame(ends: &[End; 2], entries: &[Option<Entry>; 2]) -> Blame {
+    for (i, (end, entry)) in ends.iter().zip(entries).enumerate() {
+        if let Some(e) = entry.filter(|e| e.mode == WAITS)
+            && !end.dont_wait(*entry)
+            && !ready_now(end.fd, end.dir)
+        {
+            return Blame::End(i, e);
+        }
+    }
+    let the_patchs = |(end, entry): (&End, &Option<Entry>)| {
+        !end.dont_wait(*entry) && entry.is_some_and(|e| e.mode == WAITS || e.kind == Kind::Other)
+    };
+    if ends.iter().zip(entries).all(the_patchs) { Blame::Neither } else { Blame::Caller }
+}
+
+/// How long [`Blame::Neither`] pauses before the call is tried again.
+const PAUSE: Duration = Duration::from_millis(1);
+
+/// A cooperative [`PAUSE`]; `Err(errno)` when a timeout or cancel cut it short.
+fn pause() -> Result<(), c_int> {
+    let hub = try_hub().expect("a patched call waits only inside a coroutine");
+    coroutine::without_unwinding(hub, || crate::sleep(PAUSE)).map_err(interrupted_errno)
+}
+
+// ---------------------------------------------------------------------------------------------
 // connect, poll
 
 /// `connect`: on a socket the patch manages, start it, wait until writable, report SO_ERROR.
@@ -343,8 +548,7 @@ pub(super) fn connect(fd: c_int, op: impl FnOnce() -> c_int) -> c_int {
     let inside = active();
     guard(-1, || {
         let entry = if inside { entry_for(fd) } else { fdtable::get(fd) };
-        let managed = Mode::Managed { user_nonblocking: false };
-        let Some(entry) = entry.filter(|e| e.mode == managed) else { return op() };
+        let Some(entry) = entry.filter(|e| e.mode == WAITS) else { return op() };
         let result = op();
         if result == 0 || errno() != libc::EINPROGRESS {
             return result;
@@ -487,10 +691,13 @@ pub(super) enum Child {
     Any,
 }
 
-/// `waitpid` / `wait4` / `waitid` without WNOHANG: wait for the child's pidfd to become readable
-/// (it has exited), then reap with the real call. `reap(nohang)` makes the real call, with
-/// WNOHANG added when `nohang`, and returns whether it found a child (for the polling fallback
-/// when no pidfd can name the child, or the call also waits for stops).
+/// `waitpid` / `wait4` / `waitid` without WNOHANG, in a coroutine: first the real call with
+/// WNOHANG, which answers at once what libc would answer at once (ECHILD for a process that is
+/// not our child, EINVAL for bad options, a child that has changed state already). Then, for a
+/// wait for one child's exit, wait for its pidfd to become readable (it has exited) and reap
+/// with the real call; for any other wait (any child, a process group, stops or continues),
+/// poll with WNOHANG ([`poll_child`]). `reap(nohang)` makes the real call, with WNOHANG added
+/// when `nohang`, and returns whether it found a child.
 pub(super) fn wait_child(
     child: Child,
     options: c_int,
@@ -500,6 +707,10 @@ pub(super) fn wait_child(
         return reap(false).0;
     }
     guard(-1, || {
+        let (result, found) = reap(true);
+        if result < 0 || found {
+            return result;
+        }
         let only_exits = options & (libc::WUNTRACED | libc::WCONTINUED) == 0;
         let pidfd = match child {
             Child::Pidfd(fd) if only_exits => Some((fd, false)),
@@ -519,19 +730,19 @@ pub(super) fn wait_child(
     })
 }
 
-/// The fallback: try with WNOHANG, sleeping cooperatively in between (1 ms, doubling to 50 ms).
+/// The fallback: sleep cooperatively (1 ms, doubling to 50 ms), then try with WNOHANG again.
 fn poll_child(reap: &mut impl FnMut(bool) -> (c_int, bool)) -> c_int {
     let hub = try_hub().expect("inside a coroutine");
     let mut pause = Duration::from_millis(1);
     loop {
-        let (result, found) = reap(true);
-        if result < 0 || found {
-            return result;
-        }
         if let Err(why) = coroutine::without_unwinding(hub, || crate::sleep(pause)) {
             return fail(interrupted_errno(why)) as c_int;
         }
         pause = (pause * 2).min(Duration::from_millis(50));
+        let (result, found) = reap(true);
+        if result < 0 || found {
+            return result;
+        }
     }
 }
 
@@ -628,15 +839,19 @@ fn resolve(
 // The fd table's bookkeeping calls: close, dup, fcntl, ioctl
 
 /// `fcntl`: hides the O_NONBLOCK the patch set from F_GETFL, records the program's own
-/// O_NONBLOCK from F_SETFL, and copies the entry to a duplicate.
+/// O_NONBLOCK from F_SETFL (on a shared fd it reaches the kernel unchanged, and the fd stays
+/// shared), and copies the entry to a duplicate.
 pub(super) fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     // SAFETY: forwards the caller's arguments unchanged (the caller's contract).
     let real = |arg: usize| unsafe { real::fcntl(fd, cmd, arg) };
     guard(-1, || match cmd {
         libc::F_GETFL => {
             let flags = real(arg);
-            match fdtable::get(fd) {
-                Some(e) if flags >= 0 && e.mode == (Mode::Managed { user_nonblocking: false }) => {
+            if flags < 0 || flags & libc::O_NONBLOCK == 0 {
+                return flags;
+            }
+            match entry_or_twin(fd) {
+                Some(e) if e.mode == WAITS => {
                     if e.still_describes(fd) {
                         flags & !libc::O_NONBLOCK
                     } else {
@@ -647,23 +862,32 @@ pub(super) fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
                 _ => flags,
             }
         }
-        libc::F_SETFL => match fdtable::get(fd) {
-            Some(e @ Entry { mode: Mode::Managed { .. }, .. }) if e.still_describes(fd) => {
-                let wants = arg as c_int & libc::O_NONBLOCK != 0;
-                let rc = real(arg | libc::O_NONBLOCK as usize);
-                if rc == 0 {
-                    fdtable::set(
-                        fd,
-                        Entry { mode: Mode::Managed { user_nonblocking: wants }, ..e },
-                    );
+        libc::F_SETFL => {
+            let wants = arg as c_int & libc::O_NONBLOCK != 0;
+            match entry_or_twin(fd) {
+                Some(e @ Entry { mode: Mode::Managed { .. }, .. }) if e.still_describes(fd) => {
+                    let rc = real(arg | libc::O_NONBLOCK as usize);
+                    if rc == 0 {
+                        let mode = Mode::Managed { user_nonblocking: wants };
+                        fdtable::set(fd, Entry { mode, ..e });
+                    }
+                    rc
                 }
-                rc
+                // Shared: the program's wish reaches the kernel, and the fd stays shared.
+                Some(e @ Entry { mode: Mode::Polled { .. }, .. }) if e.still_describes(fd) => {
+                    let rc = real(arg);
+                    if rc == 0 {
+                        let mode = Mode::Polled { user_nonblocking: wants };
+                        fdtable::set(fd, Entry { mode, ..e });
+                    }
+                    rc
+                }
+                _ => {
+                    fdtable::clear(fd); // made afresh from the new flags on next use
+                    real(arg)
+                }
             }
-            _ => {
-                fdtable::clear(fd); // made afresh from the new flags on next use
-                real(arg)
-            }
-        },
+        }
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
             let new = real(arg);
             if new >= 0 {
@@ -685,14 +909,24 @@ pub(super) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: usize) -> c_i
     if request != libc::FIONBIO || arg == 0 {
         return real(arg);
     }
-    guard(-1, || match fdtable::get(fd) {
+    // SAFETY: FIONBIO's argument points to an int (the caller's contract).
+    let wants = || unsafe { *(arg as *const c_int) } != 0;
+    guard(-1, || match entry_or_twin(fd) {
         Some(e @ Entry { mode: Mode::Managed { .. }, .. }) if e.still_describes(fd) => {
-            // SAFETY: FIONBIO's argument points to an int (the caller's contract).
-            let wants = unsafe { *(arg as *const c_int) } != 0;
+            let wants = wants();
             let on: c_int = 1;
             let rc = real(&raw const on as usize);
             if rc == 0 {
                 fdtable::set(fd, Entry { mode: Mode::Managed { user_nonblocking: wants }, ..e });
+            }
+            rc
+        }
+        // Shared: the program's wish reaches the kernel, and the fd stays shared.
+        Some(e @ Entry { mode: Mode::Polled { .. }, .. }) if e.still_describes(fd) => {
+            let wants = wants();
+            let rc = real(arg);
+            if rc == 0 {
+                fdtable::set(fd, Entry { mode: Mode::Polled { user_nonblocking: wants }, ..e });
             }
             rc
         }

@@ -6,10 +6,13 @@
 //! (the new fd shares the open file description, and its O_NONBLOCK). Each entry remembers the
 //! inode and type of the fd it describes, and [`Entry::still_describes`] checks them before the
 //! patch acts on a stale entry (an fd closed by a call we do not see, such as glibc's internal
-//! `close` in `fclose`, and its number reused). Not guaranteed: that two fds sharing one
-//! description agree when the program changes O_NONBLOCK through one of them.
+//! `close` in `fclose`, and its number reused). A duplicate made of an fd with no entry yet has
+//! none either; the table remembers that such *untracked twins* exist, so that the patch looks
+//! for a twin's entry ([`find`]) before it takes an fd's O_NONBLOCK for the program's. Not
+//! guaranteed: that two fds sharing one description agree when the program changes O_NONBLOCK
+//! through one of them.
 
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::real;
 
@@ -24,9 +27,23 @@ pub(crate) enum Mode {
     /// for O_NONBLOCK itself since (then it gets EAGAIN as usual).
     Managed { user_nonblocking: bool },
     /// A file description other processes may share (inherited stdio, terminals, fds inherited
-    /// through fork, fds open before `install`): never switched to non-blocking; a call waits
-    /// for readiness through the hub first, then makes the blocking call.
-    Polled,
+    /// through fork, fds open before `install`, fds given to another program): never switched
+    /// to non-blocking by the patch; a call waits for readiness through the hub first, then
+    /// makes the blocking call, unless `user_nonblocking` (the program set O_NONBLOCK itself:
+    /// straight through, and back to waiting when it clears it).
+    Polled { user_nonblocking: bool },
+}
+
+impl Mode {
+    /// Whether a call in this mode is passed straight to libc (never waits).
+    pub(crate) fn direct(self) -> bool {
+        matches!(
+            self,
+            Mode::Direct
+                | Mode::Managed { user_nonblocking: true }
+                | Mode::Polled { user_nonblocking: true }
+        )
+    }
 }
 
 /// What the kernel says an fd is, as far as the patch cares.
@@ -106,7 +123,8 @@ fn encode(mode: Mode, kind: Kind, timeouts: bool) -> u32 {
         Mode::Direct => 1,
         Mode::Managed { user_nonblocking: false } => 2,
         Mode::Managed { user_nonblocking: true } => 3,
-        Mode::Polled => 4,
+        Mode::Polled { user_nonblocking: false } => 4,
+        Mode::Polled { user_nonblocking: true } => 5,
     };
     let k = match kind {
         Kind::Socket => 0,
@@ -122,7 +140,8 @@ fn decode(word: u32, inode: u64) -> Option<Entry> {
         1 => Mode::Direct,
         2 => Mode::Managed { user_nonblocking: false },
         3 => Mode::Managed { user_nonblocking: true },
-        4 => Mode::Polled,
+        4 => Mode::Polled { user_nonblocking: false },
+        5 => Mode::Polled { user_nonblocking: true },
         _ => return None,
     };
     let kind = match (word >> 4) & 0xf {
@@ -152,9 +171,61 @@ pub(crate) fn epoch(fd: i32) -> u64 {
 /// Records `entry` for `fd` (the same file as before, or a number with no entry).
 pub(crate) fn set(fd: i32, entry: Entry) {
     if let Some(slot) = slot(fd, true) {
-        slot.inode.store(entry.inode, Ordering::Relaxed);
-        slot.word.store(encode(entry.mode, entry.kind, entry.timeouts), Ordering::Release);
+        store(slot, entry);
     }
+}
+
+/// [`set`], but only where the table has room for `fd` already: never allocates (for a child
+/// between `fork` and `exec`, where allocating is not safe).
+pub(crate) fn update(fd: i32, entry: Entry) {
+    if let Some(slot) = slot(fd, false) {
+        store(slot, entry);
+    }
+}
+
+fn store(slot: &Slot, entry: Entry) {
+    slot.inode.store(entry.inode, Ordering::Relaxed);
+    slot.word.store(encode(entry.mode, entry.kind, entry.timeouts), Ordering::Release);
+}
+
+/// Set once a duplicate was made of an fd with no entry ([`copy`]): from then on an fd without
+/// an entry may share its description with one that has an entry.
+static UNTRACKED_TWINS: AtomicBool = AtomicBool::new(false);
+
+/// Whether an fd with no entry may share its description with an fd that has one.
+pub(crate) fn untracked_twins() -> bool {
+    UNTRACKED_TWINS.load(Ordering::Relaxed)
+}
+
+/// Calls `f` on every fd that has an entry, with it, in fd order. Reads the whole table: for
+/// slow paths only. Never allocates.
+pub(crate) fn each(mut f: impl FnMut(i32, Entry)) {
+    find(|fd, entry| {
+        f(fd, entry);
+        false
+    });
+}
+
+/// The first fd (and its entry) for which `matches` holds, in fd order. Reads the whole table:
+/// for slow paths only. Never allocates.
+pub(crate) fn find(mut matches: impl FnMut(i32, Entry) -> bool) -> Option<(i32, Entry)> {
+    for (c, cell) in TABLE.iter().enumerate() {
+        let ptr = cell.load(Ordering::Acquire);
+        if ptr.is_null() {
+            continue;
+        }
+        // SAFETY: as in `slot`: a published chunk is never freed.
+        let chunk = unsafe { &*ptr };
+        for (i, slot) in chunk.iter().enumerate() {
+            let word = slot.word.load(Ordering::Acquire);
+            let Some(entry) = decode(word, slot.inode.load(Ordering::Relaxed)) else { continue };
+            let fd = (c * CHUNK + i) as i32;
+            if matches(fd, entry) {
+                return Some((fd, entry));
+            }
+        }
+    }
+    None
 }
 
 /// Forgets `fd` (closed, or its number now names another file): a new epoch.
@@ -169,8 +240,9 @@ pub(crate) fn clear(fd: i32) {
 /// no longer names what it named before.
 pub(crate) fn copy(old: i32, new: i32) {
     clear(new);
-    if let Some(entry) = get(old) {
-        set(new, entry);
+    match get(old) {
+        Some(entry) => set(new, entry),
+        None => UNTRACKED_TWINS.store(true, Ordering::Relaxed),
     }
 }
 
@@ -211,9 +283,11 @@ mod tests {
             Mode::Direct,
             Mode::Managed { user_nonblocking: false },
             Mode::Managed { user_nonblocking: true },
-            Mode::Polled,
+            Mode::Polled { user_nonblocking: false },
+            Mode::Polled { user_nonblocking: true },
         ] {
-            let entry = Entry { mode, kind: Kind::Fifo, inode: 77, timeouts: mode == Mode::Polled };
+            let timeouts = matches!(mode, Mode::Polled { .. });
+            let entry = Entry { mode, kind: Kind::Fifo, inode: 77, timeouts };
             set(fd, entry);
             assert_eq!(get(fd), Some(entry));
         }
@@ -225,6 +299,19 @@ mod tests {
         assert_eq!(epoch(fd), before + 1, "a cleared number starts a new epoch");
         copy(fd, fd + 1);
         assert_eq!(get(fd + 1), None, "copying a missing entry clears the target");
+        assert!(untracked_twins(), "a copy of a missing entry was not noted");
+    }
+
+    #[test]
+    fn find_sees_every_entry_and_update_never_makes_room() {
+        let entry = Entry { mode: Mode::Direct, kind: Kind::Socket, inode: 4242, timeouts: false };
+        set(910_003, entry);
+        let found = find(|_, e| e.inode == 4242);
+        assert_eq!(found, Some((910_003, entry)));
+        update(1_000_000, entry); // a chunk nothing made yet: nothing happens
+        assert_eq!(get(1_000_000), None);
+        update(910_004, entry);
+        assert_eq!(get(910_004), Some(entry));
     }
 
     #[test]

@@ -4,26 +4,28 @@
 //!
 //! Guarantee: the C signatures are glibc's (x86_64 and aarch64 Linux); `fcntl` and `ioctl` are
 //! variadic in C and are defined here with one word-sized third argument, which is how those
-//! ABIs pass the single optional argument. Nothing here unwinds.
+//! ABIs pass the single optional argument. Nothing here unwinds. Not interposed: the variadic
+//! `execl`, `execlp` and `execle` (stable Rust cannot define a variadic function), and the calls
+//! glibc makes internally (`system` and `popen` spawn through its internal `posix_spawn`).
 
 #![allow(clippy::missing_safety_doc)] // each hook's contract is the libc function's
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::time::Duration;
 
 use libc::{
-    addrinfo, id_t, idtype_t, iovec, msghdr, nfds_t, pid_t, pollfd, rusage, siginfo_t, size_t,
-    sockaddr, socklen_t, ssize_t, timespec,
+    addrinfo, id_t, idtype_t, iovec, loff_t, msghdr, nfds_t, off_t, off64_t, pid_t, pollfd,
+    posix_spawn_file_actions_t, posix_spawnattr_t, rusage, siginfo_t, size_t, sockaddr, socklen_t,
+    ssize_t, timespec,
 };
 
-use super::blocking_call::{self, Child, Dir, duration_of, io, wait_child};
-use super::fdtable;
-use super::real;
+use super::blocking_call::{self, Child, Dir, End, duration_of, io, transfer, wait_child};
+use super::{exec, fdtable, real};
 
 const DONTWAIT: c_int = libc::MSG_DONTWAIT;
 
 /// Every hook's address: `install` references them all, so the linker keeps this object.
-pub(super) fn every_hook() -> [usize; 27] {
+pub(super) fn every_hook() -> [usize; 38] {
     [
         read as *const () as usize,
         readv as *const () as usize,
@@ -52,6 +54,17 @@ pub(super) fn every_hook() -> [usize; 27] {
         fcntl as *const () as usize,
         ioctl as *const () as usize,
         setsockopt as *const () as usize,
+        splice as *const () as usize,
+        sendfile as *const () as usize,
+        sendfile64 as *const () as usize,
+        execve as *const () as usize,
+        execv as *const () as usize,
+        execvp as *const () as usize,
+        execvpe as *const () as usize,
+        fexecve as *const () as usize,
+        posix_spawn as *const () as usize,
+        posix_spawnp as *const () as usize,
+        posix_spawn_file_actions_adddup2 as *const () as usize,
     ]
 }
 
@@ -174,6 +187,58 @@ fn accepted(new: ssize_t) -> c_int {
 }
 
 #[unsafe(no_mangle)]
+pub unsafe extern "C" fn splice(
+    fd_in: c_int,
+    off_in: *mut loff_t,
+    fd_out: c_int,
+    off_out: *mut loff_t,
+    len: size_t,
+    flags: c_uint,
+) -> ssize_t {
+    let pipe_nonblocking = flags & libc::SPLICE_F_NONBLOCK != 0;
+    let ends = [
+        End { fd: fd_in, dir: Dir::Read, pipe_nonblocking },
+        End { fd: fd_out, dir: Dir::Write, pipe_nonblocking },
+    ];
+    // SAFETY: see above.
+    transfer(ends, || unsafe { real::splice(fd_in, off_in, fd_out, off_out, len, flags) })
+}
+
+/// The two ends of a `sendfile`.
+fn sendfile_ends(out_fd: c_int, in_fd: c_int) -> [End; 2] {
+    [
+        End { fd: in_fd, dir: Dir::Read, pipe_nonblocking: false },
+        End { fd: out_fd, dir: Dir::Write, pipe_nonblocking: false },
+    ]
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut off_t,
+    count: size_t,
+) -> ssize_t {
+    // SAFETY: see above.
+    transfer(sendfile_ends(out_fd, in_fd), || unsafe {
+        real::sendfile(out_fd, in_fd, offset, count)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile64(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut off64_t,
+    count: size_t,
+) -> ssize_t {
+    // SAFETY: see above.
+    transfer(sendfile_ends(out_fd, in_fd), || unsafe {
+        real::sendfile64(out_fd, in_fd, offset, count)
+    })
+}
+
+#[unsafe(no_mangle)]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
     // SAFETY: see above.
     unsafe { blocking_call::poll(fds, nfds, timeout) }
@@ -265,15 +330,23 @@ pub unsafe extern "C" fn waitid(
         libc::P_PIDFD => Child::Pidfd(id as c_int),
         _ => Child::Any,
     };
-    let options = if options & libc::WEXITED == 0 { options | libc::WNOHANG } else { options };
-    // SAFETY: see above; `info` is a valid out-pointer when non-null (the caller's contract).
-    wait_child(child, options, |nohang| unsafe {
-        let options = options | if nohang { libc::WNOHANG } else { 0 };
-        if !info.is_null() {
-            std::ptr::write_bytes(info, 0, 1);
+    // A WNOHANG try tells whether it found a child by `si_pid`: it needs an info struct even
+    // when the caller passed none (Linux allows a null one).
+    // SAFETY: an all-zero siginfo_t is a valid value of the plain C struct.
+    let mut own: siginfo_t = unsafe { std::mem::zeroed() };
+    wait_child(child, options, |nohang| {
+        if !nohang {
+            // SAFETY: see above.
+            return (unsafe { real::waitid(idtype, id, info, options) }, true);
         }
-        let r = real::waitid(idtype, id, info, options);
-        (r, r != 0 || info.is_null() || (*info).si_pid() != 0)
+        let out = if info.is_null() { &raw mut own } else { info };
+        // SAFETY: see above; `out` is a valid out-pointer (the caller's or `own`), and the
+        // kernel fills it in (si_pid 0 when no child changed state).
+        unsafe {
+            std::ptr::write_bytes(out, 0, 1);
+            let r = real::waitid(idtype, id, out, options | libc::WNOHANG);
+            (r, r != 0 || (*out).si_pid() != 0)
+        }
     })
 }
 
@@ -287,6 +360,95 @@ pub unsafe extern "C" fn getaddrinfo(
     // SAFETY: see above.
     unsafe { blocking_call::getaddrinfo(node, service, hints, res) }
         .unwrap_or_else(|| unsafe { real::getaddrinfo(node, service, hints, res) })
+}
+
+// The exec family and posix_spawn: fds that reach the new program are handed over first
+// (`exec.rs`).
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    exec::before_exec();
+    // SAFETY: see above.
+    unsafe { real::execve(path, argv, envp) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    exec::before_exec();
+    // SAFETY: see above.
+    unsafe { real::execv(path, argv) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    exec::before_exec();
+    // SAFETY: see above.
+    unsafe { real::execvp(file, argv) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    exec::before_exec();
+    // SAFETY: see above.
+    unsafe { real::execvpe(file, argv, envp) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    exec::before_exec();
+    // SAFETY: see above.
+    unsafe { real::fexecve(fd, argv, envp) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut pid_t,
+    path: *const c_char,
+    actions: *const posix_spawn_file_actions_t,
+    attr: *const posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    exec::before_spawn();
+    // SAFETY: see above.
+    unsafe { real::posix_spawn(pid, path, actions, attr, argv, envp) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut pid_t,
+    file: *const c_char,
+    actions: *const posix_spawn_file_actions_t,
+    attr: *const posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    exec::before_spawn();
+    // SAFETY: see above.
+    unsafe { real::posix_spawnp(pid, file, actions, attr, argv, envp) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawn_file_actions_adddup2(
+    actions: *mut posix_spawn_file_actions_t,
+    fd: c_int,
+    newfd: c_int,
+) -> c_int {
+    exec::giving(fd);
+    // SAFETY: see above.
+    unsafe { real::posix_spawn_file_actions_adddup2(actions, fd, newfd) }
 }
 
 #[unsafe(no_mangle)]

@@ -32,12 +32,16 @@
 //!
 //! Guarantee: what the caller sees does not change (a blocking fd behaves as blocking, an fd the
 //! program made non-blocking gives `EAGAIN`, `F_GETFL` shows the program's flags, socket
-//! timeouts are honoured, regular files pass straight through); a `timeout` or cancel that fires
-//! inside a patched call makes the call fail with `ETIMEDOUT`/`ECANCELED` and unwinds the
-//! coroutine at its next greenhub suspension point. Not guaranteed: that every blocking call is
-//! caught (glibc's internal calls, futexes, raw syscalls are not); see `docs/patching.md`.
+//! timeouts are honoured, regular files pass straight through, another program given an fd
+//! gets it without the patch's O_NONBLOCK); a `timeout` or cancel that fires inside a patched
+//! call makes the call fail with `ETIMEDOUT`/`ECANCELED` and unwinds the coroutine at its next
+//! greenhub suspension point. Not guaranteed: that every blocking call is caught (glibc's
+//! internal calls, futexes, raw syscalls are not), that a large write on a blocking socket is
+//! complete (it may be short, as a non-blocking one), and the gaps listed in
+//! `docs/patching.md`.
 
 mod blocking_call;
+mod exec;
 mod fdtable;
 mod hooks;
 mod real;
@@ -60,9 +64,11 @@ static RECORDED_FOR: AtomicI32 = AtomicI32::new(0);
 /// would block: `read`, `readv`, `write`, `writev`, `recv`, `recvfrom`, `recvmsg`, `send`,
 /// `sendto`, `sendmsg`, `connect`, `accept`, `accept4`, `poll`, `nanosleep`,
 /// `clock_nanosleep`, `waitpid`, `wait4`, `waitid` (a child's exit is awaited through its
-/// pidfd) and `getaddrinfo` (run on a helper thread). `close`, `dup`, `dup2`, `dup3`, `fcntl`,
+/// pidfd), `getaddrinfo` (run on a helper thread), and `splice` and `sendfile` (which std's
+/// `io::copy` uses between pipes and sockets). `close`, `dup`, `dup2`, `dup3`, `fcntl`,
 /// `ioctl` and `setsockopt` are interposed too, to keep the per-fd table right, to hide the
-/// O_NONBLOCK flag the patch sets and to know which sockets have timeouts.
+/// O_NONBLOCK flag the patch sets and to know which sockets have timeouts; and the exec family
+/// and `posix_spawn`, to take that flag off every fd another program is given.
 ///
 /// Call it early (at the top of `main`): fds already open then (other than sockets and pipes the
 /// program opens later) are treated as shared with other processes, waited on with `poll` and
@@ -78,6 +84,7 @@ pub fn install() {
         // Referencing every hook keeps the object that defines them in the link, even where a
         // linker would drop an archive member nothing else refers to.
         std::hint::black_box(hooks::every_hook());
+        real::resolve_all(); // no dlsym from now on: the exec hooks run in forked children
         record_shared_fds();
         INSTALLED.store(true, Ordering::Release);
     });
@@ -95,6 +102,8 @@ fn active() -> bool {
 
 /// Records every pollable fd open now that has no entry as [`Mode::Polled`]: these descriptions
 /// may be shared with other processes (inherited from the parent, or open before `install`).
+/// One the program made non-blocking stays so (straight through); one whose O_NONBLOCK the
+/// patch set through a twin it inherited is managed, like the twin.
 fn record_shared_fds() {
     // SAFETY: getpid has no preconditions.
     RECORDED_FOR.store(unsafe { libc::getpid() }, Ordering::Relaxed);
@@ -109,9 +118,17 @@ fn record_shared_fds() {
         if let Some((kind, inode)) = fdtable::identify(fd)
             && kind != Kind::Other
         {
+            // SAFETY: F_GETFL takes no argument and has no memory preconditions.
+            let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+            let nonblocking = flags >= 0 && flags & libc::O_NONBLOCK != 0;
+            let twin = nonblocking && blocking_call::managed_twin(fd, kind, inode, flags).is_some();
+            let mode = match twin {
+                true => Mode::Managed { user_nonblocking: false },
+                false => Mode::Polled { user_nonblocking: nonblocking },
+            };
             // Their timeouts are unknown: a wait asks.
             let timeouts = kind == Kind::Socket;
-            fdtable::set(fd, Entry { mode: Mode::Polled, kind, inode, timeouts });
+            fdtable::set(fd, Entry { mode, kind, inode, timeouts });
         }
     }
 }

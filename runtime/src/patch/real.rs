@@ -1,15 +1,19 @@
 //! libc's own functions, reached past our interposers with `dlsym(RTLD_NEXT, name)`.
 //!
-//! Guarantee: each function is looked up once (on its first call) and cached; a call here is one
-//! atomic load and an indirect call, never a call into our hooks (no recursion). If a symbol
-//! cannot be found (a libc without it), the call fails with `ENOSYS`, as a missing syscall would.
+//! Guarantee: each function is looked up once (by [`resolve_all`], which `install` calls, or on
+//! its first call before that) and cached; a call here is one atomic load and an indirect call,
+//! never a call into our hooks (no recursion), and after `install` never a `dlsym` (which takes
+//! a lock: not safe in a child forked from a threaded process, where the exec hooks run). If a
+//! symbol cannot be found (a libc without it), the call fails with `ENOSYS`, as a missing
+//! syscall would.
 
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libc::{
-    addrinfo, id_t, idtype_t, iovec, msghdr, nfds_t, pid_t, pollfd, rusage, siginfo_t, size_t,
-    sockaddr, socklen_t, ssize_t, timespec,
+    addrinfo, id_t, idtype_t, iovec, loff_t, msghdr, nfds_t, off_t, pid_t, pollfd,
+    posix_spawn_file_actions_t, posix_spawnattr_t, rusage, siginfo_t, size_t, sockaddr, socklen_t,
+    ssize_t, timespec,
 };
 
 /// A cached symbol: 0 until looked up, 1 when the lookup failed, else the address.
@@ -45,26 +49,39 @@ pub(crate) fn set_errno(value: c_int) {
     unsafe { *libc::__errno_location() = value };
 }
 
-/// Declares `real::name(args) -> ret`, calling libc's `name` through a cached `dlsym` lookup.
+/// Declares `real::name(args) -> ret`, calling libc's `name` through a cached `dlsym` lookup,
+/// and [`resolve_all`], which looks every one of them up now.
 macro_rules! real {
-    ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty; )*) => {$(
-        #[doc = concat!("libc's own `", stringify!($name), "`.")]
-        ///
-        /// # Safety
-        /// The same contract as the libc function.
-        pub(crate) unsafe fn $name($($arg: $ty),*) -> $ret {
-            static CACHE: AtomicUsize = AtomicUsize::new(0);
-            let Some(address) = resolve(&CACHE, concat!(stringify!($name), "\0").as_bytes())
-            else {
-                return missing();
-            };
-            // SAFETY: `address` is libc's definition of this very symbol, whose C signature is
-            // the one declared here (the libc crate's declarations, copied).
-            let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(address) };
-            // SAFETY: the caller upholds the libc function's contract.
-            unsafe { f($($arg),*) }
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty; )*) => {
+        /// One cache per symbol (0 until looked up, 1 when missing, else the address).
+        struct Caches { $( $name: AtomicUsize, )* }
+
+        static CACHES: Caches = Caches { $( $name: AtomicUsize::new(0), )* };
+
+        /// Looks every symbol up now, so that no later call runs `dlsym`.
+        pub(crate) fn resolve_all() {
+            $( resolve(&CACHES.$name, concat!(stringify!($name), "\0").as_bytes()); )*
+            resolve(&FCNTL, b"fcntl\0");
+            resolve(&IOCTL, b"ioctl\0");
         }
-    )*};
+
+        $(
+            #[doc = concat!("libc's own `", stringify!($name), "`.")]
+            ///
+            /// # Safety
+            /// The same contract as the libc function.
+            pub(crate) unsafe fn $name($($arg: $ty),*) -> $ret {
+                let name = concat!(stringify!($name), "\0").as_bytes();
+                let Some(address) = resolve(&CACHES.$name, name) else { return missing() };
+                type Real = unsafe extern "C" fn($($ty),*) -> $ret;
+                // SAFETY: `address` is libc's definition of this very symbol, whose C signature
+                // is the one declared here (the libc crate's declarations, copied).
+                let f: Real = unsafe { std::mem::transmute(address) };
+                // SAFETY: the caller upholds the libc function's contract.
+                unsafe { f($($arg),*) }
+            }
+        )*
+    };
 }
 
 real! {
@@ -101,7 +118,29 @@ real! {
     setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void,
         len: socklen_t) -> c_int;
     fstat(fd: c_int, buf: *mut libc::stat) -> c_int;
+    sendfile(out_fd: c_int, in_fd: c_int, offset: *mut off_t, count: size_t) -> ssize_t;
+    sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut libc::off64_t, count: size_t)
+        -> ssize_t;
+    splice(fd_in: c_int, off_in: *mut loff_t, fd_out: c_int, off_out: *mut loff_t, len: size_t,
+        flags: libc::c_uint) -> ssize_t;
+    execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int;
+    execv(path: *const c_char, argv: *const *const c_char) -> c_int;
+    execvp(file: *const c_char, argv: *const *const c_char) -> c_int;
+    execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char)
+        -> c_int;
+    fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int;
+    posix_spawn(pid: *mut pid_t, path: *const c_char,
+        actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t,
+        argv: *const *mut c_char, envp: *const *mut c_char) -> c_int;
+    posix_spawnp(pid: *mut pid_t, file: *const c_char,
+        actions: *const posix_spawn_file_actions_t, attr: *const posix_spawnattr_t,
+        argv: *const *mut c_char, envp: *const *mut c_char) -> c_int;
+    posix_spawn_file_actions_adddup2(actions: *mut posix_spawn_file_actions_t, fd: c_int,
+        newfd: c_int) -> c_int;
 }
+
+static FCNTL: AtomicUsize = AtomicUsize::new(0);
+static IOCTL: AtomicUsize = AtomicUsize::new(0);
 
 /// libc's own `fcntl` (variadic in C: the third argument is an int or a pointer, passed as one
 /// machine word).
@@ -109,8 +148,7 @@ real! {
 /// # Safety
 /// The same contract as the libc function.
 pub(crate) unsafe fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
-    static CACHE: AtomicUsize = AtomicUsize::new(0);
-    let Some(address) = resolve(&CACHE, b"fcntl\0") else { return missing() };
+    let Some(address) = resolve(&FCNTL, b"fcntl\0") else { return missing() };
     // SAFETY: libc's `fcntl` has this variadic signature.
     let f: unsafe extern "C" fn(c_int, c_int, ...) -> c_int =
         unsafe { std::mem::transmute(address) };
@@ -123,8 +161,7 @@ pub(crate) unsafe fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
 /// # Safety
 /// The same contract as the libc function.
 pub(crate) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: usize) -> c_int {
-    static CACHE: AtomicUsize = AtomicUsize::new(0);
-    let Some(address) = resolve(&CACHE, b"ioctl\0") else { return missing() };
+    let Some(address) = resolve(&IOCTL, b"ioctl\0") else { return missing() };
     // SAFETY: glibc's `ioctl` has this variadic signature.
     let f: unsafe extern "C" fn(c_int, libc::c_ulong, ...) -> c_int =
         unsafe { std::mem::transmute(address) };

@@ -1,0 +1,281 @@
+//! Each call the contract lists that std does not make on its own paths, made directly through
+//! libc in a coroutine when it has to wait: it suspends only its caller (a ticker coroutine runs
+//! meanwhile, and the call returns no sooner than a plain thread unblocks it) and returns what
+//! libc would. `read`, `write`, `recv`, `send`, `connect`, `poll` and `nanosleep` are exercised
+//! through std in the other files, `accept4` (std's `TcpListener::accept`) in the patch module's
+//! doctest, and the child waits in `child_waits.rs`.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use greenhub_patch_tests::{Ticker, errno, kernel_flags, suspends_only_the_caller};
+
+fn iovec(buf: &[u8]) -> libc::iovec {
+    libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() }
+}
+
+fn iovec_mut(buf: &mut [u8]) -> libc::iovec {
+    libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() }
+}
+
+/// Sends `chunk`-byte messages with MSG_DONTWAIT until the socket can take no more; returns how
+/// many bytes went out (the patch never waits on MSG_DONTWAIT).
+fn fill(fd: RawFd, chunk: usize) -> usize {
+    let buf = vec![b'.'; chunk];
+    let mut sent = 0;
+    loop {
+        // SAFETY: `buf` is live for the call.
+        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), chunk, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            assert_eq!(errno(), libc::EAGAIN, "filling the socket failed");
+            return sent;
+        }
+        sent += n as usize;
+    }
+}
+
+/// Receives datagrams on `socket` (a plain thread: libc's calls) until one equals `last`;
+/// returns how many came before it.
+fn receive_until(socket: &UnixDatagram, last: &[u8]) -> usize {
+    let mut buf = [0u8; 256];
+    let mut before = 0;
+    loop {
+        let n = socket.recv(&mut buf).unwrap();
+        if &buf[..n] == last {
+            return before;
+        }
+        before += 1;
+    }
+}
+
+#[test]
+fn readv_waits_for_data_and_scatters_it() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut head, mut tail) = ([0u8; 3], [0u8; 4]);
+        let n = suspends_only_the_caller(
+            || {
+                let iov = [iovec_mut(&mut head), iovec_mut(&mut tail)];
+                // SAFETY: two live iovecs.
+                unsafe { libc::readv(b.as_raw_fd(), iov.as_ptr(), 2) }
+            },
+            move || (&a).write_all(b"abcdefg").unwrap(),
+        );
+        assert_eq!(n, 7);
+        assert_eq!((&head, &tail), (b"abc", b"defg"));
+    });
+}
+
+#[test]
+fn writev_waits_for_room_and_gathers_its_buffers() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let queued = fill(a.as_raw_fd(), 4096);
+        let n = suspends_only_the_caller(
+            || {
+                let iov = [iovec(b"head"), iovec(b"tail")];
+                // SAFETY: two live iovecs.
+                unsafe { libc::writev(a.as_raw_fd(), iov.as_ptr(), 2) }
+            },
+            move || {
+                let mut all = vec![0u8; queued + 8];
+                (&b).read_exact(&mut all).unwrap();
+                assert_eq!(&all[queued..], b"headtail");
+            },
+        );
+        assert_eq!(n, 8);
+    });
+}
+
+#[test]
+fn recvfrom_waits_for_a_datagram_and_reports_its_sender() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (to, from) = (receiver.local_addr().unwrap(), sender.local_addr().unwrap());
+        let mut buf = [0u8; 32];
+        // SAFETY: an all-zero sockaddr_in is a valid value of the plain C struct.
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let n = suspends_only_the_caller(
+            || {
+                let (fd, addr) = (receiver.as_raw_fd(), (&raw mut addr).cast::<libc::sockaddr>());
+                // SAFETY: live buffer, address and length out-pointers of the sizes given.
+                unsafe { libc::recvfrom(fd, buf.as_mut_ptr().cast(), 32, 0, addr, &mut len) }
+            },
+            move || {
+                sender.send_to(b"datagram", to).unwrap();
+            },
+        );
+        assert_eq!(n, 8);
+        assert_eq!(&buf[..8], b"datagram");
+        assert_eq!(len as usize, std::mem::size_of::<libc::sockaddr_in>());
+        assert_eq!(u16::from_be(addr.sin_port), from.port(), "the wrong sender address");
+    });
+}
+
+#[test]
+fn sendto_waits_for_room_in_the_peers_queue() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let queued = fill(a.as_raw_fd(), 64) / 64; // datagrams
+        let n = suspends_only_the_caller(
+            || {
+                let msg = b"sendto";
+                // SAFETY: a live buffer; no address (the socket is connected).
+                unsafe {
+                    libc::sendto(a.as_raw_fd(), msg.as_ptr().cast(), 6, 0, std::ptr::null(), 0)
+                }
+            },
+            move || assert_eq!(receive_until(&b, b"sendto"), queued),
+        );
+        assert_eq!(n, 6);
+    });
+}
+
+#[test]
+fn recvmsg_waits_for_data_and_scatters_it() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut head, mut tail) = ([0u8; 4], [0u8; 6]);
+        let mut iov = [iovec_mut(&mut head), iovec_mut(&mut tail)];
+        let (n, flags) = suspends_only_the_caller(
+            || {
+                // SAFETY: an all-zero msghdr is a valid (empty) header.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = 2;
+                // SAFETY: the header points to two live iovecs.
+                let n = unsafe { libc::recvmsg(b.as_raw_fd(), &mut msg, 0) };
+                (n, msg.msg_flags)
+            },
+            move || (&a).write_all(b"0123456789").unwrap(),
+        );
+        assert_eq!((n, flags), (10, 0));
+        assert_eq!((&head, &tail), (b"0123", b"456789"));
+    });
+}
+
+#[test]
+fn sendmsg_waits_for_room_in_the_peers_queue() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let queued = fill(a.as_raw_fd(), 64) / 64; // datagrams
+        let n = suspends_only_the_caller(
+            || {
+                let mut iov = [iovec(b"send"), iovec(b"msg")];
+                // SAFETY: an all-zero msghdr is a valid (empty) header.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = 2;
+                // SAFETY: the header points to two live iovecs.
+                unsafe { libc::sendmsg(a.as_raw_fd(), &msg, 0) }
+            },
+            move || assert_eq!(receive_until(&b, b"sendmsg"), queued),
+        );
+        assert_eq!(n, 7);
+    });
+}
+
+#[test]
+fn accept_waits_for_a_connection_and_reports_the_peer() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // SAFETY: an all-zero sockaddr_in is a valid value of the plain C struct.
+        let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let fd = suspends_only_the_caller(
+            || {
+                let peer = (&raw mut peer).cast::<libc::sockaddr>();
+                // SAFETY: address and length out-pointers of the sizes given.
+                unsafe { libc::accept(listener.as_raw_fd(), peer, &mut len) }
+            },
+            move || {
+                let client = TcpStream::connect(addr).unwrap();
+                tx.send(client).unwrap();
+            },
+        );
+        assert!(fd >= 0, "accept: {}", std::io::Error::last_os_error());
+        // SAFETY: accept returned a new fd, owned here from now on.
+        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        let client = rx.recv().unwrap();
+        assert_eq!(u16::from_be(peer.sin_port), client.local_addr().unwrap().port());
+        assert_eq!(
+            kernel_flags(conn.as_raw_fd()) & libc::O_NONBLOCK,
+            0,
+            "libc's accept gives a blocking fd"
+        );
+        let mut conn = TcpStream::from(conn);
+        (&client).write_all(b"hi").unwrap();
+        let mut buf = [0u8; 2];
+        conn.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hi");
+    });
+}
+
+#[test]
+fn clock_nanosleep_relative_and_absolute_suspends_only_its_caller() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let d = libc::timespec { tv_sec: 0, tv_nsec: 30_000_000 };
+        for clock in [libc::CLOCK_MONOTONIC, libc::CLOCK_REALTIME] {
+            let ticker = Ticker::start();
+            let start = Instant::now();
+            // SAFETY: a live timespec; no remainder wanted.
+            let rc = unsafe { libc::clock_nanosleep(clock, 0, &d, std::ptr::null_mut()) };
+            assert_eq!(rc, 0);
+            assert!(start.elapsed() >= Duration::from_millis(30), "clock {clock}: woke early");
+            assert!(ticker.stop() > 0, "clock {clock}: no other coroutine ran during the sleep");
+        }
+        let mut at = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut at) };
+        at.tv_nsec += 30_000_000;
+        if at.tv_nsec >= 1_000_000_000 {
+            (at.tv_sec, at.tv_nsec) = (at.tv_sec + 1, at.tv_nsec - 1_000_000_000);
+        }
+        let ticker = Ticker::start();
+        let start = Instant::now();
+        // SAFETY: a live timespec.
+        let rc = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &at,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, 0);
+        assert!(start.elapsed() >= Duration::from_millis(25), "woke before the absolute time");
+        assert!(ticker.stop() > 0, "no other coroutine ran during the absolute sleep");
+    });
+}
+
+#[test]
+fn a_socket_write_timeout_is_honoured_while_other_coroutines_run() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (mut a, _b) = UnixStream::pair().unwrap();
+        fill(a.as_raw_fd(), 4096); // the first use: the patch manages it from here
+        a.set_write_timeout(Some(Duration::from_millis(60))).unwrap(); // SO_SNDTIMEO
+        let ticker = Ticker::start();
+        let start = Instant::now();
+        let err = a.write(b"x").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WouldBlock, "SO_SNDTIMEO gives EAGAIN, as libc: {err}");
+        assert!(start.elapsed() >= Duration::from_millis(60), "the timeout fired early");
+        assert!(ticker.stop() > 0, "no other coroutine ran during the wait");
+    });
+}

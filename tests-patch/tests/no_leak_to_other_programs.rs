@@ -1,0 +1,157 @@
+//! The O_NONBLOCK the patch sets never reaches another program: a socket or pipe the patch
+//! manages is blocking in a program it is given to (as stdio by std's `Command`, inherited
+//! across `exec`, through a `pre_exec` fork and exec, or with greenhub-ipc's `Command::pass`).
+//! In the parent, such a description is shared from then on: still cooperative, never switched
+//! back to non-blocking.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output, Stdio};
+
+use greenhub_patch_tests::{kernel_flags, suspends_only_the_caller};
+
+/// A connected pair whose `b` end the patch manages (it was used in a coroutine with a wait).
+fn managed_pair() -> (UnixStream, UnixStream) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let writer = greenhub::spawn(move || {
+        greenhub::yield_now();
+        (&a).write_all(b"-").unwrap();
+        a
+    });
+    (&b).read_exact(&mut [0u8; 1]).unwrap();
+    let a = writer.join().unwrap();
+    assert_ne!(kernel_flags(b.as_raw_fd()) & libc::O_NONBLOCK, 0, "the patch does not manage it");
+    (a, b)
+}
+
+/// A shell command that prints the `flags:` line of its fd `fd` on its stderr.
+fn print_flags_of(fd: i32) -> String {
+    format!("grep flags /proc/self/fdinfo/{fd} >&2")
+}
+
+/// Whether a `flags:` line (octal) has O_NONBLOCK.
+fn nonblocking_in(line: &str) -> bool {
+    let octal = line.trim().strip_prefix("flags:").unwrap_or_else(|| panic!("no flags: {line:?}"));
+    let flags = i32::from_str_radix(octal.trim(), 8).unwrap();
+    flags & libc::O_NONBLOCK != 0
+}
+
+/// Whether the `flags:` line a program printed on stderr has O_NONBLOCK.
+fn nonblocking_there(out: &Output) -> bool {
+    nonblocking_in(&String::from_utf8_lossy(&out.stderr))
+}
+
+/// The parent's own fd on a description it gave away: a read still waits cooperatively, and
+/// the patch did not switch it back to non-blocking.
+fn still_cooperative_and_blocking(a: UnixStream, b: &UnixStream) {
+    let n = suspends_only_the_caller(
+        || (&*b).read(&mut [0u8; 4]).unwrap(),
+        move || (&a).write_all(b"ping").unwrap(),
+    );
+    assert_eq!(n, 4);
+    assert_eq!(kernel_flags(b.as_raw_fd()) & libc::O_NONBLOCK, 0, "non-blocking while shared");
+}
+
+#[test]
+fn a_managed_socket_given_as_stdin_is_blocking_in_the_program() {
+    let _serial = greenhub_tests::process_lock();
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = managed_pair();
+        let given = OwnedFd::from(b.try_clone().unwrap());
+        let out = Command::new("sh")
+            .args(["-c", &print_flags_of(0)])
+            .stdin(Stdio::from(given))
+            .output()
+            .unwrap();
+        assert!(!nonblocking_there(&out), "the program got the patch's O_NONBLOCK");
+        still_cooperative_and_blocking(a, &b);
+    });
+}
+
+#[test]
+fn a_clone_made_before_the_patch_saw_the_socket_is_blocking_in_the_program() {
+    let _serial = greenhub_tests::process_lock();
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let given = OwnedFd::from(b.try_clone().unwrap()); // before the patch saw `b`
+        (&a).write_all(b"-").unwrap();
+        (&b).read_exact(&mut [0u8; 1]).unwrap(); // the patch manages the description now
+        assert_ne!(kernel_flags(given.as_raw_fd()) & libc::O_NONBLOCK, 0, "not managed");
+        let out = Command::new("sh")
+            .args(["-c", &print_flags_of(0)])
+            .stdin(Stdio::from(given))
+            .output()
+            .unwrap();
+        assert!(!nonblocking_there(&out), "the program got the patch's O_NONBLOCK");
+        still_cooperative_and_blocking(a, &b);
+    });
+}
+
+#[test]
+fn a_managed_pipe_given_as_stdout_is_blocking_in_the_program() {
+    let _serial = greenhub_tests::process_lock();
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        (&writer).write_all(b"-").unwrap(); // the patch manages the pipe's write end now
+        reader.read_exact(&mut [0u8; 1]).unwrap();
+        assert_ne!(kernel_flags(writer.as_raw_fd()) & libc::O_NONBLOCK, 0, "not managed");
+        let mut command = Command::new("sh");
+        // The program reports the flags of its stdout through its stdout.
+        command.args(["-c", "grep flags /proc/self/fdinfo/1"]).stdout(writer);
+        assert!(command.status().unwrap().success());
+        drop(command); // closes the parent's copy of the write end
+        let mut line = String::new();
+        reader.read_to_string(&mut line).unwrap();
+        assert!(!nonblocking_in(&line), "the program got the patch's O_NONBLOCK");
+    });
+}
+
+#[test]
+fn a_managed_socket_inherited_across_exec_is_blocking_in_the_program() {
+    let _serial = greenhub_tests::process_lock();
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = managed_pair();
+        let fd = b.as_raw_fd();
+        // SAFETY: F_SETFD on an fd we own: it stays open across exec.
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+        let out = Command::new("sh").args(["-c", &print_flags_of(fd)]).output().unwrap();
+        assert!(!nonblocking_there(&out), "the program got the patch's O_NONBLOCK");
+        still_cooperative_and_blocking(a, &b);
+    });
+}
+
+#[test]
+fn a_managed_socket_given_through_fork_and_exec_is_blocking_in_the_program() {
+    let _serial = greenhub_tests::process_lock();
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (_a, b) = managed_pair();
+        let mut command = Command::new("sh");
+        command.args(["-c", &print_flags_of(0)]).stdin(Stdio::from(OwnedFd::from(b)));
+        // SAFETY: the hook does nothing; having one makes std fork and exec by itself (no
+        // posix_spawn), through the patch's `dup2` and `execvp`.
+        unsafe { command.pre_exec(|| Ok(())) };
+        let out = command.output().unwrap();
+        assert!(!nonblocking_there(&out), "the program got the patch's O_NONBLOCK");
+    });
+}
+
+#[test]
+fn a_managed_socket_passed_with_greenhub_ipc_is_blocking_in_the_program() {
+    let _serial = greenhub_tests::process_lock();
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (_a, b) = managed_pair();
+        let mut command = greenhub_ipc::Command::new("sh");
+        let fd = command.pass(b);
+        command.args(["-c", &print_flags_of(fd)]);
+        let out = command.output().unwrap();
+        assert!(!nonblocking_there(&out), "the program got the patch's O_NONBLOCK");
+    });
+}
