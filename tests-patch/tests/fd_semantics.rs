@@ -224,3 +224,44 @@ fn reopen_at(at: RawFd, fd: UnixStream) -> UnixStream {
         UnixStream::from_raw_fd(at)
     }
 }
+
+/// A large write on a blocking socket in a coroutine returns the whole count, as libc's does on
+/// a blocking fd (the patch made the fd non-blocking behind the program's back, so the kernel
+/// took only part of it at a time): the rest was written while the caller was suspended, and a
+/// reader coroutine got every byte.
+#[test]
+fn a_large_write_to_a_blocking_socket_returns_the_whole_count() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    greenhub::patch::install();
+    greenhub::run(|| {
+        const SIZE: usize = 4 << 20;
+        let (writer, mut reader) = std::os::unix::net::UnixStream::pair().unwrap();
+        let drained = greenhub::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0;
+            loop {
+                match reader.read(&mut buf).unwrap() {
+                    0 => return total,
+                    n => total += n,
+                }
+            }
+        });
+        let data = vec![b'x'; SIZE];
+        for call in ["write", "send", "sendto"] {
+            let fd = writer.as_raw_fd();
+            // SAFETY: `data` is live for the call; a null address is ignored on a connected
+            // stream socket.
+            let n = unsafe {
+                match call {
+                    "write" => libc::write(fd, data.as_ptr().cast(), SIZE),
+                    "send" => libc::send(fd, data.as_ptr().cast(), SIZE, 0),
+                    _ => libc::sendto(fd, data.as_ptr().cast(), SIZE, 0, std::ptr::null(), 0),
+                }
+            };
+            assert_eq!(n, SIZE as isize, "{call} returned a short count");
+        }
+        drop(writer);
+        assert_eq!(drained.join().unwrap(), 3 * SIZE);
+    });
+}

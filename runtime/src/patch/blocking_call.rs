@@ -63,6 +63,41 @@ pub(super) fn io(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> i
     guard(-1, || managed_after_eagain(fd, entry, dir, op))
 }
 
+/// A write-shaped call of `len` bytes (`write`, `send`, `sendto`), made as on the blocking fd
+/// the program believes it has: `op(done)` writes from byte `done` on. Where the patch made the
+/// fd non-blocking behind the program's back, a short count (the socket or pipe took only part)
+/// does not come back as it would not from a blocking fd: the rest is written too, waiting as
+/// [`io`] does. An error after some bytes went (a send timeout, a cancel) returns their count,
+/// as a blocking write cut short after progress does; the next call reports the error.
+#[inline(always)]
+pub(super) fn write_whole(
+    fd: c_int,
+    dont_wait: bool,
+    len: usize,
+    mut op: impl FnMut(usize) -> isize,
+) -> isize {
+    let first = io(fd, Dir::Write, dont_wait, || op(0));
+    if first < 0 || first as usize >= len || dont_wait {
+        return first;
+    }
+    guard(first, || write_rest(fd, len, first as usize, op))
+}
+
+/// [`write_whole`] after a short first write.
+#[inline(never)]
+fn write_rest(fd: c_int, len: usize, mut done: usize, mut op: impl FnMut(usize) -> isize) -> isize {
+    if !fdtable::get(fd).is_some_and(|e| e.mode == WAITS) {
+        return done as isize; // the program's own non-blocking fd, or a shared one: as libc
+    }
+    while done < len {
+        match io(fd, Dir::Write, false, || op(done)) {
+            n if n > 0 => done += n as usize,
+            _ => break,
+        }
+    }
+    done as isize
+}
+
 /// The mode whose `EAGAIN` the patch waits out: managed, and the program never asked for
 /// O_NONBLOCK itself.
 pub(super) const WAITS: Mode = Mode::Managed { user_nonblocking: false };

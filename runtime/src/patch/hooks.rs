@@ -19,7 +19,9 @@ use libc::{
     ssize_t, timespec,
 };
 
-use super::blocking_call::{self, Child, Dir, End, duration_of, io, transfer, wait_child};
+use super::blocking_call::{
+    self, Child, Dir, End, duration_of, io, transfer, wait_child, write_whole,
+};
 use super::{exec, fdtable, real};
 
 const DONTWAIT: c_int = libc::MSG_DONTWAIT;
@@ -85,8 +87,10 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> s
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-    // SAFETY: see above.
-    io(fd, Dir::Write, false, || unsafe { real::write(fd, buf, count) })
+    // SAFETY: see above; `done` never exceeds `count`, so the pointer stays in `buf`.
+    write_whole(fd, false, count, |done| unsafe {
+        real::write(fd, buf.cast::<u8>().add(done).cast(), count - done)
+    })
 }
 
 #[unsafe(no_mangle)]
@@ -126,8 +130,10 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
     let nb = flags & DONTWAIT != 0;
-    // SAFETY: see above.
-    io(fd, Dir::Write, nb, || unsafe { real::send(fd, buf, len, flags) })
+    // SAFETY: see above; `done` never exceeds `len`, so the pointer stays in `buf`.
+    write_whole(fd, nb, len, |done| unsafe {
+        real::send(fd, buf.cast::<u8>().add(done).cast(), len - done, flags)
+    })
 }
 
 #[unsafe(no_mangle)]
@@ -140,8 +146,10 @@ pub unsafe extern "C" fn sendto(
     addrlen: socklen_t,
 ) -> ssize_t {
     let nb = flags & DONTWAIT != 0;
-    // SAFETY: see above.
-    io(fd, Dir::Write, nb, || unsafe { real::sendto(fd, buf, len, flags, addr, addrlen) })
+    // SAFETY: see above; `done` never exceeds `len`, so the pointer stays in `buf`.
+    write_whole(fd, nb, len, |done| unsafe {
+        real::sendto(fd, buf.cast::<u8>().add(done).cast(), len - done, flags, addr, addrlen)
+    })
 }
 
 #[unsafe(no_mangle)]
