@@ -265,3 +265,43 @@ fn a_large_write_to_a_blocking_socket_returns_the_whole_count() {
         assert_eq!(drained.join().unwrap(), 3 * SIZE);
     });
 }
+
+/// The same for `writev` and `sendmsg` over several buffers: the whole count comes back, and the
+/// reader gets every byte in order (the rest of a short write is the rest of the segments).
+#[test]
+fn a_large_vectored_write_to_a_blocking_socket_returns_the_whole_count_in_order() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    greenhub::patch::install();
+    greenhub::run(|| {
+        const MIB: usize = 1 << 20;
+        let (writer, mut reader) = std::os::unix::net::UnixStream::pair().unwrap();
+        let received = greenhub::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).unwrap();
+            all
+        });
+        let parts = [vec![b'a'; MIB], vec![b'b'; 2 * MIB + 17], vec![b'c'; MIB]];
+        let iov: Vec<libc::iovec> = parts
+            .iter()
+            .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
+            .collect();
+        let total = parts.iter().map(Vec::len).sum::<usize>() as isize;
+        let fd = writer.as_raw_fd();
+        // SAFETY: `iov` points at `parts`, live for the call.
+        let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+        assert_eq!(n, total, "writev returned a short count");
+        // SAFETY: an all-zero msghdr is valid (no name, no control); it points at `iov`.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len();
+        // SAFETY: `msg` and what it points at are live for the call.
+        let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+        assert_eq!(n, total, "sendmsg returned a short count");
+        drop(writer);
+        let expected: Vec<u8> = parts.concat();
+        let got = received.join().unwrap();
+        assert_eq!(got.len(), 2 * expected.len());
+        assert!(got[..expected.len()] == expected[..] && got[expected.len()..] == expected[..]);
+    });
+}

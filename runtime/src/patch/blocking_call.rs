@@ -98,6 +98,81 @@ fn write_rest(fd: c_int, len: usize, mut done: usize, mut op: impl FnMut(usize) 
     done as isize
 }
 
+/// [`write_whole`] for a call that writes the bytes of `segments` in order (`writev`,
+/// `sendmsg`): `op(segments, done)` writes `segments`, which start at byte `done` of the whole
+/// (after a short write, the rest: a new array over the same buffers).
+#[inline(always)]
+pub(super) fn write_whole_vectored(
+    fd: c_int,
+    dont_wait: bool,
+    segments: &[libc::iovec],
+    mut op: impl FnMut(&[libc::iovec], usize) -> isize,
+) -> isize {
+    let first = io(fd, Dir::Write, dont_wait, || op(segments, 0));
+    if first <= 0 || dont_wait {
+        return first;
+    }
+    let len = segments.iter().fold(0usize, |sum, s| sum.saturating_add(s.iov_len));
+    if first as usize >= len {
+        return first;
+    }
+    guard(first, || write_rest_vectored(fd, segments, len, first as usize, op))
+}
+
+/// [`write_whole_vectored`] after a short first write.
+#[inline(never)]
+fn write_rest_vectored(
+    fd: c_int,
+    segments: &[libc::iovec],
+    len: usize,
+    mut done: usize,
+    mut op: impl FnMut(&[libc::iovec], usize) -> isize,
+) -> isize {
+    if !fdtable::get(fd).is_some_and(|e| e.mode == WAITS) {
+        return done as isize; // as in `write_rest`
+    }
+    let mut rest = Vec::with_capacity(segments.len());
+    while done < len {
+        rest.clear();
+        rest.extend(after(segments, done));
+        match io(fd, Dir::Write, false, || op(&rest, done)) {
+            n if n > 0 => done += n as usize,
+            _ => break,
+        }
+    }
+    done as isize
+}
+
+/// The segments that hold the bytes of `segments` after the first `skip`.
+fn after(segments: &[libc::iovec], mut skip: usize) -> impl Iterator<Item = libc::iovec> + '_ {
+    segments.iter().filter_map(move |s| {
+        if skip >= s.iov_len {
+            skip -= s.iov_len;
+            return None;
+        }
+        let from = std::mem::take(&mut skip);
+        let base = s.iov_base.cast::<u8>().wrapping_add(from).cast();
+        Some(libc::iovec { iov_base: base, iov_len: s.iov_len - from })
+    })
+}
+
+/// The segments of a caller's `iov` array of `count` entries, when it is one libc would take
+/// (else the call goes to libc as it is, to fail there as libc decides).
+///
+/// # Safety
+/// `iov` must be the caller's array of `count` segments, live for the call (writev's and
+/// sendmsg's own contract).
+pub(super) unsafe fn segments<'a>(
+    iov: *const libc::iovec,
+    count: usize,
+) -> Option<&'a [libc::iovec]> {
+    if iov.is_null() || count == 0 || count > libc::UIO_MAXIOV as usize {
+        return None;
+    }
+    // SAFETY: the caller's contract above; the count is within libc's own limit.
+    Some(unsafe { std::slice::from_raw_parts(iov, count) })
+}
+
 /// The mode whose `EAGAIN` the patch waits out: managed, and the program never asked for
 /// O_NONBLOCK itself.
 pub(super) const WAITS: Mode = Mode::Managed { user_nonblocking: false };

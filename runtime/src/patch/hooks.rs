@@ -20,7 +20,8 @@ use libc::{
 };
 
 use super::blocking_call::{
-    self, Child, Dir, End, duration_of, io, transfer, wait_child, write_whole,
+    self, Child, Dir, End, duration_of, io, segments, transfer, wait_child, write_whole,
+    write_whole_vectored,
 };
 use super::{exec, fdtable, real};
 
@@ -95,8 +96,15 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> 
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
-    // SAFETY: see above.
-    io(fd, Dir::Write, false, || unsafe { real::writev(fd, iov, iovcnt) })
+    // SAFETY: writev's contract: `iov` holds `iovcnt` segments, live for the call.
+    let Some(all) = (unsafe { segments(iov, usize::try_from(iovcnt).unwrap_or(0)) }) else {
+        // SAFETY: see above.
+        return io(fd, Dir::Write, false, || unsafe { real::writev(fd, iov, iovcnt) });
+    };
+    // SAFETY: see above; `rest` is `all` or the part of its buffers not written yet.
+    write_whole_vectored(fd, false, all, |rest, _| unsafe {
+        real::writev(fd, rest.as_ptr(), rest.len() as c_int)
+    })
 }
 
 #[unsafe(no_mangle)]
@@ -155,8 +163,30 @@ pub unsafe extern "C" fn sendto(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
     let nb = flags & DONTWAIT != 0;
-    // SAFETY: see above.
-    io(fd, Dir::Write, nb, || unsafe { real::sendmsg(fd, msg, flags) })
+    // SAFETY: sendmsg's contract: a non-null `msg` is a live msghdr.
+    let whole = (!msg.is_null()).then(|| unsafe { *msg });
+    // SAFETY: sendmsg's contract: its `msg_iov` holds `msg_iovlen` segments, live for the call.
+    let all = whole.and_then(|m| unsafe { segments(m.msg_iov, m.msg_iovlen) });
+    let (Some(whole), Some(all)) = (whole, all) else {
+        // SAFETY: see above.
+        return io(fd, Dir::Write, nb, || unsafe { real::sendmsg(fd, msg, flags) });
+    };
+    write_whole_vectored(fd, nb, all, |rest, done| {
+        let mut part = whole;
+        part.msg_iov = rest.as_ptr().cast_mut();
+        part.msg_iovlen = rest.len() as _;
+        if done > 0 {
+            // The rest of a stream: its ancillary data (fds passed with SCM_RIGHTS) and address
+            // went with the first bytes.
+            part.msg_control = std::ptr::null_mut();
+            part.msg_controllen = 0;
+            part.msg_name = std::ptr::null_mut();
+            part.msg_namelen = 0;
+        }
+        // SAFETY: `part` is the caller's message over `rest`, the part of its buffers not
+        // written yet.
+        unsafe { real::sendmsg(fd, &part, flags) }
+    })
 }
 
 #[unsafe(no_mangle)]
