@@ -160,6 +160,30 @@ pub fn run_in_child(test: &str, var: &str) -> bool {
     false
 }
 
+/// Runs `f` with this process's address space capped at what it maps now plus 1 MiB, so the
+/// OS refuses any new thread (its stack alone is 2 MiB), then lifts the cap. Panic output is
+/// silenced meanwhile (printing a backtrace needs memory too). Only for a test running alone in
+/// a child process ([`run_in_child`]): the cap is process-wide.
+pub fn with_no_room_for_a_thread<T>(f: impl FnOnce() -> T) -> T {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `old` is a valid out-pointer for getrlimit.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut old) }, 0);
+    let capped = libc::rlimit { rlim_cur: pages * page + (1 << 20), rlim_max: old.rlim_max };
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    // SAFETY: `capped` is a valid rlimit; lowering the soft limit only.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &capped) }, 0);
+    let value = f();
+    // SAFETY: restores the soft limit read above (never above the hard limit).
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) }, 0);
+    std::panic::set_hook(hook);
+    value
+}
+
 /// Whether `fd` is in non-blocking mode (`O_NONBLOCK`).
 pub fn is_nonblocking(fd: std::os::fd::RawFd) -> bool {
     // SAFETY: F_GETFL on an fd number has no memory preconditions.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use greenhub::sync::channel;
 use greenhub::{spawn, spawn_blocking, yield_now};
-use greenhub_tests::panic_message;
+use greenhub_tests::{panic_message, with_no_room_for_a_thread};
 
 /// Long enough to never matter when the code under test is right.
 const SAFETY_NET: Duration = Duration::from_secs(10);
@@ -116,29 +116,6 @@ fn a_cancelled_caller_does_not_stop_the_closure() {
 
 /// Set in the child process that reruns the thread-refusal test.
 const REFUSAL_CHILD: &str = "GREENHUB_TEST_THREAD_REFUSAL_CHILD";
-
-/// Runs `f` with this process's address space capped at what it maps now plus 1 MiB, so the
-/// OS refuses any new thread (its stack alone is 2 MiB), then lifts the cap. Panic output is
-/// silenced meanwhile (printing a backtrace needs memory too).
-fn with_no_room_for_a_thread<T>(f: impl FnOnce() -> T) -> T {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `old` is a valid out-pointer for getrlimit.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut old) }, 0);
-    let capped = libc::rlimit { rlim_cur: pages * page + (1 << 20), rlim_max: old.rlim_max };
-    let hook = panic::take_hook();
-    panic::set_hook(Box::new(|_| {}));
-    // SAFETY: `capped` is a valid rlimit; lowering the soft limit only.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &capped) }, 0);
-    let value = f();
-    // SAFETY: restores the soft limit read above (never above the hard limit).
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) }, 0);
-    panic::set_hook(hook);
-    value
-}
 
 #[test]
 fn spawn_blocking_panics_naming_the_os_error_when_no_helper_thread_can_start() {

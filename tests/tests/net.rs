@@ -187,6 +187,35 @@ fn a_unix_connect_to_a_full_backlog_waits_until_an_accept_makes_room() {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// Set in the child process that reruns the helper-thread refusal test.
+const UNIX_REFUSAL_CHILD: &str = "GREENHUB_TEST_UNIX_CONNECT_REFUSAL_CHILD";
+
+/// When the backlog is full and the OS refuses the helper thread that would wait for room, the
+/// connect is an error naming both, not a panic or a hang.
+#[test]
+fn a_unix_connect_to_a_full_backlog_without_a_helper_thread_is_an_error_naming_it() {
+    let name = "a_unix_connect_to_a_full_backlog_without_a_helper_thread_is_an_error_naming_it";
+    if !greenhub_tests::run_in_child(name, UNIX_REFUSAL_CHILD) {
+        return;
+    }
+    // SAFETY: alarm has no preconditions (a hang in the child fails the test).
+    unsafe { libc::alarm(30) };
+    let path = socket_path("no-helper");
+    let _ = std::fs::remove_file(&path);
+    greenhub::run(|| {
+        let listener = UnixListener::bind_with_backlog(&path, 0).unwrap();
+        let _queued = UnixStream::connect(&path).unwrap(); // a backlog of 0 holds one
+        let refused = greenhub_tests::with_no_room_for_a_thread(|| UnixStream::connect(&path));
+        let err = refused.expect_err("connected although the backlog was full");
+        let message = err.to_string();
+        assert!(message.contains("backlog is full"), "{message}");
+        assert!(message.contains("refused the helper thread"), "{message}");
+        assert!(message.contains("os error"), "the OS error is not named: {message}");
+        drop(listener);
+    });
+    std::fs::remove_file(&path).unwrap();
+}
+
 /// `local_addr` and `peer_addr` of Unix sockets name the path they are bound or connected to.
 #[test]
 fn unix_sockets_know_their_addresses() {

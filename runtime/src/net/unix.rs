@@ -10,6 +10,7 @@ use std::path::Path;
 use super::{
     Timeouts, blocking_again, default_backlog, dup_fd, fd_traits, finish_connect, stream_io,
 };
+use crate::blocking::try_spawn_blocking;
 use crate::io::Source;
 use crate::sys;
 
@@ -81,6 +82,26 @@ impl fmt::Debug for UnixListener {
     }
 }
 
+/// A connect to a full backlog: a non-blocking Unix connect fails with EAGAIN and, unlike TCP,
+/// leaves nothing in progress to wait for (the socket even polls writable), so the wait for room
+/// in the backlog is a blocking connect on a `spawn_blocking` helper thread.
+fn connect_once_there_is_room(path: &Path) -> io::Result<mio::net::UnixStream> {
+    let path = path.to_path_buf();
+    let std = try_spawn_blocking(move || std::os::unix::net::UnixStream::connect(path)).map_err(
+        |refused| {
+            io::Error::new(
+                refused.kind(),
+                format!(
+                    "UnixStream::connect: the listener's backlog is full, and the OS refused the \
+                     helper thread that waits for room ({refused})"
+                ),
+            )
+        },
+    )??;
+    std.set_nonblocking(true)?;
+    Ok(mio::net::UnixStream::from_std(std))
+}
+
 /// A Unix-domain stream connection; the same shape as [`TcpStream`](super::TcpStream).
 pub struct UnixStream {
     inner: Source<mio::net::UnixStream>,
@@ -94,16 +115,7 @@ impl UnixStream {
     pub fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
         let path = path.as_ref();
         let mio = match mio::net::UnixStream::connect(path) {
-            // A full backlog: a non-blocking Unix connect fails with EAGAIN and, unlike TCP,
-            // leaves nothing in progress to wait for (the socket even polls writable), so the
-            // wait for room in the backlog is a blocking connect on a helper thread.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let path = path.to_path_buf();
-                let std =
-                    crate::spawn_blocking(move || std::os::unix::net::UnixStream::connect(path))?;
-                std.set_nonblocking(true)?;
-                mio::net::UnixStream::from_std(std)
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => connect_once_there_is_room(path)?,
             other => other?,
         };
         let stream = UnixStream::from_mio(mio, Timeouts::default())?;
