@@ -305,3 +305,49 @@ fn a_large_vectored_write_to_a_blocking_socket_returns_the_whole_count_in_order(
         assert!(got[..expected.len()] == expected[..] && got[expected.len()..] == expected[..]);
     });
 }
+
+/// `SO_SNDTIMEO` bounds a large write as a whole, as the kernel's blocking send counts it: a
+/// reader that frees a little room now and then does not restart the timeout for each part, so
+/// the write returns the count it got through once the timeout has passed.
+#[test]
+fn a_send_timeout_bounds_a_large_write_as_a_whole() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    greenhub::patch::install();
+    greenhub::run(|| {
+        const SIZE: usize = 4 << 20;
+        let (writer, mut reader) = std::os::unix::net::UnixStream::pair().unwrap();
+        writer.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+        let written = std::sync::Arc::new(AtomicBool::new(false));
+        // A slow reader on a plain thread: it empties the socket every 100 ms (room for the
+        // writer to go on within each 200 ms timeout), then reads the rest at once.
+        let drainer = std::thread::spawn({
+            let written = written.clone();
+            move || {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut total = 0;
+                loop {
+                    if !written.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    match reader.read(&mut buf).unwrap() {
+                        0 => return total,
+                        n => total += n,
+                    }
+                }
+            }
+        });
+        let data = vec![b'x'; SIZE];
+        let start = Instant::now();
+        // SAFETY: `data` is live for the call.
+        let n = unsafe { libc::write(writer.as_raw_fd(), data.as_ptr().cast(), SIZE) };
+        let took = start.elapsed();
+        written.store(true, Ordering::SeqCst);
+        assert!(n > 0 && (n as usize) < SIZE, "wrote {n} of {SIZE} bytes");
+        assert!(took < Duration::from_secs(5), "the timeout restarted for each part: {took:?}");
+        drop(writer);
+        assert_eq!(drainer.join().unwrap(), n as usize);
+    });
+}

@@ -63,46 +63,16 @@ pub(super) fn io(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> i
     guard(-1, || managed_after_eagain(fd, entry, dir, op))
 }
 
-/// A write-shaped call of `len` bytes (`write`, `send`, `sendto`), made as on the blocking fd
-/// the program believes it has: `op(done)` writes from byte `done` on. Where the patch made the
-/// fd non-blocking behind the program's back, a short count (the socket or pipe took only part)
-/// does not come back as it would not from a blocking fd: the rest is written too, waiting as
-/// [`io`] does. An error after some bytes went (a send timeout, a cancel) returns their count,
+/// A write-shaped call (`write`, `send`, `sendto`, `writev`, `sendmsg`) of the bytes of
+/// `segments`, in order, made as on the blocking fd the program believes it has:
+/// `op(segments, done)` writes `segments`, which start at byte `done` of the whole (after a
+/// short write, the rest: a new array over the same buffers). Where the patch made the fd
+/// non-blocking behind the program's back, a short count (the socket or pipe took only part)
+/// does not come back, as it would not from a blocking fd: the rest is written too, waiting as
+/// [`io`] does. An error after some bytes went (the send timeout, a cancel) returns their count,
 /// as a blocking write cut short after progress does; the next call reports the error.
 #[inline(always)]
 pub(super) fn write_whole(
-    fd: c_int,
-    dont_wait: bool,
-    len: usize,
-    mut op: impl FnMut(usize) -> isize,
-) -> isize {
-    let first = io(fd, Dir::Write, dont_wait, || op(0));
-    if first < 0 || first as usize >= len || dont_wait {
-        return first;
-    }
-    guard(first, || write_rest(fd, len, first as usize, op))
-}
-
-/// [`write_whole`] after a short first write.
-#[inline(never)]
-fn write_rest(fd: c_int, len: usize, mut done: usize, mut op: impl FnMut(usize) -> isize) -> isize {
-    if !fdtable::get(fd).is_some_and(|e| e.mode == WAITS) {
-        return done as isize; // the program's own non-blocking fd, or a shared one: as libc
-    }
-    while done < len {
-        match io(fd, Dir::Write, false, || op(done)) {
-            n if n > 0 => done += n as usize,
-            _ => break,
-        }
-    }
-    done as isize
-}
-
-/// [`write_whole`] for a call that writes the bytes of `segments` in order (`writev`,
-/// `sendmsg`): `op(segments, done)` writes `segments`, which start at byte `done` of the whole
-/// (after a short write, the rest: a new array over the same buffers).
-#[inline(always)]
-pub(super) fn write_whole_vectored(
     fd: c_int,
     dont_wait: bool,
     segments: &[libc::iovec],
@@ -116,29 +86,42 @@ pub(super) fn write_whole_vectored(
     if first as usize >= len {
         return first;
     }
-    guard(first, || write_rest_vectored(fd, segments, len, first as usize, op))
+    guard(first, || write_rest(fd, segments, len, first as usize, op))
 }
 
-/// [`write_whole_vectored`] after a short first write.
+/// [`write_whole`] after a short first write.
 #[inline(never)]
-fn write_rest_vectored(
+fn write_rest(
     fd: c_int,
     segments: &[libc::iovec],
     len: usize,
     mut done: usize,
     mut op: impl FnMut(&[libc::iovec], usize) -> isize,
 ) -> isize {
-    if !fdtable::get(fd).is_some_and(|e| e.mode == WAITS) {
-        return done as isize; // as in `write_rest`
-    }
+    let Some(entry) = fdtable::get(fd).filter(|e| e.mode == WAITS) else {
+        return done as isize; // the program's own non-blocking fd, or a shared one: as libc
+    };
+    // One send timeout for the whole call, as a blocking send has, not one per part.
+    let deadline = socket_deadline(fd, entry, Dir::Write);
     let mut rest = Vec::with_capacity(segments.len());
     while done < len {
         rest.clear();
         rest.extend(after(segments, done));
-        match io(fd, Dir::Write, false, || op(&rest, done)) {
-            n if n > 0 => done += n as usize,
-            _ => break,
+        let mut part = || op(&rest, done);
+        let written = if active() {
+            match part() {
+                n if n < 0 && errno() == libc::EAGAIN => {
+                    managed_after_eagain_until(fd, entry, Dir::Write, deadline, part)
+                }
+                n => n,
+            }
+        } else {
+            io(fd, Dir::Write, false, part)
+        };
+        if written <= 0 {
+            break;
         }
+        done += written as usize;
     }
     done as isize
 }
@@ -154,6 +137,11 @@ fn after(segments: &[libc::iovec], mut skip: usize) -> impl Iterator<Item = libc
         let base = s.iov_base.cast::<u8>().wrapping_add(from).cast();
         Some(libc::iovec { iov_base: base, iov_len: s.iov_len - from })
     })
+}
+
+/// `buf`'s `len` bytes as one segment, for [`write_whole`].
+pub(super) fn segment(buf: *const std::ffi::c_void, len: usize) -> libc::iovec {
+    libc::iovec { iov_base: buf.cast_mut(), iov_len: len }
 }
 
 /// The segments of a caller's `iov` array of `count` entries, when it is one libc would take
@@ -209,8 +197,19 @@ fn managed(fd: c_int, entry: Entry, dir: Dir, mut op: impl FnMut() -> isize) -> 
 /// [`managed`] once the first try said `EAGAIN`: wait, try again, until the call goes through,
 /// fails otherwise, or the wait ends without readiness.
 #[inline(never)]
-fn managed_after_eagain(fd: c_int, entry: Entry, dir: Dir, mut op: impl FnMut() -> isize) -> isize {
-    let deadline = socket_deadline(fd, entry, dir);
+fn managed_after_eagain(fd: c_int, entry: Entry, dir: Dir, op: impl FnMut() -> isize) -> isize {
+    managed_after_eagain_until(fd, entry, dir, socket_deadline(fd, entry, dir), op)
+}
+
+/// [`managed_after_eagain`] with the socket timeout's `deadline` given (a write of many parts
+/// keeps one).
+fn managed_after_eagain_until(
+    fd: c_int,
+    entry: Entry,
+    dir: Dir,
+    deadline: Option<Instant>,
+    mut op: impl FnMut() -> isize,
+) -> isize {
     loop {
         match wait_managed(fd, entry, dir, deadline) {
             Ok(Some(true)) => {}

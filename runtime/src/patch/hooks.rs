@@ -20,8 +20,7 @@ use libc::{
 };
 
 use super::blocking_call::{
-    self, Child, Dir, End, duration_of, io, segments, transfer, wait_child, write_whole,
-    write_whole_vectored,
+    self, Child, Dir, End, duration_of, io, segment, segments, transfer, wait_child, write_whole,
 };
 use super::{exec, fdtable, real};
 
@@ -88,9 +87,9 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> s
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
-    // SAFETY: see above; `done` never exceeds `count`, so the pointer stays in `buf`.
-    write_whole(fd, false, count, |done| unsafe {
-        real::write(fd, buf.cast::<u8>().add(done).cast(), count - done)
+    // SAFETY: see above; `rest` is one segment inside `buf`.
+    write_whole(fd, false, &[segment(buf, count)], |rest, _| unsafe {
+        real::write(fd, rest[0].iov_base, rest[0].iov_len)
     })
 }
 
@@ -102,7 +101,7 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> 
         return io(fd, Dir::Write, false, || unsafe { real::writev(fd, iov, iovcnt) });
     };
     // SAFETY: see above; `rest` is `all` or the part of its buffers not written yet.
-    write_whole_vectored(fd, false, all, |rest, _| unsafe {
+    write_whole(fd, false, all, |rest, _| unsafe {
         real::writev(fd, rest.as_ptr(), rest.len() as c_int)
     })
 }
@@ -138,9 +137,9 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
     let nb = flags & DONTWAIT != 0;
-    // SAFETY: see above; `done` never exceeds `len`, so the pointer stays in `buf`.
-    write_whole(fd, nb, len, |done| unsafe {
-        real::send(fd, buf.cast::<u8>().add(done).cast(), len - done, flags)
+    // SAFETY: see above; `rest` is one segment inside `buf`.
+    write_whole(fd, nb, &[segment(buf, len)], |rest, _| unsafe {
+        real::send(fd, rest[0].iov_base, rest[0].iov_len, flags)
     })
 }
 
@@ -154,9 +153,11 @@ pub unsafe extern "C" fn sendto(
     addrlen: socklen_t,
 ) -> ssize_t {
     let nb = flags & DONTWAIT != 0;
-    // SAFETY: see above; `done` never exceeds `len`, so the pointer stays in `buf`.
-    write_whole(fd, nb, len, |done| unsafe {
-        real::sendto(fd, buf.cast::<u8>().add(done).cast(), len - done, flags, addr, addrlen)
+    write_whole(fd, nb, &[segment(buf, len)], |rest, done| {
+        // The rest of a stream goes without the address, which went with the first bytes.
+        let (addr, addrlen) = if done > 0 { (std::ptr::null(), 0) } else { (addr, addrlen) };
+        // SAFETY: see above; `rest` is one segment inside `buf`.
+        unsafe { real::sendto(fd, rest[0].iov_base, rest[0].iov_len, flags, addr, addrlen) }
     })
 }
 
@@ -171,7 +172,7 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
         // SAFETY: see above.
         return io(fd, Dir::Write, nb, || unsafe { real::sendmsg(fd, msg, flags) });
     };
-    write_whole_vectored(fd, nb, all, |rest, done| {
+    write_whole(fd, nb, all, |rest, done| {
         let mut part = whole;
         part.msg_iov = rest.as_ptr().cast_mut();
         part.msg_iovlen = rest.len() as _;
