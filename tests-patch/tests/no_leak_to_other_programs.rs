@@ -43,6 +43,16 @@ fn nonblocking_there(out: &Output) -> bool {
     nonblocking_in(&String::from_utf8_lossy(&out.stderr))
 }
 
+/// Whether a program given `fd` as its stdin (by std's `Command`) finds it non-blocking.
+fn nonblocking_as_stdin(fd: OwnedFd) -> bool {
+    let out = Command::new("sh")
+        .args(["-c", &print_flags_of(0)])
+        .stdin(Stdio::from(fd))
+        .output()
+        .unwrap();
+    nonblocking_there(&out)
+}
+
 /// The parent's own fd on a description it gave away: a read still waits cooperatively, and
 /// the patch did not switch it back to non-blocking.
 fn still_cooperative_and_blocking(a: UnixStream, b: &UnixStream) {
@@ -61,12 +71,7 @@ fn a_managed_socket_given_as_stdin_is_blocking_in_the_program() {
     greenhub::run(|| {
         let (a, b) = managed_pair();
         let given = OwnedFd::from(b.try_clone().unwrap());
-        let out = Command::new("sh")
-            .args(["-c", &print_flags_of(0)])
-            .stdin(Stdio::from(given))
-            .output()
-            .unwrap();
-        assert!(!nonblocking_there(&out), "the program got the patch's O_NONBLOCK");
+        assert!(!nonblocking_as_stdin(given), "the program got the patch's O_NONBLOCK");
         still_cooperative_and_blocking(a, &b);
     });
 }
@@ -81,12 +86,7 @@ fn a_clone_made_before_the_patch_saw_the_socket_is_blocking_in_the_program() {
         (&a).write_all(b"-").unwrap();
         (&b).read_exact(&mut [0u8; 1]).unwrap(); // the patch manages the description now
         assert_ne!(kernel_flags(given.as_raw_fd()) & libc::O_NONBLOCK, 0, "not managed");
-        let out = Command::new("sh")
-            .args(["-c", &print_flags_of(0)])
-            .stdin(Stdio::from(given))
-            .output()
-            .unwrap();
-        assert!(!nonblocking_there(&out), "the program got the patch's O_NONBLOCK");
+        assert!(!nonblocking_as_stdin(given), "the program got the patch's O_NONBLOCK");
         still_cooperative_and_blocking(a, &b);
     });
 }
