@@ -221,12 +221,14 @@ where
     }
 }
 
+/// What a fork leaves the caller: which side this is, the locks held across it (glibc's `fork`
+/// only), and the start handshake's pipe (glibc's `fork` only).
+type ForkedHolding = (io::Result<Forked>, Option<HeldForFork>, Option<(OwnedFd, OwnedFd)>);
+
 /// A fork by glibc's `fork`, holding the locks the child's start needs across it (other threads
 /// may exist), and the pipe on which the child waits for the parent's go-ahead: once the parent
 /// holds its pidfd (`pidfd_open`), so a child the parent cannot watch is killed before it has
 /// run any of `f`.
-type ForkedHolding = (io::Result<Forked>, Option<HeldForFork>, Option<(OwnedFd, OwnedFd)>);
-
 fn fork_holding_locks() -> Result<ForkedHolding, Error> {
     let held = HeldForFork::lock();
     let pipe = sys::small_pipe()
