@@ -5,11 +5,12 @@
 //! neither panics on any input. Postcard decodes under [`DecodeLimits`] (see [`limits`]): nesting
 //! depth, a memory budget tied to the payload's length, and sequence lengths capped by both, so an
 //! untrusted peer cannot overflow the reader's stack, make it allocate many times what it sent,
-//! or keep it spinning. A message that is a `Vec<u8>`, `Box<[u8]>` or `String` takes a fast path
-//! ([`Postcard`]'s docs) with the same bytes on the wire and the same limits. Not guaranteed:
+//! or keep it spinning. A message that is a `Vec<u8>`, `Box<[u8]>` or `String`, or a number or
+//! `bool`, takes a fast path ([`Postcard`]'s docs) with the same bytes on the wire and the same
+//! verdict on every payload. Not guaranteed:
 //! postcard's byte layout across postcard major versions, nor the wording of the error messages.
 
-use std::any::type_name;
+use std::any::{Any, type_name};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,6 +21,7 @@ use crate::frame::{Parts, Payload};
 mod bytes;
 mod encoder;
 pub mod limits;
+mod scalar;
 
 pub use limits::{BUDGET_FLOOR, DEFAULT_MAX_DEPTH, DEFAULT_MAX_EXPANSION, DecodeLimits};
 
@@ -127,6 +129,11 @@ pub trait Codec<T> {
 /// The bytes on the wire are postcard's, so a peer using plain postcard interoperates, and the
 /// reader's limits apply as on the generic path.
 ///
+/// A message that is one integer (`u8` to `u64`, `i8` to `i64`, `usize`, `isize`), `f32`,
+/// `f64` or `bool` is likewise decoded without serde (postcard's varint read straight off the
+/// payload; the same values and the same errors), which is most of the cost of a pool's tiny
+/// items.
+///
 /// Bytes *inside* another type take serde's path, and serde's `Vec<u8>` is a sequence: postcard
 /// encodes and decodes it one `u8` at a time, a call or two and a bounds check per byte (a
 /// `struct { data: Vec<u8> }` of 100 MB moves at a fifth of the fast path's speed and slower
@@ -185,11 +192,9 @@ impl<T: Serialize + DeserializeOwned + 'static> Codec<T> for Postcard {
                 bytes::Refusal::LeftOver { rest, .. } => left_over::<T>(len, rest),
             });
         }
-        let (value, rest) =
-            limits::decode::<T>(&payload.contiguous(), limits).map_err(cannot_decode::<T>)?;
-        match rest {
-            0 => Ok(value),
-            rest => Err(left_over::<T>(len, rest)),
+        match decode_generic::<T>(&payload.contiguous(), limits).map_err(cannot_decode::<T>)? {
+            (value, 0) => Ok(value),
+            (_, rest) => Err(left_over::<T>(len, rest)),
         }
     }
 
@@ -218,9 +223,32 @@ pub(crate) fn decode_slice<T: Serialize + DeserializeOwned + 'static>(
         return Codec::<T>::decode(&Postcard, bytes);
     }
     let limits = DecodeLimits::default();
-    match limits::decode::<T>(bytes, &limits).map_err(cannot_decode::<T>)? {
+    match decode_generic::<T>(bytes, &limits).map_err(cannot_decode::<T>)? {
         (value, 0) => Ok(value),
         (_, rest) => Err(left_over::<T>(bytes.len(), rest)),
+    }
+}
+
+/// One `T` off the front of `bytes` and how many bytes followed it, or postcard's (or a
+/// limit's) reason why not: through serde, or for a number or `bool` without it (`scalar.rs`).
+#[inline(always)]
+fn decode_generic<T: DeserializeOwned + 'static>(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<(T, usize), String> {
+    match scalar::decode::<T>(bytes) {
+        Some(decoded) => decoded,
+        None => limits::decode::<T>(bytes, limits),
+    }
+}
+
+/// `value` as a `T`, which it is: for the fast paths, once they have compared `TypeId`s.
+fn cast<T: 'static, U: 'static>(value: U) -> T {
+    let mut slot = Some(value);
+    let any: &mut dyn Any = &mut slot;
+    match any.downcast_mut::<Option<T>>().and_then(Option::take) {
+        Some(value) => value,
+        None => unreachable!("a codec fast path cast a value to another type than its own"),
     }
 }
 

@@ -23,8 +23,8 @@ use std::any::{Any, TypeId};
 
 use crate::frame::{Parts, Payload};
 
-use super::DecodeLimits;
 use super::limits;
+use super::{DecodeLimits, cast};
 
 /// The longest postcard varint of a `u64` (and of a length on a 64-bit platform).
 const MAX_PREFIX: usize = 10;
@@ -221,18 +221,6 @@ fn into_value<T: 'static>(kind: Kind, bytes: Vec<u8>) -> Result<T, Refusal> {
 /// postcard's error for a string that is not UTF-8.
 fn bad_utf8() -> Refusal {
     Refusal::Invalid(postcard::Error::DeserializeBadUtf8.to_string())
-}
-
-/// `value` as a `T`, which it is: `decode` is only called with `T`'s own kind.
-fn cast<T: 'static, U: 'static>(value: U) -> T {
-    let mut slot = Some(value);
-    let any: &mut dyn Any = &mut slot;
-    match any.downcast_mut::<Option<T>>().and_then(Option::take) {
-        Some(value) => value,
-        None => unreachable!(
-            "codec::bytes::decode was called with the kind of another type than the one asked for"
-        ),
-    }
 }
 
 #[cfg(test)]
