@@ -26,6 +26,15 @@ fn managed_pair() -> (UnixStream, UnixStream) {
     (a, b)
 }
 
+/// A pipe whose write end the patch manages (a write went through it in a coroutine).
+fn managed_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    (&writer).write_all(b"-").unwrap();
+    reader.read_exact(&mut [0u8; 1]).unwrap();
+    assert_ne!(kernel_flags(writer.as_raw_fd()) & libc::O_NONBLOCK, 0, "not managed");
+    (reader, writer)
+}
+
 /// A shell command that prints the `flags:` line of its fd `fd` on its stderr.
 fn print_flags_of(fd: i32) -> String {
     format!("grep flags /proc/self/fdinfo/{fd} >&2")
@@ -96,10 +105,7 @@ fn a_managed_pipe_given_as_stdout_is_blocking_in_the_program() {
     let _serial = greenhub_tests::process_lock();
     greenhub::patch::install();
     greenhub::run(|| {
-        let (mut reader, writer) = std::io::pipe().unwrap();
-        (&writer).write_all(b"-").unwrap(); // the patch manages the pipe's write end now
-        reader.read_exact(&mut [0u8; 1]).unwrap();
-        assert_ne!(kernel_flags(writer.as_raw_fd()) & libc::O_NONBLOCK, 0, "not managed");
+        let (mut reader, writer) = managed_pipe();
         let mut command = Command::new("sh");
         // The program reports the flags of its stdout through its stdout.
         command.args(["-c", "grep flags /proc/self/fdinfo/1"]).stdout(writer);
@@ -153,5 +159,35 @@ fn a_managed_socket_passed_with_greenhub_ipc_is_blocking_in_the_program() {
         command.args(["-c", &print_flags_of(fd)]);
         let out = command.output().unwrap();
         assert!(!nonblocking_there(&out), "the program got the patch's O_NONBLOCK");
+    });
+}
+
+#[test]
+fn a_large_write_to_a_pipe_shared_with_a_program_suspends_only_the_caller() {
+    let _serial = greenhub_tests::process_lock();
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (mut reader, writer) = managed_pipe();
+        // A program gets a copy of the write end: the description is shared from now on, left
+        // blocking, and waited on with poll.
+        let given = writer.try_clone().unwrap();
+        assert!(Command::new("true").stdout(given).status().unwrap().success());
+        assert_eq!(kernel_flags(writer.as_raw_fd()) & libc::O_NONBLOCK, 0, "non-blocking");
+        // Sixteen pipe-fulls: one blocking write of it all would hold the hub's thread (and the
+        // ticker) until the reader came.
+        let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        let expected = big.clone();
+        let (got_tx, got_rx) = std::sync::mpsc::channel();
+        let written = suspends_only_the_caller(
+            // One `write` call, as on a blocking fd: the whole count.
+            || (&writer).write(&big).unwrap(),
+            move || {
+                let mut got = vec![0u8; 1 << 20];
+                reader.read_exact(&mut got).unwrap();
+                got_tx.send(got).unwrap();
+            },
+        );
+        assert_eq!(written, big.len());
+        assert!(got_rx.recv().unwrap() == expected, "the bytes arrived out of order");
     });
 }
