@@ -1,8 +1,8 @@
 //! Postcard decoding of nested and recursive types under `DecodeLimits` of any setting: never a
 //! panic, an abort (stack overflow, allocation failure) or a hang; a value that decodes
 //! re-encodes to a payload that decodes to the same value. The byte types that take the codec's
-//! fast path (`Vec<u8>`, `Box<[u8]>`, `String`) decode exactly as plain postcard decodes them,
-//! whole, split after their head, or owned.
+//! fast path (`Vec<u8>`, `Box<[u8]>`, `String`) and the integers and `bool` (its scalar path)
+//! decode exactly as plain postcard decodes them, whole, split after their head, or owned.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -73,9 +73,27 @@ where
     match borrowed {
         Ok(value) => assert_eq!(Some(value), plain, "the fast path accepted what postcard refuses"),
         Err(Error::Codec(why)) if why.contains("deeper") || why.contains("budget") => {}
-        Err(Error::Codec(_)) => assert_eq!(plain, None, "the fast path refused what postcard reads"),
+        Err(Error::Codec(_)) => {
+            assert_eq!(plain, None, "the fast path refused what postcard reads")
+        }
         Err(other) => panic!("decode gave {other:?}, not Codec"),
     }
+}
+
+/// The integers and `bool`, which take the codec's scalar fast path: each decodes `payload`
+/// exactly as plain postcard does, whole, split and owned.
+fn check_scalars(payload: &[u8], limits: &DecodeLimits) {
+    check_bytes::<u8>(payload, limits);
+    check_bytes::<u16>(payload, limits);
+    check_bytes::<u32>(payload, limits);
+    check_bytes::<u64>(payload, limits);
+    check_bytes::<usize>(payload, limits);
+    check_bytes::<i8>(payload, limits);
+    check_bytes::<i16>(payload, limits);
+    check_bytes::<i32>(payload, limits);
+    check_bytes::<i64>(payload, limits);
+    check_bytes::<isize>(payload, limits);
+    check_bytes::<bool>(payload, limits);
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -83,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = DecodeLimits::default()
         .with_max_depth(usize::from(control & 0x7f) * 2)
         .with_max_expansion(usize::from(control >> 7) * 8 + 1);
-    match data.len() % 8 {
+    match data.len() % 9 {
         0 => check::<Tree>(payload, &limits),
         1 => check::<Job>(payload, &limits),
         2 => check::<Vec<Vec<u64>>>(payload, &limits),
@@ -91,6 +109,7 @@ fuzz_target!(|data: &[u8]| {
         4 => check::<(Vec<()>, Option<Box<[u8; 32]>>, String)>(payload, &limits),
         5 => check_bytes::<Vec<u8>>(payload, &limits),
         6 => check_bytes::<Box<[u8]>>(payload, &limits),
-        _ => check_bytes::<String>(payload, &limits),
+        7 => check_bytes::<String>(payload, &limits),
+        _ => check_scalars(payload, &limits),
     }
 });
