@@ -18,7 +18,9 @@ pub fn run(bench: &str, p: &Params) -> Result<Report, String> {
         "big_ser" => greenhub::run(|| big_serialised(p.get("size") as usize)),
         "pingpong" => greenhub::run(|| pingpong(p.get("n"), p.get("pinned") != 0)),
         "process" => greenhub::run(|| process(p.get("n"))),
-        "pool" | "pool_chunked" => greenhub::run(|| pool(p.get("n"), p.get("workers") as usize)),
+        "pool" | "pool_chunked" => greenhub::run(|| {
+            pool(p.get("n"), p.get("workers") as usize, p.opt("maps").unwrap_or(1))
+        }),
         "http" => return crate::http::run(p.get("secs"), p.get("connections")),
         other => return Err(format!("greenhub-ipc has no benchmark {other}")),
     };
@@ -125,21 +127,31 @@ fn process(n: u64) -> Result<Report> {
 /// Besides the rate, the CPU time per item of the parent (during the timed map) and of the
 /// workers together (their whole lives, warm-up included: read once they are reaped), which
 /// vary less than the rate on a shared machine.
-fn pool(n: u64, workers: usize) -> Result<Report> {
+/// One map of `n` items after a warm-up, timed; with `maps` > 1, that many maps one after
+/// another in the same pool, the last one timed (the first maps after the workers' fork pay
+/// the parent's page faults: see docs/child-processes.md, "What a tiny item costs").
+fn pool(n: u64, workers: usize, maps: u64) -> Result<Report> {
     let pool = greenhub_ipc::Pool::new(workers, |x: u64| x + 1)?;
     pool.map(0..1_000)?;
+    for _ in 1..maps {
+        drop(pool.map(0..n)?);
+    }
     let (parent0, _) = sys::cpu_s();
+    let faults0 = sys::minor_faults();
     let t0 = sys::mono_ns();
     let results = pool.map(0..n)?;
     let dt = (sys::mono_ns() - t0) as f64 / 1e9;
     let (parent1, _) = sys::cpu_s();
+    let faults1 = sys::minor_faults();
     assert_eq!(results.len() as u64, n);
     assert_eq!(results.last().copied(), Some(n));
     pool.close()?;
     let (_, children) = sys::cpu_s();
-    let per_item = |s: f64| s * 1e9 / n as f64;
+    let per_item = |s: f64, items: u64| s * 1e9 / items as f64;
     Ok(Report::new()
         .with("items_per_s", n as f64 / dt)
-        .with("parent_cpu_ns_per_item", per_item(parent1 - parent0))
-        .with("workers_cpu_ns_per_item", per_item(children)))
+        .with("parent_cpu_ns_per_item", per_item(parent1 - parent0, n))
+        .with("parent_page_faults", (faults1 - faults0) as f64)
+        // Their whole lives (start, warm-up, every map) over the items of every map.
+        .with("workers_cpu_ns_per_item", per_item(children, n * maps)))
 }

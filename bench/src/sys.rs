@@ -45,6 +45,15 @@ pub fn cpu_s() -> (f64, f64) {
     (of(libc::RUSAGE_SELF), of(libc::RUSAGE_CHILDREN))
 }
 
+/// The minor page faults this process has taken so far.
+pub fn minor_faults() -> i64 {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_minflt
+}
+
 /// What this process's memory costs right now: resident memory plus page tables (VmRSS +
 /// VmPTE of /proc/self/status), in MB (10^6 bytes).
 pub fn rss_pte_mb() -> f64 {
