@@ -191,3 +191,21 @@ fn a_large_write_to_a_pipe_shared_with_a_program_suspends_only_the_caller() {
         assert!(got_rx.recv().unwrap() == expected, "the bytes arrived out of order");
     });
 }
+
+#[test]
+fn a_large_datagram_to_a_socket_shared_with_a_program_stays_one_datagram() {
+    let _serial = greenhub_tests::process_lock();
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        a.send(b"-").unwrap(); // the patch sees the socket in a coroutine
+        b.recv(&mut [0u8; 1]).unwrap();
+        let given = OwnedFd::from(a.try_clone().unwrap());
+        assert!(Command::new("true").stdin(given).status().unwrap().success());
+        // Bigger than PIPE_BUF: a write in parts would make two datagrams of it.
+        let datagram = vec![7u8; 3 * libc::PIPE_BUF];
+        assert_eq!(a.send(&datagram).unwrap(), datagram.len());
+        let mut got = vec![0u8; 2 * datagram.len()];
+        assert_eq!(b.recv(&mut got).unwrap(), datagram.len(), "the datagram was split");
+    });
+}

@@ -133,19 +133,44 @@ fn write_rest(
 }
 
 /// `fd`'s entry if it is a blocking polled one (a description shared with other processes:
-/// inherited stdio, a terminal), made now if `fd` has none yet.
+/// inherited stdio, a terminal) on a byte stream, made now if `fd` has none yet.
 fn polled_entry(fd: c_int) -> Option<Entry> {
-    fdtable::get(fd).or_else(|| entry_for(fd)).filter(|e| e.mode == POLLED)
+    let entry = fdtable::get(fd).or_else(|| entry_for(fd))?;
+    (entry.mode == POLLED && is_byte_stream(fd, entry.kind)).then_some(entry)
 }
 
-/// [`write_whole`] of more than `PIPE_BUF` bytes on a polled fd. That fd stays blocking (other
-/// processes share it), so one write of it all would hold the hub's thread until the reader had
-/// taken all but the last pipe-full. The bytes go in parts of `PIPE_BUF` instead, each once the
-/// fd polls writable: a pipe that polls writable has room for that much (Linux: a free page
-/// slot), so no part blocks, unless another process fills the room first (a terminal may hold
-/// a part until it drains a little). The caller still sees one blocking write: the whole count,
-/// or, when an error cuts it short after some bytes went, their count (the next call reports
-/// the error). A write of at most `PIPE_BUF` bytes stays one call, atomic as POSIX has it.
+/// Whether the bytes of one write to `fd` may go in several: a pipe, a stream socket or a
+/// terminal. Not a datagram socket or another character device (a tun device takes one packet
+/// per write), where each write is a message of its own.
+fn is_byte_stream(fd: c_int, kind: Kind) -> bool {
+    match kind {
+        Kind::Fifo => true,
+        Kind::Socket => {
+            let (mut socket_type, mut len) = (0 as c_int, size_of::<c_int>() as libc::socklen_t);
+            let out = (&raw mut socket_type).cast();
+            // SAFETY: `out` and `len` are valid out-pointers of the sizes given.
+            let rc =
+                unsafe { real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, out, &mut len) };
+            rc == 0 && socket_type == libc::SOCK_STREAM
+        }
+        Kind::CharDevice => {
+            let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+            // SAFETY: TCGETS writes one termios to the valid out-pointer given.
+            unsafe { real::ioctl(fd, libc::TCGETS, termios.as_mut_ptr() as usize) == 0 }
+        }
+        Kind::Other => false,
+    }
+}
+
+/// [`write_whole`] of more than `PIPE_BUF` bytes on a polled byte stream. That fd stays
+/// blocking (other processes share it), so one write of it all would hold the hub's thread
+/// until the reader had taken all but the last pipe-full. The bytes go in parts of `PIPE_BUF`
+/// instead, each once the fd polls writable: a pipe that polls writable has room for that much
+/// (Linux: a free page slot), so no part blocks, unless another process fills the room first
+/// (a terminal may hold a part until it drains a little). The caller still sees one blocking
+/// write: the whole count, or, when an error cuts it short after some bytes went, their count
+/// (the next call reports the error). A write of at most `PIPE_BUF` bytes stays one call,
+/// atomic as POSIX has it.
 fn write_polled_in_parts(
     fd: c_int,
     entry: Entry,
