@@ -7,8 +7,8 @@
 //! untrusted peer cannot overflow the reader's stack, make it allocate many times what it sent,
 //! or keep it spinning. A message that is a `Vec<u8>`, `Box<[u8]>` or `String`, or a number or
 //! `bool`, takes a fast path ([`Postcard`]'s docs) with the same bytes on the wire and the same
-//! verdict on every payload. Not guaranteed:
-//! postcard's byte layout across postcard major versions, nor the wording of the error messages.
+//! verdict on every payload. Not guaranteed: postcard's byte layout across postcard major
+//! versions, nor the wording of the error messages.
 
 use std::any::{Any, type_name};
 
@@ -129,10 +129,10 @@ pub trait Codec<T> {
 /// The bytes on the wire are postcard's, so a peer using plain postcard interoperates, and the
 /// reader's limits apply as on the generic path.
 ///
-/// A message that is one integer (`u8` to `u64`, `i8` to `i64`, `usize`, `isize`), `f32`,
-/// `f64` or `bool` is likewise decoded without serde (postcard's varint read straight off the
-/// payload; the same values and the same errors), which is most of the cost of a pool's tiny
-/// items.
+/// A message that is one integer (`u8` to `u64`, `i8` to `i64`, and `usize` and `isize` where
+/// they are 64 bits), `f32`, `f64` or `bool` is likewise decoded without serde (postcard's
+/// varint read straight off the payload; the same values and the same errors): that was most
+/// of the cost of a pool's tiny items.
 ///
 /// Bytes *inside* another type take serde's path, and serde's `Vec<u8>` is a sequence: postcard
 /// encodes and decodes it one `u8` at a time, a call or two and a bounds check per byte (a
@@ -192,7 +192,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Codec<T> for Postcard {
                 bytes::Refusal::LeftOver { rest, .. } => left_over::<T>(len, rest),
             });
         }
-        match decode_generic::<T>(&payload.contiguous(), limits).map_err(cannot_decode::<T>)? {
+        match decode_one::<T>(&payload.contiguous(), limits).map_err(cannot_decode::<T>)? {
             (value, 0) => Ok(value),
             (_, rest) => Err(left_over::<T>(len, rest)),
         }
@@ -223,7 +223,7 @@ pub(crate) fn decode_slice<T: Serialize + DeserializeOwned + 'static>(
         return Codec::<T>::decode(&Postcard, bytes);
     }
     let limits = DecodeLimits::default();
-    match decode_generic::<T>(bytes, &limits).map_err(cannot_decode::<T>)? {
+    match decode_one::<T>(bytes, &limits).map_err(cannot_decode::<T>)? {
         (value, 0) => Ok(value),
         (_, rest) => Err(left_over::<T>(bytes.len(), rest)),
     }
@@ -232,7 +232,7 @@ pub(crate) fn decode_slice<T: Serialize + DeserializeOwned + 'static>(
 /// One `T` off the front of `bytes` and how many bytes followed it, or postcard's (or a
 /// limit's) reason why not: through serde, or for a number or `bool` without it (`scalar.rs`).
 #[inline(always)]
-fn decode_generic<T: DeserializeOwned + 'static>(
+fn decode_one<T: DeserializeOwned + 'static>(
     bytes: &[u8],
     limits: &DecodeLimits,
 ) -> Result<(T, usize), String> {
