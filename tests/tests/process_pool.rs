@@ -441,6 +441,27 @@ fn a_worker_runs_one_item_at_a_time_by_default() {
 }
 
 #[test]
+fn a_dead_worker_leaves_no_fd_or_coroutine_behind_while_the_pool_lives() {
+    hub_test(|| {
+        let pool = PoolBuilder::new(1).start(run_job).unwrap();
+        let coroutines =
+            || greenhub::ext::dump().lines().filter(|l| l.starts_with("coroutine #")).count();
+        let deaths_then_an_echo = |deaths: usize| {
+            for _ in 0..deaths {
+                assert!(matches!(pool.apply(Job::Die), Err(Error::WorkerDied(_))));
+            }
+            pool.apply(Job::Echo(1)).unwrap(); // a live replacement, with its pipes, again
+            (greenhub_tests::open_fds(), coroutines())
+        };
+        let (fds, live) = deaths_then_an_echo(1);
+        let (fds_later, live_later) = deaths_then_an_echo(10);
+        assert_eq!(fds_later, fds, "each dead worker left fds open in the parent");
+        assert_eq!(live_later, live, "each dead worker left coroutines behind");
+        pool.close().unwrap();
+    });
+}
+
+#[test]
 fn no_fd_leak_or_zombie_whatever_the_workers_do() {
     let _serial = process_lock();
     assert_no_fd_leak(5, || {

@@ -290,6 +290,10 @@ where
         }
         self.gone.set(true);
         drop(replies);
+        // Its task pipe's flusher would otherwise wait for more tasks forever, holding the
+        // pipe's write end: one fd and one coroutine per dead worker, until `run` ends. Closed,
+        // it writes what is pending (to a reader that is gone: EPIPE) and closes the pipe.
+        self.tasks.close();
         let status = self.process.join();
         for (_, mut waiter) in self.in_flight.take() {
             let _ = deliver_to(&mut waiter, |answers| {
