@@ -4,11 +4,14 @@
 //! In the parent, such a description is shared from then on: still cooperative, never switched
 //! back to non-blocking.
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
+use std::rc::Rc;
+use std::time::Duration;
 
 use greenhub_patch_tests::{kernel_flags, suspends_only_the_caller};
 
@@ -163,32 +166,46 @@ fn a_managed_socket_passed_with_greenhub_ipc_is_blocking_in_the_program() {
 }
 
 #[test]
-fn a_large_write_to_a_pipe_shared_with_a_program_suspends_only_the_caller() {
+fn a_second_reader_of_a_shared_pipe_waits_again_when_the_first_took_the_bytes() {
     let _serial = greenhub_tests::process_lock();
     greenhub::patch::install();
     greenhub::run(|| {
-        let (mut reader, writer) = managed_pipe();
-        // A program gets a copy of the write end: the description is shared from now on, left
+        let (reader, mut writer) = managed_pipe();
+        // A program gets a copy of the read end: the description is shared from now on, left
         // blocking, and waited on with poll.
-        let given = writer.try_clone().unwrap();
-        assert!(Command::new("true").stdout(given).status().unwrap().success());
-        assert_eq!(kernel_flags(writer.as_raw_fd()) & libc::O_NONBLOCK, 0, "non-blocking");
-        // Sixteen pipe-fulls: one blocking write of it all would hold the hub's thread (and the
-        // ticker) until the reader came.
-        let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
-        let expected = big.clone();
-        let (got_tx, got_rx) = std::sync::mpsc::channel();
-        let written = suspends_only_the_caller(
-            // One `write` call, as on a blocking fd: the whole count.
-            || (&writer).write(&big).unwrap(),
-            move || {
-                let mut got = vec![0u8; 1 << 20];
-                reader.read_exact(&mut got).unwrap();
-                got_tx.send(got).unwrap();
-            },
-        );
-        assert_eq!(written, big.len());
-        assert!(got_rx.recv().unwrap() == expected, "the bytes arrived out of order");
+        let given = reader.try_clone().unwrap();
+        assert!(Command::new("true").stdin(given).status().unwrap().success());
+        assert_eq!(kernel_flags(reader.as_raw_fd()) & libc::O_NONBLOCK, 0, "non-blocking");
+        let reader = Rc::new(reader);
+        let done = Rc::new(Cell::new(0));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (reader, done) = (Rc::clone(&reader), Rc::clone(&done));
+                greenhub::spawn(move || {
+                    let mut byte = [0u8; 1];
+                    assert_eq!((&*reader).read(&mut byte).unwrap(), 1);
+                    done.set(done.get() + 1);
+                    byte[0]
+                })
+            })
+            .collect();
+        // One byte wakes both readers; the second must wait again, not block the thread in
+        // `read`, or this coroutine cannot tell the writer thread that the first got it.
+        let (took_one, first_taken) = std::sync::mpsc::channel();
+        let feeder = std::thread::spawn(move || {
+            writer.write_all(b"x").unwrap();
+            let hub_ran = first_taken.recv_timeout(Duration::from_secs(10)).is_ok();
+            writer.write_all(b"y").unwrap();
+            hub_ran
+        });
+        while done.get() == 0 {
+            greenhub::yield_now();
+        }
+        took_one.send(()).unwrap();
+        let mut got: Vec<u8> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, b"xy");
+        assert!(feeder.join().unwrap(), "the second reader's read held the hub's thread");
     });
 }
 

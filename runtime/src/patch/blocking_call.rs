@@ -78,17 +78,11 @@ pub(super) fn write_whole(
     segments: &[libc::iovec],
     mut op: impl FnMut(&[libc::iovec], usize) -> isize,
 ) -> isize {
-    let len = segments.iter().fold(0usize, |sum, s| sum.saturating_add(s.iov_len));
-    if len > libc::PIPE_BUF && !dont_wait && active() {
-        // Only a write that one readiness may not cover pays for this look-up.
-        if let Some(entry) = guard(None, || polled_entry(fd)) {
-            return guard(-1, || write_polled_in_parts(fd, entry, segments, len, op));
-        }
-    }
     let first = io(fd, Dir::Write, dont_wait, || op(segments, 0));
     if first <= 0 || dont_wait {
         return first;
     }
+    let len = segments.iter().fold(0usize, |sum, s| sum.saturating_add(s.iov_len));
     if first as usize >= len {
         return first;
     }
@@ -126,72 +120,6 @@ fn write_rest(
         };
         if written <= 0 {
             break;
-        }
-        done += written as usize;
-    }
-    done as isize
-}
-
-/// `fd`'s entry if it is a blocking polled one (a description shared with other processes:
-/// inherited stdio, a terminal) on a byte stream, made now if `fd` has none yet.
-fn polled_entry(fd: c_int) -> Option<Entry> {
-    let entry = fdtable::get(fd).or_else(|| entry_for(fd))?;
-    (entry.mode == POLLED && is_byte_stream(fd, entry.kind)).then_some(entry)
-}
-
-/// Whether the bytes of one write to `fd` may go in several: a pipe, a stream socket or a
-/// terminal. Not a datagram socket or another character device (a tun device takes one packet
-/// per write), where each write is a message of its own.
-fn is_byte_stream(fd: c_int, kind: Kind) -> bool {
-    match kind {
-        Kind::Fifo => true,
-        Kind::Socket => {
-            let (mut socket_type, mut len) = (0 as c_int, size_of::<c_int>() as libc::socklen_t);
-            let out = (&raw mut socket_type).cast();
-            // SAFETY: `out` and `len` are valid out-pointers of the sizes given.
-            let rc =
-                unsafe { real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, out, &mut len) };
-            rc == 0 && socket_type == libc::SOCK_STREAM
-        }
-        Kind::CharDevice => {
-            let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
-            // SAFETY: TCGETS writes one termios to the valid out-pointer given.
-            unsafe { real::ioctl(fd, libc::TCGETS, termios.as_mut_ptr() as usize) == 0 }
-        }
-        Kind::Other => false,
-    }
-}
-
-/// [`write_whole`] of more than `PIPE_BUF` bytes on a polled byte stream. That fd stays
-/// blocking (other processes share it), so one write of it all would hold the hub's thread
-/// until the reader had taken all but the last pipe-full. The bytes go in parts of `PIPE_BUF`
-/// instead, each once the fd polls writable: a pipe that polls writable has room for that much
-/// (Linux: a free page slot), so no part blocks, unless another process fills the room first
-/// (a terminal may hold a part until it drains a little). The caller still sees one blocking
-/// write: the whole count, or, when an error cuts it short after some bytes went, their count
-/// (the next call reports the error). A write of at most `PIPE_BUF` bytes stays one call,
-/// atomic as POSIX has it.
-fn write_polled_in_parts(
-    fd: c_int,
-    entry: Entry,
-    segments: &[libc::iovec],
-    len: usize,
-    mut op: impl FnMut(&[libc::iovec], usize) -> isize,
-) -> isize {
-    let deadline = socket_deadline(fd, entry, Dir::Write);
-    let mut part = Vec::with_capacity(segments.len());
-    let mut done = 0;
-    while done < len {
-        part.clear();
-        let mut room = libc::PIPE_BUF;
-        part.extend(after(segments, done).map_while(|s| {
-            let take = s.iov_len.min(room);
-            room -= take;
-            (take > 0).then_some(libc::iovec { iov_base: s.iov_base, iov_len: take })
-        }));
-        let written = polled_until(fd, Dir::Write, deadline, || op(&part, done));
-        if written <= 0 {
-            return if done > 0 { done as isize } else { written };
         }
         done += written as usize;
     }
@@ -324,19 +252,16 @@ fn wait_managed(
 }
 
 /// A shared description: wait until it is ready, then make the (blocking) call once.
-fn polled(fd: c_int, entry: Entry, dir: Dir, op: impl FnMut() -> isize) -> isize {
-    polled_until(fd, dir, socket_deadline(fd, entry, dir), op)
-}
-
-/// [`polled`] with the socket timeout's `deadline` given (a write in parts keeps one).
-fn polled_until(
-    fd: c_int,
-    dir: Dir,
-    deadline: Option<Instant>,
-    mut op: impl FnMut() -> isize,
-) -> isize {
-    if !ready_now(fd, dir) {
-        match wait(fd, dir, deadline) {
+///
+/// Readiness is looked at again after every wake, before the call: one readiness wakes every
+/// coroutine waiting on the fd, and the first to run may take it all (a second reader of a
+/// pipe finds it empty again), so the others' blocking calls would hold the hub's thread until
+/// more came. One socket timeout bounds the whole wait.
+fn polled(fd: c_int, entry: Entry, dir: Dir, mut op: impl FnMut() -> isize) -> isize {
+    let mut deadline = None;
+    while !ready_now(fd, dir) {
+        let until = *deadline.get_or_insert_with(|| socket_deadline(fd, entry, dir));
+        match wait(fd, dir, until) {
             Ok(true) => {}
             Ok(false) => return fail(libc::EAGAIN),
             Err(e) => return fail(e),
