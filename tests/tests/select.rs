@@ -37,6 +37,31 @@ fn recv_arm_takes_from_the_ready_channel_only() {
 }
 
 #[test]
+fn block_arms_may_be_followed_by_a_comma_as_the_contract_writes_them() {
+    greenhub::run(|| {
+        let (tx, rx) = channel::<u32>();
+        let (out_tx, out_rx) = bounded::<u32>(1);
+        tx.send(1).unwrap();
+        let got = greenhub::select! {
+            recv(rx) -> msg => { msg.unwrap() },
+            send(out_tx, 9) -> _res => { 0 },
+            default => { 100 },
+        };
+        assert!(got == 1 || (got == 0 && out_rx.try_recv() == Ok(9)), "{got}");
+        let got = greenhub::select! {
+            recv(rx) -> _msg => { 1 },
+            default(Duration::from_millis(1)) => { 2 },
+        };
+        assert!(got == 1 || got == 2);
+        let mixed = greenhub::select! {
+            recv(rx) -> _msg => { "block, comma" },
+            default => "expression, comma",
+        };
+        assert_eq!(mixed, "expression, comma");
+    });
+}
+
+#[test]
 fn exactly_one_of_several_ready_arms_takes_effect() {
     greenhub::run(|| {
         let (tx_a, rx_a) = channel::<u32>();

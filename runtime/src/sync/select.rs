@@ -283,7 +283,15 @@ impl Selected {
 ///         default(Duration::from_millis(5)) => true,
 ///     };
 ///     assert!(timed_out);
-///     drop(tx_a);
+///     tx_a.send("hi").unwrap();
+///     greenhub::select! {
+///         recv(rx_a) -> msg => {
+///             assert_eq!(msg, Ok("hi"));
+///         },
+///         default => {
+///             unreachable!("an item is queued");
+///         },
+///     }
 /// });
 /// ```
 ///
@@ -309,9 +317,15 @@ macro_rules! select {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __select_parse {
-    // recv(r) -> pat => { block } [,]
+    // recv(r) -> pat => { block } [,]: the comma and no comma are two rules, because
+    // `$(,)? $($rest:tt)*` cannot tell an optional comma from the first token of the rest.
     (@parse [$($ops:tt)*] [$($def:tt)*]
-        recv($r:expr $(,)?) -> $p:pat => { $($body:tt)* } $(,)? $($rest:tt)*) => {
+        recv($r:expr $(,)?) -> $p:pat => { $($body:tt)* } , $($rest:tt)*) => {
+        $crate::__select_parse!(@parse [$($ops)* (recv ($r) ($p) ({ $($body)* }))] [$($def)*]
+            $($rest)*)
+    };
+    (@parse [$($ops:tt)*] [$($def:tt)*]
+        recv($r:expr $(,)?) -> $p:pat => { $($body:tt)* } $($rest:tt)*) => {
         $crate::__select_parse!(@parse [$($ops)* (recv ($r) ($p) ({ $($body)* }))] [$($def)*]
             $($rest)*)
     };
@@ -322,7 +336,12 @@ macro_rules! __select_parse {
     };
     // send(s, v) -> pat => { block } [,]
     (@parse [$($ops:tt)*] [$($def:tt)*]
-        send($s:expr, $v:expr $(,)?) -> $p:pat => { $($body:tt)* } $(,)? $($rest:tt)*) => {
+        send($s:expr, $v:expr $(,)?) -> $p:pat => { $($body:tt)* } , $($rest:tt)*) => {
+        $crate::__select_parse!(@parse [$($ops)* (send ($s) ($v) ($p) ({ $($body)* }))]
+            [$($def)*] $($rest)*)
+    };
+    (@parse [$($ops:tt)*] [$($def:tt)*]
+        send($s:expr, $v:expr $(,)?) -> $p:pat => { $($body:tt)* } $($rest:tt)*) => {
         $crate::__select_parse!(@parse [$($ops)* (send ($s) ($v) ($p) ({ $($body)* }))]
             [$($def)*] $($rest)*)
     };
@@ -332,13 +351,19 @@ macro_rules! __select_parse {
             $($($rest)*)?)
     };
     // default [(d)] => body
-    (@parse [$($ops:tt)*] [] default => { $($body:tt)* } $(,)? $($rest:tt)*) => {
+    (@parse [$($ops:tt)*] [] default => { $($body:tt)* } , $($rest:tt)*) => {
+        $crate::__select_parse!(@parse [$($ops)*] [(Now) ({ $($body)* })] $($rest)*)
+    };
+    (@parse [$($ops:tt)*] [] default => { $($body:tt)* } $($rest:tt)*) => {
         $crate::__select_parse!(@parse [$($ops)*] [(Now) ({ $($body)* })] $($rest)*)
     };
     (@parse [$($ops:tt)*] [] default => $body:expr $(, $($rest:tt)*)?) => {
         $crate::__select_parse!(@parse [$($ops)*] [(Now) ($body)] $($($rest)*)?)
     };
-    (@parse [$($ops:tt)*] [] default($d:expr $(,)?) => { $($body:tt)* } $(,)? $($rest:tt)*) => {
+    (@parse [$($ops:tt)*] [] default($d:expr $(,)?) => { $($body:tt)* } , $($rest:tt)*) => {
+        $crate::__select_parse!(@parse [$($ops)*] [(Timeout($d)) ({ $($body)* })] $($rest)*)
+    };
+    (@parse [$($ops:tt)*] [] default($d:expr $(,)?) => { $($body:tt)* } $($rest:tt)*) => {
         $crate::__select_parse!(@parse [$($ops)*] [(Timeout($d)) ({ $($body)* })] $($rest)*)
     };
     (@parse [$($ops:tt)*] [] default($d:expr $(,)?) => $body:expr $(, $($rest:tt)*)?) => {
