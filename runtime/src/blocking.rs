@@ -225,7 +225,11 @@ impl Pool {
         state.jobs.push_back(job);
         if state.idle > 0 {
             self.shared.work.notify_one();
-        } else if state.threads < self.max_threads {
+        }
+        // Each idle thread takes one queued job, but counts as idle until it has the lock again:
+        // jobs submitted in one hub turn all see the same idle thread. Start a thread for every
+        // job beyond the idle ones (up to the limit), or they would run one after another.
+        if state.jobs.len() > state.idle && state.threads < self.max_threads {
             state.threads += 1;
             let shared = self.shared.clone();
             let spawned = thread::Builder::new()

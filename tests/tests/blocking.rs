@@ -51,7 +51,25 @@ fn other_coroutines_run_while_the_closure_blocks() {
 
 #[test]
 fn two_closures_run_at_the_same_time() {
+    greenhub::run(two_closures_that_need_each_other);
+}
+
+#[test]
+fn two_closures_run_at_the_same_time_when_one_helper_thread_is_idle() {
     greenhub::run(|| {
+        // One helper thread, idle (asleep in its condition variable's futex): both jobs below
+        // are submitted before it wakes for the first, and the second must get a thread of its
+        // own, not wait behind the first.
+        // SAFETY: gettid has no preconditions.
+        let helper = spawn_blocking(|| unsafe { libc::gettid() });
+        greenhub_tests::wait_until_thread_sleeps_in(std::process::id(), helper, "futex");
+        two_closures_that_need_each_other();
+    });
+}
+
+/// Two `spawn_blocking` closures, each waiting for the other's message.
+fn two_closures_that_need_each_other() {
+    {
         // Each closure waits for the other's message: only parallel helper threads finish.
         let (a_tx, a_rx) = mpsc::channel::<&str>();
         let (b_tx, b_rx) = mpsc::channel::<&str>();
@@ -69,7 +87,7 @@ fn two_closures_run_at_the_same_time() {
         });
         assert_eq!(a.join().unwrap(), Some("from b"));
         assert_eq!(b.join().unwrap(), Some("from a"));
-    });
+    }
 }
 
 #[test]
