@@ -534,6 +534,78 @@ pub(crate) fn listen(fd: RawFd, backlog: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// A blocking connect of a new Unix stream socket to the socket at `path`, given up after about
+/// `within` while the listener's backlog stays full: `Ok(None)` then, or when a signal cut the
+/// wait short (a Unix connect waits for room for at most the socket's `SO_SNDTIMEO`, then fails
+/// with EAGAIN). The connected socket is close-on-exec and blocking, with no send timeout left
+/// on it. The address is built as std builds it (a path starting with a NUL byte is abstract).
+pub(crate) fn unix_connect_within(
+    path: &std::path::Path,
+    within: Duration,
+) -> io::Result<Option<OwnedFd>> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: an all-zero sockaddr_un is a valid value of this plain C struct.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path must be shorter than SUN_LEN",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (to, &from) in addr.sun_path.iter_mut().zip(bytes) {
+        *to = from as libc::c_char;
+    }
+    let terminator = usize::from(bytes.first().is_some_and(|&b| b != 0));
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + terminator;
+    // SAFETY: socket has no memory preconditions; the result is checked and owned at once.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just returned by socket, and nothing else owns it.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_send_timeout(&socket, within)?;
+    // SAFETY: `addr` is a valid sockaddr_un whose first `len` bytes hold the family and the
+    // path, live for the call.
+    let rc = unsafe {
+        libc::connect(socket.as_raw_fd(), (&raw const addr).cast(), len as libc::socklen_t)
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => Ok(None),
+            _ => Err(err),
+        };
+    }
+    set_send_timeout(&socket, Duration::ZERO)?;
+    Ok(Some(socket))
+}
+
+/// Sets a socket's `SO_SNDTIMEO` (zero: none).
+fn set_send_timeout(socket: &OwnedFd, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_usec: timeout.subsec_micros().into(),
+    };
+    let size = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: `tv` is a valid timeval of `size` bytes, live for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            size,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The kernel's cap on a listen backlog (`net.core.somaxconn`), or `SOMAXCONN` if unreadable.
 pub(crate) fn max_listen_backlog() -> u32 {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")

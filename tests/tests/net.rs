@@ -187,6 +187,26 @@ fn a_unix_connect_to_a_full_backlog_waits_until_an_accept_makes_room() {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// A connect to a full backlog that its caller gives up on (a `timeout`) frees the helper thread
+/// it waited on: with one helper thread, a later `spawn_blocking` runs, though the listener
+/// stays full.
+#[test]
+fn a_unix_connect_given_up_on_frees_its_helper_thread() {
+    let _serial = process_lock();
+    let path = socket_path("given-up");
+    let _ = std::fs::remove_file(&path);
+    greenhub::Builder::new().blocking_threads(1).run(|| {
+        let listener = UnixListener::bind_with_backlog(&path, 0).unwrap();
+        let _queued = UnixStream::connect(&path).unwrap(); // a backlog of 0 holds one
+        let gave_up = greenhub::timeout(Duration::from_millis(20), || UnixStream::connect(&path));
+        assert!(gave_up.is_err(), "connected although the backlog was full");
+        let later = greenhub::timeout(Duration::from_secs(10), || greenhub::spawn_blocking(|| 42));
+        assert_eq!(later.ok(), Some(42), "the only helper thread is still in the given-up connect");
+        drop(listener);
+    });
+    std::fs::remove_file(&path).unwrap();
+}
+
 /// Set in the child process that reruns the helper-thread refusal test.
 const UNIX_REFUSAL_CHILD: &str = "GREENHUB_TEST_UNIX_CONNECT_REFUSAL_CHILD";
 

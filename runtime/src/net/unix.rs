@@ -6,6 +6,9 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use super::{
     Timeouts, blocking_again, default_backlog, dup_fd, fd_traits, finish_connect, stream_io,
@@ -82,22 +85,46 @@ impl fmt::Debug for UnixListener {
     }
 }
 
+/// How long the helper thread's connect waits for room at a time before it looks whether its
+/// caller has given up.
+const ROOM_WAIT_SLICE: Duration = Duration::from_millis(100);
+
 /// A connect to a full backlog: a non-blocking Unix connect fails with EAGAIN and, unlike TCP,
 /// leaves nothing in progress to wait for (the socket even polls writable), so the wait for room
-/// in the backlog is a blocking connect on a `spawn_blocking` helper thread.
+/// in the backlog is a blocking connect on a `spawn_blocking` helper thread. It waits in slices
+/// of [`ROOM_WAIT_SLICE`] (the socket's send timeout bounds a Unix connect's wait), so that a
+/// caller that gives up (a `timeout`, a cancel) frees the helper thread within a slice instead
+/// of leaving it in `connect` for as long as the listener stays full.
 fn connect_once_there_is_room(path: &Path) -> io::Result<mio::net::UnixStream> {
+    /// Tells the helper thread, when dropped (the caller returned or unwound), to stop waiting.
+    struct GiveUp(Arc<AtomicBool>);
+    impl Drop for GiveUp {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let path = path.to_path_buf();
-    let std = try_spawn_blocking(move || std::os::unix::net::UnixStream::connect(path)).map_err(
-        |refused| {
-            io::Error::new(
-                refused.kind(),
-                format!(
-                    "UnixStream::connect: the listener's backlog is full, and the OS refused the \
+    let given_up = GiveUp(Arc::new(AtomicBool::new(false)));
+    let stop = Arc::clone(&given_up.0);
+    let wait_for_room = move || loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the caller gave up")); // nobody reads it
+        }
+        if let Some(socket) = sys::unix_connect_within(&path, ROOM_WAIT_SLICE)? {
+            return Ok(socket);
+        }
+    };
+    let socket = try_spawn_blocking(wait_for_room).map_err(|refused| {
+        io::Error::new(
+            refused.kind(),
+            format!(
+                "UnixStream::connect: the listener's backlog is full, and the OS refused the \
                      helper thread that waits for room ({refused})"
-                ),
-            )
-        },
-    )??;
+            ),
+        )
+    })??;
+    drop(given_up);
+    let std = std::os::unix::net::UnixStream::from(socket);
     std.set_nonblocking(true)?;
     Ok(mio::net::UnixStream::from_std(std))
 }
