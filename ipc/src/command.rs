@@ -192,6 +192,12 @@ impl Command {
     ///
     /// A Rust program adopts the fd with `unsafe { Reader::from_raw_fd(fd) }`; any other
     /// language reads or writes the framing described on [`Command`].
+    ///
+    /// Blocking mode belongs to the open file, not to one fd: a handle made with `try_clone`
+    /// (a socket's or a listener's) and kept here shares it, so once the program runs, that
+    /// copy's reads, writes and accepts block the hub's thread instead of suspending. Pass the
+    /// handle itself, or keep no clone of it here (a forked child from
+    /// [`start_process`](crate::start_process) gets a copy that stays non-blocking).
     #[track_caller]
     pub fn pass<H: Transfer + AsRawFd + 'static>(&mut self, handle: H) -> RawFd {
         if !self.hook_installed {
