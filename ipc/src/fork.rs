@@ -336,6 +336,7 @@ where
         None => sys::close_fds_except(token, &start.keep_fds),
     }
     locks.registry.forget_all_but(&start.keep);
+    greenhub::ext::closed_inherited_fds_except(&start.keep_fds);
     if let Some(read_end) = go_ahead
         && !sys::wait_for_go_ahead(token, read_end)
     {

@@ -11,11 +11,10 @@
 //! from its hub, then closed) once the child exists, and the child's copy registers with the
 //! child's fresh hub on its first wait (a [`greenhub::io::Source`] registers with whichever hub
 //! is current). A socket the child inherits without being given it is closed there, like every
-//! other fd it was not given. Unlike a pipe handle, such a socket does not know it: the child's
-//! copy still holds the fd number, so do not use it there (capture only what you transfer). Its
-//! number is free in the child, and a socket or file the child opens later may get it; a read or
-//! write through the inherited copy then reaches that new fd (a probe wrote through one into the
-//! child's own socket pair).
+//! other fd it was not given, and knows it, as a pipe handle does: its reads, writes, accepts
+//! and address queries fail with an error saying so, and dropping it there leaves its fd number
+//! alone (the child may have reused the number for a file of its own).
+//! ([`greenhub::ext::closed_inherited_fds_except`] tells the runtime which fds were kept.)
 
 use std::fs::File;
 use std::io::{PipeReader, PipeWriter};

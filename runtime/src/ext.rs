@@ -81,6 +81,16 @@ pub unsafe fn forget_inherited_hub() {
     unsafe { hub::forget_inherited() }
 }
 
+/// After `fork`, in the child, once every fd but stdio and `keep` has been closed (greenhub-ipc
+/// does it):
+/// a [`Source`](crate::io::Source) (a [`net`](crate::net) socket) inherited with any other fd
+/// refuses I/O from then on with an error saying so, and dropping it does not close its fd
+/// number, which the child may have reused for another file. Sources whose fds are in `keep`
+/// (the transferred ones) go on as before.
+pub fn closed_inherited_fds_except(keep: &[std::os::fd::RawFd]) {
+    crate::io::inherited::closed_all_but(keep);
+}
+
 /// Whether coroutine stacks get lightweight guard pages on this kernel
 /// (`madvise(MADV_GUARD_INSTALL)`, Linux 6.13+, probed once per process). When true, the number
 /// of live coroutines is bounded by memory alone; when false, each live stack costs two memory

@@ -517,26 +517,56 @@ impl Drop for Ownership {
 pub struct Source<T: AsRawFd> {
     // Field order matters: the registration is released (deregistered) before `io` closes the fd.
     registration: RefCell<Ownership>,
-    io: T,
+    /// `None` only once `into_inner` has taken it.
+    io: Option<T>,
+    /// The fork generation ([`inherited`]) this source belongs to: it was made in it, or kept
+    /// into it.
+    generation: Cell<u64>,
 }
 
 impl<T: AsRawFd> Source<T> {
     /// Wraps `io`, putting its fd in non-blocking mode.
     pub fn new(io: T) -> io::Result<Source<T>> {
         sys::set_nonblocking(io.as_raw_fd(), true)?;
-        Ok(Source { registration: RefCell::new(Ownership::default()), io })
+        Ok(Source {
+            registration: RefCell::new(Ownership::default()),
+            io: Some(io),
+            generation: Cell::new(inherited::generation()),
+        })
     }
 
     /// The I/O object.
     pub fn get_ref(&self) -> &T {
-        &self.io
+        self.io.as_ref().expect("a Source's I/O object is taken only by into_inner")
+    }
+
+    /// The I/O object, if its fd is still this source's here: an error in a forked child that
+    /// closed it (see [`inherited`]).
+    pub(crate) fn io(&self) -> io::Result<&T> {
+        self.check_here()?;
+        Ok(self.get_ref())
     }
 
     /// The I/O object, deregistered from the hub (still in non-blocking mode).
-    pub fn into_inner(self) -> T {
-        let Source { registration, io } = self;
-        drop(registration);
-        io
+    pub fn into_inner(mut self) -> T {
+        self.registration.get_mut().release();
+        self.io.take().expect("a Source's I/O object is taken only by into_inner")
+    }
+
+    /// An error if this source was inherited through fork into a child that closed its fd (it
+    /// was not transferred): its number may name another file there by now.
+    #[inline]
+    fn check_here(&self) -> io::Result<()> {
+        if self.generation.get() == inherited::generation() {
+            return Ok(());
+        }
+        match inherited::was_kept(self.get_ref().as_raw_fd()) {
+            Some(now) => {
+                self.generation.set(now);
+                Ok(())
+            }
+            None => Err(inherited::closed_error()),
+        }
     }
 
     /// Runs `op` until it does not fail with `WouldBlock`, suspending the calling coroutine until
@@ -639,8 +669,9 @@ impl<T: AsRawFd> Source<T> {
         deadline: Option<Instant>,
         mut op: impl FnMut(&T) -> io::Result<R>,
     ) -> io::Result<R> {
+        let io = self.io()?;
         loop {
-            match op(&self.io) {
+            match op(io) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.wait_after_would_block(dir, deadline)?
                 }
@@ -669,7 +700,7 @@ impl<T: AsRawFd> Source<T> {
         if let Some(r) = slot.of(hub) {
             return Ok(r.clone());
         }
-        let fd = self.io.as_raw_fd();
+        let fd = self.io()?.as_raw_fd();
         let fresh = match hub.reactor.registration_of(fd) {
             Some(existing) => existing,
             None => hub.reactor.register(hub.id(), fd, true)?,
@@ -679,21 +710,71 @@ impl<T: AsRawFd> Source<T> {
     }
 }
 
+impl<T: AsRawFd> Drop for Source<T> {
+    fn drop(&mut self) {
+        // Inherited into a child that closed the fd: the number is not this source's any more
+        // (another file may have it by now), so it must not be closed again.
+        if self.io.is_some() && self.check_here().is_err() {
+            std::mem::forget(self.io.take());
+        }
+    }
+}
+
 impl<T: AsRawFd> AsRawFd for Source<T> {
     fn as_raw_fd(&self) -> RawFd {
-        self.io.as_raw_fd()
+        self.get_ref().as_raw_fd()
     }
 }
 
 impl<T: AsRawFd + AsFd> AsFd for Source<T> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.as_fd()
+        self.get_ref().as_fd()
     }
 }
 
 impl<T: AsRawFd + fmt::Debug> fmt::Debug for Source<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Source").field("io", &self.io).finish()
+    }
+}
+
+/// The fds a forked child of greenhub-ipc closed: a [`Source`] inherited through that fork
+/// whose fd was not kept (transferred) must not use or close its number, which the child may
+/// reuse for another file. Each such fork starts a *generation*; a source belongs to the one it
+/// was made in, and joins a later one if its fd was kept into it. Processes that fork without
+/// greenhub-ipc never start one (their children keep every fd, as fork does).
+pub(crate) mod inherited {
+    use std::io;
+    use std::os::fd::RawFd;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+    /// The fds kept into the current generation.
+    static KEPT: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+    pub(crate) fn generation() -> u64 {
+        GENERATION.load(Ordering::Relaxed)
+    }
+
+    /// Starts a generation: every fd but stdio and `keep` has just been closed in this child.
+    pub(crate) fn closed_all_but(keep: &[RawFd]) {
+        let kept = [0, 1, 2].into_iter().chain(keep.iter().copied()).collect();
+        *KEPT.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        GENERATION.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current generation, if `fd` was kept into it.
+    pub(crate) fn was_kept(fd: RawFd) -> Option<u64> {
+        let kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        kept.contains(&fd).then(generation)
+    }
+
+    pub(crate) fn closed_error() -> io::Error {
+        io::Error::other(
+            "this socket was inherited through fork and closed in this child (only the handles \
+             given to start_process stay open there)",
+        )
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use greenhub_ipc::__private::owned_handle_count;
 use greenhub_ipc::{Error, Writer, duplex, pipe, raw_pipe, start_process};
@@ -174,5 +174,49 @@ fn every_element_of_an_eight_tuple_arrives_in_the_child_and_is_closed_in_the_par
             Err(Error::Io(e)) if e.kind() == ErrorKind::BrokenPipe => {}
             other => panic!("expected BrokenPipe (no reader of b left), got {other:?}"),
         }
+    });
+}
+
+/// A socket the child inherits without being given it is closed there, and knows it: its reads
+/// and writes fail with an error saying so, and dropping it does not close the fd number, which
+/// the child's own next socket reuses.
+#[test]
+fn a_socket_inherited_without_a_transfer_refuses_io_and_leaves_its_number_alone() {
+    hub_test(|| {
+        let (inherited, _peer) = greenhub::net::UnixStream::pair().unwrap();
+        let (report_r, report_w) = pipe::<String>().unwrap();
+        let child = start_process(report_w, move |report: Writer<String>| {
+            // Sockets of the child's own until one gets the inherited one's (now free) number.
+            let number = inherited.as_raw_fd();
+            let mut others = Vec::new();
+            let (mine, theirs) = loop {
+                let (a, b) = greenhub::net::UnixStream::pair().unwrap();
+                if a.as_raw_fd() == number || b.as_raw_fd() == number {
+                    break (a, b);
+                }
+                assert!(others.len() < 64, "the inherited number {number} was never reused");
+                others.push((a, b));
+            };
+            let wrote = (&inherited).write(b"through the inherited copy");
+            let read = (&inherited).read(&mut [0u8; 8]);
+            drop(inherited); // must not close `mine` or `theirs`
+            (&mine).write_all(b"ok").unwrap();
+            let mut got = [0u8; 2];
+            (&theirs).read_exact(&mut got).unwrap();
+            report.put(&format!("{wrote:?} | {read:?} | {}", String::from_utf8_lossy(&got)))
+        })
+        .unwrap();
+        let line = report_r.get().unwrap();
+        child.join().unwrap();
+        let parts: Vec<&str> = line.split(" | ").collect();
+        assert!(
+            parts[0].starts_with("Err(") && parts[0].contains("inherited through fork"),
+            "{line}"
+        );
+        assert!(
+            parts[1].starts_with("Err(") && parts[1].contains("inherited through fork"),
+            "{line}"
+        );
+        assert_eq!(parts[2], "ok", "{line}");
     });
 }

@@ -80,13 +80,13 @@ impl TcpListener {
 
     /// The address it listens on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().local_addr()
+        self.inner.io()?.local_addr()
     }
 
     /// A second listener on the same socket (a new fd, `dup`): both accept from one queue, and
     /// a connection wakes a waiter on either.
     pub fn try_clone(&self) -> io::Result<TcpListener> {
-        let fd = dup_fd(self.inner.get_ref())?;
+        let fd = dup_fd(self.inner.io()?)?;
         Ok(TcpListener { inner: Source::new(mio::net::TcpListener::from(fd))? })
     }
 
@@ -143,33 +143,33 @@ impl TcpStream {
 
     /// The remote address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().peer_addr()
+        self.inner.io()?.peer_addr()
     }
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().local_addr()
+        self.inner.io()?.local_addr()
     }
 
     /// Shuts down the read, write, or both halves.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.inner.get_ref().shutdown(how)
+        self.inner.io()?.shutdown(how)
     }
 
     /// Sets `TCP_NODELAY` (disables Nagle's algorithm).
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        self.inner.get_ref().set_nodelay(nodelay)
+        self.inner.io()?.set_nodelay(nodelay)
     }
 
     /// Whether `TCP_NODELAY` is set.
     pub fn nodelay(&self) -> io::Result<bool> {
-        self.inner.get_ref().nodelay()
+        self.inner.io()?.nodelay()
     }
 
     /// A second handle to the same connection (a new fd, `dup`), with a copy of this one's
     /// timeouts. Each has its own registration with the hub; readiness wakes waiters on both.
     pub fn try_clone(&self) -> io::Result<TcpStream> {
-        let fd = dup_fd(self.inner.get_ref())?;
+        let fd = dup_fd(self.inner.io()?)?;
         TcpStream::from_mio(mio::net::TcpStream::from(fd), self.timeouts.copy())
     }
 

@@ -49,7 +49,7 @@ impl UdpSocket {
     /// accepts datagrams from (the first of `addr`'s addresses that works).
     #[track_caller]
     pub fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<()> {
-        each_addr(addr, |a| self.inner.get_ref().connect(a))
+        each_addr(addr, |a| self.inner.io()?.connect(a))
     }
 
     /// Sends `buf` to the connected peer; the number of bytes sent.
@@ -88,38 +88,38 @@ impl UdpSocket {
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().local_addr()
+        self.inner.io()?.local_addr()
     }
 
     /// The connected peer's address (`NotConnected` before [`connect`](Self::connect)).
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().peer_addr()
+        self.inner.io()?.peer_addr()
     }
 
     /// Sets `SO_BROADCAST`: whether datagrams may go to a broadcast address.
     pub fn set_broadcast(&self, on: bool) -> io::Result<()> {
-        self.inner.get_ref().set_broadcast(on)
+        self.inner.io()?.set_broadcast(on)
     }
 
     /// Whether `SO_BROADCAST` is set.
     pub fn broadcast(&self) -> io::Result<bool> {
-        self.inner.get_ref().broadcast()
+        self.inner.io()?.broadcast()
     }
 
     /// Sets the IP time-to-live of outgoing datagrams.
     pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
-        self.inner.get_ref().set_ttl(ttl)
+        self.inner.io()?.set_ttl(ttl)
     }
 
     /// The IP time-to-live of outgoing datagrams.
     pub fn ttl(&self) -> io::Result<u32> {
-        self.inner.get_ref().ttl()
+        self.inner.io()?.ttl()
     }
 
     /// A second handle to the same socket (a new fd, `dup`): datagrams go to whichever handle's
     /// receiver asks first, and readiness wakes waiters on both.
     pub fn try_clone(&self) -> io::Result<UdpSocket> {
-        let fd = dup_fd(self.inner.get_ref())?;
+        let fd = dup_fd(self.inner.io()?)?;
         let inner = Source::new(std::net::UdpSocket::from(fd))?;
         Ok(UdpSocket { inner, timeouts: self.timeouts.copy() })
     }

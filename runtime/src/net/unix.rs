@@ -48,12 +48,12 @@ impl UnixListener {
 
     /// The address it listens on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().local_addr()
+        self.inner.io()?.local_addr()
     }
 
     /// A second listener on the same socket (a new fd, `dup`).
     pub fn try_clone(&self) -> io::Result<UnixListener> {
-        let fd = dup_fd(self.inner.get_ref())?;
+        let fd = dup_fd(self.inner.io()?)?;
         Ok(UnixListener { inner: Source::new(mio::net::UnixListener::from(fd))? })
     }
 
@@ -166,23 +166,23 @@ impl UnixStream {
 
     /// The remote address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().peer_addr()
+        self.inner.io()?.peer_addr()
     }
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().local_addr()
+        self.inner.io()?.local_addr()
     }
 
     /// Shuts down the read, write, or both halves.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.inner.get_ref().shutdown(how)
+        self.inner.io()?.shutdown(how)
     }
 
     /// A second handle to the same connection (a new fd, `dup`), with a copy of this one's
     /// timeouts.
     pub fn try_clone(&self) -> io::Result<UnixStream> {
-        let fd = dup_fd(self.inner.get_ref())?;
+        let fd = dup_fd(self.inner.io()?)?;
         UnixStream::from_mio(mio::net::UnixStream::from(fd), self.timeouts.copy())
     }
 
