@@ -501,12 +501,12 @@ fn unwind_from_suspension(hub: &Hub, payload: Box<dyn std::any::Any + Send>) -> 
 fn warn_if_in_cleanup(hub: &Hub) {
     if std::thread::panicking() {
         let who = hub.running_identity().unwrap_or_else(|| "a coroutine".to_string());
-        eprintln!(
+        crate::stderr::line(format_args!(
             "greenhub: {who} suspended inside a destructor while unwinding (it was cancelled, \
              timed out, or the hub is shutting down); a Drop impl must never suspend (no sleep, \
              recv, lock, join or I/O in drop): Rust cannot unwind out of a destructor during \
              cleanup, so the process aborts."
-        );
+        ));
     }
 }
 
@@ -697,11 +697,11 @@ impl Hub {
     fn bury(&self, r: TaskRef, co: CoBox, task: Task) {
         if std::thread::panicking() {
             // It died mid-unwind: the thread's panic count can never come back down.
-            eprintln!(
+            crate::stderr::line(format_args!(
                 "greenhub: {} overflowed its stack while unwinding; the thread's panic state \
                  cannot be repaired. Aborting.",
                 task.identity()
-            );
+            ));
             std::process::abort();
         }
         self.stacks.quarantine(co, task.stack_limit);

@@ -316,7 +316,7 @@ fn install_panic_hook() {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
             if let Some(who) = try_hub().and_then(Hub::running_identity) {
-                eprintln!("greenhub: {who} panicked:");
+                crate::stderr::line(format_args!("greenhub: {who} panicked:"));
             }
             previous(info);
         }));
@@ -528,7 +528,7 @@ impl Hub {
                 let _ = write!(report, "\n  {line}");
             }
         }
-        eprintln!("{report}");
+        crate::stderr::line(format_args!("{report}"));
         for r in live {
             std::mem::forget(self.tasks.remove(r));
         }

@@ -57,6 +57,7 @@ pub mod patch;
 pub mod signal;
 mod spawn_later;
 mod stack;
+mod stderr;
 pub mod sync;
 mod sys;
 mod task;

@@ -106,10 +106,10 @@ impl Monitor {
                 })),
             },
             Err(e) => {
-                eprintln!(
+                crate::stderr::line(format_args!(
                     "greenhub monitor: the OS refused the watchdog thread ({e}); this hub runs \
                      without the blocking monitor"
-                );
+                ));
                 Monitor::default()
             }
         }
@@ -205,22 +205,22 @@ impl Episode {
         if word != self.word {
             if let Some(name) = self.reported.take() {
                 let total = whole_ms(now - since);
-                eprintln!(
+                crate::stderr::line(format_args!(
                     "greenhub monitor: {name} suspended after running about {total:?} without \
                      suspending"
-                );
+                ));
             }
             *self = Episode { word, since: Some(now), reported: None };
             return;
         }
         if word != 0 && self.reported.is_none() && now - since >= max_blocking {
             let name = Name::of(word, shared).to_string();
-            eprintln!(
+            crate::stderr::line(format_args!(
                 "greenhub monitor: {name} has run for {:?} without suspending (max_blocking \
                  {max_blocking:?}); the hub and every other coroutine on its thread are stalled \
                  until it suspends",
                 whole_ms(now - since),
-            );
+            ));
             self.reported = Some(name);
         }
     }
@@ -264,10 +264,10 @@ fn from_env() -> Option<Duration> {
         match parse_duration(&value) {
             Ok(d) => d,
             Err(why) => {
-                eprintln!(
+                crate::stderr::line(format_args!(
                     "greenhub: ignoring {ENV_VAR}={value:?} ({why}); the blocking monitor is off. \
                      Write a duration such as 100ms, 2s or 500us"
-                );
+                ));
                 None
             }
         }

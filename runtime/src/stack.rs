@@ -281,7 +281,7 @@ impl StackPool {
                 let message: Arc<str> = refused_message(&failure, usable, self.guard).into();
                 // Once per hub (thousands of refusals would drown stderr); every refused
                 // coroutine still carries the message in its JoinError.
-                eprintln!("{message}");
+                crate::stderr::line(format_args!("{message}"));
                 *refusal = Some(Refusal { message: message.clone(), live });
                 message
             }

@@ -490,13 +490,25 @@ pub(crate) fn close_raw(fd: RawFd) {
 /// Hang-up, error and an invalid fd count as ready: the next syscall on the fd reports them.
 pub(crate) fn ready_now(fd: RawFd, read: bool) -> io::Result<bool> {
     let wanted = if read { libc::POLLIN } else { libc::POLLOUT };
-    let mut pollfd = libc::pollfd { fd, events: wanted, revents: 0 };
+    let ready = wanted | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+    Ok(poll_now(fd, wanted)? & ready != 0)
+}
+
+/// Whether a write to `fd` would fail now: its reader is gone (a pipe's or a socket's), the
+/// terminal hung up, or it is not open.
+pub(crate) fn write_would_fail(fd: RawFd) -> bool {
+    poll_now(fd, libc::POLLOUT)
+        .is_ok_and(|revents| revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0)
+}
+
+/// `poll(2)` of one fd for `events`, without waiting: what it reports.
+fn poll_now(fd: RawFd, events: libc::c_short) -> io::Result<libc::c_short> {
+    let mut pollfd = libc::pollfd { fd, events, revents: 0 };
     loop {
         // SAFETY: `pollfd` is one live pollfd; a zero timeout never blocks.
         let n = unsafe { libc::poll(&mut pollfd, 1, 0) };
         if n >= 0 {
-            let ready = wanted | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
-            return Ok(pollfd.revents & ready != 0);
+            return Ok(pollfd.revents);
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {

@@ -126,6 +126,33 @@ fn a_panicking_coroutine_is_isolated() {
     });
 }
 
+/// Set in the child process of the broken-stderr test.
+const BROKEN_STDERR_CHILD: &str = "GREENHUB_TEST_BROKEN_STDERR_CHILD";
+
+/// A caught panic of a coroutine does not abort the process when stderr is a pipe whose reader
+/// is gone: the hub's "which coroutine panicked" line is dropped (std's own hook ignores the
+/// error too), the joiner gets the panic, and the program goes on.
+#[test]
+fn a_caught_coroutine_panic_with_stderr_gone_does_not_abort() {
+    if std::env::var_os(BROKEN_STDERR_CHILD).is_some() {
+        let joined = greenhub::run(|| spawn(|| -> u32 { panic!("boom") }).join());
+        assert!(joined.unwrap_err().is_panic());
+        return;
+    }
+    let name = "a_caught_coroutine_panic_with_stderr_gone_does_not_abort";
+    let (reader, broken) = std::io::pipe().unwrap();
+    drop(reader); // every write to `broken` now fails with EPIPE
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(BROKEN_STDERR_CHILD, "1")
+        .stderr(broken)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the child died: {:?}\n{stdout}", out.status);
+    assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}");
+}
+
 #[test]
 fn a_static_str_panic_payload_is_kept() {
     greenhub::run(|| {

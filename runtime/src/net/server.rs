@@ -204,10 +204,10 @@ where
                 AcceptError::BackOff => {
                     drop(slot);
                     let addr = listener.local_addr().ok();
-                    eprintln!(
+                    crate::stderr::line(format_args!(
                         "greenhub::net::Server on {addr:?}: accept failed: {e}; retrying in \
                          {delay:?}"
-                    );
+                    ));
                     crate::sleep(delay);
                     delay = (delay * 2).min(MAX_DELAY);
                 }
