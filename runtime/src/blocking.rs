@@ -71,6 +71,17 @@ where
     })
 }
 
+/// The error of a blocking-style call (`what` says which, and what it waited for) whose helper
+/// thread the OS refused: kind `Other`, not the `WouldBlock` that `EAGAIN` maps to (a retry loop
+/// written for a blocking call would spin on that), naming the limits that may have run out.
+pub(crate) fn refused_helper(what: &str, refused: &io::Error) -> io::Error {
+    io::Error::other(format!(
+        "{what}, and the OS refused the helper thread that waits for it ({refused}); raise the \
+         limit that ran out (threads or address space: RLIMIT_NPROC, RLIMIT_AS, \
+         kernel.threads-max) or free some threads"
+    ))
+}
+
 /// [`spawn_blocking`], with the OS's refusal of a helper thread as an error (then `f` never
 /// runs, and nothing is left pending).
 #[track_caller]

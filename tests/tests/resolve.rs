@@ -196,3 +196,26 @@ fn outside_a_hub_the_calling_thread_resolves() {
     assert_eq!(gate.gated[before], thread::current().id());
     assert!(!gate.gave_up);
 }
+
+/// Set in the child process that reruns the helper-thread refusal test.
+const REFUSAL_CHILD: &str = "GREENHUB_TEST_RESOLVE_REFUSAL_CHILD";
+
+/// When the OS refuses the helper thread that would resolve a name, the error names that, and
+/// its kind is not the `WouldBlock` that `EAGAIN` maps to (which tells callers to retry).
+#[test]
+fn a_name_lookup_without_a_helper_thread_is_an_error_naming_it_not_would_block() {
+    let name = "a_name_lookup_without_a_helper_thread_is_an_error_naming_it_not_would_block";
+    if !greenhub_tests::run_in_child(name, REFUSAL_CHILD) {
+        return;
+    }
+    // SAFETY: alarm has no preconditions (a hang in the child fails the test).
+    unsafe { libc::alarm(30) };
+    greenhub::run(|| {
+        let refused = greenhub_tests::with_no_room_for_a_thread(|| lookup_host("localhost:80"));
+        let err = refused.expect_err("resolved although no helper thread could start");
+        assert_ne!(err.kind(), io::ErrorKind::WouldBlock, "{err}");
+        let message = err.to_string();
+        assert!(message.contains("refused the helper thread"), "{message}");
+        assert!(message.contains("os error"), "the OS error is not named: {message}");
+    });
+}

@@ -11,7 +11,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::{iter, option, slice, vec};
 
-use crate::blocking::try_spawn_blocking;
+use crate::blocking::{refused_helper, try_spawn_blocking};
 use crate::hub::try_hub;
 
 /// Resolves `"host:port"` to socket addresses on a helper thread (gevent's `resolver_thread`):
@@ -32,7 +32,8 @@ use crate::hub::try_hub;
 ///
 /// # Errors
 /// `InvalidInput` for a string without a port or with an invalid one; the resolver's error for
-/// an unknown name; the OS error if no helper thread can be started.
+/// an unknown name; an error (kind `Other`) naming the OS's refusal if no helper thread can be
+/// started.
 #[track_caller]
 pub fn lookup_host(host_port: &str) -> io::Result<Vec<SocketAddr>> {
     if let Ok(addr) = host_port.parse::<SocketAddr>() {
@@ -50,12 +51,14 @@ fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let host = host.to_owned();
+    let name = host.to_owned();
     let system = move || {
-        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).map(Vec::from_iter)
+        std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port)).map(Vec::from_iter)
     };
     match try_hub() {
-        Some(_) => try_spawn_blocking(system)?,
+        Some(_) => try_spawn_blocking(system).map_err(|refused| {
+            refused_helper(&format!("resolving {host:?} takes a blocking getaddrinfo"), &refused)
+        })?,
         None => system(),
     }
 }

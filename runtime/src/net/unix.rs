@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::{
     Timeouts, blocking_again, default_backlog, dup_fd, fd_traits, finish_connect, stream_io,
 };
-use crate::blocking::try_spawn_blocking;
+use crate::blocking::{refused_helper, try_spawn_blocking};
 use crate::io::Source;
 use crate::sys;
 
@@ -115,13 +115,7 @@ fn connect_once_there_is_room(path: &Path) -> io::Result<mio::net::UnixStream> {
         }
     };
     let socket = try_spawn_blocking(wait_for_room).map_err(|refused| {
-        io::Error::new(
-            refused.kind(),
-            format!(
-                "UnixStream::connect: the listener's backlog is full, and the OS refused the \
-                     helper thread that waits for room ({refused})"
-            ),
-        )
+        refused_helper("UnixStream::connect: the listener's backlog is full", &refused)
     })??;
     drop(given_up);
     let std = std::os::unix::net::UnixStream::from(socket);
