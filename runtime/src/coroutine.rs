@@ -705,6 +705,7 @@ impl Hub {
             std::process::abort();
         }
         self.stacks.quarantine(co, task.stack_limit);
+        self.timers.forget_task(r);
         let start = self.overflow_bodies.borrow_mut().remove(&r.id);
         if let Some(start) = start {
             start.overflowed(task.stack_size);

@@ -76,6 +76,15 @@ impl Timers {
         removed
     }
 
+    /// Removes every timer of `task`: one whose stack overflowed and was buried never drops the
+    /// guards its frames held, and a timer left behind would keep the hub awake (and its
+    /// deadlock report waiting) until the deadline.
+    pub(crate) fn forget_task(&self, task: TaskRef) {
+        self.queue.borrow_mut().retain(|_, action| match *action {
+            TimerAction::Wake(t) | TimerAction::Interrupt(t, _) => t != task,
+        });
+    }
+
     pub(crate) fn contains(&self, key: TimerKey) -> bool {
         self.queue.borrow().contains_key(&key)
     }

@@ -162,6 +162,31 @@ fn with_recovery_an_overflow_ends_that_coroutine_only_and_drops_nothing_on_its_s
     assert!(stderr.contains("overflowed its stack (size 65536 bytes); it ends with a JoinError"));
 }
 
+/// The timers of a coroutine that overflowed go with it (their guards were on the dead stack and
+/// are never dropped): a `timeout` it was inside does not keep the hub waiting, so a root that
+/// then waits for nothing gets its deadlock report at once, not an hour later.
+#[test]
+fn with_recovery_an_overflowed_coroutines_timers_go_with_it() {
+    if std::env::var_os(CHILD).is_some() {
+        // SAFETY: alarm has no preconditions (a hang fails the test).
+        unsafe { libc::alarm(30) };
+        let deadlock = std::panic::catch_unwind(|| {
+            recovering().run(|| {
+                let deep = greenhub::coroutine::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(|| greenhub::timeout(Duration::from_secs(3600), || recurse(0)));
+                assert!(deep.join().unwrap_err().is_stack_overflow());
+                greenhub::sync::Event::new().wait(); // nothing can wake it
+            })
+        });
+        let message = greenhub_tests::panic_message(&*deadlock.expect_err("the wait returned"));
+        assert!(message.contains("would block forever"), "{message}");
+        println!("survived");
+        return;
+    }
+    child_survives("with_recovery_an_overflowed_coroutines_timers_go_with_it", CHILD, "1");
+}
+
 /// A member of a `Group` or `sync::Pool` that overflows still leaves them: its membership and
 /// its pool slot go with the task, not with what its body held on the dead stack. A lock it
 /// held stays held (nothing on the dead stack is dropped).
