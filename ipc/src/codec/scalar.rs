@@ -12,8 +12,8 @@
 //! Why: a pool of tiny `u64` items decodes one value per item on both sides. Through serde,
 //! each decode set up the limits' state and a postcard deserializer and called serde's `u64`
 //! impl out of line: a quarter of the parent's time (perf, 10M items of `x + 1` on 2 workers).
-//! Encoding needs no such path: the encoder (`encoder.rs`) already inlines to a few
-//! instructions per number.
+//! Encoding needs no such path: the encoder (`encoder.rs`) is already inlined whole, serde's
+//! `Serialize` for a number included (a four-byte varint in ~45 instructions, callgrind).
 //!
 //! The wire format is postcard's: `u8`, `i8` and `bool` are one byte; wider integers are LEB128
 //! varints, signed ones zigzag-encoded first; `usize` and `isize` travel as `u64` and `i64`
