@@ -22,23 +22,25 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Peak resident set size of this process so far (`ru_maxrss`), in MB (10^6 bytes).
-pub fn peak_rss_mb() -> f64 {
+/// `getrusage(who)`: `RUSAGE_SELF`, or `RUSAGE_CHILDREN` (those waited for).
+fn rusage(who: libc::c_int) -> libc::rusage {
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    ru.ru_maxrss as f64 * 1024.0 / 1e6
+    unsafe { libc::getrusage(who, &mut ru) };
+    ru
+}
+
+/// Peak resident set size of this process so far (`ru_maxrss`), in MB (10^6 bytes).
+pub fn peak_rss_mb() -> f64 {
+    rusage(libc::RUSAGE_SELF).ru_maxrss as f64 * 1024.0 / 1e6
 }
 
 /// CPU time (user + system) in seconds: of this process, and of its children that have been
 /// waited for.
 pub fn cpu_s() -> (f64, f64) {
     let of = |who| {
-        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: `ru` is a valid, writable rusage.
-        unsafe { libc::getrusage(who, &mut ru) };
+        let ru = rusage(who);
         let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
         s(ru.ru_utime) + s(ru.ru_stime)
     };
@@ -47,11 +49,7 @@ pub fn cpu_s() -> (f64, f64) {
 
 /// The minor page faults this process has taken so far.
 pub fn minor_faults() -> i64 {
-    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    ru.ru_minflt
+    rusage(libc::RUSAGE_SELF).ru_minflt
 }
 
 /// What this process's memory costs right now: resident memory plus page tables (VmRSS +
