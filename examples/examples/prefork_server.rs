@@ -113,7 +113,7 @@ type Control = ();
 /// The parent: binds every socket, starts the workers, replaces the ones that die, and on
 /// SIGTERM stops them gracefully.
 fn serve(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
-    let sigterm = Sigterm::watch()?;
+    let sigterm = Sigterm::watch_until_exit()?;
     if options.single {
         let listener = TcpListener::bind(("127.0.0.1", options.port))?;
         println!("port {}", listener.local_addr()?.port());
@@ -159,8 +159,12 @@ fn serve(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
 struct Sigterm(Signals);
 
 impl Sigterm {
-    fn watch() -> io::Result<Sigterm> {
-        Signals::new(&[libc::SIGTERM]).map(Sigterm)
+    /// Watches SIGTERM from now until the process exits. The watcher is leaked, never dropped:
+    /// dropping it would put the default action back, and a second SIGTERM (a supervisor that
+    /// repeats itself) arriving after the graceful stop, while `run` ends and `main` returns,
+    /// would then kill the server with a signal instead of letting it exit 0.
+    fn watch_until_exit() -> io::Result<&'static Sigterm> {
+        Ok(Box::leak(Box::new(Sigterm(Signals::new(&[libc::SIGTERM])?))))
     }
 
     /// Suspends the calling coroutine until SIGTERM arrives.

@@ -58,7 +58,9 @@ const REFUSED: [(i32, &str); 6] = [
 /// signalfd, but are never lost. While any `Signals` watches a signal, its default action (or
 /// the handler that was installed before) does not happen; when the last one is dropped, the
 /// disposition from before is back. A child started with `greenhub_ipc::start_process` inherits
-/// none of them (its dispositions are the defaults).
+/// none of them (its dispositions are the defaults). A server that must not meet SIGTERM's
+/// default action until it has exited, however often the signal comes, leaks its watcher
+/// (`Box::leak`) instead of dropping it (`examples/prefork_server.rs` does).
 ///
 /// Hub-bound, like every greenhub type that waits:
 ///

@@ -180,3 +180,29 @@ fn a_connection_still_open_when_the_grace_period_ends_is_cut_and_the_server_exit
     });
     assert_eq!(zombie_children(), Vec::<u32>::new());
 }
+
+/// Regression: the parent stopped watching SIGTERM when its graceful stop was done, a moment
+/// before the process ended, so a second SIGTERM in that moment (a supervisor repeating itself)
+/// met the default action and the server died by the signal instead of exiting 0. Here SIGTERM
+/// comes again and again, every 200 µs, until the server has exited.
+#[test]
+fn repeated_sigterms_during_the_stop_still_exit_0() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        greenhub::timeout(LONG, || {
+            for _ in 0..3 {
+                let (server, addr, _) = start_server(&["--workers", "1"]);
+                assert_eq!(many_requests(addr, 20).len(), 20);
+                let status = loop {
+                    server.terminate().unwrap();
+                    if let Some(status) = server.join_timeout(Duration::from_micros(200)).unwrap() {
+                        break status;
+                    }
+                };
+                assert_eq!(status.code(), Some(0), "{status:?}: the server exits with 0");
+            }
+        })
+        .expect("the test hung");
+    });
+    assert_eq!(zombie_children(), Vec::<u32>::new());
+}
