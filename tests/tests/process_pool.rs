@@ -51,6 +51,8 @@ enum Job {
     Wait(PathBuf),
     /// Connect to a waiting item's socket.
     Signal(PathBuf),
+    /// Answer with this many bytes.
+    Big(usize),
 }
 
 /// A job's answer.
@@ -97,6 +99,7 @@ fn run_job(job: Job) -> Answer {
             drop(UnixStream::connect(&path).unwrap());
             Answer::Done("signalled".into())
         }
+        Job::Big(n) => Answer::Done("x".repeat(n)),
     }
 }
 
@@ -228,6 +231,41 @@ fn a_result_that_cannot_be_encoded_fails_that_item_only() {
         }
         assert_eq!(echo_pid(&pool.apply(Job::Echo(5)).unwrap()), before);
         pool.close().unwrap();
+    });
+}
+
+/// Regression: a result larger than the reader's limit made a reply frame the parent refused,
+/// which ended the worker's link and failed every item in flight there; an item larger than
+/// the worker's limit did the same from the other side.
+#[test]
+fn a_message_over_max_message_size_fails_its_item_alone_and_the_worker_goes_on() {
+    hub_test(|| {
+        let one_by_one = PoolBuilder::new(1).chunksize(6);
+        for builder in [one_by_one.clone(), one_by_one.concurrency(3)] {
+            let pool = builder.max_message_size(1024).start(run_job).unwrap();
+            let before = echo_pid(&pool.apply(Job::Echo(0)).unwrap());
+            // One chunk: answers that fit a reply alone but not two to one, a result too large
+            // for any, and small ones after it.
+            let jobs = [Job::Big(600), Job::Big(600), Job::Big(5000), Job::Echo(3), Job::Big(990)];
+            let mut sizes: Vec<_> = pool
+                .imap_unordered(jobs)
+                .map(|result| match result {
+                    Ok(Answer::Done(text)) => Ok(text.len()),
+                    Ok(Answer::Echo { n, .. }) => Ok(n as usize),
+                    Err(Error::TooLarge { len, max: 1024 }) if len > 5000 => Err("too large"),
+                    other => panic!("unexpected: {other:?}"),
+                })
+                .collect();
+            sizes.sort();
+            assert_eq!(sizes, [Ok(3), Ok(600), Ok(600), Ok(990), Err("too large")]);
+            // An item too large for a chunk of its own never leaves the parent.
+            let huge = || Job::Panic("y".repeat(2000));
+            assert!(matches!(pool.apply(huge()), Err(Error::TooLarge { max: 1024, .. })));
+            let map = pool.map([Job::Echo(1), huge(), Job::Echo(2)]);
+            assert!(matches!(map, Err(Error::TooLarge { max: 1024, .. })), "{map:?}");
+            assert_eq!(echo_pid(&pool.apply(Job::Echo(4)).unwrap()), before, "same worker");
+            pool.close().unwrap();
+        }
     });
 }
 

@@ -45,7 +45,7 @@ use self::link::{Batch, Link, RepliesIn, Sink, Waiter};
 use self::outgoing::{Outgoing, WriteEnd};
 use self::wire::{TaskChunk, TaskCodec};
 use crate::handle::Handle;
-use crate::{Error, Process, ProcessBuilder, Raw, Reader, sys};
+use crate::{Error, Process, ProcessBuilder, Raw, Reader, frame, sys};
 
 /// Items queued at a worker beyond those it runs, by default: enough that the default chunks of
 /// a long map hold 8,192 tiny items, two or three in flight per worker, so that a worker seldom
@@ -87,6 +87,7 @@ pub struct PoolBuilder {
     /// `None`: chosen per call (see [`PoolBuilder::chunksize`]).
     chunksize: Option<usize>,
     max_tasks: Option<usize>,
+    max_message: u64,
     name: String,
 }
 
@@ -104,6 +105,7 @@ impl PoolBuilder {
             prefetch: DEFAULT_PREFETCH,
             chunksize: None,
             max_tasks: None,
+            max_message: frame::DEFAULT_MAX_MESSAGE_SIZE,
             name: "PoolWorker".to_string(),
         }
     }
@@ -170,6 +172,28 @@ impl PoolBuilder {
         self
     }
 
+    /// The largest message the pool's pipes carry, each way, in bytes (default 2^31 - 1, a
+    /// pipe's [`DEFAULT_MAX_MESSAGE_SIZE`](frame::DEFAULT_MAX_MESSAGE_SIZE)). No frame either
+    /// side writes is larger, so neither reader ever refuses one (which would end that worker's
+    /// link and fail every item in flight there): a chunk of items ends before an item that
+    /// would take it past the limit; an item too large for a chunk of its own fails its call
+    /// with [`Error::TooLarge`]; a result too large for a reply of its own fails its item alone
+    /// with `TooLarge`, and the worker goes on.
+    ///
+    /// # Panics
+    /// If `bytes` is under 64: a reply saying that a result was too large must fit.
+    #[track_caller]
+    pub fn max_message_size(mut self, bytes: u64) -> PoolBuilder {
+        assert!(
+            bytes >= self::wire::MIN_MESSAGE_SIZE,
+            "greenhub_ipc::PoolBuilder::max_message_size({bytes}): at least {} bytes, room for \
+             a reply saying that a result was too large",
+            self::wire::MIN_MESSAGE_SIZE
+        );
+        self.max_message = bytes;
+        self
+    }
+
     /// The workers' names as [`Process::name`] shows them: `name-1`, `name-2`, ... (default
     /// "PoolWorker").
     pub fn name(mut self, name: impl Into<String>) -> PoolBuilder {
@@ -195,8 +219,8 @@ impl PoolBuilder {
     {
         crate::process::current_hub("Pool::start");
         sys::ignore_sigpipe();
-        let concurrency = self.concurrency;
-        let launch = move |name: String| launch_worker(name, f.clone(), concurrency);
+        let (concurrency, max) = (self.concurrency, self.max_message);
+        let launch = move |name: String| launch_worker(name, f.clone(), concurrency, max);
         let shared = Rc::new(Shared {
             links: RefCell::default(),
             changed: Event::new(),
@@ -220,6 +244,7 @@ fn launch_worker<I, O, F>(
     name: String,
     f: F,
     concurrency: usize,
+    max: u64,
 ) -> Result<(Process, Rc<Outgoing>, RepliesIn), Error>
 where
     I: Serialize + DeserializeOwned + 'static,
@@ -228,15 +253,17 @@ where
 {
     let (task_read, task_write) = sys::pipe()?;
     let (reply_read, reply_write) = sys::pipe()?;
-    let tasks_in = Reader::from_fd(task_read, TaskCodec::<I>::new())?;
+    let mut tasks_in = Reader::from_fd(task_read, TaskCodec::<I>::new())?;
+    tasks_in.set_max_message_size(max);
     let tasks_out = Outgoing::new(Handle::new(task_write)?);
-    let replies_in = Reader::from_fd(reply_read, Raw)?;
+    let mut replies_in = Reader::from_fd(reply_read, Raw)?;
+    replies_in.set_max_message_size(max);
     let replies_out = WriteEnd(Handle::new(reply_write)?);
     let process = ProcessBuilder::new()
         .name(name)
         .daemon(true)
         .start((tasks_in, replies_out), move |(tasks, replies)| {
-            worker::serve(tasks, replies, f, concurrency)
+            worker::serve(tasks, replies, f, concurrency, max)
         })?;
     Ok((process, tasks_out, replies_in))
 }
@@ -341,8 +368,9 @@ where
     /// Hands the first items of `held` (at least one, as many as the chosen worker may still
     /// take) to a worker as one chunk, removing them; their results will come through
     /// `results`, item `k` with index `first + k`. Waits for room if `wait`, else returns
-    /// `Ok(0)` when every worker is full. An item that does not encode ends the chunk before
-    /// it; at the front of `held` it is removed and its error returned.
+    /// `Ok(0)` when every worker is full. An item that does not encode, or would take the chunk
+    /// past `max_message_size`, ends the chunk before it; at the front of `held` it is removed
+    /// and its error returned.
     fn submit(
         self: &Rc<Self>,
         held: &mut VecDeque<I>,
@@ -364,7 +392,7 @@ where
                 link.tasks.push(|out| {
                     let mut chunk = TaskChunk::begin(out, id);
                     for item in held.iter().take(allowed) {
-                        if let Err(err) = chunk.push(out, item) {
+                        if let Err(err) = chunk.push(out, item, self.config.max_message) {
                             refused = Some(err);
                             break;
                         }

@@ -8,9 +8,12 @@
 //! order, so no item pays for an offset of its own), then for each item a tag byte (0: the
 //! result follows; 1: the function panicked, its message follows; 2: the result could not be
 //! encoded or the item decoded, the codec's message follows), the value's length (varint) and
-//! the value. Guarantee: every value is delimited by its own length, so one value that does not
-//! decode fails only its own item; a payload whose framing (id, offset, lengths) does not read
-//! is a codec error.
+//! the value; tag 3: the result was larger than a pool message may be, and its length and the
+//! limit follow, as a postcard pair). Guarantee: every value is delimited by its own length, so
+//! one value that does not decode fails only its own item; a payload whose framing (id, offset,
+//! lengths) does not read is a codec error; no frame either side writes is larger than the
+//! pool's `max_message_size`, so the reader at the other end never refuses one (a refused frame
+//! would end the link: every item in flight at that worker would fail with it).
 //!
 //! Neither side builds a vector of decoded items: the worker checks a task frame's framing once
 //! ([`Tasks`] keeps its bytes) and decodes each item just before running it, and the parent
@@ -77,6 +80,17 @@ impl From<Failure> for Error {
 const OK: u8 = 0;
 const PANICKED: u8 = 1;
 const CODEC: u8 = 2;
+const TOO_LARGE: u8 = 3;
+
+/// The smallest `max_message_size` a pool accepts: room for a head and the reply that says a
+/// result was too large (a tag, a length byte and two varints).
+pub(super) const MIN_MESSAGE_SIZE: u64 = 64;
+
+/// How many payload bytes the frame that began at `frame` (as `frame::begin_frame` returned)
+/// holds now.
+fn payload_len(out: &[u8], frame: usize) -> u64 {
+    (out.len() - frame - frame::HEADER_LEN) as u64
+}
 
 /// Appends `n` as a postcard varint (LEB128).
 #[inline]
@@ -163,14 +177,23 @@ impl TaskChunk {
         TaskChunk { start, items: 0 }
     }
 
-    /// Appends one item; on error (it cannot be encoded) the frame is as it was.
+    /// Appends one item; on error the frame is as it was: the item cannot be encoded, or it
+    /// would take the frame's payload past `max` bytes (`TooLarge`, with the payload it would
+    /// have made: an item that is first in its chunk is then too large for any).
     #[inline(always)]
     pub(super) fn push<I: Serialize + DeserializeOwned + 'static>(
         &mut self,
         out: &mut Vec<u8>,
         item: &I,
+        max: u64,
     ) -> Result<(), Error> {
+        let before = out.len();
         append_delimited(out, item)?;
+        let len = payload_len(out, self.start);
+        if len > max {
+            out.truncate(before);
+            return Err(Error::TooLarge { len, max });
+        }
         self.items += 1;
         Ok(())
     }
@@ -190,9 +213,46 @@ impl TaskChunk {
     }
 }
 
-/// Appends the outcome of the next item to a reply frame's payload. A result that does not
-/// encode is recorded as a codec failure for that item.
+/// Appends the outcome of the next item to the reply frame that began at `frame` (as
+/// [`begin_replies`] returned), whose payload may hold at most `max` bytes. A result that does
+/// not encode is recorded as a codec failure for that item. When the outcome does not fit,
+/// `out` is left as it was and the error is how many bytes the outcome takes: send the
+/// outcomes before it and try a frame of its own (if [`reply_head_len`] plus that fits), or
+/// record it with [`append_too_large`].
+#[inline(always)]
 pub(super) fn append_outcome<O: Serialize + DeserializeOwned + 'static>(
+    out: &mut Vec<u8>,
+    frame: usize,
+    max: u64,
+    outcome: &Result<O, Failure>,
+) -> Result<(), u64> {
+    let start = out.len();
+    encode_outcome(out, outcome);
+    if payload_len(out, frame) <= max {
+        return Ok(());
+    }
+    let own = (out.len() - start) as u64;
+    out.truncate(start);
+    Err(own)
+}
+
+/// Records the next item's outcome as too large: `len` bytes, over the pool's limit `max`. It
+/// takes at most 23 bytes, so it fits a frame of its own under any limit of at least
+/// [`MIN_MESSAGE_SIZE`].
+pub(super) fn append_too_large(out: &mut Vec<u8>, len: u64, max: u64) {
+    out.push(TOO_LARGE);
+    append_delimited(out, &(len, max)).expect("a pair of numbers encodes");
+}
+
+/// The bytes [`begin_replies`] writes for a frame of chunk `chunk` starting at `first`.
+pub(super) fn reply_head_len(chunk: u64, first: usize) -> u64 {
+    let varint_len = |n: u64| u64::from((64 - n.leading_zeros()).max(1).div_ceil(7));
+    varint_len(chunk) + varint_len(first as u64)
+}
+
+/// Appends an outcome as the tag and the delimited value or message. A result that does not
+/// encode is recorded as a codec failure for that item.
+fn encode_outcome<O: Serialize + DeserializeOwned + 'static>(
     out: &mut Vec<u8>,
     outcome: &Result<O, Failure>,
 ) {
@@ -217,7 +277,7 @@ pub(super) fn append_outcome<O: Serialize + DeserializeOwned + 'static>(
             Error::Codec(message) => message,
             other => other.to_string(),
         };
-        append_outcome::<O>(out, &Err(Failure::Codec(message)));
+        encode_outcome::<O>(out, &Err(Failure::Codec(message)));
     }
 }
 
@@ -282,6 +342,10 @@ pub(super) fn each_outcome<O: Serialize + DeserializeOwned + 'static>(
         out.failure(match tag {
             PANICKED => Error::Panicked(text(value)),
             CODEC => Error::Codec(text(value)),
+            TOO_LARGE => match Postcard.decode(value) {
+                Ok((len, max)) => Error::TooLarge { len, max },
+                Err(e) => e,
+            },
             other => Error::Codec(format!("a pool reply with an unknown tag {other}")),
         });
     }
@@ -340,7 +404,7 @@ mod tests {
         let mut out = Vec::new();
         let mut tasks = TaskChunk::begin(&mut out, chunk);
         for item in items {
-            tasks.push(&mut out, item).unwrap();
+            tasks.push(&mut out, item, frame::DEFAULT_MAX_MESSAGE_SIZE).unwrap();
         }
         tasks.finish(&mut out).unwrap();
         out
@@ -360,7 +424,7 @@ mod tests {
         let mut out = Vec::new();
         let start = begin_replies(&mut out, chunk, first);
         for outcome in outcomes {
-            append_outcome(&mut out, outcome);
+            append_outcome(&mut out, start, frame::DEFAULT_MAX_MESSAGE_SIZE, outcome).unwrap();
         }
         frame::finish_frame(&mut out, start).unwrap();
         out
@@ -467,13 +531,67 @@ mod tests {
     fn an_unencodable_item_leaves_the_chunk_as_it_was() {
         let mut out = vec![1, 2, 3];
         let mut tasks = TaskChunk::begin(&mut out, 1);
-        tasks.push(&mut out, &5u8).unwrap();
+        tasks.push(&mut out, &5u8, 100).unwrap();
         let before = out.clone();
-        assert!(matches!(tasks.push(&mut out, &Refuses), Err(Error::Codec(_))));
+        assert!(matches!(tasks.push(&mut out, &Refuses, 100), Err(Error::Codec(_))));
         assert_eq!((out.clone(), tasks.len()), (before, 1));
         tasks.finish(&mut out).unwrap();
         let decoded = TaskCodec::<u8>::new().decode(&out[3 + frame::HEADER_LEN..]).unwrap();
         assert_eq!(items(&decoded), [Ok(5)]);
+    }
+
+    #[test]
+    fn an_item_that_would_take_the_frame_past_the_limit_is_refused_and_leaves_it_as_it_was() {
+        let mut out = Vec::new();
+        let mut tasks = TaskChunk::begin(&mut out, 1);
+        tasks.push(&mut out, &vec![7u8; 40], 64).unwrap(); // 1 + 1 + 41 payload bytes
+        let before = out.clone();
+        let refused = tasks.push(&mut out, &vec![7u8; 40], 64);
+        assert!(matches!(refused, Err(Error::TooLarge { len: 85, max: 64 })), "{refused:?}");
+        assert_eq!((out.clone(), tasks.len()), (before, 1));
+        // First in a chunk of its own, an item over the limit is too large for any.
+        let mut out = Vec::new();
+        let mut alone = TaskChunk::begin(&mut out, 2);
+        assert!(matches!(alone.push(&mut out, &vec![7u8; 80], 64), Err(Error::TooLarge { .. })));
+        assert_eq!(alone.len(), 0);
+    }
+
+    #[test]
+    fn an_outcome_that_does_not_fit_leaves_the_frame_as_it_was_and_says_its_size() {
+        let mut out = Vec::new();
+        let start = begin_replies(&mut out, 5, 0);
+        assert!(append_outcome(&mut out, start, 64, &Ok::<_, Failure>(vec![1u8; 30])).is_ok());
+        let before = out.clone();
+        // A tag, a length byte, and postcard's length byte and 30 bytes.
+        let refused = append_outcome(&mut out, start, 64, &Ok::<_, Failure>(vec![2u8; 30]));
+        assert_eq!((refused, &out), (Err(33), &before));
+        // Too large even alone: recorded as such, and the next outcome goes on in the frame.
+        let big = append_outcome(&mut out, start, 64, &Ok::<_, Failure>(vec![3u8; 100]));
+        assert_eq!(big, Err(103));
+        append_too_large(&mut out, 103, 64);
+        assert!(append_outcome(&mut out, start, 64, &Ok::<_, Failure>(vec![4u8; 3])).is_ok());
+        frame::finish_frame(&mut out, start).unwrap();
+        let (_, _, read, stopped) = read_replies::<Vec<u8>>(payload(&out)).unwrap();
+        assert!(stopped.is_ok());
+        assert!(
+            matches!(&read[..], [Ok(a), Err(Error::TooLarge { len: 103, max: 64 }), Ok(b)]
+                if a == &[1; 30] && b == &[4; 3]),
+            "{read:?}"
+        );
+    }
+
+    #[test]
+    fn the_too_large_record_fits_under_the_smallest_limit_with_the_longest_head() {
+        let mut out = Vec::new();
+        let start = begin_replies(&mut out, u64::MAX, usize::MAX);
+        assert_eq!(payload_len(&out, start), reply_head_len(u64::MAX, usize::MAX));
+        append_too_large(&mut out, u64::MAX, u64::MAX);
+        assert!(payload_len(&out, start) <= MIN_MESSAGE_SIZE);
+        for (chunk, first) in [(0, 0), (127, 128), (300, 1 << 20)] {
+            let mut out = Vec::new();
+            let start = begin_replies(&mut out, chunk, first);
+            assert_eq!(payload_len(&out, start), reply_head_len(chunk, first));
+        }
     }
 
     #[test]

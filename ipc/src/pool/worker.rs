@@ -35,12 +35,14 @@ const REPLY_FRAME: usize = 16 << 10;
 /// The worker's tasks, as its runners share them.
 pub(super) type TasksIn<I> = Reader<Tasks<I>, TaskCodec<I>>;
 
-/// The child's root: runs the runners until the task pipe ends, then flushes the replies.
+/// The child's root: runs the runners until the task pipe ends, then flushes the replies, none
+/// of which is larger than `max` bytes (the pool's `max_message_size`).
 pub(super) fn serve<I, O, F>(
     tasks: TasksIn<I>,
     replies: WriteEnd,
     f: F,
     concurrency: usize,
+    max: u64,
 ) -> Result<(), Error>
 where
     I: Serialize + DeserializeOwned + 'static,
@@ -50,9 +52,9 @@ where
     let replies = Outgoing::new(replies.0);
     let flusher = replies.start();
     let outcome = if concurrency == 1 {
-        run_chunks(&tasks, &replies, &f)
+        run_chunks(&tasks, &replies, &f, max)
     } else {
-        run_concurrently(tasks, &replies, f, concurrency)
+        run_concurrently(tasks, &replies, f, concurrency, max)
     };
     replies.close();
     let _ = flusher.join();
@@ -60,7 +62,7 @@ where
 }
 
 /// One item after another, a chunk answered in frames of up to [`REPLY_FRAME`] bytes.
-fn run_chunks<I, O, F>(tasks: &TasksIn<I>, replies: &Outgoing, f: &F) -> Result<(), Error>
+fn run_chunks<I, O, F>(tasks: &TasksIn<I>, replies: &Outgoing, f: &F, max: u64) -> Result<(), Error>
 where
     I: Serialize + DeserializeOwned + 'static,
     O: Serialize + DeserializeOwned + 'static,
@@ -76,17 +78,24 @@ where
         };
         let chunk = tasks.chunk;
         let mut start = wire::begin_replies(&mut answers, chunk, 0);
+        let mut first = 0; // the offset of the first item the frame in `answers` answers
         let last = tasks.len().saturating_sub(1);
         for (offset, item) in tasks.items().enumerate() {
-            wire::append_outcome(&mut answers, &run_one(f, item));
+            let outcome = run_one(f, item);
+            if let Err(len) = wire::append_outcome(&mut answers, start, max, &outcome) {
+                if offset > first {
+                    // The answers before it are in the way: send them, then try it alone.
+                    send_answers(replies, &mut answers, start)?;
+                    (start, first) = (wire::begin_replies(&mut answers, chunk, offset), offset);
+                }
+                let alone = len + wire::reply_head_len(chunk, offset) <= max;
+                if !alone || wire::append_outcome(&mut answers, start, max, &outcome).is_err() {
+                    wire::append_too_large(&mut answers, len, max);
+                }
+            }
             if answers.len() >= REPLY_FRAME || offset == last {
-                frame::finish_frame(&mut answers, start)?;
-                replies.push(|out| {
-                    out.extend_from_slice(&answers);
-                    Ok(())
-                })?;
-                answers.clear();
-                start = wire::begin_replies(&mut answers, chunk, offset + 1);
+                send_answers(replies, &mut answers, start)?;
+                (start, first) = (wire::begin_replies(&mut answers, chunk, offset + 1), offset + 1);
                 // Let the flusher write the answers now: the next chunk is often already
                 // buffered, so `tasks.get()` would not suspend, and the parent would wait for
                 // this chunk's answers until the worker ran out of chunks (measured: parent and
@@ -96,6 +105,18 @@ where
         }
         answers.clear();
     }
+}
+
+/// Ends the reply frame that began at `start` in `answers` and queues it, leaving `answers`
+/// empty.
+fn send_answers(replies: &Outgoing, answers: &mut Vec<u8>, start: usize) -> Result<(), Error> {
+    frame::finish_frame(answers, start)?;
+    replies.push(|out| {
+        out.extend_from_slice(answers);
+        Ok(())
+    })?;
+    answers.clear();
+    Ok(())
 }
 
 /// An item read from the task pipe and not yet run: (its chunk, its offset there, the item).
@@ -108,6 +129,7 @@ fn run_concurrently<I, O, F>(
     replies: &Rc<Outgoing>,
     f: F,
     concurrency: usize,
+    max: u64,
 ) -> Result<(), Error>
 where
     I: Serialize + DeserializeOwned + 'static,
@@ -133,7 +155,7 @@ where
     let runners: Vec<_> = (0..concurrency)
         .map(|_| {
             let (queued, replies, f) = (queued.clone(), Rc::clone(replies), Rc::clone(&f));
-            greenhub::spawn(move || run_items(&queued, &replies, &*f))
+            greenhub::spawn(move || run_items(&queued, &replies, &*f, max))
         })
         .collect();
     drop(queued);
@@ -150,7 +172,12 @@ where
 }
 
 /// One runner: item after item until the reader has ended and the queue is empty.
-fn run_items<I, O, F>(queued: &Receiver<Queued<I>>, replies: &Outgoing, f: &F) -> Result<(), Error>
+fn run_items<I, O, F>(
+    queued: &Receiver<Queued<I>>,
+    replies: &Outgoing,
+    f: &F,
+    max: u64,
+) -> Result<(), Error>
 where
     I: Serialize + DeserializeOwned + 'static,
     O: Serialize + DeserializeOwned + 'static,
@@ -160,7 +187,9 @@ where
         let outcome = run_one(f, item);
         replies.push(|out| {
             let start = wire::begin_replies(out, chunk, offset);
-            wire::append_outcome(out, &outcome);
+            if let Err(len) = wire::append_outcome(out, start, max, &outcome) {
+                wire::append_too_large(out, len, max);
+            }
             frame::finish_frame(out, start)
         })?;
     }
