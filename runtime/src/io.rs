@@ -186,6 +186,9 @@ impl Reactor {
             if event.is_read_closed() || event.is_error() {
                 registration.read_closed.set(true);
             }
+            if event.is_priority() {
+                registration.urgent.set(true);
+            }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 registration.readable.set(true);
                 registration.readers.notify_all();
@@ -229,8 +232,7 @@ impl Reactor {
         let generation = self.generation.get();
         self.generation.set(generation.wrapping_add(1));
         let token = Token((generation as usize) << GENERATION_SHIFT | key);
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        self.poll.borrow().registry().register(&mut SourceFd(&fd), token, interest)?;
+        self.poll.borrow().registry().register(&mut SourceFd(&fd), token, sys::INTEREST)?;
         let registration = Rc::new(Registration {
             hub_id,
             key,
@@ -238,6 +240,7 @@ impl Reactor {
             fd,
             readable: Cell::new(false),
             read_closed: Cell::new(false),
+            urgent: Cell::new(false),
             writable: Cell::new(false),
             closed: Cell::new(false),
             owners: Cell::new(0), // a `Source` adopts its own right after
@@ -298,12 +301,11 @@ impl Reactor {
     /// Whether epoll holds the file now at the registration's fd number under that number (see
     /// the module doc). Re-arms the edge-triggered entry: a ready fd reports once more.
     fn still_registered(&self, registration: &Registration) -> bool {
-        let interest = Interest::READABLE | Interest::WRITABLE;
         let fd = registration.fd;
         match self.poll.borrow().registry().reregister(
             &mut SourceFd(&fd),
             registration.token,
-            interest,
+            sys::INTEREST,
         ) {
             Ok(()) => true,
             // Out of kernel memory says nothing about the fd: keep it.
@@ -377,6 +379,10 @@ struct Registration {
     /// The peer has shut down its side, or the fd has an error: sticky, as the state is (reads
     /// give EOF or the error from now on without a new edge). See `Source::read_stream_until`.
     read_closed: Cell<bool>,
+    /// The peer has sent urgent (out-of-band) data, now or before: a TCP read stops at its
+    /// mark with more bytes queued, so from now on a short read proves nothing (sticky; see
+    /// `Source::read_stream_until`).
+    urgent: Cell<bool>,
     writable: Cell<bool>,
     /// Retired: its fd was closed or reused under it; every wait on it gives `EBADF`.
     closed: Cell<bool>,
@@ -597,8 +603,11 @@ impl<T: AsRawFd> Source<T> {
     /// every queued segment up to the end of the buffer); then, after a read shorter than `len`,
     /// the next one waits for the next readable edge first instead of trying a read that would
     /// fail with `WouldBlock`: one syscall fewer per message on a request/response connection
-    /// (tokio does the same). Not for Unix sockets: their reads also stop early between two
-    /// writers' bytes and at passed fds.
+    /// (tokio does the same). `len` must be what one read can take (a vectored read, at most
+    /// `sys::MAX_READ_BUFFERS` buffers' worth). A TCP read also stops at the mark of urgent data
+    /// (`MSG_OOB`) with bytes after it queued: once the fd has reported urgent data (`EPOLLPRI`)
+    /// this shortcut is off for it. Not for Unix sockets: their reads also stop early between
+    /// two writers' bytes and at passed fds.
     pub(crate) fn read_stream_until(
         &self,
         deadline: Option<Instant>,
@@ -628,6 +637,7 @@ impl<T: AsRawFd> Source<T> {
             // any byte that arrives after the read is a new edge that sets the flag again.
             if let Some(registration) =
                 try_hub().and_then(|h| self.registration.borrow().of(h).cloned())
+                && !registration.urgent.get()
             {
                 registration.readable.set(false);
             }

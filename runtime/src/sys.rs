@@ -17,6 +17,19 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// What the hub registers every fd for with epoll: both directions and, on Linux, urgent data
+/// (`EPOLLPRI`), which a TCP socket reports when its peer sends out-of-band bytes (see
+/// `io::Source::read_stream_until`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) const INTEREST: mio::Interest =
+    mio::Interest::READABLE.add(mio::Interest::WRITABLE).add(mio::Interest::PRIORITY);
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) const INTEREST: mio::Interest = mio::Interest::READABLE.add(mio::Interest::WRITABLE);
+
+/// The most buffers one vectored read takes: std passes at most `UIO_MAXIOV` (1024) of them to
+/// `readv`, and ignores the rest.
+pub(crate) const MAX_READ_BUFFERS: usize = 1024;
+
 /// A fault this far below a stack's guard page still counts as an overflow of that stack (a
 /// frame larger than one page can jump over the guard page).
 const GUARD_SLACK: usize = 64 * 1024;

@@ -925,3 +925,90 @@ fn connect_and_bind_accept_host_names() {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
     });
 }
+
+/// A connected pair: our `TcpStream` and the peer's std stream, after one read on ours that
+/// had to wait (so that ours holds its registration and its readiness flag counts).
+fn pair_after_one_wait() -> (TcpStream, std::net::TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    let mut writer = peer.try_clone().unwrap();
+    let wrote = spawn(move || writer.write_all(b"p").unwrap()); // runs once the read waits
+    assert_eq!((&stream).read(&mut [0; 8]).unwrap(), 1);
+    wrote.join().unwrap();
+    (stream, peer)
+}
+
+/// Until `stream` has received `n` bytes in all (`TCP_INFO`; `FIONREAD` stops counting at an
+/// urgent mark). Loopback delivers within a turn or two.
+fn until_received(stream: &TcpStream, n: u64) {
+    loop {
+        // SAFETY: an all-zero tcp_info is a valid value of the plain-data struct.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, which has that many.
+        let got = unsafe {
+            let info: *mut libc::tcp_info = &mut info;
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(got, 0, "{}", io::Error::last_os_error());
+        if info.tcpi_bytes_received >= n {
+            return;
+        }
+        greenhub::yield_now();
+    }
+}
+
+/// Regression: a read shorter than its buffer was taken to mean the receive queue was empty,
+/// so the next read waited for a new edge; but a TCP read also stops at the mark of urgent
+/// (`MSG_OOB`) data, with the bytes behind it queued, and no edge ever came for them.
+#[test]
+fn a_read_that_stopped_at_urgent_data_leaves_no_bytes_waiting_behind_it() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (stream, mut peer) = pair_after_one_wait();
+        peer.write_all(b"abc").unwrap();
+        // SAFETY: send reads one byte from a valid buffer.
+        let urgent =
+            unsafe { libc::send(peer.as_raw_fd(), c"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+        assert_eq!(urgent, 1);
+        peer.write_all(b"def").unwrap();
+        until_received(&stream, 1 + 7); // the first read's byte, then "abc!def"
+        let mut buf = [0; 100];
+        let n = (&stream).read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"abc", "up to the mark");
+        let n = greenhub::timeout(Duration::from_secs(10), || (&stream).read(&mut buf))
+            .expect("the read waited with \"def\" queued")
+            .unwrap();
+        assert_eq!(&buf[..n], b"def");
+    });
+}
+
+/// Regression: the same with a vectored read into more buffers than one `readv` takes (std
+/// passes 1,024): the read was short of the buffers' total with bytes still queued.
+#[test]
+fn a_vectored_read_into_more_buffers_than_readv_takes_leaves_no_bytes_waiting() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (stream, mut peer) = pair_after_one_wait();
+        peer.write_all(&[7; 3000]).unwrap();
+        until_received(&stream, 1 + 3000);
+        let mut storage = vec![[0u8; 1]; 2000];
+        let mut got = Vec::new();
+        while got.iter().sum::<usize>() < 3000 {
+            let mut bufs: Vec<_> = storage.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+            let n =
+                greenhub::timeout(Duration::from_secs(10), || (&stream).read_vectored(&mut bufs))
+                    .expect("the read waited with bytes queued")
+                    .unwrap();
+            got.push(n);
+        }
+        assert_eq!(got, [1024, 1024, 952]);
+    });
+}

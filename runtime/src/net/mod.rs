@@ -176,7 +176,8 @@ macro_rules! stream_io {
                 bufs: &mut [std::io::IoSliceMut<'_>],
             ) -> std::io::Result<usize> {
                 let deadline = self.timeouts.read_deadline();
-                let len = bufs.iter().map(|b| b.len()).sum();
+                // What one `readv` can take: std passes only the first buffers.
+                let len = bufs.iter().take($crate::sys::MAX_READ_BUFFERS).map(|b| b.len()).sum();
                 self.inner.read_stream_until(deadline, len, $drains, |mut s| {
                     std::io::Read::read_vectored(&mut s, bufs)
                 })
