@@ -381,10 +381,10 @@ impl<F: FnOnce() -> T, T, G> Start for Spawned<F, T, G> {
     fn run(&self) {
         let body = self.body.take().expect("a coroutine body runs once");
         let outcome = panic::catch_unwind(AssertUnwindSafe(body));
-        drop(self.guard.take()); // where the body's own captures went: at its end
         if FORCE_DROPPING.with(Cell::get) {
             // The hub is being dropped with this coroutine suspended: corosensei's own unwind
             // payload must reach corosensei (and the hub must not be touched).
+            drop(self.guard.take());
             if let Err(payload) = outcome {
                 panic::resume_unwind(payload);
             }
@@ -404,24 +404,39 @@ impl<F: FnOnce() -> T, T, G> Start for Spawned<F, T, G> {
             Err(payload) if payload.is::<Cancelled>() => Err(JoinError::cancelled()),
             Err(payload) => Err(JoinError::panicked(payload)),
         });
+        // Only now has it ended: its locals are dropped and its result is in. A group or pool
+        // membership (a `Group::join`, a pool slot) ends here, not with the body.
+        drop(self.guard.take());
     }
 
     fn cancel(&self) {
-        drop(self.body.take());
-        drop(self.guard.take());
-        self.state.finish(Err(JoinError::cancelled()));
+        self.end_unstarted(JoinError::cancelled());
     }
 
     fn fail(&self, error: JoinError) {
-        drop(self.body.take());
-        drop(self.guard.take());
-        self.state.finish(Err(error));
+        self.end_unstarted(error);
     }
 
     fn overflowed(&self, size: usize) {
         // The body's captures are stranded on the dead stack; the guard is not.
         drop(self.guard.take());
         self.state.finish(Err(JoinError::stack_overflow(size)));
+    }
+}
+
+impl<F, T, G> Spawned<F, T, G> {
+    /// Ends a coroutine whose body never ran with `error`, dropping what the body captured. A
+    /// capture whose destructor panics makes the coroutine end as panicked instead, as a
+    /// panicking destructor inside a started coroutine does; the panic goes no further (not
+    /// into whoever cancelled it, nor out of `run`'s shutdown).
+    fn end_unstarted(&self, error: JoinError) {
+        let body = self.body.take();
+        let dropped = panic::catch_unwind(AssertUnwindSafe(|| drop(body)));
+        self.state.finish(match dropped {
+            Ok(()) => Err(error),
+            Err(payload) => Err(JoinError::panicked(payload)),
+        });
+        drop(self.guard.take());
     }
 }
 

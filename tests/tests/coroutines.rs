@@ -660,3 +660,39 @@ fn coroutine_ids_are_hash_keys_that_match_each_coroutines_own_current() {
         assert_eq!(ids.into_iter().collect::<Vec<_>>(), [greenhub::current()]);
     });
 }
+
+/// A value whose destructor panics.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("a capture panicked on drop");
+    }
+}
+
+/// Regression: cancelling a coroutine that had not started dropped its captures first and
+/// recorded its end after; a capture that panicked on drop skipped the record, so its handle
+/// never finished (a `join` waited forever) and the panic went into whoever cancelled it. At
+/// the end of `run` the same panic cut the shutdown short: the exit hooks never ran.
+#[test]
+fn an_unstarted_coroutine_whose_capture_panics_on_drop_still_ends() {
+    greenhub::run(|| {
+        let capture = PanicsOnDrop;
+        let h = greenhub::spawn(move || drop(capture));
+        h.cancel(); // its capture's panic stays inside it
+        assert!(h.is_finished());
+        let err = h.join().unwrap_err();
+        assert!(err.is_panic() && !err.is_cancelled(), "{err}");
+        assert_eq!(panic_message(&*err.into_panic()), "a capture panicked on drop");
+    });
+    let hook_ran = Rc::new(Cell::new(false));
+    let ran = Rc::clone(&hook_ran);
+    let value = greenhub::run(move || {
+        greenhub::ext::at_exit(move || ran.set(true));
+        let capture = PanicsOnDrop;
+        drop(greenhub::spawn(move || drop(capture))); // never starts: cancelled at the end
+        7
+    });
+    assert_eq!(value, 7);
+    assert!(hook_ran.get(), "the exit hooks ran");
+}

@@ -34,6 +34,28 @@ impl Concurrency {
     }
 }
 
+/// A `local!` value whose destructor suspends (a buffered writer flushing on drop) and then
+/// records that it is done.
+struct Linger(Rc<RefCell<Vec<String>>>, &'static str);
+
+impl Drop for Linger {
+    fn drop(&mut self) {
+        settle(3);
+        self.0.borrow_mut().push(format!("{} dropped", self.1));
+    }
+}
+
+greenhub::local! { static LINGER: RefCell<Option<Linger>> = const { RefCell::new(None) }; }
+
+/// A member body that records its start and leaves a `Linger` in its locals.
+fn lingering(log: &Rc<RefCell<Vec<String>>>, name: &'static str) -> impl FnOnce() + 'static {
+    let log = Rc::clone(log);
+    move || {
+        log.borrow_mut().push(format!("{name} started"));
+        LINGER.with(|l| *l.borrow_mut() = Some(Linger(log, name)));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Group
 
@@ -571,5 +593,27 @@ fn map_members_are_spawned_at_the_callers_line() {
         let unordered: Vec<_> = pool.imap_unordered([0u8], move |_| own_line()).collect();
         let site = format!("(spawned at tests/tests/pool.rs:{line}:");
         assert!(unordered[0].as_ref().unwrap().contains(&site), "{unordered:?} lacks {site}");
+    });
+}
+
+/// Regression: a member left its group, and freed its pool slot, before its `local!` values
+/// were dropped: `join` returned (and the next pool member started) while a destructor of the
+/// member was still running.
+#[test]
+fn a_member_leaves_its_group_and_its_pool_slot_only_once_its_locals_are_dropped() {
+    greenhub::run(|| {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let group = Group::new();
+        let member = group.spawn(lingering(&log, "a"));
+        group.join();
+        assert_eq!(*log.borrow(), ["a started", "a dropped"], "join returned too early");
+        assert!(member.is_finished());
+
+        log.borrow_mut().clear();
+        let pool = Pool::new(1);
+        pool.spawn(lingering(&log, "b"));
+        pool.spawn(lingering(&log, "c"));
+        pool.join();
+        assert_eq!(*log.borrow(), ["b started", "b dropped", "c started", "c dropped"]);
     });
 }
