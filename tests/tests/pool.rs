@@ -617,3 +617,22 @@ fn a_member_leaves_its_group_and_its_pool_slot_only_once_its_locals_are_dropped(
         assert_eq!(*log.borrow(), ["b started", "b dropped", "c started", "c dropped"]);
     });
 }
+
+/// Regression: `join` from a member of its own group waited forever instead of panicking as
+/// its rustdoc says.
+#[test]
+fn join_from_a_member_of_the_group_or_pool_panics_naming_the_rule() {
+    greenhub::run(|| {
+        let group = Rc::new(Group::new());
+        let pool = Rc::new(Pool::new(2));
+        let (g, p) = (Rc::clone(&group), Rc::clone(&pool));
+        let in_group = group.spawn(move || g.join());
+        let in_pool = pool.spawn(move || p.join());
+        for (handle, what) in [(in_group, "Group::join"), (in_pool, "Pool::join")] {
+            let err = handle.join().unwrap_err();
+            assert!(err.is_panic(), "{err}");
+            let message = panic_message(&*err.into_panic());
+            assert!(message.contains(&format!("{what} called by a member")), "{message}");
+        }
+    });
+}

@@ -145,8 +145,31 @@ impl Group {
     /// it would wait for itself).
     #[track_caller]
     pub fn join(&self) {
+        self.join_as("Group::join");
+    }
+
+    /// [`join`](Self::join), naming `what` the caller called in its panic.
+    #[track_caller]
+    pub(super) fn join_as(&self, what: &str) {
+        if !self.is_empty() {
+            self.refuse_a_member(what);
+        }
         let empty = || self.is_empty().then_some(());
         self.members.waiters.wait_until(WaitReason::Group, None, empty);
+    }
+
+    /// Panics, naming the rule, when the calling coroutine is a member: it would wait for
+    /// itself to end.
+    #[track_caller]
+    fn refuse_a_member(&self, what: &str) {
+        let me = crate::hub::try_hub().and_then(|hub| hub.running_task());
+        if me.is_some() && self.members.running.borrow().iter().any(|(_, t)| *t == me) {
+            panic!(
+                "greenhub::sync::{what} called by a member of the group; a member cannot \
+                 wait for the group to end, since it would wait for itself (call it from \
+                 outside the group, or spawn the waiting code outside it)"
+            );
+        }
     }
 
     /// Like [`join`](Self::join), for at most `d`; true when every member has ended.

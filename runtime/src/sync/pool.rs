@@ -129,9 +129,13 @@ impl Pool {
     }
 
     /// Suspends the caller until every member has ended (see [`Group::join`]).
+    ///
+    /// # Panics
+    /// Outside a coroutine, when it must wait, and from a member of the pool itself (it would
+    /// wait for itself).
     #[track_caller]
     pub fn join(&self) {
-        self.group.join();
+        self.group.join_as("Pool::join");
     }
 
     /// Like [`join`](Self::join), for at most `d`; true when every member has ended.
