@@ -978,7 +978,7 @@ pub(crate) fn write_running_identity(out: &mut sys::FaultText) -> bool {
     out.number(task.id.get());
     if let Some(name) = task.name.as_deref() {
         out.text(" \"");
-        out.text(name);
+        write_escaped(out, name);
         out.text("\"");
     }
     out.text(" (spawned at ");
@@ -989,6 +989,22 @@ pub(crate) fn write_running_identity(out: &mut sys::FaultText) -> bool {
     out.number(u64::from(task.site.column()));
     out.text(")");
     true
+}
+
+/// Writes `name` escaped as `{:?}` writes a `str` between its quotes (`"` and `\\` escaped,
+/// control and other unprintable characters as `\t`, `\u{..}`), so that the overflow report
+/// names a coroutine exactly as every other report does, without allocating.
+fn write_escaped(out: &mut sys::FaultText, name: &str) {
+    for c in name.chars() {
+        let mut utf8 = [0; 4];
+        if c == '\'' {
+            out.text(c.encode_utf8(&mut utf8)); // `str`'s Debug leaves single quotes alone
+            continue;
+        }
+        for e in c.escape_debug() {
+            out.text(e.encode_utf8(&mut utf8));
+        }
+    }
 }
 
 /// After fork, in the child: the running coroutine belongs to the parent's hub.

@@ -365,3 +365,21 @@ fn a_guard_still_catches_an_overflow_on_a_stack_whose_pages_were_given_back() {
         "1",
     );
 }
+
+/// Regression: the overflow report wrote a coroutine's name raw, while every other report
+/// writes it as `{:?}` does (quotes and control characters escaped).
+#[test]
+fn the_overflow_report_names_a_coroutine_as_every_other_report_does() {
+    const NAME: &str = "say \"hi\"\tit's \\ me";
+    if std::env::var_os(CHILD).is_some() {
+        no_core_dump();
+        greenhub::run(|| {
+            let h = greenhub::coroutine::Builder::new().name(NAME).spawn(|| recurse(0));
+            let _ = h.join();
+        });
+        unreachable!("the overflow must abort the process");
+    }
+    let test = "the_overflow_report_names_a_coroutine_as_every_other_report_does";
+    let out = rerun_test_in_child(test, CHILD, "1");
+    assert_reported_overflow(&out, &format!("{NAME:?} (spawned at tests/tests/stack_overflow.rs:"));
+}
