@@ -8,7 +8,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::time::Duration;
 
-use greenhub::sync::{RecvError, SendError, TryRecvError, bounded, channel, thread_channel};
+use greenhub::sync::{
+    Receiver, RecvError, SendError, TryRecvError, bounded, channel, thread_channel,
+};
 use greenhub::{spawn, yield_now};
 use greenhub_tests::panic_message;
 
@@ -371,29 +373,42 @@ fn rendezvous_select_never_pairs_with_itself() {
     });
 }
 
+/// Regression: a rendezvous item that a select send handed to a receiver waiting in a select
+/// was left in the channel whenever that receiver's select took another arm that was ready
+/// too (about half the time): the sender had `Ok(())` and nobody ever received the item.
 #[test]
-fn rendezvous_select_send_waits_for_a_receiver_that_requeued() {
-    // A receiver woken for an item that someone else took goes back to waiting; a select send
-    // waiting for a receiver must see it.
+fn a_rendezvous_item_handed_to_a_selecting_receiver_is_the_arm_it_takes() {
     greenhub::run(|| {
-        let (tx, rx) = bounded::<u32>(0);
-        let (rx1, rx2) = (rx.clone(), rx.clone());
-        let waiting = spawn(move || rx1.recv());
-        settle(1);
-        let plain = spawn({
-            let tx = tx.clone();
-            move || tx.send(1)
-        });
-        settle(1); // `plain` pushed its item; `waiting` is woken, not yet run
-        assert_eq!(rx2.try_recv(), Ok(1), "a thief takes it first");
-        let (_idle_tx, idle) = channel::<u8>();
-        let r = greenhub::select! {
-            send(tx, 2) -> r => r,
-            recv(idle) -> _m => unreachable!(),
+        let selecting = |rx: Receiver<u32>, other: Receiver<u32>| {
+            spawn(move || {
+                greenhub::select! {
+                    recv(rx) -> m => ("rendezvous", m.unwrap()),
+                    recv(other) -> m => ("other", m.unwrap()),
+                }
+            })
         };
-        assert_eq!(r, Ok(()));
-        assert_eq!(waiting.join().unwrap(), Ok(2));
-        assert_eq!(plain.join().unwrap(), Ok(()));
+        for _ in 0..50 {
+            let (tx, rx) = bounded::<u32>(0);
+            let (other_tx, other_rx) = channel::<u32>();
+            let receiver = selecting(rx.clone(), other_rx);
+            settle(1); // it waits in its select
+            let sent = greenhub::select! { send(tx, 100) -> r => r.is_ok(), default => false };
+            assert!(sent, "a receiver waits");
+            other_tx.send(200).unwrap(); // the other arm is ready too now
+            assert_eq!(receiver.join().unwrap(), ("rendezvous", 100));
+            assert_eq!(rx.len(), 0, "nothing is left in the channel");
+        }
+        // The other way round: a receiver woken through another arm may take that one, so it
+        // does not count as waiting for a rendezvous item.
+        let (tx, rx) = bounded::<u32>(0);
+        let (other_tx, other_rx) = channel::<u32>();
+        let receiver = selecting(rx.clone(), other_rx);
+        settle(1);
+        other_tx.send(200).unwrap();
+        let sent = greenhub::select! { send(tx, 100) -> r => r.is_ok(), default => false };
+        assert!(!sent, "no receiver is waiting for this item any more");
+        assert_eq!(receiver.join().unwrap(), ("other", 200));
+        assert_eq!(rx.len(), 0);
     });
 }
 

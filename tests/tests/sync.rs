@@ -803,3 +803,47 @@ fn channel_errors_are_std_errors_whose_message_says_what_happened() {
         assert_eq!(as_std_error(error), pair(gone, "Disconnected"));
     });
 }
+
+/// Regression (FIFO among waiters): an item a send had promised to the receiver it woke went
+/// to whoever ran first: a `try_recv`, a later receiver, or one woken by its own timer (a
+/// probe saw the second waiter get the item and the first none, 10 of 10 runs).
+#[test]
+fn an_item_promised_to_a_woken_receiver_is_left_for_it() {
+    greenhub::run(|| {
+        for capacity in [None, Some(1), Some(0)] {
+            let (tx, rx) = match capacity {
+                None => channel::<u32>(),
+                Some(n) => bounded(n),
+            };
+            let (first_rx, other_rx) = (rx.clone(), rx.clone());
+            let first = spawn(move || first_rx.recv());
+            settle(1); // it waits
+            let sender = spawn({
+                let tx = tx.clone(); // `tx` stays: with every sender gone, whoever comes takes
+                move || tx.send(1)
+            });
+            settle(1); // the item is in, `first` woken and not yet run
+            assert_eq!(other_rx.try_recv(), Err(TryRecvError::Empty), "{capacity:?}");
+            let late = other_rx.recv_timeout(Duration::ZERO);
+            assert_eq!(late, Err(RecvTimeoutError::Timeout), "{capacity:?}");
+            assert_eq!(first.join().unwrap(), Ok(1), "{capacity:?}");
+            assert_eq!(sender.join().unwrap(), Ok(()));
+        }
+    });
+}
+
+/// The same for senders: a place freed in a full channel is promised to the sender it woke.
+#[test]
+fn a_place_promised_to_a_woken_sender_is_left_for_it() {
+    greenhub::run(|| {
+        let (tx, rx) = bounded::<&str>(1);
+        tx.send("queued").unwrap();
+        let first_tx = tx.clone();
+        let first = spawn(move || first_tx.send("first"));
+        settle(1); // it waits for room
+        assert_eq!(rx.try_recv(), Ok("queued")); // frees the place, wakes `first`
+        assert_eq!(tx.try_send("thief"), Err(TrySendError::Full("thief")));
+        assert_eq!(first.join().unwrap(), Ok(()));
+        assert_eq!(rx.try_recv(), Ok("first"));
+    });
+}

@@ -33,9 +33,15 @@ pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
 ///
 /// A rendezvous hands its item over only to a receiver that waits for it: `try_send` and a
 /// `send` arm of [`select!`](crate::select) succeed there only while some coroutine waits in
-/// `recv` (or in a `select!` with a `recv` arm on it), and leave the item in the channel for
-/// that receiver without waiting for it to run. (If that receiver is cancelled before it
-/// runs, the next receiver gets the item.)
+/// `recv` (or in a `select!` with a `recv` arm on it, not yet woken through another arm), and
+/// leave the item in the channel for that receiver without waiting for it to run; a `select!`
+/// takes the arm it was woken for. (If that receiver is cancelled before it runs, the next
+/// receiver gets the item.)
+///
+/// Every channel is FIFO among its waiters: an item is promised to the receiver its `send`
+/// woke, and a freed place to the sender it woke; a `try_recv` or `try_send`, or a waiter that
+/// something else resumed, takes only what is not promised. Once every sender is gone, what is
+/// left goes to whoever comes.
 #[track_caller]
 pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     Chan::open(Some(capacity))
@@ -78,32 +84,51 @@ impl<T> Chan<T> {
         self.receivers.get() == 0
     }
 
-    fn has_room(&self) -> bool {
-        match self.capacity {
-            None => true,
-            Some(cap) => self.queue.borrow().len() < cap.max(1),
-        }
+    /// Whether a sender may put an item in now. `woken`: the caller is a sender that a
+    /// notification woke (see [`takable`](Self::takable)): free places are promised to those
+    /// first, in the order they waited, so another sender (a later one, one woken by its timer,
+    /// a `try_send`) takes a place only if more are free than promised.
+    fn has_room(&self, woken: bool) -> bool {
+        let Some(cap) = self.capacity else { return true };
+        let free = cap.max(1).saturating_sub(self.queue.borrow().len());
+        free > 0 && (woken || free > self.room_waiters.woken())
     }
 
-    /// Whether a `recv` would return now (an item, or `Err` for a closed, empty channel).
-    pub(super) fn recv_ready(&self) -> bool {
-        !self.queue.borrow().is_empty() || self.senders.get() == 0
+    /// Whether a receiver may take an item now. `woken`: the caller is a receiver that a
+    /// notification woke and that has not checked since. Each push wakes one waiting receiver,
+    /// and the items are promised to those woken receivers first: another receiver (one that
+    /// came later, one woken by its own timer, a `try_recv`) takes an item only if more are
+    /// queued than promised. That is what keeps wake-ups FIFO among waiters (the semaphore does
+    /// the same). Once every sender is gone the promise no longer matters: whoever comes takes.
+    fn takable(&self, woken: bool) -> bool {
+        let queued = self.queue.borrow().len();
+        queued > 0 && (woken || self.senders.get() == 0 || queued > self.item_waiters.woken())
+    }
+
+    /// Whether a `recv` would return now (an item, or `Err` for a closed, empty channel);
+    /// `woken` as for [`takable`](Self::takable).
+    pub(super) fn recv_ready(&self, woken: bool) -> bool {
+        self.takable(woken) || (self.senders.get() == 0 && self.queue.borrow().is_empty())
     }
 
     /// Whether a send that must not wait would succeed now, or fail for good (every receiver
-    /// gone). A rendezvous accepts an item only while a receiver other than `me` waits for one
-    /// (queued, or woken and not yet run) and no other item is in flight.
-    pub(super) fn send_ready(&self, me: Option<TaskRef>) -> bool {
+    /// gone); `woken` as for [`has_room`](Self::has_room). A rendezvous accepts an item only
+    /// while a receiver other than `me` waits for one (queued, or woken and not yet run) and
+    /// no other item is in flight.
+    pub(super) fn send_ready(&self, me: Option<TaskRef>, woken: bool) -> bool {
         self.disconnected_for_senders()
             || match self.capacity {
                 None => true,
                 Some(0) => self.queue.borrow().is_empty() && self.receivers_waiting(me) > 0,
-                Some(_) => self.has_room(),
+                Some(_) => self.has_room(woken),
             }
     }
 
+    /// Receivers that would take a rendezvous item now: those a notification woke, and those
+    /// queued, but not a `select!` already woken through another of its lists (it may take that
+    /// arm instead, and the item would be left with nobody to take it).
     fn receivers_waiting(&self, me: Option<TaskRef>) -> usize {
-        self.item_waiters.len_except(me) + self.item_waiters.woken()
+        self.item_waiters.takers_except(me) + self.item_waiters.woken()
     }
 
     /// Queues `value` and wakes a receiver. The caller has checked that there is room.
@@ -120,7 +145,7 @@ impl<T> Chan<T> {
     pub(super) fn send_now(&self, value: T, me: Option<TaskRef>) -> Result<(), TrySendError<T>> {
         if self.disconnected_for_senders() {
             Err(TrySendError::Disconnected(value))
-        } else if self.send_ready(me) {
+        } else if self.send_ready(me, false) {
             self.push(value);
             Ok(())
         } else {
@@ -146,9 +171,14 @@ impl<T> Chan<T> {
         &self.room_waiters
     }
 
-    /// An item, or `Err` once empty with every sender gone; `None`: wait.
+    /// An item, or `Err` once empty with every sender gone; `None`: wait. `woken` as for
+    /// [`takable`](Self::takable).
     #[inline]
-    pub(super) fn try_take(&self) -> Option<Result<T, RecvError>> {
+    pub(super) fn try_take(&self, woken: bool) -> Option<Result<T, RecvError>> {
+        if !self.takable(woken) {
+            let closed = self.senders.get() == 0 && self.queue.borrow().is_empty();
+            return closed.then_some(Err(RecvError));
+        }
         HubSection::enter_raw();
         let item = self.queue.borrow_mut().pop_front();
         HubSection::leave();
@@ -214,8 +244,9 @@ impl<T> Sender<T> {
     fn send_until(&self, value: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
         let chan = &*self.0;
         if chan.capacity.is_some() {
-            let ready = || (chan.disconnected_for_senders() || chan.has_room()).then_some(());
-            if chan.room_waiters.wait_until(WaitReason::ChannelSend, deadline, ready).is_none() {
+            let ready =
+                |woken| (chan.disconnected_for_senders() || chan.has_room(woken)).then_some(());
+            if chan.room_waiters.wait_turn(WaitReason::ChannelSend, deadline, ready).is_none() {
                 return Err(SendTimeoutError::Timeout(value));
             }
         }
@@ -337,7 +368,7 @@ impl<T> Receiver<T> {
         let chan = &*self.0;
         let reason = WaitReason::ChannelRecv;
         let entered = || chan.receiver_entered();
-        chan.item_waiters.wait_hooked(reason, deadline, entered, |_| chan.try_take())
+        chan.item_waiters.wait_hooked(reason, deadline, entered, |woken| chan.try_take(woken))
     }
 
     /// The shared state, for `select!`.
@@ -345,10 +376,13 @@ impl<T> Receiver<T> {
         &self.0
     }
 
-    /// An item if one is queued now, without suspending.
+    /// An item if one is queued now, without suspending. An item already promised to a
+    /// receiver that a send woke (it has not run yet) is left for it, so `Empty` while
+    /// [`len`](Self::len) is not zero: wake-ups are FIFO among waiters, and a `try_recv` does
+    /// not jump the queue.
     #[track_caller]
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        match self.0.try_take() {
+        match self.0.try_take(false) {
             Some(Ok(value)) => Ok(value),
             Some(Err(RecvError)) => Err(TryRecvError::Disconnected),
             None => Err(TryRecvError::Empty),

@@ -2,9 +2,11 @@
 //!
 //! Guarantee: exactly one arm's operation takes effect; every other arm leaves its channel
 //! untouched (no item taken, none sent: a send arm's value expression is evaluated only when
-//! its arm is chosen). A disconnected channel's arm is ready and gives its `Err`. Among ready
-//! arms the one checked first is chosen, and the check starts at a random arm each time, so
-//! none starves. Not guaranteed: which of several ready arms is chosen.
+//! its arm is chosen). A disconnected channel's arm is ready and gives its `Err`. An arm whose
+//! channel woke the waiting coroutine is chosen if it is ready (the item or place it was woken
+//! for is promised to it); otherwise, among ready arms the one checked first is chosen, and the
+//! check starts at a random arm each time, so none starves. Not guaranteed: which of several
+//! ready arms is chosen.
 //!
 //! How (the wait-list skeleton, extended to several lists: [`wait_any`]): check every arm;
 //! register one entry on each arm's wait list; check again; suspend. The first notification
@@ -35,8 +37,9 @@ pub(crate) mod sealed {
     /// One channel end as a `select!` arm.
     pub trait Arm {
         /// Whether the arm's operation would complete now (or fail for good) for coroutine
-        /// `me` (`None`: before it registered anywhere). No side effects.
-        fn ready(&self, me: Option<TaskRef>) -> bool;
+        /// `me` (`None`: before it registered anywhere); `woken`: a notification of the arm's
+        /// list woke `me`, so what it brought is promised to `me`. No side effects.
+        fn ready(&self, me: Option<TaskRef>, woken: bool) -> bool;
         /// The list the arm's coroutine waits on.
         fn wait_list(&self) -> &WaitList;
         /// The arm's entry entered its list's queue.
@@ -61,8 +64,8 @@ pub trait SelectRecv: sealed::Arm {
 }
 
 impl<T> Arm for Receiver<T> {
-    fn ready(&self, _me: Option<TaskRef>) -> bool {
-        self.chan().recv_ready()
+    fn ready(&self, _me: Option<TaskRef>, woken: bool) -> bool {
+        self.chan().recv_ready(woken)
     }
 
     fn wait_list(&self) -> &WaitList {
@@ -78,13 +81,15 @@ impl<T> SelectRecv for Receiver<T> {
     type Output = Result<T, RecvError>;
 
     fn commit_recv(&self) -> Self::Output {
-        self.chan().try_take().expect("select! chose a recv arm that was not ready")
+        // Not as a woken receiver: choosing the arm settled its entry, which gave back the
+        // promise it held (and so left the item it was promised free for it).
+        self.chan().try_take(false).expect("select! chose a recv arm that was not ready")
     }
 }
 
 impl<T> Arm for Sender<T> {
-    fn ready(&self, me: Option<TaskRef>) -> bool {
-        self.chan().send_ready(me)
+    fn ready(&self, me: Option<TaskRef>, woken: bool) -> bool {
+        self.chan().send_ready(me, woken)
     }
 
     fn wait_list(&self) -> &WaitList {
@@ -179,8 +184,17 @@ impl<'a> Selector<'a> {
             return Selected { index: None };
         }
         let start = random_start(n);
-        let check = |me| (0..n).map(|k| (start + k) % n).find(|&i| arms[i].ready(me));
-        if let Some(ready) = check(None) {
+        let check = |me, woken: &[bool]| {
+            let woken_by = |i: usize| woken.get(i).copied().unwrap_or(false);
+            // The arm whose notification woke the coroutine first: what it brought (an item, a
+            // place, a rendezvous hand-over) is promised to this coroutine, and taking another
+            // arm would leave it to whoever comes next, or to nobody.
+            if let Some(i) = (0..n).find(|&i| woken_by(i)).filter(|&i| arms[i].ready(me, true)) {
+                return Some(i);
+            }
+            (0..n).map(|k| (start + k) % n).find(|&i| arms[i].ready(me, woken_by(i)))
+        };
+        if let Some(ready) = check(None, &[]) {
             return Selected { index: Some(ready) };
         }
         let deadline = match mode {

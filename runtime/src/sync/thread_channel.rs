@@ -357,7 +357,7 @@ impl<T> fmt::Debug for ThreadReceiver<T> {
 // A sealed trait's methods (see select.rs): crate-private types in them never leak.
 #[allow(private_interfaces)]
 impl<T> Arm for ThreadReceiver<T> {
-    fn ready(&self, _me: Option<TaskRef>) -> bool {
+    fn ready(&self, _me: Option<TaskRef>, _woken: bool) -> bool {
         self.local.ready()
     }
 

@@ -3,10 +3,11 @@
 //! Guarantee: waiters are woken in the order they first registered (a waiter that was woken but
 //! lost the race for the resource goes back to its original place, not to the back), and a
 //! notification is never lost: a waiter woken and then cancelled or timed out passes its
-//! notification to the next waiter. Not guaranteed: that a woken waiter gets the resource; every
-//! caller re-checks its condition after each resume. A primitive that must hand its resource to
-//! the waiter it woke (Semaphore, so nobody jumps the queue) uses [`WaitList::wait_turn`], whose
-//! check is told whether the caller is such a woken waiter, and [`WaitList::woken`].
+//! notification to the next waiter. Not guaranteed by the list itself: that a woken waiter gets
+//! the resource; every caller re-checks its condition after each resume. A primitive that must
+//! hand its resource to the waiter it woke (Semaphore, channels, so nobody jumps the queue)
+//! uses [`WaitList::wait_turn`], whose check is told whether the caller is such a woken waiter,
+//! and [`WaitList::woken`].
 //!
 //! `select!` waits on several lists at once ([`wait_any`]): one entry per list, all for the same
 //! coroutine and marked as a *select* entry. The first notification wakes the coroutine; a
@@ -186,13 +187,13 @@ impl WaitList {
         self.queue.borrow().len()
     }
 
-    /// How many queued entries belong to coroutines other than `task`.
-    pub(crate) fn len_except(&self, task: Option<TaskRef>) -> usize {
+    /// How many queued entries belong to coroutines other than `task` and would take what a
+    /// notification brings: every entry but a `select!`'s whose coroutine is not suspended (a
+    /// notification skips it; another of its lists woke it, and it may take that arm).
+    pub(crate) fn takers_except(&self, task: Option<TaskRef>) -> usize {
+        let hub = try_hub();
         let queue = self.queue.borrow();
-        match task {
-            None => queue.len(),
-            Some(task) => queue.iter().filter(|w| w.task != task).count(),
-        }
+        queue.iter().filter(|w| Some(w.task) != task && !skipped(hub, w)).count()
     }
 
     /// How many waiters were woken by a notification and have not re-checked yet.
@@ -218,20 +219,22 @@ fn skipped(hub: Option<&Hub>, waiter: &Waiter) -> bool {
 ///
 /// The select skeleton: check; register on every list; check again; suspend. On success the
 /// entry of the chosen list is settled and every other entry leaves its list, passing on a
-/// notification it took. `check` must be side-effect free; the caller commits the operation
-/// itself, before it can suspend again.
+/// notification it took. `check(me, woken)` must be side-effect free; `woken[i]` says whether a
+/// notification of `lists[i]` took the coroutine's entry there off the queue (what it brought
+/// is promised to this coroutine; empty before the coroutine registers). The caller commits
+/// the operation itself, before it can suspend again.
 #[track_caller]
 pub(crate) fn wait_any(
     lists: &[&WaitList],
     reason: WaitReason,
     deadline: Option<Instant>,
     mut entered: impl FnMut(usize),
-    mut check: impl FnMut(Option<TaskRef>) -> Option<usize>,
+    mut check: impl FnMut(Option<TaskRef>, &[bool]) -> Option<usize>,
 ) -> Option<usize> {
     // As in `wait_hooked`: everything but the suspension is greenhub's bookkeeping (the
     // entries are registered in several lists at once: an overflow halfway is never recovered).
     HubSection::enter_raw();
-    if let Some(ready) = check(None) {
+    if let Some(ready) = check(None, &[]) {
         HubSection::leave();
         return Some(ready);
     }
@@ -240,8 +243,9 @@ pub(crate) fn wait_any(
     let timer = deadline.map(|at| TimerGuard::new(hub, at, TimerAction::Wake(me)));
     let mut entries: Vec<Entry<'_>> = lists.iter().map(|l| Entry::register(l, me, true)).collect();
     (0..entries.len()).for_each(&mut entered);
+    let mut woken = vec![false; entries.len()];
     loop {
-        if let Some(ready) = check(Some(me)) {
+        if let Some(ready) = check(Some(me), &woken) {
             entries[ready].settle();
             HubSection::leave();
             return Some(ready); // the other entries leave (and pass on) as they drop
@@ -258,7 +262,10 @@ pub(crate) fn wait_any(
         HubSection::leave();
         coroutine::suspend(hub, Suspend::Wait(reason));
         HubSection::enter_raw();
-        entries.iter_mut().for_each(Entry::look);
+        for (entry, woken) in entries.iter_mut().zip(&mut woken) {
+            entry.look();
+            *woken = !entry.queued;
+        }
     }
 }
 
