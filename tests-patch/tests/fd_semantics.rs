@@ -118,6 +118,23 @@ fn poll_honours_its_timeout_and_reports_readiness() {
     });
 }
 
+/// Regression (F5): `poll(NULL, 0, ms)`, C's portable sleep, built a slice from the null
+/// pointer (an abort in debug builds). It sleeps cooperatively and returns 0, as libc's does.
+#[test]
+fn poll_of_no_fds_is_a_cooperative_sleep() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (count, stop, counter) = spawn_counter();
+        let start = Instant::now();
+        // SAFETY: no fds: libc never reads the null pointer.
+        assert_eq!(unsafe { libc::poll(std::ptr::null_mut(), 0, 60) }, 0);
+        assert!(start.elapsed() >= Duration::from_millis(60), "poll returned before its timeout");
+        assert!(count.get() > 0, "the other coroutine did not run during the poll");
+        stop.set(true);
+        counter.join().unwrap();
+    });
+}
+
 #[test]
 fn regular_files_pass_straight_through() {
     greenhub::patch::install();

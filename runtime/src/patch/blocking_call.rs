@@ -715,10 +715,14 @@ pub(super) unsafe fn poll(fds: *mut pollfd, nfds: libc::nfds_t, timeout: c_int) 
         if ready != 0 {
             return ready;
         }
-        let deadline = u64::try_from(timeout)
-            .ok()
-            .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
-        // SAFETY: the caller's contract: `fds` holds `nfds` pollfds.
+        let wanted = u64::try_from(timeout).ok().map(Duration::from_millis);
+        if nfds == 0 {
+            // C's portable sleep, `poll(NULL, 0, ms)`: nothing to watch, and `fds` may be null.
+            return poll_sleep(wanted.unwrap_or(Duration::MAX));
+        }
+        let deadline = wanted.and_then(|d| Instant::now().checked_add(d));
+        // SAFETY: the caller's contract: `fds` holds `nfds` pollfds, and `nfds` is not 0, so
+        // `fds` is not null (else the first try failed with EFAULT and returned).
         let set = unsafe { std::slice::from_raw_parts(fds, nfds as usize) };
         let Some(epoll) = Watch::new(set) else {
             // SAFETY: the caller's contract.
@@ -735,6 +739,17 @@ pub(super) unsafe fn poll(fds: *mut pollfd, nfds: libc::nfds_t, timeout: c_int) 
             }
         }
     })
+}
+
+/// A `poll` of no fds for `d` (forever for `Duration::MAX`): a greenhub sleep, after which it
+/// returns 0 as libc's does. A timeout or cancel makes it fail with `ETIMEDOUT` / `ECANCELED`,
+/// as a poll of a set does.
+fn poll_sleep(d: Duration) -> c_int {
+    let hub = try_hub().expect("a patched call waits only inside a coroutine");
+    match coroutine::without_unwinding(hub, || crate::sleep(d)) {
+        Ok(()) => 0,
+        Err(why) => fail(interrupted_errno(why)) as c_int,
+    }
 }
 
 /// A private epoll instance watching a poll set (level-triggered, the poll events asked for).
