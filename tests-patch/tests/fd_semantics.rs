@@ -118,6 +118,38 @@ fn poll_honours_its_timeout_and_reports_readiness() {
     });
 }
 
+/// Regression (F4): a poll set asking only for `POLLRDNORM`, or listing one fd twice (a second
+/// registration of the fd in the patch's epoll instance failed with EEXIST and was dropped),
+/// missed the data and returned 0 after the full timeout.
+#[test]
+fn poll_sees_rdnorm_and_an_fd_listed_twice() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        let sets = [
+            vec![libc::pollfd { fd, events: libc::POLLRDNORM, revents: 0 }],
+            vec![
+                libc::pollfd { fd, events: libc::POLLPRI, revents: 0 },
+                libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+            ],
+        ];
+        for mut set in sets {
+            // Runs once the poll below waits (the root does not suspend before).
+            let peer = a.try_clone().unwrap();
+            let writer = greenhub::spawn(move || (&peer).write_all(b"1").unwrap());
+            // SAFETY: a live set of pollfds; the timeout only detects a failure.
+            let n = unsafe { libc::poll(set.as_mut_ptr(), set.len() as libc::nfds_t, 5000) };
+            writer.join().unwrap();
+            assert_eq!(n, 1, "poll missed the data: {set:?}");
+            let wanted = set.iter().map(|p| p.events).fold(0, |all, e| all | e);
+            let got = set.iter().map(|p| p.revents).fold(0, |all, e| all | e);
+            assert_ne!(got & wanted & (libc::POLLIN | libc::POLLRDNORM), 0, "{set:?}");
+            (&b).read_exact(&mut [0u8; 1]).unwrap();
+        }
+    });
+}
+
 /// Regression (F5): `poll(NULL, 0, ms)`, C's portable sleep, built a slice from the null
 /// pointer (an abort in debug builds). It sleeps cooperatively and returns 0, as libc's does.
 #[test]

@@ -765,15 +765,41 @@ impl Watch {
             return None;
         }
         let watch = Watch { fd };
-        for p in set.iter().filter(|p| p.fd >= 0) {
-            let events = (p.events as u16 as u32)
-                & (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLPRI | libc::EPOLLRDHUP) as u32;
+        for (fd, events) in Watch::events(set) {
             let mut event = libc::epoll_event { events, u64: 0 };
-            // SAFETY: `event` is a live epoll_event. A duplicate fd gives EEXIST and a regular
-            // file EPERM (poll calls those always ready, so the first try already returned).
-            unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, p.fd, &mut event) };
+            // SAFETY: `event` is a live epoll_event. A regular file gives EPERM (poll calls it
+            // always ready, so the first try already returned).
+            unsafe { libc::epoll_ctl(watch.fd, libc::EPOLL_CTL_ADD, fd, &mut event) };
         }
         Some(watch)
+    }
+
+    /// The epoll events of each fd of `set`, once per fd: an fd listed twice is watched for
+    /// the union of its entries' events (a second `EPOLL_CTL_ADD` of it would fail with
+    /// EEXIST). Every poll(2) event bit has the epoll one of the same value.
+    fn events(set: &[pollfd]) -> Vec<(c_int, u32)> {
+        const EVENTS: c_int = libc::EPOLLIN
+            | libc::EPOLLPRI
+            | libc::EPOLLOUT
+            | libc::EPOLLRDNORM
+            | libc::EPOLLRDBAND
+            | libc::EPOLLWRNORM
+            | libc::EPOLLWRBAND
+            | libc::EPOLLRDHUP;
+        let mut events: Vec<(c_int, u32)> = set
+            .iter()
+            .filter(|p| p.fd >= 0)
+            .map(|p| (p.fd, (p.events as u16 as u32) & EVENTS as u32))
+            .collect();
+        events.sort_unstable_by_key(|&(fd, _)| fd);
+        events.dedup_by(|later, first| {
+            let same = later.0 == first.0;
+            if same {
+                first.1 |= later.1;
+            }
+            same
+        });
+        events
     }
 }
 
