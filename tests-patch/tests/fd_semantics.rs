@@ -400,3 +400,62 @@ fn a_send_timeout_bounds_a_large_write_as_a_whole() {
         assert_eq!(drainer.join().unwrap(), n as usize);
     });
 }
+
+/// Bytes queued for reading on `fd` (`FIONREAD`).
+fn queued(fd: RawFd) -> i32 {
+    let mut n: i32 = 0;
+    // SAFETY: FIONREAD writes one int.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }, 0);
+    n
+}
+
+/// Regression (F1): a blocking `MSG_WAITALL` receive returned the first part that came (5 of
+/// 10 bytes), since the patch's non-blocking call returns what is there. It goes on until the
+/// buffer is full, as the kernel's blocking call does, for `recv`, `recvfrom` and `recvmsg`.
+#[test]
+fn a_waitall_receive_on_a_blocking_socket_fills_the_whole_buffer() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        for call in ["recv", "recvfrom", "recvmsg"] {
+            let peer = a.try_clone().unwrap();
+            // Runs once the receive below waits; the second half goes only after the receiver
+            // took the first (a bounded check of the kernel's queue, not a timed guess).
+            let writer = greenhub::spawn(move || {
+                (&peer).write_all(b"12345").unwrap();
+                for _ in 0..5000 {
+                    if queued(fd) == 0 {
+                        break;
+                    }
+                    greenhub::sleep(Duration::from_millis(1));
+                }
+                (&peer).write_all(b"67890").unwrap();
+            });
+            let mut buf = [0u8; 10];
+            let (ptr, len) = (buf.as_mut_ptr().cast(), buf.len());
+            let n = match call {
+                // SAFETY: `buf` is live for the call.
+                "recv" => unsafe { libc::recv(fd, ptr, len, libc::MSG_WAITALL) },
+                "recvfrom" => {
+                    // SAFETY: `buf` is live for the call; no address wanted.
+                    unsafe {
+                        let (addr, addrlen) = (std::ptr::null_mut(), std::ptr::null_mut());
+                        libc::recvfrom(fd, ptr, len, libc::MSG_WAITALL, addr, addrlen)
+                    }
+                }
+                _ => {
+                    let mut iov = libc::iovec { iov_base: ptr, iov_len: len };
+                    // SAFETY: an all-zero msghdr is a valid "no name, no control" message.
+                    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                    (msg.msg_iov, msg.msg_iovlen) = (&raw mut iov, 1);
+                    // SAFETY: `msg` and the buffer it names are live for the call.
+                    unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_WAITALL) }
+                }
+            };
+            writer.join().unwrap();
+            assert_eq!(n, 10, "{call} with MSG_WAITALL returned a short count");
+            assert_eq!(&buf, b"1234567890", "{call}");
+        }
+    });
+}

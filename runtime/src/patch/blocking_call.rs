@@ -126,6 +126,86 @@ fn write_rest(
     done as isize
 }
 
+/// A receive (`recv`, `recvfrom`, `recvmsg`) with the caller's `flags` into the buffers of
+/// `segments`: [`io`], and, for a blocking `MSG_WAITALL` on a stream socket the patch made
+/// non-blocking, on until the buffers are full, as the kernel's blocking call goes on:
+/// `op(segments, done)` receives into `segments`, which start at byte `done` of the whole.
+/// The non-blocking call returns what is there; the kernel's blocking one returns early only
+/// at the end of the stream, an error or a signal, the receive timeout, or (Unix sockets) fds
+/// passed with the data. Those end this loop too: `op` returns 0 where a part must be the last
+/// (it got control data), and an error after some bytes returns their count, as the kernel
+/// does.
+#[inline(always)]
+pub(super) fn read_whole(
+    fd: c_int,
+    flags: c_int,
+    segments: &[libc::iovec],
+    mut op: impl FnMut(&[libc::iovec], usize) -> isize,
+) -> isize {
+    let dont_wait = flags & libc::MSG_DONTWAIT != 0;
+    let first = io(fd, Dir::Read, dont_wait, || op(segments, 0));
+    if first <= 0 || dont_wait || flags & (libc::MSG_WAITALL | libc::MSG_PEEK) != libc::MSG_WAITALL
+    {
+        return first;
+    }
+    let len = segments.iter().fold(0usize, |sum, s| sum.saturating_add(s.iov_len));
+    if first as usize >= len {
+        return first;
+    }
+    guard(first, || read_rest(fd, segments, len, first as usize, op))
+}
+
+/// [`read_whole`] after a short first part of a `MSG_WAITALL` receive.
+#[inline(never)]
+fn read_rest(
+    fd: c_int,
+    segments: &[libc::iovec],
+    len: usize,
+    mut done: usize,
+    mut op: impl FnMut(&[libc::iovec], usize) -> isize,
+) -> isize {
+    let Some(entry) = fdtable::get(fd).filter(|e| e.mode == WAITS && e.kind == Kind::Socket) else {
+        return done as isize; // the program's own non-blocking fd, or a shared one: as libc
+    };
+    if !is_stream(fd) {
+        return done as isize; // MSG_WAITALL means nothing to a datagram
+    }
+    // One receive timeout for the whole call, as the kernel counts it.
+    let deadline = socket_deadline(fd, entry, Dir::Read);
+    let mut rest = Vec::with_capacity(segments.len());
+    while done < len {
+        rest.clear();
+        rest.extend(after(segments, done));
+        let mut part = || op(&rest, done);
+        let got = if active() {
+            match part() {
+                n if n < 0 && errno() == libc::EAGAIN => {
+                    managed_after_eagain_until(fd, entry, Dir::Read, deadline, part)
+                }
+                n => n,
+            }
+        } else {
+            io(fd, Dir::Read, false, part)
+        };
+        if got <= 0 {
+            break;
+        }
+        done += got as usize;
+    }
+    done as isize
+}
+
+/// Whether `fd` is a stream socket (`SO_TYPE`).
+fn is_stream(fd: c_int) -> bool {
+    let mut kind: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: `kind` and `len` are valid out-pointers of the sizes given.
+    let rc = unsafe {
+        real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&raw mut kind).cast(), &mut len)
+    };
+    rc == 0 && kind == libc::SOCK_STREAM
+}
+
 /// The segments that hold the bytes of `segments` after the first `skip`.
 fn after(segments: &[libc::iovec], mut skip: usize) -> impl Iterator<Item = libc::iovec> + '_ {
     segments.iter().filter_map(move |s| {

@@ -20,7 +20,8 @@ use libc::{
 };
 
 use super::blocking_call::{
-    self, Child, Dir, End, duration_of, io, segment, segments, transfer, wait_child, write_whole,
+    self, Child, Dir, End, duration_of, io, read_whole, segment, segments, transfer, wait_child,
+    write_whole,
 };
 use super::{exec, fdtable, real};
 
@@ -108,9 +109,10 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> 
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
-    let nb = flags & DONTWAIT != 0;
-    // SAFETY: see above.
-    io(fd, Dir::Read, nb, || unsafe { real::recv(fd, buf, len, flags) })
+    // SAFETY: see above; `rest` is one segment inside `buf`.
+    read_whole(fd, flags, &[segment(buf, len)], |rest, _| unsafe {
+        real::recv(fd, rest[0].iov_base, rest[0].iov_len, flags)
+    })
 }
 
 #[unsafe(no_mangle)]
@@ -122,16 +124,50 @@ pub unsafe extern "C" fn recvfrom(
     addr: *mut sockaddr,
     addrlen: *mut socklen_t,
 ) -> ssize_t {
-    let nb = flags & DONTWAIT != 0;
-    // SAFETY: see above.
-    io(fd, Dir::Read, nb, || unsafe { real::recvfrom(fd, buf, len, flags, addr, addrlen) })
+    read_whole(fd, flags, &[segment(buf, len)], |rest, done| {
+        // The rest of a stream: the first part reported the sender.
+        let (addr, addrlen) =
+            if done > 0 { (std::ptr::null_mut(), std::ptr::null_mut()) } else { (addr, addrlen) };
+        // SAFETY: see above; `rest` is one segment inside `buf`.
+        unsafe { real::recvfrom(fd, rest[0].iov_base, rest[0].iov_len, flags, addr, addrlen) }
+    })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
     let nb = flags & DONTWAIT != 0;
-    // SAFETY: see above.
-    io(fd, Dir::Read, nb, || unsafe { real::recvmsg(fd, msg, flags) })
+    // SAFETY: recvmsg's contract: a non-null `msg` is a live msghdr.
+    let whole = (!msg.is_null()).then(|| unsafe { *msg });
+    // SAFETY: recvmsg's contract: its `msg_iov` holds `msg_iovlen` segments, live for the call.
+    let all = whole.and_then(|m| unsafe { segments(m.msg_iov, m.msg_iovlen) });
+    let (Some(whole), Some(all)) = (whole, all) else {
+        // SAFETY: see above.
+        return io(fd, Dir::Read, nb, || unsafe { real::recvmsg(fd, msg, flags) });
+    };
+    read_whole(fd, flags, all, |rest, done| {
+        if done == 0 {
+            // SAFETY: see above.
+            return unsafe { real::recvmsg(fd, msg, flags) };
+        }
+        // SAFETY: `msg` is the caller's live msghdr; the kernel wrote its lengths and flags.
+        let caller = unsafe { &mut *msg };
+        if caller.msg_controllen > 0 {
+            return 0; // control data came with the last part: the kernel stops there too
+        }
+        // The rest, into the caller's buffers not filled yet, with its own control buffer and
+        // address (at their original lengths) for what comes with it.
+        let mut part = whole;
+        part.msg_iov = rest.as_ptr().cast_mut();
+        part.msg_iovlen = rest.len() as _;
+        // SAFETY: `part` is the caller's message over `rest`, the part of its buffers not
+        // filled yet, and its own control and address buffers.
+        let got = unsafe { real::recvmsg(fd, &mut part, flags) };
+        if got >= 0 {
+            (caller.msg_controllen, caller.msg_namelen) = (part.msg_controllen, part.msg_namelen);
+            caller.msg_flags = part.msg_flags;
+        }
+        got
+    })
 }
 
 #[unsafe(no_mangle)]
