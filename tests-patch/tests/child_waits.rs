@@ -188,3 +188,34 @@ fn waitid_for_an_exit_suspends_only_its_caller_with_or_without_an_info_struct() 
     });
     assert_eq!(greenhub_tests::zombie_children(), Vec::<u32>::new());
 }
+
+/// Regression (F10): a `waitid(P_PIDFD, ..)` on a pidfd opened with `PIDFD_NONBLOCK` waited for
+/// the child's exit; the kernel fails it with EAGAIN at once while the child runs.
+#[test]
+fn waitid_on_a_non_blocking_pidfd_fails_with_eagain_at_once() {
+    let _serial = greenhub_tests::process_lock();
+    greenhub::patch::install();
+    let child = Command::new("sleep").arg("30").spawn().unwrap();
+    // SAFETY: pidfd_open takes a pid and flags (PIDFD_NONBLOCK is O_NONBLOCK).
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid_of(&child), libc::O_NONBLOCK) };
+    let pidfd = pidfd as i32;
+    assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    let wait = move || {
+        // SAFETY: an all-zero siginfo_t is a valid value of the plain C struct.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid out-pointer; `pidfd` is open.
+        let rc =
+            unsafe { libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED) };
+        (rc, errno())
+    };
+    assert_eq!(wait(), (-1, libc::EAGAIN), "outside a hub");
+    greenhub::run(move || {
+        // The timeout only detects a wait that should not happen.
+        let result = greenhub::timeout(Duration::from_secs(2), wait);
+        assert_eq!(result.ok(), Some((-1, libc::EAGAIN)), "in a coroutine");
+    });
+    kill_and_reap(pid_of(&child));
+    // SAFETY: the pidfd was opened above and is closed once.
+    unsafe { libc::close(pidfd) };
+    assert_eq!(greenhub_tests::zombie_children(), Vec::<u32>::new());
+}

@@ -944,6 +944,11 @@ pub(super) fn wait_child(
         return reap(false).0;
     }
     guard(-1, || {
+        if let Child::Pidfd(fd) = child
+            && nonblocking(fd)
+        {
+            return reap(false).0; // the kernel never waits: EAGAIN while the child runs
+        }
         let (result, found) = reap(true);
         if result < 0 || found {
             return result;
@@ -981,6 +986,13 @@ fn poll_child(reap: &mut impl FnMut(bool) -> (c_int, bool)) -> c_int {
             return result;
         }
     }
+}
+
+/// Whether `fd` is open with O_NONBLOCK (a pidfd opened with `PIDFD_NONBLOCK`, say).
+fn nonblocking(fd: c_int) -> bool {
+    // SAFETY: F_GETFL takes no argument and has no memory preconditions.
+    let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    flags >= 0 && flags & libc::O_NONBLOCK != 0
 }
 
 fn pidfd_open(pid: libc::pid_t) -> Option<c_int> {
