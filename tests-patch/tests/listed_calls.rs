@@ -279,3 +279,36 @@ fn a_socket_write_timeout_is_honoured_while_other_coroutines_run() {
         assert!(ticker.stop() > 0, "no other coroutine ran during the wait");
     });
 }
+
+/// Regression (F7): after a blocking `connect` failed (ECONNREFUSED), a second `connect` on the
+/// same socket failed with ECONNABORTED, since the patch had read the outcome with
+/// `getsockopt(SO_ERROR)`, which leaves the socket connecting; with libc it succeeds.
+#[test]
+fn connect_again_after_a_refused_connect_succeeds() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: plain socket creation.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` is open and owned here from now on.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let connect = || {
+            let len = std::mem::size_of_val(&addr) as libc::socklen_t;
+            // SAFETY: `addr` is a live sockaddr_in of `len` bytes.
+            let rc = unsafe { libc::connect(fd, (&raw const addr).cast(), len) };
+            (rc, if rc == 0 { 0 } else { errno() })
+        };
+        assert_eq!(connect(), (-1, libc::ECONNREFUSED), "nobody listens yet");
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        assert_eq!(connect(), (0, 0), "the second connect, now that someone listens");
+        let (_peer, _) = listener.accept().unwrap();
+        drop(socket);
+    });
+}

@@ -739,8 +739,13 @@ fn pause() -> Result<(), c_int> {
 // ---------------------------------------------------------------------------------------------
 // connect, poll
 
-/// `connect`: on a socket the patch manages, start it, wait until writable, report SO_ERROR.
-pub(super) fn connect(fd: c_int, op: impl FnOnce() -> c_int) -> c_int {
+/// `connect`: on a socket the patch manages, start it, wait until writable, and collect the
+/// outcome with the same call again, as the kernel's blocking connect does: a second `connect`
+/// on a socket whose connect finished returns 0 (or EISCONN) on success and the error
+/// otherwise, and leaves the socket unconnected after a failure, so that the program may
+/// connect it again (`getsockopt(SO_ERROR)` would leave it "connecting": the next connect then
+/// fails with ECONNABORTED). `op` makes the caller's call.
+pub(super) fn connect(fd: c_int, mut op: impl FnMut() -> c_int) -> c_int {
     let inside = active();
     guard(-1, || {
         let entry = if inside { entry_for(fd) } else { fdtable::get(fd) };
@@ -750,32 +755,27 @@ pub(super) fn connect(fd: c_int, op: impl FnOnce() -> c_int) -> c_int {
             return result;
         }
         let deadline = socket_deadline(fd, entry, Dir::Write);
-        let ready = if inside {
-            wait(fd, Dir::Write, deadline)
-        } else {
-            Ok(blocking_poll(fd, Dir::Write, deadline))
-        };
-        match ready {
-            Ok(true) => socket_error(fd),
-            Ok(false) => fail(libc::EINPROGRESS) as c_int, // as Linux does when SO_SNDTIMEO expires
-            Err(e) => fail(e) as c_int,
+        loop {
+            let ready = if inside {
+                wait(fd, Dir::Write, deadline)
+            } else {
+                Ok(blocking_poll(fd, Dir::Write, deadline))
+            };
+            match ready {
+                Ok(true) => {}
+                Ok(false) => return fail(libc::EINPROGRESS) as c_int, // as Linux on SO_SNDTIMEO
+                Err(e) => return fail(e) as c_int,
+            }
+            match op() {
+                0 => return 0,
+                _ => match errno() {
+                    libc::EISCONN => return 0,
+                    libc::EALREADY | libc::EINPROGRESS => {} // not finished: wait again
+                    e => return fail(e) as c_int,
+                },
+            }
         }
     })
-}
-
-/// The outcome of a finished non-blocking connect, as the blocking call would return it.
-fn socket_error(fd: c_int) -> c_int {
-    let mut err: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are valid out-pointers of the sizes given.
-    let rc = unsafe {
-        real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, (&raw mut err).cast(), &mut len)
-    };
-    match (rc, err) {
-        (0, 0) => 0,
-        (0, e) => fail(e) as c_int,
-        _ => -1,
-    }
 }
 
 /// `poll`: try without waiting; else watch the fds with a private epoll instance, whose own

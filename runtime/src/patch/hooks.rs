@@ -228,7 +228,8 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    // SAFETY: see above.
+    // SAFETY: see above (the call is made again, with the same arguments, to collect the
+    // outcome of a connect that went on in the background).
     blocking_call::connect(fd, || unsafe { real::connect(fd, addr, len) })
 }
 
