@@ -312,3 +312,58 @@ fn connect_again_after_a_refused_connect_succeeds() {
         drop(socket);
     });
 }
+
+/// Regression (F6): a blocking `connect` of a Unix stream socket to a listener whose backlog is
+/// full failed at once with EAGAIN (the patch's non-blocking connect says so, and epoll never
+/// tells when room appears). It waits until there is room, as the kernel's blocking connect
+/// does, suspending only its caller; and gives up with EAGAIN once `SO_SNDTIMEO` passes.
+#[test]
+fn a_unix_connect_to_a_full_backlog_waits_for_room() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let dir = std::env::temp_dir().join(format!("greenhub-f6-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("listener");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // SAFETY: listen on our own listening socket: a backlog of one pending connection.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let first = UnixStream::connect(&path).unwrap(); // fills the backlog
+
+        // Nobody accepts: a send timeout bounds the wait.
+        // SAFETY: plain socket creation.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` is open and owned here from now on.
+        let bounded = unsafe { UnixStream::from_raw_fd(fd) };
+        bounded.set_write_timeout(Some(Duration::from_millis(50))).unwrap();
+        // SAFETY: an all-zero sockaddr_un is a valid value of the plain C struct.
+        let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let name = path.as_os_str().as_encoded_bytes();
+        for (to, &from) in sun.sun_path.iter_mut().zip(name) {
+            *to = from as libc::c_char;
+        }
+        let ticker = Ticker::start();
+        let start = Instant::now();
+        let len = std::mem::size_of_val(&sun) as libc::socklen_t;
+        // SAFETY: `sun` is a live sockaddr_un of `len` bytes.
+        let rc = unsafe { libc::connect(fd, (&raw const sun).cast(), len) };
+        assert_eq!((rc, errno()), (-1, libc::EAGAIN), "the send timeout ends the wait");
+        assert!(start.elapsed() >= Duration::from_millis(50), "gave up before the send timeout");
+        assert!(ticker.stop() > 0, "no other coroutine ran while connect waited");
+        drop(bounded);
+
+        // Someone accepts, once this connect waits (the acceptor runs when the root suspends).
+        let acceptor = greenhub::spawn(move || {
+            let (_one, _) = listener.accept().unwrap();
+            let (_two, _) = listener.accept().unwrap();
+        });
+        let second = greenhub::timeout(Duration::from_secs(5), || UnixStream::connect(&path));
+        let second = second.expect("the connect did not return");
+        assert!(second.is_ok(), "the connect to a full backlog failed: {second:?}");
+        acceptor.join().unwrap();
+        drop((first, second));
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}

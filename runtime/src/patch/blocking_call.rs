@@ -751,8 +751,15 @@ pub(super) fn connect(fd: c_int, mut op: impl FnMut() -> c_int) -> c_int {
         let entry = if inside { entry_for(fd) } else { fdtable::get(fd) };
         let Some(entry) = entry.filter(|e| e.mode == WAITS) else { return op() };
         let result = op();
-        if result == 0 || errno() != libc::EINPROGRESS {
-            return result;
+        if result == 0 {
+            return 0;
+        }
+        match errno() {
+            libc::EINPROGRESS => {}
+            libc::EAGAIN if is_unix_connection(fd) => {
+                return connect_when_there_is_room(fd, entry, inside, op);
+            }
+            _ => return result,
         }
         let deadline = socket_deadline(fd, entry, Dir::Write);
         loop {
@@ -776,6 +783,62 @@ pub(super) fn connect(fd: c_int, mut op: impl FnMut() -> c_int) -> c_int {
             }
         }
     })
+}
+
+/// The longest pause between two tries of a Unix connect to a full backlog.
+const ROOM_PAUSE_MAX: Duration = Duration::from_millis(50);
+
+/// A connect to a Unix listener whose backlog is full: the non-blocking connect fails with
+/// EAGAIN and, unlike TCP, leaves nothing in progress (epoll never says when room appears),
+/// where the kernel's blocking connect waits for room for up to the socket's `SO_SNDTIMEO`
+/// (then EAGAIN). So the connect is tried again after pauses of 1 ms, doubling to
+/// [`ROOM_PAUSE_MAX`] (cooperative sleeps inside a coroutine, the thread's outside), until it
+/// goes through, fails otherwise, or the send timeout passes. A try that fails leaves the
+/// socket as it was.
+fn connect_when_there_is_room(
+    fd: c_int,
+    entry: Entry,
+    inside: bool,
+    mut op: impl FnMut() -> c_int,
+) -> c_int {
+    let deadline = socket_deadline(fd, entry, Dir::Write);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|left| left.is_zero()) {
+            return fail(libc::EAGAIN) as c_int; // SO_SNDTIMEO passed, as the kernel's
+        }
+        let nap = left.map_or(pause, |left| left.min(pause));
+        if inside {
+            let hub = try_hub().expect("inside a coroutine");
+            if let Err(why) = coroutine::without_unwinding(hub, || crate::sleep(nap)) {
+                return fail(interrupted_errno(why)) as c_int;
+            }
+        } else {
+            std::thread::sleep(nap);
+        }
+        pause = (pause * 2).min(ROOM_PAUSE_MAX);
+        let result = op();
+        if result == 0 || errno() != libc::EAGAIN {
+            return result;
+        }
+    }
+}
+
+/// Whether `fd` is a Unix socket whose connect waits for room in a backlog (stream or
+/// seqpacket: their EAGAIN says the backlog is full).
+fn is_unix_connection(fd: c_int) -> bool {
+    let option = |name: c_int| {
+        let mut value: c_int = 0;
+        let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are valid out-pointers of the sizes given.
+        let rc = unsafe {
+            real::getsockopt(fd, libc::SOL_SOCKET, name, (&raw mut value).cast(), &mut len)
+        };
+        (rc == 0).then_some(value)
+    };
+    option(libc::SO_DOMAIN) == Some(libc::AF_UNIX)
+        && matches!(option(libc::SO_TYPE), Some(libc::SOCK_STREAM | libc::SOCK_SEQPACKET))
 }
 
 /// `poll`: try without waiting; else watch the fds with a private epoll instance, whose own
