@@ -251,6 +251,46 @@ fn a_read_timeout_set_after_the_sockets_first_wait_is_still_honoured() {
     });
 }
 
+/// `SO_RCVTIMEO_NEW` (asm-generic: x86_64, aarch64), the 64-bit-time name of `SO_RCVTIMEO`.
+const SO_RCVTIMEO_NEW: i32 = 66;
+
+/// Regression (F8): a read timeout set through a duplicate (`try_clone`) was ignored on the
+/// original, whose entry said it had none (a socket's timeouts belong to the socket, shared by
+/// every fd on it); and one set with `SO_RCVTIMEO_NEW` was ignored too.
+#[test]
+fn a_read_timeout_set_through_a_duplicate_or_its_new_name_is_honoured() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let _a = read_after_a_wait(&b, a); // `b`'s entry exists, with no timeout
+        let twin = b.try_clone().unwrap();
+        twin.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
+        // The timeout only detects a read that never ends.
+        let read = greenhub::timeout(Duration::from_secs(5), || (&b).read(&mut [0u8; 1]));
+        let err = read.expect("the twin's SO_RCVTIMEO was ignored").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WouldBlock);
+
+        let (c, d) = UnixStream::pair().unwrap();
+        let _c = read_after_a_wait(&d, c);
+        let tv: [i64; 2] = [0, 30_000]; // struct __kernel_sock_timeval: 30 ms
+        let size = std::mem::size_of_val(&tv) as libc::socklen_t;
+        // SAFETY: `tv` is a live __kernel_sock_timeval of `size` bytes.
+        let rc = unsafe {
+            libc::setsockopt(
+                d.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_RCVTIMEO_NEW,
+                (&raw const tv).cast(),
+                size,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt(SO_RCVTIMEO_NEW): {}", std::io::Error::last_os_error());
+        let read = greenhub::timeout(Duration::from_secs(5), || (&d).read(&mut [0u8; 1]));
+        let err = read.expect("SO_RCVTIMEO_NEW was ignored").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WouldBlock);
+    });
+}
+
 #[test]
 fn a_number_waited_on_then_replaced_by_dup2_waits_on_the_new_file() {
     greenhub::patch::install();

@@ -538,8 +538,15 @@ fn socket_timeout(fd: c_int, name: c_int) -> Option<Duration> {
     Some(Duration::new(tv.tv_sec.max(0) as u64, tv.tv_usec.clamp(0, 999_999) as u32 * 1000))
 }
 
-/// `setsockopt`: after a socket timeout is set, the fd's entry says so, so that its waits read
-/// it (an entry is never told a timeout went away: a wait then finds none, at one syscall).
+/// `SO_RCVTIMEO_NEW` and `SO_SNDTIMEO_NEW` (asm-generic, as on x86_64 and aarch64): the names
+/// glibc uses for the socket timeouts with 64-bit time.
+const SO_RCVTIMEO_NEW: c_int = 66;
+const SO_SNDTIMEO_NEW: c_int = 67;
+
+/// `setsockopt`: after a socket timeout is set, the entries of every fd on that socket say so,
+/// so that their waits read it. A socket's timeouts belong to the socket, shared by all its fds
+/// (`dup`, `try_clone`): one set through a duplicate bounds the original's calls too. (An entry
+/// is never told a timeout went away: a wait then finds none, at one syscall.)
 pub(super) fn setsockopt(
     fd: c_int,
     level: c_int,
@@ -547,16 +554,29 @@ pub(super) fn setsockopt(
     op: impl FnOnce() -> c_int,
 ) -> c_int {
     let rc = op();
-    let timeout =
-        level == libc::SOL_SOCKET && (name == libc::SO_RCVTIMEO || name == libc::SO_SNDTIMEO);
+    let timeout = level == libc::SOL_SOCKET
+        && matches!(
+            name,
+            libc::SO_RCVTIMEO | libc::SO_SNDTIMEO | SO_RCVTIMEO_NEW | SO_SNDTIMEO_NEW
+        );
     if rc == 0 && timeout {
-        guard((), || {
-            if let Some(entry) = fdtable::get(fd).filter(|e| !e.timeouts) {
-                fdtable::set(fd, Entry { timeouts: true, ..entry });
-            }
-        });
+        guard((), || timeouts_set(fd));
     }
     rc
+}
+
+/// Marks the entry of `fd`, and of every other fd the table knows on the same socket (same
+/// inode: a socket has one), as possibly having a timeout.
+fn timeouts_set(fd: c_int) {
+    if let Some(entry) = fdtable::get(fd).filter(|e| !e.timeouts) {
+        fdtable::set(fd, Entry { timeouts: true, ..entry });
+    }
+    let Some((Kind::Socket, inode)) = fdtable::identify(fd) else { return };
+    fdtable::each(|other, e| {
+        if other != fd && (e.kind, e.inode, e.timeouts) == (Kind::Socket, inode, false) {
+            fdtable::set(other, Entry { timeouts: true, ..e });
+        }
+    });
 }
 
 fn poll_events(dir: Dir) -> i16 {
