@@ -243,7 +243,9 @@ impl Command {
     /// coroutine: stdout and stderr are read concurrently (in coroutines) while it runs.
     ///
     /// As with std, stdout and stderr are piped and stdin is `Stdio::null()` unless configured;
-    /// unlike std, those settings stay on this `Command` for later `spawn`s.
+    /// unlike std, those settings stay on this `Command` for later `spawn`s. A stdin configured
+    /// as `Stdio::piped()` is closed at once, before the wait, as std does: the program reads
+    /// end of file there.
     ///
     /// # Errors
     /// As [`spawn`](Self::spawn), and [`Error::Io`] if reading the output fails.
@@ -262,6 +264,7 @@ impl Command {
             self.inner.stderr(Stdio::piped());
         }
         let mut program = self.spawn()?;
+        drop(program.take_stdin()); // as std: a piped stdin is closed, so the program sees EOF
         let stdout = ReadToEnd::start(program.take_stdout());
         let stderr = ReadToEnd::start(program.take_stderr());
         let status = program.join()?;

@@ -63,6 +63,22 @@ fn output_collects_stdout_and_stderr_concurrently() {
     });
 }
 
+/// Regression (F1): `output` with `stdin(Stdio::piped())` kept the program's stdin open while it
+/// joined, so `cat` waited for end of file forever. Like std, `output` closes a piped stdin first.
+#[test]
+fn output_with_a_piped_stdin_closes_it_and_returns() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let output = greenhub::timeout(PATIENCE, || {
+            Command::new("cat").stdin(Stdio::piped()).output().unwrap()
+        })
+        .expect("output() hung: the piped stdin stayed open while it waited for cat");
+        assert!(output.status.success());
+        assert!(output.stdout.is_empty());
+    });
+    assert!(zombie_children().is_empty());
+}
+
 #[test]
 fn the_exit_status_of_false() {
     let _serial = process_lock();
