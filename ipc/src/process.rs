@@ -200,7 +200,8 @@ pub(crate) fn current_hub(what: &str) -> u64 {
 /// child is still waited for (or terminated, if a daemon) at the end of `run`. A `Process` may
 /// outlive its hub: then `join` blocks the thread (there is no hub to suspend to).
 ///
-/// `Debug` shows the name, pid and state:
+/// `Debug` shows the name, pid and state (in a process that inherited the `Process` through
+/// fork, the state says so: the child is not that process's):
 /// ```
 /// greenhub::run(|| {
 ///     let child = greenhub_ipc::ProcessBuilder::new().name("quick").start((), |()| ()).unwrap();
@@ -263,7 +264,8 @@ impl Process {
     ///
     /// # Errors
     /// [`Error::Closed`] in a process this `Process` was not started by (one that inherited it
-    /// through fork); [`Error::Io`] with `ECHILD` if something else reaped the child (a
+    /// through fork), whether or not the child has ended (a status its parent had recorded
+    /// before the fork is not the inheritor's); [`Error::Io`] with `ECHILD` if something else reaped the child (a
     /// `waitpid(-1)` elsewhere in the program, or SIGCHLD set to `SIG_IGN`).
     pub fn join(&self) -> Result<ExitStatus, Error> {
         match self.wait(None)? {
@@ -293,17 +295,20 @@ impl Process {
     }
 
     /// The exit status if the child has ended: the hub records it as soon as the child ends,
-    /// whether or not anyone joins (and this call checks too). `None` while it runs.
+    /// whether or not anyone joins (and this call checks too). `None` while it runs, and `None`
+    /// in a process that did not start it (one that inherited this `Process` through fork:
+    /// there it is not a child, whatever its parent had recorded before the fork).
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        match self.state.outcome.get() {
-            Some(Outcome::Exited(status)) => Some(status),
-            Some(Outcome::Lost(_)) => None,
-            None => self.state.poll_exit().ok().flatten(),
+        match self.state.outcome() {
+            Ok(Some(Outcome::Exited(status))) => Some(status),
+            Ok(Some(Outcome::Lost(_))) | Err(_) => None,
+            Ok(None) => self.state.poll_exit().ok().flatten(),
         }
     }
 
     /// Whether the child is still running: false once it has ended (this call reaps it then,
-    /// if the hub's reaper has not yet), and false in a process that did not start it.
+    /// if the hub's reaper has not yet), and false in a process that did not start it (one that
+    /// inherited this `Process` through fork, whether the child runs or not).
     pub fn is_alive(&self) -> bool {
         matches!(self.state.poll_exit(), Ok(None))
     }
@@ -313,7 +318,8 @@ impl Process {
     /// pidfd).
     ///
     /// # Errors
-    /// [`Error::Closed`] in a process that did not start the child; [`Error::Io`] if the kernel
+    /// [`Error::Closed`] in a process that did not start the child (one that inherited this
+    /// `Process` through fork), whether or not the child has ended; [`Error::Io`] if the kernel
     /// refuses.
     pub fn terminate(&self) -> Result<(), Error> {
         self.state.signal(libc::SIGTERM)
@@ -381,13 +387,18 @@ impl Process {
 
 impl fmt::Debug for Process {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Process")
-            .field("name", &self.state.name)
-            .field("pid", &self.state.pid)
-            .field("state", &format_args!("{}", Describe(self.state.outcome.get())))
-            .finish()
+        let mut debug = f.debug_struct("Process");
+        debug.field("name", &self.state.name).field("pid", &self.state.pid);
+        match self.state.outcome() {
+            Ok(outcome) => debug.field("state", &format_args!("{}", Describe(outcome))),
+            Err(_) => debug.field("state", &format_args!("{INHERITED}")),
+        };
+        debug.finish()
     }
 }
+
+/// The state part of `Process`'s `Debug` in a process that did not start the child.
+const INHERITED: &str = "inherited through fork, not a child of this process";
 
 /// The state part of `Process`'s `Debug`: what the hub has recorded (no system call).
 struct Describe(Option<Outcome>);

@@ -32,7 +32,7 @@ use greenhub::sync::Mutex;
 
 use crate::Error;
 use crate::error::write_stderr;
-use crate::handle::Handle;
+use crate::handle::{self, Handle};
 use crate::sys;
 
 /// How often a reaper checks its child when the hub cannot watch the pidfd (never seen in
@@ -84,7 +84,9 @@ pub(crate) enum Kind {
 
 /// One child, shared by its `Process`, its reaper coroutine and the hub's list of children.
 ///
-/// Who touches what: `outcome` is written once, by whichever of the reaper, a `join` or a
+/// Who touches what: only the process that started the child (`owner`) reads or writes anything
+/// but the name and pid: a forked child inherits a copy of this state, outcome included, but the
+/// child is not its child (`Closed`). `outcome` is written once, by whichever of the reaper, a `join` or a
 /// status check reaps the child first (`settle`), and then the pidfd is closed. The reaper and
 /// every cooperative `join` take turns at watching the pidfd (`watch`; each can do it, so none
 /// depends on another having run), and the watcher borrows `pidfd` across its wait; everyone
@@ -94,6 +96,9 @@ pub(crate) struct State {
     pub(crate) pid: u32,
     pub(crate) name: String,
     pub(crate) kind: Kind,
+    /// The pid of the process that started the child: the only one that may wait for it or
+    /// signal it (a fork copies this state into processes that may not).
+    owner: u32,
     /// `None` once the child is reaped and the pidfd closed.
     pidfd: RefCell<Option<Handle>>,
     pub(crate) outcome: Cell<Option<Outcome>>,
@@ -110,6 +115,7 @@ impl State {
             pid,
             name,
             kind,
+            owner: handle::current_pid(),
             pidfd: RefCell::new(Some(pidfd)),
             outcome: Cell::new(None),
             watch: Mutex::new(()),
@@ -129,6 +135,20 @@ impl State {
         Ok(State::new(pid, Handle::new(pidfd)?, name, kind))
     }
 
+    /// Whether this process started the child (and so may wait for it and signal it).
+    pub(crate) fn owned_here(&self) -> bool {
+        self.owner == handle::current_pid()
+    }
+
+    /// How the child ended, if known: `Closed` in a process that did not start it, whatever
+    /// outcome a fork copied into it. Every public path reads the outcome through this.
+    pub(crate) fn outcome(&self) -> Result<Option<Outcome>, Error> {
+        if !self.owned_here() {
+            return Err(Error::Closed);
+        }
+        Ok(self.outcome.get())
+    }
+
     /// Runs `f` on the pidfd if this process owns it (`Closed` otherwise, and once it is closed).
     fn with_pidfd<R>(&self, f: impl FnOnce(RawFd) -> R) -> Result<R, Error> {
         match self.pidfd.borrow().as_ref() {
@@ -140,7 +160,7 @@ impl State {
     /// The exit status if the child has ended (reaping it now if nobody has yet), without
     /// waiting.
     pub(crate) fn poll_exit(&self) -> Result<Option<ExitStatus>, Error> {
-        if let Some(outcome) = self.outcome.get() {
+        if let Some(outcome) = self.outcome()? {
             return outcome.result().map(Some);
         }
         let polled = self.with_pidfd(sys::try_wait_pidfd)?;
@@ -152,7 +172,7 @@ impl State {
         &self,
         timeout: Option<Duration>,
     ) -> Result<Option<ExitStatus>, Error> {
-        if let Some(outcome) = self.outcome.get() {
+        if let Some(outcome) = self.outcome()? {
             return outcome.result().map(Some);
         }
         let polled = self.with_pidfd(|fd| sys::wait_pidfd_blocking(fd, timeout))?;
@@ -204,7 +224,7 @@ impl State {
         // when their turn comes (so the pidfd is closed as soon as it is reaped, with no other
         // coroutine still registered on it). One that gives up (a timeout) hands the watch on.
         let _watching = self.watch.lock();
-        if let Some(outcome) = self.outcome.get() {
+        if let Some(outcome) = self.outcome()? {
             return outcome.result();
         }
         {
@@ -230,9 +250,10 @@ impl State {
         }
     }
 
-    /// Sends `signal` through the pidfd; nothing once the child has ended.
+    /// Sends `signal` through the pidfd; nothing once the child has ended; `Closed` in a process
+    /// that did not start it.
     pub(crate) fn signal(&self, signal: libc::c_int) -> Result<(), Error> {
-        if self.outcome.get().is_some() {
+        if self.outcome()?.is_some() {
             return Ok(());
         }
         match self.with_pidfd(|fd| sys::pidfd_send_signal(fd, signal))? {

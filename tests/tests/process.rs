@@ -307,6 +307,61 @@ fn a_handle_that_was_not_transferred_is_closed_in_the_child() {
     });
 }
 
+/// What a child sees of a `Process` it inherited through fork: every call of the contract, as
+/// one line each (`Closed` is the contract's answer for join, join_timeout, terminate and kill).
+fn inherited_view(process: &greenhub_ipc::Process) -> Vec<String> {
+    vec![
+        format!("join: {:?}", process.join().map_err(|e| matches!(e, Error::Closed))),
+        format!(
+            "join_timeout: {:?}",
+            process.join_timeout(ms(1)).map_err(|e| matches!(e, Error::Closed))
+        ),
+        format!("terminate: {:?}", process.terminate().map_err(|e| matches!(e, Error::Closed))),
+        format!("kill: {:?}", process.kill().map_err(|e| matches!(e, Error::Closed))),
+        format!("exit_status: {:?}", process.exit_status()),
+        format!("is_alive: {:?}", process.is_alive()),
+        format!("debug says inherited: {}", format!("{process:?}").contains("inherited")),
+    ]
+}
+
+/// Regression (F3): an inherited `Process` whose child the parent had already reaped answered
+/// `Ok` (the outcome copied by fork) from join, join_timeout, terminate and kill; a running one
+/// answered `Closed`. Both must say `Closed`, and neither has a status in the child.
+#[test]
+fn an_inherited_process_is_not_the_childs_to_join_or_signal_reaped_or_not() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let reaped = start_process((), |()| ()).unwrap();
+        assert!(reaped.join().unwrap().success());
+        let (released, release) = pipe::<u8>().unwrap();
+        let running = start_process(released, |r| r.get().map(drop)).unwrap();
+        let (reader, writer) = pipe::<Vec<Vec<String>>>().unwrap();
+        let (reaped_ref, running_ref) = (&reaped, &running);
+        let child = start_process(writer, move |report| {
+            report.put(&vec![inherited_view(reaped_ref), inherited_view(running_ref)])
+        })
+        .unwrap();
+        let expected = [
+            "join: Err(true)",
+            "join_timeout: Err(true)",
+            "terminate: Err(true)",
+            "kill: Err(true)",
+            "exit_status: None",
+            "is_alive: false",
+            "debug says inherited: true",
+        ];
+        let views = reader.get().unwrap();
+        assert_eq!(views[0], expected, "an inherited, already reaped Process");
+        assert_eq!(views[1], expected, "an inherited, still running Process");
+        assert!(child.join().unwrap().success());
+        // The parent still owns both: the running one was neither signalled nor reaped there.
+        assert!(running.is_alive());
+        release.put(&1).unwrap();
+        assert!(running.join().unwrap().success());
+        assert!(reaped.join().unwrap().success());
+    });
+}
+
 #[test]
 fn the_child_owns_exactly_the_handles_transferred_to_it() {
     let _serial = process_lock();
