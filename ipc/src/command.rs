@@ -9,8 +9,12 @@
 //! the program runs. Not guaranteed: that a passed fd survives when its number is 0, 1 or 2 and
 //! that stdio stream is redirected too (std sets up stdio first).
 //!
-//! Programs follow std's rule at the end of [`greenhub::run`]: neither waited for nor killed
-//! (they are still reaped: by the hub while it runs, later by a helper thread).
+//! Programs follow std's rule at the end of [`greenhub::run`]: neither waited for nor killed.
+//! A program that ends while its hub runs is reaped by the hub at once. One still running when
+//! its hub ends is reaped, as std's `Child` is, only through its [`Process`]: when that is
+//! joined or checked (`join`, `join_timeout`, `exit_status`, `is_alive`) or dropped (a
+//! short-lived helper thread then waits for a program still running). Until then a program that
+//! has exited stays a zombie; a `Process` dropped before its hub ends leaves nothing behind.
 //!
 //! The wire format a passed pipe end carries, with a Python peer, is on [`Command`].
 

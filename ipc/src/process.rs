@@ -198,7 +198,11 @@ pub(crate) fn current_hub(what: &str) -> u64 {
 ///
 /// Dropping a `Process` detaches it: the hub still reaps the child, and a [`start_process`]
 /// child is still waited for (or terminated, if a daemon) at the end of `run`. A `Process` may
-/// outlive its hub: then `join` blocks the thread (there is no hub to suspend to).
+/// outlive its hub: then `join` blocks the thread (there is no hub to suspend to), and a
+/// program from [`Command`](crate::Command) whose hub has ended is reaped only when its
+/// `Process` is joined, checked (`exit_status`, `is_alive`) or dropped: kept unpolled, a program
+/// that has exited stays a zombie, as with std's `Child`. (A [`start_process`] child cannot
+/// outlive its hub's `run`, which waits for it or terminates it.)
 ///
 /// `Debug` shows the name, pid and state (in a process that inherited the `Process` through
 /// fork, the state says so: the child is not that process's):

@@ -14,8 +14,11 @@
 //! status and closes the pidfd. [`Process::join`] does not wait for the reaper: it watches the
 //! pidfd itself, like the reaper, so a reaper that never ran (the OS refused its stack) cannot
 //! make a join hang; whichever wakes first reaps. When `run` ends, an exit hook (one per hub) waits for the children of that hub that are still
-//! running, blocking in `poll(2)` on each pidfd and then reaping with `waitid`. A program started by [`Command`] that is still running when both
-//! its hub and its `Process` are gone is reaped by a short-lived helper thread.
+//! running, blocking in `poll(2)` on each pidfd and then reaping with `waitid`. A program started by [`Command`] that is still running when its
+//! hub ends has no reaper after that: it is reaped when its `Process` is joined or checked, or
+//! when the last owner of its `State` is dropped (at once if it has exited, else by a
+//! short-lived helper thread); a `Process` kept unpolled leaves an exited program a zombie until
+//! then, as std's `Child` does.
 //!
 //! [`Command`]: crate::Command
 

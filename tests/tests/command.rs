@@ -271,6 +271,28 @@ fn a_program_dropped_after_its_hub_ended_is_still_reaped() {
     assert!(zombie_children().is_empty());
 }
 
+/// The documented rule (F5), as std's `Child`: a program still running when its hub ends is
+/// reaped only through its `Process`; until that is polled or dropped, an exited one is a zombie.
+#[test]
+fn a_program_that_outlives_its_hub_is_a_zombie_until_its_process_is_polled() {
+    let _serial = process_lock();
+    let mut program = greenhub::run(|| {
+        Command::new("cat").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap()
+    });
+    let pid = program.pid();
+    drop(program.take_stdin()); // cat exits now, after its hub has ended
+    // Wait for its exit without reaping it (WNOWAIT), instead of sleeping.
+    // SAFETY: waitid writes only into `info`, a live siginfo_t.
+    let waited = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+    };
+    assert_eq!(waited, 0, "{}", std::io::Error::last_os_error());
+    assert!(zombie_children().contains(&pid), "nobody polled it, yet it was reaped");
+    assert!(program.exit_status().unwrap().success());
+    assert!(!zombie_children().contains(&pid), "exit_status did not reap it");
+}
+
 #[test]
 fn a_program_dropped_without_join_is_reaped_by_the_hub() {
     let _serial = process_lock();
