@@ -216,7 +216,9 @@ impl Command {
     /// Starts the program.
     ///
     /// # Errors
-    /// [`Error::Io`] if it cannot be started (not found, not executable, ...);
+    /// [`Error::Io`] if it cannot be started (not found, not executable, ...; when the OS refuses
+    /// a new process, `EAGAIN`, its text names the limits that may have run out and its kind is
+    /// `Other`, not `WouldBlock`, as for [`start_process`](crate::start_process));
     /// [`Error::Closed`] if a passed handle is not owned by this process.
     ///
     /// # Panics
@@ -238,8 +240,9 @@ impl Command {
         lock(&self.pass_fds).clear();
         drop(passed); // the program has them now (or it failed to start)
         let name = self.inner.get_program().to_string_lossy().into_owned();
-        let spawned = spawned
-            .map_err(|e| Error::io(format!("Command::spawn could not start {name:?}"), e))?;
+        let spawned = spawned.map_err(|e| {
+            Error::refused_process(format!("Command::spawn could not start {name:?}"), e)
+        })?;
         Process::from_program(hub, name, spawned)
     }
 

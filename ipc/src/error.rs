@@ -2,7 +2,9 @@
 //!
 //! Guaranteed: every variant has a `Display` text that tells the user what happened and what to do;
 //! an `Io` error names the operation that failed ("start_process could not fork: ...") unless it
-//! is a read or write on a pipe, keeps the original error's `kind()`, and keeps the original
+//! is a read or write on a pipe, keeps the original error's `kind()` (except the OS refusing a
+//! new process, `EAGAIN` from a fork: that names the limits that may have run out and has kind
+//! `Other`, since `WouldBlock` would invite a retry), and keeps the original
 //! `std::io::Error` reachable (its errno through [`Error::raw_os_error`], the error itself at the
 //! end of the `source()` chain). Not guaranteed: the exact wording of those texts, and the variant
 //! list (`#[non_exhaustive]`).
@@ -67,6 +69,19 @@ impl Error {
         Error::Io(io::Error::new(err.kind(), Failed { op: op.into(), err }))
     }
 
+    /// An [`Error::Io`] for a new process the OS did not make (`fork`, `clone3`, or std's
+    /// spawn of a program): as [`Error::io`], except that `EAGAIN`, the OS refusing a process
+    /// because a limit on processes or threads ran out, says which limits those are and has
+    /// kind `Other` instead of `WouldBlock` (which a caller would take for "try again when
+    /// ready", and spin). The errno stays reachable ([`Error::raw_os_error`] is `EAGAIN`).
+    pub(crate) fn refused_process(op: impl Into<Cow<'static, str>>, err: io::Error) -> Error {
+        if err.raw_os_error() != Some(libc::EAGAIN) {
+            return Error::io(op, err);
+        }
+        let op = format!("{}: {TOO_MANY_PROCESSES}", op.into());
+        Error::Io(io::Error::other(Failed { op: op.into(), err }))
+    }
+
     /// The OS error number (`errno`) behind an [`Error::Io`], whether or not it names its
     /// operation; `None` for the other variants and for I/O errors that have none.
     ///
@@ -79,6 +94,12 @@ impl Error {
         err.raw_os_error().or_else(|| failed(err)?.err.raw_os_error())
     }
 }
+
+/// What a fork refused with `EAGAIN` says after its operation: the limits that may have run out
+/// (the shape of greenhub's `refused_helper` for threads).
+const TOO_MANY_PROCESSES: &str = "the OS refused a new process (EAGAIN); raise the limit that \
+     ran out or end some processes: this user's process limit (RLIMIT_NPROC, `ulimit -u`), the \
+     system's kernel.pid_max or kernel.threads-max, or the cgroup's pids.max";
 
 /// The payload of an [`Error::Io`] made by [`Error::io`]: which operation failed, and how.
 #[derive(Debug)]
@@ -207,12 +228,12 @@ mod tests {
 
     #[test]
     fn an_io_error_names_the_operation_and_keeps_kind_errno_and_source() {
-        let err = Error::io("start_process could not fork", io::Error::from_raw_os_error(11));
+        let err = Error::io("Command::spawn could not start", io::Error::from_raw_os_error(2));
         let text = err.to_string();
-        assert!(text.starts_with("start_process could not fork: "), "{text}");
+        assert!(text.starts_with("Command::spawn could not start: "), "{text}");
         assert!(!text.contains("on the pipe"), "{text}");
-        assert!(matches!(&err, Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock));
-        assert_eq!(err.raw_os_error(), Some(11));
+        assert!(matches!(&err, Error::Io(e) if e.kind() == io::ErrorKind::NotFound));
+        assert_eq!(err.raw_os_error(), Some(2));
         let mut source = err.source();
         let mut last = None;
         while let Some(s) = source {
@@ -220,7 +241,26 @@ mod tests {
             source = s.source();
         }
         let original = last.unwrap().downcast_ref::<io::Error>().unwrap();
-        assert_eq!(original.raw_os_error(), Some(11));
+        assert_eq!(original.raw_os_error(), Some(2));
+    }
+
+    #[test]
+    fn a_fork_refused_with_eagain_names_the_limits_and_is_not_would_block() {
+        let eagain = io::Error::from_raw_os_error(libc::EAGAIN);
+        let err = Error::refused_process("start_process could not fork", eagain);
+        let text = err.to_string();
+        assert!(text.starts_with("start_process could not fork: the OS refused"), "{text}");
+        assert!(text.ends_with("(os error 11)"), "{text}");
+        for limit in ["RLIMIT_NPROC", "ulimit -u", "pid_max", "threads-max", "pids.max"] {
+            assert!(text.contains(limit), "{limit} missing: {text}");
+        }
+        assert!(matches!(&err, Error::Io(e) if e.kind() == io::ErrorKind::Other));
+        assert_eq!(err.raw_os_error(), Some(libc::EAGAIN));
+        // Any other errno is an ordinary `Error::io`.
+        let enomem = io::Error::from_raw_os_error(libc::ENOMEM);
+        let err = Error::refused_process("start_process could not fork", enomem);
+        assert!(matches!(&err, Error::Io(e) if e.kind() == io::ErrorKind::OutOfMemory));
+        assert!(!err.to_string().contains("RLIMIT_NPROC"), "{err}");
     }
 
     #[test]

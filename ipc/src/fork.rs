@@ -187,7 +187,7 @@ where
         None => fork_holding_locks()?,
     };
     match forked {
-        Err(e) => Err(Error::io("start_process could not fork", e)),
+        Err(e) => Err(Error::refused_process("start_process could not fork", e)),
         Ok(Forked::Child(token, cloned)) => {
             if let Some(pid) = cloned {
                 handle::set_pid_in_child(&token, pid); // what the atfork handler does after a fork

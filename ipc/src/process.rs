@@ -52,7 +52,9 @@ use crate::transfer::{self, Transfer};
 /// # Errors
 /// [`Error::Closed`] if a handle in `handles` is not owned by this process; [`Error::Io`] if
 /// `fork` or `pidfd_open` fails (for instance, too many processes or open files), its text
-/// naming which. On any error `handles` is consumed all the same: the handles this process owns
+/// naming which. A fork the OS refuses with `EAGAIN` names the limits that may have run out
+/// (RLIMIT_NPROC, `ulimit -u`; kernel.pid_max, kernel.threads-max; the cgroup's pids.max) and
+/// has kind `Other`, not `WouldBlock`: waiting for readiness would not help. On any error `handles` is consumed all the same: the handles this process owns
 /// are closed; a child whose pidfd could not be opened is killed before it runs any of `f`.
 ///
 /// # Panics

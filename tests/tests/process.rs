@@ -362,6 +362,76 @@ fn an_inherited_process_is_not_the_childs_to_join_or_signal_reaped_or_not() {
     });
 }
 
+/// What an `Error` from starting a process says, for a test that ran `attempt` elsewhere: its
+/// errno, its `io::ErrorKind` (if an `Error::Io`) and its text.
+type Refusal = (Option<i32>, Option<String>, String);
+
+/// A way to start a process, run where forks are refused.
+type Attempt = fn() -> Option<Refusal>;
+
+fn refusal<T>(attempt: Result<T, Error>) -> Option<Refusal> {
+    let err = attempt.err()?;
+    let kind = match &err {
+        Error::Io(e) => Some(format!("{:?}", e.kind())),
+        _ => None,
+    };
+    Some((err.raw_os_error(), kind, err.to_string()))
+}
+
+/// Runs `attempt` in a child that has become uid 65534 with RLIMIT_NPROC at 1, so that every
+/// fork it tries is refused with EAGAIN (as root the limit is not enforced); gives what it
+/// reports, or `None` (with a note) where this test cannot drop to another uid.
+fn with_nproc_exhausted(attempt: Attempt) -> Option<Option<Refusal>> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("note: not root, cannot drop to uid 65534 under RLIMIT_NPROC; skipping");
+        return None;
+    }
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<Option<Refusal>>().unwrap();
+        let helper = start_process(writer, move |report| {
+            let limit = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
+            // SAFETY: plain system calls on this (child) process's credentials and limits.
+            let dropped = unsafe {
+                libc::setgid(65534) == 0
+                    && libc::setuid(65534) == 0
+                    && libc::setrlimit(libc::RLIMIT_NPROC, &limit) == 0
+            };
+            assert!(dropped, "could not drop to uid 65534: {}", std::io::Error::last_os_error());
+            report.put(&attempt())
+        })
+        .unwrap();
+        let reported = reader.get().unwrap();
+        assert!(helper.join().unwrap().success());
+        Some(reported)
+    })
+}
+
+/// Regression (F4): a fork refused under RLIMIT_NPROC gave "start_process could not fork:
+/// Resource temporarily unavailable", of kind `WouldBlock` (a caller would retry), and
+/// `Command::spawn` the same. Both must name the limits that may have run out and not be
+/// `WouldBlock`; the errno stays EAGAIN.
+#[test]
+fn a_fork_refused_for_too_many_processes_names_the_limits_and_is_not_would_block() {
+    let _serial = process_lock();
+    let starts: [(&str, Attempt); 2] = [
+        ("start_process could not fork", || refusal(start_process((), |()| ()))),
+        ("Command::spawn could not start \"true\"", || {
+            refusal(greenhub_ipc::Command::new("true").spawn())
+        }),
+    ];
+    for (op, attempt) in starts {
+        let Some(refused) = with_nproc_exhausted(attempt) else { return };
+        let (errno, kind, text) = refused.expect("a process started past RLIMIT_NPROC = 1");
+        assert_eq!(errno, Some(libc::EAGAIN), "{text}");
+        assert_ne!(kind.as_deref(), Some("WouldBlock"), "{text}");
+        assert!(text.starts_with(op), "{text}");
+        for limit in ["RLIMIT_NPROC", "ulimit -u", "pid_max", "threads-max", "pids.max"] {
+            assert!(text.contains(limit), "{limit:?} not named in: {text}");
+        }
+    }
+}
+
 #[test]
 fn the_child_owns_exactly_the_handles_transferred_to_it() {
     let _serial = process_lock();
