@@ -13,7 +13,10 @@
 //! in the same system call), else by glibc's `fork(2)` and then `pidfd_open` (see "Two ways to
 //! fork"). Before it runs `f` it:
 //! - forgets the parent's hub without touching it (the epoll instance is shared with the parent;
-//!   the parent's coroutines are never resumed or unwound in the child);
+//!   the parent's coroutines are never resumed or unwound in the child), and at once leaves the
+//!   stack of the coroutine that forked, whatever room it had left, for a stack of its own (8
+//!   MiB and a guard page, mapped by the parent before the fork, so that the OS refusing it is
+//!   `start_process`'s error), on which the rest of its life runs, its hub's loop included;
 //! - closes every fd except stdio (0, 1, 2) and the fds in `handles` (`close_range` over the
 //!   gaps): other threads' pipes and hubs, pidfds of the parent's other children, files and
 //!   sockets alike, whatever other threads were doing at the instant of `fork`. So **a child
@@ -71,6 +74,8 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{MutexGuard, PoisonError};
+
+use greenhub::ext::FreshStack;
 
 use crate::Error;
 use crate::error::write_stderr;
@@ -142,6 +147,11 @@ pub(crate) fn default_name() -> String {
     }
 }
 
+/// The stack a child runs its whole life on, its hub's loop included (`sys::in_child`): as much
+/// as a main thread gets by default (`ulimit -s`), whatever stack the coroutine that forked it
+/// had left. Its pages cost nothing until the child touches them.
+const CHILD_STACK_SIZE: usize = 8 << 20;
+
 /// A child that exists and is watched: its pid, and its pidfd, opened before the child may run
 /// any of its closure.
 pub(crate) struct Started {
@@ -164,6 +174,15 @@ where
     F: FnOnce(H) -> R,
     R: ChildResult,
 {
+    // Mapped here rather than in the child, so that the OS refusing it is this call's error.
+    let stack = FreshStack::new(CHILD_STACK_SIZE).map_err(|e| {
+        Error::io(
+            "start_process could not map the child's stack (8 MiB and a guard page, mmap): the \
+             address space (RLIMIT_AS, `ulimit -v`), the memory or the map count \
+             (vm.max_map_count) ran out",
+            e,
+        )
+    })?;
     let start = ChildStart {
         keep: transfer::handle_ids(&handles),
         keep_fds: transfer::fds(&handles),
@@ -200,10 +219,12 @@ where
                 Some(held) => held.into_childs_locks(),
                 None => ChildsLocks::take(),
             };
-            sys::in_child(token, |token| child_main(token, locks, start, go_ahead, handles, f))
+            let main = |token: &InChild| child_main(token, locks, start, go_ahead, handles, f);
+            sys::in_child(token, stack, main)
         }
         Ok(Forked::Parent(pid, pidfd)) => {
             drop(held);
+            drop(stack); // this process's copy of the child's stack
             let pidfd = match watch(pid, pidfd) {
                 Ok(pidfd) => pidfd,
                 Err(e) => {

@@ -36,6 +36,9 @@ use crate::transfer::{self, Transfer};
 /// fds**; every other fd of the parent's (other pipes, files, sockets, other threads' hubs) is
 /// closed there, whatever other threads were doing at the instant of `fork`. `f` need not be
 /// `'static`: the child has a copy of everything `f` borrows (but of no fd it was not given).
+/// It may be called from any coroutine, whatever its stack size: the child leaves that stack
+/// at once for one of its own (8 MiB, like a main thread's), and `f` runs as the root coroutine
+/// of the child's hub.
 ///
 /// ```
 /// greenhub::run(|| {
@@ -51,8 +54,8 @@ use crate::transfer::{self, Transfer};
 ///
 /// # Errors
 /// [`Error::Closed`] if a handle in `handles` is not owned by this process; [`Error::Io`] if
-/// `fork` or `pidfd_open` fails (for instance, too many processes or open files), its text
-/// naming which. A fork the OS refuses with `EAGAIN` names the limits that may have run out
+/// mapping the child's stack, `fork` or `pidfd_open` fails (for instance, too many processes
+/// or open files, or no address space left), its text naming which. A fork the OS refuses with `EAGAIN` names the limits that may have run out
 /// (RLIMIT_NPROC, `ulimit -u`; kernel.pid_max, kernel.threads-max; the cgroup's pids.max) and
 /// has kind `Other`, not `WouldBlock`: waiting for readiness would not help. On any error `handles` is consumed all the same: the handles this process owns
 /// are closed; a child whose pidfd could not be opened is killed before it runs any of `f`.

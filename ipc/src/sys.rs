@@ -332,20 +332,29 @@ fn glibc_symbol(name: &std::ffi::CStr) -> usize {
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize }
 }
 
-/// Runs the child side of `start_process` and ends the process with its exit code: `body`'s
-/// value, or 101 if it panics. Never returns, so nothing ever resumes or unwinds into the
-/// coroutine that forked (its hub belongs to the parent).
-pub(crate) fn in_child(token: InChild, body: impl FnOnce(&InChild) -> i32) -> ! {
+/// Runs the child side of `start_process` on `stack` and ends the process with its exit code:
+/// `body`'s value, or 101 if it panics. Never returns, so nothing ever resumes or unwinds into
+/// the coroutine that forked (its hub belongs to the parent), and the child's life (its start,
+/// its hub, the hub's loop) never runs on what is left of that coroutine's stack, which may be
+/// a few KiB: it runs on `stack`, mapped for it before the fork.
+pub(crate) fn in_child(
+    token: InChild,
+    stack: greenhub::ext::FreshStack,
+    body: impl FnOnce(&InChild) -> i32,
+) -> ! {
     // SAFETY: `token` proves this is a process just created by `fork`, on the thread that forked
     // (the only one). This function never returns and catches every unwind below, so the
     // coroutine we were called from is never resumed or unwound: the contract of
     // `forget_inherited_hub`.
     unsafe { greenhub::ext::forget_inherited_hub() };
-    let code = panic::catch_unwind(AssertUnwindSafe(|| body(&token))).unwrap_or_else(|payload| {
-        std::mem::forget(payload); // dropping it could panic again; we are leaving anyway
-        101
-    });
-    exit_now(code)
+    greenhub::ext::on_stack(stack, move || {
+        let run = panic::catch_unwind(AssertUnwindSafe(|| body(&token)));
+        let code = run.unwrap_or_else(|payload| {
+            std::mem::forget(payload); // dropping it could panic again; we are leaving anyway
+            101
+        });
+        exit_now(code) // on `stack`: `on_stack` never returns to the forking coroutine's stack
+    })
 }
 
 /// Ends this process at once with `code`: no atexit handlers, no destructors, no flushing.

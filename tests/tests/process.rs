@@ -616,6 +616,58 @@ fn a_coroutine_overflowing_its_stack_in_a_child_is_reported_on_the_childs_stderr
     assert!(text.contains("overflowed its stack"), "no overflow report:\n{text}");
 }
 
+/// Regression (F2): a child started from a coroutine with a small stack ran its whole life
+/// (its start, its fresh hub, the hub's loop) on what was left of that stack, and died of a bare
+/// SIGSEGV before `f` ran. The child now switches to a stack of its own first.
+#[test]
+fn a_child_started_from_a_coroutine_with_a_small_stack_runs_f() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        for kib in [12, 16, 20] {
+            let (reader, writer) = pipe::<String>().unwrap();
+            let starter = greenhub::coroutine::Builder::new().stack_size(kib * 1024).spawn(|| {
+                let child =
+                    start_process(writer, |writer| writer.put(&"f runs".to_string())).unwrap();
+                child.join().unwrap()
+            });
+            let got = reader.get_timeout(PATIENCE);
+            let status = starter.join().unwrap();
+            assert!(status.success(), "from a {kib} KiB stack: {status:?}, f said {got:?}");
+            assert_eq!(got.unwrap(), "f runs", "from a {kib} KiB stack");
+        }
+    });
+}
+
+/// The stack a child runs on is mapped in the parent before the fork, so the OS refusing it is
+/// `start_process`'s error, naming what ran out (here the address-space limit, in a helper
+/// child that lowers its own RLIMIT_AS to 2 MiB above what it maps).
+#[test]
+fn a_child_stack_the_os_refuses_is_an_error_naming_it() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = pipe::<Option<Refusal>>().unwrap();
+        let helper = start_process(writer, |report| {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let mapped_kib: u64 = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmSize:"))
+                .and_then(|rest| rest.trim().strip_suffix("kB")?.trim().parse().ok())
+                .expect("VmSize in /proc/self/status");
+            let room = (mapped_kib + 2048) * 1024;
+            let limit = libc::rlimit { rlim_cur: room, rlim_max: libc::RLIM_INFINITY };
+            // SAFETY: setrlimit reads a live rlimit; it lowers this (child) process's soft limit.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+            report.put(&refusal(start_process((), |()| ())))
+        })
+        .unwrap();
+        let (errno, _, text) = reader.get().unwrap().expect("a child started past RLIMIT_AS");
+        assert!(helper.join().unwrap().success());
+        assert_eq!(errno, Some(libc::ENOMEM), "{text}");
+        assert!(text.starts_with("start_process could not map the child's stack"), "{text}");
+        assert!(text.contains("RLIMIT_AS"), "{text}");
+    });
+}
+
 #[test]
 fn a_non_daemon_child_is_waited_for_at_the_end_of_run() {
     let _serial = process_lock();
