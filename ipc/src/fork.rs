@@ -69,6 +69,7 @@
 //! [`Command`]: crate::Command
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -152,6 +153,38 @@ pub(crate) fn default_name() -> String {
 /// had left. Its pages cost nothing until the child touches them.
 const CHILD_STACK_SIZE: usize = 8 << 20;
 
+thread_local! {
+    /// The child stack of this thread's starts, mapped by the first and kept: this process
+    /// never touches its pages, so every fork copies none of them, and each child takes its
+    /// own copy of the mapping (a start that mapped one per child paid an `mmap`, an `mprotect`
+    /// and a `munmap` every time).
+    static CHILD_STACK: RefCell<Option<FreshStack>> = const { RefCell::new(None) };
+}
+
+/// Makes sure this thread has its child stack (see [`CHILD_STACK`]).
+fn ensure_child_stack() -> Result<(), Error> {
+    CHILD_STACK.with(|slot| {
+        if slot.borrow().is_none() {
+            let stack = FreshStack::new(CHILD_STACK_SIZE).map_err(|e| {
+                Error::io(
+                    "start_process could not map the child's stack (8 MiB and a guard page, \
+                     mmap): the address space (RLIMIT_AS, `ulimit -v`), the memory or the map \
+                     count (vm.max_map_count) ran out",
+                    e,
+                )
+            })?;
+            *slot.borrow_mut() = Some(stack);
+        }
+        Ok(())
+    })
+}
+
+/// In a new child: its copy of the forking thread's child stack, taken for good (a grandchild
+/// started from this child maps one of its own).
+fn take_child_stack(_: &InChild) -> FreshStack {
+    CHILD_STACK.with(|slot| slot.borrow_mut().take()).expect("mapped before the fork")
+}
+
 /// A child that exists and is watched: its pid, and its pidfd, opened before the child may run
 /// any of its closure.
 pub(crate) struct Started {
@@ -175,14 +208,7 @@ where
     R: ChildResult,
 {
     // Mapped here rather than in the child, so that the OS refusing it is this call's error.
-    let stack = FreshStack::new(CHILD_STACK_SIZE).map_err(|e| {
-        Error::io(
-            "start_process could not map the child's stack (8 MiB and a guard page, mmap): the \
-             address space (RLIMIT_AS, `ulimit -v`), the memory or the map count \
-             (vm.max_map_count) ran out",
-            e,
-        )
-    })?;
+    ensure_child_stack()?;
     let start = ChildStart {
         keep: transfer::handle_ids(&handles),
         keep_fds: transfer::fds(&handles),
@@ -220,11 +246,11 @@ where
                 None => ChildsLocks::take(),
             };
             let main = |token: &InChild| child_main(token, locks, start, go_ahead, handles, f);
+            let stack = take_child_stack(&token);
             sys::in_child(token, stack, main)
         }
         Ok(Forked::Parent(pid, pidfd)) => {
             drop(held);
-            drop(stack); // this process's copy of the child's stack
             let pidfd = match watch(pid, pidfd) {
                 Ok(pidfd) => pidfd,
                 Err(e) => {

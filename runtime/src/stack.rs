@@ -426,3 +426,38 @@ fn address_space_limit_hit(len: usize) -> Option<String> {
         )
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// A stack for code that must leave the current one (re-exported by `ext`)
+
+/// A stack of its own, for code that must not run on the current one: at least `size` usable
+/// bytes above an inaccessible guard page, mapped with `mmap` like a thread's stack and
+/// unmapped when dropped. greenhub-ipc runs the whole life of a forked child on one
+/// ([`on_stack`]), whatever room the coroutine that forked had left.
+pub struct FreshStack(corosensei::stack::DefaultStack);
+
+impl FreshStack {
+    /// Maps the stack (its size rounded up to whole pages) and its guard page.
+    ///
+    /// # Errors
+    /// The OS's refusal of the mapping (`mmap`, `mprotect`): the address space or the memory
+    /// ran out.
+    pub fn new(size: usize) -> std::io::Result<FreshStack> {
+        corosensei::stack::DefaultStack::new(size).map(FreshStack)
+    }
+}
+
+impl std::fmt::Debug for FreshStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use corosensei::stack::Stack;
+        let bytes = self.0.base().get() - self.0.limit().get();
+        write!(f, "FreshStack({bytes} bytes with its guard page)")
+    }
+}
+
+/// Runs `f` on `stack` instead of the current stack, and returns its value (or carries its
+/// panic) back to the caller's stack. An overflow of `stack` hits its guard page: a plain
+/// SIGSEGV, as for a thread's own stack (greenhub's reporter watches coroutine stacks only).
+pub fn on_stack<R>(stack: FreshStack, f: impl FnOnce() -> R) -> R {
+    corosensei::on_stack(stack.0, f)
+}
