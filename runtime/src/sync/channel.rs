@@ -173,14 +173,19 @@ impl<T> Chan<T> {
 
     /// An item, or `Err` once empty with every sender gone; `None`: wait. `woken` as for
     /// [`takable`](Self::takable).
-    #[inline]
+    // Always inlined, like `Receiver::recv`: on the receive path, a call level of its own costs
+    // a mispredicted return after every switch (measured: +60 instructions and a slower round
+    // trip when the promise check made it too large for the inliner).
+    #[inline(always)]
     pub(super) fn try_take(&self, woken: bool) -> Option<Result<T, RecvError>> {
-        if !self.takable(woken) {
-            let closed = self.senders.get() == 0 && self.queue.borrow().is_empty();
-            return closed.then_some(Err(RecvError));
-        }
         HubSection::enter_raw();
-        let item = self.queue.borrow_mut().pop_front();
+        let item = {
+            // `takable`, folded into the one borrow that pops.
+            let mut queue = self.queue.borrow_mut();
+            let promised =
+                !woken && queue.len() <= self.item_waiters.woken() && self.senders.get() != 0;
+            if promised { None } else { queue.pop_front() }
+        };
         HubSection::leave();
         match item {
             Some(value) => {
