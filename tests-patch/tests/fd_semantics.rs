@@ -499,3 +499,38 @@ fn a_waitall_receive_on_a_blocking_socket_fills_the_whole_buffer() {
         }
     });
 }
+
+/// Regression (F11): a number closed behind the patch's back (glibc's internal `close` in
+/// `fclose`) and reused by a new blocking socket kept the old socket's managed entry, so the
+/// fast path made the real, blocking, read on it and held the hub's thread until data came.
+/// The `socketpair` that reuses the number forgets the old entry.
+#[test]
+fn a_number_closed_by_fclose_and_reused_by_a_blocking_socket_waits_cooperatively() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        // Another test's thread may take the number first: try again then.
+        let (c, d) = (0..20)
+            .find_map(|_| {
+                let (a, b) = UnixStream::pair().unwrap();
+                let _b = read_after_a_wait(&a, b); // `a`'s entry: managed, registered
+                let number = a.into_raw_fd();
+                // SAFETY: `number` is an open fd owned here; fclose closes it (in glibc, past
+                // the patch's `close` hook) and frees the FILE.
+                unsafe {
+                    let file = libc::fdopen(number, c"r".as_ptr());
+                    assert!(!file.is_null(), "fdopen: {}", std::io::Error::last_os_error());
+                    libc::fclose(file);
+                }
+                let (c, d) = UnixStream::pair().unwrap();
+                (c.as_raw_fd() == number).then_some((c, d))
+            })
+            .expect("the closed number was never reused");
+        assert_eq!(kernel_flags(c.as_raw_fd()) & libc::O_NONBLOCK, 0, "a new socket is blocking");
+        let mut byte = [0u8; 1];
+        let n = greenhub_patch_tests::suspends_only_the_caller(
+            || (&c).read(&mut byte).unwrap(),
+            move || (&d).write_all(b"!").unwrap(),
+        );
+        assert_eq!((n, &byte), (1, b"!"));
+    });
+}

@@ -3,8 +3,8 @@
 //! them instead of glibc's. Each is one line into `blocking_call.rs`.
 //!
 //! Guarantee: the C signatures are glibc's (x86_64 and aarch64 Linux); `fcntl` and `ioctl` are
-//! variadic in C and are defined here with one word-sized third argument, which is how those
-//! ABIs pass the single optional argument. Nothing here unwinds. Not interposed: the variadic
+//! variadic in C and are defined here with one word-sized third argument, and the `open`s with
+//! one int mode, which is how those ABIs pass the single optional argument. Nothing here unwinds. Not interposed: the variadic
 //! `execl`, `execlp` and `execle` (stable Rust cannot define a variadic function), and the calls
 //! glibc makes internally (`system` and `popen` spawn through its internal `posix_spawn`).
 
@@ -28,7 +28,7 @@ use super::{exec, fdtable, real};
 const DONTWAIT: c_int = libc::MSG_DONTWAIT;
 
 /// Every hook's address: `install` references them all, so the linker keeps this object.
-pub(super) fn every_hook() -> [usize; 38] {
+pub(super) fn every_hook() -> [usize; 56] {
     [
         read as *const () as usize,
         readv as *const () as usize,
@@ -68,6 +68,24 @@ pub(super) fn every_hook() -> [usize; 38] {
         posix_spawn as *const () as usize,
         posix_spawnp as *const () as usize,
         posix_spawn_file_actions_adddup2 as *const () as usize,
+        socket as *const () as usize,
+        socketpair as *const () as usize,
+        pipe as *const () as usize,
+        pipe2 as *const () as usize,
+        open as *const () as usize,
+        open64 as *const () as usize,
+        openat as *const () as usize,
+        openat64 as *const () as usize,
+        creat as *const () as usize,
+        creat64 as *const () as usize,
+        eventfd as *const () as usize,
+        timerfd_create as *const () as usize,
+        signalfd as *const () as usize,
+        inotify_init as *const () as usize,
+        inotify_init1 as *const () as usize,
+        epoll_create as *const () as usize,
+        epoll_create1 as *const () as usize,
+        memfd_create as *const () as usize,
     ]
 }
 
@@ -255,11 +273,161 @@ pub unsafe extern "C" fn accept4(
 
 /// A new connection's fd number names a new description: forget what it named before.
 fn accepted(new: ssize_t) -> c_int {
-    let new = new as c_int;
-    if new >= 0 {
-        fdtable::clear(new);
+    fresh(new as c_int)
+}
+
+// The calls that make new fds: the number a new fd gets may have been closed by a call the
+// patch never saw (glibc's internal `close` in `fclose`), its entry still there; the new fd
+// must not be taken for the old one (F11: the fast path of `io` trusts an entry it finds), so
+// each of these forgets the entry of every number it returns. No syscall: one store per fd.
+
+/// `fd`, a number a call just returned (or -1): what it named before is forgotten.
+fn fresh(fd: c_int) -> c_int {
+    if fd >= 0 {
+        fdtable::clear(fd);
     }
-    new
+    fd
+}
+
+/// [`fresh`] for the two numbers a successful `socketpair`/`pipe`/`pipe2` wrote to `fds`.
+///
+/// # Safety
+/// When `rc` is 0, `fds` is the caller's array of two ints, filled in by the call.
+unsafe fn fresh_pair(rc: c_int, fds: *const c_int) -> c_int {
+    if rc == 0 {
+        // SAFETY: the call succeeded, so `fds` is the caller's two ints it filled in.
+        let [a, b] = unsafe { *fds.cast::<[c_int; 2]>() };
+        fresh(a);
+        fresh(b);
+    }
+    rc
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn socket(domain: c_int, kind: c_int, protocol: c_int) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::socket(domain, kind, protocol) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn socketpair(
+    domain: c_int,
+    kind: c_int,
+    protocol: c_int,
+    fds: *mut c_int,
+) -> c_int {
+    // SAFETY: see above; `fds` is filled in when the call succeeds.
+    unsafe { fresh_pair(real::socketpair(domain, kind, protocol, fds), fds) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipe(fds: *mut c_int) -> c_int {
+    // SAFETY: see above; `fds` is filled in when the call succeeds.
+    unsafe { fresh_pair(real::pipe(fds), fds) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
+    // SAFETY: see above; `fds` is filled in when the call succeeds.
+    unsafe { fresh_pair(real::pipe2(fds, flags), fds) }
+}
+
+// `open` and `openat` are variadic in C; like `fcntl` they are defined with one more int,
+// which is how x86_64 and aarch64 Linux pass the mode (read only with O_CREAT or O_TMPFILE).
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::open(None, false, path, flags, mode) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::open(None, true, path, flags, mode) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn openat(
+    dir: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::open(Some(dir), false, path, flags, mode) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn openat64(
+    dir: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::open(Some(dir), true, path, flags, mode) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn creat(path: *const c_char, mode: libc::mode_t) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::creat(path, mode) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn creat64(path: *const c_char, mode: libc::mode_t) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::creat64(path, mode) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn eventfd(initval: c_uint, flags: c_int) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::eventfd(initval, flags) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn timerfd_create(clock: libc::clockid_t, flags: c_int) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::timerfd_create(clock, flags) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn signalfd(fd: c_int, mask: *const libc::sigset_t, flags: c_int) -> c_int {
+    // SAFETY: see above.
+    let new = unsafe { real::signalfd(fd, mask, flags) };
+    if fd == -1 { fresh(new) } else { new } // a given signalfd is changed, not made
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn inotify_init() -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::inotify_init() })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn inotify_init1(flags: c_int) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::inotify_init1(flags) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_create(size: c_int) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::epoll_create(size) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_create1(flags: c_int) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::epoll_create1(flags) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memfd_create(name: *const c_char, flags: c_uint) -> c_int {
+    // SAFETY: see above.
+    fresh(unsafe { real::memfd_create(name, flags) })
 }
 
 #[unsafe(no_mangle)]

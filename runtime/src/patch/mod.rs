@@ -67,7 +67,10 @@ static RECORDED_FOR: AtomicI32 = AtomicI32::new(0);
 /// pidfd), `getaddrinfo` (run on a helper thread), and `splice` and `sendfile` (which std's
 /// `io::copy` uses between pipes and sockets). `close`, `dup`, `dup2`, `dup3`, `fcntl`,
 /// `ioctl` and `setsockopt` are interposed too, to keep the per-fd table right, to hide the
-/// O_NONBLOCK flag the patch sets and to know which sockets have timeouts; and the exec family
+/// O_NONBLOCK flag the patch sets and to know which sockets have timeouts; the calls that make
+/// fds (`socket`, `socketpair`, `pipe`, `pipe2`, the `open`s, `creat`, `eventfd`,
+/// `timerfd_create`, `signalfd`, `inotify_init`, `epoll_create`, `memfd_create`), so that a
+/// number closed behind the patch's back (by `fclose`) is not taken for its old fd; and the exec family
 /// and `posix_spawn`, to take that flag off every fd another program is given.
 ///
 /// Call it early (at the top of `main`): fds already open then (other than sockets and pipes the

@@ -63,6 +63,9 @@ macro_rules! real {
             $( resolve(&CACHES.$name, concat!(stringify!($name), "\0").as_bytes()); )*
             resolve(&FCNTL, b"fcntl\0");
             resolve(&IOCTL, b"ioctl\0");
+            for (cache, name) in OPENS {
+                resolve(cache, name);
+            }
         }
 
         $(
@@ -137,6 +140,20 @@ real! {
         argv: *const *mut c_char, envp: *const *mut c_char) -> c_int;
     posix_spawn_file_actions_adddup2(actions: *mut posix_spawn_file_actions_t, fd: c_int,
         newfd: c_int) -> c_int;
+    socket(domain: c_int, kind: c_int, protocol: c_int) -> c_int;
+    socketpair(domain: c_int, kind: c_int, protocol: c_int, fds: *mut c_int) -> c_int;
+    pipe(fds: *mut c_int) -> c_int;
+    pipe2(fds: *mut c_int, flags: c_int) -> c_int;
+    creat(path: *const c_char, mode: libc::mode_t) -> c_int;
+    creat64(path: *const c_char, mode: libc::mode_t) -> c_int;
+    eventfd(initval: libc::c_uint, flags: c_int) -> c_int;
+    timerfd_create(clock: libc::clockid_t, flags: c_int) -> c_int;
+    signalfd(fd: c_int, mask: *const libc::sigset_t, flags: c_int) -> c_int;
+    inotify_init() -> c_int;
+    inotify_init1(flags: c_int) -> c_int;
+    epoll_create(size: c_int) -> c_int;
+    epoll_create1(flags: c_int) -> c_int;
+    memfd_create(name: *const c_char, flags: libc::c_uint) -> c_int;
 }
 
 static FCNTL: AtomicUsize = AtomicUsize::new(0);
@@ -167,4 +184,50 @@ pub(crate) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: usize) -> c_i
         unsafe { std::mem::transmute(address) };
     // SAFETY: the caller upholds ioctl's contract for `request` and `arg`.
     unsafe { f(fd, request, arg) }
+}
+
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+static OPEN64: AtomicUsize = AtomicUsize::new(0);
+static OPENAT: AtomicUsize = AtomicUsize::new(0);
+static OPENAT64: AtomicUsize = AtomicUsize::new(0);
+
+/// The caches of the variadic opens, for [`resolve_all`].
+static OPENS: [(&AtomicUsize, &[u8]); 4] = [
+    (&OPEN, b"open\0"),
+    (&OPEN64, b"open64\0"),
+    (&OPENAT, b"openat\0"),
+    (&OPENAT64, b"openat64\0"),
+];
+
+/// libc's own `open` (`large` false) or `open64`, relative to `dir` for `openat`/`openat64`
+/// (`Some(dir)`). Variadic in C: the mode, read only with `O_CREAT` or `O_TMPFILE`, is passed
+/// as one int.
+///
+/// # Safety
+/// The same contract as the libc function.
+pub(crate) unsafe fn open(
+    dir: Option<c_int>,
+    large: bool,
+    path: *const c_char,
+    flags: c_int,
+    mode: libc::c_uint,
+) -> c_int {
+    let (cache, name) = OPENS[usize::from(dir.is_some()) * 2 + usize::from(large)];
+    let Some(address) = resolve(cache, name) else { return missing() };
+    match dir {
+        None => {
+            // SAFETY: libc's `open` and `open64` have this variadic signature.
+            let f: unsafe extern "C" fn(*const c_char, c_int, ...) -> c_int =
+                unsafe { std::mem::transmute(address) };
+            // SAFETY: the caller upholds open's contract for `path`, `flags` and `mode`.
+            unsafe { f(path, flags, mode) }
+        }
+        Some(dir) => {
+            // SAFETY: libc's `openat` and `openat64` have this variadic signature.
+            let f: unsafe extern "C" fn(c_int, *const c_char, c_int, ...) -> c_int =
+                unsafe { std::mem::transmute(address) };
+            // SAFETY: the caller upholds openat's contract for its arguments.
+            unsafe { f(dir, path, flags, mode) }
+        }
+    }
 }
