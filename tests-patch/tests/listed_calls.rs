@@ -367,3 +367,104 @@ fn a_unix_connect_to_a_full_backlog_waits_for_room() {
         std::fs::remove_dir_all(&dir).unwrap();
     });
 }
+
+/// Regression (F12): a blocking read on an fd with an anonymous inode (eventfd, timerfd,
+/// signalfd, inotify: no file type in `st_mode`) was passed straight to libc, as a regular file
+/// is, and held the hub's thread until the fd was ready. It waits for readiness through the hub.
+#[test]
+fn a_read_on_an_eventfd_or_a_timerfd_suspends_only_its_caller() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        // SAFETY: eventfd and timerfd_create take flags only; the results are checked and owned.
+        let (event, timer) = unsafe {
+            let event = libc::eventfd(0, libc::EFD_CLOEXEC);
+            let timer = libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC);
+            assert!(event >= 0 && timer >= 0, "{}", std::io::Error::last_os_error());
+            (OwnedFd::from_raw_fd(event), OwnedFd::from_raw_fd(timer))
+        };
+        let read_count = |fd: RawFd| {
+            let mut count = 0u64;
+            // SAFETY: reads at most 8 bytes into a live u64.
+            let n = unsafe { libc::read(fd, (&raw mut count).cast(), 8) };
+            (n, count)
+        };
+        let fd = event.as_raw_fd();
+        let got = suspends_only_the_caller(
+            || read_count(fd),
+            move || {
+                let three = 3u64;
+                // SAFETY: writes 8 bytes from a live u64.
+                assert_eq!(unsafe { libc::write(fd, (&raw const three).cast(), 8) }, 8);
+            },
+        );
+        assert_eq!(got, (8, 3), "the eventfd's count");
+        assert_eq!(kernel_flags(fd) & libc::O_NONBLOCK, 0, "the eventfd was made non-blocking");
+        let fd = timer.as_raw_fd();
+        let got = suspends_only_the_caller(
+            || read_count(fd),
+            move || {
+                let soon = libc::itimerspec {
+                    it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+                    it_value: libc::timespec { tv_sec: 0, tv_nsec: 1 },
+                };
+                // SAFETY: a live itimerspec; no old value wanted.
+                let rc = unsafe { libc::timerfd_settime(fd, 0, &soon, std::ptr::null_mut()) };
+                assert_eq!(rc, 0);
+            },
+        );
+        assert_eq!(got, (8, 1), "the timerfd's expiries");
+    });
+}
+
+/// Regression (F12): `clock_nanosleep` on `CLOCK_BOOTTIME` (relative or absolute) went
+/// straight to libc and held the hub's thread; and on an `_ALARM` clock, it answers what libc
+/// answers (`EPERM` without `CAP_WAKE_ALARM`), and sleeps cooperatively where libc would sleep.
+#[test]
+fn clock_nanosleep_on_the_boot_and_alarm_clocks_suspends_only_its_caller() {
+    greenhub::patch::install();
+    let sleep = |clock, flags, at: &libc::timespec| {
+        // SAFETY: a live timespec; no remainder wanted.
+        unsafe { libc::clock_nanosleep(clock, flags, at, std::ptr::null_mut()) }
+    };
+    let now = |clock| {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid out-pointer.
+        assert_eq!(unsafe { libc::clock_gettime(clock, &mut t) }, 0);
+        t
+    };
+    let tiny = libc::timespec { tv_sec: 0, tv_nsec: 1 };
+    let clocks = [libc::CLOCK_BOOTTIME, libc::CLOCK_REALTIME_ALARM, libc::CLOCK_BOOTTIME_ALARM];
+    // What libc answers on this machine (no hub: the hook is libc's call).
+    let libc_says = clocks.map(|clock| sleep(clock, 0, &tiny));
+    assert_eq!(libc_says[0], 0, "CLOCK_BOOTTIME");
+    greenhub::run(move || {
+        let d = libc::timespec { tv_sec: 0, tv_nsec: 30_000_000 };
+        for (clock, libc_says) in clocks.into_iter().zip(libc_says) {
+            for absolute in [false, true] {
+                let (flags, at) = match absolute {
+                    false => (0, d),
+                    // libc refuses the clock (its time may not even be read without an RTC).
+                    true if libc_says != 0 => (libc::TIMER_ABSTIME, d),
+                    true => {
+                        let mut at = now(clock);
+                        at.tv_nsec += d.tv_nsec;
+                        if at.tv_nsec >= 1_000_000_000 {
+                            (at.tv_sec, at.tv_nsec) = (at.tv_sec + 1, at.tv_nsec - 1_000_000_000);
+                        }
+                        (libc::TIMER_ABSTIME, at)
+                    }
+                };
+                let ticker = Ticker::start();
+                let start = Instant::now();
+                let rc = sleep(clock, flags, &at);
+                let (waited, ticks) = (start.elapsed(), ticker.stop());
+                let what = format!("clock {clock}, absolute: {absolute}");
+                assert_eq!(rc, libc_says, "{what}: not libc's answer");
+                if rc == 0 {
+                    assert!(waited >= Duration::from_millis(25), "{what}: woke early");
+                    assert!(ticks > 0, "{what}: no other coroutine ran during the sleep");
+                }
+            }
+        }
+    });
+}

@@ -27,7 +27,8 @@ pub(crate) enum Mode {
     /// for O_NONBLOCK itself since (then it gets EAGAIN as usual).
     Managed { user_nonblocking: bool },
     /// A file description other processes may share (inherited stdio, terminals, fds inherited
-    /// through fork, fds open before `install`, fds given to another program): never switched
+    /// through fork, fds open before `install`, fds given to another program), and blocking
+    /// eventfds, timerfds, signalfds and inotify instances ([`Kind::Anon`]): never switched
     /// to non-blocking by the patch; a call waits for readiness through the hub first, then
     /// makes the blocking call, unless `user_nonblocking` (the program set O_NONBLOCK itself:
     /// straight through, and back to waiting when it clears it).
@@ -52,6 +53,11 @@ pub(crate) enum Kind {
     Socket,
     Fifo,
     CharDevice,
+    /// An anonymous inode (no file type in `st_mode`): eventfd, timerfd, signalfd, inotify,
+    /// epoll, userfaultfd, ... (all on the one anon inode, so their inodes tell them apart from
+    /// nothing but other kinds).
+    Anon,
+    /// Regular files, directories, block devices, symlinks (`O_PATH`): never block.
     Other,
 }
 
@@ -131,6 +137,7 @@ fn encode(mode: Mode, kind: Kind, timeouts: bool) -> u32 {
         Kind::Fifo => 1,
         Kind::CharDevice => 2,
         Kind::Other => 3,
+        Kind::Anon => 4,
     };
     m | (k << 4) | if timeouts { TIMEOUTS } else { 0 }
 }
@@ -148,6 +155,7 @@ fn decode(word: u32, inode: u64) -> Option<Entry> {
         0 => Kind::Socket,
         1 => Kind::Fifo,
         2 => Kind::CharDevice,
+        4 => Kind::Anon,
         _ => Kind::Other,
     };
     Some(Entry { mode, kind, inode, timeouts: word & TIMEOUTS != 0 })
@@ -259,6 +267,7 @@ pub(crate) fn identify(fd: i32) -> Option<(Kind, u64)> {
         libc::S_IFSOCK => Kind::Socket,
         libc::S_IFIFO => Kind::Fifo,
         libc::S_IFCHR => Kind::CharDevice,
+        0 => Kind::Anon,
         _ => Kind::Other,
     };
     Some((kind, st.st_ino))

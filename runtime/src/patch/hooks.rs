@@ -507,10 +507,25 @@ pub unsafe extern "C" fn clock_nanosleep(
     rem: *mut timespec,
 ) -> c_int {
     // SAFETY: a non-null `req` points to a live timespec (the caller's contract).
-    let d = (!req.is_null()).then(|| unsafe { &*req }).and_then(duration_of);
-    let d = match d {
+    let at = (!req.is_null()).then(|| unsafe { &*req });
+    if let Some(at) = at
+        && matches!(
+            clock,
+            libc::CLOCK_BOOTTIME | libc::CLOCK_REALTIME_ALARM | libc::CLOCK_BOOTTIME_ALARM
+        )
+        && let Some(rc) = blocking_call::sleep_on_clock(clock, flags, at)
+    {
+        return rc;
+    }
+    let d = match at.and_then(duration_of) {
         Some(d) if flags & libc::TIMER_ABSTIME != 0 => until(clock, d),
-        Some(d) if clock == libc::CLOCK_MONOTONIC || clock == libc::CLOCK_REALTIME => Some(d),
+        // A relative sleep on a clock that runs as the monotonic one does (the realtime clocks
+        // only jump, which a relative sleep does not see) lasts as long on greenhub's.
+        Some(d)
+            if matches!(clock, libc::CLOCK_MONOTONIC | libc::CLOCK_REALTIME | libc::CLOCK_TAI) =>
+        {
+            Some(d)
+        }
         _ => None,
     };
     match d.filter(|d| !d.is_zero()).and_then(blocking_call::sleep) {
@@ -520,9 +535,9 @@ pub unsafe extern "C" fn clock_nanosleep(
     }
 }
 
-/// How long until the absolute time `at` on `clock` (monotonic or realtime only).
+/// How long until the absolute time `at` on `clock` (monotonic, realtime or TAI only).
 fn until(clock: libc::clockid_t, at: Duration) -> Option<Duration> {
-    if clock != libc::CLOCK_MONOTONIC && clock != libc::CLOCK_REALTIME {
+    if !matches!(clock, libc::CLOCK_MONOTONIC | libc::CLOCK_REALTIME | libc::CLOCK_TAI) {
         return None;
     }
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
