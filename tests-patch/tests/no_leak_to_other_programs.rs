@@ -6,7 +6,7 @@
 
 use std::cell::Cell;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
@@ -224,5 +224,87 @@ fn a_large_datagram_to_a_socket_shared_with_a_program_stays_one_datagram() {
         assert_eq!(a.send(&datagram).unwrap(), datagram.len());
         let mut got = vec![0u8; 2 * datagram.len()];
         assert_eq!(b.recv(&mut got).unwrap(), datagram.len(), "the datagram was split");
+    });
+}
+
+/// Sends `fd` over `via` with `SCM_RIGHTS`: through the patch's `sendmsg` hook, or (`raw`) with
+/// a raw syscall, as a program without the patch would.
+fn send_fd(via: &UnixStream, fd: RawFd, raw: bool) {
+    let mut space = [0u64; 8]; // aligned for cmsghdr; far more than CMSG_SPACE(4)
+    let mut byte = *b"f";
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // SAFETY: an all-zero msghdr is a valid "no name, no control" message; the control buffer
+    // is live and large enough for one cmsghdr with one int, which the CMSG macros fill in.
+    let sent = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        (msg.msg_iov, msg.msg_iovlen) = (&raw mut iov, 1);
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as _;
+        libc::CMSG_DATA(cmsg).cast::<RawFd>().write_unaligned(fd);
+        match raw {
+            true => libc::syscall(libc::SYS_sendmsg, via.as_raw_fd(), &msg, 0) as isize,
+            false => libc::sendmsg(via.as_raw_fd(), &msg, 0),
+        }
+    };
+    assert_eq!(sent, 1, "sendmsg: {}", std::io::Error::last_os_error());
+}
+
+/// Receives one fd sent with `SCM_RIGHTS` over `via`: through the patch's `recvmsg` hook, or
+/// (`raw`) with a raw syscall.
+fn recv_fd(via: &UnixStream, raw: bool) -> OwnedFd {
+    let mut space = [0u64; 8];
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // SAFETY: as in `send_fd`; the kernel fills in the control buffer, and the fd read from
+    // it is new and owned here from then on.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        (msg.msg_iov, msg.msg_iovlen) = (&raw mut iov, 1);
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&space) as _;
+        let got = match raw {
+            true => libc::syscall(libc::SYS_recvmsg, via.as_raw_fd(), &mut msg, 0) as isize,
+            false => libc::recvmsg(via.as_raw_fd(), &mut msg, 0),
+        };
+        assert_eq!(got, 1, "recvmsg: {}", std::io::Error::last_os_error());
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS, "no fd came");
+        OwnedFd::from_raw_fd(libc::CMSG_DATA(cmsg).cast::<RawFd>().read_unaligned())
+    }
+}
+
+/// Regression (SCM_RIGHTS, sending): a managed socket passed with `SCM_RIGHTS` carried the
+/// patch's O_NONBLOCK to the receiver, a program expecting the blocking fd it was given. The
+/// `sendmsg` hook hands each fd it passes over first, as a spawn does.
+#[test]
+fn a_managed_socket_passed_with_scm_rights_is_blocking_for_the_receiver() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = managed_pair();
+        let (tx, rx) = UnixStream::pair().unwrap();
+        send_fd(&tx, b.as_raw_fd(), false);
+        let theirs = recv_fd(&rx, true); // as a program without the patch receives it
+        assert_eq!(kernel_flags(theirs.as_raw_fd()) & libc::O_NONBLOCK, 0, "the flag leaked");
+        still_cooperative_and_blocking(a, &b);
+    });
+}
+
+/// Regression (SCM_RIGHTS, receiving): a blocking socket received with `SCM_RIGHTS` had no
+/// entry, so its first wait in a coroutine made it managed, setting O_NONBLOCK on a description
+/// the sender shares. The `recvmsg` hook makes each fd it receives polled.
+#[test]
+fn a_blocking_socket_received_with_scm_rights_is_never_made_non_blocking() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (tx, rx) = UnixStream::pair().unwrap();
+        send_fd(&tx, b.as_raw_fd(), true); // as a program without the patch sends it
+        drop(b);
+        let ours = UnixStream::from(recv_fd(&rx, false));
+        still_cooperative_and_blocking(a, &ours);
     });
 }

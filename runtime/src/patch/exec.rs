@@ -42,6 +42,83 @@ pub(super) fn giving(fd: c_int) {
     }
 }
 
+/// `sendmsg(.., msg, ..)`: every fd `msg` passes with `SCM_RIGHTS` goes to whoever reads the
+/// socket, another program as likely as not, which expects the blocking fd this one believes it
+/// has: each is handed over first, as a spawned program's are.
+///
+/// # Safety
+/// `msg` is the caller's live msghdr (sendmsg's contract: its control buffer holds
+/// `msg_controllen` bytes).
+pub(super) unsafe fn sending(msg: &libc::msghdr) {
+    if is_installed() && !msg.msg_control.is_null() {
+        // SAFETY: the caller's contract.
+        guard((), || unsafe { each_fd_passed(msg, |fd| hand_over(fd, true)) });
+    }
+}
+
+/// `recvmsg(.., msg, ..)` returned: every fd it received with `SCM_RIGHTS` is new here (its
+/// number's old entry goes), and its description is shared with the sender: it is polled,
+/// never switched to non-blocking. An O_NONBLOCK it came with is the sender's own: its calls go
+/// straight through.
+///
+/// # Safety
+/// `msg` is the caller's live msghdr, filled in by a successful recvmsg (its `msg_controllen`
+/// says how much of the control buffer the kernel wrote).
+pub(super) unsafe fn received(msg: &libc::msghdr) {
+    if is_installed() && !msg.msg_control.is_null() {
+        // SAFETY: the caller's contract.
+        guard((), || unsafe { each_fd_passed(msg, shared_from_now_on) })
+    }
+}
+
+/// A received fd: a new number, on a description another process may share.
+fn shared_from_now_on(fd: c_int) {
+    fdtable::clear(fd);
+    let Some((kind, inode)) = fdtable::identify(fd) else { return };
+    if kind == Kind::Other {
+        return; // files never block
+    }
+    // SAFETY: F_GETFL takes no argument and has no memory preconditions.
+    let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    if flags < 0 {
+        return;
+    }
+    let user_nonblocking = flags & libc::O_NONBLOCK != 0;
+    let timeouts = kind == Kind::Socket; // unknown: a wait asks
+    fdtable::set(fd, Entry { mode: Mode::Polled { user_nonblocking }, kind, inode, timeouts });
+}
+
+/// Calls `f` on every fd of the `SCM_RIGHTS` control messages of `msg`.
+///
+/// # Safety
+/// `msg`'s control buffer is live and holds `msg_controllen` bytes of control messages.
+unsafe fn each_fd_passed(msg: &libc::msghdr, mut f: impl FnMut(c_int)) {
+    // SAFETY: the caller's contract: CMSG_FIRSTHDR and CMSG_NXTHDR stay within the
+    // `msg_controllen` bytes of the control buffer (they return null past its end), and a
+    // header they return is a whole `cmsghdr` inside it.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !cmsg.is_null() {
+        // SAFETY: see above.
+        let header = unsafe { std::ptr::read_unaligned(cmsg) };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_DATA of a header inside the buffer; `CMSG_LEN(0)` is the header's
+            // own length, so the ints counted below lie after it, within both the `cmsg_len`
+            // bytes the message says it has and the control buffer.
+            let (data, start) = unsafe { (libc::CMSG_DATA(cmsg), libc::CMSG_LEN(0) as usize) };
+            // Never past the buffer, whatever length a caller's header claims.
+            let end = msg.msg_control as usize + msg.msg_controllen;
+            let len = (header.cmsg_len as usize).min(end.saturating_sub(cmsg as usize));
+            let count = len.saturating_sub(start) / size_of::<c_int>();
+            for i in 0..count {
+                // SAFETY: the i-th int of the message's data, within its length and the buffer.
+                f(unsafe { std::ptr::read_unaligned(data.cast::<c_int>().add(i)) });
+            }
+        }
+        // SAFETY: see above.
+        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+    }
+}
+
 fn hand_over_if_inherited(fd: c_int, may_allocate: bool) {
     // SAFETY: F_GETFD takes no argument and has no memory preconditions.
     let fd_flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };

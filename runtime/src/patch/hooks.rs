@@ -160,9 +160,14 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
     let all = whole.and_then(|m| unsafe { segments(m.msg_iov, m.msg_iovlen) });
     let (Some(whole), Some(all)) = (whole, all) else {
         // SAFETY: see above.
-        return io(fd, Dir::Read, nb, || unsafe { real::recvmsg(fd, msg, flags) });
+        let got = io(fd, Dir::Read, nb, || unsafe { real::recvmsg(fd, msg, flags) });
+        if got >= 0 && !msg.is_null() {
+            // SAFETY: the call filled in the caller's live msghdr.
+            unsafe { exec::received(&*msg) };
+        }
+        return got;
     };
-    read_whole(fd, flags, all, |rest, done| {
+    let got = read_whole(fd, flags, all, |rest, done| {
         if done == 0 {
             // SAFETY: see above.
             return unsafe { real::recvmsg(fd, msg, flags) };
@@ -185,7 +190,12 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
             caller.msg_flags = part.msg_flags;
         }
         got
-    })
+    });
+    if got >= 0 {
+        // SAFETY: the call filled in the caller's live msghdr: fds passed with SCM_RIGHTS.
+        unsafe { exec::received(&*msg) };
+    }
+    got
 }
 
 #[unsafe(no_mangle)]
@@ -222,6 +232,11 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     let whole = (!msg.is_null()).then(|| unsafe { *msg });
     // SAFETY: sendmsg's contract: its `msg_iov` holds `msg_iovlen` segments, live for the call.
     let all = whole.and_then(|m| unsafe { segments(m.msg_iov, m.msg_iovlen) });
+    if let Some(whole) = &whole {
+        // SAFETY: sendmsg's contract: the live msghdr's control buffer holds its
+        // `msg_controllen` bytes. Fds passed with SCM_RIGHTS are handed over first.
+        unsafe { exec::sending(whole) };
+    }
     let (Some(whole), Some(all)) = (whole, all) else {
         // SAFETY: see above.
         return io(fd, Dir::Write, nb, || unsafe { real::sendmsg(fd, msg, flags) });
