@@ -603,6 +603,31 @@ fn sigpipe_never_kills_a_writer() {
 }
 
 /// Set in the copy of this test binary that
+/// [`sigpipe_never_kills_a_writer_outside_a_hub`] starts.
+const SIGPIPE_NO_HUB_CHILD: &str = "GREENHUB_PIPES_SIGPIPE_NO_HUB_CHILD";
+
+/// Regression: a put that needs no wait works outside a hub (before `run`, after it, on another
+/// thread), and there it was not protected: with SIGPIPE back at its default, a put to a pipe
+/// without readers killed the process (exit 141) instead of failing.
+#[test]
+fn sigpipe_never_kills_a_writer_outside_a_hub() {
+    let test = "sigpipe_never_kills_a_writer_outside_a_hub";
+    if greenhub_tests::run_in_child(test, SIGPIPE_NO_HUB_CHILD) {
+        let (reader, writer) = raw_pipe().unwrap();
+        writer.put(&b"room".to_vec()).unwrap();
+        drop(reader);
+        // SAFETY: setting a signal disposition to the default; no handler is involved.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        let err = writer.put(&b"x".to_vec()).unwrap_err();
+        assert!(is_broken_pipe(&err), "{err:?}");
+        let after_run = greenhub::run(|| raw_pipe().unwrap());
+        drop(after_run.0);
+        let err = after_run.1.put(&b"x".to_vec()).unwrap_err();
+        assert!(is_broken_pipe(&err), "{err:?}");
+    }
+}
+
+/// Set in the copy of this test binary that
 /// [`sigpipe_set_back_to_default_after_the_first_pipe_never_kills_a_writer`] starts.
 const SIGPIPE_LATER_CHILD: &str = "GREENHUB_PIPES_SIGPIPE_LATER_CHILD";
 
