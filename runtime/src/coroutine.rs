@@ -254,7 +254,8 @@ impl Builder {
     }
 
     /// Usable stack size of this coroutine, in bytes (rounded up to whole pages, at least
-    /// 4 KiB); the hub's [`Builder::stack_size`](crate::Builder::stack_size) is the default.
+    /// 16 KiB: what unwinding it, on a cancel or a `timeout`, needs); the hub's
+    /// [`Builder::stack_size`](crate::Builder::stack_size) is the default.
     ///
     /// # Panics
     /// If `bytes` is 0 or more than 1 TiB.
@@ -709,7 +710,11 @@ impl Hub {
     /// stack is quarantined (never reused: whatever pointed into it stays harmless), its
     /// frames are never unwound (their values leak), and its joiners get `is_stack_overflow`.
     #[cold]
-    fn bury(&self, r: TaskRef, co: CoBox, task: Task) {
+    fn bury(&self, r: TaskRef, co: CoBox, mut task: Task) {
+        // Its `local!` values are leaked with its stack: their destructors would run here, on
+        // the loop's stack with no coroutine running, where one that suspends, uses a local or
+        // asks `current()` panics out of `run` (a probe's did).
+        task.leak_locals();
         if std::thread::panicking() {
             // It died mid-unwind: the thread's panic count can never come back down.
             crate::stderr::line(format_args!(

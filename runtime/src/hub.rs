@@ -219,7 +219,8 @@ impl Builder {
     }
 
     /// Usable stack size of every coroutine of this hub, root included, in bytes (rounded up to
-    /// whole pages). Memory is reserved, not touched: resident memory grows only with the depth a
+    /// whole pages, at least 16 KiB: what unwinding a coroutine, on a cancel or a `timeout`,
+    /// needs). Memory is reserved, not touched: resident memory grows only with the depth a
     /// coroutine actually reaches.
     ///
     /// # Panics

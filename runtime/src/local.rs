@@ -3,8 +3,10 @@
 //!
 //! Guarantee: `KEY.with(f)` gives `f` the calling coroutine's own value, created on its first use
 //! in that coroutine; the values are dropped when the coroutine ends (returning, panicking,
-//! cancelled or unwound by a timeout), newest first, still inside the coroutine. Not
-//! guaranteed: the address of a value across coroutines, or any sharing between them.
+//! cancelled or unwound by a timeout), newest first, still inside the coroutine; those of a
+//! coroutine that overflowed its stack (with `recover_stack_overflow`) are leaked with it,
+//! never dropped outside it. Not guaranteed: the address of a value across coroutines, or any
+//! sharing between them.
 //!
 //! # Implementation
 //! Each `local!` static gets a small process-wide index the first time it is used; each task

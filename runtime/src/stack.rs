@@ -65,20 +65,29 @@ const FIRST_CHUNK: usize = 64;
 /// The largest single reservation, in bytes (a failed one is retried at half the size).
 const MAX_RESERVATION: usize = 1 << 30;
 
+/// The least usable stack a coroutine gets, whatever it asks for: its body may need almost
+/// nothing, but a cancel, a `timeout` or the shutdown unwinds it, and the unwinder, `catch_unwind`
+/// and the panic hook need more than one page (a probe's 4 KiB coroutine aborted with an
+/// overflow report when cancelled; 8 KiB was enough there, and this leaves room for destructors
+/// that run during the unwind). Only the pages a stack touches cost memory.
+pub(crate) const MIN_USABLE_STACK: usize = 16 * 1024;
+
 /// Checks a requested stack size against the rule, naming `what` the user called.
 #[track_caller]
 pub(crate) fn check_stack_size(bytes: usize, what: &str) {
     assert!(
         (1..=MAX_STACK_SIZE).contains(&bytes),
         "greenhub: {what}({bytes}): a coroutine stack must be between 1 byte and 1 TiB \
-         (it is rounded up to whole pages, at least {MIN_STACK_SIZE} bytes)"
+         (it is rounded up to whole pages, at least {MIN_USABLE_STACK} bytes)"
     );
 }
 
-/// The usable size a valid request gets: whole pages, at least corosensei's minimum.
+/// The usable size a valid request gets: whole pages, at least [`MIN_USABLE_STACK`] (which is
+/// more than corosensei's own minimum).
 pub(crate) fn rounded(bytes: usize) -> usize {
+    const { assert!(MIN_USABLE_STACK >= MIN_STACK_SIZE) };
     let page = sys::page();
-    bytes.max(MIN_STACK_SIZE).div_ceil(page) * page
+    bytes.max(MIN_USABLE_STACK).div_ceil(page) * page
 }
 
 /// One stack carved out of a reservation: `[limit, base)`, the guard page at `limit`.

@@ -272,6 +272,12 @@ impl Task {
         }
     }
 
+    /// Forgets its `local!` values without dropping them (a coroutine whose stack overflowed:
+    /// see `Hub::bury`).
+    pub(crate) fn leak_locals(&mut self) {
+        std::mem::forget(self.locals.take());
+    }
+
     /// How reports name it.
     pub(crate) fn identity(&self) -> Identity<'_> {
         Identity { id: self.id, name: self.name.as_deref(), site: self.site }
@@ -448,12 +454,14 @@ impl TaskTable {
 
     /// Whether the task behind `r` is still in the table (not yet ended).
     pub(crate) fn is_alive(&self, r: TaskRef) -> bool {
+        let _section = HubSection::enter(); // see `with`
         self.inner.borrow().tasks.get(r.key).is_some_and(|t| t.id == r.id)
     }
 
     /// Whether the task behind `r` is parked (not ready, running or ended): for `select!`'s
     /// entries, which a notification skips while their coroutine is awake.
     pub(crate) fn is_suspended(&self, r: TaskRef) -> bool {
+        let _section = HubSection::enter(); // see `with`
         let table = self.inner.borrow();
         table.tasks.get(r.key).is_some_and(|t| t.id == r.id && t.state == TaskState::Suspended)
     }
@@ -552,6 +560,7 @@ impl TaskTable {
 
     /// Runs `f` on every task, oldest first (for reports).
     pub(crate) fn for_each_oldest_first(&self, mut f: impl FnMut(&Task)) {
+        let _section = HubSection::enter(); // see `with`
         let table = self.inner.borrow();
         let mut live: Vec<&Task> = table.tasks.iter().map(|(_, t)| t).collect();
         live.sort_by_key(|t| t.id);
@@ -559,12 +568,18 @@ impl TaskTable {
     }
 
     /// Runs `f` on one task, if it is alive.
+    ///
+    /// Every borrow of the table that a coroutine's code can reach is inside a `HubSection`: a
+    /// stack overflow while it is held is never recovered (the borrow, left on the dead stack,
+    /// would make every later use of the table panic), it aborts with the report.
     pub(crate) fn with<R>(&self, r: TaskRef, f: impl FnOnce(&Task) -> R) -> Option<R> {
+        let _section = HubSection::enter();
         self.inner.borrow().tasks.get(r.key).filter(|t| t.id == r.id).map(f)
     }
 
     /// Runs `f` on one task, if it is alive and the table is not borrowed for an update.
     pub(crate) fn try_with<R>(&self, r: TaskRef, f: impl FnOnce(&Task) -> R) -> Option<R> {
+        let _section = HubSection::enter(); // see `with`
         self.inner.try_borrow().ok()?.tasks.get(r.key).filter(|t| t.id == r.id).map(f)
     }
 
@@ -583,6 +598,7 @@ impl TaskTable {
 
     /// Runs `f` on the locals of task `r` (the running one), allocating them on first use.
     pub(crate) fn with_locals<R>(&self, r: TaskRef, f: impl FnOnce(&mut Locals) -> R) -> R {
+        let _section = HubSection::enter(); // see `with`
         let mut table = self.inner.borrow_mut();
         let task = table.tasks.get_mut(r.key).filter(|t| t.id == r.id).expect("a running task");
         f(task.locals.get_or_insert_with(Box::default))

@@ -86,10 +86,13 @@ impl Timers {
     }
 
     pub(crate) fn contains(&self, key: TimerKey) -> bool {
+        // Reached from a coroutine's code: see `TaskTable::with` for why the section.
+        let _section = HubSection::enter();
         self.queue.borrow().contains_key(&key)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
+        let _section = HubSection::enter();
         self.queue.borrow().is_empty()
     }
 

@@ -383,3 +383,117 @@ fn the_overflow_report_names_a_coroutine_as_every_other_report_does() {
     let out = rerun_test_in_child(test, CHILD, "1");
     assert_reported_overflow(&out, &format!("{NAME:?} (spawned at tests/tests/stack_overflow.rs:"));
 }
+
+greenhub::local! { static DEPTH: Cell<u64> = const { Cell::new(0) }; }
+
+/// Recurses until the stack runs out, using a `local!` in every frame (greenhub borrows its
+/// task table inside each use).
+#[inline(never)]
+fn recurse_through_a_local(depth: u64) -> u64 {
+    let seen = std::hint::black_box(DEPTH.with(Cell::get));
+    if depth == u64::MAX {
+        return seen;
+    }
+    recurse_through_a_local(depth + 1) + std::hint::black_box(depth)
+}
+
+/// Shifts where the stack runs out by `k` small frames, so that over several `k` the overflow
+/// lands both inside and outside greenhub's borrow.
+#[inline(never)]
+fn shifted(k: u32) -> u64 {
+    if k == 0 { recurse_through_a_local(0) } else { shifted(k - 1) + std::hint::black_box(1) }
+}
+
+/// Regression: an overflow inside a `local!` access, while greenhub held its task table
+/// borrowed, was recovered with the borrow left on the dead stack: the hub then panicked
+/// ("already borrowed") instead of going on or aborting with the report. Now every borrow a
+/// coroutine's code can reach is greenhub's bookkeeping: an overflow there aborts with the
+/// report, one elsewhere ends the coroutine alone.
+#[test]
+fn with_recovery_an_overflow_inside_greenhubs_borrow_aborts_with_the_report_never_a_panic() {
+    let test =
+        "with_recovery_an_overflow_inside_greenhubs_borrow_aborts_with_the_report_never_a_panic";
+    if std::env::var_os(CHILD).is_some() {
+        no_core_dump();
+        recovering().run(|| {
+            for k in 0..32 {
+                let overflowed = spawn(move || shifted(k)).join().unwrap_err();
+                assert!(overflowed.is_stack_overflow(), "{overflowed}");
+                assert_eq!(spawn(|| 42).join().unwrap(), 42, "the hub goes on");
+            }
+        });
+        println!("survived");
+        return;
+    }
+    let out = rerun_test_in_child(test, CHILD, "1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        assert!(stdout.contains("survived"), "{stdout}\n{stderr}");
+    } else {
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{}\n{stderr}", out.status);
+        assert!(stderr.contains("bookkeeping"), "not the bookkeeping report:\n{stderr}");
+    }
+    assert!(!stderr.contains("already borrowed"), "{stderr}");
+}
+
+/// Regression: after a recovered overflow, the dead coroutine's `local!` values were dropped
+/// on the loop's stack, outside any coroutine: a destructor that asked `current()` (or
+/// suspended, or used a local) panicked out of `run`. They are leaked with the stack now.
+#[test]
+fn with_recovery_an_overflowed_coroutines_locals_are_leaked_not_dropped_outside_it() {
+    /// Holds a flag that a drop would set; its destructor asks who runs it first.
+    struct AsksWhoItIs {
+        _flag: DropFlag,
+    }
+    impl Drop for AsksWhoItIs {
+        fn drop(&mut self) {
+            let _ = greenhub::current(); // panics outside a coroutine
+        }
+    }
+    greenhub::local! {
+        static HELD: std::cell::RefCell<Option<AsksWhoItIs>> = const { std::cell::RefCell::new(None) };
+    }
+    let test = "with_recovery_an_overflowed_coroutines_locals_are_leaked_not_dropped_outside_it";
+    if std::env::var_os(CHILD).is_some() {
+        no_core_dump();
+        recovering().run(|| {
+            let (guard, dropped) = DropFlag::new();
+            let h = spawn(move || {
+                HELD.with(|held| *held.borrow_mut() = Some(AsksWhoItIs { _flag: guard }));
+                recurse(0)
+            });
+            assert!(h.join().unwrap_err().is_stack_overflow());
+            assert!(!dropped.get(), "leaked, like everything of the dead coroutine");
+            assert_eq!(spawn(|| 42).join().unwrap(), 42);
+        });
+        println!("survived");
+        return;
+    }
+    child_survives(test, CHILD, "1");
+}
+
+/// Regression: the smallest stack a coroutine could ask for (one page) could not be unwound:
+/// a cancel, a `timeout` or the shutdown aborted with an overflow report. A stack is at least
+/// 16 KiB now. (Not a panic: with `RUST_BACKTRACE` set, the panic hook's backtrace needs more
+/// than that; the overflow is then reported as one, and the process aborts.)
+#[test]
+fn the_smallest_stack_a_coroutine_can_ask_for_can_be_cancelled_and_shut_down() {
+    let test = "the_smallest_stack_a_coroutine_can_ask_for_can_be_cancelled_and_shut_down";
+    if std::env::var_os(CHILD).is_some() {
+        no_core_dump();
+        greenhub::run(|| {
+            let tiny = || greenhub::coroutine::Builder::new().stack_size(1);
+            let h = tiny().spawn(|| greenhub::sleep(Duration::from_secs(3600)));
+            greenhub::yield_now(); // it sleeps
+            h.cancel();
+            assert!(h.join().unwrap_err().is_cancelled());
+            let timed = tiny().spawn(|| greenhub::timeout(Duration::ZERO, greenhub::yield_now));
+            assert!(timed.join().is_ok());
+            drop(tiny().spawn(|| greenhub::sleep(Duration::from_secs(3600)))); // for the shutdown
+        });
+        println!("survived");
+        return;
+    }
+    child_survives(test, CHILD, "1");
+}
