@@ -375,10 +375,15 @@ impl Decoder {
     /// already buffered, nor by more than [`MAX_AHEAD`].
     pub fn read_buf(&mut self, n: usize) -> &mut [u8] {
         self.make_room(n.clamp(1, ALLOC_CHUNK));
-        // A detached frame's buffer ends where its payload ends: the next frame's bytes must
-        // not land in the message. (It is never whole here: `filled` hands a whole one over.)
-        let stop = self.detached.map_or(self.buf.len(), |len| len.min(self.buf.len()));
+        let stop = self.read_stop();
         &mut self.buf[self.end..stop]
+    }
+
+    /// Where the slice `read_buf` hands out ends. A detached frame's buffer ends where its
+    /// payload ends: the next frame's bytes must not land in the message. (It is never whole
+    /// here: `filled` hands a whole one over.)
+    fn read_stop(&self) -> usize {
+        self.detached.map_or(self.buf.len(), |len| len.min(self.buf.len()))
     }
 
     /// Records that a read wrote `k` bytes at the start of the slice [`read_buf`](Self::read_buf)
@@ -388,7 +393,9 @@ impl Decoder {
     ///
     /// If `k` is larger than that slice.
     pub fn filled(&mut self, k: usize) {
-        let spare = self.buf.len() - self.end;
+        // The slice's end, not the buffer's: a detached frame's slice stops at its payload's
+        // end (a probe's `filled` past it was taken, and the frame could never complete).
+        let spare = self.read_stop().saturating_sub(self.end);
         assert!(
             k <= spare,
             "Decoder::filled({k}) but read_buf handed out only {spare} bytes: \
@@ -566,6 +573,12 @@ impl Decoder {
     /// How many bytes are buffered and not yet returned as payloads (headers included).
     pub fn buffered_len(&self) -> usize {
         self.end - self.start
+    }
+
+    /// How many bytes of the stream it holds that no payload has returned yet: those buffered
+    /// and those of a frame arriving detached.
+    pub(crate) fn held_len(&self) -> usize {
+        self.buffered_len() + self.detached.map_or(0, |_| self.buf.len())
     }
 
     /// True when any byte of a frame is buffered, including a complete header whose payload has
@@ -756,6 +769,25 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, Error::Codec(_)));
         assert_eq!(out, before);
+    }
+
+    /// Regression: while a big frame arrived detached, `filled` checked `k` against the whole
+    /// buffer rather than the slice `read_buf` handed out (which stops at the frame's end), so
+    /// a count past the slice was taken and the frame could never complete.
+    #[test]
+    #[should_panic(expected = "read_buf handed out only")]
+    fn filled_past_a_detached_frames_slice_panics_naming_the_rule() {
+        let mut wire = Vec::new();
+        for _ in 0..20_000 {
+            append_frame(&mut wire, &[7u8; 96]).unwrap();
+        }
+        wire.extend_from_slice(&encode_header(DETACH_AT).unwrap());
+        wire.extend_from_slice(&[1u8; 10]);
+        let mut decoder = Decoder::default();
+        decoder.feed(&wire);
+        while decoder.next_frame().unwrap().is_some() {}
+        let handed_out = decoder.read_buf(1).len();
+        decoder.filled(handed_out + 1000);
     }
 
     #[test]
