@@ -216,6 +216,13 @@ impl Command {
     /// Starts the program.
     ///
     /// # Errors
+    /// [`Error::Io`] (kind `InvalidInput`), before anything starts, if a passed handle holds
+    /// bytes of its stream in this process: a [`Reader`](crate::Reader) that read ahead of the
+    /// messages it returned, or a [`Writer`](crate::Writer) whose `put` was cut short before its
+    /// frame was written. The program gets only the fd and would never see them: its stream
+    /// would start mid-frame or miss a message. (A [`start_process`](crate::start_process)
+    /// child gets them: it is a copy of this process.) The passed handles are closed.
+    ///
     /// [`Error::Io`] if it cannot be started (not found, not executable, ...; when the OS refuses
     /// a new process, `EAGAIN`, its text names the limits that may have run out and its kind is
     /// `Other`, not `WouldBlock`, as for [`start_process`](crate::start_process));
@@ -230,6 +237,10 @@ impl Command {
         let passed = std::mem::take(&mut self.passed);
         if !passed.iter().all(|handle| transfer::owned_here(&**handle)) {
             return Err(Error::Closed);
+        }
+        let held: usize = passed.iter().map(|handle| transfer::held_bytes(&**handle)).sum();
+        if held > 0 {
+            return Err(held_bytes_error(held));
         }
         let mut fds = Vec::new();
         for handle in &passed {
@@ -326,6 +337,21 @@ impl Drop for ReadToEnd {
             reader.cancel();
         }
     }
+}
+
+/// The error of a `spawn` whose passed handles hold `held` bytes that the program would never
+/// see (see [`Command::spawn`]).
+fn held_bytes_error(held: usize) -> Error {
+    Error::io(
+        format!(
+            "Command::spawn: a passed handle holds {held} bytes of its stream in this process \
+             (a Reader's bytes read ahead of the messages it returned, or a Writer's rest of a \
+             frame a cut-short put has not written), which the program would never see; pass \
+             a handle before reading or writing through it here, or give it to a start_process \
+             child instead"
+        ),
+        io::Error::from(io::ErrorKind::InvalidInput),
+    )
 }
 
 #[cfg(test)]

@@ -157,7 +157,10 @@ impl<T, C: Codec<T>> Reader<T, C> {
     }
 
     /// The largest message this reader accepts, in bytes (default 2^31 - 1, gipc's limit).
-    /// Larger ones give [`Error::TooLarge`] before anything is allocated for them.
+    /// Larger ones give [`Error::TooLarge`] before anything is allocated for them. The stream
+    /// cannot step over such a frame (its bytes are not read): it stays first, and every later
+    /// `get` gives `TooLarge` again, until the limit is raised above it. A caller that meets
+    /// `TooLarge` raises the limit or gives the stream up; retrying as it is never suspends.
     pub fn set_max_message_size(&mut self, bytes: u64) {
         self.decoder.get_mut().set_max(bytes);
     }
@@ -542,11 +545,20 @@ impl<T, C> Sealed for Reader<T, C> {
     fn each_handle(&self, f: &mut dyn FnMut(&Handle)) {
         f(&self.handle);
     }
+
+    fn held_bytes(&self) -> usize {
+        // A `get` in progress holds the lock: it is reading, so it holds bytes or soon will.
+        self.decoder.try_lock().map_or(1, |decoder| decoder.held_len())
+    }
 }
 
 impl<T, C> Sealed for Writer<T, C> {
     fn each_handle(&self, f: &mut dyn FnMut(&Handle)) {
         f(&self.handle);
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.outbox.try_lock().map_or(1, |outbox| outbox.unsent())
     }
 }
 
@@ -554,5 +566,9 @@ impl<Out, In> Sealed for Duplex<Out, In> {
     fn each_handle(&self, f: &mut dyn FnMut(&Handle)) {
         f(&self.writer.handle);
         f(&self.reader.handle);
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.writer.held_bytes() + self.reader.held_bytes()
     }
 }

@@ -93,6 +93,14 @@ pub(crate) mod sealed {
         fn each_fd(&self, f: &mut dyn FnMut(RawFd)) {
             self.each_handle(&mut |h| f(std::os::fd::AsRawFd::as_raw_fd(h)));
         }
+
+        /// Bytes the value holds in this process for its fds and no other process can see: a
+        /// reader's bytes read ahead of its messages, a writer's part of a frame a cut-short
+        /// `put` has not written yet. A forked child has them (a copy of the memory); a program
+        /// started by `Command` gets only the fds. Containers add them up.
+        fn held_bytes(&self) -> usize {
+            0
+        }
     }
 }
 
@@ -117,6 +125,11 @@ pub(crate) fn owned_here(value: &(impl Transfer + ?Sized)) -> bool {
     let mut all = true;
     value.each_handle(&mut |h| all &= h.is_owned_here());
     all
+}
+
+/// The bytes `value` holds for its fds in this process (see `Sealed::held_bytes`).
+pub(crate) fn held_bytes(value: &(impl Transfer + ?Sized)) -> usize {
+    value.held_bytes()
 }
 
 /// In a freshly forked child: the child owns every handle in `value` now.
@@ -158,6 +171,10 @@ impl<T: sealed::Sealed> sealed::Sealed for Option<T> {
             inner.each_fd(f);
         }
     }
+
+    fn held_bytes(&self) -> usize {
+        self.as_ref().map_or(0, |inner| inner.held_bytes())
+    }
 }
 
 impl<T: sealed::Sealed> sealed::Sealed for Vec<T> {
@@ -167,6 +184,10 @@ impl<T: sealed::Sealed> sealed::Sealed for Vec<T> {
 
     fn each_fd(&self, f: &mut dyn FnMut(RawFd)) {
         self.iter().for_each(|inner| inner.each_fd(f));
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.iter().map(|inner| inner.held_bytes()).sum()
     }
 }
 
@@ -178,6 +199,10 @@ impl<T: sealed::Sealed, const N: usize> sealed::Sealed for [T; N] {
     fn each_fd(&self, f: &mut dyn FnMut(RawFd)) {
         self.iter().for_each(|inner| inner.each_fd(f));
     }
+
+    fn held_bytes(&self) -> usize {
+        self.iter().map(|inner| inner.held_bytes()).sum()
+    }
 }
 
 impl<T: sealed::Sealed + ?Sized> sealed::Sealed for Box<T> {
@@ -187,6 +212,10 @@ impl<T: sealed::Sealed + ?Sized> sealed::Sealed for Box<T> {
 
     fn each_fd(&self, f: &mut dyn FnMut(RawFd)) {
         (**self).each_fd(f);
+    }
+
+    fn held_bytes(&self) -> usize {
+        (**self).held_bytes()
     }
 }
 
@@ -211,6 +240,12 @@ macro_rules! tuple_transfer {
             fn each_fd(&self, f: &mut dyn FnMut(RawFd)) {
                 let ($($name,)+) = self;
                 $($name.each_fd(f);)+
+            }
+
+            #[allow(non_snake_case)]
+            fn held_bytes(&self) -> usize {
+                let ($($name,)+) = self;
+                0 $(+ $name.held_bytes())+
             }
         }
     };

@@ -347,3 +347,33 @@ fn a_forked_child_does_not_hold_a_program_pipe_open() {
         assert!(child.join().unwrap().success());
     });
 }
+
+/// Regression: `pass` kept only the fd, so bytes a handle held in this process were lost: a
+/// Reader's frames read ahead of the message it returned, a Writer's rest of a frame a `put`
+/// cut short (the program's first frame then went out glued to its head, one corrupt
+/// message). `spawn` now refuses such a handle before anything starts.
+#[test]
+fn a_passed_handle_holding_bytes_of_its_stream_is_refused_before_the_program_starts() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        let (reader, writer) = raw_pipe().unwrap();
+        writer.put(&b"first".to_vec()).unwrap();
+        writer.put(&b"second".to_vec()).unwrap();
+        assert_eq!(reader.get().unwrap(), b"first"); // "second" is read ahead, here
+        let mut command = Command::new("true");
+        command.pass(reader);
+        let refused = command.spawn().unwrap_err();
+        let invalid =
+            matches!(&refused, Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput);
+        assert!(invalid, "{refused:?}");
+        assert!(refused.to_string().contains("would never see"), "{refused}");
+
+        let (_reader, writer) = raw_pipe().unwrap();
+        let cut = greenhub::timeout(Duration::from_millis(20), || writer.put(&vec![7; 4 << 20]));
+        assert!(cut.is_err(), "the pipe is full: the put is cut short");
+        let mut command = Command::new("true");
+        command.pass(writer);
+        assert!(command.spawn().unwrap_err().to_string().contains("would never see"));
+    });
+    assert_eq!(zombie_children(), Vec::<u32>::new());
+}
