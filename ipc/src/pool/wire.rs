@@ -163,6 +163,15 @@ fn take_delimited(bytes: &[u8]) -> Result<(&[u8], &[u8]), Error> {
     }
 }
 
+/// Takes an item that would make a task frame's payload `len` bytes, over `max`, back out of
+/// `out` (it began at `before`): the error. Out of line, off the loop over a chunk's items.
+#[cold]
+#[inline(never)]
+fn refuse_item(out: &mut Vec<u8>, before: usize, len: u64, max: u64) -> Error {
+    out.truncate(before);
+    Error::TooLarge { len, max }
+}
+
 /// A task frame being filled: [`TaskChunk::push`] items, then [`TaskChunk::finish`].
 pub(super) struct TaskChunk {
     start: usize,
@@ -191,8 +200,7 @@ impl TaskChunk {
         append_delimited(out, item)?;
         let len = payload_len(out, self.start);
         if len > max {
-            out.truncate(before);
-            return Err(Error::TooLarge { len, max });
+            return Err(refuse_item(out, before, len, max));
         }
         self.items += 1;
         Ok(())
@@ -338,18 +346,27 @@ pub(super) fn each_outcome<O: Serialize + DeserializeOwned + 'static>(
             }
             continue;
         }
-        let text = |value| Postcard.decode(value).unwrap_or_else(|e: Error| e.to_string());
-        out.failure(match tag {
-            PANICKED => Error::Panicked(text(value)),
-            CODEC => Error::Codec(text(value)),
-            TOO_LARGE => match Postcard.decode(value) {
-                Ok((len, max)) => Error::TooLarge { len, max },
-                Err(e) => e,
-            },
-            other => Error::Codec(format!("a pool reply with an unknown tag {other}")),
-        });
+        out.failure(failure_of(tag, value));
     }
     Ok(())
+}
+
+/// The failure a reply record with tag `tag` (not `OK`) and value `value` reports. Out of line:
+/// inlined, the failure arms made the loop over a reply's results larger and slower for the
+/// tiny results that never fail (perf, 2M tiny items: ~3 ns more of the parent's per item).
+#[cold]
+#[inline(never)]
+fn failure_of(tag: u8, value: &[u8]) -> Error {
+    let text = |value| Postcard.decode(value).unwrap_or_else(|e: Error| e.to_string());
+    match tag {
+        PANICKED => Error::Panicked(text(value)),
+        CODEC => Error::Codec(text(value)),
+        TOO_LARGE => match Postcard.decode(value) {
+            Ok((len, max)) => Error::TooLarge { len, max },
+            Err(e) => e,
+        },
+        other => Error::Codec(format!("a pool reply with an unknown tag {other}")),
+    }
 }
 
 /// The codec of the worker's task reader: checks a frame's framing and keeps its bytes.
