@@ -5,8 +5,11 @@
 //! (framing, codecs, limits, `get_timeout`, partial messages kept across timeouts and cancels,
 //! `Eof` at a boundary and `Truncated` inside a message); a connection reset by the peer counts
 //! as the peer closing (so a peer that dies looks the same as over a pipe), and a `put` to a peer
-//! that is gone is `BrokenPipe`. Not guaranteed: anything about the network between two hosts
-//! (greenhub adds no heartbeat, reconnection or authentication).
+//! known to be gone is `BrokenPipe`. Not guaranteed: anything about the network between two hosts
+//! (greenhub adds no heartbeat, reconnection or authentication); and, unlike a pipe, TCP learns
+//! that the peer is gone only from its answer to the first bytes sent after it went (a reset),
+//! so that first `put` still succeeds (its bytes are lost) and the next one is `BrokenPipe`. A
+//! request/response protocol sees the loss at its `get` (`Eof` or `Truncated`).
 
 use std::os::fd::{AsRawFd, RawFd};
 
