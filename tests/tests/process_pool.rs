@@ -736,3 +736,96 @@ fn a_pool_of_no_workers_is_refused_naming_the_rule() {
     let message = panic_message(&*caught);
     assert!(message.contains("at least one worker"), "{message}");
 }
+
+/// Regression: a `close` cut short (by a timeout here) marked the pool as closing, so dropping
+/// it then did not terminate its workers: one stuck in an item outlived its pool.
+#[test]
+fn a_close_cut_short_still_leaves_no_worker_behind_when_the_pool_drops() {
+    hub_test(|| {
+        let path = socket_path("close-cut.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let pool = Rc::new(PoolBuilder::new(1).prefetch(0).start(report_pid_and_wait).unwrap());
+        let item = greenhub::spawn({
+            let pool = Rc::clone(&pool);
+            move || pool.apply(path)
+        });
+        let mut conn = listener.accept().unwrap().0;
+        conn.read_exact(&mut [0; 4]).unwrap(); // the worker is stuck in the item
+        item.cancel();
+        assert!(item.join().unwrap_err().is_cancelled());
+        let pool = Rc::try_unwrap(pool).unwrap();
+        let cut = greenhub::timeout(Duration::from_millis(20), move || pool.close());
+        assert!(cut.is_err(), "close waits for the stuck worker");
+        assert_eq!(conn.read(&mut [0; 1]).unwrap(), 0, "the worker outlived its pool");
+    });
+}
+
+/// Regression: a pool used outside the hub that started it (a later `run`, where its workers
+/// and reply readers are gone) waited forever; it is `Closed` there.
+#[test]
+fn a_pool_used_in_a_later_run_is_closed_there() {
+    let _serial = process_lock();
+    let pool = greenhub::run(|| {
+        let pool = Pool::new(1, |x: u64| x + 1).unwrap();
+        assert_eq!(pool.apply(1).unwrap(), 2);
+        pool
+    });
+    greenhub::run(move || {
+        greenhub::timeout(LONG, || {
+            assert!(matches!(pool.apply(2), Err(Error::Closed)));
+            assert!(matches!(pool.map(0..3u64), Err(Error::Closed)));
+            assert!(matches!(pool.imap_unordered(0..3u64).next(), Some(Err(Error::Closed))));
+            assert!(matches!(pool.close(), Err(Error::Closed)));
+        })
+        .expect("the pool's calls returned");
+    });
+    assert_eq!(zombie_children(), Vec::<u32>::new());
+}
+
+/// Regression: the same for a pool that a worker of another pool inherited through fork
+/// (captured by the other pool's function): its workers are the parent's.
+#[test]
+fn a_pool_inherited_by_a_forked_worker_is_closed_there() {
+    hub_test(|| {
+        let inner = Rc::new(Pool::new(1, |x: u64| x * 100).unwrap());
+        let captured = Rc::clone(&inner);
+        let outer =
+            Pool::new(1, move |x: u64| matches!(captured.apply(x), Err(Error::Closed))).unwrap();
+        assert!(outer.apply(3).unwrap(), "the inherited pool is Closed in the worker");
+        assert_eq!(inner.apply(3).unwrap(), 300, "and works in its own hub");
+        outer.close().unwrap();
+        Rc::try_unwrap(inner).unwrap().close().unwrap();
+    });
+}
+
+/// A result type whose `Deserialize` panics for one value.
+#[derive(Debug, Serialize)]
+struct Bomb(u64);
+
+impl<'de> Deserialize<'de> for Bomb {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u64::deserialize(d)? {
+            13 => panic!("Bomb 13"),
+            n => Ok(Bomb(n)),
+        }
+    }
+}
+
+/// Regression: a panic in a result's `Deserialize`, in the parent's reply reader, ended that
+/// coroutine unnoticed: every later item sent to that worker waited forever. Now the items in
+/// flight there fail (`Codec`, naming the panic) and the worker is replaced.
+#[test]
+fn a_result_whose_deserialize_panics_fails_its_item_and_the_pool_goes_on() {
+    hub_test(|| {
+        let pool: Pool<u64, Bomb> = Pool::new(1, Bomb).unwrap();
+        assert_eq!(pool.apply(1).unwrap().0, 1);
+        match pool.apply(13) {
+            Err(Error::Codec(message)) => assert!(message.contains("Bomb 13"), "{message}"),
+            other => panic!("expected Codec, got {other:?}"),
+        }
+        assert_eq!(pool.apply(2).unwrap().0, 2);
+        let results = pool.map(0..4u64).unwrap();
+        assert_eq!(results.iter().map(|b| b.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        pool.close().unwrap();
+    });
+}

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
+use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
 use greenhub::sync::{Event, Sender};
@@ -278,15 +279,23 @@ where
     /// `changed` (a slot is free); when the pipe ends, fails what is left with the worker's
     /// exit status, and calls `changed` once more.
     pub(super) fn read_replies(&self, replies: RepliesIn, changed: impl Fn()) {
+        // Why the items left in flight fail, if not because the worker died: a result whose
+        // `Deserialize` panicked here.
+        let mut decode_panicked = None;
         // Eof, Truncated, Io end the loop: the worker has exited or died.
         while let Ok(payload) = replies.get() {
-            let delivered = self.deliver(&payload);
+            // A panic in a result's `Deserialize` (the caller's code) must not end this
+            // coroutine unnoticed: the link would stay open with nobody reading its replies,
+            // and every later item sent to it would wait forever (a probe's did).
+            let delivered = panic::catch_unwind(AssertUnwindSafe(|| self.deliver(&payload)));
             changed();
-            if delivered.is_err() {
-                // A reply whose framing does not read: the stream cannot be trusted any more.
-                let _ = self.process.kill();
-                break;
+            match delivered {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => {} // a reply whose framing does not read: the stream is not trusted
+                Err(payload) => decode_panicked = Some(super::worker::panic_message(payload)),
             }
+            let _ = self.process.kill(); // the items left in flight fail below; it is replaced
+            break;
         }
         self.gone.set(true);
         drop(replies);
@@ -298,9 +307,13 @@ where
         for (_, mut waiter) in self.in_flight.take() {
             let _ = deliver_to(&mut waiter, |answers| {
                 for offset in 0..answers.answered.len() {
-                    let died = match &status {
-                        Ok(status) => Error::WorkerDied(*status),
-                        Err(err) => Error::Io(io::Error::other(err.to_string())),
+                    let died = match (&decode_panicked, &status) {
+                        (Some(message), _) => Error::Codec(format!(
+                            "a result's Deserialize panicked in the parent ({message}); the \
+                             worker's items in flight fail with it, and the worker is replaced"
+                        )),
+                        (None, Ok(status)) => Error::WorkerDied(*status),
+                        (None, Err(err)) => Error::Io(io::Error::other(err.to_string())),
                     };
                     answers.put(offset, Err(died));
                 }

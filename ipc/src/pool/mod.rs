@@ -226,7 +226,8 @@ impl PoolBuilder {
             changed: Event::new(),
             next_id: Cell::new(0),
             launched: Cell::new(0),
-            closing: Cell::new(false),
+            closed: Cell::new(false),
+            hub: greenhub::ext::hub_id(),
             config: self,
             launch: Box::new(launch),
             _items: PhantomData,
@@ -284,7 +285,9 @@ where
 ///
 /// Dropping a pool terminates its workers (SIGTERM; the hub reaps them); [`close`](Pool::close)
 /// ends them cleanly. The workers are daemon children: they are also terminated when the
-/// parent's `run` ends, and if the parent dies.
+/// parent's `run` ends, and if the parent dies. A pool belongs to the hub that started it: in
+/// another (a later `run`, a child that inherited it through fork) every call gives
+/// [`Error::Closed`].
 pub struct Pool<I, O> {
     shared: Rc<Shared<I, O>>,
 }
@@ -301,10 +304,28 @@ struct Shared<I, O> {
     next_id: Cell<u64>,
     /// Workers started so far (for their names).
     launched: Cell<u64>,
-    closing: Cell<bool>,
+    /// Set once `close` has ended the workers and reaped them (a `close` cut short by a timeout
+    /// or a cancel leaves it unset, so that dropping the pool still terminates them).
+    closed: Cell<bool>,
+    /// The hub the pool was started in: its workers are that hub's daemon children, its reply
+    /// readers that hub's coroutines. In another hub (a later `run`, or a child that inherited
+    /// the pool through fork) they are gone, and the pool is `Closed` there.
+    hub: Option<u64>,
     config: PoolBuilder,
     launch: Launch,
     _items: PhantomData<fn(I)>,
+}
+
+impl<I, O> Shared<I, O> {
+    /// `Ok` in the hub that started the pool; [`Error::Closed`] in any other (a later `run`,
+    /// or a child that inherited the pool through fork), where its workers and reply readers
+    /// do not exist: before this check, a call there waited forever for answers nobody read.
+    fn usable_here(&self) -> Result<(), Error> {
+        match greenhub::ext::hub_id() {
+            hub if hub == self.hub => Ok(()),
+            _ => Err(Error::Closed),
+        }
+    }
 }
 
 impl<I, O> Shared<I, O>
@@ -378,6 +399,7 @@ where
         results: &Sink<O>,
         wait: bool,
     ) -> Result<usize, Error> {
+        self.usable_here()?;
         loop {
             self.top_up()?;
             if let Some(link) = self.pick() {
@@ -542,7 +564,7 @@ where
     /// failed.
     #[track_caller]
     pub fn close(self) -> Result<(), Error> {
-        self.shared.closing.set(true);
+        self.shared.usable_here()?;
         let links: Vec<_> = self.shared.links.borrow().clone();
         links.iter().for_each(|link| link.retire());
         let mut outcome = Ok(());
@@ -553,14 +575,16 @@ where
                 outcome = outcome.and(Err(Error::WorkerDied(status)));
             }
         }
+        self.shared.closed.set(true);
         outcome
     }
 }
 
 impl<I, O> Drop for Pool<I, O> {
-    /// Terminates the workers (SIGTERM); the hub reaps them. Nothing to do after `close`.
+    /// Terminates the workers (SIGTERM); the hub reaps them. Nothing to do after `close`, nor
+    /// in a hub the pool does not belong to (its workers are not there).
     fn drop(&mut self) {
-        if self.shared.closing.replace(true) {
+        if self.shared.closed.replace(true) || self.shared.usable_here().is_err() {
             return;
         }
         for link in self.shared.links.borrow().iter() {

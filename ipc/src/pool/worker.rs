@@ -206,7 +206,7 @@ fn run_one<I, O, F: Fn(I) -> O>(f: &F, item: Result<I, String>) -> Result<O, Fai
 }
 
 /// The text of a panic payload (`&str` or `String`), or a placeholder.
-fn panic_message(payload: Box<dyn Any + Send>) -> String {
+pub(super) fn panic_message(payload: Box<dyn Any + Send>) -> String {
     let text = match payload.downcast_ref::<&str>() {
         Some(text) => text.to_string(),
         None => match payload.downcast_ref::<String>() {
