@@ -534,3 +534,74 @@ fn a_number_closed_by_fclose_and_reused_by_a_blocking_socket_waits_cooperatively
         assert_eq!((n, &byte), (1, b"!"));
     });
 }
+
+/// Regression: the kernel never waits on a socket's error queue (an empty one is `EAGAIN` at
+/// once, even on a blocking socket), but the patch took that `EAGAIN` for "wait until
+/// readable": a `recvmsg(MSG_ERRQUEUE)` (zerocopy completions, timestamps, `IP_RECVERR`) waited
+/// forever.
+#[test]
+fn an_error_queue_receive_never_waits() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads one int from a live variable.
+        let set = unsafe {
+            let on: *const libc::c_int = &on;
+            libc::setsockopt(socket.as_raw_fd(), libc::SOL_IP, libc::IP_RECVERR, on.cast(), 4)
+        };
+        assert_eq!(set, 0);
+        let got = greenhub::timeout(Duration::from_secs(5), || {
+            let mut buf = [0u8; 64];
+            let mut control = [0u8; 256];
+            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+            // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = control.len();
+            // SAFETY: `msg` describes live buffers.
+            let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_ERRQUEUE) };
+            (n, std::io::Error::last_os_error().raw_os_error())
+        });
+        assert_eq!(got, Ok((-1, Some(libc::EAGAIN))), "EAGAIN at once, as libc gives");
+    });
+}
+
+/// Regression: a coroutine waiting in a read on an fd that another coroutine closed, whose
+/// number a new (idle) file then took, fell back to a blocking poll of that number: the whole
+/// hub waited on a file the reader never asked for. The wait now ends with `EBADF`, as it does
+/// when the number is not reused.
+#[test]
+fn a_read_waiting_on_an_fd_closed_and_reused_under_it_fails_with_ebadf() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.into_raw_fd();
+        let reader = greenhub::spawn(move || {
+            let mut byte = [0u8; 1];
+            // SAFETY: `byte` is live for the call.
+            let n = unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) };
+            (n, std::io::Error::last_os_error().raw_os_error())
+        });
+        greenhub::yield_now(); // it waits
+        // SAFETY: `fd` is ours (taken from `a`); the reader's wait sees the close.
+        unsafe { libc::close(fd) };
+        let mut pipe = [0; 2];
+        // SAFETY: pipe writes two fds into the array.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        assert_eq!(pipe[0], fd, "the pipe took the closed number");
+        // Were the hub blocked on the pipe, this thread's byte would end it (and the reader
+        // would read the pipe's byte): the test fails instead of hanging.
+        let writer = pipe[1];
+        let unblock = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(10));
+            // SAFETY: writes one byte from a live buffer to the pipe's write end.
+            unsafe { libc::write(writer, c"x".as_ptr().cast(), 1) };
+        });
+        let got = greenhub::timeout(Duration::from_secs(5), || reader.join().unwrap());
+        assert_eq!(got, Ok((-1, Some(libc::EBADF))), "the reader's fd was closed");
+        drop(unblock); // detached: it writes into the pipe later, harmlessly
+    });
+}

@@ -38,8 +38,14 @@ pub(super) enum Dir {
     Write,
 }
 
+/// The receive flags with which the kernel never waits, whatever the fd's mode: the caller's
+/// own `MSG_DONTWAIT`, and `MSG_ERRQUEUE` (an empty error queue is `EAGAIN` at once, even on a
+/// blocking socket; a probe's coroutine waited for readability forever instead).
+pub(super) const NEVER_WAITS: c_int = libc::MSG_DONTWAIT | libc::MSG_ERRQUEUE;
+
 /// A read- or write-shaped call (`read`, `recv`, `send`, `accept`, ...) on `fd`. `dont_wait` is
-/// the caller's own `MSG_DONTWAIT`: such a call never waits.
+/// the caller's own `MSG_DONTWAIT` (or, for a receive, a flag in [`NEVER_WAITS`]): such a call
+/// never waits.
 ///
 /// The fast path is what a call on a ready fd costs: on an fd the table already knows (in any
 /// mode but a blocking [`Mode::Polled`], which must wait first), the call is tried at once,
@@ -142,7 +148,7 @@ pub(super) fn read_whole(
     segments: &[libc::iovec],
     mut op: impl FnMut(&[libc::iovec], usize) -> isize,
 ) -> isize {
-    let dont_wait = flags & libc::MSG_DONTWAIT != 0;
+    let dont_wait = flags & NEVER_WAITS != 0;
     let first = io(fd, Dir::Read, dont_wait, || op(segments, 0));
     if first <= 0 || dont_wait || flags & (libc::MSG_WAITALL | libc::MSG_PEEK) != libc::MSG_WAITALL
     {
@@ -326,6 +332,7 @@ fn wait_managed(
     });
     match outcome {
         Ok(Ok(ready)) => Ok(ready),
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::EBADF) => Err(libc::EBADF),
         Ok(Err(_)) => Ok(Some(blocking_poll(fd, dir, deadline))),
         Err(why) => Err(interrupted_errno(why)),
     }
@@ -394,7 +401,10 @@ fn interrupted_errno(why: Interrupted) -> c_int {
 
 /// Suspends the coroutine until `fd` is ready in `dir`: `Ok(false)` when `deadline` passed
 /// first, `Err(errno)` when a timeout or cancel interrupted the wait. An fd epoll cannot watch
-/// is waited on with a blocking poll (correct, but the hub waits too).
+/// is waited on with a blocking poll (correct, but the hub waits too). An fd closed during the
+/// wait (the hub retires its registration: `EBADF`) fails the call with `EBADF`, whatever file
+/// its number names by then: a blocking poll on that number blocked the whole hub on a file
+/// the caller never waited for (a probe's did, once another coroutine's `pipe` reused it).
 fn wait(fd: c_int, dir: Dir, deadline: Option<Instant>) -> Result<bool, c_int> {
     let hub = try_hub().expect("a patched call waits only inside a coroutine");
     let outcome = coroutine::without_unwinding(hub, || {
@@ -402,6 +412,7 @@ fn wait(fd: c_int, dir: Dir, deadline: Option<Instant>) -> Result<bool, c_int> {
     });
     match outcome {
         Ok(Ok(ready)) => Ok(ready),
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::EBADF) => Err(libc::EBADF),
         Ok(Err(_)) => Ok(blocking_poll(fd, dir, deadline)),
         Err(why) => Err(interrupted_errno(why)),
     }

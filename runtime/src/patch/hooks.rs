@@ -153,7 +153,7 @@ pub unsafe extern "C" fn recvfrom(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-    let nb = flags & DONTWAIT != 0;
+    let nb = flags & blocking_call::NEVER_WAITS != 0;
     // SAFETY: recvmsg's contract: a non-null `msg` is a live msghdr.
     let whole = (!msg.is_null()).then(|| unsafe { *msg });
     // SAFETY: recvmsg's contract: its `msg_iov` holds `msg_iovlen` segments, live for the call.
