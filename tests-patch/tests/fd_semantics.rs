@@ -605,3 +605,25 @@ fn a_read_waiting_on_an_fd_closed_and_reused_under_it_fails_with_ebadf() {
         drop(unblock); // detached: it writes into the pipe later, harmlessly
     });
 }
+
+/// Regression: `O_NONBLOCK` belongs to the open file description, but a wish made through a
+/// duplicate (`try_clone` then `set_nonblocking`) was recorded for that duplicate only: the
+/// original went on blocking (cooperatively) and its `F_GETFL` hid the flag, where with libc
+/// both are non-blocking.
+#[test]
+fn a_duplicate_made_non_blocking_makes_the_original_non_blocking_too() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut byte = [0u8; 1];
+        let waited = greenhub::timeout(Duration::from_millis(10), || (&a).read(&mut byte));
+        assert!(waited.is_err(), "a read that waits: `a` is managed now");
+        let clone = a.try_clone().unwrap();
+        clone.set_nonblocking(true).unwrap();
+        assert_ne!(visible_flags(a.as_raw_fd()) & libc::O_NONBLOCK, 0, "F_GETFL shows it");
+        let read = greenhub::timeout(Duration::from_secs(5), || (&a).read(&mut byte));
+        assert_eq!(read.map(|r| r.map_err(|e| e.kind())), Ok(Err(ErrorKind::WouldBlock)));
+        clone.set_nonblocking(false).unwrap();
+        assert_eq!(visible_flags(a.as_raw_fd()) & libc::O_NONBLOCK, 0, "and back");
+    });
+}

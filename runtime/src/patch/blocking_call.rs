@@ -596,6 +596,27 @@ fn timeouts_set(fd: c_int) {
     });
 }
 
+/// Records the program's `O_NONBLOCK` wish `wants`, just made through `fd` (whose entry is
+/// `e`), on every other fd the table knows on the same description: the flag belongs to the
+/// description, so a duplicate made non-blocking makes the original non-blocking too (a
+/// probe's `try_clone().set_nonblocking(true)` left the original blocking, and its `F_GETFL`
+/// hid the flag). Duplicates are found as socket timeouts are (`same_description`).
+fn share_nonblocking_wish(fd: c_int, e: Entry, wants: bool) {
+    // SAFETY: F_GETFL takes no argument and has no memory preconditions.
+    let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    fdtable::each(|other, o| {
+        if !same_description(fd, e.kind, e.inode, flags, other, o) {
+            return;
+        }
+        let mode = match o.mode {
+            Mode::Managed { .. } => Mode::Managed { user_nonblocking: wants },
+            Mode::Polled { .. } => Mode::Polled { user_nonblocking: wants },
+            direct => direct,
+        };
+        fdtable::set(other, Entry { mode, ..o });
+    });
+}
+
 fn poll_events(dir: Dir) -> i16 {
     match dir {
         Dir::Read => libc::POLLIN,
@@ -1261,6 +1282,7 @@ pub(super) fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
                     if rc == 0 {
                         let mode = Mode::Managed { user_nonblocking: wants };
                         fdtable::set(fd, Entry { mode, ..e });
+                        share_nonblocking_wish(fd, e, wants);
                     }
                     rc
                 }
@@ -1270,6 +1292,7 @@ pub(super) fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
                     if rc == 0 {
                         let mode = Mode::Polled { user_nonblocking: wants };
                         fdtable::set(fd, Entry { mode, ..e });
+                        share_nonblocking_wish(fd, e, wants);
                     }
                     rc
                 }
@@ -1309,6 +1332,7 @@ pub(super) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: usize) -> c_i
             let rc = real(&raw const on as usize);
             if rc == 0 {
                 fdtable::set(fd, Entry { mode: Mode::Managed { user_nonblocking: wants }, ..e });
+                share_nonblocking_wish(fd, e, wants);
             }
             rc
         }
@@ -1318,6 +1342,7 @@ pub(super) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: usize) -> c_i
             let rc = real(arg);
             if rc == 0 {
                 fdtable::set(fd, Entry { mode: Mode::Polled { user_nonblocking: wants }, ..e });
+                share_nonblocking_wish(fd, e, wants);
             }
             rc
         }
