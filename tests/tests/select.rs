@@ -562,3 +562,79 @@ fn select_over_a_thread_receiver_and_a_channel() {
         assert_eq!(got, Err(RecvError), "the thread's sender is gone");
     });
 }
+
+/// Regression: a rendezvous item taken back (its sender cancelled) left the promise to the
+/// receiver it had woken behind, so for a moment promises outnumbered items; a `select!` that
+/// then chose its recv arm re-checked the promise as a newcomer at commit, was refused, and
+/// panicked "select! chose a recv arm that was not ready".
+#[test]
+fn a_select_recv_after_a_rendezvous_take_back_commits_what_it_chose() {
+    greenhub::run(|| {
+        let (tx, rx) = bounded::<u32>(0);
+        let (_keep, other) = channel::<u32>();
+        let selecting = rx.clone();
+        let x = spawn(move || {
+            greenhub::select! { recv(selecting) -> m => m.ok(), recv(other) -> _m => None }
+        });
+        let plain = rx.clone();
+        let r = spawn(move || plain.recv().ok());
+        yield_now(); // the select, then the plain receiver, wait for an item
+        let me = Rc::new(Cell::new(None::<greenhub::JoinHandle<()>>));
+        let (handle, first) = (Rc::clone(&me), tx.clone());
+        let cancelled_sender = spawn(move || {
+            if let Some(h) = handle.take() {
+                h.cancel(); // itself: its send's wait unwinds and takes the item back
+                handle.set(Some(h));
+            }
+            let _ = first.send(1);
+        });
+        me.set(Some(cancelled_sender));
+        yield_now(); // it pushed 1 (waking the select) and took it back
+        assert_eq!(tx.try_send(2), Ok(()), "a receiver waits");
+        let selected = greenhub::timeout(Duration::from_secs(10), || x.join()).expect("it ends");
+        drop(tx); // the receiver that did not get 2 then sees the channel closed
+        let plain = greenhub::timeout(Duration::from_secs(10), || r.join()).expect("it ends");
+        let got = (selected.unwrap(), plain.unwrap());
+        assert!(matches!(got, (Some(2), None) | (None, Some(2))), "{got:?}: the item once");
+    });
+}
+
+/// Regression: on a rendezvous a freed slot woke the first waiting sender, a `select!` send
+/// arm that also needs a waiting receiver; it went back to waiting and the notification was
+/// gone, so a plain `send` behind it waited forever with the slot empty.
+#[test]
+fn a_plain_rendezvous_send_behind_a_select_send_arm_gets_the_free_slot() {
+    greenhub::run(|| {
+        let (tx, rx) = bounded::<u32>(0);
+        let first = tx.clone();
+        let s0 = spawn(move || first.send(0)); // pushes 0, waits until it is taken
+        yield_now();
+        let (selecting, (_keep, other)) = (tx.clone(), channel::<u32>());
+        let x = spawn(move || {
+            greenhub::select! {
+                send(selecting, 100) -> r => r.map(|()| "sent"),
+                recv(other) -> _m => Ok("other"),
+            }
+        });
+        yield_now();
+        let plain = tx.clone();
+        let p = spawn(move || plain.send(1)); // the slot is full: it waits for room
+        yield_now();
+        drop(tx);
+        let got = greenhub::timeout(Duration::from_secs(10), || {
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                match rx.try_recv() {
+                    Ok(v) => got.push(v),
+                    Err(_) => greenhub::sleep(Duration::from_millis(1)), // a polling consumer
+                }
+            }
+            got
+        });
+        assert_eq!(got, Ok(vec![0, 1]), "the plain sender got the slot");
+        assert_eq!(s0.join().unwrap(), Ok(()));
+        assert_eq!(p.join().unwrap(), Ok(()));
+        x.cancel();
+        assert!(x.join().unwrap_err().is_cancelled());
+    });
+}

@@ -81,9 +81,11 @@ impl<T> SelectRecv for Receiver<T> {
     type Output = Result<T, RecvError>;
 
     fn commit_recv(&self) -> Self::Output {
-        // Not as a woken receiver: choosing the arm settled its entry, which gave back the
-        // promise it held (and so left the item it was promised free for it).
-        self.chan().try_take(false).expect("select! chose a recv arm that was not ready")
+        // As a receiver entitled to the item: the arm was chosen because `ready` said so just
+        // now, and nothing ran since. (Re-checking the promise as a newcomer could refuse:
+        // a rendezvous item taken back leaves a promise with no item behind it, so promises
+        // can outnumber items for a moment; a probe's select panicked here.)
+        self.chan().try_take(true).expect("select! chose a recv arm that was not ready")
     }
 }
 

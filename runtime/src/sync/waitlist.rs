@@ -178,6 +178,25 @@ impl WaitList {
         true
     }
 
+    /// Wakes the longest-waiting coroutine that is not in a `select!`, if any: for a
+    /// notification a `select!` was woken by and could not use (see [`wait_any`]). Only plain
+    /// waiters get it, which never pass it on again, so two selects that cannot use it do not
+    /// hand it back and forth.
+    fn notify_one_plain(&self) {
+        HubSection::enter_raw();
+        let waiter = {
+            let mut queue = self.queue.borrow_mut();
+            queue.iter().position(|w| !w.select).and_then(|at| queue.remove(at))
+        };
+        if let Some(waiter) = waiter {
+            self.woken.set(self.woken.get() + 1);
+            if let Some(hub) = try_hub() {
+                hub.wake(waiter.task);
+            }
+        }
+        HubSection::leave();
+    }
+
     /// Wakes every waiting coroutine.
     pub(crate) fn notify_all(&self) {
         while self.notify_one() {}
@@ -257,6 +276,11 @@ pub(crate) fn wait_any(
         for (i, entry) in entries.iter_mut().enumerate() {
             if entry.requeue_if_woken() {
                 entered(i);
+                // Woken through this list and no arm ready: a plain waiter of the list may
+                // use what the notification brought (a rendezvous's free slot serves a plain
+                // `send`, while a select's send arm also needs a waiting receiver; a probe's
+                // plain sender waited forever behind such a select).
+                lists[i].notify_one_plain();
             }
         }
         HubSection::leave();
