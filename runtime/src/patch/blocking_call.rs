@@ -101,33 +101,50 @@ fn write_rest(
     fd: c_int,
     segments: &[libc::iovec],
     len: usize,
-    mut done: usize,
-    mut op: impl FnMut(&[libc::iovec], usize) -> isize,
+    done: usize,
+    op: impl FnMut(&[libc::iovec], usize) -> isize,
 ) -> isize {
     let Some(entry) = fdtable::get(fd).filter(|e| e.mode == WAITS) else {
         return done as isize; // the program's own non-blocking fd, or a shared one: as libc
     };
     // One send timeout for the whole call, as a blocking send has, not one per part.
-    let deadline = socket_deadline(fd, entry, Dir::Write);
+    parts_until_whole(fd, entry, Dir::Write, segments, len, done, op)
+}
+
+/// The rest of a call that moves the bytes of `segments` part by part (`write_rest`,
+/// `read_rest`), from byte `done` of the `len`: each part a call `op(rest, done)` over the
+/// buffers not done yet, waited for cooperatively on `EAGAIN`, all under one socket timeout
+/// (`SO_SNDTIMEO` or `SO_RCVTIMEO`) for the whole call, as the kernel counts it. Stops at `len`,
+/// at a part that moves nothing or fails (the count so far comes back, as from the kernel).
+fn parts_until_whole(
+    fd: c_int,
+    entry: Entry,
+    dir: Dir,
+    segments: &[libc::iovec],
+    len: usize,
+    mut done: usize,
+    mut op: impl FnMut(&[libc::iovec], usize) -> isize,
+) -> isize {
+    let deadline = socket_deadline(fd, entry, dir);
     let mut rest = Vec::with_capacity(segments.len());
     while done < len {
         rest.clear();
         rest.extend(after(segments, done));
         let mut part = || op(&rest, done);
-        let written = if active() {
+        let moved = if active() {
             match part() {
                 n if n < 0 && errno() == libc::EAGAIN => {
-                    managed_after_eagain_until(fd, entry, Dir::Write, deadline, part)
+                    managed_after_eagain_until(fd, entry, dir, deadline, part)
                 }
                 n => n,
             }
         } else {
-            io(fd, Dir::Write, false, part)
+            io(fd, dir, false, part)
         };
-        if written <= 0 {
+        if moved <= 0 {
             break;
         }
-        done += written as usize;
+        done += moved as usize;
     }
     done as isize
 }
@@ -167,8 +184,8 @@ fn read_rest(
     fd: c_int,
     segments: &[libc::iovec],
     len: usize,
-    mut done: usize,
-    mut op: impl FnMut(&[libc::iovec], usize) -> isize,
+    done: usize,
+    op: impl FnMut(&[libc::iovec], usize) -> isize,
 ) -> isize {
     let Some(entry) = fdtable::get(fd).filter(|e| e.mode == WAITS && e.kind == Kind::Socket) else {
         return done as isize; // the program's own non-blocking fd, or a shared one: as libc
@@ -177,28 +194,7 @@ fn read_rest(
         return done as isize; // MSG_WAITALL means nothing to a datagram
     }
     // One receive timeout for the whole call, as the kernel counts it.
-    let deadline = socket_deadline(fd, entry, Dir::Read);
-    let mut rest = Vec::with_capacity(segments.len());
-    while done < len {
-        rest.clear();
-        rest.extend(after(segments, done));
-        let mut part = || op(&rest, done);
-        let got = if active() {
-            match part() {
-                n if n < 0 && errno() == libc::EAGAIN => {
-                    managed_after_eagain_until(fd, entry, Dir::Read, deadline, part)
-                }
-                n => n,
-            }
-        } else {
-            io(fd, Dir::Read, false, part)
-        };
-        if got <= 0 {
-            break;
-        }
-        done += got as usize;
-    }
-    done as isize
+    parts_until_whole(fd, entry, Dir::Read, segments, len, done, op)
 }
 
 /// Whether `fd` is a stream socket (`SO_TYPE`).
