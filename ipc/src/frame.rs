@@ -576,9 +576,12 @@ impl Decoder {
     }
 
     /// How many bytes of the stream it holds that no payload has returned yet: those buffered
-    /// and those of a frame arriving detached.
+    /// (for a frame arriving detached, its payload so far), the head kept apart from a detached
+    /// or ready frame, and a ready frame not yet lent out.
     pub(crate) fn held_len(&self) -> usize {
-        self.buffered_len() + self.detached.map_or(0, |_| self.buf.len())
+        let ready = self.ready.as_ref().filter(|_| !self.lent).map_or(0, Vec::len);
+        let head = if self.lent { 0 } else { self.head_len };
+        self.buffered_len() + head + ready
     }
 
     /// True when any byte of a frame is buffered, including a complete header whose payload has
@@ -769,6 +772,33 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, Error::Codec(_)));
         assert_eq!(out, before);
+    }
+
+    /// What a decoder holds of the stream is what arrived and no payload returned yet, frames
+    /// arriving detached included (`Command::spawn` refuses a passed reader holding any).
+    #[test]
+    fn held_len_counts_what_arrived_and_was_not_returned() {
+        let mut decoder = Decoder::default();
+        assert_eq!(decoder.held_len(), 0);
+        let mut wire = Vec::new();
+        append_frame(&mut wire, b"first").unwrap();
+        append_frame(&mut wire, b"second").unwrap();
+        decoder.feed(&wire);
+        assert_eq!(decoder.next_frame().unwrap(), Some(&b"first"[..]));
+        assert_eq!(decoder.held_len(), HEADER_LEN + 6, "the second frame, read ahead");
+        assert_eq!(decoder.next_frame().unwrap(), Some(&b"second"[..]));
+        assert_eq!(decoder.held_len(), 0);
+        // A big frame, half arrived: it is received detached.
+        let big = vec![7u8; DETACH_AT * 2];
+        let mut wire = Vec::new();
+        append_frame(&mut wire, &big).unwrap();
+        decoder.feed(&wire[..HEADER_LEN + DETACH_AT]);
+        assert_eq!(decoder.next_frame().unwrap(), None);
+        assert_eq!(decoder.held_len(), DETACH_AT, "the payload so far, not its header");
+        decoder.feed(&wire[HEADER_LEN + DETACH_AT..]);
+        assert_eq!(decoder.held_len(), DETACH_AT * 2, "the whole payload, not yet returned");
+        assert_eq!(decoder.next_frame().unwrap().map(<[u8]>::len), Some(DETACH_AT * 2));
+        assert_eq!(decoder.held_len(), 0);
     }
 
     /// Regression: while a big frame arrived detached, `filled` checked `k` against the whole
