@@ -479,12 +479,22 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
     // body, recorded when the body started and cleared when the coroutine suspends or ends. It
     // lives on that coroutine's own stack, which is live because we are running on it.
     let wake = unsafe { &*yielder }.suspend(how);
-    // The common case first, so that it is one compare and not a jump through a table.
-    if let Wake::Run = wake {
-        return;
+    // The common case is one compare; the others are out of line. (With the whole `match`
+    // here, the compiler dispatched every resume, `Run` included, through a jump table: four
+    // more instructions and an indirect jump per switch, by callgrind.)
+    if !matches!(wake, Wake::Run) {
+        woken_to_unwind(hub, wake);
     }
+}
+
+/// A resume that does not let the coroutine carry on: unwind (a cancel, a fired timeout) or
+/// panic with the deadlock report.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn woken_to_unwind(hub: &Hub, wake: Wake) -> ! {
     match wake {
-        Wake::Run => {}
+        Wake::Run => unreachable!("`suspend` returns on Wake::Run"),
         Wake::Cancel => unwind_from_suspension(hub, Box::new(Cancelled)),
         Wake::Timeout(id) => hub.timeout_fired(id),
         Wake::Deadlock => {
