@@ -177,8 +177,11 @@ const PARKED_HOW: &str = "N coroutines each sleep until one deadline, set once a
     VmRSS + VmPTE (`/proc/self/status`) with all asleep, and per coroutine: its growth over the process \
     before the first spawn, / N (what it is made of: docs/coroutines-and-stacks.md). may maps a guard \
     page per stack, so past about `vm.max_map_count` / 2 live coroutines it fails: the cell says after \
-    how many. gevent's greenlets have no stacks of their own (the used part is copied to the heap on a \
-    switch).";
+    how many. greenhub cannot go below one resident page per coroutine: its first frame makes its \
+    stack's top page resident, the page cannot move (references point into it) nor be shared (a guard \
+    page separates every two stacks), so a parked coroutine costs that page plus its bookkeeping. \
+    gevent's greenlets have no stacks of their own: the used part is copied to the heap and back on \
+    every switch, which is why they cost less memory and more time per switch (the switch row).";
 
 const HTTP_FIGURES: &[Figure] = &[
     fig("rps", "requests", "requests/s", Higher),
