@@ -21,8 +21,9 @@
 //! ```
 //!
 //! ## Guarantees
-//! - A hub belongs to one thread; hub-bound types ([`JoinHandle`], everything in [`sync`] and
-//!   [`net`]) are `!Send`.
+//! - A hub belongs to one thread; hub-bound types ([`JoinHandle`], the primitives of [`sync`],
+//!   the sockets of [`net`]) are `!Send`. The one way in from another thread is
+//!   [`sync::ThreadSender`] (`Send + Sync`), the sending end of a [`sync::thread_channel`].
 //! - Coroutines start in spawn order, never inside [`spawn`]; wake-ups are FIFO among the waiters
 //!   of one primitive; timers never fire early.
 //! - Cancellation ([`JoinHandle::cancel`]) and [`timeout`] unwind the target's stack, so
