@@ -639,7 +639,9 @@ pub const WHERE: &[(&str, &str)] = &[
     ("runtime/src/io.rs", "the readiness waits and the retry loop under TCP echo and HTTP"),
     ("runtime/src/net/tcp.rs", "greenhub's TcpListener and TcpStream"),
     ("ipc/src/pipe.rs", "greenhub-ipc's pipes, under the stream, message and ping-pong rows"),
-    ("ipc/src/process.rs", "start_process and joining, under the process row"),
+    ("ipc/src/fork.rs", "start_process's fork and the child's side, under the process row"),
+    ("ipc/src/reap.rs", "waiting for a child's end (pidfd), under the process row"),
+    ("ipc/src/pool/mod.rs", "greenhub-ipc's process pool, under the pool rows"),
 ];
 
 fn where_in_the_code(w: &mut String) {

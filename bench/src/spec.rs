@@ -427,7 +427,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "pool",
         title: "Pool map of 100k tiny items (x + 1) on 2 workers; Python column: multiprocessing.Pool, chunksize 1",
-        how: "`Pool::map` of 100k tiny items (`x + 1` on a u64) over 2 workers, after a warm-up map; the Python column is `multiprocessing.Pool(2).map` (fork context) with `chunksize=1`. greenhub's pool has no chunksize: it batches by itself.",
+        how: "`Pool::map` of 100k tiny items (`x + 1` on a u64) over 2 workers, after a warm-up map; the Python column is `multiprocessing.Pool(2).map` (fork context) with `chunksize=1`. greenhub's pool runs with its defaults: it sizes its chunks per call (`len / (4 * workers)`, at most half of `concurrency + prefetch`), as `PoolBuilder::chunksize` documents.",
         figures: &[fig("items_per_s", "Pool, tiny items, vs chunksize 1", "items/s", Higher)],
         impls: &[Greenhub, Gipc],
         raw_from: None,

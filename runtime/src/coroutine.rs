@@ -9,7 +9,8 @@
 //!
 //! Implementation: with `stack.rs`, the only file that names corosensei. Cancellation and
 //! timeouts are resume values that the suspension point turns into an unwind with a private
-//! payload. Invariant: only the loop, on the thread's own stack, calls `Hub::resume`, never a
+//! payload. Invariant: only the loop, on a stack that is no coroutine's (the thread's own, or a forked
+//! child's fresh one), calls `Hub::resume`, never a
 //! coroutine, so at most one coroutine runs at a time and `Running` describes it (task.rs has
 //! the states a task goes through).
 

@@ -6,7 +6,7 @@ use crate::hub::{self, hub};
 
 /// Registers `hook` to run when the current hub's [`run`](crate::run) is about to return: after
 /// the root coroutine has ended and every other coroutine has been unwound. Hooks run in the
-/// order they were registered, on the thread's own stack, with the hub still current but no
+/// order they were registered, on the loop's stack, with the hub still current but no
 /// coroutine running (they must not suspend).
 ///
 /// ```

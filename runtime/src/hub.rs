@@ -2,9 +2,10 @@
 //!
 //! Guarantee: one turn of the loop ([`Hub::turn`]) runs ready coroutines (taking at most
 //! [`FAIRNESS_BUDGET`] entries off the ready queue), fires expired timers, polls the OS, and marks
-//! ready whatever the OS answered. Only the loop (on the thread's own stack) resumes coroutines; a coroutine only
-//! ever suspends back to the loop. Not guaranteed: the order in which coroutines woken in the same
-//! turn by *different* sources run (each primitive's own waiters are FIFO).
+//! ready whatever the OS answered. Only the loop (on the thread's own stack, or a forked child's
+//! fresh one: never a coroutine's) resumes coroutines; a coroutine only ever suspends back to the
+//! loop. Not guaranteed: the order in which coroutines woken in the same turn by *different*
+//! sources run (each primitive's own waiters are FIFO).
 //!
 //! # Invariants of [`Hub`]
 //! - One hub per thread, found through `CURRENT_HUB`, which is non-null exactly while [`run`]
@@ -15,7 +16,7 @@
 //!   (the switch path); `running` and `stacks` to coroutine.rs and stack.rs; `timers` to
 //!   timer.rs; `reactor` to io.rs; `remote` and `pool` to blocking.rs; `monitor` to monitor.rs
 //!   (its hook runs on the switch path in coroutine.rs). The loop itself
-//!   ([`Hub::turn`], shutdown, the deadlock report) reads them all, on the thread's own stack.
+//!   ([`Hub::turn`], shutdown, the deadlock report) reads them all, on the loop's stack.
 //! - The root ends last but for shutdown: `run_until_done` returns once the root has left the
 //!   table; `shutdown` then unwinds every other task before `run` returns.
 

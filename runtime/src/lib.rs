@@ -32,8 +32,8 @@
 //!   report of every live coroutine, instead of hanging.
 //!
 //! ## Implementation
-//! [`run`] builds a hub and runs the closure as the *root* coroutine; the thread's own stack runs
-//! the loop. One turn of the loop: run ready coroutines (at most a fairness budget of them), fire
+//! [`run`] builds a hub and runs the closure as the *root* coroutine; the thread's own stack (in a
+//! forked child, a fresh one of the child's) runs the loop. One turn of the loop: run ready coroutines (at most a fairness budget of them), fire
 //! expired timers, poll mio with a timeout that the next timer sets, and mark ready the coroutines
 //! whose fds, timers or helper threads answered. See `docs/hub-loop.md`.
 //!
