@@ -114,13 +114,19 @@ impl Handle {
     }
 
     /// Closes the fd now, reporting the error `close(2)` gives; `Closed` if not owned here.
-    pub(crate) fn close(mut self) -> Result<(), Error> {
+    pub(crate) fn close(self) -> Result<(), Error> {
+        sys::close(self.into_fd().ok_or(Error::Closed)?)
+    }
+
+    /// The fd itself, deregistered from the hub and no longer a handle; `None` if not owned
+    /// here (the number is not ours to take).
+    pub(crate) fn into_fd(mut self) -> Option<OwnedFd> {
         if !self.is_owned_here() {
-            return Err(Error::Closed);
+            return None;
         }
         Registry::lock().remove(self.id);
         let source = self.source.take().expect("a handle's source is present until it closes");
-        sys::close(source.into_inner().into())
+        Some(source.into_inner().into())
     }
 }
 

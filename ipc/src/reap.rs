@@ -25,7 +25,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::rc::Rc;
@@ -276,21 +276,21 @@ impl Drop for State {
             return;
         }
         let Some(handle) = self.pidfd.get_mut().take() else { return };
-        if !handle.is_owned_here() {
-            return; // inherited through fork: not our child, and the fd number is not ours
-        }
-        if let Ok(None) = sys::try_wait_pidfd(handle.as_raw_fd()) {
-            reap_in_background(&handle);
+        // `None`: inherited through fork, so not our child, and the fd number is not ours.
+        let Some(pidfd) = handle.into_fd() else { return };
+        if let Ok(None) = sys::try_wait_pidfd(pidfd.as_raw_fd()) {
+            reap_in_background(pidfd);
         }
     }
 }
 
-/// Reaps the child behind `pidfd` on a helper thread, which ends as soon as the child does.
-fn reap_in_background(pidfd: &Handle) {
-    let Ok(fd) = sys::dup_cloexec(pidfd.as_raw_fd()) else { return };
+/// Reaps the child behind `pidfd` on a helper thread, which ends as soon as the child does. The
+/// thread takes the pidfd itself: a duplicate would need a free fd number, and with none to
+/// spare (EMFILE) nobody would ever reap the child.
+fn reap_in_background(pidfd: OwnedFd) {
     let _ = std::thread::Builder::new().name("greenhub-ipc-reaper".into()).spawn(move || {
-        let _ = sys::wait_pidfd_blocking(fd.as_raw_fd(), None);
-        drop(fd);
+        let _ = sys::wait_pidfd_blocking(pidfd.as_raw_fd(), None);
+        drop(pidfd);
     });
 }
 

@@ -271,6 +271,59 @@ fn a_program_dropped_after_its_hub_ended_is_still_reaped() {
     assert!(zombie_children().is_empty());
 }
 
+/// Set in the copy of this test binary that
+/// [`a_program_dropped_after_its_hub_ended_is_reaped_with_no_fd_to_spare`] starts.
+const NO_FD_CHILD: &str = "GREENHUB_COMMAND_NO_FD_CHILD";
+
+/// Regression: a program still running when its `Process` was dropped after its hub had ended
+/// left its reaper thread a `dup` of the pidfd. With every fd number taken (EMFILE) the `dup`
+/// failed, no thread waited, and the program stayed a zombie once it exited. The thread now
+/// takes the pidfd itself.
+#[test]
+fn a_program_dropped_after_its_hub_ended_is_reaped_with_no_fd_to_spare() {
+    let test = "a_program_dropped_after_its_hub_ended_is_reaped_with_no_fd_to_spare";
+    if !greenhub_tests::run_in_child(test, NO_FD_CHILD) {
+        return;
+    }
+    // SAFETY: alarm has no preconditions; a hang fails the test instead of stalling it.
+    unsafe { libc::alarm(60) };
+    let mut program = greenhub::run(|| {
+        Command::new("cat").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap()
+    });
+    let stdin = program.take_stdin().unwrap();
+    let pid = program.pid();
+    let fillers = take_every_free_fd();
+    drop(program); // still running: cat waits for its input
+    drop(fillers);
+    drop(stdin); // now it exits
+    let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    eventually_blocking("the exited program is reaped", gone);
+    assert!(zombie_children().is_empty());
+}
+
+/// Lowers RLIMIT_NOFILE to a little above the highest open fd and opens `/dev/null` until no
+/// fd number is left (only for a test running alone in a child process).
+fn take_every_free_fd() -> Vec<std::fs::File> {
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid rlimit pointers for the calls; lowering the soft limit needs no privilege.
+    let rc = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = highest + 8;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit)
+    };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    let mut fillers = Vec::new();
+    while let Ok(file) = std::fs::File::open("/dev/null") {
+        fillers.push(file);
+    }
+    fillers
+}
+
 /// The documented rule (F5), as std's `Child`: a program still running when its hub ends is
 /// reaped only through its `Process`; until that is polled or dropped, an exited one is a zombie.
 #[test]
