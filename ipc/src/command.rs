@@ -18,12 +18,14 @@
 //!
 //! The wire format a passed pipe end carries, with a Python peer, is on [`Command`].
 
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::process::{Output, Stdio};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use greenhub::JoinHandle;
@@ -266,7 +268,8 @@ impl Command {
     /// end of file there.
     ///
     /// # Errors
-    /// As [`spawn`](Self::spawn), and [`Error::Io`] if reading the output fails.
+    /// As [`spawn`](Self::spawn), and [`Error::Io`] if reading the output fails, or if the OS
+    /// refuses the stack of a coroutine that reads it (the error names what ran out).
     ///
     /// # Panics
     /// Outside a hub.
@@ -308,23 +311,36 @@ impl fmt::Debug for Command {
 const READ_OUTPUT: &str = "Command::output could not read the program's output";
 
 /// A coroutine reading a pipe to its end, cancelled if dropped before it is finished (when
-/// `output`'s caller is cancelled).
-struct ReadToEnd(Option<JoinHandle<io::Result<Vec<u8>>>>);
+/// `output`'s caller is cancelled), and whether it has started (the OS may refuse its stack).
+struct ReadToEnd(Option<(JoinHandle<io::Result<Vec<u8>>>, Started)>);
+
+/// Set by a coroutine when its body starts.
+type Started = Rc<Cell<bool>>;
 
 impl ReadToEnd {
     fn start(pipe: Option<impl Read + 'static>) -> ReadToEnd {
         ReadToEnd(pipe.map(|mut pipe| {
-            greenhub::spawn(move || {
-                let mut bytes = Vec::new();
-                pipe.read_to_end(&mut bytes).map(|_| bytes)
-            })
+            let started = Rc::new(Cell::new(false));
+            let reader = greenhub::spawn({
+                let started = started.clone();
+                move || {
+                    started.set(true);
+                    let mut bytes = Vec::new();
+                    pipe.read_to_end(&mut bytes).map(|_| bytes)
+                }
+            });
+            (reader, started)
         }))
     }
 
     fn finish(mut self) -> Result<Vec<u8>, Error> {
-        let Some(reader) = self.0.take() else { return Ok(Vec::new()) };
+        let Some((reader, started)) = self.0.take() else { return Ok(Vec::new()) };
         match reader.join() {
             Ok(read) => read.map_err(|e| Error::io(READ_OUTPUT, e)),
+            // A "panic" before its body started: the OS refused its stack, which `e` names.
+            Err(e) if e.is_panic() && !started.get() => {
+                Err(Error::io(READ_OUTPUT, io::Error::other(e.to_string())))
+            }
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(Error::io(READ_OUTPUT, io::Error::other("its reader was cancelled"))),
         }
@@ -333,7 +349,7 @@ impl ReadToEnd {
 
 impl Drop for ReadToEnd {
     fn drop(&mut self) {
-        if let Some(reader) = &self.0 {
+        if let Some((reader, _)) = &self.0 {
             reader.cancel();
         }
     }

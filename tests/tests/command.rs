@@ -63,6 +63,54 @@ fn output_collects_stdout_and_stderr_concurrently() {
     });
 }
 
+/// Set in the copy of this test binary that
+/// [`output_whose_reader_gets_no_stack_is_an_error_naming_it`] starts.
+const NO_STACK_CHILD: &str = "GREENHUB_COMMAND_NO_STACK_CHILD";
+
+/// Regression: when the OS refused the stack of the coroutine that reads the program's stdout,
+/// `output` rethrew the refusal as a panic (it counts as a panicked coroutine) instead of
+/// returning an error.
+#[test]
+fn output_whose_reader_gets_no_stack_is_an_error_naming_it() {
+    let test = "output_whose_reader_gets_no_stack_is_an_error_naming_it";
+    if !greenhub_tests::run_in_child(test, NO_STACK_CHILD) {
+        return;
+    }
+    // SAFETY: alarm has no preconditions; a hang fails the test instead of stalling it.
+    unsafe { libc::alarm(60) };
+    // Stacks of 512 MiB, and an address space with room for a fork but not for such a stack.
+    let text = greenhub::Builder::new().stack_size(512 << 20).run(|| {
+        let old = limit_address_space(32 << 20);
+        let output = Command::new("echo").arg("hi").output();
+        // SAFETY: restores the soft limit read by `limit_address_space`.
+        unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) };
+        output.expect_err("output without a reader").to_string()
+    });
+    assert!(text.starts_with("Command::output could not read the program's output"), "{text}");
+    assert!(text.contains("refused a coroutine stack") && text.contains("RLIMIT_AS"), "{text}");
+    assert!(zombie_children().is_empty());
+}
+
+/// Lowers RLIMIT_AS to the current address-space size plus `room` bytes; returns the limit to
+/// restore (only for a test running alone in a child process).
+fn limit_address_space(room: u64) -> libc::rlimit {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid rlimit pointers for the calls; lowering a soft limit needs no privilege.
+    let rc = unsafe {
+        libc::getrlimit(libc::RLIMIT_AS, &mut old);
+        let new = libc::rlimit { rlim_cur: kib * 1024 + room, rlim_max: old.rlim_max };
+        libc::setrlimit(libc::RLIMIT_AS, &new)
+    };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    old
+}
+
 /// Regression (F1): `output` with `stdin(Stdio::piped())` kept the program's stdin open while it
 /// joined, so `cat` waited for end of file forever. Like std, `output` closes a piped stdin first.
 #[test]
