@@ -18,8 +18,9 @@
 //! stays one mapping and `vm.max_map_count` does not bound the number of coroutines; elsewhere
 //! guards are `mprotect(PROT_NONE)` pages, two mappings per stack, as with corosensei's
 //! `DefaultStack`. A refused stack is a [`JoinError`] naming what ran out, never an abort; after
-//! the first refusal the pool refuses without asking the OS again until a stack has been given
-//! back. Not guaranteed: which stack a coroutine gets, or when pooled pages return to the OS.
+//! a refusal the pool refuses without asking the OS again until a stack has been given back or
+//! 10 ms have passed ([`ASK_AGAIN_AFTER`]). Not guaranteed: which stack a coroutine gets, or
+//! when pooled pages return to the OS.
 //!
 //! Invariants: a stack is in exactly one place: a free list of its size class (`warm`, inside
 //! the box of the finished coroutine that last ran on it, or `cold`, its pages given back), a
@@ -34,6 +35,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use corosensei::stack::valgrind::ValgrindStackRegistration;
 use corosensei::stack::{MIN_STACK_SIZE, Stack, StackPointer};
@@ -64,6 +66,13 @@ const FIRST_CHUNK: usize = 64;
 
 /// The largest single reservation, in bytes (a failed one is retried at half the size).
 const MAX_RESERVATION: usize = 1 << 30;
+
+/// How long after the OS last refused a stack the pool refuses by itself (no system call)
+/// while no stack has been given back. Then it asks the OS again: the limit may have been
+/// raised or memory freed meanwhile, and a hub whose coroutines all live on (a server's root
+/// and acceptor) would otherwise refuse every new coroutine forever. A refused ask costs a
+/// few `mmap`s (the reservation is retried at halves), so at most one every 10 ms.
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(10);
 
 /// The least usable stack a coroutine gets, whatever it asks for: its body may need almost
 /// nothing, but a cancel, a `timeout` or the shutdown unwinds it, and the unwinder, `catch_unwind`
@@ -159,10 +168,13 @@ struct Reservation {
     pinned: bool,
 }
 
-/// The first refusal's message, reused for every later refusal until a stack is given back.
+/// The first refusal's message, reused for every later refusal; and when the OS last refused,
+/// with how many stacks live: until one is given back or [`ASK_AGAIN_AFTER`] has passed, the
+/// pool refuses without asking the OS.
 struct Refusal {
     message: Arc<str>,
     live: usize,
+    at: Instant,
 }
 
 /// A hub's stacks: free ones for reuse (a fresh stack costs a guard install, a reused one
@@ -241,6 +253,7 @@ impl StackPool {
     fn carve(&self, class: &mut SizeClass) -> Result<CoStack, JoinError> {
         if let Some(refusal) = self.refusal.borrow().as_ref()
             && self.live.get() >= refusal.live
+            && refusal.at.elapsed() < ASK_AGAIN_AFTER
         {
             return Err(JoinError::no_stack(refusal.message.clone()));
         }
@@ -283,7 +296,7 @@ impl StackPool {
         let live = self.live.get();
         let message = match refusal.as_mut() {
             Some(earlier) => {
-                earlier.live = live;
+                (earlier.live, earlier.at) = (live, Instant::now());
                 earlier.message.clone()
             }
             None => {
@@ -291,7 +304,7 @@ impl StackPool {
                 // Once per hub (thousands of refusals would drown stderr); every refused
                 // coroutine still carries the message in its JoinError.
                 crate::stderr::line(format_args!("{message}"));
-                *refusal = Some(Refusal { message: message.clone(), live });
+                *refusal = Some(Refusal { message: message.clone(), live, at: Instant::now() });
                 message
             }
         };

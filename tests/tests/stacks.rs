@@ -121,6 +121,31 @@ fn a_stack_the_address_space_limit_refuses_is_a_join_error_naming_rlimit_as() {
     );
 }
 
+/// Regression: after the OS refused a stack, the hub refused every later one by itself while no
+/// coroutine ended, even once the limit was raised: a hub whose coroutines all live on (a
+/// server's root and acceptor) never started another coroutine. It asks the OS again 10 ms
+/// after its last refusal.
+#[test]
+fn a_refused_stack_is_asked_for_again_once_the_limit_is_raised() {
+    if in_child() {
+        let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes into a live rlimit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut old) }, 0);
+        let (refused, later) = greenhub::Builder::new().stack_size(512 << 20).run(|| {
+            limit_address_space_to_current_plus(32 << 20); // not one more 512 MiB stack
+            let refused = spawn(|| ()).join().map_err(|e| e.to_string());
+            // SAFETY: setrlimit reads a live rlimit: the limit as it was.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) }, 0);
+            greenhub::sleep(std::time::Duration::from_millis(20)); // past the 10 ms
+            (refused, spawn(|| 7).join().map_err(|e| e.to_string()))
+        });
+        assert!(refused.is_err_and(|msg| msg.contains("RLIMIT_AS")), "not refused at first");
+        assert_eq!(later, Ok(7), "still refused after the limit was raised");
+        return;
+    }
+    run_child("a_refused_stack_is_asked_for_again_once_the_limit_is_raised", CHILD, "1");
+}
+
 #[test]
 fn with_mprotect_guards_the_mapping_limit_refuses_stacks_naming_vm_max_map_count() {
     if std::env::var_os(FORCE_FALLBACK).is_some() {
