@@ -157,7 +157,10 @@ pub(crate) fn try_hub() -> Option<&'static Hub> {
 /// ```
 ///
 /// # Panics
-/// Inside a running hub (a hub per thread: use [`spawn`](crate::spawn) instead).
+/// Inside a running hub (a hub per thread: use [`spawn`](crate::spawn) instead); and when the
+/// OS refuses the hub its own fds (an epoll instance, an eventfd, a timerfd: for instance at
+/// the open-file limit, RLIMIT_NOFILE) or the root coroutine its stack: the message names
+/// what was refused and the OS's error.
 #[track_caller]
 pub fn run<T>(f: impl FnOnce() -> T) -> T {
     Builder::new().run(f)
@@ -290,7 +293,7 @@ impl Builder {
         );
         crate::sys::install_overflow_reporter();
         install_panic_hook();
-        let hub = Box::new(Hub::new(&self).expect("greenhub::run: cannot create the hub"));
+        let hub = Box::new(Hub::new(&self).unwrap_or_else(|(what, e)| refused_hub(what, &e)));
         let _installed = Installed::new(&hub);
         if let Some(names) = hub.monitor.names() {
             hub.tasks.name_tasks_for(names);
@@ -307,6 +310,22 @@ impl Builder {
             None => unreachable!("the root coroutine ended without a result"),
         }
     }
+}
+
+/// `run`'s panic when the OS refuses one of the hub's own fds: which one, the OS's error, and
+/// for a full fd table the limit to raise.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn refused_hub(what: &str, e: &std::io::Error) -> ! {
+    let hint = match e.raw_os_error() {
+        Some(libc::EMFILE) => {
+            "; raise the open-file limit (RLIMIT_NOFILE, ulimit -n) or close some fds"
+        }
+        Some(libc::ENFILE) => "; the system-wide limit (fs.file-max) is reached",
+        _ => "",
+    };
+    panic!("greenhub::run could not create the hub: the OS refused its {what}: {e}{hint}")
 }
 
 /// Makes a panic in a coroutine say which one, before the panic's own message: `greenhub:
@@ -342,8 +361,9 @@ impl Drop for Installed {
 }
 
 impl Hub {
-    fn new(config: &Builder) -> std::io::Result<Hub> {
-        let waker = crate::sys::eventfd()?;
+    /// A new hub, or what the OS refused it (named, for [`refused_hub`]) and its error.
+    fn new(config: &Builder) -> Result<Hub, (&'static str, std::io::Error)> {
+        let waker = crate::sys::eventfd().map_err(|e| ("wake-up eventfd (eventfd)", e))?;
         let reactor = Reactor::new(waker.as_raw_fd())?;
         let remote = std::sync::Arc::new(Remote::new(waker));
         Ok(Hub {

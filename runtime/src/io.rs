@@ -112,11 +112,16 @@ pub(crate) struct Reactor {
 }
 
 impl Reactor {
-    pub(crate) fn new(waker_fd: RawFd) -> io::Result<Reactor> {
-        let poll = Poll::new()?;
-        poll.registry().register(&mut SourceFd(&waker_fd), WAKER, Interest::READABLE)?;
-        let timer = sys::timerfd()?;
-        poll.registry().register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)?;
+    /// The reactor of a new hub, or what the OS refused it (named) and its error.
+    pub(crate) fn new(waker_fd: RawFd) -> Result<Reactor, (&'static str, io::Error)> {
+        let poll = Poll::new().map_err(|e| ("epoll instance (epoll_create1)", e))?;
+        poll.registry()
+            .register(&mut SourceFd(&waker_fd), WAKER, Interest::READABLE)
+            .map_err(|e| ("watch of its eventfd (epoll_ctl)", e))?;
+        let timer = sys::timerfd().map_err(|e| ("timerfd (timerfd_create)", e))?;
+        poll.registry()
+            .register(&mut SourceFd(&timer.as_raw_fd()), TIMER, Interest::READABLE)
+            .map_err(|e| ("watch of its timerfd (epoll_ctl)", e))?;
         Ok(Reactor {
             #[cfg(feature = "patch")]
             kept: RefCell::new(Vec::new()),

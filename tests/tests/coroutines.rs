@@ -210,6 +210,38 @@ fn run_inside_run_panics_naming_the_rule() {
     });
 }
 
+/// Set in the copy of this test binary that
+/// [`run_with_no_fd_for_the_hub_panics_naming_the_fd_and_the_limit`] starts.
+const NO_FD_CHILD: &str = "GREENHUB_COROUTINES_NO_FD_CHILD";
+
+/// Regression: `run` with no fd to spare for the hub's own panicked with a Debug dump
+/// ("greenhub::run: cannot create the hub: Os { code: 24, kind: Uncategorized, .. }"), not
+/// saying which fd, and its docs did not say it panics there.
+#[test]
+fn run_with_no_fd_for_the_hub_panics_naming_the_fd_and_the_limit() {
+    let test = "run_with_no_fd_for_the_hub_panics_naming_the_fd_and_the_limit";
+    if !greenhub_tests::run_in_child(test, NO_FD_CHILD) {
+        return;
+    }
+    // The lowest free fd number (closed again at once): with the limit there, none is free.
+    let lowest_free = std::os::fd::AsRawFd::as_raw_fd(&std::fs::File::open("/dev/null").unwrap());
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `old` is a valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }, 0);
+    let capped = libc::rlimit { rlim_cur: lowest_free as libc::rlim_t, rlim_max: old.rlim_max };
+    // SAFETY: a valid rlimit, lowering the soft limit only.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) }, 0);
+    let caught = panic::catch_unwind(|| greenhub::run(|| ()));
+    // SAFETY: restores the soft limit read above.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) }, 0);
+    let msg = panic_message(&*caught.expect_err("a hub without fds"));
+    let refused = "greenhub::run could not create the hub: the OS refused its wake-up eventfd";
+    assert!(msg.starts_with(refused), "{msg}");
+    assert!(msg.contains("Too many open files") && msg.contains("RLIMIT_NOFILE"), "{msg}");
+    assert!(!msg.contains("Os {"), "{msg}");
+    assert_eq!(greenhub::run(|| spawn(|| 4).join().unwrap()), 4, "the thread can run a hub now");
+}
+
 #[test]
 fn hub_calls_outside_a_hub_panic_naming_greenhub() {
     let cases: [(&str, fn()); 4] = [
