@@ -829,3 +829,38 @@ fn a_result_whose_deserialize_panics_fails_its_item_and_the_pool_goes_on() {
         pool.close().unwrap();
     });
 }
+
+/// Set in the copy of this test binary that
+/// [`a_pool_with_no_fd_for_its_pipes_names_the_operation`] starts.
+const NO_FD_CHILD: &str = "GREENHUB_POOL_NO_FD_CHILD";
+
+/// Regression: a worker's pipes refused at the open-file limit gave a bare "I/O error on the
+/// pipe: Too many open files": every other `Error::Io` of greenhub-ipc names the operation
+/// that failed (docs/reliability.md, "error texts").
+#[test]
+fn a_pool_with_no_fd_for_its_pipes_names_the_operation() {
+    let test = "a_pool_with_no_fd_for_its_pipes_names_the_operation";
+    if !greenhub_tests::run_in_child(test, NO_FD_CHILD) {
+        return;
+    }
+    let (text, errno) = greenhub::run(|| {
+        // The lowest free fd number (closed again at once): with the limit there, none is free.
+        let lowest_free =
+            std::os::fd::AsRawFd::as_raw_fd(&std::fs::File::open("/dev/null").unwrap());
+        let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: `old` is a valid out-pointer.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }, 0);
+        let capped = libc::rlimit { rlim_cur: lowest_free as libc::rlim_t, rlim_max: old.rlim_max };
+        // SAFETY: a valid rlimit, lowering the soft limit only.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) }, 0);
+        let refused = Pool::<u32, u32>::new(1, |x| x).map(drop);
+        // SAFETY: restores the soft limit read above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) }, 0);
+        let err = refused.expect_err("a pool without fds");
+        (err.to_string(), err.raw_os_error())
+    });
+    assert!(text.starts_with("Pool could not create a worker's task pipe (pipe2)"), "{text}");
+    assert!(text.contains("Too many open files"), "{text}");
+    assert_eq!(errno, Some(libc::EMFILE), "{text}");
+    assert!(zombie_children().is_empty());
+}

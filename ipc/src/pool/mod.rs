@@ -252,8 +252,10 @@ where
     O: Serialize + DeserializeOwned + 'static,
     F: Fn(I) -> O + 'static,
 {
-    let (task_read, task_write) = sys::pipe()?;
-    let (reply_read, reply_write) = sys::pipe()?;
+    let (task_read, task_write) = sys::pipe()
+        .map_err(|e| Error::io("Pool could not create a worker's task pipe (pipe2)", e))?;
+    let (reply_read, reply_write) = sys::pipe()
+        .map_err(|e| Error::io("Pool could not create a worker's reply pipe (pipe2)", e))?;
     let mut tasks_in = Reader::from_fd(task_read, TaskCodec::<I>::new())?;
     tasks_in.set_max_message_size(max);
     let tasks_out = Outgoing::new(Handle::new(task_write)?);
