@@ -33,6 +33,7 @@ mod worker;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
+use std::io;
 use std::marker::PhantomData;
 use std::rc::{Rc, Weak};
 
@@ -205,8 +206,9 @@ impl PoolBuilder {
     /// through fork (a copy in each), so it need not be `Send`.
     ///
     /// # Errors
-    /// [`Error::Io`] if a pipe or a worker cannot be made (too many processes or open files);
-    /// the workers already started are then terminated.
+    /// [`Error::Io`] if a pipe, a worker, or a stack for a coroutine that serves one cannot be
+    /// made (too many processes or open files, no address space left); the text names what the
+    /// OS refused, and the workers already started are then terminated.
     ///
     /// # Panics
     /// Outside a hub (call it from inside [`greenhub::run`]).
@@ -335,23 +337,47 @@ where
     I: Serialize + DeserializeOwned + 'static,
     O: Serialize + DeserializeOwned + 'static,
 {
-    /// Starts one more worker and its reply reader.
+    /// Starts one more worker, its task flusher and its reply reader; an error if the OS
+    /// refuses either coroutine its stack (the worker is then killed and reaped).
     fn launch_one(self: &Rc<Self>) -> Result<(), Error> {
         let number = self.launched.get() + 1;
         self.launched.set(number);
         let (process, tasks, replies) = (self.launch)(format!("{}-{number}", self.config.name))?;
         let link = Link::new(process, tasks);
-        drop(link.tasks.start());
+        let flusher = link.tasks.start();
         self.links.borrow_mut().push(Rc::clone(&link));
         let shared = Rc::downgrade(self);
-        drop(greenhub::spawn(move || {
-            link.read_replies(replies, || notify(&shared));
-            if let Some(shared) = shared.upgrade() {
-                shared.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
-                shared.changed.set();
+        let reading = Rc::new(Cell::new(false));
+        let reader = greenhub::spawn({
+            let (link, reading) = (Rc::clone(&link), Rc::clone(&reading));
+            move || {
+                reading.set(true);
+                link.read_replies(replies, || notify(&shared));
+                if let Some(shared) = shared.upgrade() {
+                    shared.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
+                    shared.changed.set();
+                }
             }
-        }));
-        Ok(())
+        });
+        // A coroutine gets its stack when it first runs, which both do before this one resumes.
+        // One the OS refused has ended by then without running (the flusher, which runs
+        // first, never ends before the pipe is closed); left alone it would leave a worker
+        // whose items are never sent or never answered.
+        greenhub::yield_now();
+        let refused = if flusher.is_finished() {
+            flusher.join().err()
+        } else if !reading.get() && reader.is_finished() {
+            reader.join().err()
+        } else {
+            None
+        };
+        let Some(refused) = refused else { return Ok(()) };
+        self.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
+        link.tasks.close();
+        let _ = link.process.kill();
+        let _ = link.process.join();
+        let refused = io::Error::other(refused.to_string());
+        Err(Error::io("Pool could not start the coroutines that serve a worker", refused))
     }
 
     /// Starts workers until as many are taking items as configured. An error only if none is.
