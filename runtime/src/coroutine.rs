@@ -19,6 +19,7 @@ use std::fmt;
 use std::mem;
 use std::panic::{self, AssertUnwindSafe, Location};
 use std::rc::Rc;
+use std::time::Instant;
 
 use corosensei::stack::Stack as _;
 use corosensei::trap::CoroutineTrapHandler;
@@ -48,6 +49,10 @@ pub(crate) enum Wake {
     Cancel,
     /// Unwind to the `timeout` boundary with this id.
     Timeout(TimeoutId),
+    /// The coroutine is inside a `timeout` and a timer is due that the loop has not fired yet
+    /// (maybe that `timeout`'s): fire the expired timers, and unwind to the boundary if one of
+    /// them interrupts this coroutine (see [`Hub::deliver_expired`]).
+    Expired,
     /// Panic with the hub's deadlock report: nothing can ever wake the root again. (The report
     /// waits in the hub, so that this enum, moved on every switch, stays two words.)
     Deadlock,
@@ -484,20 +489,22 @@ pub(crate) fn suspend(hub: &Hub, how: Suspend) {
     // here, the compiler dispatched every resume, `Run` included, through a jump table: four
     // more instructions and an indirect jump per switch, by callgrind.)
     if !matches!(wake, Wake::Run) {
-        woken_to_unwind(hub, wake);
+        woken_otherwise(hub, wake);
     }
 }
 
-/// A resume that does not let the coroutine carry on: unwind (a cancel, a fired timeout) or
-/// panic with the deadlock report.
+/// A resume other than `Wake::Run`: unwind (a cancel, a fired timeout), panic with the deadlock
+/// report, or fire the timers that are due and carry on unless one of them was this
+/// coroutine's `timeout` (`Wake::Expired`).
 #[cold]
 #[inline(never)]
 #[track_caller]
-fn woken_to_unwind(hub: &Hub, wake: Wake) -> ! {
+fn woken_otherwise(hub: &Hub, wake: Wake) {
     match wake {
         Wake::Run => unreachable!("`suspend` returns on Wake::Run"),
         Wake::Cancel => unwind_from_suspension(hub, Box::new(Cancelled)),
         Wake::Timeout(id) => hub.timeout_fired(id),
+        Wake::Expired => hub.deliver_expired(),
         Wake::Deadlock => {
             let report = hub.take_deadlock_report();
             warn_if_in_cleanup(hub);
@@ -690,6 +697,11 @@ impl Hub {
         let wake = match task.pending.take() {
             _ if task.cancelled => Wake::Cancel,
             Some(wake) => wake,
+            // Inside a `timeout` and a timer is due: the loop fires timers only after it has
+            // run the ready coroutines, so this resume may come before the timeout's interrupt
+            // (one load and a branch for a coroutine inside no `timeout`; a clock read for one
+            // that is).
+            None if task.in_timeout && self.timer_due() => Wake::Expired,
             None => Wake::Run,
         };
         self.running.enter(r, task.yielder, task.doom);
@@ -849,6 +861,28 @@ impl Hub {
         };
         self.running.doom.set(sticky);
         unwind_from_suspension(self, Box::new(TimedOut))
+    }
+
+    /// Whether the earliest timer's deadline has passed.
+    fn timer_due(&self) -> bool {
+        self.timers.next_deadline().is_some_and(|at| at <= Instant::now())
+    }
+
+    /// The running coroutine, inside a `timeout`, was resumed while a timer was due: fire the
+    /// expired timers now (the same `fire_expired` as the loop's, so of two nested deadlines
+    /// that passed the outer one wins, as in `TaskTable::interrupt`); if one of them was a
+    /// `timeout` of this coroutine, unwind to its boundary, else carry on.
+    #[cold]
+    fn deliver_expired(&self) {
+        {
+            // Reached from a coroutine's code (the timer queue's borrow): see `TaskTable::with`.
+            let _section = sys::HubSection::enter();
+            self.timers.fire_expired(self);
+        }
+        let me = self.current_task("timeout");
+        if let Some(Wake::Timeout(id)) = self.tasks.take_pending(me) {
+            self.timeout_fired(id);
+        }
     }
 
     /// The running coroutine's fired timeout reached its code as an error (a patched call's

@@ -149,6 +149,10 @@ pub(crate) struct Task {
     /// `cancelled` and `timed_out` as the one word the switch path copies into `Running`
     /// ([`Doom::CANCELLED`] once cancelled, whatever times out later).
     pub(crate) doom: Doom,
+    /// Whether its code is inside a `timeout`: a resume after a deadline has passed then fires
+    /// the expired timers first, so that the timeout is delivered even when the loop has not
+    /// fired its timer yet (timer.rs). A flag, not the deadline: it fits in `Task`'s padding.
+    pub(crate) in_timeout: bool,
     /// Null until the body has started.
     pub(crate) yielder: *const CoYielder,
     /// Its `local!` values, allocated on the first one (local.rs).
@@ -261,6 +265,7 @@ impl Task {
             cancelled: false,
             timed_out: None,
             doom: Doom::SPARED,
+            in_timeout: false,
             yielder: std::ptr::null(),
             locals: None,
             stack_limit: 0,
@@ -464,6 +469,33 @@ impl TaskTable {
         let _section = HubSection::enter(); // see `with`
         let table = self.inner.borrow();
         table.tasks.get(r.key).is_some_and(|t| t.id == r.id && t.state == TaskState::Suspended)
+    }
+
+    /// Marks the task as inside a `timeout`; returns whether it already was, for
+    /// [`leave_timeout`](Self::leave_timeout) when that `timeout` ends (they nest, so the flag
+    /// of the one outside is one value per frame).
+    pub(crate) fn enter_timeout(&self, r: TaskRef) -> bool {
+        let _section = HubSection::enter(); // see `with`
+        let mut table = self.inner.borrow_mut();
+        let task = table.tasks.get_mut(r.key).filter(|t| t.id == r.id);
+        task.is_some_and(|task| std::mem::replace(&mut task.in_timeout, true))
+    }
+
+    /// Puts back the flag the task had before the `timeout` that ends (`outer`: it is still
+    /// inside another one).
+    pub(crate) fn leave_timeout(&self, r: TaskRef, outer: bool) {
+        let _section = HubSection::enter(); // see `with`
+        if let Some(task) = self.inner.borrow_mut().tasks.get_mut(r.key).filter(|t| t.id == r.id) {
+            task.in_timeout = outer;
+        }
+    }
+
+    /// Takes the running task's pending interrupt (one that `Timers::fire_expired`, called
+    /// from the task itself, has just stored).
+    pub(crate) fn take_pending(&self, r: TaskRef) -> Option<Wake> {
+        let _section = HubSection::enter(); // see `with`
+        let mut table = self.inner.borrow_mut();
+        table.tasks.get_mut(r.key).filter(|t| t.id == r.id)?.pending.take()
     }
 
     /// The table itself, for the switch path in coroutine.rs (a short borrow, never held

@@ -3,8 +3,10 @@
 //! Guarantee: a timer never fires before its deadline (the loop sleeps on a timerfd armed for
 //! the earliest deadline, falling back to mio's poll timeout, which rounds up to whole
 //! milliseconds; expiry is checked against `Instant::now()`); timers with the same
-//! deadline fire in the order they were set. Not guaranteed: how late a timer fires, which depends
-//! on what the other coroutines do before they suspend.
+//! deadline fire in the order they were set; a `timeout` whose deadline passed while its closure
+//! was suspended unwinds it when it is resumed, even if the loop has not fired that timer yet
+//! (a resume inside a `timeout` fires the due timers first). Not guaranteed: how late a timer
+//! fires, which depends on what the other coroutines do before they suspend.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -225,7 +227,11 @@ pub fn timeout<T>(d: Duration, f: impl FnOnce() -> T) -> Result<T, Elapsed> {
         TimeoutId(id)
     });
     let timer = TimerGuard::new(hub, deadline, TimerAction::Interrupt(me, id));
+    // A resume of this coroutine after the deadline delivers the timeout even if the loop has
+    // not fired the timer yet (it fires timers after running the ready coroutines).
+    let outer = hub.tasks.enter_timeout(me);
     let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+    hub.tasks.leave_timeout(me, outer);
     drop(timer);
     let fired = hub.take_timed_out(id);
     match outcome {

@@ -315,6 +315,58 @@ fn regression_outer_timeout_firing_in_the_same_turn_as_the_inner_one_wins() {
     });
 }
 
+/// Holds the hub for `d` without suspending.
+fn hog(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+#[test]
+fn regression_a_deadline_that_passes_while_the_closure_is_suspended_gives_err_even_before_its_timer_fires()
+ {
+    // The loop fires timers only after running the ready coroutines. A closure whose deadline
+    // passed while it was suspended, and that was made ready again in the same turn (woken by
+    // a coroutine that held the hub past the deadline, or just yielded), was resumed before
+    // its timer fired, carried on and returned: `timeout` gave Ok.
+    greenhub::run(|| {
+        let event = Rc::new(Event::new());
+        let setter = spawn({
+            let event = event.clone();
+            move || {
+                hog(ms(5)); // past the deadline, while the closure waits
+                event.set();
+            }
+        });
+        let r = timeout(ms(1), || event.wait());
+        assert!(r.is_err(), "the deadline passed while the closure waited on the event");
+        setter.join().unwrap();
+
+        let busy = spawn(|| hog(ms(5)));
+        assert!(timeout(ms(1), yield_now).is_err(), "the deadline passed while it yielded");
+        busy.join().unwrap();
+
+        assert!(timeout(Duration::ZERO, yield_now).is_err(), "suspended past a zero deadline");
+
+        // Nested, both deadlines passed before the first suspension: the outer one's.
+        let outer = timeout(ms(1), || {
+            timeout(ms(2), || {
+                hog(ms(5));
+                yield_now();
+            })
+        });
+        assert!(outer.is_err(), "the outer deadline passed first, and it is the outer one's");
+
+        // Not suspended past the deadline: still Ok, and the coroutine suspends normally after.
+        assert_eq!(timeout(ms(1), || hog(ms(3))), Ok(()));
+        yield_now();
+        let start = Instant::now();
+        sleep(ms(2));
+        assert!(start.elapsed() >= ms(2));
+    });
+}
+
 #[test]
 fn every_runtime_call_taking_a_duration_accepts_duration_max() {
     // A deadline past what `Instant` can hold means "never", not an overflow panic.
