@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::Postcard;
+use crate::transfer::socket_here;
 use crate::{Duplex, Error, Reader, Writer, sys};
 
 impl<Out, In> Duplex<Out, In>
@@ -48,9 +49,14 @@ where
     /// ```
     ///
     /// # Errors
-    /// [`Error::Io`] if the socket cannot be duplicated (out of fds) or configured.
+    /// [`Error::Closed`] for a stream this process does not own (one inherited through fork
+    /// into a child it was not given to, where its fd is closed); [`Error::Io`] if the socket
+    /// cannot be duplicated (out of fds) or configured.
     #[track_caller]
     pub fn from_tcp(stream: greenhub::net::TcpStream) -> Result<Self, Error> {
+        if !socket_here(stream.local_addr()) {
+            return Err(Error::Closed);
+        }
         stream.set_nodelay(true)?;
         Self::from_socket(stream.as_raw_fd())
     }
@@ -74,10 +80,13 @@ where
     /// As [`from_tcp`](Self::from_tcp).
     #[track_caller]
     pub fn from_unix(stream: greenhub::net::UnixStream) -> Result<Self, Error> {
+        if !socket_here(stream.local_addr()) {
+            return Err(Error::Closed);
+        }
         Self::from_socket(stream.as_raw_fd())
     }
 
-    /// Two duplicates of the connected socket `fd`, one for each direction's handle (the caller
+    /// Two duplicates of the connected socket `fd` (checked to be this process's), one for each direction's handle (the caller
     /// drops the original: the socket closes when both handles have). Already non-blocking: the
     /// duplicates share the original's open file description.
     fn from_socket(fd: RawFd) -> Result<Self, Error> {

@@ -12,8 +12,10 @@
 //! child's fresh hub on its first wait (a [`greenhub::io::Source`] registers with whichever hub
 //! is current). A socket the child inherits without being given it is closed there, like every
 //! other fd it was not given, and knows it, as a pipe handle does: its reads, writes, accepts
-//! and address queries fail with an error saying so, and dropping it there leaves its fd number
-//! alone (the child may have reused the number for a file of its own).
+//! and address queries fail with an error saying so, handing it on (to a grandchild, to a
+//! program with `Command::pass`) or to `Duplex::from_tcp` / `from_unix` is `Error::Closed`, and
+//! dropping it there leaves its fd number alone (the child may have reused the number for a
+//! file of its own).
 //! ([`greenhub::ext::closed_inherited_fds_except`] tells the runtime which fds were kept.)
 
 use std::fs::File;
@@ -101,6 +103,13 @@ pub(crate) mod sealed {
         fn held_bytes(&self) -> usize {
             0
         }
+
+        /// Whether every socket of `greenhub::net` in the value is this process's: false for
+        /// one inherited through fork into a child that closed its fd (its number may name
+        /// another file there now). Containers ask each element.
+        fn sockets_here(&self) -> bool {
+            true
+        }
     }
 }
 
@@ -120,11 +129,18 @@ pub(crate) fn fds(value: &(impl Transfer + ?Sized)) -> Vec<RawFd> {
     fds
 }
 
-/// Whether this process owns every handle in `value` (only those can be given away).
+/// Whether this process owns every handle and socket in `value` (only those can be given away).
 pub(crate) fn owned_here(value: &(impl Transfer + ?Sized)) -> bool {
     let mut all = true;
     value.each_handle(&mut |h| all &= h.is_owned_here());
-    all
+    all && value.sockets_here()
+}
+
+/// Whether `socket`, a socket of `greenhub::net`, is this process's: its address query goes
+/// through greenhub's inherited-socket check, which fails in a child that closed its fd (the
+/// `getsockname` behind it cannot fail on an open socket this process owns).
+pub(crate) fn socket_here<A>(local_addr: std::io::Result<A>) -> bool {
+    local_addr.is_ok()
 }
 
 /// The bytes `value` holds for its fds in this process (see `Sealed::held_bytes`).
@@ -175,6 +191,10 @@ impl<T: sealed::Sealed> sealed::Sealed for Option<T> {
     fn held_bytes(&self) -> usize {
         self.as_ref().map_or(0, |inner| inner.held_bytes())
     }
+
+    fn sockets_here(&self) -> bool {
+        self.as_ref().is_none_or(|inner| inner.sockets_here())
+    }
 }
 
 impl<T: sealed::Sealed> sealed::Sealed for Vec<T> {
@@ -188,6 +208,10 @@ impl<T: sealed::Sealed> sealed::Sealed for Vec<T> {
 
     fn held_bytes(&self) -> usize {
         self.iter().map(|inner| inner.held_bytes()).sum()
+    }
+
+    fn sockets_here(&self) -> bool {
+        self.iter().all(|inner| inner.sockets_here())
     }
 }
 
@@ -203,6 +227,10 @@ impl<T: sealed::Sealed, const N: usize> sealed::Sealed for [T; N] {
     fn held_bytes(&self) -> usize {
         self.iter().map(|inner| inner.held_bytes()).sum()
     }
+
+    fn sockets_here(&self) -> bool {
+        self.iter().all(|inner| inner.sockets_here())
+    }
 }
 
 impl<T: sealed::Sealed + ?Sized> sealed::Sealed for Box<T> {
@@ -217,12 +245,33 @@ impl<T: sealed::Sealed + ?Sized> sealed::Sealed for Box<T> {
     fn held_bytes(&self) -> usize {
         (**self).held_bytes()
     }
+
+    fn sockets_here(&self) -> bool {
+        (**self).sockets_here()
+    }
 }
 
 // A greenhub socket holds no pipe handle either: moving it into the child is the whole transfer
 // (the parent drops its copy once the child exists; the child keeps its fd and the child's copy
-// registers with the child's hub when it first waits).
-fd_transfer! {
+// registers with the child's hub when it first waits). One inherited into a child that closed
+// its fd is not that child's to give away: its number may name another file there by now.
+macro_rules! socket_transfer {
+    ($($ty:ty)*) => {$(
+        impl sealed::Sealed for $ty {
+            fn each_handle(&self, _: &mut dyn FnMut(&Handle)) {}
+
+            fn each_fd(&self, f: &mut dyn FnMut(RawFd)) {
+                f(self.as_raw_fd());
+            }
+
+            fn sockets_here(&self) -> bool {
+                socket_here(self.local_addr())
+            }
+        }
+    )*};
+}
+
+socket_transfer! {
     greenhub::net::TcpListener greenhub::net::TcpStream greenhub::net::UnixListener
     greenhub::net::UnixStream greenhub::net::UdpSocket
 }
@@ -246,6 +295,12 @@ macro_rules! tuple_transfer {
             fn held_bytes(&self) -> usize {
                 let ($($name,)+) = self;
                 0 $(+ $name.held_bytes())+
+            }
+
+            #[allow(non_snake_case)]
+            fn sockets_here(&self) -> bool {
+                let ($($name,)+) = self;
+                true $(&& $name.sockets_here())+
             }
         }
     };

@@ -220,3 +220,58 @@ fn a_socket_inherited_without_a_transfer_refuses_io_and_leaves_its_number_alone(
         assert_eq!(parts[2], "ok", "{line}");
     });
 }
+
+/// A socket the child inherits without being given it is not the child's to hand on: giving it
+/// to a grandchild or a program, or wrapping it in a `Duplex`, is `Error::Closed`, and never
+/// passes on or writes to the file of the child's own that now has its number.
+#[test]
+fn a_socket_inherited_without_a_transfer_cannot_be_handed_on_or_wrapped_in_a_duplex() {
+    hub_test(|| {
+        let (inherited, _peer) = greenhub::net::UnixStream::pair().unwrap();
+        let (tcp_listener, tcp) = {
+            let listener = greenhub::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let tcp = greenhub::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            (listener, tcp)
+        };
+        let (report_r, report_w) = pipe::<String>().unwrap();
+        let child = start_process(report_w, move |report: Writer<String>| {
+            // A pipe of the child's own, its write end under the inherited (closed) number
+            // (the read end moved off it first, should the pipe have got that number).
+            let number = inherited.as_raw_fd();
+            let (first_reader, own_writer) = std::io::pipe().unwrap();
+            let mut own_reader = first_reader.try_clone().unwrap();
+            drop(first_reader);
+            let own_writer = std::os::fd::OwnedFd::from(own_writer);
+            if own_writer.as_raw_fd() == number {
+                std::mem::forget(own_writer); // closed below, under `number`
+            } else {
+                // SAFETY: `number` is free in this child (closed with every fd it was not
+                // given), and `own_writer`'s fd is open: dup2 makes `number` a second fd of
+                // the pipe.
+                assert_eq!(unsafe { libc::dup2(own_writer.as_raw_fd(), number) }, number);
+                drop(own_writer);
+            }
+            let outcomes = [
+                format!("{:?}", greenhub_ipc::Duplex::<u8, u8>::from_unix(inherited).err()),
+                format!("{:?}", greenhub_ipc::Duplex::<u8, u8>::from_tcp(tcp).err()),
+                format!("{:?}", start_process(tcp_listener, |_| ()).err()),
+            ];
+            // SAFETY: `number` is this child's own fd now (the dup2 above); nothing else owns it.
+            drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(number) });
+            let mut leaked = Vec::new();
+            own_reader.read_to_end(&mut leaked).unwrap();
+            report.put(&format!(
+                "{} | {} bytes in the child's pipe",
+                outcomes.join(" | "),
+                leaked.len()
+            ))
+        })
+        .unwrap();
+        let line = report_r.get().unwrap();
+        assert!(child.join().unwrap().success(), "{line}");
+        assert_eq!(
+            line,
+            "Some(Closed) | Some(Closed) | Some(Closed) | 0 bytes in the child's pipe"
+        );
+    });
+}
