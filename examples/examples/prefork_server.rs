@@ -53,6 +53,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// How long open connections may take to finish after SIGTERM, by default.
 const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
+/// The first delay before a failed accept is retried; it doubles up to `ACCEPT_MAX_DELAY`.
+const ACCEPT_MIN_DELAY: Duration = Duration::from_millis(10);
+
+/// The longest delay between accept attempts.
+const ACCEPT_MAX_DELAY: Duration = Duration::from_secs(1);
+
 /// The connections of the demo's burst.
 const BURST: usize = 2000;
 
@@ -267,10 +273,27 @@ fn accept_until_stopped(
     let connections = Rc::new(Connections::default());
     let acceptor = greenhub::spawn({
         let connections = Rc::clone(&connections);
-        move || -> io::Result<()> {
+        move || {
+            let mut delay = ACCEPT_MIN_DELAY;
             loop {
-                let (stream, _) = listener.accept()?;
-                connections.serve(stream);
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        delay = ACCEPT_MIN_DELAY;
+                        connections.serve(stream);
+                    }
+                    // Out of fds (EMFILE) or memory: the connection stays queued. Giving up
+                    // would leave a live worker that never accepts again (its SO_REUSEPORT
+                    // socket's connections would wait forever), so back off and retry, as
+                    // `greenhub::net::Server` does.
+                    Err(e) => {
+                        eprintln!(
+                            "server: worker {}: accept failed: {e}; retrying in {delay:?}",
+                            std::process::id()
+                        );
+                        greenhub::sleep(delay);
+                        delay = (delay * 2).min(ACCEPT_MAX_DELAY);
+                    }
+                }
             }
         }
     });

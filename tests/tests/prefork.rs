@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 use std::rc::Rc;
 use std::time::Duration;
@@ -23,10 +24,16 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// Starts `prefork_server serve` with `args`; the process, its address and its header line.
 fn start_server(args: &[&str]) -> (Process, SocketAddr, String) {
+    start_server_with(args, Stdio::inherit())
+}
+
+/// [`start_server`], with the server's stderr as `stderr` says.
+fn start_server_with(args: &[&str], stderr: Stdio) -> (Process, SocketAddr, String) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_prefork_server"))
         .arg("serve")
         .args(args)
         .stdout(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut out = BufReader::new(server.take_stdout().unwrap());
@@ -201,6 +208,67 @@ fn repeated_sigterms_during_the_stop_still_exit_0() {
                 };
                 assert_eq!(status.code(), Some(0), "{status:?}: the server exits with 0");
             }
+        })
+        .expect("the test hung");
+    });
+    assert_eq!(zombie_children(), Vec::<u32>::new());
+}
+
+/// Sets process `pid`'s soft limit of open fds to `soft` (its hard limit stays); returns the
+/// old soft limit.
+fn set_fd_limit(pid: u32, soft: libc::rlim_t) -> libc::rlim_t {
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let pid = pid as libc::pid_t;
+    // SAFETY: a null new limit only reads; `old` is a live `rlimit` for the call.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit { rlim_cur: soft, rlim_max: old.rlim_max };
+    // SAFETY: `new` is a live `rlimit` for the call; a null old limit is not written.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_cur
+}
+
+/// Regression: a worker's acceptor ended at its first failed accept (`EMFILE` at the fd limit),
+/// leaving a live worker that never accepted again: the connections of its socket waited
+/// forever, and no worker was replaced. Here the worker's fd limit is set to its lowest free fd
+/// number, so its next accept fails; once the server says so on stderr, the limit is put back,
+/// and the same connection is answered by the same worker.
+#[test]
+fn a_worker_that_meets_the_fd_limit_backs_off_and_accepts_again() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        greenhub::timeout(LONG, || {
+            let (mut server, addr, _) = start_server_with(&["--workers", "1"], Stdio::piped());
+            let mut stderr = BufReader::new(server.take_stderr().unwrap());
+            let first = TcpStream::connect(addr).unwrap();
+            (&first).write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+            let (_, worker) = read_response(&first);
+            (&first).read_to_end(&mut Vec::new()).unwrap(); // the worker has closed its end
+            let fd_dir = format!("/proc/{worker}/fd");
+            let lowest_free =
+                (0..).find(|n| !Path::new(&format!("{fd_dir}/{n}")).exists()).unwrap();
+            let old = set_fd_limit(worker, lowest_free);
+            let stream = TcpStream::connect(addr).unwrap();
+            (&stream).write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+            let said = greenhub::timeout(Duration::from_secs(10), || {
+                let mut line = String::new();
+                while !line.contains("accept failed") {
+                    line.clear();
+                    if stderr.read_line(&mut line).unwrap() == 0 {
+                        break;
+                    }
+                }
+                line
+            });
+            let line = said.expect("the worker never said its accept failed");
+            assert!(line.contains("Too many open files"), "{line}");
+            set_fd_limit(worker, old);
+            let (head, pid) = read_response(&stream);
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+            assert_eq!(pid, worker, "the same worker accepts again");
+            server.terminate().unwrap();
+            assert_eq!(server.join().unwrap().code(), Some(0));
         })
         .expect("the test hung");
     });
