@@ -1,7 +1,8 @@
 //! A pre-fork HTTP/1.1 server, gunicorn's model on greenhub: the parent binds, N worker
 //! processes (default: the CPU count) each accept with their own hub, one coroutine per
 //! connection; a dead worker is replaced; SIGTERM stops accepting, lets open connections finish
-//! within a grace period, then exits 0.
+//! within a grace period, then exits 0 (a worker still running a second after its grace period,
+//! hung or stopped, is killed).
 //!
 //! It teaches handing sockets to child processes (`Transfer` for `greenhub::net` listeners,
 //! `try_clone` to keep the parent's copy), a supervisor coroutine per worker, a control pipe
@@ -58,6 +59,9 @@ const ACCEPT_MIN_DELAY: Duration = Duration::from_millis(10);
 
 /// The longest delay between accept attempts.
 const ACCEPT_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// How long past the grace period the parent waits for its workers to end before it kills them.
+const STOP_MARGIN: Duration = Duration::from_secs(1);
 
 /// The connections of the demo's burst.
 const BURST: usize = 2000;
@@ -152,6 +156,18 @@ fn serve(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
     for slot in &slots {
         slot.stop();
     }
+    // A worker that does not end within its grace period (hung, a CPU hog, stopped) is killed:
+    // the server's own stop must not wait on it forever.
+    let ended = greenhub::timeout(options.grace + STOP_MARGIN, || {
+        for supervisor in &supervisors {
+            let _ = supervisor.wait_timeout(Duration::MAX);
+        }
+    });
+    if ended.is_err() {
+        for slot in &slots {
+            slot.kill();
+        }
+    }
     for supervisor in supervisors {
         let _ = supervisor.join();
     }
@@ -210,11 +226,18 @@ struct Slot {
     index: usize,
     listener: RefCell<Option<TcpListener>>,
     control: RefCell<Option<Writer<Control>>>,
+    /// The worker running in this slot now.
+    worker: RefCell<Option<Rc<Process>>>,
 }
 
 impl Slot {
     fn new(index: usize, listener: TcpListener) -> Slot {
-        Slot { index, listener: RefCell::new(Some(listener)), control: RefCell::new(None) }
+        Slot {
+            index,
+            listener: RefCell::new(Some(listener)),
+            control: RefCell::new(None),
+            worker: RefCell::new(None),
+        }
     }
 
     /// Keeps a worker running in this slot until the server stops: starts one, waits for it to
@@ -225,7 +248,10 @@ impl Slot {
                 Ok(worker) => worker,
                 Err(err) => return eprintln!("server: cannot start worker {}: {err}", self.index),
             };
+            let worker = Rc::new(worker);
+            *self.worker.borrow_mut() = Some(Rc::clone(&worker));
             let status = worker.join();
+            self.worker.borrow_mut().take();
             self.control.borrow_mut().take();
             if !stopping.get() {
                 let pid = worker.pid();
@@ -250,6 +276,18 @@ impl Slot {
             })?;
         *self.control.borrow_mut() = Some(control_writer);
         Ok(process)
+    }
+
+    /// Kills the slot's worker (SIGKILL), if one runs: it did not stop when told to.
+    fn kill(&self) {
+        if let Some(worker) = self.worker.borrow().as_ref() {
+            eprintln!(
+                "server: worker {} (pid {}) did not stop within its grace period; killing it",
+                self.index,
+                worker.pid()
+            );
+            let _ = worker.kill();
+        }
     }
 
     /// Stops the slot: its socket is closed here, and its worker is told to stop (close its

@@ -274,3 +274,29 @@ fn a_worker_that_meets_the_fd_limit_backs_off_and_accepts_again() {
     });
     assert_eq!(zombie_children(), Vec::<u32>::new());
 }
+
+/// Regression: after SIGTERM the parent waited for each worker to end with no deadline, so one
+/// worker that did not answer its stop (hung, a CPU hog; here stopped with SIGSTOP) kept the
+/// server from ever exiting. Now a worker still running a second after the grace period is
+/// killed, and the server exits 0.
+#[test]
+fn a_worker_that_does_not_stop_is_killed_after_the_grace_period_and_the_server_exits_0() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        greenhub::timeout(LONG, || {
+            let (server, addr, _) = start_server(&["--workers", "1", "--grace-ms", "100"]);
+            let worker = one_request(addr);
+            // SAFETY: kill has no memory preconditions; `worker` is the server's live worker.
+            assert_eq!(unsafe { libc::kill(worker as libc::pid_t, libc::SIGSTOP) }, 0);
+            server.terminate().unwrap();
+            let status = server.join_timeout(Duration::from_secs(10)).unwrap();
+            let status = status.expect("the server still runs 10 s after SIGTERM");
+            assert_eq!(status.code(), Some(0), "{status:?}");
+            // SAFETY: as above; signal 0 only checks that the process exists.
+            let gone = unsafe { libc::kill(worker as libc::pid_t, 0) } == -1;
+            assert!(gone, "the stopped worker {worker} outlived the server");
+        })
+        .expect("the test hung");
+    });
+    assert_eq!(zombie_children(), Vec::<u32>::new());
+}
