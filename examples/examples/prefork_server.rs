@@ -54,10 +54,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// How long open connections may take to finish after SIGTERM, by default.
 const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
-/// The first delay before a failed accept is retried; it doubles up to `ACCEPT_MAX_DELAY`.
+/// The first delay before a failed accept (or a worker that could not be started) is retried;
+/// it doubles up to `ACCEPT_MAX_DELAY`.
 const ACCEPT_MIN_DELAY: Duration = Duration::from_millis(10);
 
-/// The longest delay between accept attempts.
+/// The longest delay between accept attempts (or attempts to start a worker).
 const ACCEPT_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// How long past the grace period the parent waits for its workers to end before it kills them.
@@ -243,11 +244,24 @@ impl Slot {
     /// Keeps a worker running in this slot until the server stops: starts one, waits for it to
     /// end, and starts a replacement if it died while the server was not stopping.
     fn supervise(&self, stopping: &Cell<bool>, grace: Duration) {
+        let mut delay = ACCEPT_MIN_DELAY;
         while !stopping.get() {
             let worker = match self.start_worker(grace) {
                 Ok(worker) => worker,
-                Err(err) => return eprintln!("server: cannot start worker {}: {err}", self.index),
+                // Out of fds or processes, for now: try again later. (Giving up would leave
+                // this slot's socket open with nobody accepting on it: the connections the
+                // kernel hashes to it would wait forever.)
+                Err(err) => {
+                    eprintln!(
+                        "server: cannot start worker {}: {err}; retrying in {delay:?}",
+                        self.index
+                    );
+                    greenhub::sleep(delay);
+                    delay = (delay * 2).min(ACCEPT_MAX_DELAY);
+                    continue;
+                }
             };
+            delay = ACCEPT_MIN_DELAY;
             let worker = Rc::new(worker);
             *self.worker.borrow_mut() = Some(Rc::clone(&worker));
             let status = worker.join();

@@ -10,7 +10,6 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Stdio;
 use std::rc::Rc;
 use std::time::Duration;
@@ -214,6 +213,10 @@ fn repeated_sigterms_during_the_stop_still_exit_0() {
     assert_eq!(zombie_children(), Vec::<u32>::new());
 }
 
+/// An fd limit under which a process can open no fd but its stdio: every new fd (an accept, a
+/// dup, a pipe) fails with EMFILE, while the fds it has stay open.
+const ONLY_STDIO: libc::rlim_t = 3;
+
 /// Sets process `pid`'s soft limit of open fds to `soft` (its hard limit stays); returns the
 /// old soft limit.
 fn set_fd_limit(pid: u32, soft: libc::rlim_t) -> libc::rlim_t {
@@ -229,10 +232,24 @@ fn set_fd_limit(pid: u32, soft: libc::rlim_t) -> libc::rlim_t {
     old.rlim_cur
 }
 
+/// The first line of `stderr` that contains `needle`, waiting at most 10 s for it.
+fn line_with(stderr: &mut impl BufRead, needle: &str) -> Result<String, greenhub::Elapsed> {
+    greenhub::timeout(Duration::from_secs(10), || {
+        let mut line = String::new();
+        while !line.contains(needle) {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+        }
+        line
+    })
+}
+
 /// Regression: a worker's acceptor ended at its first failed accept (`EMFILE` at the fd limit),
 /// leaving a live worker that never accepted again: the connections of its socket waited
-/// forever, and no worker was replaced. Here the worker's fd limit is set to its lowest free fd
-/// number, so its next accept fails; once the server says so on stderr, the limit is put back,
+/// forever, and no worker was replaced. Here the worker's fd limit is set so low that its next
+/// accept fails; once the server says so on stderr, the limit is put back,
 /// and the same connection is answered by the same worker.
 #[test]
 fn a_worker_that_meets_the_fd_limit_backs_off_and_accepts_again() {
@@ -245,23 +262,10 @@ fn a_worker_that_meets_the_fd_limit_backs_off_and_accepts_again() {
             (&first).write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
             let (_, worker) = read_response(&first);
             (&first).read_to_end(&mut Vec::new()).unwrap(); // the worker has closed its end
-            let fd_dir = format!("/proc/{worker}/fd");
-            let lowest_free =
-                (0..).find(|n| !Path::new(&format!("{fd_dir}/{n}")).exists()).unwrap();
-            let old = set_fd_limit(worker, lowest_free);
+            let old = set_fd_limit(worker, ONLY_STDIO);
             let stream = TcpStream::connect(addr).unwrap();
             (&stream).write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
-            let said = greenhub::timeout(Duration::from_secs(10), || {
-                let mut line = String::new();
-                while !line.contains("accept failed") {
-                    line.clear();
-                    if stderr.read_line(&mut line).unwrap() == 0 {
-                        break;
-                    }
-                }
-                line
-            });
-            let line = said.expect("the worker never said its accept failed");
+            let line = line_with(&mut stderr, "accept failed").expect("no accept failed");
             assert!(line.contains("Too many open files"), "{line}");
             set_fd_limit(worker, old);
             let (head, pid) = read_response(&stream);
@@ -295,6 +299,35 @@ fn a_worker_that_does_not_stop_is_killed_after_the_grace_period_and_the_server_e
             // SAFETY: as above; signal 0 only checks that the process exists.
             let gone = unsafe { libc::kill(worker as libc::pid_t, 0) } == -1;
             assert!(gone, "the stopped worker {worker} outlived the server");
+        })
+        .expect("the test hung");
+    });
+    assert_eq!(zombie_children(), Vec::<u32>::new());
+}
+
+/// Regression: a supervisor whose replacement worker could not be started (the parent out of
+/// fds or processes for a moment) gave up for good, leaving its slot's socket open with nobody
+/// accepting on it. Here the server's fd limit lets it open no fd while its worker is
+/// killed; once the server says it cannot start the replacement, the limit is put back, and a
+/// new worker answers.
+#[test]
+fn a_worker_that_cannot_be_started_for_a_moment_is_started_later() {
+    let _serial = process_lock();
+    greenhub::run(|| {
+        greenhub::timeout(LONG, || {
+            let (mut server, addr, _) = start_server_with(&["--workers", "1"], Stdio::piped());
+            let mut stderr = BufReader::new(server.take_stderr().unwrap());
+            let worker = one_request(addr);
+            let old = set_fd_limit(server.pid(), ONLY_STDIO);
+            // SAFETY: kill has no memory preconditions; `worker` is the server's live worker.
+            assert_eq!(unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) }, 0);
+            line_with(&mut stderr, "cannot start worker").expect("no cannot start worker");
+            set_fd_limit(server.pid(), old);
+            let answered = greenhub::timeout(Duration::from_secs(10), || one_request(addr));
+            let replacement = answered.expect("no worker answers any more");
+            assert_ne!(replacement, worker);
+            server.terminate().unwrap();
+            assert_eq!(server.join().unwrap().code(), Some(0));
         })
         .expect("the test hung");
     });
