@@ -90,6 +90,11 @@ pub(crate) struct Reactor {
     /// epoch of the number when it was kept (see [`wait_fd_kept`]).
     #[cfg(feature = "patch")]
     kept: RefCell<Vec<Option<Kept>>>,
+    /// The process whose epoll instance `poll` is (feature `patch`): a child made by a plain
+    /// `fork` from a coroutine runs on a copy of this reactor over the parent's epoll, and the
+    /// patch's `close` there must not deregister the parent's registrations ([`forget_kept`]).
+    #[cfg(feature = "patch")]
+    pid: libc::pid_t,
     poll: RefCell<Poll>,
     events: RefCell<Events>,
     registrations: RefCell<Slab<Weak<Registration>>>,
@@ -125,6 +130,9 @@ impl Reactor {
         Ok(Reactor {
             #[cfg(feature = "patch")]
             kept: RefCell::new(Vec::new()),
+            #[cfg(feature = "patch")]
+            // SAFETY: getpid has no preconditions.
+            pid: unsafe { libc::getpid() },
             timer,
             armed: Cell::new(None),
             poll: RefCell::new(poll),
@@ -936,9 +944,19 @@ pub(crate) fn wait_fd_kept(
 /// The patch's `close` (or `dup2` over) `fd` on this thread, before the real call: the hub lets
 /// go of the registration it kept for `fd`, deregistering it while the fd is still open (unless
 /// a waiter still holds it: it is then checked before the next poll, and wakes with `EBADF`).
+///
+/// In a child made by a plain `fork` from a coroutine (not `start_process`, which gives the
+/// child a fresh hub), the reactor is a copy over the parent's epoll instance, where a
+/// registration is the parent's too: deregistering it there left the parent's next wait on the
+/// fd without events, forever (a probe's child closed an inherited socket before `_exit`). Such
+/// a child lets go of nothing.
 #[cfg(feature = "patch")]
 pub(crate) fn forget_kept(fd: RawFd) {
     let Some(hub) = try_hub() else { return };
+    // SAFETY: getpid has no preconditions.
+    if hub.reactor.pid != unsafe { libc::getpid() } {
+        return; // a forked copy: the epoll instance and its registrations are the parent's
+    }
     let Ok(index) = usize::try_from(fd) else { return };
     let _section = HubSection::enter();
     let taken = hub.reactor.kept.borrow_mut().get_mut(index).and_then(Option::take);
