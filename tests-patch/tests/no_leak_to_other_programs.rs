@@ -308,3 +308,84 @@ fn a_blocking_socket_received_with_scm_rights_is_never_made_non_blocking() {
         still_cooperative_and_blocking(a, &ours);
     });
 }
+
+/// Regression: on a polled fd (a pipe received with `SCM_RIGHTS`, as inherited stdio is; a
+/// blocking eventfd, timerfd, signalfd, epoll instance), the patch waited for readiness before
+/// calls that the kernel answers at once whatever the readiness: a read of no bytes from an empty
+/// pipe (0), a read of a pipe's write end or a write to its read end (`EBADF`), a read shorter
+/// than an eventfd's, timerfd's or signalfd's record, and any read of an epoll fd (`EINVAL`).
+/// Each waited until the fd became ready, forever here; libc returns at once.
+#[test]
+fn calls_the_kernel_answers_at_once_never_wait_on_a_polled_fd() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (tx, rx) = UnixStream::pair().unwrap();
+        let mut ends = [0; 2];
+        // SAFETY: `ends` is a valid array of two ints; the fds are owned below.
+        assert_eq!(unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: the pipe's two fds, new and owned here.
+        let mine = unsafe { ends.map(|fd| OwnedFd::from_raw_fd(fd)) };
+        send_fd(&tx, mine[0].as_raw_fd(), false);
+        send_fd(&tx, mine[1].as_raw_fd(), false);
+        let (read_end, write_end) = (recv_fd(&rx, false), recv_fd(&rx, false));
+        // SAFETY: the flags are valid; the results are checked and owned.
+        let anon = unsafe {
+            let mut usr2: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut usr2);
+            libc::sigaddset(&mut usr2, libc::SIGUSR2);
+            [
+                libc::eventfd(0, libc::EFD_CLOEXEC),
+                libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC),
+                libc::signalfd(-1, &usr2, libc::SFD_CLOEXEC),
+                libc::epoll_create1(libc::EPOLL_CLOEXEC),
+            ]
+            .map(|fd| {
+                assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+                OwnedFd::from_raw_fd(fd)
+            })
+        };
+        let mut buf = [0u8; 8];
+        let at_once = |what: &str, call: &dyn Fn() -> isize| {
+            let answer = greenhub::timeout(Duration::from_secs(5), || match call() {
+                n if n < 0 => Err(std::io::Error::last_os_error().raw_os_error()),
+                n => Ok(n),
+            });
+            answer.unwrap_or_else(|_| panic!("{what} waited; libc answers at once"))
+        };
+        let p = buf.as_mut_ptr().cast::<libc::c_void>();
+        // SAFETY: reads at most 8 bytes into the live `buf`.
+        let read = move |fd: RawFd, n: usize| move || unsafe { libc::read(fd, p, n.min(8)) };
+        // SAFETY: writes at most 8 bytes of the live `buf`.
+        let write = move |fd: RawFd, n: usize| move || unsafe { libc::write(fd, p, n.min(8)) };
+        let (r, w) = (read_end.as_raw_fd(), write_end.as_raw_fd());
+        assert_eq!(at_once("a read of 0 bytes", &read(r, 0)), Ok(0));
+        // SAFETY: `w` is a pipe's write end.
+        let fill_then_write_none = || unsafe { fill_then_write_none(w) };
+        assert_eq!(at_once("a write of 0 bytes", &fill_then_write_none), Ok(0));
+        let ebadf = Err(Some(libc::EBADF));
+        assert_eq!(at_once("a read of the write end", &read(w, 1)), ebadf);
+        assert_eq!(at_once("a write to the read end", &write(r, 1)), ebadf);
+        let einval = Err(Some(libc::EINVAL));
+        for (fd, what) in anon.iter().zip(["eventfd", "timerfd", "signalfd", "epoll fd"]) {
+            let got = at_once(what, &read(fd.as_raw_fd(), 4));
+            assert_eq!(got, einval, "a 4-byte read of a {what}");
+        }
+    });
+}
+
+/// Fills the pipe whose write end is `fd` (blocking), then writes nothing to it.
+///
+/// # Safety
+/// `fd` is a pipe's write end.
+unsafe fn fill_then_write_none(fd: RawFd) -> isize {
+    // SAFETY: F_GETPIPE_SZ and F_SETFL take ints; the writes read a live buffer.
+    unsafe {
+        let size = libc::fcntl(fd, libc::F_GETPIPE_SZ) as usize;
+        let chunk = vec![0u8; size];
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        while libc::write(fd, chunk.as_ptr().cast(), size) > 0 {}
+        libc::fcntl(fd, libc::F_SETFL, flags);
+        libc::write(fd, chunk.as_ptr().cast(), 0)
+    }
+}

@@ -45,7 +45,8 @@ pub(super) const NEVER_WAITS: c_int = libc::MSG_DONTWAIT | libc::MSG_ERRQUEUE;
 
 /// A read- or write-shaped call (`read`, `recv`, `send`, `accept`, ...) on `fd`. `dont_wait` is
 /// the caller's own `MSG_DONTWAIT` (or, for a receive, a flag in [`NEVER_WAITS`]): such a call
-/// never waits.
+/// never waits. `len` is the count of bytes the call moves at most, where the hook knows it: on
+/// a polled fd it tells a call the kernel answers at once ([`answers_at_once`]).
 ///
 /// The fast path is what a call on a ready fd costs: on an fd the table already knows (in any
 /// mode but a blocking [`Mode::Polled`], which must wait first), the call is tried at once,
@@ -55,12 +56,18 @@ pub(super) const NEVER_WAITS: c_int = libc::MSG_DONTWAIT | libc::MSG_ERRQUEUE;
 /// (function prologues, the guard's closure, a full entry decode) per call on a ready fd
 /// (callgrind, the `patch_read` worker: 50.1 M -> 39.5 M for 200k reads in a hub, 200k outside).
 #[inline(always)]
-pub(super) fn io(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> isize) -> isize {
+pub(super) fn io(
+    fd: c_int,
+    dir: Dir,
+    dont_wait: bool,
+    len: Option<usize>,
+    mut op: impl FnMut() -> isize,
+) -> isize {
     if !active() {
         return outside_hub(fd, dir, dont_wait, op);
     }
     let Some(entry) = fdtable::get(fd).filter(|e| e.mode != POLLED) else {
-        return first_or_polled(fd, dir, dont_wait, op);
+        return first_or_polled(fd, dir, dont_wait, len, op);
     };
     let result = op();
     if result >= 0 || dont_wait || entry.mode != WAITS || errno() != libc::EAGAIN {
@@ -84,11 +91,11 @@ pub(super) fn write_whole(
     segments: &[libc::iovec],
     mut op: impl FnMut(&[libc::iovec], usize) -> isize,
 ) -> isize {
-    let first = io(fd, Dir::Write, dont_wait, || op(segments, 0));
+    let len = total(segments);
+    let first = io(fd, Dir::Write, dont_wait, Some(len), || op(segments, 0));
     if first <= 0 || dont_wait {
         return first;
     }
-    let len = segments.iter().fold(0usize, |sum, s| sum.saturating_add(s.iov_len));
     if first as usize >= len {
         return first;
     }
@@ -139,7 +146,7 @@ fn parts_until_whole(
                 n => n,
             }
         } else {
-            io(fd, dir, false, part)
+            io(fd, dir, false, None, part)
         };
         if moved <= 0 {
             break;
@@ -166,12 +173,12 @@ pub(super) fn read_whole(
     mut op: impl FnMut(&[libc::iovec], usize) -> isize,
 ) -> isize {
     let dont_wait = flags & NEVER_WAITS != 0;
-    let first = io(fd, Dir::Read, dont_wait, || op(segments, 0));
+    let len = total(segments);
+    let first = io(fd, Dir::Read, dont_wait, Some(len), || op(segments, 0));
     if first <= 0 || dont_wait || flags & (libc::MSG_WAITALL | libc::MSG_PEEK) != libc::MSG_WAITALL
     {
         return first;
     }
-    let len = segments.iter().fold(0usize, |sum, s| sum.saturating_add(s.iov_len));
     if first as usize >= len {
         return first;
     }
@@ -221,6 +228,11 @@ fn after(segments: &[libc::iovec], mut skip: usize) -> impl Iterator<Item = libc
     })
 }
 
+/// The count of bytes in `segments`.
+pub(super) fn total(segments: &[libc::iovec]) -> usize {
+    segments.iter().fold(0usize, |sum, s| sum.saturating_add(s.iov_len))
+}
+
 /// `buf`'s `len` bytes as one segment, for [`write_whole`].
 pub(super) fn segment(buf: *const std::ffi::c_void, len: usize) -> libc::iovec {
     libc::iovec { iov_base: buf.cast_mut(), iov_len: len }
@@ -252,14 +264,20 @@ const POLLED: Mode = Mode::Polled { user_nonblocking: false };
 
 /// The slow start of [`io`]: an fd without an entry yet (made now), or a polled one.
 #[inline(never)]
-fn first_or_polled(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> isize) -> isize {
+fn first_or_polled(
+    fd: c_int,
+    dir: Dir,
+    dont_wait: bool,
+    len: Option<usize>,
+    mut op: impl FnMut() -> isize,
+) -> isize {
     guard(-1, || {
         let Some(entry) = entry_for(fd) else { return op() };
         if dont_wait || entry.mode.direct() {
             return op();
         }
         match entry.mode {
-            Mode::Polled { .. } => polled(fd, entry, dir, op),
+            Mode::Polled { .. } => polled(fd, entry, dir, len, op),
             _ => managed(fd, entry, dir, op),
         }
     })
@@ -339,10 +357,20 @@ fn wait_managed(
 /// Readiness is looked at again after every wake, before the call: one readiness wakes every
 /// coroutine waiting on the fd, and the first to run may take it all (a second reader of a
 /// pipe finds it empty again), so the others' blocking calls would hold the hub's thread until
-/// more came. One socket timeout bounds the whole wait.
-fn polled(fd: c_int, entry: Entry, dir: Dir, mut op: impl FnMut() -> isize) -> isize {
+/// more came. One socket timeout bounds the whole wait. A call the kernel answers at once
+/// whatever the readiness ([`answers_at_once`]) is made without waiting.
+fn polled(
+    fd: c_int,
+    entry: Entry,
+    dir: Dir,
+    len: Option<usize>,
+    mut op: impl FnMut() -> isize,
+) -> isize {
     let mut deadline = None;
     while !ready_now(fd, dir) {
+        if deadline.is_none() && answers_at_once(fd, entry, dir, len) {
+            break;
+        }
         let until = *deadline.get_or_insert_with(|| socket_deadline(fd, entry, dir));
         match wait(fd, dir, until) {
             Ok(true) => {}
@@ -351,6 +379,42 @@ fn polled(fd: c_int, entry: Entry, dir: Dir, mut op: impl FnMut() -> isize) -> i
         }
     }
     op()
+}
+
+/// Whether a call on the polled `fd` (whose entry is `entry`), moving at most `len` bytes in
+/// `dir`, fails or returns in the kernel at once, however long the fd stays unready: then
+/// waiting for readiness first would turn libc's answer into a wait that may never end (a
+/// probe's `read(0, buf, 0)` on an empty stdin pipe, its `read` of the stdout pipe's write end,
+/// its 4-byte `read` of an eventfd all waited forever). These are: a direction the fd was not
+/// opened for (`EBADF`), a pipe call of no bytes (0), and a read too short for one record of an
+/// eventfd or timerfd (8 bytes) or a signalfd (one `signalfd_siginfo`), or of an fd that
+/// cannot be read at all, an epoll instance or a pidfd (`EINVAL`). Asked only before a wait.
+fn answers_at_once(fd: c_int, entry: Entry, dir: Dir, len: Option<usize>) -> bool {
+    // SAFETY: F_GETFL takes no argument and has no memory preconditions.
+    let access = unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_ACCMODE;
+    let not_opened_for = match dir {
+        Dir::Read => access == libc::O_WRONLY,
+        Dir::Write => access == libc::O_RDONLY,
+    };
+    not_opened_for
+        || (entry.kind == Kind::Fifo && len == Some(0))
+        || (entry.kind == Kind::Anon
+            && dir == Dir::Read
+            && len.is_some_and(|len| len < anon_record(fd)))
+}
+
+/// The least a read of the anonymous-inode fd `fd` must ask for (0 where any length waits):
+/// one record of an eventfd, timerfd or signalfd, and more than any buffer for an epoll
+/// instance or a pidfd, whose reads always fail. Told apart by the name of the fd's link in
+/// `/proc/self/fd` (`anon_inode:[eventfd]`, ...).
+fn anon_record(fd: c_int) -> usize {
+    let Ok(link) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else { return 0 };
+    match link.as_os_str().as_encoded_bytes() {
+        b"anon_inode:[eventfd]" | b"anon_inode:[timerfd]" => size_of::<u64>(),
+        b"anon_inode:[signalfd]" => size_of::<libc::signalfd_siginfo>(),
+        b"anon_inode:[eventpoll]" | b"anon_inode:[pidfd]" => usize::MAX,
+        _ => 0,
+    }
 }
 
 /// Outside a coroutine the call is libc's; only an fd the patch made non-blocking behind the

@@ -30,8 +30,10 @@ pub(crate) enum Mode {
     /// through fork, fds open before `install`, fds given to another program), and blocking
     /// eventfds, timerfds, signalfds and inotify instances ([`Kind::Anon`]): never switched
     /// to non-blocking by the patch; a call waits for readiness through the hub first, then
-    /// makes the blocking call, unless `user_nonblocking` (the program set O_NONBLOCK itself:
-    /// straight through, and back to waiting when it clears it).
+    /// makes the blocking call (at once if the kernel answers it at once whatever the
+    /// readiness: a direction the fd was not opened for, a read too short for a record), unless
+    /// `user_nonblocking` (the program set O_NONBLOCK itself: straight through, and back to
+    /// waiting when it clears it).
     Polled { user_nonblocking: bool },
 }
 

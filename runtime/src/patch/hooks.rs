@@ -20,8 +20,8 @@ use libc::{
 };
 
 use super::blocking_call::{
-    self, Child, Dir, End, duration_of, io, read_whole, segment, segments, transfer, wait_child,
-    write_whole,
+    self, Child, Dir, End, duration_of, io, read_whole, segment, segments, total, transfer,
+    wait_child, write_whole,
 };
 use super::{exec, fdtable, real};
 
@@ -95,13 +95,15 @@ pub(super) fn every_hook() -> [usize; 56] {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
     // SAFETY: see above.
-    io(fd, Dir::Read, false, || unsafe { real::read(fd, buf, count) })
+    io(fd, Dir::Read, false, Some(count), || unsafe { real::read(fd, buf, count) })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
+    // SAFETY: readv's contract: `iov` holds `iovcnt` segments, live for the call.
+    let len = unsafe { segments(iov, usize::try_from(iovcnt).unwrap_or(0)) }.map(total);
     // SAFETY: see above.
-    io(fd, Dir::Read, false, || unsafe { real::readv(fd, iov, iovcnt) })
+    io(fd, Dir::Read, false, len, || unsafe { real::readv(fd, iov, iovcnt) })
 }
 
 #[unsafe(no_mangle)]
@@ -117,7 +119,7 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> 
     // SAFETY: writev's contract: `iov` holds `iovcnt` segments, live for the call.
     let Some(all) = (unsafe { segments(iov, usize::try_from(iovcnt).unwrap_or(0)) }) else {
         // SAFETY: see above.
-        return io(fd, Dir::Write, false, || unsafe { real::writev(fd, iov, iovcnt) });
+        return io(fd, Dir::Write, false, None, || unsafe { real::writev(fd, iov, iovcnt) });
     };
     // SAFETY: see above; `rest` is `all` or the part of its buffers not written yet.
     write_whole(fd, false, all, |rest, _| unsafe {
@@ -160,7 +162,7 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
     let all = whole.and_then(|m| unsafe { segments(m.msg_iov, m.msg_iovlen) });
     let (Some(whole), Some(all)) = (whole, all) else {
         // SAFETY: see above.
-        let got = io(fd, Dir::Read, nb, || unsafe { real::recvmsg(fd, msg, flags) });
+        let got = io(fd, Dir::Read, nb, None, || unsafe { real::recvmsg(fd, msg, flags) });
         if got >= 0 && !msg.is_null() {
             // SAFETY: the call filled in the caller's live msghdr.
             unsafe { exec::received(&*msg) };
@@ -239,7 +241,7 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     }
     let (Some(whole), Some(all)) = (whole, all) else {
         // SAFETY: see above.
-        return io(fd, Dir::Write, nb, || unsafe { real::sendmsg(fd, msg, flags) });
+        return io(fd, Dir::Write, nb, None, || unsafe { real::sendmsg(fd, msg, flags) });
     };
     write_whole(fd, nb, all, |rest, done| {
         let mut part = whole;
@@ -269,7 +271,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     // SAFETY: see above.
-    let new = io(fd, Dir::Read, false, || unsafe { real::accept(fd, addr, len) } as ssize_t);
+    let new = io(fd, Dir::Read, false, None, || unsafe { real::accept(fd, addr, len) } as ssize_t);
     accepted(new)
 }
 
@@ -281,8 +283,8 @@ pub unsafe extern "C" fn accept4(
     flags: c_int,
 ) -> c_int {
     // SAFETY: see above.
-    let new =
-        io(fd, Dir::Read, false, || unsafe { real::accept4(fd, addr, len, flags) } as ssize_t);
+    let new = io(fd, Dir::Read, false, None, || unsafe { real::accept4(fd, addr, len, flags) }
+        as ssize_t);
     accepted(new)
 }
 
