@@ -941,6 +941,18 @@ pub(crate) fn wait_fd_kept(
     }
 }
 
+/// Whether the registration this thread's hub keeps for `fd` (at the fd table's `epoch`) has
+/// seen the fd's read side closed: the sticky `read_closed` (a hang-up or a shutdown of the
+/// receive side, or an error at some point), for the patch, which then asks the kernel which.
+#[cfg(feature = "patch")]
+pub(crate) fn kept_read_closed(fd: RawFd, epoch: u64) -> bool {
+    let Some(hub) = try_hub() else { return false };
+    let Ok(index) = usize::try_from(fd) else { return false };
+    let _section = HubSection::enter();
+    let kept = hub.reactor.kept.borrow();
+    matches!(kept.get(index), Some(Some((r, e))) if *e == epoch && !r.closed.get() && r.read_closed.get())
+}
+
 /// The patch's `close` (or `dup2` over) `fd` on this thread, before the real call: the hub lets
 /// go of the registration it kept for `fd`, deregistering it while the fd is still open (unless
 /// a waiter still holds it: it is then checked before the next poll, and wakes with `EBADF`).

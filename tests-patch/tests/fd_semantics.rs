@@ -627,3 +627,67 @@ fn a_duplicate_made_non_blocking_makes_the_original_non_blocking_too() {
         assert_eq!(visible_flags(a.as_raw_fd()) & libc::O_NONBLOCK, 0, "and back");
     });
 }
+
+/// Regression: once a socket's receive side is shut down (`shutdown(SHUT_RD)`, a usual way to
+/// stop a thread's receive loop), the kernel's blocking receive on a datagram socket returns 0
+/// and its blocking `accept` on a Unix listener fails with `EINVAL`, but the patch's
+/// non-blocking calls go on saying `EAGAIN` and no new readiness edge comes: a `recv` waiting
+/// when the shutdown came, or made after it, waited forever in a coroutine, and spun on a plain
+/// thread.
+#[test]
+fn a_receive_or_accept_after_the_receive_side_was_shut_down_returns_as_libc() {
+    use std::net::UdpSocket;
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let shut = |fd: RawFd| {
+            // SAFETY: shutdown takes two ints.
+            assert_eq!(unsafe { libc::shutdown(fd, libc::SHUT_RD) }, 0);
+        };
+        let bounded = |what: &str, call: Box<dyn FnOnce() -> std::io::Result<usize>>| {
+            let got = greenhub::timeout(Duration::from_secs(5), call);
+            let got = got.unwrap_or_else(|_| panic!("{what} waited; libc returns at once"));
+            got.map_err(|e| e.raw_os_error())
+        };
+        // Shut down while a coroutine waits in the receive.
+        let udp = Rc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        udp.connect(udp.local_addr().unwrap()).unwrap();
+        let waiting = udp.clone();
+        let receiver = greenhub::spawn(move || {
+            let call = Box::new(move || waiting.recv(&mut [0u8; 8]));
+            bounded("a UDP recv waiting at the shutdown", call)
+        });
+        greenhub::yield_now();
+        shut(udp.as_raw_fd());
+        assert_eq!(receiver.join().unwrap(), Ok(0));
+        // Shut down before the receive.
+        let (dgram, _peer) = UnixDatagram::pair().unwrap();
+        shut(dgram.as_raw_fd());
+        let call = Box::new(move || dgram.recv(&mut [0u8; 8]));
+        assert_eq!(bounded("a Unix datagram recv after the shutdown", call), Ok(0));
+        // A Unix listener: accept fails with EINVAL.
+        let dir = std::env::temp_dir().join(format!("greenhub-shut-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let listener = Rc::new(UnixListener::bind(&dir).unwrap());
+        let waiting = listener.clone();
+        let acceptor = greenhub::spawn(move || {
+            let call = Box::new(move || waiting.accept().map(|_| 1));
+            bounded("an accept waiting at the shutdown", call)
+        });
+        greenhub::yield_now();
+        shut(listener.as_raw_fd());
+        assert_eq!(acceptor.join().unwrap(), Err(Some(libc::EINVAL)));
+        std::fs::remove_file(&dir).unwrap();
+        // A plain thread's receive on a socket the patch manages (the one above).
+        let (done, finished) = std::sync::mpsc::channel();
+        let fd = udp.as_raw_fd();
+        std::thread::spawn(move || {
+            // SAFETY: receives at most 8 bytes into a live buffer; the socket outlives the call.
+            let n = unsafe { libc::recv(fd, [0u8; 8].as_mut_ptr().cast(), 8, 0) };
+            let _ = done.send(n);
+        });
+        let got = finished.recv_timeout(Duration::from_secs(5));
+        assert_eq!(got, Ok(0), "a plain thread's recv after the shutdown did not return");
+    });
+}

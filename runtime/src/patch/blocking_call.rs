@@ -311,6 +311,12 @@ fn managed_after_eagain_until(
     mut op: impl FnMut() -> isize,
 ) -> isize {
     loop {
+        // The wake that set the kept registration's `read_closed` came (or came before); a
+        // receive shut down gives no edge again.
+        let closed = || crate::io::kept_read_closed(fd, fdtable::epoch(fd));
+        if dir == Dir::Read && entry.kind == Kind::Socket && closed() && receive_shut_down(fd) {
+            return as_blocking_after_receive_shutdown(fd);
+        }
         match wait_managed(fd, entry, dir, deadline) {
             Ok(Some(true)) => {}
             Ok(Some(false)) => return fail(libc::EAGAIN), // SO_RCVTIMEO / SO_SNDTIMEO expired
@@ -441,8 +447,42 @@ fn outside_hub(fd: c_int, dir: Dir, dont_wait: bool, mut op: impl FnMut() -> isi
             if result >= 0 || errno() != libc::EAGAIN {
                 return result;
             }
+            // Ready, yet EAGAIN: a receive shut down polls ready for ever (a spin, else).
+            if dir == Dir::Read && entry.kind == Kind::Socket && receive_shut_down(fd) {
+                return as_blocking_after_receive_shutdown(fd);
+            }
         }
     })
+}
+
+/// Whether the receive side of the socket `fd` is shut down (`shutdown(SHUT_RD)`, by this
+/// process or, for a connected Unix stream, by its peer): `poll` says `POLLRDHUP` or `POLLHUP`.
+///
+/// Then the kernel's blocking receive on a datagram socket (UDP, Unix datagram) and its
+/// blocking `accept` on a Unix listener no longer wait: they return 0 and fail with `EINVAL`,
+/// where the non-blocking calls the patch makes go on saying `EAGAIN`, and no new readiness
+/// edge comes to end a wait (a probe's `UdpSocket::recv`, shut down by another thread to stop
+/// it, waited forever in a coroutine and spun on a plain thread).
+fn receive_shut_down(fd: c_int) -> bool {
+    let events = libc::POLLIN | libc::POLLRDHUP;
+    let mut p = pollfd { fd, events, revents: 0 };
+    // SAFETY: one live pollfd; a zero timeout never blocks.
+    let n = unsafe { real::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+}
+
+/// What the kernel's blocking call answers on a socket whose receive side is shut down, where
+/// the non-blocking one said `EAGAIN` ([`receive_shut_down`]): `EINVAL` from an `accept` on a
+/// listener, else the end of the data (0).
+fn as_blocking_after_receive_shutdown(fd: c_int) -> isize {
+    let mut listening: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: `listening` and `len` are valid out-pointers of the sizes given.
+    let rc = unsafe {
+        let out = (&raw mut listening).cast();
+        real::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, out, &mut len)
+    };
+    if rc == 0 && listening != 0 { fail(libc::EINVAL) } else { 0 }
 }
 
 /// Sets errno and returns -1.
