@@ -312,8 +312,9 @@ fn a_blocking_socket_received_with_scm_rights_is_never_made_non_blocking() {
 /// Regression: on a polled fd (a pipe received with `SCM_RIGHTS`, as inherited stdio is; a
 /// blocking eventfd, timerfd, signalfd, epoll instance), the patch waited for readiness before
 /// calls that the kernel answers at once whatever the readiness: a read of no bytes from an empty
-/// pipe (0), a read of a pipe's write end or a write to its read end (`EBADF`), a read shorter
-/// than an eventfd's, timerfd's or signalfd's record, and any read of an epoll fd (`EINVAL`).
+/// pipe (0), a read of a pipe's write end or a write to its read end (`EBADF`), a `recv` or
+/// `accept` on a pipe (`ENOTSOCK`), a read shorter than an eventfd's, timerfd's or signalfd's
+/// record, and any read of an epoll fd (`EINVAL`).
 /// Each waited until the fd became ready, forever here; libc returns at once.
 #[test]
 fn calls_the_kernel_answers_at_once_never_wait_on_a_polled_fd() {
@@ -359,6 +360,14 @@ fn calls_the_kernel_answers_at_once_never_wait_on_a_polled_fd() {
         let write = move |fd: RawFd, n: usize| move || unsafe { libc::write(fd, p, n.min(8)) };
         let (r, w) = (read_end.as_raw_fd(), write_end.as_raw_fd());
         assert_eq!(at_once("a read of 0 bytes", &read(r, 0)), Ok(0));
+        // (The pipe is empty: these would wait for readiness.)
+        // SAFETY: receives at most 8 bytes into the live `buf`.
+        let recv = || unsafe { libc::recv(r, p, 8, 0) };
+        let enotsock = Err(Some(libc::ENOTSOCK));
+        assert_eq!(at_once("a recv on a pipe", &recv), enotsock);
+        // SAFETY: accept allows null address pointers.
+        let accept = || unsafe { libc::accept(r, std::ptr::null_mut(), std::ptr::null_mut()) };
+        assert_eq!(at_once("an accept on a pipe", &|| accept() as isize), enotsock);
         // SAFETY: `w` is a pipe's write end.
         let fill_then_write_none = || unsafe { fill_then_write_none(w) };
         assert_eq!(at_once("a write of 0 bytes", &fill_then_write_none), Ok(0));

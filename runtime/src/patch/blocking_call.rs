@@ -45,8 +45,8 @@ pub(super) const NEVER_WAITS: c_int = libc::MSG_DONTWAIT | libc::MSG_ERRQUEUE;
 
 /// A read- or write-shaped call (`read`, `recv`, `send`, `accept`, ...) on `fd`. `dont_wait` is
 /// the caller's own `MSG_DONTWAIT` (or, for a receive, a flag in [`NEVER_WAITS`]): such a call
-/// never waits. `len` is the count of bytes the call moves at most, where the hook knows it: on
-/// a polled fd it tells a call the kernel answers at once ([`answers_at_once`]).
+/// never waits. `call` says what the hook knows of the call: on a polled fd it tells a call the
+/// kernel answers at once ([`answers_at_once`]).
 ///
 /// The fast path is what a call on a ready fd costs: on an fd the table already knows (in any
 /// mode but a blocking [`Mode::Polled`], which must wait first), the call is tried at once,
@@ -60,14 +60,14 @@ pub(super) fn io(
     fd: c_int,
     dir: Dir,
     dont_wait: bool,
-    len: Option<usize>,
+    call: Call,
     mut op: impl FnMut() -> isize,
 ) -> isize {
     if !active() {
         return outside_hub(fd, dir, dont_wait, op);
     }
     let Some(entry) = fdtable::get(fd).filter(|e| e.mode != POLLED) else {
-        return first_or_polled(fd, dir, dont_wait, len, op);
+        return first_or_polled(fd, dir, dont_wait, call, op);
     };
     let result = op();
     if result >= 0 || dont_wait || entry.mode != WAITS || errno() != libc::EAGAIN {
@@ -76,8 +76,31 @@ pub(super) fn io(
     guard(-1, || managed_after_eagain(fd, entry, dir, op))
 }
 
+/// What a hook knows of its call, for [`answers_at_once`]: the count of bytes it moves at most
+/// (`None` where the hook does not look), and whether it is a call on sockets only (`recv`,
+/// `send`, `accept`, ..., which fail with `ENOTSOCK` on anything else).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Call {
+    pub(super) len: Option<usize>,
+    pub(super) socket: bool,
+}
+
+impl Call {
+    /// A call on any fd (`read`, `write`, ...) of at most `len` bytes.
+    pub(super) fn of(len: usize) -> Call {
+        Call { len: Some(len), socket: false }
+    }
+
+    /// A call on any fd whose byte count the hook does not look at.
+    pub(super) const ANY: Call = Call { len: None, socket: false };
+
+    /// A call on sockets only.
+    pub(super) const SOCKET: Call = Call { len: None, socket: true };
+}
+
 /// A write-shaped call (`write`, `send`, `sendto`, `writev`, `sendmsg`) of the bytes of
-/// `segments`, in order, made as on the blocking fd the program believes it has:
+/// `segments`, in order, made as on the blocking fd the program believes it has (`socket`: the
+/// call is one on sockets only):
 /// `op(segments, done)` writes `segments`, which start at byte `done` of the whole (after a
 /// short write, the rest: a new array over the same buffers). Where the patch made the fd
 /// non-blocking behind the program's back, a short count (the socket or pipe took only part)
@@ -88,11 +111,13 @@ pub(super) fn io(
 pub(super) fn write_whole(
     fd: c_int,
     dont_wait: bool,
+    socket: bool,
     segments: &[libc::iovec],
     mut op: impl FnMut(&[libc::iovec], usize) -> isize,
 ) -> isize {
     let len = total(segments);
-    let first = io(fd, Dir::Write, dont_wait, Some(len), || op(segments, 0));
+    let call = Call { len: Some(len), socket };
+    let first = io(fd, Dir::Write, dont_wait, call, || op(segments, 0));
     if first <= 0 || dont_wait {
         return first;
     }
@@ -146,7 +171,7 @@ fn parts_until_whole(
                 n => n,
             }
         } else {
-            io(fd, dir, false, None, part)
+            io(fd, dir, false, Call::ANY, part)
         };
         if moved <= 0 {
             break;
@@ -174,7 +199,8 @@ pub(super) fn read_whole(
 ) -> isize {
     let dont_wait = flags & NEVER_WAITS != 0;
     let len = total(segments);
-    let first = io(fd, Dir::Read, dont_wait, Some(len), || op(segments, 0));
+    let call = Call { len: Some(len), socket: true };
+    let first = io(fd, Dir::Read, dont_wait, call, || op(segments, 0));
     if first <= 0 || dont_wait || flags & (libc::MSG_WAITALL | libc::MSG_PEEK) != libc::MSG_WAITALL
     {
         return first;
@@ -268,7 +294,7 @@ fn first_or_polled(
     fd: c_int,
     dir: Dir,
     dont_wait: bool,
-    len: Option<usize>,
+    call: Call,
     mut op: impl FnMut() -> isize,
 ) -> isize {
     guard(-1, || {
@@ -277,7 +303,7 @@ fn first_or_polled(
             return op();
         }
         match entry.mode {
-            Mode::Polled { .. } => polled(fd, entry, dir, len, op),
+            Mode::Polled { .. } => polled(fd, entry, dir, call, op),
             _ => managed(fd, entry, dir, op),
         }
     })
@@ -365,16 +391,10 @@ fn wait_managed(
 /// pipe finds it empty again), so the others' blocking calls would hold the hub's thread until
 /// more came. One socket timeout bounds the whole wait. A call the kernel answers at once
 /// whatever the readiness ([`answers_at_once`]) is made without waiting.
-fn polled(
-    fd: c_int,
-    entry: Entry,
-    dir: Dir,
-    len: Option<usize>,
-    mut op: impl FnMut() -> isize,
-) -> isize {
+fn polled(fd: c_int, entry: Entry, dir: Dir, call: Call, mut op: impl FnMut() -> isize) -> isize {
     let mut deadline = None;
     while !ready_now(fd, dir) {
-        if deadline.is_none() && answers_at_once(fd, entry, dir, len) {
+        if deadline.is_none() && answers_at_once(fd, entry, dir, call) {
             break;
         }
         let until = *deadline.get_or_insert_with(|| socket_deadline(fd, entry, dir));
@@ -387,15 +407,20 @@ fn polled(
     op()
 }
 
-/// Whether a call on the polled `fd` (whose entry is `entry`), moving at most `len` bytes in
-/// `dir`, fails or returns in the kernel at once, however long the fd stays unready: then
-/// waiting for readiness first would turn libc's answer into a wait that may never end (a
-/// probe's `read(0, buf, 0)` on an empty stdin pipe, its `read` of the stdout pipe's write end,
-/// its 4-byte `read` of an eventfd all waited forever). These are: a direction the fd was not
-/// opened for (`EBADF`), a pipe call of no bytes (0), and a read too short for one record of an
-/// eventfd or timerfd (8 bytes) or a signalfd (one `signalfd_siginfo`), or of an fd that
-/// cannot be read at all, an epoll instance or a pidfd (`EINVAL`). Asked only before a wait.
-fn answers_at_once(fd: c_int, entry: Entry, dir: Dir, len: Option<usize>) -> bool {
+/// Whether `call` on the polled `fd` (whose entry is `entry`), in `dir`, fails or returns in
+/// the kernel at once, however long the fd stays unready: then waiting for readiness first
+/// would turn libc's answer into a wait that may never end (a probe's `read(0, buf, 0)` on an
+/// empty stdin pipe, its `read` of the stdout pipe's write end, its 4-byte `read` of an eventfd,
+/// its `recv` on the stdin pipe all waited forever). These are: a socket call on an fd that is
+/// not a socket (`ENOTSOCK`), a direction the fd was not opened for (`EBADF`), a pipe call of
+/// no bytes (0), and a read too short for one record of an eventfd or timerfd (8 bytes) or a
+/// signalfd (one `signalfd_siginfo`), or of an fd that cannot be read at all, an epoll
+/// instance or a pidfd (`EINVAL`). Asked only before a wait.
+fn answers_at_once(fd: c_int, entry: Entry, dir: Dir, call: Call) -> bool {
+    if call.socket && entry.kind != Kind::Socket {
+        return true;
+    }
+    let len = call.len;
     // SAFETY: F_GETFL takes no argument and has no memory preconditions.
     let access = unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_ACCMODE;
     let not_opened_for = match dir {

@@ -20,7 +20,7 @@ use libc::{
 };
 
 use super::blocking_call::{
-    self, Child, Dir, End, duration_of, io, read_whole, segment, segments, total, transfer,
+    self, Call, Child, Dir, End, duration_of, io, read_whole, segment, segments, total, transfer,
     wait_child, write_whole,
 };
 use super::{exec, fdtable, real};
@@ -95,21 +95,22 @@ pub(super) fn every_hook() -> [usize; 56] {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
     // SAFETY: see above.
-    io(fd, Dir::Read, false, Some(count), || unsafe { real::read(fd, buf, count) })
+    io(fd, Dir::Read, false, Call::of(count), || unsafe { real::read(fd, buf, count) })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, iovcnt: c_int) -> ssize_t {
     // SAFETY: readv's contract: `iov` holds `iovcnt` segments, live for the call.
     let len = unsafe { segments(iov, usize::try_from(iovcnt).unwrap_or(0)) }.map(total);
+    let call = Call { len, socket: false };
     // SAFETY: see above.
-    io(fd, Dir::Read, false, len, || unsafe { real::readv(fd, iov, iovcnt) })
+    io(fd, Dir::Read, false, call, || unsafe { real::readv(fd, iov, iovcnt) })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     // SAFETY: see above; `rest` is one segment inside `buf`.
-    write_whole(fd, false, &[segment(buf, count)], |rest, _| unsafe {
+    write_whole(fd, false, false, &[segment(buf, count)], |rest, _| unsafe {
         real::write(fd, rest[0].iov_base, rest[0].iov_len)
     })
 }
@@ -119,10 +120,10 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, iovcnt: c_int) -> 
     // SAFETY: writev's contract: `iov` holds `iovcnt` segments, live for the call.
     let Some(all) = (unsafe { segments(iov, usize::try_from(iovcnt).unwrap_or(0)) }) else {
         // SAFETY: see above.
-        return io(fd, Dir::Write, false, None, || unsafe { real::writev(fd, iov, iovcnt) });
+        return io(fd, Dir::Write, false, Call::ANY, || unsafe { real::writev(fd, iov, iovcnt) });
     };
     // SAFETY: see above; `rest` is `all` or the part of its buffers not written yet.
-    write_whole(fd, false, all, |rest, _| unsafe {
+    write_whole(fd, false, false, all, |rest, _| unsafe {
         real::writev(fd, rest.as_ptr(), rest.len() as c_int)
     })
 }
@@ -162,7 +163,7 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
     let all = whole.and_then(|m| unsafe { segments(m.msg_iov, m.msg_iovlen) });
     let (Some(whole), Some(all)) = (whole, all) else {
         // SAFETY: see above.
-        let got = io(fd, Dir::Read, nb, None, || unsafe { real::recvmsg(fd, msg, flags) });
+        let got = io(fd, Dir::Read, nb, Call::SOCKET, || unsafe { real::recvmsg(fd, msg, flags) });
         if got >= 0 && !msg.is_null() {
             // SAFETY: the call filled in the caller's live msghdr.
             unsafe { exec::received(&*msg) };
@@ -204,7 +205,7 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
     let nb = flags & DONTWAIT != 0;
     // SAFETY: see above; `rest` is one segment inside `buf`.
-    write_whole(fd, nb, &[segment(buf, len)], |rest, _| unsafe {
+    write_whole(fd, nb, true, &[segment(buf, len)], |rest, _| unsafe {
         real::send(fd, rest[0].iov_base, rest[0].iov_len, flags)
     })
 }
@@ -219,7 +220,7 @@ pub unsafe extern "C" fn sendto(
     addrlen: socklen_t,
 ) -> ssize_t {
     let nb = flags & DONTWAIT != 0;
-    write_whole(fd, nb, &[segment(buf, len)], |rest, done| {
+    write_whole(fd, nb, true, &[segment(buf, len)], |rest, done| {
         // The rest of a stream goes without the address, which went with the first bytes.
         let (addr, addrlen) = if done > 0 { (std::ptr::null(), 0) } else { (addr, addrlen) };
         // SAFETY: see above; `rest` is one segment inside `buf`.
@@ -241,9 +242,9 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     }
     let (Some(whole), Some(all)) = (whole, all) else {
         // SAFETY: see above.
-        return io(fd, Dir::Write, nb, None, || unsafe { real::sendmsg(fd, msg, flags) });
+        return io(fd, Dir::Write, nb, Call::SOCKET, || unsafe { real::sendmsg(fd, msg, flags) });
     };
-    write_whole(fd, nb, all, |rest, done| {
+    write_whole(fd, nb, true, all, |rest, done| {
         let mut part = whole;
         part.msg_iov = rest.as_ptr().cast_mut();
         part.msg_iovlen = rest.len() as _;
@@ -271,7 +272,8 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     // SAFETY: see above.
-    let new = io(fd, Dir::Read, false, None, || unsafe { real::accept(fd, addr, len) } as ssize_t);
+    let new = io(fd, Dir::Read, false, Call::SOCKET, || unsafe { real::accept(fd, addr, len) }
+        as ssize_t);
     accepted(new)
 }
 
@@ -283,8 +285,9 @@ pub unsafe extern "C" fn accept4(
     flags: c_int,
 ) -> c_int {
     // SAFETY: see above.
-    let new = io(fd, Dir::Read, false, None, || unsafe { real::accept4(fd, addr, len, flags) }
-        as ssize_t);
+    let new =
+        io(fd, Dir::Read, false, Call::SOCKET, || unsafe { real::accept4(fd, addr, len, flags) }
+            as ssize_t);
     accepted(new)
 }
 
