@@ -17,8 +17,9 @@
 //! running, blocking in `poll(2)` on each pidfd and then reaping with `waitid`. A program started by [`Command`] that is still running when its
 //! hub ends has no reaper after that: it is reaped when its `Process` is joined or checked, or
 //! when the last owner of its `State` is dropped (at once if it has exited, else by a
-//! short-lived helper thread); a `Process` kept unpolled leaves an exited program a zombie until
-//! then, as std's `Child` does.
+//! short-lived helper thread, or, if the OS refuses the thread, by a later drop once it has
+//! exited); a `Process` kept unpolled leaves an exited program a zombie until then, as std's
+//! `Child` does.
 //!
 //! [`Command`]: crate::Command
 
@@ -272,6 +273,7 @@ impl Drop for State {
     /// The last owner is gone while the child may still run (a program whose hub has ended):
     /// reap it now if it has exited, else leave a helper thread to reap it.
     fn drop(&mut self) {
+        sweep_unreaped();
         if self.outcome.get().is_some() {
             return;
         }
@@ -279,19 +281,46 @@ impl Drop for State {
         // `None`: inherited through fork, so not our child, and the fd number is not ours.
         let Some(pidfd) = handle.into_fd() else { return };
         if let Ok(None) = sys::try_wait_pidfd(pidfd.as_raw_fd()) {
-            reap_in_background(pidfd);
+            reap_in_background(pidfd, self.pid);
         }
     }
 }
 
-/// Reaps the child behind `pidfd` on a helper thread, which ends as soon as the child does. The
+/// Programs whose reaper thread the OS refused (see [`reap_in_background`]): each later drop of
+/// a child's last owner reaps those that have exited since.
+static UNREAPED: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
+
+/// Reaps the child behind `pidfd` (process `pid`) on a helper thread, which ends as soon as the child does. The
 /// thread takes the pidfd itself: a duplicate would need a free fd number, and with none to
-/// spare (EMFILE) nobody would ever reap the child.
-fn reap_in_background(pidfd: OwnedFd) {
-    let _ = std::thread::Builder::new().name("greenhub-ipc-reaper".into()).spawn(move || {
-        let _ = sys::wait_pidfd_blocking(pidfd.as_raw_fd(), None);
-        drop(pidfd);
+/// spare (EMFILE) nobody would ever reap the child. If the OS refuses the thread, stderr says
+/// so, and the pidfd waits in [`UNREAPED`] for a later drop to reap the child once it has
+/// exited (never a zombie for longer than that, never a blocked drop).
+fn reap_in_background(pidfd: OwnedFd, pid: u32) {
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(Some(pidfd)));
+    let for_thread = std::sync::Arc::clone(&shared);
+    let started = std::thread::Builder::new().name("greenhub-ipc-reaper".into()).spawn(move || {
+        let pidfd = for_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(pidfd) = pidfd {
+            let _ = sys::wait_pidfd_blocking(pidfd.as_raw_fd(), None);
+        }
     });
+    if let Err(e) = started {
+        let pidfd = shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(pidfd) = pidfd else { return };
+        write_stderr(&format!(
+            "greenhub-ipc: the OS refused the thread that reaps program {pid} (dropped after its \
+             hub ended): {e}; it is reaped by a later drop of a program's Process once it has \
+             exited (raise the thread limit, RLIMIT_NPROC, or join programs before their hub \
+             ends)\n"
+        ));
+        UNREAPED.lock().unwrap_or_else(|e| e.into_inner()).push(pidfd);
+    }
+}
+
+/// Reaps the programs in [`UNREAPED`] that have exited (an uncontended lock when there are none).
+fn sweep_unreaped() {
+    let mut unreaped = UNREAPED.lock().unwrap_or_else(|e| e.into_inner());
+    unreaped.retain(|pidfd| matches!(sys::try_wait_pidfd(pidfd.as_raw_fd()), Ok(None)));
 }
 
 thread_local! {

@@ -160,6 +160,35 @@ pub fn run_in_child(test: &str, var: &str) -> bool {
     false
 }
 
+/// Lowers RLIMIT_AS to what this process maps now plus `room` bytes (so no new coroutine stack
+/// or thread stack larger than that fits); returns the limit for [`restore_address_space`].
+/// Only for a test running alone in a child process ([`run_in_child`]): the cap is
+/// process-wide.
+pub fn limit_address_space(room: u64) -> libc::rlimit {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid rlimit pointers for the calls; lowering a soft limit needs no privilege.
+    let rc = unsafe {
+        libc::getrlimit(libc::RLIMIT_AS, &mut old);
+        let new = libc::rlimit { rlim_cur: kib * 1024 + room, rlim_max: old.rlim_max };
+        libc::setrlimit(libc::RLIMIT_AS, &new)
+    };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    old
+}
+
+/// Gives back the RLIMIT_AS that [`limit_address_space`] returned.
+pub fn restore_address_space(old: libc::rlimit) {
+    // SAFETY: a valid rlimit; the soft limit goes back up to what it was, within the hard one.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
 /// Runs `f` with this process's address space capped at what it maps now plus 1 MiB, so the
 /// OS refuses any new thread (its stack alone is 2 MiB), then lifts the cap. Panic output is
 /// silenced meanwhile (printing a backtrace needs memory too). Only for a test running alone in

@@ -80,35 +80,14 @@ fn output_whose_reader_gets_no_stack_is_an_error_naming_it() {
     unsafe { libc::alarm(60) };
     // Stacks of 512 MiB, and an address space with room for a fork but not for such a stack.
     let text = greenhub::Builder::new().stack_size(512 << 20).run(|| {
-        let old = limit_address_space(32 << 20);
+        let old = greenhub_tests::limit_address_space(32 << 20);
         let output = Command::new("echo").arg("hi").output();
-        // SAFETY: restores the soft limit read by `limit_address_space`.
-        unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) };
+        greenhub_tests::restore_address_space(old);
         output.expect_err("output without a reader").to_string()
     });
     assert!(text.starts_with("Command::output could not read the program's output"), "{text}");
     assert!(text.contains("refused a coroutine stack") && text.contains("RLIMIT_AS"), "{text}");
     assert!(zombie_children().is_empty());
-}
-
-/// Lowers RLIMIT_AS to the current address-space size plus `room` bytes; returns the limit to
-/// restore (only for a test running alone in a child process).
-fn limit_address_space(room: u64) -> libc::rlimit {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: valid rlimit pointers for the calls; lowering a soft limit needs no privilege.
-    let rc = unsafe {
-        libc::getrlimit(libc::RLIMIT_AS, &mut old);
-        let new = libc::rlimit { rlim_cur: kib * 1024 + room, rlim_max: old.rlim_max };
-        libc::setrlimit(libc::RLIMIT_AS, &new)
-    };
-    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
-    old
 }
 
 /// Regression (F1): `output` with `stdin(Stdio::piped())` kept the program's stdin open while it
@@ -319,6 +298,19 @@ fn a_program_dropped_after_its_hub_ended_is_still_reaped() {
     assert!(zombie_children().is_empty());
 }
 
+/// For a test alone in a child process (under a 60 s alarm): a `cat` that is still running when
+/// its hub has ended, waiting for the end of the stdin returned with it, and its pid.
+fn cat_outliving_its_hub() -> (greenhub_ipc::Process, greenhub_ipc::ChildStdin, u32) {
+    // SAFETY: alarm has no preconditions; a hang fails the test instead of stalling it.
+    unsafe { libc::alarm(60) };
+    let mut program = greenhub::run(|| {
+        Command::new("cat").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap()
+    });
+    let stdin = program.take_stdin().unwrap();
+    let pid = program.pid();
+    (program, stdin, pid)
+}
+
 /// Set in the copy of this test binary that
 /// [`a_program_dropped_after_its_hub_ended_is_reaped_with_no_fd_to_spare`] starts.
 const NO_FD_CHILD: &str = "GREENHUB_COMMAND_NO_FD_CHILD";
@@ -333,13 +325,7 @@ fn a_program_dropped_after_its_hub_ended_is_reaped_with_no_fd_to_spare() {
     if !greenhub_tests::run_in_child(test, NO_FD_CHILD) {
         return;
     }
-    // SAFETY: alarm has no preconditions; a hang fails the test instead of stalling it.
-    unsafe { libc::alarm(60) };
-    let mut program = greenhub::run(|| {
-        Command::new("cat").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap()
-    });
-    let stdin = program.take_stdin().unwrap();
-    let pid = program.pid();
+    let (program, stdin, pid) = cat_outliving_its_hub();
     let fillers = take_every_free_fd();
     drop(program); // still running: cat waits for its input
     drop(fillers);
@@ -347,6 +333,40 @@ fn a_program_dropped_after_its_hub_ended_is_reaped_with_no_fd_to_spare() {
     let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
     eventually_blocking("the exited program is reaped", gone);
     assert!(zombie_children().is_empty());
+}
+
+/// Set in the copy of this test binary that
+/// [`a_program_whose_reaper_thread_is_refused_is_reaped_by_a_later_drop`] starts.
+const NO_THREAD_CHILD: &str = "GREENHUB_COMMAND_NO_THREAD_CHILD";
+
+/// Regression: when the OS refused the helper thread that reaps a program dropped after its
+/// hub had ended, nothing reaped it: it stayed a zombie for the life of the process. Now stderr
+/// names the refused thread, and a later drop of a child's `Process` reaps it.
+#[test]
+fn a_program_whose_reaper_thread_is_refused_is_reaped_by_a_later_drop() {
+    let test = "a_program_whose_reaper_thread_is_refused_is_reaped_by_a_later_drop";
+    if !greenhub_tests::run_in_child(test, NO_THREAD_CHILD) {
+        return;
+    }
+    let (program, stdin, pid) = cat_outliving_its_hub();
+    // No room for a thread's stack: the reaper thread is refused.
+    greenhub_tests::with_no_room_for_a_thread(|| drop(program)); // cat waits for its input
+    drop(stdin); // now it exits, and nobody has reaped it yet
+    // SAFETY: waitid writes only into `info`, a live siginfo_t (WNOWAIT: it stays unreaped).
+    let waited = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+    };
+    assert_eq!(waited, 0, "{}", std::io::Error::last_os_error());
+    assert!(zombie_children().contains(&pid), "the refused reaper reaped it anyway");
+    // Any later drop of a child's last owner sweeps it.
+    let other = greenhub::run(|| {
+        let other = Command::new("true").spawn().unwrap();
+        other.join().unwrap();
+        other
+    });
+    drop(other);
+    assert!(zombie_children().is_empty(), "the program is still a zombie");
 }
 
 /// Lowers RLIMIT_NOFILE to a little above the highest open fd and opens `/dev/null` until no

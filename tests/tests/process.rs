@@ -1176,9 +1176,9 @@ fn join_completes_when_the_reaper_cannot_get_a_stack() {
                 greenhub_tests::wait_until_thread_sleeps_in(parent, hub_thread, "epoll");
             })
             .unwrap();
-            let hard = limit_address_space(512 << 10);
+            let old = greenhub_tests::limit_address_space(512 << 10);
             let status = child.join();
-            restore_address_space(hard);
+            greenhub_tests::restore_address_space(old);
             (status.map_err(|e| e.to_string()), child.exit_status())
         });
         let (joined, recorded) = status;
@@ -1203,32 +1203,6 @@ fn join_completes_when_the_reaper_cannot_get_a_stack() {
 fn unsafe_gettid() -> i32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::gettid() }
-}
-
-/// Lowers RLIMIT_AS to the current address-space size plus `room` bytes (so no new coroutine
-/// stack fits); returns the limit to restore.
-fn limit_address_space(room: u64) -> libc::rlimit {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    let new = libc::rlimit { rlim_cur: kib * 1024 + room, rlim_max: libc::RLIM_INFINITY };
-    // SAFETY: valid rlimit pointers for the calls; lowering a soft limit needs no privilege.
-    let rc = unsafe {
-        libc::getrlimit(libc::RLIMIT_AS, &mut old);
-        libc::setrlimit(libc::RLIMIT_AS, &libc::rlimit { rlim_max: old.rlim_max, ..new })
-    };
-    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
-    old
-}
-
-fn restore_address_space(old: libc::rlimit) {
-    // SAFETY: a valid rlimit for the call; the soft limit goes back up to what it was, within
-    // the hard limit.
-    unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) };
 }
 
 #[test]

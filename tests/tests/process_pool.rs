@@ -882,10 +882,9 @@ fn a_pool_whose_coroutines_get_no_stack_is_an_error_not_a_hang() {
     unsafe { libc::alarm(60) };
     // Stacks of 512 MiB, and an address space with room for a fork but not for such a stack.
     let (refused, later) = greenhub::Builder::new().stack_size(512 << 20).run(|| {
-        let old = limit_address_space(32 << 20);
+        let old = greenhub_tests::limit_address_space(32 << 20);
         let refused = Pool::<u32, u32>::new(1, |x| x + 1).map(drop);
-        // SAFETY: restores the soft limit read by `limit_address_space`.
-        unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) };
+        greenhub_tests::restore_address_space(old);
         greenhub::sleep(Duration::from_millis(20)); // the hub asks the OS for stacks again
         let pool = Pool::<u32, u32>::new(1, |x| x + 1).unwrap();
         let later = pool.apply(1).unwrap();
@@ -896,24 +895,4 @@ fn a_pool_whose_coroutines_get_no_stack_is_an_error_not_a_hang() {
     assert!(refused.contains("refused a coroutine stack"), "{refused}");
     assert_eq!(later, 2);
     assert!(zombie_children().is_empty());
-}
-
-/// Lowers RLIMIT_AS to the current address-space size plus `room` bytes; returns the limit to
-/// restore (only for a test running alone in a child process).
-fn limit_address_space(room: u64) -> libc::rlimit {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: valid rlimit pointers for the calls; lowering a soft limit needs no privilege.
-    let rc = unsafe {
-        libc::getrlimit(libc::RLIMIT_AS, &mut old);
-        let new = libc::rlimit { rlim_cur: kib * 1024 + room, rlim_max: old.rlim_max };
-        libc::setrlimit(libc::RLIMIT_AS, &new)
-    };
-    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
-    old
 }

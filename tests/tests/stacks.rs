@@ -51,16 +51,6 @@ fn touch_stack(bytes: usize) {
     std::hint::black_box(&buf);
 }
 
-/// Sets RLIMIT_AS to what this process maps now plus `extra` bytes (in a child process only).
-fn limit_address_space_to_current_plus(extra: u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
-    let vm: u64 = line[7..].trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024;
-    let limit = libc::rlimit { rlim_cur: vm + extra, rlim_max: libc::RLIM_INFINITY };
-    // SAFETY: setrlimit reads a live rlimit.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
-}
-
 #[test]
 fn stack_size_zero_panics_naming_the_rule() {
     let caught = panic::catch_unwind(|| greenhub::Builder::new().stack_size(0));
@@ -82,7 +72,7 @@ fn stack_size_usize_max_panics_naming_the_rule_not_inside_corosensei() {
 #[test]
 fn a_stack_the_address_space_limit_refuses_is_a_join_error_naming_rlimit_as() {
     if in_child() {
-        limit_address_space_to_current_plus(512 << 20); // a few 64 MiB stacks, not forty
+        let _ = greenhub_tests::limit_address_space(512 << 20); // a few 64 MiB stacks, not forty
         let (ok, refused) = greenhub::Builder::new().stack_size(64 << 20).run(|| {
             let gate = Rc::new(Event::new());
             let handles: Vec<JoinHandle<()>> = (0..40)
@@ -128,14 +118,10 @@ fn a_stack_the_address_space_limit_refuses_is_a_join_error_naming_rlimit_as() {
 #[test]
 fn a_refused_stack_is_asked_for_again_once_the_limit_is_raised() {
     if in_child() {
-        let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit writes into a live rlimit.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut old) }, 0);
         let (refused, later) = greenhub::Builder::new().stack_size(512 << 20).run(|| {
-            limit_address_space_to_current_plus(32 << 20); // not one more 512 MiB stack
+            let old = greenhub_tests::limit_address_space(32 << 20); // not one more 512 MiB stack
             let refused = spawn(|| ()).join().map_err(|e| e.to_string());
-            // SAFETY: setrlimit reads a live rlimit: the limit as it was.
-            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &old) }, 0);
+            greenhub_tests::restore_address_space(old);
             greenhub::sleep(std::time::Duration::from_millis(20)); // past the 10 ms
             (refused, spawn(|| 7).join().map_err(|e| e.to_string()))
         });
@@ -245,7 +231,7 @@ fn finished_coroutines_give_their_stack_pages_back_past_the_warm_bound() {
 #[test]
 fn refusals_after_the_first_are_cheap_and_printed_once() {
     if in_child() {
-        limit_address_space_to_current_plus(256 << 20);
+        let _ = greenhub_tests::limit_address_space(256 << 20);
         // The root's 16 MiB stack fits; no 16 MiB stack after the first few does.
         greenhub::Builder::new().stack_size(16 << 20).run(|| {
             let mut messages = std::collections::HashSet::new();
