@@ -1,6 +1,7 @@
 //! The interposers: C functions named like libc's, exported from the executable, so that every
 //! call the program makes (std's, any crate's, a dlopen'ed C library's through the PLT) reaches
-//! them instead of glibc's. Each is one line into `blocking_call.rs`.
+//! them instead of glibc's. Each is one line into `blocking_call.rs` or the file of its family of
+//! calls beside it (`connect.rs`, `poll.rs`, `sleep.rs`, ...).
 //!
 //! Guarantee: the C signatures are glibc's (x86_64 and aarch64 Linux); `fcntl` and `ioctl` are
 //! variadic in C and are defined here with one word-sized third argument, and the `open`s with
@@ -20,10 +21,12 @@ use libc::{
 };
 
 use super::blocking_call::{
-    self, Call, Child, Dir, End, duration_of, io, read_whole, segment, segments, total, transfer,
-    wait_child, write_whole,
+    self, Call, Dir, io, read_whole, segment, segments, total, write_whole,
 };
-use super::{exec, fdtable, real};
+use super::children::{Child, wait_child};
+use super::sleep::duration_of;
+use super::two_fds::{End, transfer};
+use super::{connect, exec, fd_calls, fdtable, poll, real, resolve, sleep};
 
 const DONTWAIT: c_int = libc::MSG_DONTWAIT;
 
@@ -266,7 +269,7 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     // SAFETY: see above (the call is made again, with the same arguments, to collect the
     // outcome of a connect that went on in the background).
-    blocking_call::connect(fd, || unsafe { real::connect(fd, addr, len) })
+    connect::connect(fd, || unsafe { real::connect(fd, addr, len) })
 }
 
 #[unsafe(no_mangle)]
@@ -505,14 +508,14 @@ pub unsafe extern "C" fn sendfile64(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
     // SAFETY: see above.
-    unsafe { blocking_call::poll(fds, nfds, timeout) }
+    unsafe { poll::poll(fds, nfds, timeout) }
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
     // SAFETY: a non-null `req` points to a live timespec (the caller's contract).
     let d = (!req.is_null()).then(|| unsafe { &*req }).and_then(duration_of);
-    match d.filter(|d| !d.is_zero()).and_then(blocking_call::sleep) {
+    match d.filter(|d| !d.is_zero()).and_then(sleep::sleep) {
         Some(()) => 0,
         // SAFETY: see above.
         None => unsafe { real::nanosleep(req, rem) },
@@ -533,7 +536,7 @@ pub unsafe extern "C" fn clock_nanosleep(
             clock,
             libc::CLOCK_BOOTTIME | libc::CLOCK_REALTIME_ALARM | libc::CLOCK_BOOTTIME_ALARM
         )
-        && let Some(rc) = blocking_call::sleep_on_clock(clock, flags, at)
+        && let Some(rc) = sleep::sleep_on_clock(clock, flags, at)
     {
         return rc;
     }
@@ -548,7 +551,7 @@ pub unsafe extern "C" fn clock_nanosleep(
         }
         _ => None,
     };
-    match d.filter(|d| !d.is_zero()).and_then(blocking_call::sleep) {
+    match d.filter(|d| !d.is_zero()).and_then(sleep::sleep) {
         Some(()) => 0,
         // SAFETY: see above.
         None => unsafe { real::clock_nanosleep(clock, flags, req, rem) },
@@ -637,7 +640,7 @@ pub unsafe extern "C" fn getaddrinfo(
     res: *mut *mut addrinfo,
 ) -> c_int {
     // SAFETY: see above.
-    unsafe { blocking_call::getaddrinfo(node, service, hints, res) }
+    unsafe { resolve::getaddrinfo(node, service, hints, res) }
         .unwrap_or_else(|| unsafe { real::getaddrinfo(node, service, hints, res) })
 }
 
@@ -776,13 +779,13 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
-    blocking_call::fcntl(fd, cmd, arg)
+    fd_calls::fcntl(fd, cmd, arg)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: usize) -> c_int {
     // SAFETY: see above.
-    unsafe { blocking_call::ioctl(fd, request, arg) }
+    unsafe { fd_calls::ioctl(fd, request, arg) }
 }
 
 #[unsafe(no_mangle)]

@@ -41,10 +41,17 @@
 //! `docs/patching.md`.
 
 mod blocking_call;
+mod children;
+mod connect;
 mod exec;
+mod fd_calls;
 mod fdtable;
 mod hooks;
+mod poll;
 mod real;
+mod resolve;
+mod sleep;
+mod two_fds;
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
