@@ -94,7 +94,7 @@ pub(crate) struct Reactor {
     /// `fork` from a coroutine runs on a copy of this reactor over the parent's epoll, and the
     /// patch's `close` there must not deregister the parent's registrations ([`forget_kept`]).
     #[cfg(feature = "patch")]
-    pid: libc::pid_t,
+    pid: u32,
     poll: RefCell<Poll>,
     events: RefCell<Events>,
     registrations: RefCell<Slab<Weak<Registration>>>,
@@ -131,8 +131,7 @@ impl Reactor {
             #[cfg(feature = "patch")]
             kept: RefCell::new(Vec::new()),
             #[cfg(feature = "patch")]
-            // SAFETY: getpid has no preconditions.
-            pid: unsafe { libc::getpid() },
+            pid: std::process::id(),
             timer,
             armed: Cell::new(None),
             poll: RefCell::new(poll),
@@ -965,8 +964,7 @@ pub(crate) fn kept_read_closed(fd: RawFd, epoch: u64) -> bool {
 #[cfg(feature = "patch")]
 pub(crate) fn forget_kept(fd: RawFd) {
     let Some(hub) = try_hub() else { return };
-    // SAFETY: getpid has no preconditions.
-    if hub.reactor.pid != unsafe { libc::getpid() } {
+    if hub.reactor.pid != std::process::id() {
         return; // a forked copy: the epoll instance and its registrations are the parent's
     }
     let Ok(index) = usize::try_from(fd) else { return };
