@@ -739,7 +739,8 @@ impl Hub {
         // asks `current()` panics out of `run` (a probe's did).
         task.leak_locals();
         if std::thread::panicking() {
-            // It died mid-unwind: the thread's panic count can never come back down.
+            // It died mid-unwind: the thread's panic count can never come back down. The
+            // fault handler already refuses that case (`Fatal::Unwinding`); this is a backstop.
             crate::stderr::line(format_args!(
                 "greenhub: {} overflowed its stack while unwinding; the thread's panic state \
                  cannot be repaired. Aborting.",

@@ -274,8 +274,9 @@ impl Builder {
     /// a lock or permit it held stays held, a `Sender` it held keeps its channel open, and data
     /// its code was updating outside its stack at that instant may be left half-written. The
     /// stack is never reused. An overflow in the root coroutine, inside greenhub's own
-    /// bookkeeping, or inside a shared library (libc: malloc's locks) still aborts with the
-    /// report, as does one on a platform other than x86_64 Linux. See
+    /// bookkeeping, inside a shared library (libc: malloc's locks), or while the coroutine is
+    /// already unwinding (a destructor run by a cancel, a timeout or a panic) still aborts
+    /// with the report, as does one on a platform other than x86_64 Linux. See
     /// docs/coroutines-and-stacks.md.
     pub fn recover_stack_overflow(mut self, on: bool) -> Self {
         self.recover_stack_overflow = on;

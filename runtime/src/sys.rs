@@ -213,6 +213,9 @@ enum Fatal {
     Root,
     /// greenhub's own state was mid-update.
     InHub,
+    /// The coroutine was already unwinding (a cancel, a timeout, a panic): abandoning its
+    /// stack would leave the thread's panic count up for good.
+    Unwinding,
     /// The fault hit code outside the program itself (a shared library such as libc, whose
     /// internal state, malloc's locks included, greenhub cannot know).
     InLibrary,
@@ -256,6 +259,12 @@ fn recover(uc: &mut libc::ucontext_t, limit: usize, trap: usize) -> Result<(), F
     }
     if HUB_SECTION.with(Cell::get) != 0 {
         return Err(Fatal::InHub);
+    }
+    // Decided here, not after the trampoline returned (`Hub::bury` can only abort then, after
+    // this handler has already reported a recovery). `panicking` reads an atomic and a
+    // const-initialised thread-local without destructor: plain memory reads, as above.
+    if std::thread::panicking() {
+        return Err(Fatal::Unwinding);
     }
     let (pc, sp) = interrupted_pc_sp(uc).ok_or(Fatal::Unrecoverable)?;
     let in_program =
@@ -352,6 +361,10 @@ fn report_overflow(id: usize, size: usize, fatal: Option<Fatal>) {
         Some(Fatal::InHub) => {
             " inside greenhub's own bookkeeping, which it may have left half-updated: \
              cannot end only that coroutine. Aborting.\n"
+        }
+        Some(Fatal::Unwinding) => {
+            " while it was unwinding (cancelled, timed out or panicking), whose panic state \
+             could never be repaired: cannot end only that coroutine. Aborting.\n"
         }
         Some(Fatal::InLibrary) => {
             " inside a shared library (libc or another), whose own state (malloc's locks) may \

@@ -296,6 +296,41 @@ fn with_recovery_an_overflow_in_the_root_still_aborts_with_the_report() {
     assert_reported_overflow(&out, "in the root coroutine, whose end is the end of run");
 }
 
+/// Recurses until the stack runs out when dropped: a destructor that overflows.
+struct DeepDrop;
+
+impl Drop for DeepDrop {
+    fn drop(&mut self) {
+        recurse(0);
+    }
+}
+
+#[test]
+fn with_recovery_an_overflow_while_unwinding_aborts_with_one_report_that_says_so() {
+    if std::env::var_os(CHILD).is_some() {
+        no_core_dump();
+        recovering().run(|| {
+            let h = spawn(|| {
+                let _deep = DeepDrop;
+                greenhub::sleep(Duration::from_secs(3600));
+            });
+            greenhub::yield_now();
+            h.cancel();
+            let _ = h.join();
+        });
+        unreachable!("an overflow while unwinding must abort the process");
+    }
+    let out = rerun_test_in_child(
+        "with_recovery_an_overflow_while_unwinding_aborts_with_one_report_that_says_so",
+        CHILD,
+        "1",
+    );
+    assert_reported_overflow(&out, "while it was unwinding");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("the hub goes on"), "a recovery announced, then an abort:\n{stderr}");
+    assert_eq!(stderr.matches("overflowed its stack").count(), 1, "{stderr}");
+}
+
 #[test]
 fn with_recovery_and_mprotect_guards_an_overflow_is_survived_too() {
     if std::env::var_os(FORCE_FALLBACK).is_some() {
