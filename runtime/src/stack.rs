@@ -186,6 +186,9 @@ pub(crate) struct StackPool {
     reservations: RefCell<Vec<Reservation>>,
     refusal: RefCell<Option<Refusal>>,
     live: Cell<usize>,
+    /// Stacks quarantined after an overflow: never reused, never unmapped (named by the refusal
+    /// message, since they count against the same limits as live ones).
+    quarantined: Cell<usize>,
     _not_send: PhantomData<*mut ()>,
 }
 
@@ -199,6 +202,7 @@ impl StackPool {
             reservations: RefCell::new(Vec::new()),
             refusal: RefCell::new(None),
             live: Cell::new(0),
+            quarantined: Cell::new(0),
             _not_send: PhantomData,
         }
     }
@@ -239,6 +243,7 @@ impl StackPool {
     /// reservation never unmapped, so whatever pointed into it stays harmless.
     pub(crate) fn quarantine(&self, dead: CoBox, limit: usize) {
         self.live.set(self.live.get() - 1);
+        self.quarantined.set(self.quarantined.get() + 1);
         let mut reservations = self.reservations.borrow_mut();
         if let Some(r) = reservations.iter_mut().find(|r| (r.addr..r.addr + r.len).contains(&limit))
         {
@@ -300,7 +305,9 @@ impl StackPool {
                 earlier.message.clone()
             }
             None => {
-                let message: Arc<str> = refused_message(&failure, usable, self.guard).into();
+                let quarantined = self.quarantined.get();
+                let message: Arc<str> =
+                    refused_message(&failure, usable, self.guard, quarantined).into();
                 // Once per hub (thousands of refusals would drown stderr); every refused
                 // coroutine still carries the message in its JoinError.
                 crate::stderr::line(format_args!("{message}"));
@@ -393,8 +400,14 @@ enum Failure {
     Guard(io::Error),
 }
 
-/// Why no stack: the real cause, looked up once (this reads /proc).
-fn refused_message(failure: &Failure, usable: usize, guard: GuardKind) -> String {
+/// Why no stack: the real cause, looked up once (this reads /proc); `quarantined` stacks of
+/// overflowed coroutines count against the limits too.
+fn refused_message(
+    failure: &Failure,
+    usable: usize,
+    guard: GuardKind,
+    quarantined: usize,
+) -> String {
     let (error, len) = match failure {
         Failure::Reserve(e, len) => (e, *len),
         Failure::Guard(e) => (e, sys::page()),
@@ -433,7 +446,17 @@ fn refused_message(failure: &Failure, usable: usize, guard: GuardKind) -> String
              Keep fewer coroutines alive at once or give them smaller stacks"
         )
     };
-    format!("greenhub: the OS refused a coroutine stack ({usable} bytes + guard page): {cause}.")
+    let dead = match quarantined {
+        0 => String::new(),
+        n => format!(
+            " ({n} of the stacks this hub holds are quarantined: coroutines that overflowed with \
+             recover_stack_overflow on, whose stacks are kept, never reused, and count as live \
+             ones do)"
+        ),
+    };
+    format!(
+        "greenhub: the OS refused a coroutine stack ({usable} bytes + guard page): {cause}{dead}."
+    )
 }
 
 /// The RLIMIT_AS message, if that limit is what a reservation of `len` bytes ran into.
@@ -482,4 +505,22 @@ impl std::fmt::Debug for FreshStack {
 /// SIGSEGV, as for a thread's own stack (greenhub's reporter watches coroutine stacks only).
 pub fn on_stack<R>(stack: FreshStack, f: impl FnOnce() -> R) -> R {
     corosensei::on_stack(stack.0, f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Failure, GuardKind, refused_message};
+    use std::io;
+
+    /// A probe's hub ran out of mappings after ~32,765 recovered overflows with mprotect guards,
+    /// and the message told it to keep fewer coroutines alive while none was: it names the
+    /// quarantined stacks now.
+    #[test]
+    fn a_refusal_names_the_quarantined_stacks_of_overflowed_coroutines() {
+        let failure = Failure::Guard(io::Error::from_raw_os_error(libc::EPERM));
+        let message = refused_message(&failure, 16 << 10, GuardKind::Mprotect, 3);
+        assert!(message.contains("3 of the stacks this hub holds are quarantined"), "{message}");
+        let none = refused_message(&failure, 16 << 10, GuardKind::Mprotect, 0);
+        assert!(!none.contains("quarantined"), "{none}");
+    }
 }
