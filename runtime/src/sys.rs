@@ -746,8 +746,15 @@ pub(crate) unsafe fn discard(addr: usize, len: usize) {
 pub(crate) fn guard_kind() -> GuardKind {
     static KIND: OnceLock<GuardKind> = OnceLock::new();
     *KIND.get_or_init(|| {
-        if std::env::var_os("GREENHUB_STACK_GUARDS").is_some_and(|v| v == "mprotect") {
-            return GuardKind::Mprotect;
+        match std::env::var_os("GREENHUB_STACK_GUARDS") {
+            Some(v) if v == "mprotect" => return GuardKind::Mprotect,
+            // A typo must not pass for the setting: say what is accepted.
+            Some(v) => crate::stderr::line(format_args!(
+                "greenhub: GREENHUB_STACK_GUARDS={v:?} is not understood (the one value is \
+                 \"mprotect\", which forces mprotect'ed guard pages); using the kernel's \
+                 lightweight guards if it offers them"
+            )),
+            None => {}
         }
         let Ok(scratch) = reserve(page()) else { return GuardKind::Mprotect };
         // SAFETY: `scratch` is one page we just mapped and nothing uses.

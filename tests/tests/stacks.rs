@@ -366,3 +366,21 @@ fn a_whole_page_size_one_byte_smaller_overflows_under_the_same_stack_use() {
     assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}\n{stderr}");
     assert_eq!(stderr.matches("overflowed its stack (size 65536 bytes)").count(), 1, "{stderr}");
 }
+
+/// A probe set `GREENHUB_STACK_GUARDS=MPROTECT` and got the lightweight guards without a word:
+/// a value other than `mprotect` is now named on stderr (and the guards are the kernel's).
+#[test]
+fn an_unknown_stack_guards_setting_is_named_on_stderr() {
+    let test = "an_unknown_stack_guards_setting_is_named_on_stderr";
+    if std::env::var_os(FORCE_FALLBACK).is_some() {
+        greenhub::run(|| spawn(|| ()).join().unwrap());
+        return;
+    }
+    let out = rerun_test_in_child(test, FORCE_FALLBACK, "MPROTECT");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed: {}\n{stderr}", out.status);
+    assert!(
+        stderr.contains("GREENHUB_STACK_GUARDS=\"MPROTECT\" is not understood"),
+        "no word about the setting:\n{stderr}"
+    );
+}
