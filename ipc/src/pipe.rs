@@ -326,6 +326,34 @@ impl Outbox {
     }
 }
 
+/// The outbox during one `put`, after the earlier frame was settled: when the put ends with no
+/// byte of its frame out (a codec error, `TooLarge`, a timeout or cancel while the pipe was
+/// full), the frame is cleared, so the writer does not hold a message that was never sent (a
+/// failed put of 64 MiB used to keep them until the next put). A frame that did start stays for
+/// the next put to finish.
+struct Unstarted<'a>(&'a mut Outbox);
+
+impl Drop for Unstarted<'_> {
+    fn drop(&mut self) {
+        if self.0.sent == 0 {
+            self.0.clear();
+        }
+    }
+}
+
+impl std::ops::Deref for Unstarted<'_> {
+    type Target = Outbox;
+    fn deref(&self) -> &Outbox {
+        self.0
+    }
+}
+
+impl std::ops::DerefMut for Unstarted<'_> {
+    fn deref_mut(&mut self) -> &mut Outbox {
+        self.0
+    }
+}
+
 /// A frame being written straight from the caller's bytes (see `Outbox::write_direct`): the
 /// frame header and the codec's head (`prefix`), then the body.
 struct Direct<'a> {
@@ -379,6 +407,10 @@ impl<T, C: Codec<T>> Writer<T, C> {
         let source = self.handle.source()?;
         let mut outbox = self.outbox.lock();
         outbox.settle_earlier(source)?;
+        // However this put ends (done, an error, a timeout or cancel unwinding), a frame that
+        // never got its first byte out is forgotten, memory and all.
+        let mut unstarted = Unstarted(&mut outbox);
+        let outbox = &mut *unstarted;
         if let Some(parts) = self.codec.as_payload(value).filter(|p| p.len() >= WRITE_DIRECT) {
             return outbox.write_direct(source, parts);
         }

@@ -1465,6 +1465,71 @@ fn put_cut_short_before_its_first_byte_is_not_delivered() {
     });
 }
 
+/// A message whose encoding fails after its bytes are in the frame: a 64 MiB byte string, then
+/// an error from the serializer.
+struct FailsAfterItsBytes(Vec<u8>);
+
+impl Serialize for FailsAfterItsBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeTuple};
+        let mut tuple = s.serialize_tuple(2)?;
+        tuple.serialize_element(serde_bytes::Bytes::new(&self.0))?;
+        Err(S::Error::custom("refused after the bytes"))
+    }
+}
+
+impl<'de> Deserialize<'de> for FailsAfterItsBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde_bytes::ByteBuf::deserialize(d).map(|bytes| FailsAfterItsBytes(bytes.into_vec()))
+    }
+}
+
+#[test]
+fn a_put_that_fails_or_is_cut_short_before_its_first_byte_keeps_no_memory() {
+    const BIG: usize = 64 << 20;
+    hub_test(|| {
+        // A codec error once 64 MiB are encoded: the frame never went out, so nothing of it
+        // may stay in the writer (it used to keep the 64 MiB until the next put).
+        let (_reader, writer) = pipe::<FailsAfterItsBytes>().unwrap();
+        let before = memory_use().1;
+        let value = FailsAfterItsBytes(pattern(21, BIG));
+        let err = writer.put(&value).unwrap_err();
+        assert!(matches!(err, Error::Codec(_)), "{err:?}");
+        drop(value);
+        let after = memory_use().1;
+        assert!(
+            after < before + BIG as u64 / 4,
+            "a failed put kept {} MiB in the writer",
+            (after.saturating_sub(before)) >> 20
+        );
+
+        // A put cut short by a timeout before its first byte: its message is dropped, and so
+        // must be its 64 MiB frame.
+        let (reader, writer) = pipe::<(u8, serde_bytes::ByteBuf)>().unwrap();
+        let capacity = pipe_capacity(&writer);
+        let filler = (1, serde_bytes::ByteBuf::from(pattern(22, capacity - 4 - 1 - 3)));
+        assert_eq!(postcard_payload(&filler).len(), capacity - 4, "the filler fills the pipe");
+        writer.put(&filler).unwrap();
+        assert_eq!(unread_bytes(&reader), capacity);
+        let before = memory_use().1;
+        let value = (2, serde_bytes::ByteBuf::from(pattern(23, BIG)));
+        let cut = greenhub::timeout(SHORT, || writer.put(&value));
+        assert!(cut.is_err(), "the put finished into a full pipe: {cut:?}");
+        assert_eq!(unread_bytes(&reader), capacity, "not one byte of it went out");
+        drop(value);
+        let after = memory_use().1;
+        assert!(
+            after < before + BIG as u64 / 4,
+            "a put cut short before its first byte kept {} MiB in the writer",
+            (after.saturating_sub(before)) >> 20
+        );
+        let reading = spawn(move || (reader.get().unwrap(), reader.get().unwrap()));
+        let last = (3, serde_bytes::ByteBuf::from(b"after".to_vec()));
+        writer.put(&last).unwrap();
+        assert_eq!(reading.join().unwrap(), (filler, last), "the cut message was not delivered");
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handles: Debug, AsRawFd, FromRawFd, capacity, close
 
