@@ -21,6 +21,7 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
@@ -279,9 +280,26 @@ impl Registry {
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry::new());
 
+/// Null, or the registry that replaces [`REGISTRY`] in a fork child whose parent had the
+/// registry's lock held (by another thread) at the instant of the fork: that lock is never
+/// released there. Set only by [`forget_inherited`], to a mutex leaked from a `Box`.
+static REPLACEMENT: AtomicPtr<Mutex<Registry>> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The registry's mutex in this process: [`REGISTRY`], or its replacement after such a fork.
+fn registry_mutex() -> &'static Mutex<Registry> {
+    let replacement = REPLACEMENT.load(Ordering::Acquire);
+    if replacement.is_null() {
+        &REGISTRY
+    } else {
+        // SAFETY: a non-null pointer came from `Box::leak` in `forget_inherited` and is never
+        // freed, so it is valid for `'static`; the mutex behind it is only ever shared.
+        unsafe { &*replacement }
+    }
+}
+
 /// The registry, reset first if it was inherited through fork (a parent's watchers are not ours).
 fn registry() -> MutexGuard<'static, Registry> {
-    let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut registry = registry_mutex().lock().unwrap_or_else(PoisonError::into_inner);
     if registry.pid != std::process::id() {
         *registry = Registry { pid: std::process::id(), ..Registry::new() };
     }
@@ -293,8 +311,10 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// the dispositions the parent's watchers replaced are put back.
 ///
 /// A registry mutex that another thread of the parent held at the instant of `fork` stays held
-/// in the child; then only the handler's table is reset, and the registry resets itself on first
-/// use (which, like any lock held across fork, would wait forever).
+/// in the child, by a thread that does not exist there: then only the handler's table is reset
+/// (the dispositions the parent's watchers replaced are not put back), and a fresh registry
+/// replaces the stuck one, so that a `Signals` made in the child works instead of waiting
+/// forever for that lock.
 ///
 /// # Safety
 /// Call only in a process just created by `fork`, before any `Signals` is used in it: the
@@ -303,10 +323,17 @@ fn registry() -> MutexGuard<'static, Registry> {
 pub(crate) unsafe fn forget_inherited() {
     // SAFETY: the caller's contract is this function's.
     unsafe { sys::forget_signal_watchers_after_fork() };
-    let mut registry = match REGISTRY.try_lock() {
+    let mut registry = match registry_mutex().try_lock() {
         Ok(registry) => registry,
         Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        Err(TryLockError::WouldBlock) => return,
+        Err(TryLockError::WouldBlock) => {
+            // Its holder is a thread of the parent: the lock stays held here forever. The stuck
+            // mutex is abandoned (never used again, so the leak is one small box per such fork).
+            let fresh = Registry { pid: std::process::id(), ..Registry::new() };
+            let fresh: &'static Mutex<Registry> = Box::leak(Box::new(Mutex::new(fresh)));
+            REPLACEMENT.store(std::ptr::from_ref(fresh).cast_mut(), Ordering::Release);
+            return;
+        }
     };
     // Only what the parent's watchers changed is written: a store to a page of the registry
     // makes the child copy that page (copy-on-write), three of them per child when nothing
@@ -317,5 +344,54 @@ pub(crate) unsafe fn forget_inherited() {
         {
             sys::restore_signal_disposition(signal as i32, &previous);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::{Signals, forget_inherited, registry};
+
+    /// A fork while another thread holds the registry's lock (here, a test thread; in a program,
+    /// one creating or dropping a `Signals` while `start_process` forks): a `Signals` made in
+    /// the child works, instead of waiting forever for a lock whose holder is not there.
+    #[test]
+    fn a_fork_child_can_watch_though_another_thread_held_the_registry_lock_at_the_fork() {
+        let (locked_tx, locked_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _registry = registry();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        });
+        locked_rx.recv().unwrap();
+        // SAFETY: fork has no preconditions; the child runs only the calls below and ends with
+        // `_exit`, never returning into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: alarm has no preconditions: a child that hangs dies of SIGALRM.
+            unsafe { libc::alarm(10) };
+            // SAFETY: a process just created by fork; no inherited `Signals` is used here.
+            unsafe { forget_inherited() };
+            let received = Signals::new(&[libc::SIGUSR1]).is_ok_and(|signals| {
+                // SAFETY: raise has no preconditions; SIGUSR1 is watched, so it is recorded.
+                unsafe { libc::raise(libc::SIGUSR1) };
+                signals.take_delivered() == Some(libc::SIGUSR1)
+            });
+            // SAFETY: _exit ends the child at once, without running the harness's cleanup.
+            unsafe { libc::_exit(if received { 0 } else { 1 }) };
+        }
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        let mut status = 0;
+        // SAFETY: waits for our own child into a live int.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(waited, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child did not receive its signal (status {status:#x}; SIGALRM: it hung)"
+        );
     }
 }
