@@ -4,7 +4,8 @@
 //! Guarantee: the hub never blocks while the closure runs; the calling coroutine is woken through
 //! an eventfd the loop polls. A panic in the closure is rethrown in the calling coroutine.
 //! Not guaranteed: which helper thread runs it, or that a cancelled caller stops the closure (it
-//! runs to its end; its result is dropped).
+//! runs to its end; its result is dropped). A cancelled caller's job no longer counts as
+//! something that can wake a coroutine: the deadlock check does not wait for it.
 //!
 //! The pool: at most [`Builder::blocking_threads`](crate::Builder::blocking_threads) helper
 //! threads per hub (default [`DEFAULT_BLOCKING_THREADS`], gevent's threadpool size), started on
@@ -92,14 +93,19 @@ where
 {
     let hub = hub("spawn_blocking");
     let me = hub.current_task("spawn_blocking");
-    let slot: Arc<Mutex<Option<thread::Result<T>>>> = Arc::new(Mutex::new(None));
+    let slot: Arc<Mutex<JobSlot<T>>> = Arc::new(Mutex::new(JobSlot::Pending));
     let remote = hub.remote.clone();
     remote.in_flight.fetch_add(1, Ordering::Relaxed);
     let job = {
         let slot = slot.clone();
         move || {
             let result = panic::catch_unwind(AssertUnwindSafe(f));
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            if matches!(*slot, JobSlot::Abandoned) {
+                return; // nobody waits: no wake, and the caller already stopped counting it
+            }
+            *slot = JobSlot::Done(result);
+            drop(slot);
             remote.complete(me);
         }
     };
@@ -111,12 +117,56 @@ where
         hub.remote.in_flight.fetch_sub(1, Ordering::Relaxed);
         return Err(refused);
     }
+    let waiting = Waiting { slot: &slot, remote: &hub.remote };
     loop {
-        let done = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let done = {
+            let mut slot = waiting.lock();
+            match *slot {
+                JobSlot::Done(_) => std::mem::replace(&mut *slot, JobSlot::Taken),
+                _ => JobSlot::Pending,
+            }
+        };
         match done {
-            Some(Ok(value)) => return Ok(value),
-            Some(Err(payload)) => panic::resume_unwind(payload),
-            None => coroutine::suspend(hub, Suspend::Wait(WaitReason::Blocking)),
+            JobSlot::Done(Ok(value)) => return Ok(value),
+            JobSlot::Done(Err(payload)) => panic::resume_unwind(payload),
+            _ => coroutine::suspend(hub, Suspend::Wait(WaitReason::Blocking)),
+        }
+    }
+}
+
+/// Where a `spawn_blocking` job leaves its result for the caller.
+enum JobSlot<T> {
+    /// The job has not finished; the caller waits for it.
+    Pending,
+    /// The job's result (or panic), not yet taken by the caller.
+    Done(thread::Result<T>),
+    /// The caller took the result.
+    Taken,
+    /// The caller stopped waiting (cancelled, or unwound by a timeout) before the job finished:
+    /// the job drops its result and sends no wake.
+    Abandoned,
+}
+
+/// The caller's wait for its job. Dropped while the job is still pending (the caller unwinds):
+/// the job is abandoned, and stops counting as a pending wake from another thread at once,
+/// so the deadlock check does not wait for a job whose end can wake nobody.
+struct Waiting<'a, T> {
+    slot: &'a Mutex<JobSlot<T>>,
+    remote: &'a Remote,
+}
+
+impl<T> Waiting<'_, T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, JobSlot<T>> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<T> Drop for Waiting<'_, T> {
+    fn drop(&mut self) {
+        let mut slot = self.lock();
+        if matches!(*slot, JobSlot::Pending) {
+            *slot = JobSlot::Abandoned;
+            self.remote.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

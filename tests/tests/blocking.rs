@@ -216,3 +216,29 @@ fn coroutines_that_keep_yielding_do_not_starve_a_spawn_blocking_caller() {
         spinner.join().unwrap();
     });
 }
+
+#[test]
+fn a_cancelled_callers_job_does_not_hold_off_the_deadlock_report() {
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let outcome = panic::catch_unwind(panic::AssertUnwindSafe(|| {
+        greenhub::run(|| {
+            let caller = spawn(move || {
+                spawn_blocking(move || {
+                    let _ = release_rx.recv_timeout(SAFETY_NET);
+                    done_tx.send(()).unwrap();
+                })
+            });
+            yield_now(); // the caller submits the job and waits
+            caller.cancel();
+            assert!(caller.join().unwrap_err().is_cancelled());
+            // Nothing can wake this wait: the job's end would wake nobody.
+            greenhub::sync::Event::new().wait();
+        })
+    }));
+    let finished_first = done_rx.try_recv().is_ok();
+    release_tx.send(()).unwrap_or(());
+    assert!(!finished_first, "the deadlock report waited for the cancelled caller's job");
+    assert!(panic_message(&*outcome.unwrap_err()).contains("would block forever"));
+    done_rx.recv_timeout(SAFETY_NET).expect("the job still ran to its end");
+}
