@@ -160,6 +160,31 @@ pub fn run_in_child(test: &str, var: &str) -> bool {
     false
 }
 
+/// Lowers RLIMIT_NOFILE to `headroom` above the highest open fd and opens `/dev/null` until no
+/// fd number is left, then closes `leave` of those again: the open files, to keep or drop. Only
+/// for a test running alone in a child process ([`run_in_child`]): the limit is process-wide.
+pub fn fill_free_fds(headroom: u64, leave: usize) -> Vec<std::fs::File> {
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid rlimit pointers for the calls; lowering the soft limit needs no privilege.
+    let rc = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = highest + headroom;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit)
+    };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    let mut fillers = Vec::new();
+    while let Ok(file) = std::fs::File::open("/dev/null") {
+        fillers.push(file);
+    }
+    fillers.truncate(fillers.len().saturating_sub(leave));
+    fillers
+}
+
 /// Lowers RLIMIT_AS to what this process maps now plus `room` bytes (so no new coroutine stack
 /// or thread stack larger than that fits); returns the limit for [`restore_address_space`].
 /// Only for a test running alone in a child process ([`run_in_child`]): the cap is

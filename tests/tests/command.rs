@@ -326,7 +326,7 @@ fn a_program_dropped_after_its_hub_ended_is_reaped_with_no_fd_to_spare() {
         return;
     }
     let (program, stdin, pid) = cat_outliving_its_hub();
-    let fillers = take_every_free_fd();
+    let fillers = greenhub_tests::fill_free_fds(8, 0);
     drop(program); // still running: cat waits for its input
     drop(fillers);
     drop(stdin); // now it exits
@@ -367,29 +367,6 @@ fn a_program_whose_reaper_thread_is_refused_is_reaped_by_a_later_drop() {
     });
     drop(other);
     assert!(zombie_children().is_empty(), "the program is still a zombie");
-}
-
-/// Lowers RLIMIT_NOFILE to a little above the highest open fd and opens `/dev/null` until no
-/// fd number is left (only for a test running alone in a child process).
-fn take_every_free_fd() -> Vec<std::fs::File> {
-    let highest = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .max()
-        .unwrap();
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: valid rlimit pointers for the calls; lowering the soft limit needs no privilege.
-    let rc = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = highest + 8;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit)
-    };
-    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
-    let mut fillers = Vec::new();
-    while let Ok(file) = std::fs::File::open("/dev/null") {
-        fillers.push(file);
-    }
-    fillers
 }
 
 /// The documented rule (F5), as std's `Child`: a program still running when its hub ends is

@@ -1107,7 +1107,9 @@ fn a_child_whose_pidfd_cannot_be_opened_never_runs_its_closure() {
         // SAFETY: registers a plain function as the parent's fork hook; it stays valid forever.
         unsafe { libc::pthread_atfork(None, Some(let_the_child_run_first), None) };
         let err = greenhub::run(|| {
-            leave_two_fds_free();
+            // Every free fd number below the lowered limit taken but the last two (this
+            // process ends after the test).
+            std::mem::forget(greenhub_tests::fill_free_fds(3, 2));
             let target = marker.clone();
             start_process((), move |()| std::fs::write(&target, b"ran")).unwrap_err()
         });
@@ -1131,29 +1133,6 @@ fn a_child_whose_pidfd_cannot_be_opened_never_runs_its_closure() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Lowers RLIMIT_NOFILE and fills every free fd number below it but the last two.
-fn leave_two_fds_free() {
-    let highest = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .max()
-        .unwrap();
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: valid rlimit pointers for the calls; lowering the soft limit needs no privilege.
-    let rc = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = highest + 3;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit)
-    };
-    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
-    let mut fillers = Vec::new();
-    while let Ok(file) = std::fs::File::open("/dev/null") {
-        fillers.push(file);
-    }
-    fillers.truncate(fillers.len() - 2);
-    std::mem::forget(fillers); // this process ends after the test
 }
 
 /// Set in the copy of this test binary that
