@@ -30,6 +30,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::rc::Rc;
+use std::sync::{PoisonError, mpsc};
 use std::time::Duration;
 
 use greenhub::sync::Mutex;
@@ -290,36 +291,39 @@ impl Drop for State {
 /// a child's last owner reaps those that have exited since.
 static UNREAPED: std::sync::Mutex<Vec<OwnedFd>> = std::sync::Mutex::new(Vec::new());
 
-/// Reaps the child behind `pidfd` (process `pid`) on a helper thread, which ends as soon as the child does. The
-/// thread takes the pidfd itself: a duplicate would need a free fd number, and with none to
-/// spare (EMFILE) nobody would ever reap the child. If the OS refuses the thread, stderr says
-/// so, and the pidfd waits in [`UNREAPED`] for a later drop to reap the child once it has
-/// exited (never a zombie for longer than that, never a blocked drop).
+/// Reaps the child behind `pidfd` (process `pid`) on a helper thread, which ends as soon as the
+/// child does. The thread takes the pidfd itself: a duplicate would need a free fd number, and
+/// with none to spare (EMFILE) nobody would ever reap the child. The pidfd goes to the thread
+/// only once it runs (a refused spawn drops its closure), so if the OS refuses the thread,
+/// stderr says so and the pidfd waits in [`UNREAPED`] for a later drop to reap the child once
+/// it has exited (never a zombie for longer than that, never a blocked drop).
 fn reap_in_background(pidfd: OwnedFd, pid: u32) {
-    let shared = std::sync::Arc::new(std::sync::Mutex::new(Some(pidfd)));
-    let for_thread = std::sync::Arc::clone(&shared);
+    let (handover, received) = mpsc::channel::<OwnedFd>();
     let started = std::thread::Builder::new().name("greenhub-ipc-reaper".into()).spawn(move || {
-        let pidfd = for_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(pidfd) = pidfd {
+        if let Ok(pidfd) = received.recv() {
             let _ = sys::wait_pidfd_blocking(pidfd.as_raw_fd(), None);
         }
     });
-    if let Err(e) = started {
-        let pidfd = shared.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(pidfd) = pidfd else { return };
-        write_stderr(&format!(
-            "greenhub-ipc: the OS refused the thread that reaps program {pid} (dropped after its \
-             hub ended): {e}; it is reaped by a later drop of a program's Process once it has \
-             exited (raise the thread limit, RLIMIT_NPROC, or join programs before their hub \
-             ends)\n"
-        ));
-        UNREAPED.lock().unwrap_or_else(|e| e.into_inner()).push(pidfd);
+    match started {
+        // The thread holds the receiver until it has the pidfd: the send cannot fail.
+        Ok(_) => drop(handover.send(pidfd)),
+        Err(e) => {
+            write_stderr(&format!(
+                "greenhub-ipc: the OS refused the thread that reaps program {pid} (dropped after \
+                 its hub ended): {e}; it is reaped by a later drop of a program's Process once it \
+                 has exited (raise the thread limit, RLIMIT_NPROC, or join programs before their \
+                 hub ends)\n"
+            ));
+            UNREAPED.lock().unwrap_or_else(PoisonError::into_inner).push(pidfd);
+        }
     }
 }
 
-/// Reaps the programs in [`UNREAPED`] that have exited (an uncontended lock when there are none).
+/// Reaps the programs in [`UNREAPED`] that have exited. Skipped while another thread holds the
+/// list (the next drop sweeps): every drop of a child's state passes here, and a fork child
+/// whose parent held the lock at the fork must not wait for a holder that does not exist there.
 fn sweep_unreaped() {
-    let mut unreaped = UNREAPED.lock().unwrap_or_else(|e| e.into_inner());
+    let Ok(mut unreaped) = UNREAPED.try_lock() else { return };
     unreaped.retain(|pidfd| matches!(sys::try_wait_pidfd(pidfd.as_raw_fd()), Ok(None)));
 }
 
