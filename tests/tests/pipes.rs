@@ -1490,18 +1490,18 @@ fn a_put_that_fails_or_is_cut_short_before_its_first_byte_keeps_no_memory() {
     hub_test(|| {
         // A codec error once 64 MiB are encoded: the frame never went out, so nothing of it
         // may stay in the writer (it used to keep the 64 MiB until the next put).
+        let kept_little = |before: u64, what: &str| {
+            let after = memory_use().1;
+            let kept = after.saturating_sub(before);
+            assert!(kept < BIG as u64 / 4, "{what} kept {} MiB in the writer", kept >> 20);
+        };
         let (_reader, writer) = pipe::<FailsAfterItsBytes>().unwrap();
         let before = memory_use().1;
         let value = FailsAfterItsBytes(pattern(21, BIG));
         let err = writer.put(&value).unwrap_err();
         assert!(matches!(err, Error::Codec(_)), "{err:?}");
         drop(value);
-        let after = memory_use().1;
-        assert!(
-            after < before + BIG as u64 / 4,
-            "a failed put kept {} MiB in the writer",
-            (after.saturating_sub(before)) >> 20
-        );
+        kept_little(before, "a failed put");
 
         // A put cut short by a timeout before its first byte: its message is dropped, and so
         // must be its 64 MiB frame.
@@ -1517,12 +1517,7 @@ fn a_put_that_fails_or_is_cut_short_before_its_first_byte_keeps_no_memory() {
         assert!(cut.is_err(), "the put finished into a full pipe: {cut:?}");
         assert_eq!(unread_bytes(&reader), capacity, "not one byte of it went out");
         drop(value);
-        let after = memory_use().1;
-        assert!(
-            after < before + BIG as u64 / 4,
-            "a put cut short before its first byte kept {} MiB in the writer",
-            (after.saturating_sub(before)) >> 20
-        );
+        kept_little(before, "a put cut short before its first byte");
         let reading = spawn(move || (reader.get().unwrap(), reader.get().unwrap()));
         let last = (3, serde_bytes::ByteBuf::from(b"after".to_vec()));
         writer.put(&last).unwrap();
