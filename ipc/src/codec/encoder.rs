@@ -55,6 +55,27 @@ fn unknown_length() -> EncodeError {
 
 struct Encoder<'a>(&'a mut Vec<u8>);
 
+/// The varint (LEB128) of `n` as the low `used` bytes of a little-endian word: `(word, used)`,
+/// built without a loop; `None` from 2^56 on (nine bytes or more).
+#[inline(always)]
+pub(super) fn varint_word(n: u64) -> Option<(u64, usize)> {
+    if n < 0x80 {
+        return Some((n, 1));
+    }
+    if n >= 1 << 56 {
+        return None;
+    }
+    // The 56 bits spread into eight 7-bit groups, one per byte, in three halvings: two 28-bit
+    // halves 32 bits apart, then 14-bit quarters 16 apart, then 7-bit groups 8 apart.
+    let mut word = (n & 0x0fff_ffff) | ((n & 0x00ff_ffff_f000_0000) << 4);
+    word = (word & 0x0000_3fff_0000_3fff) | ((word & 0x0fff_c000_0fff_c000) << 2);
+    word = (word & 0x007f_007f_007f_007f) | ((word & 0x3f80_3f80_3f80_3f80) << 1);
+    // The bytes used, 2 to 8; every one but the last has its continuation bit.
+    let used = (70 - n.leading_zeros() as usize) / 7;
+    word |= 0x8080_8080_8080_8080 >> (8 * (9 - used));
+    Some((word, used))
+}
+
 impl Encoder<'_> {
     /// A varint (LEB128) of a `u64`. Up to eight bytes (values below 2^56) are built in a
     /// register without a loop and stored as one word; the rare longer ones take the
@@ -66,18 +87,10 @@ impl Encoder<'_> {
             self.0.push(n as u8);
             return;
         }
-        if n >= 1 << 56 {
-            return self.varint_u128(u128::from(n));
+        match varint_word(n) {
+            Some((word, used)) => self.append_prefix(&word.to_le_bytes(), used),
+            None => self.varint_u128(u128::from(n)),
         }
-        // The 56 bits spread into eight 7-bit groups, one per byte, in three halvings: two
-        // 28-bit halves 32 bits apart, then 14-bit quarters 16 apart, then 7-bit groups 8 apart.
-        let mut word = (n & 0x0fff_ffff) | ((n & 0x00ff_ffff_f000_0000) << 4);
-        word = (word & 0x0000_3fff_0000_3fff) | ((word & 0x0fff_c000_0fff_c000) << 2);
-        word = (word & 0x007f_007f_007f_007f) | ((word & 0x3f80_3f80_3f80_3f80) << 1);
-        // The bytes used, 2 to 8; every one but the last has its continuation bit.
-        let used = (70 - n.leading_zeros() as usize) / 7;
-        word |= 0x8080_8080_8080_8080 >> (8 * (9 - used));
-        self.append_prefix(&word.to_le_bytes(), used);
     }
 
     /// A varint of a `u128` (up to 19 bytes).

@@ -141,6 +141,9 @@ fn append_delimited<const N: usize, T: Serialize + DeserializeOwned + 'static>(
     head: [u8; N],
     value: &T,
 ) -> Result<(), Error> {
+    if codec::append_short_int(out, head, value) {
+        return Ok(());
+    }
     // A one-byte length is the common case (values under 128 bytes): keep it a byte's room.
     let start = out.len();
     if N == 1 {
