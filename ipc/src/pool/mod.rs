@@ -440,9 +440,15 @@ where
                 let mut refused = None;
                 let mut taken = 0;
                 link.tasks.push(|out| {
+                    // A local: read in the loop through `self`, it was three dependent loads
+                    // per item (the compiler cannot tell that the bytes written leave it be),
+                    // the hottest spot of the parent's encoding (perf annotate, 30 maps of 100k
+                    // tiny items; 4 A/Bs of 101 alternated pairs: parent CPU per item 2 to 11%
+                    // lower).
+                    let max = self.config.max_message;
                     let mut chunk = TaskChunk::begin(out, id);
                     for item in held.iter().take(allowed) {
-                        if let Err(err) = chunk.push(out, item, self.config.max_message) {
+                        if let Err(err) = chunk.push(out, item, max) {
                             refused = Some(err);
                             break;
                         }
