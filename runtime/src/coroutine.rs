@@ -1027,7 +1027,7 @@ pub(crate) fn write_running_identity(out: &mut sys::FaultText) -> bool {
     let Some(task) = (unsafe { hub.tasks.peek(me) }) else { return false };
     out.text("coroutine #");
     out.number(task.id.get());
-    if let Some(name) = task.name.as_deref() {
+    if let Some(name) = task.name() {
         out.text(" \"");
         write_escaped(out, name);
         out.text("\"");

@@ -475,7 +475,8 @@ impl Hub {
     }
 
     fn deadlock_report(&self, root: TaskRef) -> String {
-        let waits_on = self.tasks.with(root, |t| t.waiting.to_string()).unwrap_or_default();
+        let waits_on =
+            self.tasks.with(root, |t| t.waiting(&self.tasks).to_string()).unwrap_or_default();
         let mut report = format!(
             "greenhub: the root coroutine would block forever: it waits on {waits_on}, and \
              nothing can wake any coroutine again (no coroutine is ready; no timer, fd, child \
@@ -490,7 +491,7 @@ impl Hub {
     /// One line about a task: who it is and what it does (`with_age`: and for how long).
     fn describe(&self, t: &Task, with_age: bool) -> String {
         let root = if Some(t.id) == self.root.get().map(|r| r.id) { " [root]" } else { "" };
-        let state = t.describe_state();
+        let state = t.describe_state(&self.tasks);
         if with_age {
             format!("{}{root}: {state} for {:?}", t.identity(), self.tasks.age(t.since))
         } else {

@@ -50,7 +50,8 @@ where
     let delayed = Rc::new(Delayed { body: spawned.clone(), timer: Cell::new(None) });
     let spawn =
         Spawn { stack_size: hub.stacks.usable_size(None), site: Location::caller(), name: None };
-    let task = hub.tasks.insert_parked(Body::Start(delayed.clone()), spawn, WaitReason::Start(at));
+    let reason = WaitReason::Start(hub.tasks.deadline(at));
+    let task = hub.tasks.insert_parked(Body::Start(delayed.clone()), spawn, reason);
     if let Some(at) = at {
         delayed.timer.set(Some(hub.timers.insert(at, TimerAction::Wake(task))));
     }

@@ -53,11 +53,11 @@ pub(crate) enum TaskState {
     Suspended,
 }
 
-/// What a suspended coroutine waits on, for the deadlock report.
+/// What a suspended coroutine waits on, for the deadlock report. Sixteen bytes (see [`Task`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum WaitReason {
     Nothing,
-    Sleep(Option<Instant>),
+    Sleep(Deadline),
     Event,
     ChannelRecv,
     ChannelSend,
@@ -72,8 +72,18 @@ pub(crate) enum WaitReason {
     Readable(RawFd),
     Writable(RawFd),
     Blocking,
-    /// A `spawn_later` coroutine waiting for its start time (`None`: never).
-    Start(Option<Instant>),
+    /// A `spawn_later` coroutine waiting for its start time.
+    Start(Deadline),
+}
+
+/// When a wait ends, on the turn clock (nanoseconds since the task table was made, as
+/// [`Stamp`]), or never: one word, where an `Option<Instant>` takes two and made
+/// [`WaitReason`] 24 bytes. Only the reports read it ([`TaskTable::deadline`] makes one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Deadline(u64);
+
+impl Deadline {
+    const NEVER: Deadline = Deadline(u64::MAX);
 }
 
 impl WaitReason {
@@ -101,15 +111,19 @@ impl WaitReason {
     }
 }
 
-impl fmt::Display for WaitReason {
+/// How reports say what a task waits on: `sleep (3s left)`, `a channel recv`.
+pub(crate) struct Waiting<'a> {
+    reason: WaitReason,
+    tasks: &'a TaskTable,
+}
+
+impl fmt::Display for Waiting<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        let left = |at: Deadline| self.tasks.left(at);
+        match self.reason {
             WaitReason::Nothing => f.write_str("nothing"),
-            WaitReason::Sleep(Some(at)) => {
-                let left = at.saturating_duration_since(Instant::now());
-                write!(f, "sleep ({left:?} left)")
-            }
-            WaitReason::Sleep(None) => f.write_str("sleep (forever)"),
+            WaitReason::Sleep(Deadline::NEVER) => f.write_str("sleep (forever)"),
+            WaitReason::Sleep(at) => write!(f, "sleep ({:?} left)", left(at)),
             WaitReason::Event => f.write_str("an Event"),
             WaitReason::ChannelRecv => f.write_str("a channel recv"),
             WaitReason::ChannelSend => f.write_str("a channel send"),
@@ -123,16 +137,20 @@ impl fmt::Display for WaitReason {
             WaitReason::Readable(fd) => write!(f, "fd {fd} to be readable"),
             WaitReason::Writable(fd) => write!(f, "fd {fd} to be writable"),
             WaitReason::Blocking => f.write_str("a spawn_blocking job"),
-            WaitReason::Start(Some(at)) => {
-                let left = at.saturating_duration_since(Instant::now());
-                write!(f, "its start (spawn_later, {left:?} left)")
-            }
-            WaitReason::Start(None) => f.write_str("its start (spawn_later, never)"),
+            WaitReason::Start(Deadline::NEVER) => f.write_str("its start (spawn_later, never)"),
+            WaitReason::Start(at) => write!(f, "its start (spawn_later, {:?} left)", left(at)),
         }
     }
 }
 
 /// A coroutine in the hub's table.
+///
+/// At most 128 bytes (a compile-time assertion below checks it): a `Task` is moved five times per spawn and end (made,
+/// inserted, put in its slab slot, taken out, dropped), and up to 128 bytes the compiler moves
+/// it with eight inline vector copies; at 168 bytes each move was a `memcpy` call (callgrind,
+/// `bench worker greenhub spawn batch=1000`: ~29 instructions each, 145 per spawn+join). Hence
+/// the one-word [`Pending`] and [`Deadline`], and the rarely set fields behind one pointer
+/// ([`Rare`]).
 pub(crate) struct Task {
     pub(crate) id: CoroutineId,
     pub(crate) state: TaskState,
@@ -140,7 +158,7 @@ pub(crate) struct Task {
     pub(crate) waiting: WaitReason,
     pub(crate) body: Body,
     /// A timeout or deadlock interrupt to deliver at the next resume.
-    pub(crate) pending: Option<Wake>,
+    pub(crate) pending: Pending,
     /// Set by `cancel`; every later resume or suspension point unwinds.
     pub(crate) cancelled: bool,
     /// A `timeout` whose deadline fired and whose boundary the unwind has not reached yet:
@@ -155,26 +173,83 @@ pub(crate) struct Task {
     pub(crate) in_timeout: bool,
     /// Null until the body has started.
     pub(crate) yielder: *const CoYielder,
-    /// Its `local!` values, allocated on the first one (local.rs).
-    locals: Option<Box<Locals>>,
+    /// Its name, `local!` values and monitor registration: allocated on the first of them.
+    rare: Option<Box<Rare>>,
     /// Lowest address of its stack (the guard page), for the overflow reporter; 0 until it
     /// has a stack.
     pub(crate) stack_limit: usize,
     /// Usable bytes of its stack (whole pages).
     pub(crate) stack_size: usize,
-    /// Where it was spawned, and its name if it was given one.
+    /// Where it was spawned.
     pub(crate) site: &'static Location<'static>,
-    pub(crate) name: Option<Rc<str>>,
     /// When it entered its current state (see [`TaskTable::tick`]).
     pub(crate) since: Stamp,
+}
+
+// A larger `Task` is moved with `memcpy` calls on every spawn (see its docs).
+const _: () = assert!(std::mem::size_of::<Task>() <= 128, "Task must stay within 128 bytes");
+
+/// What few tasks have, kept out of [`Task`] to keep it small.
+#[derive(Default)]
+struct Rare {
+    /// Its name, if it was given one.
+    name: Option<Rc<str>>,
+    /// Its `local!` values, allocated on the first one (local.rs).
+    locals: Option<Box<Locals>>,
     /// The blocking monitor's names, which hold this task's while it lives (monitor on only).
     named: Option<Names>,
 }
 
 impl Drop for Task {
     fn drop(&mut self) {
-        if let Some(names) = &self.named {
+        if let Some(names) = self.rare.as_ref().and_then(|rare| rare.named.as_ref()) {
             names.remove(self.id);
+        }
+    }
+}
+
+/// A timeout or deadlock interrupt waiting for a task's next resume, in one word (an
+/// `Option<Wake>` takes two): 0 for none, `u64::MAX` for the deadlock, else the id of the
+/// fired timeout (ids count from 1 and never get to `u64::MAX`, as in `Doom`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Pending(u64);
+
+impl Pending {
+    pub(crate) const NONE: Pending = Pending(0);
+    const DEADLOCK: u64 = u64::MAX;
+
+    /// Takes the interrupt out, leaving none. On the switch path: the usual case, none, is a
+    /// load and a branch (decoding inline cost three more instructions per switch).
+    #[inline(always)]
+    pub(crate) fn take(&mut self) -> Option<Wake> {
+        if *self == Pending::NONE {
+            return None;
+        }
+        self.take_some()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_some(&mut self) -> Option<Wake> {
+        match std::mem::replace(self, Pending::NONE).0 {
+            Self::DEADLOCK => Some(Wake::Deadlock),
+            id => Some(Wake::Timeout(TimeoutId::from_raw(id))),
+        }
+    }
+
+    /// Adds `wake` (a timeout or the deadlock) to what is pending: the deadlock wins over
+    /// everything; of two timeouts fired in one turn, the smaller id. They are nested (a
+    /// coroutine is inside both), and the outer one, created first, has the smaller id. It must
+    /// win, or the inner boundary would catch it and the outer deadline would be lost.
+    fn add(&mut self, wake: Wake) {
+        let new = match wake {
+            Wake::Deadlock => Self::DEADLOCK,
+            Wake::Timeout(id) => id.get(),
+            Wake::Run | Wake::Cancel | Wake::Expired => unreachable!("only an interrupt is kept"),
+        };
+        // The deadlock, `u64::MAX`, would lose a `min`: it is kept apart.
+        if self.0 != Self::DEADLOCK && (self.0 == 0 || new == Self::DEADLOCK || new < self.0) {
+            self.0 = new;
         }
     }
 }
@@ -261,37 +336,47 @@ impl Task {
             state: TaskState::Ready,
             waiting: WaitReason::Nothing,
             body,
-            pending: None,
+            pending: Pending::NONE,
             cancelled: false,
             timed_out: None,
             doom: Doom::SPARED,
             in_timeout: false,
             yielder: std::ptr::null(),
-            locals: None,
+            rare: spawn.name.map(|name| Box::new(Rare { name: Some(name), ..Rare::default() })),
             stack_limit: 0,
             stack_size: spawn.stack_size,
             site: spawn.site,
-            name: spawn.name,
             since: now,
-            named: None,
         }
+    }
+
+    /// Its name, if it was given one.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.rare.as_ref()?.name.as_deref()
     }
 
     /// Forgets its `local!` values without dropping them (a coroutine whose stack overflowed:
     /// see `Hub::bury`).
     pub(crate) fn leak_locals(&mut self) {
-        std::mem::forget(self.locals.take());
+        if let Some(rare) = &mut self.rare {
+            std::mem::forget(rare.locals.take());
+        }
     }
 
     /// How reports name it.
     pub(crate) fn identity(&self) -> Identity<'_> {
-        Identity { id: self.id, name: self.name.as_deref(), site: self.site }
+        Identity { id: self.id, name: self.name(), site: self.site }
+    }
+
+    /// What it waits on, in the reports' words (`tasks`: its table, for the time left).
+    pub(crate) fn waiting<'a>(&self, tasks: &'a TaskTable) -> Waiting<'a> {
+        Waiting { reason: self.waiting, tasks }
     }
 
     /// Its state in the deadlock report's words: "ready", "running", "waiting on ...".
-    pub(crate) fn describe_state(&self) -> String {
+    pub(crate) fn describe_state(&self, tasks: &TaskTable) -> String {
         match self.state {
-            TaskState::Suspended => format!("waiting on {}", self.waiting),
+            TaskState::Suspended => format!("waiting on {}", self.waiting(tasks)),
             TaskState::Ready => "ready".to_string(),
             TaskState::Running => "running".to_string(),
         }
@@ -410,7 +495,7 @@ impl TaskTable {
         let mut task = Task::new(body, spawn, self.now());
         if let Some(names) = self.names.get() {
             names.add(task.id, task.identity().to_string());
-            task.named = Some(names.clone());
+            task.rare.get_or_insert_with(Box::default).named = Some(names.clone());
         }
         task
     }
@@ -429,6 +514,17 @@ impl TaskTable {
     /// How long ago `since` was, by the OS clock.
     pub(crate) fn age(&self, since: Stamp) -> Duration {
         self.epoch.elapsed().saturating_sub(Duration::from_nanos(since.0))
+    }
+
+    /// `at` (`None`: never) as a [`Deadline`] for a [`WaitReason`].
+    pub(crate) fn deadline(&self, at: Option<Instant>) -> Deadline {
+        let since_epoch = |at: Instant| at.saturating_duration_since(self.epoch).as_nanos();
+        at.map_or(Deadline::NEVER, |at| Deadline(since_epoch(at).min(u64::MAX as u128 - 1) as u64))
+    }
+
+    /// How long until `at`, by the OS clock (zero once it has passed).
+    fn left(&self, at: Deadline) -> Duration {
+        Duration::from_nanos(at.0).saturating_sub(self.epoch.elapsed())
     }
 
     /// Adds a task that has not started to the table and to the back of the ready queue.
@@ -542,15 +638,7 @@ impl TaskTable {
             let mut table = self.inner.borrow_mut();
             let Some(task) = table.tasks.get_mut(r.key).filter(|t| t.id == r.id) else { return };
             debug_assert!(!matches!(task.body, Body::Start(_)), "only a started task waits");
-            task.pending = match (task.pending.take(), wake) {
-                (_, Wake::Deadlock) => Some(Wake::Deadlock),
-                // Two timeouts fired in one turn: they are nested (a coroutine is inside both),
-                // and the outer one, created first, has the smaller id. It must win, or the
-                // inner boundary would catch it and the outer deadline would be lost.
-                (Some(Wake::Timeout(a)), Wake::Timeout(b)) => Some(Wake::Timeout(a.min(b))),
-                (None, wake) => Some(wake),
-                (pending, _) => pending,
-            };
+            task.pending.add(wake);
         }
         self.wake(r);
     }
@@ -633,12 +721,12 @@ impl TaskTable {
         let _section = HubSection::enter(); // see `with`
         let mut table = self.inner.borrow_mut();
         let task = table.tasks.get_mut(r.key).filter(|t| t.id == r.id).expect("a running task");
-        f(task.locals.get_or_insert_with(Box::default))
+        f(task.rare.get_or_insert_with(Box::default).locals.get_or_insert_with(Box::default))
     }
 
     /// Whether task `r` has ever used a `local!`.
     pub(crate) fn has_locals(&self, r: TaskRef) -> bool {
-        self.with(r, |t| t.locals.is_some()).unwrap_or(false)
+        self.with(r, |t| t.rare.as_ref().is_some_and(|rare| rare.locals.is_some())).unwrap_or(false)
     }
 
     /// Takes every task out (when the hub is dropped after its loop failed).
@@ -649,8 +737,37 @@ impl TaskTable {
 
 #[cfg(test)]
 mod tests {
-    use super::{ReadyQueue, TaskRef};
-    use crate::coroutine::CoroutineId;
+    use super::{Pending, ReadyQueue, TaskRef};
+    use crate::coroutine::{CoroutineId, Wake};
+    use crate::timer::TimeoutId;
+
+    fn taken(mut p: Pending) -> Option<u64> {
+        match p.take() {
+            None => None,
+            Some(Wake::Timeout(id)) => Some(id.get()),
+            Some(Wake::Deadlock) => Some(u64::MAX),
+            Some(_) => unreachable!("only interrupts are pending"),
+        }
+    }
+
+    #[test]
+    fn a_pending_interrupt_keeps_the_deadlock_or_the_outer_timeout() {
+        let timeout = |n| Wake::Timeout(TimeoutId::from_raw(n));
+        let mut p = Pending::NONE;
+        assert_eq!(taken(p), None);
+        p.add(timeout(5));
+        assert_eq!(taken(p), Some(5));
+        p.add(timeout(7)); // inner: the outer (smaller) one stays
+        assert_eq!(taken(p), Some(5));
+        p.add(timeout(3));
+        assert_eq!(taken(p), Some(3));
+        p.add(Wake::Deadlock);
+        assert_eq!(taken(p), Some(u64::MAX));
+        p.add(timeout(1)); // nothing overrides the deadlock
+        assert_eq!(taken(p), Some(u64::MAX));
+        assert_eq!(p.take().map(|_| ()), Some(()));
+        assert_eq!(taken(p), None);
+    }
 
     fn r(n: u64) -> TaskRef {
         TaskRef { key: n as usize, id: CoroutineId::for_test(n) }

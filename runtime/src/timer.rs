@@ -176,12 +176,13 @@ pub fn sleep(d: Duration) {
     let Some(deadline) = deadline_after(d) else {
         // Longer than `Instant` can represent: a sleep that never ends (still cancellable).
         loop {
-            coroutine::suspend(hub, Suspend::Wait(WaitReason::Sleep(None)));
+            coroutine::suspend(hub, Suspend::Wait(WaitReason::Sleep(hub.tasks.deadline(None))));
         }
     };
     let timer = TimerGuard::new(hub, deadline, TimerAction::Wake(me));
+    let reason = WaitReason::Sleep(hub.tasks.deadline(Some(deadline)));
     while !timer.fired() {
-        coroutine::suspend(hub, Suspend::Wait(WaitReason::Sleep(Some(deadline))));
+        coroutine::suspend(hub, Suspend::Wait(reason));
     }
 }
 
