@@ -39,7 +39,7 @@ const ALT_STACK_SIZE: usize = 64 * 1024;
 
 thread_local! {
     /// The running coroutine's stack, for the fault handler: [guard page address, id, usable
-    /// size, `Trap` as a number].
+    /// size, `Trap` as a number]; the handler ignores the record while its first word is 0.
     /// Const-initialised and without destructor, so reading it in a signal handler is plain
     /// thread-local memory access (as for every thread-local below).
     static WATCHED: Cell<[usize; 4]> = const { Cell::new([0; 4]) };
@@ -80,7 +80,11 @@ pub(crate) fn watch_stack(limit: usize, id: u64, size: usize, trap: Trap) {
 /// (none spans a switch, so at this point none is legitimately open).
 #[inline]
 pub(crate) fn unwatch_stack() {
-    WATCHED.with(|w| w.set([0; 4]));
+    // Only the first word: zeroing all four cost two more instructions per switch (callgrind).
+    WATCHED.with(|w| {
+        let words: &Cell<[usize]> = w;
+        words.as_slice_of_cells()[0].set(0);
+    });
     HUB_SECTION.with(|d| d.set(0));
 }
 
