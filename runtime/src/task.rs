@@ -770,7 +770,7 @@ mod tests {
     }
 
     fn r(n: u64) -> TaskRef {
-        TaskRef { key: n as usize, id: CoroutineId::for_test(n) }
+        TaskRef { key: n as usize, id: CoroutineId::for_test(n + 1) }
     }
 
     #[test]
