@@ -47,14 +47,7 @@ struct InOrder<O> {
 impl<O> Collect<O> {
     /// For a call of about `capacity` items.
     pub(super) fn new(capacity: usize) -> Collect<O> {
-        let mut done = Vec::with_capacity(capacity);
-        if capacity * size_of::<O>() >= POPULATE_FROM {
-            // The output is written whole: fault its pages in with one call, not one fault per
-            // page as results arrive (a fresh 800 KB output of 100k `u64`s is 200 faults, each
-            // costly in a virtual machine). A single 100k map of tiny items: 2 to 9% more
-            // items/s (four A/Bs, medians of 16 alternated runs each).
-            crate::sys::populate_for_writing(done.spare_capacity_mut());
-        }
+        let done = Vec::with_capacity(capacity);
         Collect {
             results: RefCell::new(InOrder {
                 done,
@@ -64,6 +57,18 @@ impl<O> Collect<O> {
             }),
             failure: Cell::new(None),
             wake: Event::new(),
+        }
+    }
+
+    /// Faults in the output's pages not yet written, if it is large: with one call, not one
+    /// fault per page as results arrive (a fresh 800 KB output of 100k `u64`s is 200 faults,
+    /// each costly in a virtual machine). A single 100k map of tiny items: 2 to 9% more items/s
+    /// (four A/Bs, medians of 16 alternated runs each). [`Pool::map`](super::Pool::map) calls
+    /// it once every worker has its first chunk.
+    pub(super) fn populate(&self) {
+        let mut results = self.results.borrow_mut();
+        if results.done.capacity() * size_of::<O>() >= POPULATE_FROM {
+            crate::sys::populate_for_writing(results.done.spare_capacity_mut());
         }
     }
 

@@ -582,6 +582,10 @@ where
         let sink = Sink::Map(Rc::clone(&collect));
         let mut held = VecDeque::with_capacity(chunk);
         let mut sent = 0;
+        let mut chunks = 0;
+        // The chunks after which the output is faulted in: one per worker, or all of them.
+        let populate_after =
+            items.size_hint().0.div_ceil(chunk).clamp(1, self.shared.config.workers);
         loop {
             // A failure that has arrived ends the call at once.
             collect.failed()?;
@@ -592,6 +596,17 @@ where
                 }
             }
             sent += self.shared.submit(&mut held, sent, &sink, true)?;
+            chunks += 1;
+            if chunks == populate_after {
+                // Fault the output in once a chunk per worker is encoded (or all, if fewer),
+                // just before the last of them leaves at the yield below, not when the call
+                // starts: the workers that have theirs compute while the parent takes the
+                // faults, where before every worker idled through them. Three A/Bs of 31 to 41
+                // alternated pairs of single 100k maps, medians: 38.7 → 41.8, 39.2 → 40.9 and
+                // 35.8 → 41.6 M items/s. Just after that yield gave 38.8 → 39.3 (41 pairs);
+                // later still, once every worker's window was full, did not pay.
+                collect.populate();
+            }
             // Let the task pipe's flusher write this chunk now: otherwise it leaves only once
             // every worker's window is full and this loop waits, and with the default chunks
             // (8,192 tiny items, ~100 us to encode) the first worker then idled through the
