@@ -34,10 +34,11 @@
 //!   `run` has returned and terminated its daemons anyway). Non-daemon children outlive a parent
 //!   that dies abruptly, like Python's `multiprocessing`.
 //!
-//! Then it runs `f(handles)` as the root coroutine of a fresh hub ([`greenhub::run`]), and exits
-//! with `_exit`: 0 when `f` returns (or what its [`ChildResult`] says), 101 when it panics (the
-//! message goes to stderr). Destructors of what the child inherited never run, atexit handlers
-//! neither (unless `f` calls `std::process::exit`).
+//! Then it runs `f(handles)` as the root coroutine of a fresh hub ([`greenhub::run`]'s loop and
+//! shutdown, by [`greenhub::ext::run_before_exit`], which leaves the hub's memory and fds to the
+//! exit), and exits with `_exit`: 0 when `f` returns (or what its [`ChildResult`] says), 101 when
+//! it panics (the message goes to stderr). Destructors of what the child inherited never run,
+//! atexit handlers neither (unless `f` calls `std::process::exit`).
 //!
 //! # Fork in a threaded process
 //! Test harnesses and `spawn_blocking` make most processes multithreaded, and a child forked while
@@ -408,7 +409,10 @@ where
         }
     }
     drop(locks);
-    let run = panic::catch_unwind(AssertUnwindSafe(|| greenhub::run(move || f(handles))));
+    // The hub is left to `_exit` (a stack reservation's `munmap` and three `close`s saved).
+    let run = panic::catch_unwind(AssertUnwindSafe(|| {
+        greenhub::ext::run_before_exit(move || f(handles))
+    }));
     let code = match run {
         Ok(result) => result.exit_code(),
         Err(payload) => {

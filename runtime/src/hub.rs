@@ -287,6 +287,13 @@ impl Builder {
     /// reports is the caller of `run`.
     #[track_caller]
     pub fn run<T>(self, f: impl FnOnce() -> T) -> T {
+        self.run_then(f, End::Free)
+    }
+
+    /// `run`, ending with `end`: the hub is freed, or left to the process's exit
+    /// ([`ext::run_before_exit`](crate::ext::run_before_exit)).
+    #[track_caller]
+    pub(crate) fn run_then<T>(self, f: impl FnOnce() -> T, end: End) -> T {
         assert!(
             try_hub().is_none(),
             "greenhub::run called inside a running hub; a thread has one hub: \
@@ -305,12 +312,24 @@ impl Builder {
         hub.monitor.set_root(root.id);
         hub.run_until_done(root);
         hub.shutdown();
+        if end == End::Leak {
+            hub.leak();
+        }
         match root_body.state().take() {
             Some(Ok(v)) => v,
             Some(Err(e)) => panic::resume_unwind(e.into_panic()),
             None => unreachable!("the root coroutine ended without a result"),
         }
     }
+}
+
+/// What `run` does with a hub once it has shut down.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum End {
+    /// Free it: its stack reservations unmapped, its fds closed, its tables freed.
+    Free,
+    /// Leave it to the process's exit, which is about to come (see `Hub::leak`).
+    Leak,
 }
 
 /// `run`'s panic when the OS refuses one of the hub's own fds: which one, the OS's error, and
@@ -556,6 +575,17 @@ impl Hub {
         for r in live {
             std::mem::forget(self.tasks.remove(r));
         }
+    }
+
+    /// After shutdown, for a process that ends right after `run`: stops the blocking monitor's
+    /// watchdog (no thread outlives its hub) and leaks the rest, so that the process's exit
+    /// frees in one go what dropping the hub frees piece by piece (a `munmap` per stack
+    /// reservation, a `close` per fd, the tables). The box is never freed, so nothing that
+    /// still points at it (helper threads of `spawn_blocking`, through `remote`) can dangle.
+    fn leak(self: Box<Self>) {
+        let mut hub = self;
+        hub.monitor.stop();
+        std::mem::forget(hub);
     }
 
     /// Registers `hook` to run when this hub's `run` is about to return, after every coroutine

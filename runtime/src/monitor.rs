@@ -157,6 +157,14 @@ impl Drop for Monitor {
     /// Stops the watchdog and waits for it: no thread outlives its hub. (A hub inherited through
     /// fork is leaked, never dropped: its watchdog does not exist in the child.)
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Monitor {
+    /// Stops the watchdog, if any, and waits for it (also for a hub that is leaked, not dropped:
+    /// `Hub::leak`).
+    pub(crate) fn stop(&mut self) {
         let Some(on) = &mut self.on else { return };
         on.shared.stop.store(true, Ordering::Release);
         if let Some(watchdog) = on.watchdog.take() {
