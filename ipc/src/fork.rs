@@ -216,6 +216,7 @@ where
         parent: handle::current_pid(),
         daemon,
         name: name.to_owned(),
+        signals: sys::SignalRange::here(),
     };
     let (forked, held, go_ahead) = match sys::Clone3::here() {
         // Only this thread exists, so no other can hold a lock the child needs: none is held
@@ -312,6 +313,8 @@ struct ChildStart {
     daemon: bool,
     /// The child's name, copied before `fork` (so the child does not copy it).
     name: String,
+    /// What the child's signal reset needs from libc.
+    signals: sys::SignalRange,
 }
 
 /// The locks the child's start needs, held across `fork` so that no other thread can hold them
@@ -393,7 +396,7 @@ where
     transfer::adopt(&handles);
     let name: &'static str = start.name.leak(); // the child ends with `_exit`: never freed
     *locks.names = Names { prefix: Some(name), next: 1 };
-    sys::reset_signals(token);
+    sys::reset_signals(token, &start.signals);
     if start.daemon {
         match sys::die_with_parent(token, start.parent) {
             Ok(true) => {}
