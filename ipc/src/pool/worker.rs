@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::outgoing::{Outgoing, WriteEnd};
-use super::wire::{self, Failure, TaskCodec, Tasks};
+use super::wire::{self, Failure, Task, TaskCodec, Tasks};
 use crate::{Error, Reader, frame};
 
 /// A reply frame is sent once it holds this many bytes, even if its chunk is not done, and the
@@ -79,9 +79,11 @@ where
         let chunk = tasks.chunk;
         let mut start = wire::begin_replies(&mut answers, chunk, 0);
         let mut first = 0; // the offset of the first item the frame in `answers` answers
-        let last = tasks.len().saturating_sub(1);
+        let mut next = 0; // the offset of the next item to run
         for (offset, item) in tasks.items().enumerate() {
-            let outcome = run_one(f, item);
+            next = offset + 1;
+            // A frame whose framing breaks off ends the worker: the parent fails what it holds.
+            let outcome = run_one(f, item?);
             if let Err(len) = wire::append_outcome(&mut answers, start, max, &outcome) {
                 if offset > first {
                     // The answers before it are in the way: send them, then try it alone.
@@ -93,15 +95,20 @@ where
                     wire::append_too_large(&mut answers, len, max);
                 }
             }
-            if answers.len() >= REPLY_FRAME || offset == last {
+            if answers.len() >= REPLY_FRAME {
                 send_answers(replies, &mut answers, start)?;
-                (start, first) = (wire::begin_replies(&mut answers, chunk, offset + 1), offset + 1);
-                // Let the flusher write the answers now: the next chunk is often already
-                // buffered, so `tasks.get()` would not suspend, and the parent would wait for
-                // this chunk's answers until the worker ran out of chunks (measured: parent and
-                // workers then took turns, 1.0 CPU busy of 2).
+                (start, first) = (wire::begin_replies(&mut answers, chunk, next), next);
+                // Let the flusher write the answers now (as at the chunk's end, below).
                 greenhub::yield_now();
             }
+        }
+        if next > first {
+            send_answers(replies, &mut answers, start)?;
+            // Let the flusher write the answers now: the next chunk is often already buffered,
+            // so `tasks.get()` would not suspend, and the parent would wait for this chunk's
+            // answers until the worker ran out of chunks (measured: parent and workers then
+            // took turns, 1.0 CPU busy of 2).
+            greenhub::yield_now();
         }
         answers.clear();
     }
@@ -120,7 +127,7 @@ fn send_answers(replies: &Outgoing, answers: &mut Vec<u8>, start: usize) -> Resu
 }
 
 /// An item read from the task pipe and not yet run: (its chunk, its offset there, the item).
-type Queued<I> = (u64, usize, Result<I, String>);
+type Queued<I> = (u64, usize, Task<I>);
 
 /// `concurrency` runners taking the items that one reader coroutine reads, chunk by chunk: a
 /// runner waits for the next item, never for the next chunk while items of this one are queued.
@@ -143,7 +150,7 @@ where
                 Ok(tasks) => {
                     for (offset, item) in tasks.items().enumerate() {
                         // The runners hold the receiver until the queue ends.
-                        let _ = queue.send((tasks.chunk, offset, item));
+                        let _ = queue.send((tasks.chunk, offset, item?));
                     }
                 }
                 Err(Error::Eof) => return Ok(()),
@@ -197,7 +204,7 @@ where
 }
 
 /// Runs `f` on one item, containing a panic.
-fn run_one<I, O, F: Fn(I) -> O>(f: &F, item: Result<I, String>) -> Result<O, Failure> {
+fn run_one<I, O, F: Fn(I) -> O>(f: &F, item: Task<I>) -> Result<O, Failure> {
     match item {
         Ok(item) => catch_unwind(AssertUnwindSafe(|| f(item)))
             .map_err(|payload| Failure::Panicked(panic_message(payload))),
