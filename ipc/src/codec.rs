@@ -242,35 +242,8 @@ fn decode_one<T: DeserializeOwned + 'static>(
     }
 }
 
-/// Appends `head` with its last byte set to the length of `value`'s postcard encoding, then that
-/// encoding, all as one 8-byte store cut back to the bytes used, if `value` is an integer that
-/// postcard writes as a varint and the whole takes at most 8 bytes; whether it did (if not,
-/// `out` is unchanged: write it the general way). For framing that puts a one-byte length (and
-/// a tag) before each small value, where writing the head, then the value, then setting the
-/// length took more instructions (callgrind figures in `scalar.rs`).
-#[inline(always)]
-pub(crate) fn append_short_int<const N: usize, T: 'static>(
-    out: &mut Vec<u8>,
-    head: [u8; N],
-    value: &T,
-) -> bool {
-    let Some(n) = scalar::varint_of(value) else { return false };
-    let Some((varint, used)) = encoder::varint_word(n) else { return false };
-    if N == 0 || N + used > 8 {
-        return false;
-    }
-    let mut bytes = [0; 8];
-    bytes[..N - 1].copy_from_slice(&head[..N - 1]);
-    bytes[N - 1] = used as u8;
-    let word = u64::from_le_bytes(bytes) | varint << (8 * N);
-    let len = out.len();
-    out.extend_from_slice(&word.to_le_bytes());
-    out.truncate(len + N + used);
-    true
-}
-
 /// `value` as a `T`, which it is: for the fast paths, once they have compared `TypeId`s.
-fn cast<T: 'static, U: 'static>(value: U) -> T {
+pub(crate) fn cast<T: 'static, U: 'static>(value: U) -> T {
     let mut slot = Some(value);
     let any: &mut dyn Any = &mut slot;
     match any.downcast_mut::<Option<T>>().and_then(Option::take) {
@@ -337,66 +310,6 @@ mod tests {
         Done,
         Progress(f64),
         Failed { code: i32, why: String },
-    }
-
-    /// What `append_short_int` must write, or leave alone: the head, the length, postcard's
-    /// bytes.
-    fn short_int_agrees<T: Serialize + 'static>(values: &[T]) {
-        for value in values {
-            let bytes = postcard::to_allocvec(value).unwrap();
-            for head in [&[0u8][..], &[3, 0], &[1, 2, 3, 4, 5, 0]] {
-                let mut out = vec![0xaa];
-                let short = match head.len() {
-                    1 => append_short_int(&mut out, [0], value),
-                    2 => append_short_int(&mut out, [3, 0], value),
-                    _ => append_short_int(&mut out, [1, 2, 3, 4, 5, 0], value),
-                };
-                if !short {
-                    assert_eq!(out, [0xaa], "{}: a refusal leaves `out` alone", type_name::<T>());
-                    assert!(head.len() + bytes.len() > 8 || !is_varint::<T>());
-                    continue;
-                }
-                let mut expected = vec![0xaa];
-                expected.extend_from_slice(&head[..head.len() - 1]);
-                expected.push(bytes.len() as u8);
-                expected.extend_from_slice(&bytes);
-                assert_eq!(out, expected, "{} with head {head:?}", type_name::<T>());
-            }
-        }
-    }
-
-    fn is_varint<T: 'static>() -> bool {
-        use std::any::TypeId;
-        let t = TypeId::of::<T>();
-        [TypeId::of::<u64>(), TypeId::of::<u32>(), TypeId::of::<u16>(), TypeId::of::<usize>()]
-            .into_iter()
-            .chain([TypeId::of::<i64>(), TypeId::of::<i32>(), TypeId::of::<i16>()])
-            .chain([TypeId::of::<isize>()])
-            .any(|id| id == t)
-    }
-
-    #[test]
-    fn a_short_int_is_written_as_head_length_and_postcard_bytes_or_not_at_all() {
-        // Every varint length, at both ends, for every varint type; and the types it refuses.
-        let edges: Vec<u64> = (0..64).flat_map(|b| [1u64 << b, (1u64 << b) - 1]).collect();
-        short_int_agrees(&edges.iter().copied().chain([u64::MAX]).collect::<Vec<_>>());
-        short_int_agrees(&edges.iter().map(|&n| n as usize).collect::<Vec<_>>());
-        short_int_agrees(&edges.iter().map(|&n| n as u32).collect::<Vec<_>>());
-        short_int_agrees(&edges.iter().map(|&n| n as u16).collect::<Vec<_>>());
-        let signed: Vec<i64> =
-            edges.iter().flat_map(|&n| [n as i64, (n as i64).wrapping_neg()]).collect();
-        short_int_agrees(&signed.iter().copied().chain([i64::MIN, i64::MAX]).collect::<Vec<_>>());
-        short_int_agrees(&signed.iter().map(|&n| n as isize).collect::<Vec<_>>());
-        short_int_agrees(&signed.iter().map(|&n| n as i32).collect::<Vec<_>>());
-        short_int_agrees(&signed.iter().map(|&n| n as i16).collect::<Vec<_>>());
-        short_int_agrees(&[0u8, 200]);
-        short_int_agrees(&[-1i8]);
-        short_int_agrees(&[1u128, 0]);
-        short_int_agrees(&["a".to_string()]);
-        short_int_agrees(&[1.5f64]);
-        // And the common case does take the short way.
-        assert!(append_short_int(&mut Vec::new(), [7, 0], &100_000u64));
-        assert!(append_short_int(&mut Vec::new(), [0], &-5i32));
     }
 
     fn round_trip<T>(value: T)

@@ -595,6 +595,29 @@ fn a_panicking_item_in_a_chunk_fails_only_itself() {
 }
 
 #[test]
+fn integer_results_and_a_panic_share_a_chunk() {
+    // An integer result travels as its raw bytes, a panic as a tagged message: both kinds of
+    // record in one reply frame, each item with its own outcome.
+    hub_test(|| {
+        let pool = PoolBuilder::new(1)
+            .chunksize(8)
+            .start(|x: i32| if x == 3 { panic!("three") } else { -x })
+            .unwrap();
+        let (mut values, mut failures) = (Vec::new(), Vec::new());
+        for outcome in pool.imap_unordered(0..8) {
+            match outcome {
+                Ok(value) => values.push(value),
+                Err(err) => failures.push(err),
+            }
+        }
+        values.sort_unstable();
+        assert_eq!(values, [-7, -6, -5, -4, -2, -1, 0]);
+        assert!(matches!(&failures[..], [Error::Panicked(m)] if m == "three"), "{failures:?}");
+        pool.close().unwrap();
+    });
+}
+
+#[test]
 fn an_unencodable_result_in_a_chunk_fails_only_itself() {
     hub_test(|| {
         let jobs = vec![Job::Echo(1), Job::Unencodable, Job::Echo(3)];

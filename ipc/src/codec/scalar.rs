@@ -1,7 +1,5 @@
 //! The default codec's fast path for a message that is one number or `bool`: read straight off
-//! the payload instead of through a serde deserializer. And, for framing that puts a short
-//! head before each small value, an integer written with that head in one store
-//! ([`varint_of`], used by [`append_short_int`](super::append_short_int)).
+//! the payload instead of through a serde deserializer.
 //!
 //! Guaranteed: a payload is accepted or refused exactly as the generic path
 //! ([`limits::decode`](super::limits)) would: the same value, the same postcard error
@@ -16,18 +14,15 @@
 //! impl out of line: a quarter of the parent's time (perf, 10M items of `x + 1` on 2 workers).
 //! Encoding a lone number needs no such path: the encoder (`encoder.rs`) is already inlined
 //! whole, serde's `Serialize` for a number included (a four-byte varint in ~45 instructions,
-//! callgrind). But a pool writes a length (and a tag) before each value and then set the
-//! length once the value was written: a head, a length and a varint of up to 8 bytes in all
-//! now take one store (callgrind, per `u64` item below 2^21: 81 -> 75 instructions to encode
-//! a task, 91 -> 77 a reply record; a single 100k map of `x + 1` on 2 workers, 101 alternated
-//! pairs, medians: parent 20.6 -> 19.9 ns of CPU per item, 35.9 -> 36.8 M items/s).
+//! callgrind). (A pool's integer items and results do not travel as postcard at all: as
+//! their little-endian bytes, `pool/raw.rs`.)
 //!
 //! The wire format is postcard's: `u8`, `i8` and `bool` are one byte; wider integers are LEB128
 //! varints, signed ones zigzag-encoded first; `usize` and `isize` travel as `u64` and `i64`
 //! (and take this path only where they are 64 bits); `f32` and `f64` are their little-endian
 //! bytes.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 use postcard::Error as Postcard;
 
@@ -76,41 +71,6 @@ pub(super) fn decode<T: 'static>(bytes: &[u8]) -> Option<Result<(T, usize), Stri
         isize => varint(bytes, u64::BITS).map(|(n, rest)| (unzigzag(n) as isize, rest));
     }
     None
-}
-
-/// The number whose varint postcard writes for `value`, if the message type is an integer that
-/// postcard writes as a varint: `u16` to `u64` and `usize` as they are, `i16` to `i64` and
-/// `isize` zigzag-encoded (of the value widened to `i64`, which gives the same number). `None`
-/// for any other type (`u8` and `i8` are one raw byte, `u128` and `i128` may need more than
-/// 64 bits). Each arm is a `TypeId` comparison the compiler folds.
-#[inline(always)]
-pub(super) fn varint_of<T: 'static>(value: &T) -> Option<u64> {
-    let any: &dyn Any = value;
-    macro_rules! try_each {
-        ($($ty:ty => $to_u64:expr;)*) => {$(
-            if let Some(&v) = any.downcast_ref::<$ty>() {
-                let to_u64: fn($ty) -> u64 = $to_u64;
-                return Some(to_u64(v));
-            }
-        )*};
-    }
-    try_each! {
-        u64 => |v| v;
-        u32 => u64::from;
-        u16 => u64::from;
-        usize => |v| v as u64;
-        i64 => zigzag;
-        i32 => |v| zigzag(i64::from(v));
-        i16 => |v| zigzag(i64::from(v));
-        isize => |v| zigzag(v as i64);
-    }
-    None
-}
-
-/// Zigzag encoding: 0, -1, 1, -2, ... to 0, 1, 2, 3, ...
-#[inline(always)]
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
 }
 
 /// A varint of an unsigned integer of `bits` bits off the front of `bytes`, as postcard reads

@@ -11,7 +11,8 @@
 //!
 //! # How items travel
 //! Each worker has two pipes: tasks and replies, framed and postcard-encoded like any
-//! greenhub-ipc pipe. Items travel in *chunks* (`multiprocessing`'s `chunksize`): one frame
+//! greenhub-ipc pipe, except that an item or result whose type is a primitive integer travels
+//! as its little-endian bytes (both ends are the same program). Items travel in *chunks* (`multiprocessing`'s `chunksize`): one frame
 //! carries a chunk's items, tagged with the chunk's id, and one reply frame carries the outcomes
 //! of many of its items, so a tiny item costs no frame, no wake-up and no table entry of its
 //! own. An item is *in flight* at a worker from the moment its chunk is handed to it until its
@@ -22,11 +23,13 @@
 //! order, or a batch on an `apply`'s or `imap_unordered`'s channel.
 //!
 //! The parent side of a worker is in `link.rs`, the child's in `worker.rs`, the wire format in
-//! `wire.rs`, the batching writer in `outgoing.rs`, a `map`'s results in `collect.rs`.
+//! `wire.rs` (integers' raw bytes in `raw.rs`), the batching writer in `outgoing.rs`, a `map`'s
+//! results in `collect.rs`.
 
 mod collect;
 mod link;
 mod outgoing;
+mod raw;
 mod wire;
 mod worker;
 

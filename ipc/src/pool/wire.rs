@@ -15,6 +15,14 @@
 //! pool's `max_message_size`, so the reader at the other end never refuses one (a refused frame
 //! would end the link: every item in flight at that worker would fail with it).
 //!
+//! Except for integers: an item whose type is a primitive integer (`u8` to `u64`, `i8` to
+//! `i64`, `usize`, `isize`) is its little-endian bytes, with no length, and so is a result of
+//! such a type after its tag 0 (`raw.rs`). Such a value always decodes, and the frame is walked
+//! at a fixed stride: with a length before each value, finding the next one waited for the
+//! load of the previous length, on both sides. 60 maps of 100k `u64` items of `x + 1` on 2
+//! workers (perf samples): the parent's encoding 715 -> 221, its decoding 588 -> 384, the
+//! workers' loop 1,338 -> 459, for twice the bytes per item (8 and 9 instead of ~4 and ~5).
+//!
 //! Neither side builds a vector of decoded items: the worker keeps a task frame's bytes
 //! ([`Tasks`]) and splits and decodes each item just before running it, and the parent reads a
 //! reply frame record by record ([`each_outcome`]) straight into the caller's results. At ~10
@@ -29,6 +37,7 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::raw;
 use crate::codec::{self, Codec, DecodeLimits, Postcard};
 use crate::frame::Payload;
 use crate::{Error, frame};
@@ -57,6 +66,12 @@ impl<I: Serialize + DeserializeOwned + 'static> Tasks<I> {
         std::iter::from_fn(move || {
             if rest.is_empty() {
                 return None;
+            }
+            if let Some(width) = raw::width::<I>() {
+                // The frame's length was checked to be a multiple of the width on arrival.
+                let (value, tail) = rest.split_at(width.min(rest.len()));
+                rest = tail;
+                return Some(raw::read(value).map(Ok).ok_or_else(|| short_raw::<I>(value.len())));
             }
             let (value, tail) = match take_delimited(rest) {
                 Ok(split) => split,
@@ -151,9 +166,6 @@ fn append_delimited<const N: usize, T: Serialize + DeserializeOwned + 'static>(
     head: [u8; N],
     value: &T,
 ) -> Result<(), Error> {
-    if codec::append_short_int(out, head, value) {
-        return Ok(());
-    }
     // A one-byte length is the common case (values under 128 bytes): keep it a byte's room.
     let start = out.len();
     if N == 1 {
@@ -197,6 +209,16 @@ fn take_delimited(bytes: &[u8]) -> Result<(&[u8], &[u8]), Error> {
     }
 }
 
+/// The error of a raw integer cut short by the end of its frame (`len` bytes left).
+#[cold]
+#[inline(never)]
+fn short_raw<T>(len: usize) -> Error {
+    Error::Codec(format!(
+        "a pool message whose framing does not read: a {} cut short at {len} bytes",
+        std::any::type_name::<T>()
+    ))
+}
+
 /// Takes an item that would make a task frame's payload `len` bytes, over `max`, back out of
 /// `out` (it began at `before`): the error. Out of line, off the loop over a chunk's items.
 #[cold]
@@ -231,7 +253,9 @@ impl TaskChunk {
         max: u64,
     ) -> Result<(), Error> {
         let before = out.len();
-        append_delimited(out, [0], item)?;
+        if !raw::append(out, [], item) {
+            append_delimited(out, [0], item)?;
+        }
         let len = payload_len(out, self.start);
         if len > max {
             return Err(refuse_item(out, before, len, max));
@@ -303,6 +327,9 @@ fn encode_outcome<O: Serialize + DeserializeOwned + 'static>(
 ) {
     match outcome {
         Ok(value) => {
+            if raw::append(out, [OK], value) {
+                return;
+            }
             if let Err(err) = append_delimited(out, [OK, 0], value) {
                 encode_unencodable(out, err);
             }
@@ -381,6 +408,16 @@ pub(super) fn each_outcome<O: Serialize + DeserializeOwned + 'static>(
     out: &mut impl Outcomes<O>,
 ) -> Result<(), Error> {
     while let Some((&tag, tail)) = rest.split_first() {
+        if tag == OK
+            && let Some(width) = raw::width::<O>()
+        {
+            // No length to wait for: the next record's place is known before this one's bytes
+            // are read.
+            let (value, tail) = tail.split_at(width.min(tail.len()));
+            out.value(raw::read(value).ok_or_else(|| short_raw::<O>(value.len()))?);
+            rest = tail;
+            continue;
+        }
         let (value, tail) = take_delimited(tail)?;
         rest = tail;
         if tag == OK {
@@ -423,11 +460,23 @@ impl<I> TaskCodec<I> {
 }
 
 impl<I> TaskCodec<I> {
-    /// Reads the chunk id; the items are split off as they run ([`Tasks::items`]). A pass over
+    /// Reads the chunk id (and checks that a frame of raw integers holds whole ones); the items are split off as they run ([`Tasks::items`]). A pass over
     /// the items' lengths here, to refuse a broken frame before any of its items ran, was a
     /// chain of dependent loads, ~15% of a worker's time (perf, 30 maps of 100k tiny items).
-    fn check(body: Vec<u8>) -> Result<Tasks<I>, Error> {
+    fn check(body: Vec<u8>) -> Result<Tasks<I>, Error>
+    where
+        I: 'static,
+    {
         let (chunk, rest) = take_varint(&body)?;
+        if let Some(width) = raw::width::<I>()
+            && rest.len() % width != 0
+        {
+            return Err(Error::Codec(format!(
+                "a pool task frame of {} bytes of {}, not a multiple of its width {width}",
+                rest.len(),
+                std::any::type_name::<I>()
+            )));
+        }
         let start = body.len() - rest.len();
         Ok(Tasks { chunk, body, start, _items: PhantomData })
     }
@@ -507,13 +556,53 @@ mod tests {
 
     #[test]
     fn an_item_that_does_not_decode_fails_only_itself() {
-        let out = task_frame(7, &[1u64, u64::MAX, 2]);
-        let tasks = TaskCodec::<u8>::new().decode(payload(&out)).unwrap();
+        // Tuples: postcard-encoded and delimited (a bare integer travels raw, `raw.rs`).
+        let out = task_frame(7, &[(1u64,), (u64::MAX,), (2,)]);
+        let tasks = TaskCodec::<(u8,)>::new().decode(payload(&out)).unwrap();
         assert_eq!(tasks.chunk, 7);
         let items = items(&tasks);
-        assert_eq!(items[0], Ok(1));
+        assert_eq!(items[0], Ok((1,)));
         assert!(items[1].as_ref().unwrap_err().contains("u8"));
-        assert_eq!(items[2], Ok(2));
+        assert_eq!(items[2], Ok((2,)));
+    }
+
+    #[test]
+    fn integer_items_travel_raw_and_a_frame_of_broken_width_is_refused() {
+        let out = task_frame(3, &[0u64, 100_000, u64::MAX]);
+        assert_eq!(payload(&out).len(), 1 + 3 * 8, "the chunk id, then 8 bytes per item");
+        let tasks = TaskCodec::<u64>::new().decode(payload(&out)).unwrap();
+        assert_eq!(items(&tasks), [Ok(0), Ok(100_000), Ok(u64::MAX)]);
+        let out = task_frame(3, &[-1i16, 2]);
+        let tasks = TaskCodec::<i16>::new().decode(payload(&out)).unwrap();
+        assert_eq!(items(&tasks), [Ok(-1), Ok(2)]);
+        assert!(matches!(TaskCodec::<u32>::new().decode(&[3, 1, 2, 3]), Err(Error::Codec(_))));
+    }
+
+    #[test]
+    fn integer_results_travel_raw_beside_failures() {
+        let outcomes = vec![
+            Ok(7u32),
+            Err(Failure::Panicked("boom".into())),
+            Ok(u32::MAX),
+            Err(Failure::Codec("bad".into())),
+        ];
+        let out = reply_frame(4, 0, &outcomes);
+        // Head 2, two results of a tag and 4 bytes, two failures of a tag, a length and text.
+        assert_eq!(payload(&out).len(), 2 + 2 * 5 + (2 + 5) + (2 + 4));
+        let (_, _, read, stopped) = read_replies::<u32>(payload(&out)).unwrap();
+        assert!(stopped.is_ok());
+        assert!(
+            matches!(&read[..], [
+            Ok(7),
+            Err(Error::Panicked(p)),
+            Ok(u32::MAX),
+            Err(Error::Codec(c)),
+        ] if p == "boom" && c == "bad"),
+            "{read:?}"
+        );
+        // A raw result cut short by the frame's end: its framing does not read.
+        let (_, _, read, stopped) = read_replies::<u32>(&[4, 0, OK, 1, 0, 0, 0, OK, 1]).unwrap();
+        assert!(matches!((&read[..], stopped), ([Ok(1)], Err(Error::Codec(_)))), "{read:?}");
     }
 
     #[test]
@@ -536,10 +625,10 @@ mod tests {
 
     #[test]
     fn a_result_that_does_not_decode_fails_only_its_item() {
-        let out = reply_frame(9, 0, &[Ok::<_, Failure>(u64::MAX), Ok(3)]);
-        let (_, _, read, stopped) = read_replies::<u8>(payload(&out)).unwrap();
+        let out = reply_frame(9, 0, &[Ok::<_, Failure>((u64::MAX,)), Ok((3,))]);
+        let (_, _, read, stopped) = read_replies::<(u8,)>(payload(&out)).unwrap();
         assert!(stopped.is_ok());
-        assert!(matches!(&read[..], [Err(Error::Codec(_)), Ok(3)]), "{read:?}");
+        assert!(matches!(&read[..], [Err(Error::Codec(_)), Ok((3,))]), "{read:?}");
     }
 
     #[test]
@@ -574,14 +663,14 @@ mod tests {
         assert!(matches!(TaskCodec::<u8>::new().decode(&[]), Err(Error::Codec(_))));
         // Chunk 1, an item, then one claiming 100 bytes where 1 remains: the first runs, the
         // second ends the chunk with a codec error.
-        let tasks = TaskCodec::<u8>::new().decode(&[1, 1, 5, 100, 0]).unwrap();
+        let tasks = TaskCodec::<(u8,)>::new().decode(&[1, 1, 5, 100, 0]).unwrap();
         let read: Vec<_> = tasks.items().collect();
-        assert!(matches!(&read[..], [Ok(Ok(5)), Err(Error::Codec(_))]), "{read:?}");
+        assert!(matches!(&read[..], [Ok(Ok((5,))), Err(Error::Codec(_))]), "{read:?}");
         // Chunk 1, first offset 0, one good outcome, then tag OK and no length.
-        let (_, _, read, stopped) = read_replies::<u8>(&[1, 0, OK, 1, 5, OK]).unwrap();
-        assert!(matches!((&read[..], stopped), ([Ok(5)], Err(Error::Codec(_)))));
+        let (_, _, read, stopped) = read_replies::<(u8,)>(&[1, 0, OK, 1, 5, OK]).unwrap();
+        assert!(matches!((&read[..], stopped), ([Ok((5,))], Err(Error::Codec(_)))));
         // An outcome claiming 100 bytes where 1 remains.
-        let (_, _, read, stopped) = read_replies::<u8>(&[1, 0, OK, 100, 5]).unwrap();
+        let (_, _, read, stopped) = read_replies::<(u8,)>(&[1, 0, OK, 100, 5]).unwrap();
         assert!(read.is_empty() && matches!(stopped, Err(Error::Codec(_))));
     }
 
