@@ -136,6 +136,35 @@ impl<O> Answers<'_, '_, O> {
         }
     }
 
+    /// Places the results at the front of `rest` (a reply frame's outcomes, the first of them
+    /// item `offset`'s) straight where a `map`'s output takes them ([`Placing::tail_at`]), and
+    /// returns the offset and the outcomes left for the item-by-item path (a failure, and what
+    /// follows it). A `map`'s frames go this way whole unless an item fails: a worker answers
+    /// its chunk in order, in frames of consecutive items. It saves, per result, the answered
+    /// flag's check and update, the count's update and the output's checks: once per frame.
+    #[inline(always)]
+    fn take_in_order<'r>(&mut self, offset: usize, rest: &'r [u8]) -> (usize, &'r [u8])
+    where
+        O: Serialize + DeserializeOwned + 'static,
+    {
+        let To::Map(placing) = &mut self.to else { return (offset, rest) };
+        let Some(unanswered) = self.answered.get(offset..) else { return (offset, rest) };
+        let tail = placing.tail_at(self.first + offset);
+        let (taken, rest_after) = wire::take_values(rest, unanswered.len(), tail);
+        let flags = &mut self.answered[offset..offset + taken];
+        // Not `contains`, which stops at the first `true` and so goes byte by byte: an `or`
+        // of them all is vectorized (an `any` loop was 7% of the reply reader's samples).
+        if flags.iter().fold(false, |seen, &flag| seen | flag) {
+            // A confused worker answered some of them already: the item-by-item path drops
+            // the second answers.
+            tail.truncate(tail.len() - taken);
+            return (offset, rest);
+        }
+        flags.fill(true);
+        *self.left -= taken;
+        (offset + taken, rest_after)
+    }
+
     /// Marks item `offset` answered: the caller's index for it, or `None` if it was answered
     /// already or is out of range.
     #[inline(always)]
@@ -259,6 +288,7 @@ where
         // An offset past the chunk (or past usize) is refused by `put`, item by item.
         let offset = usize::try_from(first).unwrap_or(usize::MAX);
         let outcome = deliver_to(waiter, |answers| {
+            let (offset, rest) = answers.take_in_order(offset, rest);
             wire::each_outcome::<O>(rest, &mut Consecutive { answers, offset })
         });
         self.items_in_flight.set(self.items_in_flight.get() - (before - waiter.left));

@@ -432,6 +432,39 @@ pub(super) fn each_outcome<O: Serialize + DeserializeOwned + 'static>(
     Ok(())
 }
 
+/// Decodes the results at the front of a reply frame's outcomes (after [`take_replies_head`])
+/// onto the end of `out`, at most `max` of them, and stops before the first record that is not
+/// a result that decodes (a failure, a value that does not decode, a framing that does not
+/// read): that record and the rest are left for [`each_outcome`]. How many it took, and the
+/// rest. The loop under a `map`'s answers: a result costs its tag's check, its decoding and a
+/// `push`, with none of the per-item bookkeeping of `each_outcome`'s path.
+#[inline(always)]
+pub(super) fn take_values<'a, O: Serialize + DeserializeOwned + 'static>(
+    mut rest: &'a [u8],
+    max: usize,
+    out: &mut Vec<O>,
+) -> (usize, &'a [u8]) {
+    let mut taken = 0;
+    while taken < max {
+        let Some((&OK, tail)) = rest.split_first() else { break };
+        let (value, tail) = match raw::width::<O>() {
+            Some(width) => match tail.split_at_checked(width) {
+                Some((value, tail)) => (raw::read(value), tail),
+                None => break,
+            },
+            None => match take_delimited(tail) {
+                Ok((value, tail)) => (codec::decode_slice::<O>(value).ok(), tail),
+                Err(_) => break,
+            },
+        };
+        let Some(value) = value else { break };
+        out.push(value);
+        rest = tail;
+        taken += 1;
+    }
+    (taken, rest)
+}
+
 /// The failure a reply record with tag `tag` (not `OK`) and value `value` reports. Out of line:
 /// inlined, the failure arms made the loop over a reply's results larger and slower for the
 /// tiny results that never fail (perf, 2M tiny items: ~3 ns more of the parent's per item).
