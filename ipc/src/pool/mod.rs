@@ -493,10 +493,12 @@ where
                     // lower).
                     let max = self.config.max_message;
                     let mut chunk = TaskChunk::begin(out, id);
-                    for item in held.iter().take(allowed) {
-                        if let Err(err) = chunk.push(out, item, max) {
-                            refused = Some(err);
-                            break;
+                    if chunk.push_raw(out, held.iter().take(allowed), max).is_none() {
+                        for item in held.iter().take(allowed) {
+                            if let Err(err) = chunk.push(out, item, max) {
+                                refused = Some(err);
+                                break;
+                            }
                         }
                     }
                     taken = chunk.len();

@@ -71,6 +71,34 @@ pub(super) fn append<const N: usize, T: 'static>(
     false
 }
 
+/// Appends the little-endian bytes of every one of `values` (`false`, and `out` unchanged, if
+/// `T` does not travel raw): room for all of them at once, then one store each. Pushed one by
+/// one, each value reloaded the vector's length that the previous one had just stored (the
+/// compiler cannot tell that the bytes written leave it be): a chain through memory per item,
+/// the hottest spot of the parent's encoding (perf annotate, 60 maps of 100k `u64`s).
+#[inline(always)]
+pub(super) fn append_all<'a, T: 'static>(
+    out: &mut Vec<u8>,
+    values: impl ExactSizeIterator<Item = &'a T>,
+) -> bool {
+    let Some(width) = width::<T>() else { return false };
+    let start = out.len();
+    out.resize(start + values.len() * width, 0);
+    for (slot, value) in out[start..].chunks_exact_mut(width).zip(values) {
+        let any: &dyn Any = value;
+        macro_rules! each {
+            ($ty:ty) => {
+                if let Some(&v) = any.downcast_ref::<$ty>() {
+                    slot.copy_from_slice(&v.to_le_bytes());
+                    continue;
+                }
+            };
+        }
+        raw_types!(each);
+    }
+    true
+}
+
 /// The `T` whose little-endian bytes `bytes` are (exactly [`width`] of them), if `T` travels
 /// raw.
 #[inline(always)]
@@ -113,6 +141,18 @@ mod tests {
         round_trip(&[0i32, -1, i32::MIN, i32::MAX]);
         round_trip(&[0i64, -1, i64::MIN, i64::MAX]);
         round_trip(&[0isize, -1, isize::MIN]);
+    }
+
+    #[test]
+    fn many_values_at_once_are_each_at_its_place() {
+        let values = [1u32, u32::MAX, 0, 300];
+        let mut out = vec![9];
+        assert!(append_all(&mut out, values.iter()));
+        assert_eq!(out.len(), 1 + 4 * 4);
+        let back: Vec<u32> = out[1..].chunks_exact(4).map(|b| read(b).unwrap()).collect();
+        assert_eq!(back, values);
+        assert!(!append_all(&mut out, ["no".to_string()].iter()));
+        assert_eq!(out.len(), 1 + 4 * 4);
     }
 
     #[test]

@@ -264,6 +264,27 @@ impl TaskChunk {
         Ok(())
     }
 
+    /// Appends as many of `items` as fit under `max` at once, if their type travels raw
+    /// ([`raw::append_all`]): how many. `None` if it does not, or if not even the first fits:
+    /// push them one by one with [`push`](Self::push), which says why.
+    #[inline(always)]
+    pub(super) fn push_raw<'a, I: 'static>(
+        &mut self,
+        out: &mut Vec<u8>,
+        items: impl ExactSizeIterator<Item = &'a I>,
+        max: u64,
+    ) -> Option<usize> {
+        let width = raw::width::<I>()?;
+        let room = max.saturating_sub(payload_len(out, self.start)) / width as u64;
+        let n = items.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        if n == 0 {
+            return None;
+        }
+        raw::append_all(out, items.take(n));
+        self.items += n;
+        Some(n)
+    }
+
     /// How many items it holds.
     pub(super) fn len(&self) -> usize {
         self.items
@@ -444,20 +465,21 @@ pub(super) fn take_values<'a, O: Serialize + DeserializeOwned + 'static>(
     max: usize,
     out: &mut Vec<O>,
 ) -> (usize, &'a [u8]) {
+    if let Some(width) = raw::width::<O>() {
+        // Records of a tag and `width` bytes: count the results up to the first failure, then
+        // extend `out` by all of them at once (room reserved once, the length kept in a
+        // register: pushed one by one, each reloaded the length the previous had stored).
+        let records = rest.chunks_exact(1 + width).take(max);
+        let taken = records.clone().take_while(|record| record[0] == OK).count();
+        let values = records.take(taken).map(|record| raw::read(&record[1..]));
+        out.extend(values.map(|value| value.expect("a raw value of its width")));
+        return (taken, &rest[taken * (1 + width)..]);
+    }
     let mut taken = 0;
     while taken < max {
         let Some((&OK, tail)) = rest.split_first() else { break };
-        let (value, tail) = match raw::width::<O>() {
-            Some(width) => match tail.split_at_checked(width) {
-                Some((value, tail)) => (raw::read(value), tail),
-                None => break,
-            },
-            None => match take_delimited(tail) {
-                Ok((value, tail)) => (codec::decode_slice::<O>(value).ok(), tail),
-                Err(_) => break,
-            },
-        };
-        let Some(value) = value else { break };
+        let Ok((value, tail)) = take_delimited(tail) else { break };
+        let Ok(value) = codec::decode_slice::<O>(value) else { break };
         out.push(value);
         rest = tail;
         taken += 1;
@@ -609,6 +631,21 @@ mod tests {
         let tasks = TaskCodec::<i16>::new().decode(payload(&out)).unwrap();
         assert_eq!(items(&tasks), [Ok(-1), Ok(2)]);
         assert!(matches!(TaskCodec::<u32>::new().decode(&[3, 1, 2, 3]), Err(Error::Codec(_))));
+    }
+
+    #[test]
+    fn raw_items_fill_a_chunk_at_once_up_to_the_limit() {
+        let mut out = Vec::new();
+        let mut tasks = TaskChunk::begin(&mut out, 1); // 1 payload byte, the chunk id
+        let many: Vec<u64> = (0..100).collect();
+        assert_eq!(tasks.push_raw(&mut out, many.iter(), 64), Some(7), "(64 - 1) / 8");
+        assert_eq!(tasks.push_raw(&mut out, many.iter(), 64), None, "not one more fits");
+        assert_eq!(tasks.len(), 7);
+        tasks.finish(&mut out).unwrap();
+        let decoded = TaskCodec::<u64>::new().decode(payload(&out)).unwrap();
+        assert_eq!(items(&decoded), (0..7).map(Ok).collect::<Vec<_>>());
+        let mut other = TaskChunk::begin(&mut out, 2);
+        assert_eq!(other.push_raw(&mut out, ["text".to_string()].iter(), 64), None);
     }
 
     #[test]
