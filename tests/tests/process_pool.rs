@@ -618,6 +618,21 @@ fn integer_results_and_a_panic_share_a_chunk() {
 }
 
 #[test]
+fn integer_items_and_results_keep_under_the_smallest_message_limit() {
+    // 64 bytes hold 7 raw `u64` items of a chunk and 6 raw results of a reply frame: chunks and
+    // reply frames end early, and every result still comes, in order.
+    hub_test(|| {
+        let pool =
+            PoolBuilder::new(2).max_message_size(64).chunksize(100).start(|x: u64| x * 2).unwrap();
+        assert_eq!(
+            pool.map(0..1_000u64).unwrap(),
+            (0..1_000u64).map(|x| x * 2).collect::<Vec<_>>()
+        );
+        pool.close().unwrap();
+    });
+}
+
+#[test]
 fn an_unencodable_result_in_a_chunk_fails_only_itself() {
     hub_test(|| {
         let jobs = vec![Job::Echo(1), Job::Unencodable, Job::Echo(3)];

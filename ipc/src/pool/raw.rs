@@ -85,18 +85,26 @@ pub(super) fn append_all<'a, T: 'static>(
     let start = out.len();
     out.resize(start + values.len() * width, 0);
     for (slot, value) in out[start..].chunks_exact_mut(width).zip(values) {
-        let any: &dyn Any = value;
-        macro_rules! each {
-            ($ty:ty) => {
-                if let Some(&v) = any.downcast_ref::<$ty>() {
-                    slot.copy_from_slice(&v.to_le_bytes());
-                    continue;
-                }
-            };
-        }
-        raw_types!(each);
+        write(slot, value);
     }
     true
+}
+
+/// Writes `value`'s little-endian bytes into `slot` ([`width`] bytes); `false` if `T` does not
+/// travel raw.
+#[inline(always)]
+pub(super) fn write<T: 'static>(slot: &mut [u8], value: &T) -> bool {
+    let any: &dyn Any = value;
+    macro_rules! each {
+        ($ty:ty) => {
+            if let Some(&v) = any.downcast_ref::<$ty>() {
+                slot.copy_from_slice(&v.to_le_bytes());
+                return true;
+            }
+        };
+    }
+    raw_types!(each);
+    false
 }
 
 /// The `T` whose little-endian bytes `bytes` are (exactly [`width`] of them), if `T` travels

@@ -54,6 +54,14 @@ pub(super) struct Tasks<I> {
     _items: PhantomData<fn() -> I>,
 }
 
+impl<I: 'static> Tasks<I> {
+    /// The items' bytes, if their type travels raw (`raw.rs`): whole items of its width, as
+    /// checked when the frame arrived.
+    pub(super) fn raw_items(&self) -> Option<&[u8]> {
+        raw::width::<I>().map(|_| &self.body[self.start..])
+    }
+}
+
 /// One item of a chunk: the item, or why it could not be decoded (that item's failure).
 pub(super) type Task<I> = Result<I, String>;
 
@@ -321,6 +329,22 @@ pub(super) fn append_outcome<O: Serialize + DeserializeOwned + 'static>(
     let own = (out.len() - start) as u64;
     out.truncate(start);
     Err(own)
+}
+
+/// How many more records of `record` bytes the reply frame that began at `frame` takes under
+/// the pool's limit `max`.
+pub(super) fn records_room(out: &[u8], frame: usize, max: u64, record: usize) -> usize {
+    let room = max.saturating_sub(payload_len(out, frame)) / record as u64;
+    usize::try_from(room).unwrap_or(usize::MAX)
+}
+
+/// Writes the record of a result that travels raw into `slot` (its tag, then its bytes: one
+/// more byte than its width), as [`append_outcome`] appends it.
+#[inline(always)]
+pub(super) fn put_raw_result<O: 'static>(slot: &mut [u8], value: &O) {
+    slot[0] = OK;
+    let raw = raw::write(&mut slot[1..], value);
+    debug_assert!(raw, "put_raw_result of a type that does not travel raw");
 }
 
 /// Records the next item's outcome as too large: `len` bytes, over the pool's limit `max`. It
