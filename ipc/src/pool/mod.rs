@@ -493,7 +493,7 @@ where
                     // lower).
                     let max = self.config.max_message;
                     let mut chunk = TaskChunk::begin(out, id);
-                    if chunk.push_raw(out, held.iter().take(allowed), max).is_none() {
+                    if chunk.push_raw(out, held.as_slices(), allowed, max).is_none() {
                         for item in held.iter().take(allowed) {
                             if let Err(err) = chunk.push(out, item, max) {
                                 refused = Some(err);

@@ -272,23 +272,28 @@ impl TaskChunk {
         Ok(())
     }
 
-    /// Appends as many of `items` as fit under `max` at once, if their type travels raw
-    /// ([`raw::append_all`]): how many. `None` if it does not, or if not even the first fits:
-    /// push them one by one with [`push`](Self::push), which says why.
+    /// Appends as many of `items` (in two parts, as a `VecDeque` holds them) as `allowed` and
+    /// `max` let it at once, if their type travels raw ([`raw::append_all`]): how many. `None`
+    /// if it does not, or if not even the first fits: push them one by one with
+    /// [`push`](Self::push), which says why.
     #[inline(always)]
-    pub(super) fn push_raw<'a, I: 'static>(
+    pub(super) fn push_raw<I: 'static>(
         &mut self,
         out: &mut Vec<u8>,
-        items: impl ExactSizeIterator<Item = &'a I>,
+        (front, back): (&[I], &[I]),
+        allowed: usize,
         max: u64,
     ) -> Option<usize> {
         let width = raw::width::<I>()?;
         let room = max.saturating_sub(payload_len(out, self.start)) / width as u64;
-        let n = items.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let room = usize::try_from(room).unwrap_or(usize::MAX).min(allowed);
+        let n = (front.len() + back.len()).min(room);
         if n == 0 {
             return None;
         }
-        raw::append_all(out, items.take(n));
+        let in_front = n.min(front.len());
+        raw::append_all(out, &front[..in_front]);
+        raw::append_all(out, &back[..n - in_front]);
         self.items += n;
         Some(n)
     }
@@ -662,14 +667,17 @@ mod tests {
         let mut out = Vec::new();
         let mut tasks = TaskChunk::begin(&mut out, 1); // 1 payload byte, the chunk id
         let many: Vec<u64> = (0..100).collect();
-        assert_eq!(tasks.push_raw(&mut out, many.iter(), 64), Some(7), "(64 - 1) / 8");
-        assert_eq!(tasks.push_raw(&mut out, many.iter(), 64), None, "not one more fits");
+        let (front, back) = many.split_at(3);
+        assert_eq!(tasks.push_raw(&mut out, (front, back), 100, 64), Some(7), "(64 - 1) / 8");
+        assert_eq!(tasks.push_raw(&mut out, (&many, &[]), 100, 64), None, "not one more fits");
         assert_eq!(tasks.len(), 7);
         tasks.finish(&mut out).unwrap();
         let decoded = TaskCodec::<u64>::new().decode(payload(&out)).unwrap();
         assert_eq!(items(&decoded), (0..7).map(Ok).collect::<Vec<_>>());
         let mut other = TaskChunk::begin(&mut out, 2);
-        assert_eq!(other.push_raw(&mut out, ["text".to_string()].iter(), 64), None);
+        assert_eq!(other.push_raw(&mut out, (&["text".to_string()], &[]), 1, 64), None);
+        let mut few = TaskChunk::begin(&mut out, 3);
+        assert_eq!(few.push_raw(&mut out, (&many[..2], &many[2..]), 5, 64), Some(5), "allowed");
     }
 
     #[test]
