@@ -635,6 +635,14 @@ impl TaskTable {
     #[inline]
     pub(crate) fn wake(&self, r: TaskRef) {
         HubSection::enter_raw();
+        self.wake_in_section(r);
+        HubSection::leave();
+    }
+
+    /// [`wake`](Self::wake) for a caller inside a `HubSection` already (a wait list's
+    /// notification: one section instead of two nested ones).
+    #[inline]
+    pub(crate) fn wake_in_section(&self, r: TaskRef) {
         let mut table = self.inner.borrow_mut();
         let parked = |t: &&mut Task| t.id == r.id && t.state == TaskState::Suspended;
         if let Some(task) = table.tasks.get_mut(r.key).filter(parked) {
@@ -642,8 +650,6 @@ impl TaskTable {
             task.since = self.now.get();
             table.ready.push_back(r);
         }
-        drop(table);
-        HubSection::leave();
     }
 
     /// Delivers `wake` (timeout or deadlock) at the task's next resume, waking it if parked.

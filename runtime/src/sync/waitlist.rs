@@ -140,42 +140,24 @@ impl WaitList {
     /// waiter instead.
     #[inline]
     pub(crate) fn notify_one(&self) -> bool {
+        let mut queue = self.queue.borrow_mut();
         // Nobody waits (a coroutine's end with nobody joining yet, a send with no receiver
         // parked): one borrow check, without the section and the hub lookup.
-        if self.queue.borrow().is_empty() {
-            return false;
-        }
+        let Some(front) = queue.front() else { return false };
         HubSection::enter_raw();
-        let woke = self.notify_first_waiting();
+        // The usual case inline, in the borrow that looked: a plain waiter first in line is
+        // popped (`pop_front`; `remove(0)` pays for the general shift).
+        let waiter = if front.select { pop_unskipped(&mut queue) } else { queue.pop_front() };
+        drop(queue);
+        let woke = waiter.is_some();
+        if let Some(waiter) = waiter {
+            self.woken.set(self.woken.get() + 1);
+            if let Some(hub) = try_hub() {
+                hub.tasks.wake_in_section(waiter.task);
+            }
+        }
         HubSection::leave();
         woke
-    }
-
-    /// [`notify_one`](Self::notify_one)'s work, inside its `HubSection`.
-    #[inline]
-    fn notify_first_waiting(&self) -> bool {
-        let hub = try_hub();
-        let waiter = {
-            let mut queue = self.queue.borrow_mut();
-            let at = match queue.front() {
-                None => return false,
-                Some(front) if !front.select => 0,
-                Some(_) => {
-                    let Some(at) = queue.iter().position(|w| !skipped(hub, w)) else {
-                        return false;
-                    };
-                    at
-                }
-            };
-            // `pop_front` for the usual case: `remove(0)` pays for the general shift.
-            let waiter = if at == 0 { queue.pop_front() } else { queue.remove(at) };
-            waiter.expect("the position is in the queue")
-        };
-        self.woken.set(self.woken.get() + 1);
-        if let Some(hub) = hub {
-            hub.wake(waiter.task);
-        }
-        true
     }
 
     /// Wakes the longest-waiting coroutine that is not in a `select!`, if any: for a
@@ -224,6 +206,15 @@ impl WaitList {
     fn position(&self, ticket: u64) -> Result<usize, usize> {
         self.queue.borrow().binary_search_by_key(&ticket, |w| w.ticket)
     }
+}
+
+/// Takes the first waiter of `queue` that a notification does not skip (the first one is a
+/// select entry), if any.
+#[inline(never)]
+fn pop_unskipped(queue: &mut VecDeque<Waiter>) -> Option<Waiter> {
+    let hub = try_hub();
+    let at = queue.iter().position(|w| !skipped(hub, w))?;
+    queue.remove(at)
 }
 
 /// Whether a notification passes over `waiter`: a select entry of a coroutine that is not
