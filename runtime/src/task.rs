@@ -427,11 +427,21 @@ pub(crate) struct Table {
 /// free-running counters. A push or a pop is a compare, a mask, one copy and an increment;
 /// `VecDeque`'s general wrap-around arithmetic cost about a dozen more instructions on each of
 /// the two that every switch does.
+///
+/// In front of the ring, one slot (`first`) for a woken task that finds nothing queued
+/// ([`push_woken`](Self::push_woken)): the usual case when coroutines hand work to each other
+/// (a send wakes the receiver, then the sender waits). Its push is a test and a store, its pop
+/// a test and a load, instead of the ring's arithmetic and bounds checks. FIFO order holds
+/// because `first` is filled only while the ring is empty, so everything in the ring came
+/// after it, and a pop takes it first; a plain [`push_back`](Self::push_back) (a yield, a
+/// spawn) goes to the ring, behind it, without testing it.
 #[derive(Default)]
 pub(crate) struct ReadyQueue {
+    /// The oldest ready ref, if it came (through `push_woken`) while the ring was empty.
+    first: Option<TaskRef>,
     /// `slots.len()` is 0 or a power of two; the live refs are `head..tail` (mod the length).
     slots: Vec<TaskRef>,
-    /// How many refs were ever popped, and pushed (wrapping).
+    /// How many refs were ever popped from the ring, and pushed to it (wrapping).
     head: usize,
     tail: usize,
 }
@@ -439,7 +449,7 @@ pub(crate) struct ReadyQueue {
 impl ReadyQueue {
     #[inline]
     pub(crate) fn push_back(&mut self, r: TaskRef) {
-        if self.len() == self.slots.len() {
+        if self.ring_len() == self.slots.len() {
             self.grow(r);
         }
         let mask = self.slots.len() - 1;
@@ -447,8 +457,21 @@ impl ReadyQueue {
         self.tail = self.tail.wrapping_add(1);
     }
 
+    /// [`push_back`](Self::push_back) for a woken task: into `first` if nothing is queued.
+    #[inline]
+    pub(crate) fn push_woken(&mut self, r: TaskRef) {
+        if self.is_empty() {
+            self.first = Some(r);
+        } else {
+            self.push_back(r);
+        }
+    }
+
     #[inline]
     pub(crate) fn pop_front(&mut self) -> Option<TaskRef> {
+        if let Some(r) = self.first.take() {
+            return Some(r);
+        }
         if self.head == self.tail {
             return None;
         }
@@ -457,16 +480,19 @@ impl ReadyQueue {
         Some(r)
     }
 
+    /// How many refs are in the ring (not counting `first`).
     #[inline]
-    pub(crate) fn len(&self) -> usize {
+    fn ring_len(&self) -> usize {
         self.tail.wrapping_sub(self.head)
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.head == self.tail
+        self.first.is_none() && self.head == self.tail
     }
 
     pub(crate) fn clear(&mut self) {
+        self.first = None;
         self.head = self.tail;
     }
 
@@ -474,7 +500,7 @@ impl ReadyQueue {
     /// not yet used.
     #[cold]
     fn grow(&mut self, filler: TaskRef) {
-        let (len, mask) = (self.len(), self.slots.len().wrapping_sub(1));
+        let (len, mask) = (self.ring_len(), self.slots.len().wrapping_sub(1));
         let capacity = (self.slots.len() * 2).max(16);
         let mut slots = Vec::with_capacity(capacity);
         slots.extend((0..len).map(|i| self.slots[self.head.wrapping_add(i) & mask]));
@@ -648,7 +674,7 @@ impl TaskTable {
         if let Some(task) = table.tasks.get_mut(r.key).filter(parked) {
             task.state = TaskState::Ready;
             task.since = self.now.get();
-            table.ready.push_back(r);
+            table.ready.push_woken(r);
         }
     }
 
@@ -804,10 +830,16 @@ mod tests {
         let mut q = ReadyQueue::default();
         assert_eq!(q.pop_front(), None);
         let (mut pushed, mut popped) = (0, 0);
-        // Interleave pushes and pops so that the ring wraps at every capacity it grows to.
+        // Interleave pushes and pops so that the ring wraps at every capacity it grows to; one
+        // push in three is a woken task's, which takes the `first` slot whenever the queue is
+        // empty (every round that popped everything).
         for round in 1..200u64 {
             for _ in 0..round % 37 {
-                q.push_back(r(pushed));
+                if pushed % 3 == 0 {
+                    q.push_woken(r(pushed));
+                } else {
+                    q.push_back(r(pushed));
+                }
                 pushed += 1;
             }
             for _ in 0..round % 23 {
@@ -816,7 +848,8 @@ mod tests {
                     popped += 1;
                 }
             }
-            assert_eq!(q.len() as u64, pushed - popped);
+            let queued = q.ring_len() + usize::from(q.first.is_some());
+            assert_eq!(queued as u64, pushed - popped);
         }
         while let Some(got) = q.pop_front() {
             assert_eq!(got, r(popped));
@@ -827,5 +860,19 @@ mod tests {
         q.push_back(r(1));
         q.clear();
         assert_eq!(q.pop_front(), None);
+        q.push_woken(r(1));
+        assert!(!q.is_empty());
+        q.clear();
+        assert_eq!(q.pop_front(), None);
+    }
+
+    #[test]
+    fn a_woken_task_in_the_first_slot_runs_before_later_pushes() {
+        let mut q = ReadyQueue::default();
+        q.push_woken(r(0)); // the queue is empty: the slot
+        q.push_back(r(1)); // a yield: the ring, behind it
+        q.push_woken(r(2)); // not empty: the ring too
+        let order: Vec<_> = std::iter::from_fn(|| q.pop_front()).collect();
+        assert_eq!(order, [r(0), r(1), r(2)]);
     }
 }
