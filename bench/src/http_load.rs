@@ -6,7 +6,9 @@
 //! the server, and reports requests/s, the p50 and p99 latency wrk measured, and the CPU time
 //! the server used per request (from the scheduler's own count, `/proc/PID/task/*/schedstat`:
 //! on a shared machine the CPU another process takes from the server lowers its requests/s but
-//! not its CPU per request).
+//! not its CPU per request), and wrk's own CPU time, per request and as a share of the run (from
+//! `getrusage(RUSAGE_CHILDREN)`): when wrk is at 100 % of its CPU, it is the limit, and requests/s
+//! is one over its CPU per request.
 
 use crate::spec::Impl;
 use crate::worker::{Params, Report};
@@ -29,7 +31,12 @@ pub fn run(imp: Impl, p: &Params) -> Result<Report, String> {
     };
     let server = Server::start(imp)?;
     let cpu_before = server.cpu_ns();
+    // wrk is the only child waited for while it runs (the server is waited for after it), so
+    // the growth of the waited children's CPU time is wrk's.
+    let (wall_before, wrk_before) = (crate::sys::mono_ns(), crate::sys::cpu_s().1);
     let out = wrk(server.port, p.get("secs"), p.get("connections"), script.as_ref());
+    let (wall, wrk_cpu) =
+        (crate::sys::mono_ns() - wall_before, crate::sys::cpu_s().1 - wrk_before);
     let cpu = server.cpu_ns().saturating_sub(cpu_before);
     server.stop()?;
     let out = out?;
@@ -37,6 +44,8 @@ pub fn run(imp: Impl, p: &Params) -> Result<Report, String> {
     let mut report = Report::new()
         .with("rps", figure(&out, "Requests/sec:")?)
         .with("cpu_us_per_req", cpu as f64 / 1e3 / requests)
+        .with("wrk_us_per_req", wrk_cpu * 1e6 / requests)
+        .with("wrk_cpu_pct", wrk_cpu * 1e9 / wall as f64 * 100.0)
         .with("p50_ms", latency_ms(&out, "50%")?);
     if let Some(p99) = sound_p99(latency_ms(&out, "90%")?, latency_ms(&out, "99%")?) {
         report = report.with("p99_ms", p99);
