@@ -83,7 +83,7 @@ impl WaitList {
     /// [`wait_turn`](Self::wait_turn), calling `entered` each time the caller's entry enters
     /// the queue (when it registers, and when it goes back after a wake that did not let it
     /// proceed): a rendezvous receiver announces itself to the senders waiting for one.
-    #[inline]
+    #[inline(always)]
     #[track_caller]
     pub(crate) fn wait_hooked<R>(
         &self,
