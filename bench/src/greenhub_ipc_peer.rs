@@ -151,7 +151,8 @@ fn pool(n: u64, workers: usize, maps: u64) -> Result<Report> {
         assert_eq!(results.len() as u64, n);
         assert_eq!(results.last().copied(), Some(n));
         drop(results);
-        let timed = Timed { seconds, parent_cpu_s: parent1 - parent0, parent_faults: faults1 - faults0 };
+        let timed =
+            Timed { seconds, parent_cpu_s: parent1 - parent0, parent_faults: faults1 - faults0 };
         if best.as_ref().is_none_or(|b| timed.seconds < b.seconds) {
             best = Some(timed);
         }

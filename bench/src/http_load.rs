@@ -35,8 +35,7 @@ pub fn run(imp: Impl, p: &Params) -> Result<Report, String> {
     // the growth of the waited children's CPU time is wrk's.
     let (wall_before, wrk_before) = (crate::sys::mono_ns(), crate::sys::cpu_s().1);
     let out = wrk(server.port, p.get("secs"), p.get("connections"), script.as_ref());
-    let (wall, wrk_cpu) =
-        (crate::sys::mono_ns() - wall_before, crate::sys::cpu_s().1 - wrk_before);
+    let (wall, wrk_cpu) = (crate::sys::mono_ns() - wall_before, crate::sys::cpu_s().1 - wrk_before);
     let cpu = server.cpu_ns().saturating_sub(cpu_before);
     server.stop()?;
     let out = out?;

@@ -53,7 +53,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: bench [all|runtime|ipc] [--quick] [--rounds N] [--only b1,b2] \
-[--impls greenhub,may,gevent,gipc,raw,raw-1mib] [--out DIR] [--timeout SECS]";
+[--impls greenhub,may,gevent,gipc,raw,raw-1mib,raw-queue] [--out DIR] [--timeout SECS]";
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut o = Options {

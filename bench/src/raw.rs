@@ -1,6 +1,8 @@
 //! The raw OS limit, measured by this program: what a good implementation could reach.
 //!
 //! - switch: one corosensei `resume` + `suspend` (the two context switches of one cooperative yield);
+//!   with `ready_queue`, two coroutines taking turns through a `VecDeque` ready queue (what any
+//!   scheduler adds: the pop, the push, and a different stack on every resume);
 //! - spawn: a corosensei coroutine created on a pooled stack, run to its end, its stack taken back
 //!   (in batches of `batch`, like greenhub's row: all created, then all run);
 //! - channel: the smallest scheduler that can do greenhub's round trip: a FIFO ready queue, two
@@ -21,6 +23,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// Runs one raw measurement.
 pub fn run(bench: &str, p: &Params) -> io::Result<Report> {
     match bench {
+        "switch" if p.opt("ready_queue").is_some() => Ok(switch_through_ready_queue(p.get("n"))),
         "switch" => Ok(switch(p.get("n"))),
         "spawn" => Ok(spawn_join(p.get("n"), p.get("batch"))),
         "channel" => Ok(channel(p.get("n"))),
@@ -51,6 +54,29 @@ fn switch(n: u64) -> Report {
     let dt = sys::mono_ns() - t0;
     black_box(co.resume(()));
     Report::new().with("ns_per_switch", dt as f64 / n as f64)
+}
+
+/// Two corosensei coroutines that suspend N times each, resumed in turn from a FIFO ready queue
+/// (pop the front, resume, push it back while it has not returned), per switch: greenhub's loop
+/// and `yield_now` with none of the hub's bookkeeping.
+fn switch_through_ready_queue(n: u64) -> Report {
+    use corosensei::{Coroutine, CoroutineResult, Yielder};
+    use std::collections::VecDeque;
+    let yielder = move |y: &Yielder<(), ()>, ()| {
+        for _ in 0..n {
+            y.suspend(());
+        }
+    };
+    let mut cos = [Coroutine::new(yielder), Coroutine::new(yielder)];
+    let mut ready: VecDeque<usize> = VecDeque::from([0, 1]);
+    let t0 = sys::mono_ns();
+    while let Some(i) = ready.pop_front() {
+        if let CoroutineResult::Yield(()) = cos[i].resume(()) {
+            ready.push_back(i);
+        }
+    }
+    let dt = sys::mono_ns() - t0;
+    Report::new().with("ns_per_switch", dt as f64 / (2 * n) as f64)
 }
 
 /// Create + run to the end + stack back to the pool, per coroutine.

@@ -499,8 +499,15 @@ fn raw_variants(w: &mut String, groups: &[Group], results: &Results) {
         .filter(|b| groups.contains(&b.group) && variants(b).len() > 1)
         .filter(|b| variants(b).iter().any(|&i| results.ran(b.id, i)))
         .collect();
-    let Some(first) = benches.first() else { return };
-    let heads = variants(first);
+    if benches.is_empty() {
+        return;
+    }
+    // One column per raw variant any of these rows runs (a row without it shows "—").
+    let heads: Vec<Impl> = ALL_IMPLS
+        .iter()
+        .copied()
+        .filter(|i| benches.iter().any(|b| variants(b).contains(i)))
+        .collect();
     let _ = writeln!(w, "## Raw variants\n");
     let titles: Vec<&str> = heads.iter().map(|i| i.variant()).collect();
     let _ = writeln!(

@@ -71,6 +71,9 @@ pub enum Impl {
     Raw,
     /// The raw limit again, with the pipe grown to 1 MiB by `F_SETPIPE_SZ`.
     RawBigPipe,
+    /// The switch row's raw limit again, with two coroutines taking turns through a ready queue:
+    /// the least that any scheduler adds to a bare resume + suspend.
+    RawReadyQueue,
 }
 
 impl Impl {
@@ -82,6 +85,7 @@ impl Impl {
             Impl::Gipc => "gipc",
             Impl::Raw => "raw",
             Impl::RawBigPipe => "raw-1mib",
+            Impl::RawReadyQueue => "raw-queue",
         }
     }
 
@@ -94,7 +98,7 @@ impl Impl {
         match self {
             Impl::Greenhub => Role::Subject,
             Impl::May | Impl::Gevent | Impl::Gipc => Role::Peer,
-            Impl::Raw | Impl::RawBigPipe => Role::Raw,
+            Impl::Raw | Impl::RawBigPipe | Impl::RawReadyQueue => Role::Raw,
         }
     }
 
@@ -102,7 +106,10 @@ impl Impl {
     pub fn variant(self) -> &'static str {
         match self {
             Impl::RawBigPipe => "pipe grown to 1 MiB (F_SETPIPE_SZ)",
-            Impl::Raw => "plain (pipes: 64 KiB, sleep in epoll when full/empty)",
+            Impl::RawReadyQueue => "two coroutines taking turns through a ready queue",
+            Impl::Raw => {
+                "plain (pipes: 64 KiB, sleep in epoll when full/empty; switch: one coroutine)"
+            }
             other => other.id(),
         }
     }
@@ -118,7 +125,7 @@ impl Impl {
             Impl::May => "#e08a1e",
             Impl::Gevent | Impl::Gipc => "#3b6fb6",
             Impl::Raw => "#8c8c8c",
-            Impl::RawBigPipe => "#b5b5b5",
+            Impl::RawBigPipe | Impl::RawReadyQueue => "#b5b5b5",
         }
     }
 }
@@ -132,8 +139,15 @@ pub enum Role {
     Raw,
 }
 
-pub const ALL_IMPLS: [Impl; 6] =
-    [Impl::Greenhub, Impl::May, Impl::Gevent, Impl::Gipc, Impl::Raw, Impl::RawBigPipe];
+pub const ALL_IMPLS: [Impl; 7] = [
+    Impl::Greenhub,
+    Impl::May,
+    Impl::Gevent,
+    Impl::Gipc,
+    Impl::Raw,
+    Impl::RawBigPipe,
+    Impl::RawReadyQueue,
+];
 
 /// One benchmark: one worker invocation per implementation and round.
 #[derive(Debug)]
@@ -156,7 +170,7 @@ const fn fig(key: &'static str, label: &'static str, unit: &'static str, better:
 }
 
 use Better::{Higher, Lower};
-use Impl::{Gevent, Gipc, Greenhub, May, Raw, RawBigPipe};
+use Impl::{Gevent, Gipc, Greenhub, May, Raw, RawBigPipe, RawReadyQueue};
 
 const SLEEPER_FIGURES: &[Figure] = &[
     fig("wall_s", "wall time", "s", Lower),
@@ -219,9 +233,9 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "switch",
         title: "coroutine switch (two coroutines yielding to each other)",
-        how: "two coroutines each yield N times to the other; time / 2N. greenhub `yield_now`, may `coroutine::yield_now` (one worker), gevent `gevent.sleep(0)` (its idiomatic cooperative yield: a switch to the hub and back), raw: one corosensei `resume` + `suspend`.",
+        how: "two coroutines each yield N times to the other; time / 2N. greenhub `yield_now`, may `coroutine::yield_now` (one worker), gevent `gevent.sleep(0)` (its idiomatic cooperative yield: a switch to the hub and back), raw: one corosensei `resume` + `suspend`; raw-queue (in \"Raw variants\"): two corosensei coroutines taking turns through a `VecDeque` ready queue (pop, resume, push back), the least any scheduler adds to the raw figure, and greenhub's loop without its bookkeeping.",
         figures: &[fig("ns_per_switch", "switch", "ns", Lower)],
-        impls: &[Greenhub, May, Gevent, Raw],
+        impls: &[Greenhub, May, Gevent, Raw, RawReadyQueue],
         raw_from: None,
     },
     Bench {
@@ -497,6 +511,7 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
     let mut p = match bench {
         "switch" | "switch_monitor" => match imp {
             Raw => vec![("n", q(20_000_000, 200_000))],
+            RawReadyQueue => vec![("n", q(10_000_000, 100_000))],
             _ if python => vec![("n", q(100_000, 5_000))],
             _ => vec![("n", q(1_000_000, 20_000))],
         },
@@ -558,6 +573,9 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
     };
     if imp == RawBigPipe {
         p.push(("pipe_size", 1 << 20));
+    }
+    if imp == RawReadyQueue {
+        p.push(("ready_queue", 1));
     }
     p
 }

@@ -118,7 +118,7 @@ pub fn main(args: &[String]) -> i32 {
         Some(imp) if crate::http_load::BENCHES.contains(&bench.as_str()) => {
             crate::http_load::run(imp, &params)
         }
-        Some(Impl::Raw | Impl::RawBigPipe) => {
+        Some(Impl::Raw | Impl::RawBigPipe | Impl::RawReadyQueue) => {
             crate::raw::run(bench, &params).map_err(|e| e.to_string())
         }
         Some(Impl::May) => crate::may_peer::run(bench, &params),
