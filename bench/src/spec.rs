@@ -464,7 +464,7 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Ipc,
         id: "http",
         title: "HTTP/1.1 plaintext (examples/prefork_server) under wrk, 1 thread, 50 connections: one process, pre-fork with 1 and 2 workers",
-        how: "`examples/prefork_server` (built from the root workspace) under `wrk -t1 -c50` for 5 s: `--single` (one process, no fork), then pre-fork with 1 and with 2 workers. On 2 cores, `wrk` itself takes one.",
+        how: "`examples/prefork_server` (built from the root workspace) under `wrk -t1 -c50` for 3 s: `--single` (one process, no fork), then pre-fork with 1 and with 2 workers. On 2 cores, `wrk` itself takes one.",
         figures: &[
             fig("rps_single", "HTTP, single process", "requests/s", Higher),
             fig("rps_prefork1", "HTTP, pre-fork, 1 worker", "requests/s", Higher),
@@ -543,7 +543,7 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
         "patch_read" => vec![("n", q(2_000_000, 20_000))],
         "tcp" | "patch_tcp" => vec![
             ("clients", 100),
-            ("n", if python { q(500, 5) } else { q(2_000, 10) }),
+            ("n", if python { q(300, 5) } else { q(1_000, 10) }),
             ("size", 64),
         ],
         "stream1" => vec![("n", if python { q(300_000, 5_000) } else { q(2_000_000, 20_000) })],
@@ -566,7 +566,7 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
         }
         // As many maps in one pool as the Python peer's search, the best reported.
         "pool_chunked" => vec![("n", q(100_000, 2_000)), ("workers", 2), ("maps", 6)],
-        "http" => vec![("secs", q(5, 1)), ("connections", 50)],
+        "http" => vec![("secs", q(3, 1)), ("connections", 50)],
         "http_keepalive" => vec![("secs", q(3, 1)), ("connections", 100), ("depth", 1)],
         "http_pipelined" => vec![("secs", q(3, 1)), ("connections", 100), ("depth", 16)],
         other => panic!("no parameters for benchmark {other}"),
