@@ -5,6 +5,8 @@
 //!   scheduler adds: the pop, the push, and a different stack on every resume);
 //! - spawn: a corosensei coroutine created on a pooled stack, run to its end, its stack taken back
 //!   (in batches of `batch`, like greenhub's row: all created, then all run);
+//!   with `ready_queue`, each also queued in a `VecDeque` and given a heap result slot (an `Rc`
+//!   it shares with its "handle"), which the join takes;
 //! - channel: the smallest scheduler that can do greenhub's round trip: a FIFO ready queue, two
 //!   coroutines (pinger and ponger) and two `VecDeque` channels; a receiver that finds its channel
 //!   empty parks, the sender makes it ready;
@@ -25,6 +27,9 @@ pub fn run(bench: &str, p: &Params) -> io::Result<Report> {
     match bench {
         "switch" if p.opt("ready_queue").is_some() => Ok(switch_through_ready_queue(p.get("n"))),
         "switch" => Ok(switch(p.get("n"))),
+        "spawn" if p.opt("ready_queue").is_some() => {
+            Ok(spawn_join_through_ready_queue(p.get("n"), p.get("batch")))
+        }
         "spawn" => Ok(spawn_join(p.get("n"), p.get("batch"))),
         "channel" => Ok(channel(p.get("n"))),
         "stream1" => stream(p.get("n"), 1, p.opt("pipe_size")),
@@ -105,6 +110,50 @@ fn spawn_join(n: u64, batch: u64) -> Report {
     let t0 = sys::mono_ns();
     for _ in 0..n / batch {
         run_batch(&mut pool);
+    }
+    let dt = sys::mono_ns() - t0;
+    Report::new().with("ns_per_spawn", dt as f64 / n as f64)
+}
+
+/// [`spawn_join`] with what a join needs from any scheduler: each coroutine waits in a FIFO
+/// ready queue until it runs, and writes its result into a slot on the heap that it shares with
+/// its handle (an `Rc`: one allocation and one free per coroutine); the join takes the result.
+fn spawn_join_through_ready_queue(n: u64, batch: u64) -> Report {
+    use corosensei::stack::DefaultStack;
+    use corosensei::{Coroutine, CoroutineResult, Yielder};
+    use std::cell::Cell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+    type Co = Coroutine<(), (), (), DefaultStack>;
+    let mut ready: VecDeque<Co> = VecDeque::with_capacity(batch as usize);
+    let run_batch = |pool: &mut Vec<DefaultStack>, ready: &mut VecDeque<Co>| {
+        let handles: Vec<Rc<Cell<Option<u64>>>> = (0..batch)
+            .map(|i| {
+                let slot = Rc::new(Cell::new(None));
+                let result = slot.clone();
+                let stack = pool.pop().expect("a pooled stack");
+                ready.push_back(Coroutine::with_stack(stack, move |_: &Yielder<(), ()>, ()| {
+                    result.set(Some(black_box(i)))
+                }));
+                slot
+            })
+            .collect();
+        while let Some(mut co) = ready.pop_front() {
+            match co.resume(()) {
+                CoroutineResult::Return(()) => pool.push(co.into_stack()),
+                CoroutineResult::Yield(()) => unreachable!("the body does not yield"),
+            }
+        }
+        for slot in handles {
+            black_box(slot.take().expect("the coroutine has run"));
+        }
+    };
+    let mut pool: Vec<DefaultStack> =
+        (0..batch).map(|_| DefaultStack::new(1 << 20).expect("a stack")).collect();
+    run_batch(&mut pool, &mut ready);
+    let t0 = sys::mono_ns();
+    for _ in 0..n / batch {
+        run_batch(&mut pool, &mut ready);
     }
     let dt = sys::mono_ns() - t0;
     Report::new().with("ns_per_spawn", dt as f64 / n as f64)

@@ -71,8 +71,9 @@ pub enum Impl {
     Raw,
     /// The raw limit again, with the pipe grown to 1 MiB by `F_SETPIPE_SZ`.
     RawBigPipe,
-    /// The switch row's raw limit again, with two coroutines taking turns through a ready queue:
-    /// the least that any scheduler adds to a bare resume + suspend.
+    /// The raw limit again with the least that any scheduler adds: a ready queue (switch: two
+    /// coroutines take turns through it; spawn: each new coroutine waits in it, with a result
+    /// slot on the heap shared with its handle).
     RawReadyQueue,
 }
 
@@ -106,7 +107,9 @@ impl Impl {
     pub fn variant(self) -> &'static str {
         match self {
             Impl::RawBigPipe => "pipe grown to 1 MiB (F_SETPIPE_SZ)",
-            Impl::RawReadyQueue => "two coroutines taking turns through a ready queue",
+            Impl::RawReadyQueue => {
+                "through a ready queue (switch: two coroutines taking turns; spawn: and a heap result slot)"
+            }
             Impl::Raw => {
                 "plain (pipes: 64 KiB, sleep in epoll when full/empty; switch: one coroutine)"
             }
@@ -253,9 +256,9 @@ pub const BENCHES: &[Bench] = &[
         group: Group::Runtime,
         id: "spawn",
         title: "spawn + join of 100k no-op coroutines",
-        how: "100k no-op coroutines, spawned and joined in batches of 1,000 (so no implementation needs 100k stacks at once: guard-paged stacks hit `vm.max_map_count` near 32k); time per coroutine. raw: a corosensei coroutine created on a pooled stack, run to its end, its stack taken back.",
+        how: "100k no-op coroutines, spawned and joined in batches of 1,000 (so no implementation needs 100k stacks at once: guard-paged stacks hit `vm.max_map_count` near 32k); time per coroutine. raw: a corosensei coroutine created on a pooled stack, run to its end, its stack taken back; raw-queue (in \"Raw variants\"): the same with what a join needs, each coroutine queued in a `VecDeque` and writing its result into an `Rc` slot it shares with its handle (one heap allocation and free per coroutine), taken by the join.",
         figures: &[fig("ns_per_spawn", "spawn+join", "ns", Lower)],
-        impls: &[Greenhub, May, Gevent, Raw],
+        impls: &[Greenhub, May, Gevent, Raw, RawReadyQueue],
         raw_from: None,
     },
     Bench {
