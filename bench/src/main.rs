@@ -17,6 +17,7 @@ mod greenhub_ipc_peer;
 mod greenhub_peer;
 #[cfg(feature = "greenhub")]
 mod http;
+mod http_latency;
 mod http_load;
 mod http_servers;
 mod may_peer;

@@ -211,7 +211,12 @@ const HTTP_FIGURES: &[Figure] = &[
 
 const HTTP_HOW: &str = "each server answers keep-alive `GET /` with \"Hello, World!\" (the same \
     response bytes, ~130; may_minihttp adds its `Date` header), pinned to CPU 0 (`taskset`), loaded by \
-    `wrk -t1 -c100 --latency` pinned to CPU 1 for a few seconds; requests/s, wrk's p50 / p99 latency, \
+    `wrk -t1 -c100 --latency` pinned to CPU 1 for a few seconds; requests/s, wrk's p50 / p99 latency \
+    (when pipelining, wrk's percentiles are not sound: its coordinated-omission correction adds \
+    samples below the fastest real one, which its percentile scan never reaches, so its p99 prints as \
+    0; the pipelined row's p50 / p99 come from a second, 1 s load on CPU 1 by this program's own \
+    client, `bench/src/http_latency.rs`: the same connections, depth and request bytes, each \
+    request's latency from its batch's write to the read that completed its response), \
     and the server's CPU time per request (its threads' `schedstat`: what another process's load on CPU 0 \
     takes away lowers requests/s, not this); and wrk's own CPU time (`getrusage` of the waited wrk), \
     per request and as a share of the run: a wrk near 100 % of its CPU is what limits requests/s \
