@@ -175,6 +175,55 @@ mod tests {
         assert!(response_len(b"garbage\r\n\r\n").is_err());
     }
 
+    /// A server on a free loopback port, each connection on its own thread: `answer` gets what
+    /// one read brought and writes the reply (or drops the stream).
+    fn serve(answer: fn(&mut std::net::TcpStream, &[u8]) -> io::Result<()>) -> u16 {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = stream.read(&mut buf) {
+                        if answer(&mut stream, &buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// One response per request head in `read` (whole requests: the client writes a batch at once).
+    fn answer_each(stream: &mut std::net::TcpStream, read: &[u8]) -> io::Result<()> {
+        let requests = read.windows(4).filter(|w| w == b"\r\n\r\n").count();
+        stream.write_all(&RESPONSE.repeat(requests))
+    }
+
+    #[test]
+    fn a_pipelined_load_records_every_answered_request() {
+        let port = serve(answer_each);
+        let measured = pipelined(port, 3, 4, Duration::from_millis(50)).unwrap();
+        assert!(measured.p50_ms > 0.0, "{measured:?}");
+        assert!(measured.p99_ms >= measured.p50_ms, "{measured:?}");
+        assert!(measured.p99_ms < 50.0, "no request waits past the load: {measured:?}");
+    }
+
+    #[test]
+    fn a_server_that_hangs_up_or_answers_too_much_fails_the_load() {
+        let closes = serve(|_, _| Err(io::Error::other("hang up")));
+        let error = pipelined(closes, 2, 4, Duration::from_millis(50)).unwrap_err();
+        assert!(error.to_string().contains("closed a connection"), "{error}");
+        let doubles = serve(|stream, read| {
+            answer_each(stream, read)?;
+            answer_each(stream, read)
+        });
+        let error = pipelined(doubles, 1, 4, Duration::from_millis(50)).unwrap_err();
+        assert!(error.to_string().contains("more requests than were sent"), "{error}");
+    }
+
     #[test]
     fn percentiles_are_nearest_rank() {
         let mut samples: Vec<u64> = (1..=100).map(|ms| ms * 1_000_000).collect();

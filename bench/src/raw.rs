@@ -1,11 +1,11 @@
 //! The raw OS limit, measured by this program: what a good implementation could reach.
 //!
 //! - switch: one corosensei `resume` + `suspend` (the two context switches of one cooperative yield);
-//!   with `ready_queue`, two coroutines taking turns through a `VecDeque` ready queue (what any
+//!   `raw-queue`: two coroutines taking turns through a `VecDeque` ready queue (what any
 //!   scheduler adds: the pop, the push, and a different stack on every resume);
 //! - spawn: a corosensei coroutine created on a pooled stack, run to its end, its stack taken back
 //!   (in batches of `batch`, like greenhub's row: all created, then all run);
-//!   with `ready_queue`, each also queued in a `VecDeque` and given a heap result slot (an `Rc`
+//!   `raw-queue`: each also queued in a `VecDeque` and given a heap result slot (an `Rc`
 //!   it shares with its "handle"), which the join takes;
 //! - channel: the smallest scheduler that can do greenhub's round trip: a FIFO ready queue, two
 //!   coroutines (pinger and ponger) and two `VecDeque` channels; a receiver that finds its channel
@@ -16,20 +16,20 @@
 //! - ping-pong: parent and forked child over two such pipes, 1-byte frames;
 //! - process: `fork` + `_exit(0)` + `waitpid`.
 
+use crate::spec::Impl;
 use crate::sys::{self, Epoll, FrameReader};
 use crate::worker::{Params, Report};
 use std::hint::black_box;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-/// Runs one raw measurement.
-pub fn run(bench: &str, p: &Params) -> io::Result<Report> {
+/// Runs one raw measurement of `variant` (`Raw`, `RawBigPipe` or `RawReadyQueue`).
+pub fn run(variant: Impl, bench: &str, p: &Params) -> io::Result<Report> {
+    let queued = variant == Impl::RawReadyQueue;
     match bench {
-        "switch" if p.opt("ready_queue").is_some() => Ok(switch_through_ready_queue(p.get("n"))),
+        "switch" if queued => Ok(switch_through_ready_queue(p.get("n"))),
         "switch" => Ok(switch(p.get("n"))),
-        "spawn" if p.opt("ready_queue").is_some() => {
-            Ok(spawn_join_through_ready_queue(p.get("n"), p.get("batch")))
-        }
+        "spawn" if queued => Ok(spawn_join_through_ready_queue(p.get("n"), p.get("batch"))),
         "spawn" => Ok(spawn_join(p.get("n"), p.get("batch"))),
         "channel" => Ok(channel(p.get("n"))),
         "stream1" => stream(p.get("n"), 1, p.opt("pipe_size")),

@@ -589,9 +589,6 @@ pub fn params(bench: &str, imp: Impl, quick: bool) -> Vec<(&'static str, u64)> {
     if imp == RawBigPipe {
         p.push(("pipe_size", 1 << 20));
     }
-    if imp == RawReadyQueue {
-        p.push(("ready_queue", 1));
-    }
     p
 }
 

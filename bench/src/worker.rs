@@ -118,8 +118,8 @@ pub fn main(args: &[String]) -> i32 {
         Some(imp) if crate::http_load::BENCHES.contains(&bench.as_str()) => {
             crate::http_load::run(imp, &params)
         }
-        Some(Impl::Raw | Impl::RawBigPipe | Impl::RawReadyQueue) => {
-            crate::raw::run(bench, &params).map_err(|e| e.to_string())
+        Some(variant @ (Impl::Raw | Impl::RawBigPipe | Impl::RawReadyQueue)) => {
+            crate::raw::run(variant, bench, &params).map_err(|e| e.to_string())
         }
         Some(Impl::May) => crate::may_peer::run(bench, &params),
         Some(Impl::Greenhub) => greenhub(bench, &params),
