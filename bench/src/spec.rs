@@ -198,7 +198,12 @@ const PARKED_HOW: &str = "N coroutines each sleep until one deadline, set once a
     stack's top page resident, the page cannot move (references point into it) nor be shared (a guard \
     page separates every two stacks), so a parked coroutine costs that page plus its bookkeeping. \
     gevent's greenlets have no stacks of their own: the used part is copied to the heap and back on \
-    every switch, which is why they cost less memory and more time per switch (the switch row).";
+    every switch, which is why they cost less memory and more time per switch (the switch row). \
+    gevent's million sits at `vm.max_map_count` too, later: with all asleep its heap is a few hundred \
+    mappings, but the memory the greenlets free as they wake and end leaves holes that split it into \
+    up to 65,535 (sampled from `/proc/PID/maps` on this kind of machine), and past the limit an \
+    allocation fails (a `MemoryError`, or greenlet aborting in `slp_switch`): in some runs its cells \
+    fail.";
 
 const HTTP_FIGURES: &[Figure] = &[
     fig("rps", "requests", "requests/s", Higher),
