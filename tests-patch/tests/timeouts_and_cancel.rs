@@ -4,7 +4,9 @@
 
 use std::cell::Cell;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -110,5 +112,77 @@ fn cancelling_a_coroutine_blocked_in_a_std_read_unwinds_it() {
         assert!(reader.join().unwrap_err().is_cancelled());
         assert_eq!(errno.get(), Some(libc::ECANCELED));
         assert!(dropped.get(), "the cancelled coroutine's destructors did not run");
+    });
+}
+
+#[test]
+fn a_timeout_inside_a_blocking_poll_makes_it_fail_with_etimedout() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let (_silent, b) = UnixStream::pair().unwrap();
+        let seen = Rc::new(Cell::new(None));
+        let s = seen.clone();
+        let result = timeout(Duration::from_millis(20), move || {
+            let mut fds = [libc::pollfd { fd: b.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            // SAFETY: `fds` is a live array of one pollfd.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) };
+            s.set(Some((rc, std::io::Error::last_os_error().raw_os_error())));
+        });
+        assert!(matches!(result, Err(Elapsed { .. })), "{result:?}");
+        assert_eq!(seen.get(), Some((-1, Some(libc::ETIMEDOUT))));
+    });
+}
+
+#[test]
+fn a_timeout_inside_waitpid_makes_it_fail_with_etimedout_and_the_child_is_still_reaped() {
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as libc::pid_t;
+        let seen = Rc::new(Cell::new(None));
+        let s = seen.clone();
+        let result = timeout(Duration::from_millis(20), move || {
+            let mut status = 0;
+            // SAFETY: `status` is a live out-parameter.
+            let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+            s.set(Some((rc, std::io::Error::last_os_error().raw_os_error())));
+        });
+        assert!(matches!(result, Err(Elapsed { .. })), "{result:?}");
+        assert_eq!(seen.get(), Some((-1, Some(libc::ETIMEDOUT))));
+        // The interrupted wait reaped nothing: the child is still there to kill and reap.
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    });
+}
+
+#[test]
+fn a_timeout_or_cancel_inside_nanosleep_ends_the_sleep_early_with_success() {
+    // The one exception to ETIMEDOUT / ECANCELED (docs/patching.md, "Timeouts and cancels"):
+    // std::thread::sleep panics on any nanosleep error but EINTR.
+    greenhub::patch::install();
+    greenhub::run(|| {
+        let rc = Rc::new(Cell::new(None));
+        let r = rc.clone();
+        let result = timeout(Duration::from_millis(10), move || {
+            let long = libc::timespec { tv_sec: 30, tv_nsec: 0 };
+            // SAFETY: `long` is a live timespec; `rem` may be null.
+            r.set(Some(unsafe { libc::nanosleep(&long, std::ptr::null_mut()) }));
+        });
+        assert!(matches!(result, Err(Elapsed { .. })), "{result:?}");
+        assert_eq!(rc.get(), Some(0));
+
+        let rc = Rc::new(Cell::new(None));
+        let r = rc.clone();
+        let sleeper = greenhub::spawn(move || {
+            let long = libc::timespec { tv_sec: 30, tv_nsec: 0 };
+            // SAFETY: as above.
+            r.set(Some(unsafe { libc::nanosleep(&long, std::ptr::null_mut()) }));
+            greenhub::yield_now(); // the cancellation unwinds from here
+        });
+        greenhub::yield_now(); // let it fall asleep
+        sleeper.cancel();
+        assert!(sleeper.join().unwrap_err().is_cancelled());
+        assert_eq!(rc.get(), Some(0));
     });
 }
