@@ -20,29 +20,32 @@ MAX_HEAD = 16 * 1024
 MAX_BODY = 1 << 20
 
 
-def response(status, close):
+def response(status, connection):
+    """`connection`: None (HTTP/1.1's default, no header), b"keep-alive" or b"close"."""
     body = BODY if status == b"200 OK" else status
-    connection = b"close" if close else b"keep-alive"
+    header = b"" if connection is None else b"Connection: " + connection + b"\r\n"
     return (
         b"HTTP/1.1 " + status + b"\r\nServer: greenhub\r\nContent-Type: text/plain\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: " + connection
-        + b"\r\n\r\n" + body
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n" + header + b"\r\n" + body
     )
 
 
-OK = response(b"200 OK", False)
-OK_CLOSE = response(b"200 OK", True)
+OK = response(b"200 OK", None)
+OK_KEEP_ALIVE = response(b"200 OK", b"keep-alive")  # an HTTP/1.0 client that asked for it
+OK_CLOSE = response(b"200 OK", b"close")
 
 
 def parse_head(head):
-    """(close, body_len) of a request head without its final CRLF CRLF, or an error status."""
+    """(close, http10, body_len) of a request head without its final CRLF CRLF, or an error
+    status."""
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
     if (len(parts) != 3 or not parts[0].isalpha() or not parts[0].isupper()
             or not (parts[1].startswith(b"/") or parts[1] == b"*")
             or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0")):
         return b"400 Bad Request"
-    close, body_len = parts[2] == b"HTTP/1.0", 0
+    http10 = parts[2] == b"HTTP/1.0"
+    close, body_len = http10, 0
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip() or b" " in name:
@@ -61,7 +64,7 @@ def parse_head(head):
                 return b"413 Payload Too Large"
         elif name == b"transfer-encoding":
             return b"411 Length Required"
-    return close, body_len
+    return close, http10, body_len
 
 
 def answer(buf):
@@ -71,21 +74,21 @@ def answer(buf):
         end = buf.find(b"\r\n\r\n", done)
         if end < 0:
             if len(buf) - done > MAX_HEAD:
-                out.append(response(b"431 Request Header Fields Too Large", True))
+                out.append(response(b"431 Request Header Fields Too Large", b"close"))
                 return out, done, True
             return out, done, False
         if end + 4 - done > MAX_HEAD:
-            out.append(response(b"431 Request Header Fields Too Large", True))
+            out.append(response(b"431 Request Header Fields Too Large", b"close"))
             return out, done, True
         head = parse_head(buf[done:end])
         if isinstance(head, bytes):
-            out.append(response(head, True))
+            out.append(response(head, b"close"))
             return out, done, True
-        close, body_len = head
+        close, http10, body_len = head
         if len(buf) - end - 4 < body_len:
             return out, done, False
         done = end + 4 + body_len
-        out.append(OK_CLOSE if close else OK)
+        out.append(OK_CLOSE if close else OK_KEEP_ALIVE if http10 else OK)
         if close:
             return out, done, True
 

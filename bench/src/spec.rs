@@ -215,7 +215,9 @@ const HTTP_FIGURES: &[Figure] = &[
 ];
 
 const HTTP_HOW: &str = "each server answers keep-alive `GET /` with \"Hello, World!\" (the same \
-    response bytes, ~130; may_minihttp adds its `Date` header), pinned to CPU 0 (`taskset`), loaded by \
+    96 response bytes, with no `Connection` header: HTTP/1.1 keeps the connection by default, and \
+    a `Connection: keep-alive` line cost wrk's parser ~25% more CPU per pipelined response; \
+    may_minihttp's 126 add its `Date` header), pinned to CPU 0 (`taskset`), loaded by \
     `wrk -t1 -c100 --latency` pinned to CPU 1 for a few seconds; requests/s, wrk's p50 / p99 latency \
     (when pipelining, wrk's percentiles are not sound: its coordinated-omission correction adds \
     samples below the fastest real one, which its percentile scan never reaches, so its p99 prints as \

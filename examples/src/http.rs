@@ -46,16 +46,31 @@ impl Status {
     }
 }
 
+/// What happens to the connection after a response, and what the response says of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// HTTP/1.1's default: the connection stays open and the response has no `Connection`
+    /// header (RFC 9112, 9.3). Sending `Connection: keep-alive` anyway costs every client a
+    /// header to match: wrk's parser spent ~25% more CPU per pipelined response with it, and
+    /// wrk's CPU is what limits the benchmark's requests/s.
+    Persistent,
+    /// An HTTP/1.0 client asked to keep the connection: `Connection: keep-alive` (HTTP/1.0
+    /// closes without it).
+    KeepAlive,
+    /// The connection closes after this response: `Connection: close`.
+    Close,
+}
+
 /// What the front of a receive buffer holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// A whole request of `len` bytes (head and body); `close`: the client asked to close the
-    /// connection after it (`Connection: close`, or HTTP/1.0 without `keep-alive`).
+    /// A whole request of `len` bytes (head and body), and what becomes of the connection after
+    /// it (`Close`: the client sent `Connection: close`, or is HTTP/1.0 without `keep-alive`).
     Request {
         /// Bytes of the request, head and body.
         len: usize,
-        /// Close after answering it.
-        close: bool,
+        /// Whether the connection stays open after the answer, and the header that says so.
+        connection: Connection,
     },
     /// Not a whole request yet: read more.
     Partial,
@@ -72,8 +87,11 @@ pub fn parse(buf: &[u8]) -> Parsed {
     let Some(request_line) = lines.next() else {
         return partial_or_too_large(buf);
     };
-    let mut checked =
-        request_line_says_close(strip_cr(request_line)).map(|close| Head { close, body_len: 0 });
+    let mut checked = check_request_line(strip_cr(request_line)).map(|http10| Head {
+        http10,
+        close: http10,
+        body_len: 0,
+    });
     let mut ended_in_cr = request_line.ends_with(b"\r");
     let head_len = loop {
         let Some(line) = lines.next() else {
@@ -92,7 +110,9 @@ pub fn parse(buf: &[u8]) -> Parsed {
     match checked {
         Err(status) => Parsed::Invalid(status),
         Ok(head) if buf.len() - head_len < head.body_len => Parsed::Partial,
-        Ok(head) => Parsed::Request { len: head_len + head.body_len, close: head.close },
+        Ok(head) => {
+            Parsed::Request { len: head_len + head.body_len, connection: head.connection() }
+        }
     }
 }
 
@@ -140,14 +160,14 @@ pub fn answer(
         match parse(&input[done..]) {
             Parsed::Partial => break false,
             Parsed::Invalid(status) => {
-                respond(output, status, true, extra_headers);
+                respond(output, status, Connection::Close, extra_headers);
                 break true;
             }
-            Parsed::Request { len, close } => {
-                let close = close || close_now;
-                respond(output, Status::Ok, close, extra_headers);
+            Parsed::Request { len, connection } => {
+                let connection = if close_now { Connection::Close } else { connection };
+                respond(output, Status::Ok, connection, extra_headers);
                 done += len;
-                if close {
+                if connection == Connection::Close {
                     break true;
                 }
             }
@@ -157,18 +177,22 @@ pub fn answer(
     close
 }
 
-/// Appends one response (the plaintext body for 200, the status line as body otherwise).
-pub fn respond(output: &mut Vec<u8>, status: Status, close: bool, extra_headers: &str) {
+/// Appends one response (the plaintext body for 200, the status line as body otherwise), with
+/// the `Connection` header that `connection` needs.
+pub fn respond(output: &mut Vec<u8>, status: Status, connection: Connection, extra_headers: &str) {
     let body = if status == Status::Ok { BODY } else { status.line() };
-    let connection = if close { "close" } else { "keep-alive" };
+    let connection_header: &[u8] = match connection {
+        Connection::Persistent => b"",
+        Connection::KeepAlive => b"Connection: keep-alive\r\n",
+        Connection::Close => b"Connection: close\r\n",
+    };
     output.extend_from_slice(b"HTTP/1.1 ");
     output.extend_from_slice(status.line().as_bytes());
     output
         .extend_from_slice(b"\r\nServer: greenhub\r\nContent-Type: text/plain\r\nContent-Length: ");
     push_decimal(output, body.len());
-    output.extend_from_slice(b"\r\nConnection: ");
-    output.extend_from_slice(connection.as_bytes());
     output.extend_from_slice(b"\r\n");
+    output.extend_from_slice(connection_header);
     output.extend_from_slice(extra_headers.as_bytes());
     output.extend_from_slice(b"\r\n");
     output.extend_from_slice(body.as_bytes());
@@ -196,13 +220,14 @@ pub fn head_end(buf: &[u8]) -> Option<usize> {
 
 /// What the server needs from a head.
 struct Head {
+    /// The request is HTTP/1.0 (whose connections close unless it asks for keep-alive).
+    http10: bool,
     close: bool,
     body_len: usize,
 }
 
-/// Checks a request line (without its line end); whether the connection closes after the
-/// request by default (HTTP/1.0).
-fn request_line_says_close(line: &[u8]) -> Result<bool, Status> {
+/// Checks a request line (without its line end); whether it is HTTP/1.0.
+fn check_request_line(line: &[u8]) -> Result<bool, Status> {
     let mut parts = line.split(|&b| b == b' ');
     let (method, target, version) = (parts.next(), parts.next(), parts.next());
     let method_ok = method.is_some_and(|m| !m.is_empty() && m.iter().all(u8::is_ascii_uppercase));
@@ -219,6 +244,14 @@ fn request_line_says_close(line: &[u8]) -> Result<bool, Status> {
 }
 
 impl Head {
+    fn connection(&self) -> Connection {
+        match (self.close, self.http10) {
+            (true, _) => Connection::Close,
+            (false, true) => Connection::KeepAlive,
+            (false, false) => Connection::Persistent,
+        }
+    }
+
     /// Checks one header line (without its line end) and keeps what it says about the
     /// connection and the body.
     fn take_header(&mut self, line: &[u8]) -> Result<(), Status> {
@@ -265,7 +298,10 @@ mod tests {
 
     #[test]
     fn a_whole_request_and_a_partial_one() {
-        assert_eq!(parse(GET), Parsed::Request { len: GET.len(), close: false });
+        assert_eq!(
+            parse(GET),
+            Parsed::Request { len: GET.len(), connection: Connection::Persistent }
+        );
         assert_eq!(parse(&GET[..GET.len() - 1]), Parsed::Partial);
         assert_eq!(parse(b""), Parsed::Partial);
     }
@@ -284,18 +320,27 @@ mod tests {
     #[test]
     fn connection_close_and_http10() {
         let close = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
-        assert_eq!(parse(close), Parsed::Request { len: close.len(), close: true });
+        assert_eq!(
+            parse(close),
+            Parsed::Request { len: close.len(), connection: Connection::Close }
+        );
         let old = b"GET / HTTP/1.0\r\n\r\n";
-        assert_eq!(parse(old), Parsed::Request { len: old.len(), close: true });
+        assert_eq!(parse(old), Parsed::Request { len: old.len(), connection: Connection::Close });
         let kept = b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n";
-        assert_eq!(parse(kept), Parsed::Request { len: kept.len(), close: false });
+        assert_eq!(
+            parse(kept),
+            Parsed::Request { len: kept.len(), connection: Connection::KeepAlive }
+        );
     }
 
     #[test]
     fn a_body_is_waited_for_and_skipped() {
         let post = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
         assert_eq!(parse(&post[..post.len() - 1]), Parsed::Partial);
-        assert_eq!(parse(post), Parsed::Request { len: post.len(), close: false });
+        assert_eq!(
+            parse(post),
+            Parsed::Request { len: post.len(), connection: Connection::Persistent }
+        );
     }
 
     #[test]
@@ -342,7 +387,10 @@ mod tests {
         assert_eq!(parse(b"GET / HTTP/1.1\n\n"), Parsed::Partial);
         assert_eq!(parse(b"GET / HTTP/1.1\r\n\n\r\n"), Parsed::Partial);
         let bare = b"GET / HTTP/1.1\nHost: x\r\n\r\n"; // a bare \n inside is a line end
-        assert_eq!(parse(bare), Parsed::Request { len: bare.len(), close: false });
+        assert_eq!(
+            parse(bare),
+            Parsed::Request { len: bare.len(), connection: Connection::Persistent }
+        );
         let blank = b"GET / HTTP/1.1\r\n\n\r\n\r\n"; // an empty header line is no header
         assert_eq!(parse(blank), Parsed::Invalid(Status::BadRequest));
     }
@@ -376,7 +424,10 @@ mod tests {
         let filler = MAX_HEAD - start.len() - 4;
         let mut head = [&start[..], &vec![b'a'; filler], b"\r\n\r\n"].concat();
         assert_eq!(head.len(), MAX_HEAD);
-        assert_eq!(parse(&head), Parsed::Request { len: MAX_HEAD, close: false });
+        assert_eq!(
+            parse(&head),
+            Parsed::Request { len: MAX_HEAD, connection: Connection::Persistent }
+        );
         head.insert(start.len(), b'a');
         assert_eq!(parse(&head), Parsed::Invalid(Status::HeadTooLarge));
     }
@@ -398,5 +449,28 @@ mod tests {
         let text = String::from_utf8(output).unwrap();
         assert_eq!(text.matches("HTTP/1.1").count(), 1);
         assert!(text.contains("Connection: close\r\nX-Worker: 7\r\n\r\nHello, World!"));
+    }
+
+    #[test]
+    fn only_a_response_that_changes_the_default_says_connection() {
+        let answer_to = |request: &[u8]| {
+            let (mut input, mut output) = (request.to_vec(), Vec::new());
+            let close = answer(&mut input, &mut output, "", false);
+            (String::from_utf8(output).unwrap(), close)
+        };
+        // HTTP/1.1 stays open by default: no header.
+        let (text, close) = answer_to(GET);
+        assert!(!close && !text.contains("Connection:"), "{text}");
+        // HTTP/1.0 closes by default: a kept connection says so.
+        let (text, close) = answer_to(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(!close && text.contains("\r\nConnection: keep-alive\r\n"), "{text}");
+        for closing in
+            [&b"GET / HTTP/1.0\r\n\r\n"[..], b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"]
+        {
+            let (text, close) = answer_to(closing);
+            assert!(close && text.contains("\r\nConnection: close\r\n"), "{text}");
+        }
+        let (text, close) = answer_to(b"GET / HTTP/2\r\n\r\n");
+        assert!(close && text.starts_with("HTTP/1.1 400") && text.contains("Connection: close"));
     }
 }
